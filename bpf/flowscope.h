@@ -1,0 +1,103 @@
+/* flowscope.h - the contract between the kernel programs and Python.
+ *
+ * Every struct and constant here has a byte-for-byte mirror in flowscope/abi.py, and
+ * tests/unit/test_abi.py pins sizes and offsets. Change both in the same commit.
+ *
+ * Keys are split by family: IPv4 flows use a 20-byte key, IPv6 flows a 44-byte key, so the
+ * hash of the common case is cheap. Addresses and ports are kept in network byte order, as
+ * they stand in the packet; user space converts them once when it decodes.
+ */
+#ifndef FLOWSCOPE_H
+#define FLOWSCOPE_H
+
+/* Tunables, set with -D from Python (flowscope/probe/program.py). */
+#ifndef FLOW_ENTRIES
+#define FLOW_ENTRIES 65536          /* entries of each flow map (IPv4 and IPv6) */
+#endif
+#ifndef RINGBUF_PAGES
+#define RINGBUF_PAGES 256           /* ring buffer size in pages (power of two) */
+#endif
+
+#define FS_AF_INET   4
+#define FS_AF_INET6  6
+
+#define FS_DIR_INGRESS 0
+#define FS_DIR_EGRESS  1
+
+/* IPv4 flow key: 20 bytes. */
+struct flow_key4 {
+    __u32 ifindex;      /* ingress ifindex */
+    __u32 saddr;        /* network order */
+    __u32 daddr;        /* network order */
+    __u16 sport;        /* network order; 0 when the protocol has none */
+    __u16 dport;        /* network order; ICMP: type * 256 + code */
+    __u16 vlan;         /* VLAN id of the outermost tag, host order; 0 untagged */
+    __u8  proto;        /* IP protocol */
+    __u8  direction;    /* FS_DIR_* */
+};
+
+/* IPv6 flow key: 44 bytes. */
+struct flow_key6 {
+    __u32 ifindex;
+    __u8  saddr[16];
+    __u8  daddr[16];
+    __u16 sport;
+    __u16 dport;
+    __u16 vlan;
+    __u8  proto;
+    __u8  direction;
+};
+
+/* Flow value, one per CPU: 48 bytes. */
+struct flow_value {
+    __u64 packets;
+    __u64 bytes;        /* frame length as XDP sees it */
+    __u64 ip_bytes;     /* IPv4 total length; IPv6 40 + payload length */
+    __u64 first_seen;   /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) */
+    __u64 last_seen;
+    __u8  tcp_flags;    /* OR of every TCP flags byte seen */
+    __u8  pad[7];
+};
+
+/* Ring buffer record, sent once when a flow is first inserted, or when it could not be
+ * inserted because the map was full (flags & FS_EVENT_MAP_FULL): 64 bytes. */
+#define FS_EVENT_MAP_FULL 1
+struct flow_event {
+    __u64 timestamp;    /* bpf_ktime_get_ns() */
+    __u32 ifindex;
+    __u32 length;       /* frame length of the first packet */
+    __u8  saddr[16];    /* IPv4: first four bytes, rest zero */
+    __u8  daddr[16];
+    __u16 sport;        /* network order */
+    __u16 dport;        /* network order */
+    __u16 vlan;
+    __u8  proto;
+    __u8  family;       /* FS_AF_* */
+    __u8  direction;
+    __u8  flags;        /* FS_EVENT_* */
+    __u8  pad[6];
+};
+
+/* Indexes of cpu_state.counters. Every packet the program sees ends in exactly one
+ * of: a flow, CNT_NON_IP, CNT_MALFORMED, CNT_MAP_FULL. CNT_TRUNCATED packets are also in a
+ * flow; CNT_FLOWS_CREATED and CNT_RINGBUF_FULL count events, not packets. */
+enum fs_counter {
+    CNT_PACKETS = 0,
+    CNT_FLOWS_CREATED = 1,
+    CNT_NON_IP = 2,
+    CNT_MALFORMED = 3,
+    CNT_TRUNCATED = 4,
+    CNT_MAP_FULL = 5,
+    CNT_RINGBUF_FULL = 6,
+    CNT_MAX = 7,
+};
+
+/* The one entry of the per-CPU array cpu_state: the counters, and the clock cache that lets
+ * the hot path skip bpf_ktime_get_ns() (see now_ns in flowscope.c): 72 bytes. */
+struct cpu_state {
+    __u64 counters[CNT_MAX];
+    __u64 clock_jiffies;
+    __u64 clock_ns;
+};
+
+#endif /* FLOWSCOPE_H */

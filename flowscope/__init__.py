@@ -1,0 +1,1 @@
+"""flowscope: who is talking to this server, live and in history."""

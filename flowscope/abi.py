@@ -1,0 +1,137 @@
+"""Byte layout of the structs shared with bpf/flowscope.h.
+
+This module mirrors the C header byte for byte; tests/unit/test_abi.py pins sizes and offsets
+and decodes a hand-annotated byte string, so a change on one side without the other fails.
+It imports neither bcc nor numpy's C side of the kernel: only ctypes (and numpy dtypes built
+from these structs, for decoding whole batches without a Python object per flow).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+
+import numpy as np
+
+AF_INET = 4
+AF_INET6 = 6
+DIR_INGRESS = 0
+DIR_EGRESS = 1
+EVENT_MAP_FULL = 1
+
+DEFAULT_FLOW_ENTRIES = 65536
+DEFAULT_RINGBUF_PAGES = 256
+
+
+class Counter(enum.IntEnum):
+    """Indexes of cpu_state.counters (enum fs_counter)."""
+
+    PACKETS = 0
+    FLOWS_CREATED = 1
+    NON_IP = 2
+    MALFORMED = 3
+    TRUNCATED = 4
+    MAP_FULL = 5
+    RINGBUF_FULL = 6
+
+
+COUNTER_COUNT = len(Counter)
+
+
+class CpuState(ctypes.Structure):
+    """struct cpu_state: the counters and the clock cache of one CPU, 72 bytes."""
+
+    _fields_ = [
+        ("counters", ctypes.c_uint64 * COUNTER_COUNT),
+        ("clock_jiffies", ctypes.c_uint64),
+        ("clock_ns", ctypes.c_uint64),
+    ]
+
+
+class FlowKey4(ctypes.Structure):
+    """struct flow_key4: 20 bytes; addresses and ports in network order."""
+
+    _fields_ = [
+        ("ifindex", ctypes.c_uint32),
+        ("saddr", ctypes.c_uint8 * 4),
+        ("daddr", ctypes.c_uint8 * 4),
+        ("sport", ctypes.c_uint8 * 2),
+        ("dport", ctypes.c_uint8 * 2),
+        ("vlan", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("direction", ctypes.c_uint8),
+    ]
+
+
+class FlowKey6(ctypes.Structure):
+    """struct flow_key6: 44 bytes."""
+
+    _fields_ = [
+        ("ifindex", ctypes.c_uint32),
+        ("saddr", ctypes.c_uint8 * 16),
+        ("daddr", ctypes.c_uint8 * 16),
+        ("sport", ctypes.c_uint8 * 2),
+        ("dport", ctypes.c_uint8 * 2),
+        ("vlan", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("direction", ctypes.c_uint8),
+    ]
+
+
+class FlowValue(ctypes.Structure):
+    """struct flow_value: 48 bytes, one per CPU."""
+
+    _fields_ = [
+        ("packets", ctypes.c_uint64),
+        ("bytes", ctypes.c_uint64),
+        ("ip_bytes", ctypes.c_uint64),
+        ("first_seen", ctypes.c_uint64),
+        ("last_seen", ctypes.c_uint64),
+        ("tcp_flags", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 7),
+    ]
+
+
+class FlowEvent(ctypes.Structure):
+    """struct flow_event: 64 bytes, one ring buffer record."""
+
+    _fields_ = [
+        ("timestamp", ctypes.c_uint64),
+        ("ifindex", ctypes.c_uint32),
+        ("length", ctypes.c_uint32),
+        ("saddr", ctypes.c_uint8 * 16),
+        ("daddr", ctypes.c_uint8 * 16),
+        ("sport", ctypes.c_uint8 * 2),
+        ("dport", ctypes.c_uint8 * 2),
+        ("vlan", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("family", ctypes.c_uint8),
+        ("direction", ctypes.c_uint8),
+        ("flags", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 6),
+    ]
+
+
+def _dtype(struct: type[ctypes.Structure], big_endian_fields: tuple[str, ...] = ()) -> np.dtype:
+    """A numpy dtype with the struct's offsets; ports become big-endian u16 fields."""
+    names, formats, offsets = [], [], []
+    for name, ctype in struct._fields_:  # type: ignore[misc]
+        if name == "pad":
+            continue
+        field = getattr(struct, name)
+        names.append(name)
+        offsets.append(field.offset)
+        if name in big_endian_fields:
+            formats.append(np.dtype(">u2"))
+        else:
+            formats.append(np.dtype(ctype))
+    return np.dtype(
+        {"names": names, "formats": formats, "offsets": offsets, "itemsize": ctypes.sizeof(struct)}
+    )
+
+
+PORTS = ("sport", "dport")
+KEY4_DTYPE = _dtype(FlowKey4, PORTS)
+KEY6_DTYPE = _dtype(FlowKey6, PORTS)
+VALUE_DTYPE = _dtype(FlowValue)
+EVENT_DTYPE = _dtype(FlowEvent, PORTS)

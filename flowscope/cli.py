@@ -1,0 +1,145 @@
+"""The flowscope command line (click). The only place that turns errors into exit codes.
+
+Every FlowscopeError becomes one line on stderr and its exit code; SIGTERM becomes SystemExit
+so that ``with`` blocks detach the program on the way out, as Ctrl-C does.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from types import FrameType
+from typing import Any
+
+import click
+
+from flowscope import abi
+from flowscope.errors import FlowscopeError
+
+EXIT_INTERRUPTED = 130
+
+
+class _Group(click.Group):
+    """Translates FlowscopeError (and Ctrl-C) raised by any command into a one-line error."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FlowscopeError as e:
+            click.echo(f"flowscope: error: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            ctx.exit(EXIT_INTERRUPTED)
+
+
+def _sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="flowscope")
+def main() -> None:
+    """flowscope: who is talking to this server, live and in history.
+
+    An XDP program counts every packet the interfaces receive, per flow; flowscope reads
+    the counts, shows them, and keeps them in SQLite."""
+    signal.signal(signal.SIGTERM, _sigterm)
+
+
+interfaces_option = click.option(
+    "-i",
+    "--interface",
+    "interfaces",
+    multiple=True,
+    required=True,
+    metavar="IFACE",
+    help="Interface to watch (repeat for several).",
+)
+mode_option = click.option(
+    "--mode",
+    type=click.Choice(["auto", "native", "generic"]),
+    default="auto",
+    show_default=True,
+    help="XDP mode; auto picks generic on virtual devices and native where a driver has it.",
+)
+force_option = click.option(
+    "--force", is_flag=True, help="Replace an XDP program that is already on the interface."
+)
+entries_option = click.option(
+    "--flow-entries",
+    type=click.IntRange(min=1),
+    default=abi.DEFAULT_FLOW_ENTRIES,
+    show_default=True,
+    help="Size of each kernel flow map (IPv4 and IPv6).",
+)
+
+
+@main.command()
+@interfaces_option
+@mode_option
+@force_option
+@entries_option
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds to count before printing (default: until Ctrl-C).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per flow, then counters.")
+def dump(
+    interfaces: tuple[str, ...],
+    mode: str,
+    force: bool,
+    flow_entries: int,
+    duration: float | None,
+    as_json: bool,
+) -> None:
+    """Attach, count, then print every flow in the kernel maps and the counters.
+
+    The program is detached when the command ends, also on Ctrl-C, SIGTERM and SIGKILL."""
+    from flowscope.model import proto_name, tcp_flags_text
+    from flowscope.probe.session import Probe
+
+    with Probe(list(interfaces), mode=mode, force=force, flow_entries=flow_entries) as probe:
+        names = probe.interface_names()
+        if not as_json:
+            modes = ", ".join(f"{a.ifname} ({a.mode})" for a in probe.attachments)
+            click.echo(f"counting on {modes}; Ctrl-C to stop", err=True)
+        try:
+            if duration is None:
+                while True:
+                    time.sleep(3600)
+            else:
+                time.sleep(duration)
+        except KeyboardInterrupt:
+            pass
+        batches = probe.program.read_all_flows()
+        counters = probe.program.read_counters()
+    rows = [(k, s) for b in batches for k, s in b.records()]
+    rows.sort(key=lambda r: r[1].bytes, reverse=True)
+    out = sys.stdout
+    for k, s in rows:
+        if as_json:
+            obj = {
+                "iface": names.get(k.ifindex, str(k.ifindex)),
+                "vlan": k.vlan,
+                "src": k.src,
+                "dst": k.dst,
+                "sport": k.sport,
+                "dport": k.dport,
+                "proto": proto_name(k.proto),
+                "packets": s.packets,
+                "bytes": s.bytes,
+                "ip_bytes": s.ip_bytes,
+                "tcp_flags": tcp_flags_text(s.tcp_flags),
+            }
+            out.write(json.dumps(obj) + "\n")
+        else:
+            out.write(
+                f"{proto_name(k.proto):>6} {k.src}:{k.sport} -> {k.dst}:{k.dport}"
+                f" vlan {k.vlan}  {s.packets} pkts {s.bytes} bytes\n"
+            )
+    summary = {"counters": {c.name.lower(): v for c, v in counters.items()}}
+    out.write((json.dumps(summary) if as_json else str(summary["counters"])) + "\n")

@@ -1,0 +1,213 @@
+"""Flows as the rest of flowscope sees them: keys, statistics, new-flow events.
+
+Pure data and pure functions, no I/O: the probe decodes kernel structs into these, the
+collector, store and console consume them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from flowscope import abi
+
+PROTO_NAMES: dict[int, str] = {
+    1: "icmp",
+    2: "igmp",
+    6: "tcp",
+    17: "udp",
+    33: "dccp",
+    41: "ipv6",
+    47: "gre",
+    50: "esp",
+    51: "ah",
+    58: "icmp6",
+    132: "sctp",
+    136: "udplite",
+}
+PROTO_NUMBERS: dict[str, int] = {name: num for num, name in PROTO_NAMES.items()}
+
+TCP_FLAG_LETTERS = "FSRPAUEC"  # bit 0 (FIN) to bit 7 (CWR), as tcpdump and nfdump print them
+
+
+def proto_name(proto: int) -> str:
+    """The usual lower-case name of an IP protocol, or its number."""
+    return PROTO_NAMES.get(proto, str(proto))
+
+
+def tcp_flags_text(flags: int) -> str:
+    """TCP flags as letters in a fixed order (CEUAPRSF), '.' for each flag not set."""
+    return "".join(
+        TCP_FLAG_LETTERS[bit] if flags & (1 << bit) else "." for bit in range(7, -1, -1)
+    )
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class FlowKey:
+    """The 5-tuple plus where the packets were seen. Ports are host-order integers; for ICMP
+    and ICMPv6 the source port is 0 and the destination port is type * 256 + code."""
+
+    family: int
+    src: str
+    dst: str
+    sport: int
+    dport: int
+    proto: int
+    vlan: int = 0
+    ifindex: int = 0
+    direction: int = abi.DIR_INGRESS
+
+    @property
+    def icmp_type_code(self) -> tuple[int, int] | None:
+        """(type, code) for ICMP and ICMPv6 flows, else None."""
+        if self.proto in (1, 58):
+            return self.dport >> 8, self.dport & 0xFF
+        return None
+
+    def reversed(self) -> FlowKey:
+        """The key of the other direction of the same conversation."""
+        return FlowKey(
+            self.family,
+            self.dst,
+            self.src,
+            self.dport,
+            self.sport,
+            self.proto,
+            self.vlan,
+            self.ifindex,
+            self.direction,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FlowStats:
+    """Per-flow counters summed over CPUs. Times are kernel CLOCK_MONOTONIC nanoseconds."""
+
+    packets: int
+    bytes: int
+    ip_bytes: int
+    first_seen: int
+    last_seen: int
+    tcp_flags: int
+
+
+@dataclass(frozen=True, slots=True)
+class FlowEvent:
+    """A ring buffer record: a flow was inserted, or could not be (map_full)."""
+
+    key: FlowKey
+    timestamp: int
+    length: int
+    map_full: bool
+
+
+def address_text(family: int, raw: bytes) -> str:
+    """The printable form of a 4- or 16-byte address in network order."""
+    if family == abi.AF_INET:
+        return str(ipaddress.IPv4Address(bytes(raw[:4])))
+    return str(ipaddress.IPv6Address(bytes(raw[:16])))
+
+
+def key_from_struct(family: int, k: abi.FlowKey4 | abi.FlowKey6 | abi.FlowEvent) -> FlowKey:
+    """Decode a kernel key (or the key part of an event) into a FlowKey."""
+    return FlowKey(
+        family=family,
+        src=address_text(family, bytes(k.saddr)),
+        dst=address_text(family, bytes(k.daddr)),
+        sport=int.from_bytes(bytes(k.sport), "big"),
+        dport=int.from_bytes(bytes(k.dport), "big"),
+        proto=k.proto,
+        vlan=k.vlan,
+        ifindex=k.ifindex,
+        direction=k.direction,
+    )
+
+
+def event_from_bytes(data: bytes) -> FlowEvent:
+    """Decode one ring buffer record."""
+    ev = abi.FlowEvent.from_buffer_copy(data[: abi.ctypes.sizeof(abi.FlowEvent)])
+    return FlowEvent(
+        key=key_from_struct(ev.family, ev),
+        timestamp=ev.timestamp,
+        length=ev.length,
+        map_full=bool(ev.flags & abi.EVENT_MAP_FULL),
+    )
+
+
+U64_MAX = np.iinfo(np.uint64).max
+
+
+@dataclass(frozen=True, slots=True)
+class FlowBatch:
+    """Many flows of one family as columns: the decoded form of a map read.
+
+    ``keys`` is a structured array with the kernel key layout (abi.KEY4_DTYPE or KEY6_DTYPE);
+    the other arrays hold one summed value per key. Kept as arrays so a drain of a million
+    flows needs no Python object per flow; ``records()`` makes objects when they are wanted."""
+
+    family: int
+    keys: np.ndarray
+    packets: np.ndarray
+    bytes: np.ndarray
+    ip_bytes: np.ndarray
+    first_seen: np.ndarray
+    last_seen: np.ndarray
+    tcp_flags: np.ndarray
+
+    @classmethod
+    def from_percpu(cls, family: int, keys: np.ndarray, values: np.ndarray) -> FlowBatch:
+        """Sum per-CPU values (shape: flows x CPUs, abi.VALUE_DTYPE). A CPU that never saw the
+        flow has zero packets and does not count for first seen."""
+        packets = values["packets"]
+        seen = packets > 0
+        first = np.where(seen, values["first_seen"], U64_MAX).min(axis=1, initial=U64_MAX)
+        last = values["last_seen"].max(axis=1, initial=0)
+        return cls(
+            family=family,
+            keys=keys,
+            packets=packets.sum(axis=1, dtype=np.uint64),
+            bytes=values["bytes"].sum(axis=1, dtype=np.uint64),
+            ip_bytes=values["ip_bytes"].sum(axis=1, dtype=np.uint64),
+            first_seen=np.where(first == U64_MAX, 0, first).astype(np.uint64),
+            last_seen=last.astype(np.uint64),
+            tcp_flags=np.bitwise_or.reduce(values["tcp_flags"], axis=1)
+            if values.shape[1]
+            else np.zeros(len(keys), np.uint8),
+        )
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def key(self, i: int) -> FlowKey:
+        """The FlowKey of row i."""
+        k = self.keys[i]
+        return FlowKey(
+            family=self.family,
+            src=address_text(self.family, k["saddr"].tobytes()),
+            dst=address_text(self.family, k["daddr"].tobytes()),
+            sport=int(k["sport"]),
+            dport=int(k["dport"]),
+            proto=int(k["proto"]),
+            vlan=int(k["vlan"]),
+            ifindex=int(k["ifindex"]),
+            direction=int(k["direction"]),
+        )
+
+    def stats(self, i: int) -> FlowStats:
+        """The FlowStats of row i."""
+        return FlowStats(
+            packets=int(self.packets[i]),
+            bytes=int(self.bytes[i]),
+            ip_bytes=int(self.ip_bytes[i]),
+            first_seen=int(self.first_seen[i]),
+            last_seen=int(self.last_seen[i]),
+            tcp_flags=int(self.tcp_flags[i]),
+        )
+
+    def records(self) -> Iterator[tuple[FlowKey, FlowStats]]:
+        """Each flow as (FlowKey, FlowStats)."""
+        for i in range(len(self)):
+            yield self.key(i), self.stats(i)

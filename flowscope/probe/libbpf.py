@@ -1,0 +1,204 @@
+"""The few libbpf calls bcc 0.26 does not wrap, through ctypes on Debian's libbpf.so.1.
+
+bpf_link_create gives an XDP attachment the kernel removes when the process dies (bcc's
+attach_xdp uses netlink, which outlives it); bpf_prog_test_run_opts runs the program on crafted
+frames; bpf_map_lookup_batch and bpf_map_lookup_and_delete_elem read and expire flows into
+buffers we own and reuse. Every failure becomes a FlowscopeError here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from flowscope.errors import BpfError, FlowscopeError, PrivilegeError, UnsupportedKernelError
+
+BPF_XDP = 37
+BPF_TCX_EGRESS = 47
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+
+
+class _LinkCreateOpts(ctypes.Structure):
+    # struct bpf_link_create_opts, only its leading fields: libbpf accepts a shorter sz.
+    _fields_ = [("sz", ctypes.c_size_t), ("flags", ctypes.c_uint32), ("_pad", ctypes.c_uint32)]
+
+
+class _TestRunOpts(ctypes.Structure):
+    # struct bpf_test_run_opts (libbpf >= 0.7)
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("data_in", ctypes.c_void_p),
+        ("data_out", ctypes.c_void_p),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_void_p),
+        ("ctx_out", ctypes.c_void_p),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("repeat", ctypes.c_int),
+        ("duration", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+    ]
+
+
+class _BatchOpts(ctypes.Structure):
+    _fields_ = [("sz", ctypes.c_size_t), ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+
+
+class XdpMd(ctypes.Structure):
+    """struct xdp_md, the context BPF_PROG_TEST_RUN takes for XDP."""
+
+    _fields_ = [
+        ("data", ctypes.c_uint32),
+        ("data_end", ctypes.c_uint32),
+        ("data_meta", ctypes.c_uint32),
+        ("ingress_ifindex", ctypes.c_uint32),
+        ("rx_queue_index", ctypes.c_uint32),
+        ("egress_ifindex", ctypes.c_uint32),
+    ]
+
+
+_lib: ctypes.CDLL | None = None
+
+
+def _libbpf() -> ctypes.CDLL:
+    global _lib
+    if _lib is None:
+        name = ctypes.util.find_library("bpf") or "libbpf.so.1"
+        try:
+            lib = ctypes.CDLL(name, use_errno=True)
+        except OSError as e:
+            raise UnsupportedKernelError(
+                "libbpf is not installed", "install Debian's libbpf1 (make setup does)"
+            ) from e
+        lib.bpf_link_create.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+        lib.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        lib.bpf_map_lookup_batch.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 6
+        lib.bpf_map_lookup_and_delete_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+        lib.bpf_map_update_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64]
+        lib.bpf_map_delete_elem.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        lib.bpf_prog_get_fd_by_id.argtypes = [ctypes.c_uint32]
+        _lib = lib
+    return _lib
+
+
+def _errno(ret: int) -> int:
+    return -ret if ret < 0 else ctypes.get_errno()
+
+
+def _raise(what: str, err: int) -> FlowscopeError:
+    if err in (errno.EPERM, errno.EACCES):
+        return PrivilegeError(
+            f"{what}: {os.strerror(err)}",
+            "run as root or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON",
+            err,
+        )
+    return BpfError(f"{what}: {os.strerror(err)}", errno=err)
+
+
+def num_possible_cpus() -> int:
+    """How many per-CPU slots each per-CPU map value has."""
+    n = int(_libbpf().libbpf_num_possible_cpus())
+    if n <= 0:
+        raise BpfError(f"cannot count possible CPUs: {os.strerror(-n)}")
+    return n
+
+
+def link_create(prog_fd: int, target: int, attach_type: int, flags: int = 0) -> int:
+    """bpf_link_create: returns the link's fd; closing it (or dying) detaches the program.
+    A failure raises a FlowscopeError whose ``errno`` the caller can turn into a better one."""
+    opts = _LinkCreateOpts(sz=ctypes.sizeof(_LinkCreateOpts), flags=flags)
+    fd = int(_libbpf().bpf_link_create(prog_fd, target, attach_type, ctypes.byref(opts)))
+    if fd < 0:
+        raise _raise("bpf_link_create", _errno(fd))
+    return fd
+
+
+@dataclass(frozen=True, slots=True)
+class TestRunResult:
+    """What BPF_PROG_TEST_RUN returned: the verdict, the kernel's mean ns per run, the frame."""
+
+    retval: int
+    duration_ns: int
+    data_out: bytes
+
+
+def prog_test_run(
+    prog_fd: int,
+    frame: bytes,
+    *,
+    repeat: int = 1,
+    ctx: XdpMd | None = None,
+) -> TestRunResult:
+    """Run an XDP program on one frame through BPF_PROG_TEST_RUN (no interface involved)."""
+    data_in = ctypes.create_string_buffer(bytes(frame), len(frame))
+    out_size = len(frame) + 512
+    data_out = ctypes.create_string_buffer(out_size)
+    opts = _TestRunOpts(
+        sz=ctypes.sizeof(_TestRunOpts),
+        data_in=ctypes.cast(data_in, ctypes.c_void_p),
+        data_out=ctypes.cast(data_out, ctypes.c_void_p),
+        data_size_in=len(frame),
+        data_size_out=out_size,
+        repeat=repeat,
+    )
+    if ctx is not None:
+        opts.ctx_in = ctypes.cast(ctypes.pointer(ctx), ctypes.c_void_p)
+        opts.ctx_size_in = ctypes.sizeof(ctx)
+    ret = int(_libbpf().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)))
+    if ret < 0:
+        raise _raise("BPF_PROG_TEST_RUN", _errno(ret))
+    return TestRunResult(opts.retval, opts.duration, data_out.raw[: opts.data_size_out])
+
+
+def map_lookup_batch(
+    map_fd: int, keys: Any, values: Any, capacity: int, token: Any, first: bool
+) -> tuple[int, bool]:
+    """One BPF_MAP_LOOKUP_BATCH call into caller-owned buffers.
+
+    Returns (entries read, done). ``token`` is a 4-byte buffer the kernel uses to resume."""
+    count = ctypes.c_uint32(capacity)
+    opts = _BatchOpts(sz=ctypes.sizeof(_BatchOpts))
+    ret = int(
+        _libbpf().bpf_map_lookup_batch(
+            map_fd,
+            None if first else ctypes.byref(token),
+            ctypes.byref(token),
+            keys,
+            values,
+            ctypes.byref(count),
+            ctypes.byref(opts),
+        )
+    )
+    if ret < 0:
+        err = _errno(ret)
+        if err == errno.ENOENT:
+            return count.value, True
+        raise _raise("BPF_MAP_LOOKUP_BATCH", err)
+    return count.value, False
+
+
+def map_lookup_and_delete(map_fd: int, key: Any, value: Any) -> bool:
+    """Atomically read and remove one entry; False when it was already gone."""
+    ret = int(_libbpf().bpf_map_lookup_and_delete_elem(map_fd, key, value))
+    if ret < 0:
+        err = _errno(ret)
+        if err == errno.ENOENT:
+            return False
+        raise _raise("BPF_MAP_LOOKUP_AND_DELETE_ELEM", err)
+    return True
+
+
+def map_update(map_fd: int, key: Any, value: Any, flags: int = 0) -> None:
+    """bpf_map_update_elem, for tests and benchmarks that pre-fill a map."""
+    ret = int(_libbpf().bpf_map_update_elem(map_fd, key, value, flags))
+    if ret < 0:
+        raise _raise("BPF_MAP_UPDATE_ELEM", _errno(ret))

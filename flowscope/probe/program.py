@@ -1,0 +1,244 @@
+"""Compile the XDP program with BCC and read what it collects.
+
+BCC compiles bpf/flowscope.c at run time against the running kernel's headers. Tunables go in
+as -D cflags, never by editing the source. Reading the flow maps uses BPF_MAP_LOOKUP_BATCH into
+numpy buffers that are reused between reads, so a drain costs a few syscalls and no Python
+object per flow; the per-CPU values are summed with numpy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flowscope import abi
+from flowscope.errors import (
+    CompileError,
+    KernelHeadersError,
+    PrivilegeError,
+    UnsupportedKernelError,
+)
+from flowscope.model import FlowBatch, FlowEvent, event_from_bytes
+from flowscope.probe import libbpf
+from flowscope.probe.privileges import require_bpf_privileges
+
+XDP_FUNCTION = "flowscope_xdp"
+
+
+def bpf_dir() -> Path:
+    """Where the C sources are: inside the installed package, or the source tree's bpf/."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "bpf", here.parent / "bpf"):
+        if (candidate / "flowscope.c").is_file():
+            return candidate
+    raise CompileError("the BPF sources (flowscope.c) are missing from the installation")
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[Callable[[], str]]:
+    """BCC and the verifier print to fd 2; keep it so an error can quote the compiler."""
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+
+        def text() -> str:
+            tmp.seek(0)
+            return tmp.read().decode(errors="replace")
+
+        try:
+            yield text
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _compile_error(log: str, what: str) -> Exception:
+    if "Unable to find kernel headers" in log or "linux/kconfig.h" in log:
+        return KernelHeadersError(
+            "no kernel headers for this kernel",
+            "run 'make setup', which installs Debian's linux-headers-amd64 and links them",
+        )
+    if "ringbuf" in log.lower() and ("invalid" in log.lower() or "unknown" in log.lower()):
+        return UnsupportedKernelError(
+            "this kernel has no BPF ring buffer", "flowscope needs Linux 5.8 or later"
+        )
+    errors = [ln for ln in log.splitlines() if "error:" in ln]
+    detail = errors[0].strip() if errors else (log.strip().splitlines() or [what])[-1]
+    return CompileError(f"{what}: {detail}")
+
+
+@dataclass
+class _BatchBuffers:
+    """Reusable buffers for one flow map."""
+
+    keys: np.ndarray
+    values: np.ndarray
+    token: ctypes.Array[ctypes.c_char] = field(default_factory=lambda: ctypes.create_string_buffer(8))
+
+
+class FlowProgram:
+    """The compiled program, its maps, and the ways to read them.
+
+    Not attached to anything by itself: probe.attach does that, and BPF_PROG_TEST_RUN can run
+    it directly (tests, benchmarks, replay)."""
+
+    def __init__(
+        self,
+        *,
+        flow_entries: int = abi.DEFAULT_FLOW_ENTRIES,
+        ringbuf_pages: int = abi.DEFAULT_RINGBUF_PAGES,
+        cflags: tuple[str, ...] = (),
+    ) -> None:
+        require_bpf_privileges()
+        if flow_entries < 1:
+            raise CompileError("--flow-entries must be at least 1")
+        if ringbuf_pages < 1 or ringbuf_pages & (ringbuf_pages - 1):
+            raise CompileError("the ring buffer size must be a power of two pages")
+        src = bpf_dir()
+        self.flow_entries = flow_entries
+        flags = [
+            f"-I{src}",
+            f"-DFLOW_ENTRIES={flow_entries}",
+            f"-DRINGBUF_PAGES={ringbuf_pages}",
+            *cflags,
+        ]
+        from bcc import BPF  # only the probe imports bcc
+
+        with _captured_stderr() as log:
+            try:
+                self._bpf = BPF(src_file=str(src / "flowscope.c").encode(), cflags=flags)
+            except Exception as e:
+                raise _compile_error(log(), "BCC could not compile bpf/flowscope.c") from e
+            try:
+                self._fn = self._bpf.load_func(XDP_FUNCTION.encode(), BPF.XDP)
+            except Exception as e:
+                text = log()
+                if "Operation not permitted" in str(e) or "Operation not permitted" in text:
+                    raise PrivilegeError(
+                        "the kernel refused to load the XDP program",
+                        "run as root or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON",
+                    ) from e
+                raise _compile_error(text, "the verifier refused the XDP program") from e
+        self.prog_fd: int = self._fn.fd
+        self.ncpus = libbpf.num_possible_cpus()
+        self._maps = {
+            abi.AF_INET: (self._bpf["flows4"].map_fd, abi.KEY4_DTYPE),
+            abi.AF_INET6: (self._bpf["flows6"].map_fd, abi.KEY6_DTYPE),
+        }
+        self._buffers: dict[int, _BatchBuffers] = {}
+        self._events_open = False
+        self._closed = False
+
+    # -- flows ---------------------------------------------------------------------------
+
+    def map_fd(self, family: int) -> int:
+        """The fd of the flow map of one family (abi.AF_INET or abi.AF_INET6)."""
+        return self._maps[family][0]
+
+    def _buffers_for(self, family: int) -> _BatchBuffers:
+        buf = self._buffers.get(family)
+        if buf is None:
+            _, kdtype = self._maps[family]
+            cap = self.flow_entries
+            buf = _BatchBuffers(
+                keys=np.zeros(cap, dtype=kdtype),
+                values=np.zeros(cap * self.ncpus, dtype=abi.VALUE_DTYPE),
+            )
+            self._buffers[family] = buf
+        return buf
+
+    def read_flows(self, family: int) -> FlowBatch:
+        """Every flow of one family, per-CPU values summed. The arrays are fresh copies."""
+        fd, _ = self._maps[family]
+        buf = self._buffers_for(family)
+        cap = len(buf.keys)
+        n = 0
+        first = True
+        # A hash batch returns whole buckets; ask for what is left of the buffer each time.
+        chunk = max(1, min(cap, 16384))
+        while n < cap:
+            want = min(chunk, cap - n)
+            got, done = libbpf.map_lookup_batch(
+                fd,
+                buf.keys[n:].ctypes.data,
+                buf.values[n * self.ncpus :].ctypes.data,
+                want,
+                buf.token,
+                first,
+            )
+            first = False
+            n += got
+            if done:
+                break
+        values = buf.values[: n * self.ncpus].reshape(n, self.ncpus)
+        return FlowBatch.from_percpu(family, buf.keys[:n].copy(), values)
+
+    def read_all_flows(self) -> list[FlowBatch]:
+        """IPv4 and IPv6 flows."""
+        return [self.read_flows(abi.AF_INET), self.read_flows(abi.AF_INET6)]
+
+    def take_flow(self, family: int, key: np.void) -> FlowBatch | None:
+        """Remove one flow from the kernel map and return its final counters (lookup and
+        delete in one call, so no packet counted in between is lost)."""
+        fd, kdtype = self._maps[family]
+        kbuf = np.array([key], dtype=kdtype)
+        vbuf = np.zeros(self.ncpus, dtype=abi.VALUE_DTYPE)
+        if not libbpf.map_lookup_and_delete(fd, kbuf.ctypes.data, vbuf.ctypes.data):
+            return None
+        return FlowBatch.from_percpu(family, kbuf, vbuf.reshape(1, self.ncpus))
+
+    # -- counters ------------------------------------------------------------------------
+
+    def read_counters(self) -> dict[abi.Counter, int]:
+        """The kernel counters, summed over CPUs."""
+        per_cpu = self._bpf["cpu_state"].getvalue(0)
+        return {c: int(sum(cpu.counters[c] for cpu in per_cpu)) for c in abi.Counter}
+
+    # -- ring buffer ---------------------------------------------------------------------
+
+    def open_events(self, callback: Callable[[FlowEvent], None]) -> None:
+        """Deliver each ring buffer record, decoded, to ``callback`` during poll_events."""
+
+        def on_record(_ctx: Any, data: Any, size: int) -> int:
+            callback(event_from_bytes(ctypes.string_at(data, size)))
+            return 0
+
+        self._bpf["events"].open_ring_buffer(on_record)
+        self._events_open = True
+
+    def poll_events(self, timeout_ms: int = 0) -> None:
+        """Wait up to timeout_ms for ring buffer records (0: take what is there)."""
+        if not self._events_open:
+            return
+        if timeout_ms <= 0:
+            self._bpf.ring_buffer_consume()
+        else:
+            self._bpf.ring_buffer_poll(timeout_ms)
+
+    # -- running without an interface -----------------------------------------------------
+
+    def test_run(
+        self, frame: bytes, *, repeat: int = 1, ctx: libbpf.XdpMd | None = None
+    ) -> libbpf.TestRunResult:
+        """Run the program on one frame through BPF_PROG_TEST_RUN."""
+        return libbpf.prog_test_run(self.prog_fd, frame, repeat=repeat, ctx=ctx)
+
+    def close(self) -> None:
+        """Free the program and its maps (an attachment holds its own reference)."""
+        if not self._closed:
+            self._closed = True
+            self._bpf.cleanup()
+
+    def __enter__(self) -> FlowProgram:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
