@@ -211,3 +211,48 @@ class FlowBatch:
         """Each flow as (FlowKey, FlowStats)."""
         for i in range(len(self)):
             yield self.key(i), self.stats(i)
+
+
+END_REASONS = ("idle", "active", "fin", "rst", "evicted", "shutdown")
+
+
+@dataclass(frozen=True, slots=True)
+class FlowRecord:
+    """One finished (or active-timeout) flow record, as history keeps it.
+
+    Times are wall-clock Unix seconds (float, UTC); the store writes them as ISO 8601 text."""
+
+    key: FlowKey
+    iface: str
+    packets: int
+    bytes: int
+    ip_bytes: int
+    first_seen: float
+    last_seen: float
+    tcp_flags: int
+    end_reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """Totals of one collector tick. ``counters`` are the deltas of the kernel counters since the
+    previous tick, keyed by abi.Counter names in lower case (packets, non_ip, ...)."""
+
+    time: float
+    interval: float
+    bps: float
+    pps: float
+    active_flows: int
+    new_flows: int
+    counters: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class NewFlow:
+    """A new-flow event from the ring buffer, timestamped on the wall clock."""
+
+    time: float
+    key: FlowKey
+    iface: str
+    length: int
+    map_full: bool
