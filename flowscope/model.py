@@ -40,9 +40,7 @@ def proto_name(proto: int) -> str:
 
 def tcp_flags_text(flags: int) -> str:
     """TCP flags as letters in a fixed order (CEUAPRSF), '.' for each flag not set."""
-    return "".join(
-        TCP_FLAG_LETTERS[bit] if flags & (1 << bit) else "." for bit in range(7, -1, -1)
-    )
+    return "".join(TCP_FLAG_LETTERS[bit] if flags & (1 << bit) else "." for bit in range(7, -1, -1))
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -128,9 +128,7 @@ class XdpAttachment:
         last: FlowscopeError | None = None
         for m in tries:
             try:
-                self._fd = libbpf.link_create(
-                    prog_fd, info.index, libbpf.BPF_XDP, _mode_flags(m)
-                )
+                self._fd = libbpf.link_create(prog_fd, info.index, libbpf.BPF_XDP, _mode_flags(m))
                 self.mode = m
                 return
             except FlowscopeError as e:
