@@ -39,7 +39,7 @@ class FlowSource(Protocol):
 
     def read_flows(self, family: int) -> FlowBatch: ...
 
-    def take_flow(self, family: int, key: np.void) -> FlowBatch | None: ...
+    def take_flows(self, family: int, keys: np.ndarray) -> tuple[np.ndarray, FlowBatch]: ...
 
     def read_counters(self) -> dict[abi.Counter, int]: ...
 
@@ -207,7 +207,8 @@ class Collector:
             exp_p, exp_b, exp_ip, start = self._carry(st, fingerprints(batch.keys), batch)
             idx = np.nonzero(batch.packets > exp_p)[0]
             records.extend(
-                self._record(batch, int(i), "shutdown", exp_p, exp_b, exp_ip, start) for i in idx
+                self._record(batch, i, "shutdown", exp_p[i], exp_b[i], exp_ip[i], start[i])
+                for i in idx
             )
         return records
 
@@ -239,19 +240,21 @@ class Collector:
         batch: FlowBatch,
         i: int,
         reason: str,
-        exp_p: np.ndarray,
-        exp_b: np.ndarray,
-        exp_ip: np.ndarray,
-        start: np.ndarray,
+        exp_p: int,
+        exp_b: int,
+        exp_ip: int,
+        start: int,
     ) -> FlowRecord:
+        """Row i of batch as a record of what was not yet written."""
+        i = int(i)
         key = batch.key(i)
         return FlowRecord(
             key=key,
             iface=self.iface(key.ifindex),
-            packets=int(batch.packets[i] - exp_p[i]),
-            bytes=int(batch.bytes[i] - exp_b[i]),
-            ip_bytes=int(batch.ip_bytes[i] - exp_ip[i]),
-            first_seen=self.wall(int(start[i])),
+            packets=int(batch.packets[i]) - int(exp_p),
+            bytes=int(batch.bytes[i]) - int(exp_b),
+            ip_bytes=int(batch.ip_bytes[i]) - int(exp_ip),
+            first_seen=self.wall(int(start)),
             last_seen=self.wall(int(batch.last_seen[i])),
             tcp_flags=int(batch.tcp_flags[i]),
             end_reason=reason,
@@ -300,24 +303,26 @@ class Collector:
 
         # remove finished flows from the kernel; the final counters include any packet that
         # arrived after the read
-        keep = np.ones(n, bool)
-        extra_p = 0
-        extra_b = 0
-        for i in np.nonzero(take)[0]:
-            final = self.source.take_flow(family, batch.keys[i])
-            keep[i] = False
-            if final is None:
-                continue
-            reason = "evicted" if evict[i] else _idle_reason(int(final.tcp_flags[0]))
-            fexp = (exp_p[i : i + 1], exp_b[i : i + 1], exp_ip[i : i + 1], start[i : i + 1])
-            if int(final.packets[0]) > int(fexp[0][0]):
-                records.append(self._record(final, 0, reason, *fexp))
-            extra_p += int(final.packets[0] - batch.packets[i])
-            extra_b += int(final.bytes[0] - batch.bytes[i])
+        keep = ~take
+        extra_p = extra_b = 0
+        taken = np.nonzero(take)[0]
+        if len(taken):
+            found, final = self.source.take_flows(family, batch.keys[taken])
+            got = taken[found]
+            extra_p = int((final.packets - batch.packets[got]).sum())
+            extra_b = int((final.bytes - batch.bytes[got]).sum())
+            for j, i in enumerate(got):
+                reason = "evicted" if evict[i] else _idle_reason(int(final.tcp_flags[j]))
+                if final.packets[j] > exp_p[i]:
+                    records.append(
+                        self._record(final, j, reason, exp_p[i], exp_b[i], exp_ip[i], start[i])
+                    )
 
         # active-timeout records for long-lived flows
         for i in np.nonzero(active)[0]:
-            records.append(self._record(batch, int(i), "active", exp_p, exp_b, exp_ip, start))
+            records.append(
+                self._record(batch, i, "active", exp_p[i], exp_b[i], exp_ip[i], start[i])
+            )
         exp_p[active] = batch.packets[active]
         exp_b[active] = batch.bytes[active]
         exp_ip[active] = batch.ip_bytes[active]

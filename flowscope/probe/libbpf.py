@@ -197,6 +197,26 @@ def map_lookup_and_delete(map_fd: int, key: Any, value: Any) -> bool:
     return True
 
 
+def map_lookup_and_delete_many(
+    map_fd: int, keys: int, key_size: int, values: int, value_size: int, count: int
+) -> list[bool]:
+    """lookup-and-delete for ``count`` keys laid out back to back at address ``keys``; the
+    values go to ``values`` (``value_size`` bytes each). One syscall per key, as the kernel has
+    no batch form that takes chosen keys, but no Python object per key beyond the result."""
+    fn = _libbpf().bpf_map_lookup_and_delete_elem
+    found = []
+    for i in range(count):
+        ret = int(fn(map_fd, keys + i * key_size, values + i * value_size))
+        if ret < 0:
+            err = _errno(ret)
+            if err != errno.ENOENT:
+                raise _raise("BPF_MAP_LOOKUP_AND_DELETE_ELEM", err)
+            found.append(False)
+        else:
+            found.append(True)
+    return found
+
+
 def map_update(map_fd: int, key: Any, value: Any, flags: int = 0) -> None:
     """bpf_map_update_elem, for tests and benchmarks that pre-fill a map."""
     ret = int(_libbpf().bpf_map_update_elem(map_fd, key, value, flags))

@@ -69,25 +69,22 @@ class FakeSource:
     def read_flows(self, family: int) -> FlowBatch:
         return self._batch(family, list(self.flows[family].items()))
 
-    def take_flow(self, family: int, key: np.void) -> FlowBatch | None:
-        for k, flow in list(self.flows[family].items()):
-            b = self._batch(family, [(k, flow)])
-            if b.keys[0].tobytes() == key.tobytes():
-                del self.flows[family][k]
+    def take_flows(self, family: int, keys: np.ndarray) -> tuple[np.ndarray, FlowBatch]:
+        """Remove the flows with these keys; late_packets arrive between read and delete."""
+        by_key = {}
+        for k, flow in self.flows[family].items():
+            by_key[self._batch(family, [(k, flow)]).keys[0].tobytes()] = k
+        found, items = [], []
+        for raw in keys:
+            k = by_key.get(raw.tobytes())
+            found.append(k is not None and k in self.flows[family])
+            if found[-1]:
+                flow = self.flows[family].pop(k)
                 self.taken.append(k)
-                if self.late_packets:
-                    p, by, ib, f, la, fl = flow.cpus[0]
-                    flow.cpus[0] = (
-                        p + self.late_packets,
-                        by + 100 * self.late_packets,
-                        ib,
-                        f,
-                        la,
-                        fl,
-                    )
-                    b = self._batch(family, [(k, flow)])
-                return b
-        return None
+                p, by, ib, f, la, fl = flow.cpus[0]
+                flow.cpus[0] = (p + self.late_packets, by + 100 * self.late_packets, ib, f, la, fl)
+                items.append((k, flow))
+        return np.array(found, bool), self._batch(family, items)
 
     def read_counters(self) -> dict[abi.Counter, int]:
         return dict(self.counters)
