@@ -60,3 +60,7 @@ class UnsupportedKernelError(FlowscopeError):
 
 class BpfError(FlowscopeError):
     """A bpf() call failed in a way that has no better name."""
+
+
+class BenchError(FlowscopeError):
+    """A benchmark's frame did not take the path it is meant to measure."""

@@ -1,0 +1,491 @@
+"""``flowscope bench``: what the XDP program costs per packet, next to a program that does nothing.
+
+Every number comes from BPF_PROG_TEST_RUN, the kernel running the program on a crafted frame and
+reporting its mean duration per run. That mean is noisy (about ±15% from one call to the next)
+and includes the test harness itself (about 25 ns here), so each measurement is taken next to
+bpf/bare.c, a bare ``return XDP_PASS`` program run the same way: the two are interleaved for a
+number of rounds and the minimum of each is kept, the least disturbed run of each. The ratio of
+the two is what the issue's targets are about; absolute nanoseconds depend on the machine.
+
+The frames are built here with struct, not scapy, so the command works without the dev extras.
+Each benchmark checks afterwards that its frame really landed in the flow it meant to exercise,
+so a parser change cannot turn a benchmark into a measurement of the drop-out path.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import struct
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from flowscope import abi
+from flowscope.errors import BenchError, UsageError
+
+if TYPE_CHECKING:
+    from flowscope.probe.program import BareProgram, FlowProgram
+
+BARE_NAME = "bare_xdp_pass"
+BIG_FLOW_ENTRIES = 131072
+"""Map size for the benchmarks with 100,000 flows: room to spare, as a sized deployment has."""
+INSERT_RINGBUF_PAGES = 2048
+"""8 MiB: every one of 100,000 new-flow events (64 bytes + 8 of ring header) fits, so the insert
+benchmark measures a successful announcement each time, not the cheaper "ring full" path."""
+LOOPBACK_IFINDEX = 1
+"""BPF_PROG_TEST_RUN without a context runs XDP as if received on the loopback device."""
+
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+IPPROTO_HOPOPTS = 0
+IPPROTO_DSTOPTS = 60
+ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+ETH_P_8021Q = 0x8100
+TCP_ACK = 0x10
+MIN_FRAME = 60  # Ethernet minimum without the FCS: shorter frames are padded, as a NIC does
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """How hard to measure. The defaults are what the README's numbers come from."""
+
+    repeat: int = 1_000_000
+    """Runs per BPF_PROG_TEST_RUN call for the per-packet benchmarks."""
+    rounds: int = 7
+    """Interleaved rounds of program and baseline; the minimum of each is reported."""
+    flows: int = 100_000
+    """Flows pre-filled (xdp_hot_ipv4_tcp_100k) and inserted (xdp_insert_100k)."""
+
+
+DEFAULT = Settings()
+QUICK = Settings(repeat=100_000, rounds=3, flows=10_000)
+"""A smoke test of the whole command in a few seconds; its numbers are rougher."""
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One measurement next to its baseline, both in ``unit``."""
+
+    name: str
+    value: float
+    unit: str
+    baseline_name: str
+    baseline: float
+    informative: bool = False
+    """Not one of the issue's targets: a design choice's cost, shown so the README can cite it."""
+
+    @property
+    def ratio(self) -> float:
+        """value / baseline; how many bare programs' worth of time the measured one costs."""
+        return self.value / self.baseline if self.baseline > 0 else math.inf
+
+    def as_dict(self) -> dict[str, object]:
+        """The JSON object of ``flowscope bench --json``, one per line."""
+        return {
+            "name": self.name,
+            "value": round(float(self.value), 1),
+            "unit": self.unit,
+            "baseline_name": self.baseline_name,
+            "baseline": round(float(self.baseline), 1),
+            "ratio": round(self.ratio, 3),
+        }
+
+
+# -- frames ------------------------------------------------------------------------------------
+
+
+def _checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071)."""
+    if len(data) % 2:
+        data += b"\0"
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def ethernet(ethertype: int, payload: bytes, vlans: Sequence[int] = ()) -> bytes:
+    """An Ethernet frame between two fixed locally administered MACs, with 802.1Q tags
+    (outermost first), padded to the 60-byte minimum."""
+    frame = bytes.fromhex("020000000002") + bytes.fromhex("020000000001")
+    for vid in vlans:
+        frame += struct.pack("!HH", ETH_P_8021Q, vid & 0x0FFF)
+    frame += struct.pack("!H", ethertype) + payload
+    return frame.ljust(MIN_FRAME, b"\0")
+
+
+def ipv4(src: str, dst: str, proto: int, l4: bytes) -> bytes:
+    """An IPv4 header without options, checksum filled in, followed by ``l4``."""
+    s, d = ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 1, 0, 64, proto, 0, s, d)
+    return header[:10] + struct.pack("!H", _checksum(header)) + header[12:] + l4
+
+
+def ipv6(src: str, dst: str, nexthdr: int, payload: bytes) -> bytes:
+    """An IPv6 header followed by ``payload`` (extension headers included)."""
+    s, d = ipaddress.IPv6Address(src).packed, ipaddress.IPv6Address(dst).packed
+    return struct.pack("!IHBB16s16s", 6 << 28, len(payload), nexthdr, 64, s, d) + payload
+
+
+def ipv6_options(nexthdr: int) -> bytes:
+    """A hop-by-hop or destination options header of 8 bytes: one PadN option fills it."""
+    return struct.pack("!BBBB4x", nexthdr, 0, 1, 4)
+
+
+def _pseudo_header(src: bytes, dst: bytes, proto: int, length: int) -> bytes:
+    if len(src) == 4:
+        return src + dst + struct.pack("!BBH", 0, proto, length)
+    return src + dst + struct.pack("!I3xB", length, proto)
+
+
+def tcp(src: str, dst: str, sport: int, dport: int, payload: bytes = b"") -> bytes:
+    """A TCP segment with ACK set, its checksum over the pseudo-header of src and dst."""
+    header = struct.pack("!HHIIBBHHH", sport, dport, 1, 1, 5 << 4, TCP_ACK, 8192, 0, 0)
+    s, d = ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed
+    segment = header + payload
+    csum = _checksum(_pseudo_header(s, d, IPPROTO_TCP, len(segment)) + segment)
+    return segment[:16] + struct.pack("!H", csum) + segment[18:]
+
+
+def udp(src: str, dst: str, sport: int, dport: int, payload: bytes = b"") -> bytes:
+    """A UDP datagram, its checksum over the pseudo-header of src and dst."""
+    datagram = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    s, d = ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed
+    csum = _checksum(_pseudo_header(s, d, IPPROTO_UDP, len(datagram)) + datagram) or 0xFFFF
+    return datagram[:6] + struct.pack("!H", csum) + datagram[8:]
+
+
+def ipv4_tcp_frame(src: str, dst: str, sport: int, dport: int) -> bytes:
+    """Ethernet / IPv4 / TCP ACK, no payload."""
+    return ethernet(ETH_P_IP, ipv4(src, dst, IPPROTO_TCP, tcp(src, dst, sport, dport)))
+
+
+HOT4 = ("192.0.2.1", "198.51.100.1", 40000, 443)
+V6 = ("2001:db8::1", "2001:db8::2", 40001, 443)
+VLAN4 = ("192.0.2.2", "198.51.100.2", 5353, 53)
+VLAN_ID = 100
+
+
+def hot_ipv4_tcp_frame() -> bytes:
+    """The one hot IPv4 TCP flow of the per-packet benchmarks."""
+    return ipv4_tcp_frame(*HOT4)
+
+
+def ipv6_tcp_ext_frame() -> bytes:
+    """IPv6 TCP behind a hop-by-hop and a destination-options header: the parser's walk."""
+    src, dst, sport, dport = V6
+    payload = (
+        ipv6_options(IPPROTO_DSTOPTS) + ipv6_options(IPPROTO_TCP) + tcp(src, dst, sport, dport)
+    )
+    return ethernet(ETH_P_IPV6, ipv6(src, dst, IPPROTO_HOPOPTS, payload))
+
+
+def vlan_ipv4_udp_frame() -> bytes:
+    """An 802.1Q-tagged IPv4 UDP frame with a small payload."""
+    src, dst, sport, dport = VLAN4
+    datagram = udp(src, dst, sport, dport, b"\0" * 32)
+    return ethernet(ETH_P_IP, ipv4(src, dst, IPPROTO_UDP, datagram), vlans=(VLAN_ID,))
+
+
+def insert_frames(n: int) -> list[bytes]:
+    """n IPv4 TCP frames of n distinct flows (sources 10.0.0.0 + i), none of them HOT4."""
+    base = int(ipaddress.IPv4Address("10.0.0.0"))
+    return [
+        ipv4_tcp_frame(str(ipaddress.IPv4Address(base + i)), "198.51.100.1", 1024 + i % 60000, 443)
+        for i in range(n)
+    ]
+
+
+def other_flow_keys(n: int) -> np.ndarray:
+    """n distinct IPv4 flow keys in the kernel layout (sources 172.16.0.0 + i), none of them
+    HOT4, for filling the map from user space."""
+    keys = np.zeros(n, dtype=abi.KEY4_DTYPE)
+    keys["ifindex"] = LOOPBACK_IFINDEX
+    saddr = np.arange(n, dtype=np.uint64) + int(ipaddress.IPv4Address("172.16.0.0"))
+    keys["saddr"] = saddr.astype(">u4").view(np.uint8).reshape(n, 4)
+    keys["daddr"] = np.frombuffer(ipaddress.IPv4Address("198.51.100.1").packed, np.uint8)
+    keys["sport"] = 1024 + np.arange(n) % 60000
+    keys["dport"] = 443
+    keys["proto"] = IPPROTO_TCP
+    return keys
+
+
+# -- measuring ---------------------------------------------------------------------------------
+
+
+def interleaved_min(runs: Sequence[Callable[[], int]], rounds: int) -> list[int]:
+    """Call each run once per round, alternating the order between rounds so no run always
+    follows the same neighbour, and keep the minimum duration of each."""
+    best = [math.inf] * len(runs)
+    order = list(range(len(runs)))
+    for r in range(rounds):
+        for i in order if r % 2 == 0 else reversed(order):
+            best[i] = min(best[i], runs[i]())
+    return [int(b) for b in best]
+
+
+class _Lab:
+    """The programs of one bench run, each compiled on first use (BCC takes seconds) and
+    shared by the benchmarks that measure it in the same state."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._bare: BareProgram | None = None
+        self._programs: dict[str, FlowProgram] = {}
+
+    def bare(self) -> BareProgram:
+        """The XDP_PASS baseline."""
+        if self._bare is None:
+            from flowscope.probe.program import BareProgram
+
+            self._bare = BareProgram()
+        return self._bare
+
+    def program(self, role: str) -> FlowProgram:
+        """The flow program for one role: default (as flowscope runs by default), precise
+        (FS_PRECISE_CLOCK), filled (a large map holding settings.flows other flows), insert (a
+        large map and a ring buffer big enough for every new-flow event)."""
+        prog = self._programs.get(role)
+        if prog is None:
+            from flowscope.probe.program import FlowProgram
+
+            if role == "default":
+                prog = FlowProgram()
+            elif role == "precise":
+                prog = FlowProgram(cflags=("-DFS_PRECISE_CLOCK",))
+            elif role == "filled":
+                prog = FlowProgram(flow_entries=BIG_FLOW_ENTRIES)
+                prog.put_flows(abi.AF_INET, other_flow_keys(self.settings.flows))
+            elif role == "insert":
+                prog = FlowProgram(
+                    flow_entries=BIG_FLOW_ENTRIES, ringbuf_pages=INSERT_RINGBUF_PAGES
+                )
+            else:
+                raise ValueError(role)
+            self._programs[role] = prog
+        return prog
+
+    def close(self) -> None:
+        """Free every program compiled."""
+        for prog in self._programs.values():
+            prog.close()
+        if self._bare is not None:
+            self._bare.close()
+
+
+_CLEAN = (
+    abi.Counter.NON_IP,
+    abi.Counter.MALFORMED,
+    abi.Counter.TRUNCATED,
+    abi.Counter.MAP_FULL,
+    abi.Counter.RINGBUF_FULL,
+)
+
+
+def _check_counted(
+    name: str, prog: FlowProgram, flow: tuple[str, str, int, int], proto: int, vlan: int = 0
+) -> None:
+    """Fail unless every frame was counted in a flow, and the benchmark's flow (source,
+    destination, ports) is there with packets."""
+    counters = prog.read_counters()
+    dirty = {c.name.lower(): counters[c] for c in _CLEAN if counters[c]}
+    if dirty:
+        raise BenchError(
+            f"{name}: the bench frames did not all land in flows ({dirty})",
+            "the parser or the bench's frame builder changed; 'make test' should say which",
+        )
+    src = ipaddress.ip_address(flow[0]).packed
+    family = abi.AF_INET if len(src) == 4 else abi.AF_INET6
+    batch = prog.read_flows(family)
+    keys = batch.keys
+    hit = (
+        (keys["saddr"] == np.frombuffer(src, np.uint8)).all(axis=1)
+        & (keys["sport"] == flow[2])
+        & (keys["dport"] == flow[3])
+        & (keys["proto"] == proto)
+        & (keys["vlan"] == vlan)
+    )
+    if not (hit & (batch.packets > 0)).any():
+        raise BenchError(
+            f"{name}: the bench frame was not counted as the flow it is meant to exercise",
+            "the parser or the bench's frame builder changed; 'make test' should say which",
+        )
+
+
+def _per_packet(
+    lab: _Lab,
+    name: str,
+    prog: FlowProgram,
+    frame: bytes,
+    flow: tuple[str, str, int, int],
+    proto: int,
+    vlan: int = 0,
+) -> Result:
+    """One frame through the program and the baseline, interleaved, minimum of each."""
+    s, bare = lab.settings, lab.bare()
+    prog.test_run(frame)  # the first packet inserts the flow: from here on it is hot
+    value, base = interleaved_min(
+        [
+            lambda: prog.test_run(frame, repeat=s.repeat).duration_ns,
+            lambda: bare.test_run(frame, repeat=s.repeat).duration_ns,
+        ],
+        s.rounds,
+    )
+    _check_counted(name, prog, flow, proto, vlan)
+    return Result(name, value, "ns/packet", BARE_NAME, base)
+
+
+def hot_ipv4_tcp(lab: _Lab) -> Iterator[Result]:
+    """The common case: one more packet of a known IPv4 TCP flow."""
+    prog = lab.program("default")
+    yield _per_packet(lab, "xdp_hot_ipv4_tcp", prog, hot_ipv4_tcp_frame(), HOT4, IPPROTO_TCP)
+
+
+def hot_ipv4_tcp_100k(lab: _Lab) -> Iterator[Result]:
+    """The hot flow again, while the map holds settings.flows other flows: a busy server."""
+    name = "xdp_hot_ipv4_tcp_100k"
+    prog = lab.program("filled")
+    result = _per_packet(lab, name, prog, hot_ipv4_tcp_frame(), HOT4, IPPROTO_TCP)
+    held = len(prog.read_flows(abi.AF_INET))
+    if held < lab.settings.flows + 1:
+        raise BenchError(f"{name}: the map held {held} flows, not {lab.settings.flows + 1}")
+    yield result
+
+
+def ipv6_tcp_ext(lab: _Lab) -> Iterator[Result]:
+    """IPv6 behind two extension headers: the parser walks the chain to find TCP and its ports."""
+    prog = lab.program("default")
+    frame = ipv6_tcp_ext_frame()
+    yield _per_packet(lab, "xdp_ipv6_tcp_ext", prog, frame, V6, IPPROTO_TCP)
+
+
+def vlan_ipv4_udp(lab: _Lab) -> Iterator[Result]:
+    """A VLAN-tagged frame: the tag loop, and the VLAN id in the key."""
+    prog = lab.program("default")
+    frame = vlan_ipv4_udp_frame()
+    yield _per_packet(lab, "xdp_vlan_ipv4_udp", prog, frame, VLAN4, IPPROTO_UDP, VLAN_ID)
+
+
+def insert_100k(lab: _Lab) -> Iterator[Result]:
+    """settings.flows new flows, each its own single run, so every run is an insert plus its
+    ring buffer event. The kernel's single-run durations are summed and divided by the number of
+    flows; the baseline runs the same frames, one run each, interleaved frame by frame."""
+    name = "xdp_insert_100k"
+    n = lab.settings.flows
+    frames = insert_frames(n)
+    prog, bare = lab.program("insert"), lab.bare()
+    total = base = 0
+    for frame in frames:
+        total += prog.test_run(frame).duration_ns
+        base += bare.test_run(frame).duration_ns
+    counters = prog.read_counters()
+    created = counters[abi.Counter.FLOWS_CREATED]
+    if created != n or any(counters[c] for c in _CLEAN):
+        raise BenchError(
+            f"{name}: {created} of {n} frames inserted a flow and announced it",
+            "the parser or the bench's frame builder changed; 'make test' should say which",
+        )
+    yield Result(name, total / n, "ns/flow", BARE_NAME, base / n)
+
+
+def precise_clock(lab: _Lab) -> Iterator[Result]:
+    """The hot flow built with FS_PRECISE_CLOCK (bpf_ktime_get_ns() on every packet) next to the
+    default build (the per-jiffy clock cache): what the cache saves, for the README."""
+    s, bare = lab.settings, lab.bare()
+    default, precise = lab.program("default"), lab.program("precise")
+    frame = hot_ipv4_tcp_frame()
+    for prog in (default, precise):
+        prog.test_run(frame)
+    value, cached, _ = interleaved_min(
+        [
+            lambda: precise.test_run(frame, repeat=s.repeat).duration_ns,
+            lambda: default.test_run(frame, repeat=s.repeat).duration_ns,
+            lambda: bare.test_run(frame, repeat=s.repeat).duration_ns,
+        ],
+        s.rounds,
+    )
+    _check_counted("xdp_hot_ipv4_tcp_precise_clock", precise, HOT4, IPPROTO_TCP)
+    yield Result(
+        "xdp_hot_ipv4_tcp_precise_clock",
+        value,
+        "ns/packet",
+        "xdp_hot_ipv4_tcp",
+        cached,
+        informative=True,
+    )
+
+
+BENCHMARKS: dict[str, Callable[[_Lab], Iterator[Result]]] = {
+    "xdp_hot_ipv4_tcp": hot_ipv4_tcp,
+    "xdp_hot_ipv4_tcp_100k": hot_ipv4_tcp_100k,
+    "xdp_ipv6_tcp_ext": ipv6_tcp_ext,
+    "xdp_vlan_ipv4_udp": vlan_ipv4_udp,
+    "xdp_insert_100k": insert_100k,
+    "xdp_hot_ipv4_tcp_precise_clock": precise_clock,
+}
+NAMES = tuple(BENCHMARKS)
+
+
+def select(only: Sequence[str]) -> list[str]:
+    """The benchmarks to run, in the usual order; names may also come comma-separated."""
+    wanted = [n for item in only for n in item.split(",") if n]
+    unknown = [n for n in wanted if n not in BENCHMARKS]
+    if unknown:
+        raise UsageError(
+            f"no benchmark named {', '.join(map(repr, unknown))}", f"choose from {', '.join(NAMES)}"
+        )
+    return [n for n in NAMES if not wanted or n in wanted]
+
+
+def run(names: Sequence[str], settings: Settings = DEFAULT) -> Iterator[Result]:
+    """Run the named benchmarks, yielding each result as soon as it is measured."""
+    lab = _Lab(settings)
+    try:
+        for name in names:
+            yield from BENCHMARKS[name](lab)
+    finally:
+        lab.close()
+
+
+# -- output ------------------------------------------------------------------------------------
+
+_WIDTH = max(len(n) for n in (*NAMES, BARE_NAME))
+
+
+def table_header() -> str:
+    """The first line of the readable table."""
+    return (
+        f"{'benchmark':<{_WIDTH}}  {'value':>9}  {'unit':<9}  {'baseline':<{_WIDTH}}  "
+        f"{'value':>9}  {'ratio':>6}"
+    )
+
+
+def table_row(r: Result) -> str:
+    """One aligned line of the readable table; the widths do not depend on the other rows,
+    so rows can be printed as they are measured."""
+    return (
+        f"{r.name:<{_WIDTH}}  {r.value:>9.1f}  {r.unit:<9}  {r.baseline_name:<{_WIDTH}}  "
+        f"{r.baseline:>9.1f}  {r.ratio:>6.2f}"
+    )
+
+
+def info_line(r: Result) -> str:
+    """The sentence under an informative row: what the design choice it measures saves."""
+    return (
+        f"  (informative, not a target) {r.name}: {r.value - r.baseline:+.1f} ns per packet "
+        f"over {r.baseline_name}, x{r.ratio:.2f}"
+    )
+
+
+def table_note(settings: Settings) -> str:
+    """What the numbers are, printed under the table."""
+    return (
+        f"value and baseline: the minimum over {settings.rounds} interleaved rounds of the "
+        f"kernel's mean duration per run (BPF_PROG_TEST_RUN, {settings.repeat:,} runs);\n"
+        f"xdp_insert_100k: {settings.flows:,} single runs of new flows, summed / {settings.flows:,}"
+        f"; ratio = value / baseline"
+    )

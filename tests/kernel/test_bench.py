@@ -1,0 +1,55 @@
+"""flowscope bench against the real kernel, in its --quick form: the JSON lines a user (and
+make bench) gets, and the check that refuses to report a frame that missed its flow."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from flowscope import bench
+from flowscope.cli import main
+
+KEYS = ["name", "value", "unit", "baseline_name", "baseline", "ratio"]
+
+
+def _lines(args: list[str]) -> list[dict[str, Any]]:
+    result = CliRunner().invoke(main, ["bench", "--json", "--quick", *args])
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_hot_flow_json_line() -> None:
+    (obj,) = _lines(["--only", "xdp_hot_ipv4_tcp"])
+    assert list(obj) == KEYS
+    assert obj["name"] == "xdp_hot_ipv4_tcp" and obj["unit"] == "ns/packet"
+    assert obj["baseline_name"] == "bare_xdp_pass"
+    value, baseline, ratio = float(obj["value"]), float(obj["baseline"]), float(obj["ratio"])
+    # the flow program parses, looks up and updates: it cannot be as cheap as returning
+    assert value > baseline > 0
+    assert ratio == pytest.approx(value / baseline, abs=1e-3)
+
+
+def test_every_benchmark_runs_and_reports_once() -> None:
+    objs = _lines([])
+    assert [o["name"] for o in objs] == list(bench.NAMES)
+    by_name = {o["name"]: o for o in objs}
+    assert by_name["xdp_insert_100k"]["unit"] == "ns/flow"
+    assert by_name["xdp_hot_ipv4_tcp_precise_clock"]["baseline_name"] == "xdp_hot_ipv4_tcp"
+    for o in objs:
+        assert list(o) == KEYS
+        assert float(o["value"]) > 0 and float(o["baseline"]) > 0
+
+
+def test_a_frame_that_misses_its_flow_is_an_error_not_a_number(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    arp = bench.ethernet(0x0806, bytes(28))
+    monkeypatch.setattr(bench, "hot_ipv4_tcp_frame", lambda: arp)
+    result = CliRunner().invoke(main, ["bench", "--json", "--quick", "--only", "xdp_hot_ipv4_tcp"])
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert "did not all land in flows" in result.stderr and "non_ip" in result.stderr
+    assert "Traceback" not in result.output
