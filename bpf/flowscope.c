@@ -105,6 +105,10 @@ static __always_inline int parse_ports(void *pos, void *end, __u8 proto, __u16 *
 
 static __always_inline void add_packet(struct flow_value *v, struct packet_info *pi, __u64 now)
 {
+    /* A flow is inserted with a value on the inserting CPU only; the slot of every other CPU
+     * starts at zero, so its first packet there sets its first_seen. */
+    if (v->packets == 0)
+        v->first_seen = now;
     v->packets += 1;
     v->bytes += pi->bytes;
     v->ip_bytes += pi->ip_bytes;

@@ -34,8 +34,12 @@ class _Group(click.Group):
             ctx.exit(EXIT_INTERRUPTED)
 
 
+class Terminated(SystemExit):
+    """SIGTERM, raised in the main thread so that ``with`` blocks detach on the way out."""
+
+
 def _sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
+    raise Terminated(128 + signum)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -104,16 +108,18 @@ def dump(
 
     with Probe(list(interfaces), mode=mode, force=force, flow_entries=flow_entries) as probe:
         names = probe.interface_names()
-        if not as_json:
-            modes = ", ".join(f"{a.ifname} ({a.mode})" for a in probe.attachments)
-            click.echo(f"counting on {modes}; Ctrl-C to stop", err=True)
+        # Ctrl-C and SIGTERM end the count early: what was counted is still printed. The
+        # notice is inside the try so that a signal sent as soon as it appears is caught too.
         try:
+            if not as_json:
+                modes = ", ".join(f"{a.ifname} ({a.mode})" for a in probe.attachments)
+                click.echo(f"counting on {modes}; Ctrl-C to stop", err=True)
             if duration is None:
                 while True:
                     time.sleep(3600)
             else:
                 time.sleep(duration)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Terminated):
             pass
         batches = probe.program.read_all_flows()
         counters = probe.program.read_counters()

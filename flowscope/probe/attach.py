@@ -22,6 +22,8 @@ from flowscope.probe import libbpf
 
 MODES = ("auto", "native", "generic")
 _ATTACHED_MODES = {1: "native", 2: "generic", 3: "offload", 4: "multiple"}
+# pyroute2 decodes IFLA_XDP_ATTACHED to these names (0.9), older versions give the number.
+_ATTACHED_NAMES = {"xdp": 1, "xdpgeneric": 2, "xdpoffload": 3, "xdpmulti": 4}
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +66,8 @@ def interface_info(name: str) -> InterfaceInfo:
         raise InterfaceError(f"cannot read interface {name!r}: {e}") from e
     xdp = _attrs(link, "IFLA_XDP")
     linkinfo = _attrs(link, "IFLA_LINKINFO")
-    attached = int(xdp.get("IFLA_XDP_ATTACHED") or 0)
+    raw = xdp.get("IFLA_XDP_ATTACHED") or 0
+    attached = _ATTACHED_NAMES.get(raw, 0) if isinstance(raw, str) else int(raw)
     prog_id = int(xdp.get("IFLA_XDP_PROG_ID") or 0)
     if attached and not prog_id:
         prog_id = int(
