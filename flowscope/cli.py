@@ -10,13 +10,17 @@ import json
 import signal
 import sys
 import time
+from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from flowscope import abi
 from flowscope.errors import FlowscopeError
+
+if TYPE_CHECKING:
+    from flowscope.collector import Tick
 
 EXIT_INTERRUPTED = 130
 
@@ -193,3 +197,136 @@ def bench(as_json: bool, only: tuple[str, ...], quick: bool) -> None:
             click.echo(bm.info_line(result), err=as_json)
     if not as_json:
         click.echo(bm.table_note(settings))
+
+
+def _human_rate(bps: float) -> str:
+    for unit, div in (("Gb/s", 1e9), ("Mb/s", 1e6), ("kb/s", 1e3)):
+        if bps >= div:
+            return f"{bps / div:.1f} {unit}"
+    return f"{bps:.0f} b/s"
+
+
+@main.command()
+@interfaces_option
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="FLOWSCOPE_DB",
+    default=None,
+    help="History database (default: $XDG_STATE_HOME/flowscope/flows.db; env FLOWSCOPE_DB).",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds to record (default: until Ctrl-C or SIGTERM).",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.05),
+    envvar="FLOWSCOPE_INTERVAL",
+    default=1.0,
+    show_default=True,
+    help="Seconds between ticks (env FLOWSCOPE_INTERVAL).",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=15.0,
+    show_default=True,
+    help="A flow with no packet for this long is finished and written.",
+)
+@click.option(
+    "--fin-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=2.0,
+    show_default=True,
+    help="The idle timeout after a FIN or RST was seen.",
+)
+@click.option(
+    "--active-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="A long-lived flow is written as a record this often.",
+)
+@click.option("--retain", default=None, metavar="AGE", help="Prune history older than AGE (7d).")
+@click.option(
+    "--max-db-size", default=None, metavar="SIZE", help="Prune the oldest history above SIZE (1GB)."
+)
+@mode_option
+@force_option
+@entries_option
+def record(
+    interfaces: tuple[str, ...],
+    db: Path | None,
+    duration: float | None,
+    interval: float,
+    idle_timeout: float,
+    fin_timeout: float,
+    active_timeout: float,
+    retain: str | None,
+    max_db_size: str | None,
+    mode: str,
+    force: bool,
+    flow_entries: int,
+) -> None:
+    """Collect flows into the history database.
+
+    Every tick reads the kernel's flow maps; finished flows (idle, FIN/RST, evicted) and
+    long-lived ones (every active timeout) are written as records, with a sample of the totals
+    and the new-flow events. On Ctrl-C and SIGTERM every live flow is written with end reason
+    'shutdown'. On a terminal a one-line status shows what is happening."""
+    from flowscope.collector import CollectorSettings
+    from flowscope.recorder import RecordSettings, run
+    from flowscope.store import parse_duration, parse_size
+    from flowscope.writer import Writer
+
+    retain_s = parse_duration(retain, "--retain") if retain else None
+    max_bytes = parse_size(max_db_size, "--max-db-size") if max_db_size else None
+    settings = RecordSettings(
+        interfaces=interfaces,
+        db=db,
+        mode=mode,
+        force=force,
+        flow_entries=flow_entries,
+        duration=duration,
+        collector=CollectorSettings(
+            interval=interval,
+            idle_timeout=idle_timeout,
+            fin_timeout=fin_timeout,
+            active_timeout=active_timeout,
+        ),
+    )
+    from flowscope.probe.attach import interface_info
+
+    for name in interfaces:  # a wrong name fails before a database is created
+        interface_info(name)
+    writer = Writer(db, retain_seconds=retain_s, max_bytes=max_bytes)
+    tty = sys.stderr.isatty()
+
+    def status(tick: Tick) -> None:
+        s = tick.sample
+        line = (
+            f"{_human_rate(s.bps)}  {s.pps:.0f} pkt/s  {s.active_flows} flows  "
+            f"{s.new_flows} new  {writer.written} written"
+        )
+        if writer.backlog:
+            line += f"  {writer.backlog} waiting"
+        if writer.dropped:
+            line += f"  {writer.dropped} DROPPED"
+        if writer.status:
+            line += f"  [{writer.status}]"
+        sys.stderr.write("\r\033[K" + line)
+        sys.stderr.flush()
+
+    try:
+        summary = run(settings, writer, on_tick=status if tty else None)
+    except (KeyboardInterrupt, Terminated):
+        summary = None
+    if tty:
+        sys.stderr.write("\n")
+    if writer.status:
+        raise FlowscopeError(f"history: {writer.status}")
+    if tty and summary is not None:
+        click.echo(f"recorded {summary.records} flow records into {writer.store.path}", err=True)

@@ -1,0 +1,5 @@
+"""`python -m flowscope` runs the command line."""
+
+from flowscope.cli import main
+
+main()

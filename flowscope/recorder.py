@@ -1,0 +1,147 @@
+"""The collection loop shared by `record` (and later the console): probe, collector, writer.
+
+Between ticks it keeps draining the ring buffer, so a burst of new flows (a scan, a SYN flood)
+does not overflow it while the loop sleeps. Leaving the loop for any reason (the duration ran
+out, Ctrl-C, SIGTERM turned into SystemExit) writes every live flow with end reason
+'shutdown', flushes the writer, and detaches the program.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from flowscope import abi
+from flowscope.collector import Collector, CollectorSettings, Tick
+from flowscope.model import FlowRecord, NewFlow, Sample
+
+if TYPE_CHECKING:
+    from flowscope.probe.session import Probe
+
+POLL_MS = 100
+
+
+class Sink(Protocol):
+    """Where ticks go: the SQLite writer, or nothing (--no-db)."""
+
+    def submit(
+        self, records: list[FlowRecord], sample: Sample | None, events: list[NewFlow]
+    ) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class NullSink:
+    """Keeps nothing."""
+
+    def submit(
+        self, records: list[FlowRecord], sample: Sample | None, events: list[NewFlow]
+    ) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True, slots=True)
+class RecordSettings:
+    """Everything `flowscope record` is told (flags > FLOWSCOPE_* environment > defaults)."""
+
+    interfaces: tuple[str, ...]
+    """Interfaces to attach to."""
+    db: Path | None = None
+    """History database; None: the default in the XDG state directory."""
+    mode: str = "auto"
+    """XDP mode: auto, native or generic."""
+    force: bool = False
+    """Replace an XDP program already on an interface."""
+    flow_entries: int = abi.DEFAULT_FLOW_ENTRIES
+    """Size of each kernel flow map."""
+    duration: float | None = None
+    """Seconds to record; None: until stopped."""
+    collector: CollectorSettings = field(default_factory=CollectorSettings)
+    """Tick interval and expiry timeouts."""
+
+
+@dataclass(slots=True)
+class RecordSummary:
+    """What a recording did, for the last status line."""
+
+    ticks: int = 0
+    records: int = 0
+    events: int = 0
+    packets: int = 0
+
+
+def run(
+    settings: RecordSettings,
+    sink: Sink,
+    *,
+    on_tick: Callable[[Tick], None] | None = None,
+    stop: threading.Event | None = None,
+) -> RecordSummary:
+    """Collect until the duration ends or ``stop`` is set; every tick goes to ``sink``."""
+    from flowscope.probe.session import Probe
+
+    stop = stop or threading.Event()
+    try:
+        return _run(settings, sink, on_tick, stop, Probe)
+    finally:
+        sink.close()
+
+
+def _run(
+    settings: RecordSettings,
+    sink: Sink,
+    on_tick: Callable[[Tick], None] | None,
+    stop: threading.Event,
+    probe_class: type[Probe],
+) -> RecordSummary:
+    summary = RecordSummary()
+    interval = settings.collector.interval
+    with probe_class(
+        list(settings.interfaces),
+        mode=settings.mode,
+        force=settings.force,
+        flow_entries=settings.flow_entries,
+    ) as probe:
+        collector = Collector(
+            probe.program, settings.collector, iface_names=probe.interface_names()
+        )
+        start = time.monotonic()
+        end = start + settings.duration if settings.duration is not None else None
+        next_tick = start + interval
+        try:
+            while not stop.is_set():
+                now = time.monotonic()
+                if end is not None and now >= end:
+                    break
+                wake = min(next_tick, end) if end is not None else next_tick
+                if now < wake:
+                    probe.program.poll_events(max(1, min(POLL_MS, int((wake - now) * 1000))))
+                    continue
+                tick = collector.tick()
+                sink.submit(tick.records, tick.sample, tick.events)
+                summary.ticks += 1
+                summary.records += len(tick.records)
+                summary.events += len(tick.events)
+                summary.packets += tick.sample.counters.get("packets", 0)
+                if on_tick is not None:
+                    on_tick(tick)
+                next_tick += interval
+                if next_tick < time.monotonic():  # fell behind: do not try to catch up
+                    next_tick = time.monotonic() + interval
+        finally:
+            # the last partial tick, then every live flow, then the writer's backlog
+            tick = collector.tick()
+            sink.submit(tick.records, tick.sample, tick.events)
+            last = collector.shutdown()
+            sink.submit(last, None, [])
+            summary.records += len(tick.records) + len(last)
+            summary.events += len(tick.events)
+            summary.packets += tick.sample.counters.get("packets", 0)
+    return summary
