@@ -59,10 +59,12 @@ class Settings:
     """Interleaved rounds of program and baseline; the minimum of each is reported."""
     flows: int = 100_000
     """Flows pre-filled (xdp_hot_ipv4_tcp_100k) and inserted (xdp_insert_100k)."""
+    drain_flows: tuple[int, ...] = (100_000, 1_000_000)
+    """Flows in the map for the collector_tick benchmarks."""
 
 
 DEFAULT = Settings()
-QUICK = Settings(repeat=100_000, rounds=3, flows=10_000)
+QUICK = Settings(repeat=100_000, rounds=3, flows=10_000, drain_flows=(10_000,))
 """A smoke test of the whole command in a few seconds; its numbers are rougher."""
 
 
@@ -419,6 +421,47 @@ def precise_clock(lab: _Lab) -> Iterator[Result]:
     )
 
 
+def _count_label(n: int) -> str:
+    return f"{n // 1_000_000}m" if n % 1_000_000 == 0 else f"{n // 1000}k"
+
+
+def collector_tick(lab: _Lab) -> Iterator[Result]:
+    """One collector tick (batched read of both maps, per-CPU sums, matching with the previous
+    tick, rates, expiry decisions) with N flows in the map, next to the batched read alone. The
+    map is sized so N stays under the high-water mark and nothing expires: the steady state of
+    a busy server. Minimum of 3 ticks, in ms."""
+    import time
+
+    from flowscope.collector import Collector, CollectorSettings
+    from flowscope.probe.program import FlowProgram
+
+    for n in lab.settings.drain_flows:
+        prog = FlowProgram(flow_entries=int(n / 0.85) + 1)
+        try:
+            prog.put_flows(abi.AF_INET, other_flow_keys(n))
+            collector = Collector(prog, CollectorSettings(idle_timeout=1e9, active_timeout=1e9))
+            reads, ticks = [], []
+            for _ in range(3):
+                t = time.perf_counter()
+                held = sum(len(b) for b in prog.read_all_flows())
+                reads.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                tick = collector.tick()
+                ticks.append(time.perf_counter() - t)
+                if held != n or tick.sample.active_flows != n:
+                    raise BenchError(
+                        f"collector_tick: read {held} flows, ticked "
+                        f"{tick.sample.active_flows}, expected {n}"
+                    )
+        finally:
+            prog.close()
+        label = _count_label(n)
+        yield Result(
+            f"collector_tick_{label}", min(ticks) * 1e3, "ms/tick", f"map_read_{label}",
+            min(reads) * 1e3,
+        )  # fmt: skip
+
+
 BENCHMARKS: dict[str, Callable[[_Lab], Iterator[Result]]] = {
     "xdp_hot_ipv4_tcp": hot_ipv4_tcp,
     "xdp_hot_ipv4_tcp_100k": hot_ipv4_tcp_100k,
@@ -426,6 +469,7 @@ BENCHMARKS: dict[str, Callable[[_Lab], Iterator[Result]]] = {
     "xdp_vlan_ipv4_udp": vlan_ipv4_udp,
     "xdp_insert_100k": insert_100k,
     "xdp_hot_ipv4_tcp_precise_clock": precise_clock,
+    "collector_tick": collector_tick,
 }
 NAMES = tuple(BENCHMARKS)
 

@@ -204,7 +204,9 @@ class Collector:
         for family in (abi.AF_INET, abi.AF_INET6):
             batch = self.source.read_flows(family)
             st = self._state[family]
-            exp_p, exp_b, exp_ip, start = self._carry(st, fingerprints(batch.keys), batch)
+            exp_p, exp_b, exp_ip, start = self._carry(
+                st, batch, *self._match(st, fingerprints(batch.keys))
+            )
             idx = np.nonzero(batch.packets > exp_p)[0]
             records.extend(
                 self._record(batch, i, "shutdown", exp_p[i], exp_b[i], exp_ip[i], start[i])
@@ -214,26 +216,32 @@ class Collector:
 
     # -- internals -----------------------------------------------------------------------
 
+    @staticmethod
+    def _match(st: _FamilyState, fp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each current fingerprint: its row in the previous state, and whether it was
+        there at all."""
+        if not len(st.fp) or not len(fp):
+            return np.zeros(len(fp), np.intp), np.zeros(len(fp), bool)
+        pos = np.minimum(np.searchsorted(st.fp, fp), len(st.fp) - 1)
+        return pos, st.fp[pos] == fp
+
     def _carry(
-        self, st: _FamilyState, fp: np.ndarray, batch: FlowBatch
+        self, st: _FamilyState, batch: FlowBatch, pos: np.ndarray, found: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Per current flow: what was already exported, and when its current record began."""
-        n = len(fp)
-        exp_p = np.zeros(n, U64)
-        exp_b = np.zeros(n, U64)
-        exp_ip = np.zeros(n, U64)
-        start = batch.first_seen.copy()
-        if len(st.fp) and n:
-            pos = np.minimum(np.searchsorted(st.fp, fp), len(st.fp) - 1)
-            known = st.fp[pos] == fp
-            # a flow the kernel counts from zero again (it was deleted and re-created) owes
-            # nothing to what an earlier incarnation exported
-            known &= batch.packets >= st.exp_packets[pos]
-            exp_p[known] = st.exp_packets[pos[known]]
-            exp_b[known] = st.exp_bytes[pos[known]]
-            exp_ip[known] = st.exp_ip_bytes[pos[known]]
-            start[known] = np.maximum(st.record_start[pos[known]], start[known])
-        return exp_p, exp_b, exp_ip, start
+        if not found.any():
+            zero = np.zeros(len(batch), U64)
+            return zero, zero.copy(), zero.copy(), batch.first_seen.copy()
+        # a flow the kernel counts from zero again (it was deleted and re-created) owes
+        # nothing to what an earlier incarnation exported
+        known = found & (batch.packets >= st.exp_packets[pos])
+        zero = U64(0)
+        return (
+            np.where(known, st.exp_packets[pos], zero),
+            np.where(known, st.exp_bytes[pos], zero),
+            np.where(known, st.exp_ip_bytes[pos], zero),
+            np.where(known, np.maximum(st.record_start[pos], batch.first_seen), batch.first_seen),
+        )
 
     def _record(
         self,
@@ -270,16 +278,14 @@ class Collector:
         n = len(batch)
 
         # deltas against the previous tick (a flow not seen before: all of it is new)
-        prev_p = np.zeros(n, U64)
-        prev_b = np.zeros(n, U64)
-        if len(st.fp) and n:
-            pos = np.minimum(np.searchsorted(st.fp, fp), len(st.fp) - 1)
-            known = (st.fp[pos] == fp) & (batch.packets >= st.packets[pos])
-            prev_p[known] = st.packets[pos[known]]
-            prev_b[known] = st.bytes[pos[known]]
-        d_packets = batch.packets - prev_p
-        d_bytes = batch.bytes - prev_b
-        exp_p, exp_b, exp_ip, start = self._carry(st, fp, batch)
+        pos, found = self._match(st, fp)
+        if found.any():
+            known = found & (batch.packets >= st.packets[pos])
+            d_packets = batch.packets - np.where(known, st.packets[pos], U64(0))
+            d_bytes = batch.bytes - np.where(known, st.bytes[pos], U64(0))
+        else:
+            d_packets, d_bytes = batch.packets, batch.bytes
+        exp_p, exp_b, exp_ip, start = self._carry(st, batch, pos, found)
 
         # expiry decisions, on kernel (monotonic) times
         fin_or_rst = (batch.tcp_flags & (TCP_FIN | TCP_RST)) != 0
