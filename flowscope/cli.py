@@ -330,3 +330,170 @@ def record(
         raise FlowscopeError(f"history: {writer.status}")
     if tty and summary is not None:
         click.echo(f"recorded {summary.records} flow records into {writer.store.path}", err=True)
+
+
+# --- history and sql: headless reads of the history database ----------------------------------
+
+_read_db_option = click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="FLOWSCOPE_DB",
+    default=None,
+    help="History database (default: $XDG_STATE_HOME/flowscope/flows.db; env FLOWSCOPE_DB).",
+)
+_format_option = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+    help="An aligned table, one JSON object per line, or CSV with a header.",
+)
+
+
+def _history_cells(row: dict[str, Any], group_by: str, iface: bool) -> dict[str, str]:
+    """The table cells of one history row: host:port pairs and human units (the interface
+    only when the rows span several, so that IPv4 rows fit in 80 columns)."""
+    from flowscope.output import human, human_bytes, human_rate
+
+    def endpoint(addr: str, port: int) -> str:
+        return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+    cells: dict[str, str] = {}
+    if group_by == "flow":
+        cells["proto"] = str(row["proto"])
+        cells["source"] = endpoint(row["src"], row["sport"])
+        cells["destination"] = endpoint(row["dst"], row["dport"])
+        if iface:
+            cells["iface"] = f"{row['iface']}" + (f".{row['vlan']}" if row["vlan"] else "")
+    else:
+        for col in ("host_a", "host_b", "src", "dst", "sport", "dport", "proto", "iface", "vlan"):
+            if col in row:
+                cells[col] = str(row[col])
+    cells["packets"] = human(row["packets"])
+    cells["bytes"] = human_bytes(row["bytes"])
+    cells["rate"] = human_rate(row["bps"])
+    cells["records"] = str(row["records"])
+    return cells
+
+
+@main.command()
+@_read_db_option
+@click.option("--since", default=None, metavar="WHEN", help="Start: 10m, 2h, 7d ago, or ISO 8601.")
+@click.option("--until", default=None, metavar="WHEN", help="End: as --since (default: now).")
+@click.option(
+    "--top", type=click.IntRange(min=0), default=20, show_default=True, help="Rows (0: all)."
+)
+@click.option(
+    "--by",
+    type=click.Choice(["bytes", "packets", "flows", "bps"]),
+    default="bytes",
+    show_default=True,
+    help="What to rank by (flows: flow records; bps ranks as bytes).",
+)
+@click.option(
+    "--group-by",
+    type=click.Choice(["flow", "src", "dst", "pair", "sport", "dport", "proto", "iface", "vlan"]),
+    default="flow",
+    show_default=True,
+    help="Sum per flow, host, host pair (both directions), port, protocol, interface, VLAN.",
+)
+@click.option("--filter", "filter_text", default=None, metavar="EXPR", help="'dport 443 and tcp'")
+@_format_option
+@click.option(
+    "--exact",
+    is_flag=True,
+    help="Read every record even for ranges of 3 h or more (which otherwise start on the hour).",
+)
+def history(
+    db: Path | None,
+    since: str | None,
+    until: str | None,
+    top: int,
+    by: str,
+    group_by: str,
+    filter_text: str | None,
+    fmt: str,
+    exact: bool,
+) -> None:
+    """Top flows (or hosts, ports...) of a time range, from the history database.
+
+    The records of one flow that overlap the range are summed; bps is bits over the whole
+    range. Times are UTC."""
+    from flowscope import output, store
+    from flowscope.model import proto_name
+
+    now = time.time()
+    t_since = store.parse_time_arg(since, "--since", now) if since else None
+    t_until = store.parse_time_arg(until, "--until", now) if until else None
+    where, params = None, []
+    conn = store.connect_readonly(db or store.default_db_path())
+    try:
+        if filter_text:
+            from flowscope.filter import parse, register_sql_functions
+
+            flt = parse(filter_text)
+            if not flt.matches_all:
+                where, params = flt.to_sql()
+            register_sql_functions(conn)
+        query = store.HistoryQuery(
+            since=t_since,
+            until=t_until,
+            top=top or None,
+            by=by,
+            group_by=group_by,
+            where=where,
+            params=params,
+            exact=exact,
+        )
+        result = store.history(conn, query, now=now)
+    finally:
+        conn.close()
+    rows = result.rows
+    for row in rows:
+        if "proto" in row:
+            row["proto"] = proto_name(row["proto"])
+        row.pop("family", None)
+    if fmt == "json":
+        output.write_json_lines(rows)
+        return
+    if fmt == "csv":
+        columns = list(rows[0]) if rows else ["packets", "bytes", "records"]
+        output.write_csv(columns, [[r[c] for c in columns] for r in rows])
+        return
+    title = f"{store.iso_time(result.since)} to {store.iso_time(result.until)}"
+    if result.rounded:
+        title += " (start on the hour: long ranges are read from hourly sums; --exact)"
+    if not rows:
+        click.echo(f"no flows from {title}")
+        return
+    several = len({(r.get("iface"), r.get("vlan"), r.get("direction")) for r in rows}) > 1
+    cells = [_history_cells(r, group_by, several) for r in rows]
+    columns = list(cells[0])
+    output.write_table(
+        columns,
+        [[c[k] for k in columns] for c in cells],
+        right=("packets", "bytes", "rate", "records", "sport", "dport", "vlan"),
+        title=title,
+    )
+
+
+@main.command()
+@_read_db_option
+@_format_option
+@click.argument("query")
+def sql(db: Path | None, fmt: str, query: str) -> None:
+    """Run one read-only SQL statement on the history database.
+
+    Tables: flows, samples, events, flows_hourly (see README). Writes, ATTACH and pragmas
+    that change anything are refused."""
+    from flowscope import output
+    from flowscope.store import default_db_path, read_sql
+
+    columns, rows = read_sql(db or default_db_path(), query)
+    if fmt == "json":
+        output.write_json_lines([dict(zip(columns, r, strict=True)) for r in rows])
+    elif fmt == "csv":
+        output.write_csv(columns, rows)
+    elif columns:
+        output.write_table(columns, rows)

@@ -1,0 +1,1079 @@
+"""SQLite history: the schema, its migrations, one transaction per tick, retention, queries.
+
+The database is one file (default ``$XDG_STATE_HOME/flowscope/flows.db``) that ``sqlite3`` and
+Datasette open as they are. Three tables hold what the collector produces: ``flows`` (one row per
+flow record), ``samples`` (one row per tick) and ``events`` (new-flow events); ``flows_hourly``
+keeps per-hour totals of every flow, maintained in the same transaction as ``flows``, so that a
+top-N over a day of history reads thousands of rows instead of millions.
+
+Times are ISO 8601 UTC text with milliseconds and a ``Z``, always the same width
+(``2026-11-22T03:12:00.123Z``): text comparison is time order, so range queries use plain
+indexes; a human reads them in ``sqlite3`` and Datasette without conversion; and SQLite's date
+functions take them directly (``julianday(last_seen)``, ``strftime('%s', first_seen)``).
+
+This module never imports textual: ``history`` and ``sql`` are headless commands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import os
+import random
+import re
+import sqlite3
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from flowscope import abi
+from flowscope.errors import FlowscopeError, UsageError
+from flowscope.model import FlowKey, FlowRecord, NewFlow, Sample
+
+DIRECTIONS: dict[int, str] = {abi.DIR_INGRESS: "ingress", abi.DIR_EGRESS: "egress"}
+
+# Kernel counter deltas, one column each in `samples` (the names of abi.Counter in lower case).
+COUNTER_COLUMNS: tuple[str, ...] = (
+    "packets",
+    "flows_created",
+    "non_ip",
+    "malformed",
+    "truncated",
+    "map_full",
+    "ringbuf_full",
+)
+
+FLOW_COLUMNS: tuple[str, ...] = (
+    "iface",
+    "direction",
+    "vlan",
+    "family",
+    "src",
+    "dst",
+    "sport",
+    "dport",
+    "proto",
+    "first_seen",
+    "last_seen",
+    "packets",
+    "bytes",
+    "ip_bytes",
+    "tcp_flags",
+    "end_reason",
+)
+# What makes two records the same flow (also the key of flows_hourly, after `hour`).
+FLOW_KEY_COLUMNS: tuple[str, ...] = (
+    "src",
+    "dst",
+    "sport",
+    "dport",
+    "proto",
+    "iface",
+    "direction",
+    "vlan",
+    "family",
+)
+SAMPLE_COLUMNS: tuple[str, ...] = (
+    "time",
+    "interval",
+    "bps",
+    "pps",
+    "active_flows",
+    "new_flows",
+    *COUNTER_COLUMNS,
+    "records_dropped",
+)
+EVENT_COLUMNS: tuple[str, ...] = (
+    "time",
+    "iface",
+    "direction",
+    "vlan",
+    "family",
+    "src",
+    "dst",
+    "sport",
+    "dport",
+    "proto",
+    "length",
+    "map_full",
+)
+
+HOUR = 3600
+
+
+class StoreError(FlowscopeError):
+    """The history database cannot be opened, read or written (disk full, locked, corrupt)."""
+
+
+# --- time as text --------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8192)
+def _second_text(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+
+
+_MILLIS = tuple(f".{i:03d}Z" for i in range(1000))
+
+
+def iso_time(t: float) -> str:
+    """Unix seconds as the stored form: ISO 8601 UTC, milliseconds, ``Z``, fixed width.
+
+    It runs twice per record on the insert path, so the second part is cached (a tick's
+    records share a handful of seconds) and the milliseconds come from a table."""
+    ms = round(t * 1000)
+    second = ms // 1000
+    return _second_text(second) + _MILLIS[ms - second * 1000]
+
+
+def hour_text(t: float) -> str:
+    """The stored form of the start of the UTC hour that contains ``t`` (flows_hourly.hour)."""
+    second = int(t // 1)
+    return f"{_second_text(second - second % HOUR)}.000Z"
+
+
+def parse_iso(text: str) -> float:
+    """Unix seconds from ISO 8601 text; a time without a zone is UTC (as stored)."""
+    t = text.strip()
+    if t.endswith(("Z", "z")):
+        t = t[:-1] + "+00:00"
+    dt = datetime.fromisoformat(t)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+# --- user input: durations, sizes, times ---------------------------------------------------
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": HOUR, "d": 86400, "w": 7 * 86400}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
+
+
+def parse_duration(text: str, option: str = "--retain") -> float:
+    """Seconds from ``30s``, ``10m``, ``2h``, ``7d``, ``1w``; anything else is a UsageError."""
+    m = _DURATION_RE.match(text)
+    if not m or float(m.group(1)) <= 0:
+        raise UsageError(
+            f"{option}: {text!r} is not a duration",
+            "a positive number and a unit: s, m, h, d or w, as in 7d",
+        )
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
+
+
+def parse_size(text: str, option: str = "--max-db-size") -> int:
+    """Bytes from ``500MB``, ``1GB``, ``512MiB`` (kB/MB/GB are powers of 1000, KiB/MiB/GiB
+    of 1024); anything else is a UsageError."""
+    m = _SIZE_RE.match(text)
+    unit = m.group(2).lower() if m else ""
+    if not m or unit not in _SIZE_UNITS or float(m.group(1)) <= 0:
+        raise UsageError(
+            f"{option}: {text!r} is not a size",
+            "a positive number and a unit: kB, MB, GB, KiB, MiB or GiB, as in 1GB",
+        )
+    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+
+
+def parse_time_arg(text: str, option: str, now: float | None = None) -> float:
+    """Unix seconds from ``10m`` (that long ago), ``now``, or an ISO 8601 time (UTC unless it
+    names a zone)."""
+    now = time.time() if now is None else now
+    if text.strip().lower() == "now":
+        return now
+    if _DURATION_RE.match(text):
+        return now - parse_duration(text, option)
+    try:
+        return parse_iso(text)
+    except ValueError as e:
+        raise UsageError(
+            f"{option}: {text!r} is neither a duration nor an ISO 8601 time",
+            "use 10m, 2h, 7d or 2026-11-22T03:00:00Z",
+        ) from e
+
+
+# --- paths and connections -----------------------------------------------------------------
+
+
+def default_db_path() -> Path:
+    """``$XDG_STATE_HOME/flowscope/flows.db``, else ``~/.local/state/flowscope/flows.db``."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "flowscope" / "flows.db"
+
+
+@contextlib.contextmanager
+def translate_errors(action: str, path: Path | str) -> Iterator[None]:
+    """Turn sqlite3 errors into StoreError at the store boundary, with a hint that helps."""
+    try:
+        yield
+    except sqlite3.Error as e:
+        text = str(e)
+        hint = None
+        if "full" in text:
+            hint = "free disk space or lower --max-db-size / --retain"
+        elif "locked" in text or "busy" in text:
+            hint = "another process is writing to it"
+        elif "not a database" in text or "malformed" in text:
+            hint = "the file is not a flowscope database or is damaged"
+        raise StoreError(f"{action} {path}: {text}", hint) from e
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the database file 0600 (and its directory 0700) before SQLite opens it, so
+    history is never readable by other users, not even for an instant. SQLite gives the -wal
+    and -shm files the same permissions as the database."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+
+
+def connect_readonly(path: Path | str) -> sqlite3.Connection:
+    """A read-only connection (URI mode=ro) to an existing database; a missing file is a
+    UsageError, never a new empty database."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"no history database at {p}", "record first, or pass --db PATH")
+    with translate_errors("cannot open", p):
+        conn = sqlite3.connect(
+            f"{p.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None, timeout=5.0
+        )
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    return conn
+
+
+# --- schema and migrations -----------------------------------------------------------------
+
+
+def _migration_1(db: sqlite_utils.Database) -> None:
+    """The three tables the collector writes, with indexes for time ranges."""
+    db["flows"].create(
+        {
+            "id": int,
+            "iface": str,
+            "direction": str,
+            "vlan": int,
+            "family": int,
+            "src": str,
+            "dst": str,
+            "sport": int,
+            "dport": int,
+            "proto": int,
+            "first_seen": str,
+            "last_seen": str,
+            "packets": int,
+            "bytes": int,
+            "ip_bytes": int,
+            "tcp_flags": int,
+            "end_reason": str,
+        },
+        pk="id",
+        not_null={"direction"},
+        defaults={"direction": "ingress"},
+    )
+    db["samples"].create(
+        {
+            "time": str,
+            "interval": float,
+            "bps": float,
+            "pps": float,
+            "active_flows": int,
+            "new_flows": int,
+            **dict.fromkeys(COUNTER_COLUMNS, int),
+            "records_dropped": int,
+        }
+    )
+    db["events"].create(
+        {
+            "time": str,
+            "iface": str,
+            "direction": str,
+            "vlan": int,
+            "family": int,
+            "src": str,
+            "dst": str,
+            "sport": int,
+            "dport": int,
+            "proto": int,
+            "length": int,
+            "map_full": int,
+        }
+    )
+    # One index on flows: last_seen serves "since" ranges and pruning by age. Every index
+    # costs insert speed (a second one on first_seen took inserts from about 270,000 to
+    # 180,000 records per second here), and long ranges are read from flows_hourly anyway.
+    db["flows"].create_index(["last_seen"])
+    db["samples"].create_index(["time"])
+    db["events"].create_index(["time"])
+
+
+_ROLLUP_SUMS = "packets, bytes, ip_bytes, first_seen, last_seen, records"
+
+
+def _migration_2(db: sqlite_utils.Database) -> None:
+    """flows_hourly: per flow and UTC hour (of last_seen), the sums of its records.
+
+    A record whose last_seen falls in an hour lies wholly inside any range that contains that
+    hour, so whole hours of a range are answered from here exactly. It is filled by
+    Store.rollup() (the writer runs it every minute, off the insert path) up to the flows id
+    kept in rollup_state; history reads newer records from flows itself. Backfilled here."""
+    db["flows_hourly"].create(
+        {
+            "hour": str,
+            **{
+                c: (str if c in ("src", "dst", "iface", "direction") else int)
+                for c in FLOW_KEY_COLUMNS
+            },
+            "packets": int,
+            "bytes": int,
+            "ip_bytes": int,
+            "first_seen": str,
+            "last_seen": str,
+            "records": int,
+        }
+    )
+    # The unique index is the upsert's conflict target and serves hour-range scans.
+    db["flows_hourly"].create_index(["hour", *FLOW_KEY_COLUMNS], unique=True)
+    db["rollup_state"].create({"flows_id": int})
+    db["rollup_state"].insert({"flows_id": 0})
+    _rollup(db.conn)
+
+
+_KEYS = ", ".join(FLOW_KEY_COLUMNS)
+_ROLLUP_SQL = (
+    f"INSERT INTO flows_hourly (hour, {_KEYS}, {_ROLLUP_SUMS}) "
+    f"SELECT substr(last_seen, 1, 13) || ':00:00.000Z', {_KEYS}, sum(packets), sum(bytes), "
+    f"sum(ip_bytes), min(first_seen), max(last_seen), count(*) FROM flows "
+    f"WHERE id > ? AND id <= ? GROUP BY 1, {_KEYS} "
+    f"ON CONFLICT (hour, {_KEYS}) DO UPDATE SET "
+    "packets = packets + excluded.packets, bytes = bytes + excluded.bytes, "
+    "ip_bytes = ip_bytes + excluded.ip_bytes, "
+    "first_seen = min(first_seen, excluded.first_seen), "
+    "last_seen = max(last_seen, excluded.last_seen), records = records + excluded.records"
+)
+
+
+def _rollup(conn: sqlite3.Connection) -> int:
+    """Add the flows rows written since the last rollup to flows_hourly (inside the caller's
+    transaction); returns how many rows it added."""
+    done = conn.execute("SELECT flows_id FROM rollup_state").fetchone()[0]
+    top = conn.execute("SELECT max(id) FROM flows").fetchone()[0] or 0
+    if top <= done:
+        return 0
+    conn.execute(_ROLLUP_SQL, (done, top))
+    conn.execute("UPDATE rollup_state SET flows_id = ?", (top,))
+    return int(top - done)
+
+
+# Each entry upgrades the schema from version i to i + 1; user_version holds how many ran.
+# Never edit an entry once released: add a new one.
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The schema version of an open database (PRAGMA user_version)."""
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def check_version(conn: sqlite3.Connection, path: Path | str) -> int:
+    """The file's schema version; a StoreError if it is newer than this code knows."""
+    version = schema_version(conn)
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path} has schema version {version}, newer than this flowscope knows "
+            f"({SCHEMA_VERSION})",
+            "upgrade flowscope to read it",
+        )
+    return version
+
+
+# --- the store -----------------------------------------------------------------------------
+
+_INSERT_FLOW = (
+    f"INSERT INTO flows ({', '.join(FLOW_COLUMNS)}) VALUES ({', '.join('?' * len(FLOW_COLUMNS))})"
+)
+_INSERT_SAMPLE = (
+    f"INSERT INTO samples ({', '.join(SAMPLE_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(SAMPLE_COLUMNS))})"
+)
+_INSERT_EVENT = (
+    f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
+)
+
+
+def _direction(key: FlowKey) -> str:
+    return DIRECTIONS.get(key.direction, str(key.direction))
+
+
+class Store:
+    """A flowscope history database open for writing (creating and upgrading it as needed).
+
+    Not thread-safe: one thread at a time (the Writer's, once it runs)."""
+
+    def __init__(self, path: Path | str | None = None) -> None:
+        self.path = Path(path) if path is not None else default_db_path()
+        with translate_errors("cannot create", self.path):
+            try:
+                _create_private_file(self.path)
+            except OSError as e:
+                raise StoreError(f"cannot create {self.path}: {e.strerror}") from e
+            # isolation_level=None: transactions are the explicit BEGIN/COMMIT below.
+            self.conn = sqlite3.connect(
+                self.path, isolation_level=None, timeout=5.0, check_same_thread=False
+            )
+        try:
+            with translate_errors("cannot open", self.path):
+                self._setup()
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def _setup(self) -> None:
+        version = check_version(self.conn, self.path)
+        if version == 0 and not self.conn.execute("SELECT 1 FROM sqlite_master").fetchone():
+            # Only on a fresh file: lets prune() give pages back to the file system.
+            self.conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        # With WAL, NORMAL loses at most the last transactions on power loss, never integrity.
+        self.conn.execute("PRAGMA synchronous = NORMAL")
+        # Checkpoint (and fsync) every ~40 MB of WAL instead of every 4 MB: fewer stalls.
+        self.conn.execute("PRAGMA wal_autocheckpoint = 10000")
+        self.migrate()
+
+    def migrate(self) -> int:
+        """Run the migrations this file has not had, each in its own transaction; the version."""
+        db = sqlite_utils.Database(self.conn)
+        version = check_version(self.conn, self.path)
+        for i in range(version, SCHEMA_VERSION):
+            with self.transaction():
+                MIGRATIONS[i](db)
+                self.conn.execute(f"PRAGMA user_version = {i + 1}")
+        return SCHEMA_VERSION
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any error (so a failed tick leaves nothing)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def rollup(self) -> int:
+        """Bring flows_hourly up to date with flows, in one transaction; the rows it added.
+
+        Kept off write_tick on purpose: an upsert per record would halve the insert rate,
+        while one GROUP BY a minute costs the writer thread a few milliseconds."""
+        with translate_errors("cannot write to", self.path), self.transaction():
+            return _rollup(self.conn)
+
+    def close(self) -> None:
+        """Close the connection (a checkpoint folds the WAL back into the file)."""
+        with translate_errors("cannot close", self.path):
+            self.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def write_tick(
+        self,
+        records: Sequence[FlowRecord],
+        sample: Sample | None,
+        events: Sequence[NewFlow],
+        records_dropped: int = 0,
+    ) -> None:
+        """Write one collector tick in ONE transaction: all of it, or (on error) nothing.
+
+        ``records_dropped`` is how many records the writer had to drop since the last sample
+        it wrote; it goes into this tick's sample."""
+        flow_rows = [
+            (
+                r.iface,
+                DIRECTIONS.get(r.key.direction) or str(r.key.direction),
+                r.key.vlan,
+                r.key.family,
+                r.key.src,
+                r.key.dst,
+                r.key.sport,
+                r.key.dport,
+                r.key.proto,
+                iso_time(r.first_seen),
+                iso_time(r.last_seen),
+                r.packets,
+                r.bytes,
+                r.ip_bytes,
+                r.tcp_flags,
+                r.end_reason,
+            )
+            for r in records
+        ]
+        event_rows = [
+            (
+                iso_time(e.time),
+                e.iface,
+                _direction(e.key),
+                e.key.vlan,
+                e.key.family,
+                e.key.src,
+                e.key.dst,
+                e.key.sport,
+                e.key.dport,
+                e.key.proto,
+                e.length,
+                int(e.map_full),
+            )
+            for e in events
+        ]
+        with translate_errors("cannot write to", self.path), self.transaction():
+            if flow_rows:
+                self.conn.executemany(_INSERT_FLOW, flow_rows)
+            if sample is not None:
+                self.conn.execute(
+                    _INSERT_SAMPLE,
+                    (
+                        iso_time(sample.time),
+                        sample.interval,
+                        sample.bps,
+                        sample.pps,
+                        sample.active_flows,
+                        sample.new_flows,
+                        *(sample.counters.get(c, 0) for c in COUNTER_COLUMNS),
+                        records_dropped,
+                    ),
+                )
+            if event_rows:
+                self.conn.executemany(_INSERT_EVENT, event_rows)
+
+    # --- retention -------------------------------------------------------------------------
+
+    def size_bytes(self) -> int:
+        """Bytes the data takes: the file's pages that are in use, plus the WAL."""
+        with translate_errors("cannot read", self.path):
+            page_size = self.conn.execute("PRAGMA page_size").fetchone()[0]
+            pages = self.conn.execute("PRAGMA page_count").fetchone()[0]
+            free = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+        wal = Path(f"{self.path}-wal")
+        wal_size = wal.stat().st_size if wal.exists() else 0
+        return int((pages - free) * page_size) + wal_size
+
+    def _delete_before(self, cutoff: str) -> int:
+        """Delete every row older than ``cutoff`` (stored time text) from every table."""
+        cur = self.conn.execute("DELETE FROM flows WHERE last_seen < ?", (cutoff,))
+        deleted = cur.rowcount
+        # An hour leaves flows_hourly once all of it is older than the cutoff.
+        self.conn.execute(
+            "DELETE FROM flows_hourly WHERE hour < ?", (hour_text(parse_iso(cutoff) - HOUR + 1),)
+        )
+        self.conn.execute("DELETE FROM samples WHERE time < ?", (cutoff,))
+        self.conn.execute("DELETE FROM events WHERE time < ?", (cutoff,))
+        # Without AUTOINCREMENT, ids past a deleted maximum are used again: keep the rollup
+        # mark at or below max(id) so new rows are never taken as rolled up already.
+        self.conn.execute(
+            "UPDATE rollup_state SET flows_id = min(flows_id, "
+            "(SELECT coalesce(max(id), 0) FROM flows))"
+        )
+        return deleted
+
+    def prune(
+        self,
+        retain_seconds: float | None,
+        max_bytes: int | None,
+        now: float | None = None,
+    ) -> int:
+        """Delete the oldest data of all three tables: everything older than
+        ``retain_seconds``, then (oldest first, in steps of 5 % of the time span) until the
+        data fits in ``max_bytes``. Freed pages go back to the file system. Returns the number
+        of flow records deleted."""
+        now = time.time() if now is None else now
+        deleted = 0
+        with translate_errors("cannot prune", self.path):
+            if retain_seconds is not None:
+                with self.transaction():
+                    deleted += self._delete_before(iso_time(now - retain_seconds))
+            if max_bytes is not None:
+                for _ in range(100):
+                    self._reclaim()
+                    if self.size_bytes() <= max_bytes:
+                        break
+                    lo, hi = self.conn.execute(
+                        "SELECT min(t), max(t) FROM (SELECT min(last_seen) AS t FROM flows "
+                        "UNION ALL SELECT max(last_seen) FROM flows "
+                        "UNION ALL SELECT min(time) FROM samples "
+                        "UNION ALL SELECT max(time) FROM samples)"
+                    ).fetchone()
+                    if lo is None:
+                        break
+                    t_lo, t_hi = parse_iso(lo), parse_iso(hi)
+                    cutoff = t_lo + max((t_hi - t_lo) * 0.05, 0.001)
+                    with self.transaction():
+                        deleted += self._delete_before(iso_time(cutoff))
+            self._reclaim()
+        return deleted
+
+    def _reclaim(self) -> None:
+        # Fold the WAL into the file, then hand free pages back (auto_vacuum=INCREMENTAL).
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        # executescript steps it to the end; execute() would free one page per call.
+        self.conn.executescript("PRAGMA incremental_vacuum;")
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+# --- history queries -----------------------------------------------------------------------
+
+GROUPINGS: dict[str, tuple[tuple[str, str], ...]] = {
+    # output column -> SQL expression over flows / flows_hourly rows
+    "flow": (
+        ("src", "src"),
+        ("dst", "dst"),
+        ("sport", "sport"),
+        ("dport", "dport"),
+        ("proto", "proto"),
+        ("direction", "direction"),
+        ("iface", "iface"),
+        ("vlan", "vlan"),
+        ("family", "family"),
+    ),
+    "src": (("src", "src"),),
+    "dst": (("dst", "dst"),),
+    "pair": (("host_a", "min(src, dst)"), ("host_b", "max(src, dst)")),
+    "sport": (("sport", "sport"), ("proto", "proto")),
+    "dport": (("dport", "dport"), ("proto", "proto")),
+    "proto": (("proto", "proto"),),
+    "iface": (("iface", "iface"),),
+    "vlan": (("vlan", "vlan"),),
+}
+ORDERINGS = {"bytes": "bytes", "packets": "packets", "flows": "records", "bps": "bytes"}
+
+# A filter that names one of these columns is about single records: the hourly sums cannot
+# answer it, so such a query reads the flows table.
+_PER_RECORD_COLUMNS = re.compile(
+    r"\b(packets|bytes|ip_bytes|tcp_flags|first_seen|last_seen|end_reason|id)\b"
+)
+# Ranges at least this long are answered from flows_hourly (start rounded down to the hour).
+ROLLUP_MIN_RANGE = 3 * HOUR
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryQuery:
+    """What `flowscope history` asks. Times are Unix seconds; None is open-ended."""
+
+    since: float | None = None
+    until: float | None = None
+    top: int | None = 20
+    by: str = "bytes"
+    group_by: str = "flow"
+    where: str | None = None
+    params: Sequence[Any] = ()
+    exact: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryResult:
+    """Rows (dicts, output column -> value) and the range they cover, as used."""
+
+    rows: list[dict[str, Any]]
+    since: float
+    until: float
+    duration: float
+    rounded: bool
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+    return row.fetchone() is not None
+
+
+_SOURCE_COLUMNS = f"{_KEYS}, packets, bytes, ip_bytes, first_seen, last_seen"
+
+
+def _rollup_source(
+    conn: sqlite3.Connection, since: float | None, until: float, where: str, fparams: list[Any]
+) -> tuple[str, list[Any], float | None]:
+    """Rows that sum to the same totals as every record in [hour(since), until]: whole hours
+    from flows_hourly, records not yet rolled up and the partial last hour from flows."""
+    done = conn.execute("SELECT flows_id FROM rollup_state").fetchone()[0]
+    latest = conn.execute("SELECT max(last_seen) FROM flows").fetchone()[0]
+    until_text = iso_time(until)
+    h0 = None if since is None else hour_text(since)
+    lo_hourly, lo_flows = ("hour >= ?", "last_seen >= ?") if h0 else ("1", "1")
+    lo = [h0] if h0 else []
+    if latest is not None and latest > until_text:
+        # Something was seen after `until`: the hour that holds it is read record by record.
+        h1 = hour_text(until)
+        hourly = (
+            f"SELECT {_SOURCE_COLUMNS}, records FROM flows_hourly WHERE {lo_hourly} AND hour < ?"
+        )
+        hourly_params = [*lo, h1]
+        recent = f"(id > ? AND {lo_flows} OR id <= ? AND last_seen >= ?) AND first_seen <= ?"
+        recent_params = [done, *lo, done, h1, until_text]
+    else:
+        hourly = f"SELECT {_SOURCE_COLUMNS}, records FROM flows_hourly WHERE {lo_hourly}"
+        hourly_params = list(lo)
+        recent = f"id > ? AND {lo_flows}"
+        recent_params = [done, *lo]
+    sql = f"{hourly}{where} UNION ALL SELECT {_SOURCE_COLUMNS}, 1 FROM flows WHERE {recent}{where}"
+    return (
+        sql,
+        [*hourly_params, *fparams, *recent_params, *fparams],
+        (parse_iso(h0) if h0 else None),
+    )
+
+
+def history(conn: sqlite3.Connection, q: HistoryQuery, now: float | None = None) -> HistoryResult:
+    """Sum the flow records that overlap [since, until] by the chosen grouping, top N first.
+
+    A record belongs to the range if [first_seen, last_seen] overlaps it. A long range (3 h or
+    more, unless ``exact``) is read from flows_hourly: whole hours of sums instead of every
+    record, with the start rounded down to the hour (``rounded`` in the result says so).
+    ``q.where``/``q.params`` is a filter's to_sql() (positional parameters)."""
+    if q.group_by not in GROUPINGS:
+        raise UsageError(f"--group-by: unknown grouping {q.group_by!r}")
+    if q.by not in ORDERINGS:
+        raise UsageError(f"--by: unknown ordering {q.by!r}")
+    now = time.time() if now is None else now
+    until = now if q.until is None else q.until
+    since = q.since
+    if since is not None and since > until:
+        raise UsageError(f"--since {iso_time(since)} is later than --until {iso_time(until)}")
+    where = f" AND ({q.where})" if q.where else ""
+    fparams = list(q.params)
+    with translate_errors("cannot read history from", "the database"):
+        check_version(conn, "the database")
+        use_rollup = (
+            not q.exact
+            and not (q.where and _PER_RECORD_COLUMNS.search(q.where))
+            and (since is None or until - since >= ROLLUP_MIN_RANGE)
+            and _has_table(conn, "flows_hourly")
+        )
+        rounded = False
+        if use_rollup:
+            source, params, start = _rollup_source(conn, since, until, where, fparams)
+            rounded = since is not None and start != since
+            since = start
+        else:
+            lo = "last_seen >= ? AND " if since is not None else ""
+            source = (
+                f"SELECT {_SOURCE_COLUMNS}, 1 AS records FROM flows "
+                f"WHERE {lo}first_seen <= ?{where}"
+            )
+            params = [*([iso_time(since)] if since is not None else []), iso_time(until), *fparams]
+        group = GROUPINGS[q.group_by]
+        select_group = ", ".join(f"{expr} AS {name}" for name, expr in group)
+        group_cols = ", ".join(name for name, _ in group)
+        sql = (
+            f"SELECT {select_group}, sum(packets) AS packets, sum(bytes) AS bytes, "
+            f"sum(ip_bytes) AS ip_bytes, sum(records) AS records, "
+            f"min(first_seen) AS first_seen, max(last_seen) AS last_seen "
+            f"FROM ({source}) GROUP BY {group_cols} "
+            f"ORDER BY {ORDERINGS[q.by]} DESC, {group_cols}"
+        )
+        if q.top is not None:
+            sql += " LIMIT ?"
+            params.append(q.top)
+        cur = conn.execute(sql, params)
+        names = [d[0] for d in cur.description]
+        rows = [dict(zip(names, r, strict=True)) for r in cur]
+        start = since
+        if start is None:
+            first = conn.execute("SELECT min(first_seen) FROM flows").fetchone()[0]
+            start = min(parse_iso(first), until) if first else until
+    duration = max(until - start, 1e-3)
+    for row in rows:
+        row["bps"] = row["bytes"] * 8 / duration
+    return HistoryResult(rows=rows, since=start, until=until, duration=duration, rounded=rounded)
+
+
+# --- benchmark hooks (flowscope bench) -----------------------------------------------------
+
+
+def synthetic_records(
+    n: int, flows: int = 10_000, now: float | None = None, span: float = 60.0, seed: int = 1
+) -> list[FlowRecord]:
+    """``n`` FlowRecords over ``flows`` distinct IPv4 flows, in time order over the ``span``
+    seconds before ``now`` (as a collector writes them): test and benchmark input."""
+    rng = random.Random(seed)
+    now = time.time() if now is None else now
+    out = []
+    for i in range(n):
+        f = rng.randrange(flows)
+        last = now - span + span * i / n
+        key = FlowKey(
+            family=abi.AF_INET,
+            src=f"10.{(f >> 16) & 255}.{(f >> 8) & 255}.{f & 255}",
+            dst="192.0.2.1",
+            sport=1024 + f % 60000,
+            dport=443,
+            proto=6,
+        )
+        pk = rng.randint(1, 1000)
+        out.append(FlowRecord(key, "eth0", pk, pk * 800, pk * 780, last - 30, last, 0x18, "active"))
+    return out
+
+
+def insert_rate(
+    records_n: int = 200_000,
+    batch: int = 10_000,
+    path: Path | str | None = None,
+    flows: int = 50_000,
+) -> dict[str, float]:
+    """Insert ``records_n`` generated records with write_tick, ``batch`` records per tick (one
+    transaction each), into a fresh database (a temporary one unless ``path``). Returns
+    ``{"records": n, "seconds": s, "records_per_second": r}``; record generation is not timed."""
+    records = synthetic_records(records_n, flows=flows)
+    with tempfile.TemporaryDirectory() as tmp:
+        db_path = Path(path) if path is not None else Path(tmp) / "bench.db"
+        with Store(db_path) as store:
+            t0 = time.perf_counter()
+            for i in range(0, records_n, batch):
+                store.write_tick(records[i : i + batch], None, [])
+            seconds = time.perf_counter() - t0
+    return {"records": records_n, "seconds": seconds, "records_per_second": records_n / seconds}
+
+
+def make_bench_db(
+    path: Path | str,
+    records: int = 10_000_000,
+    flows: int = 20_000,
+    span: float = 86_400.0,
+    now: float | None = None,
+    seed: int = 1,
+) -> float:
+    """Fill a new database with ``records`` flow records of ``flows`` distinct flows (a skewed
+    mix: a few flows carry most bytes, as on real servers), last seen over the ``span``
+    seconds before ``now``, evenly in time; flows_hourly is built by the same migration code
+    that backfills old files. Plain executemany, indexes after: about a minute for 10 M.
+    Returns the seconds it took."""
+    t0 = time.perf_counter()
+    now = time.time() if now is None else now
+    p = Path(path)
+    if p.exists():
+        raise StoreError(f"{p} exists; make_bench_db fills only a new file")
+    _create_private_file(p)
+    conn = sqlite3.connect(p, isolation_level=None)
+    db = sqlite_utils.Database(conn)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = OFF")
+    rng = random.Random(seed)
+    keys = [
+        (
+            "eth0",
+            "ingress",
+            0,
+            4,
+            f"10.{(f >> 16) & 255}.{(f >> 8) & 255}.{f & 255}",
+            "192.0.2.1",
+            1024 + f % 60000,
+            (443, 80, 53, 22)[f % 4],
+            17 if f % 4 == 2 else 6,
+        )
+        for f in range(flows)
+    ]
+    # Pareto-like weights: flow i gets weight 1/(i+1).
+    cum = list(itertools.accumulate(1.0 / (i + 1) for i in range(flows)))
+    conn.execute("BEGIN")
+    _migration_1(db)
+    conn.execute("DROP INDEX idx_flows_last_seen")  # built once, after the rows
+    chunk = 200_000
+    step = span / records
+    for start in range(0, records, chunk):
+        n = min(chunk, records - start)
+        picks = rng.choices(range(flows), cum_weights=cum, k=n)
+        rows = []
+        for j, f in enumerate(picks):
+            last = now - span + (start + j) * step
+            pk = 1 + (f * 7919 + j) % 500
+            rows.append(
+                (
+                    *keys[f],
+                    iso_time(last - 30),
+                    iso_time(last),
+                    pk,
+                    pk * 900,
+                    pk * 880,
+                    0x18,
+                    "active",
+                )
+            )
+        conn.executemany(_INSERT_FLOW, rows)
+    conn.execute("CREATE INDEX idx_flows_last_seen ON flows (last_seen)")
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("COMMIT")
+    conn.close()
+    Store(p).close()  # migration 2 builds flows_hourly
+    return time.perf_counter() - t0
+
+
+def history_query_time(
+    path: Path | str, top: int = 20, since: str = "24h", group_by: str = "flow", repeat: int = 3
+) -> dict[str, float]:
+    """Time the `flowscope history --top N --since 24h` query on an existing database: the
+    best of ``repeat`` runs, in milliseconds, and the rows it gave."""
+    conn = connect_readonly(path)
+    try:
+        q = HistoryQuery(since=parse_time_arg(since, "--since"), top=top, group_by=group_by)
+        best = float("inf")
+        rows = 0
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            rows = len(history(conn, q).rows)
+            best = min(best, time.perf_counter() - t0)
+    finally:
+        conn.close()
+    return {"ms": best * 1000, "rows": rows}
+
+
+# --- flowscope sql: read-only queries --------------------------------------------------------
+
+_READ_ACTIONS = {
+    sqlite3.SQLITE_SELECT,
+    sqlite3.SQLITE_READ,
+    sqlite3.SQLITE_FUNCTION,
+    sqlite3.SQLITE_RECURSIVE,
+}
+# Pragmas that only report, and may name a table or index to report on.
+_PRAGMAS_WITH_ARGUMENT = {
+    "table_info",
+    "table_xinfo",
+    "table_list",
+    "index_list",
+    "index_info",
+    "index_xinfo",
+    "foreign_key_list",
+    "foreign_key_check",
+    "integrity_check",
+    "quick_check",
+}
+# Pragmas that report when asked without a value (with a value they would write).
+_PRAGMAS_QUERY_ONLY = {
+    "application_id",
+    "auto_vacuum",
+    "cache_size",
+    "collation_list",
+    "compile_options",
+    "data_version",
+    "database_list",
+    "encoding",
+    "foreign_keys",
+    "freelist_count",
+    "function_list",
+    "journal_mode",
+    "module_list",
+    "page_count",
+    "page_size",
+    "pragma_list",
+    "schema_version",
+    "synchronous",
+    "user_version",
+}
+_ACTION_WORDS = {
+    sqlite3.SQLITE_INSERT: "INSERT",
+    sqlite3.SQLITE_UPDATE: "UPDATE",
+    sqlite3.SQLITE_DELETE: "DELETE",
+    sqlite3.SQLITE_ATTACH: "ATTACH",
+    sqlite3.SQLITE_DETACH: "DETACH",
+    sqlite3.SQLITE_ALTER_TABLE: "ALTER TABLE",
+    sqlite3.SQLITE_ANALYZE: "ANALYZE",
+    sqlite3.SQLITE_REINDEX: "REINDEX",
+    sqlite3.SQLITE_TRANSACTION: "a transaction",
+    sqlite3.SQLITE_SAVEPOINT: "SAVEPOINT",
+}
+
+_CREATE_DROP = {
+    getattr(sqlite3, f"SQLITE_{verb}_{what}"): verb
+    for verb in ("CREATE", "DROP")
+    for what in (
+        "INDEX",
+        "TABLE",
+        "TEMP_INDEX",
+        "TEMP_TABLE",
+        "TEMP_TRIGGER",
+        "TEMP_VIEW",
+        "TRIGGER",
+        "VIEW",
+        "VTABLE",
+    )
+}
+
+
+def _authorizer(
+    refused: list[str],
+) -> Callable[[int, str | None, str | None, str | None, str | None], int]:
+    """An sqlite3 authorizer that allows reading only, and notes what it refused."""
+
+    def authorize(
+        action: int, arg1: str | None, arg2: str | None, db: str | None, source: str | None
+    ) -> int:
+        if action in _READ_ACTIONS:
+            return sqlite3.SQLITE_OK
+        if action == sqlite3.SQLITE_PRAGMA:
+            name = (arg1 or "").lower()
+            if name in _PRAGMAS_WITH_ARGUMENT or (name in _PRAGMAS_QUERY_ONLY and arg2 is None):
+                return sqlite3.SQLITE_OK
+            refused.append(f"PRAGMA {name}" + ("" if arg2 is None else f"={arg2}"))
+            return sqlite3.SQLITE_DENY
+        if action == sqlite3.SQLITE_UPDATE and arg1 == "sqlite_master" and source is None:
+            # SQLite itself asks this while it sets up pragma table-valued functions
+            # (pragma_table_info). A user's UPDATE of sqlite_master is refused by SQLite
+            # anyway (writable_schema is denied above), and the connection is read-only.
+            return sqlite3.SQLITE_OK
+        word = _ACTION_WORDS.get(action) or _CREATE_DROP.get(action, f"action {action}")
+        refused.append(word)
+        return sqlite3.SQLITE_DENY
+
+    return authorize
+
+
+def read_sql(path: Path | str, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run one statement on a read-only connection (URI mode=ro) with an authorizer that
+    denies every write, ATTACH/DETACH and any pragma that would change something: the
+    column names and the rows. Refusals and SQL errors are UsageErrors (one line)."""
+    conn = connect_readonly(path)
+    refused: list[str] = []
+    try:
+        with contextlib.suppress(ImportError):
+            from flowscope.filter import register_sql_functions
+
+            register_sql_functions(conn)
+        conn.set_authorizer(_authorizer(refused))
+        try:
+            cur = conn.execute(query)
+            rows = cur.fetchall()
+        except sqlite3.Warning as e:  # more than one statement
+            raise UsageError(f"sql: {e}", "run one statement at a time") from e
+        except sqlite3.Error as e:
+            if refused:
+                # Name the statement (DROP, not the DELETE from sqlite_master it starts with),
+                # or for PRAGMA and WITH, the first thing refused.
+                first = (query.split() or [""])[0].upper().rstrip(";")
+                what = refused[0] if first in ("PRAGMA", "WITH", "SELECT", "") else first
+                raise UsageError(f"sql: only reading is allowed ({what} refused)") from e
+            raise UsageError(f"sql: {e}") from e
+        columns = [d[0] for d in cur.description] if cur.description else []
+        return columns, rows
+    finally:
+        conn.close()

@@ -1,0 +1,443 @@
+"""The history store on real temporary SQLite files: schema, permissions, WAL, migrations,
+one transaction per tick, retention, the background writer (backlog, drops, a full disk),
+kill -9 safety, and the read-only `sql` path."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sqlite3
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlite_utils
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flowscope import abi, store
+from flowscope.errors import UsageError
+from flowscope.model import FlowKey, FlowRecord, NewFlow, Sample
+from flowscope.writer import Writer
+
+T0 = 1_795_000_000.0  # 2026-11-18T...Z, a fixed clock
+
+
+def rec(
+    src: str = "10.0.0.1",
+    dst: str = "10.0.0.2",
+    sport: int = 40000,
+    dport: int = 443,
+    proto: int = 6,
+    packets: int = 10,
+    nbytes: int = 1000,
+    first: float = T0,
+    last: float = T0 + 1,
+    iface: str = "eth0",
+) -> FlowRecord:
+    key = FlowKey(abi.AF_INET, src, dst, sport, dport, proto)
+    return FlowRecord(key, iface, packets, nbytes, nbytes - 40, first, last, 0x12, "idle")
+
+
+def sample(t: float = T0, packets: int = 5) -> Sample:
+    counters = {c: 0 for c in store.COUNTER_COLUMNS} | {"packets": packets}
+    return Sample(t, 1.0, 8000.0, 5.0, 3, 1, counters)
+
+
+def event(t: float = T0) -> NewFlow:
+    return NewFlow(t, FlowKey(abi.AF_INET, "10.0.0.1", "10.0.0.2", 1, 2, 17), "eth0", 60, False)
+
+
+def count(path: Path, table: str) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as c:
+        return int(c.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "flows.db"
+
+
+# --- paths, permissions, schema ---------------------------------------------------------------
+
+
+def test_default_path_follows_xdg_state_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert store.default_db_path() == tmp_path / "xdg" / "flowscope" / "flows.db"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert store.default_db_path() == tmp_path / "home/.local/state/flowscope/flows.db"
+
+
+def test_new_database_is_private_wal_and_versioned(db: Path) -> None:
+    os.umask(0o022)
+    with store.Store(db) as s:
+        s.write_tick([rec()], sample(), [event()])
+        assert stat.S_IMODE(db.stat().st_mode) == 0o600
+        assert stat.S_IMODE(db.parent.stat().st_mode) == 0o700
+        assert stat.S_IMODE(Path(f"{db}-wal").stat().st_mode) == 0o600
+        assert s.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert s.conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        assert store.schema_version(c) == store.SCHEMA_VERSION
+
+
+def test_schema_has_the_documented_tables_columns_and_indexes(db: Path) -> None:
+    store.Store(db).close()
+    d = sqlite_utils.Database(db)
+    flows = d["flows"]
+    assert [c.name for c in flows.columns] == ["id", *store.FLOW_COLUMNS]
+    assert flows.pks == ["id"]
+    direction = next(c for c in flows.columns if c.name == "direction")
+    assert direction.notnull and direction.default_value == "'ingress'"
+    assert [c.name for c in d["samples"].columns] == list(store.SAMPLE_COLUMNS)
+    assert tuple(c.name.lower() for c in abi.Counter) == store.COUNTER_COLUMNS
+    assert [c.name for c in d["events"].columns] == list(store.EVENT_COLUMNS)
+    indexed = {(t, tuple(i.columns)) for t in d.table_names() for i in d[t].indexes}
+    assert ("flows", ("last_seen",)) in indexed
+    assert ("samples", ("time",)) in indexed
+    assert ("events", ("time",)) in indexed
+    assert ("flows_hourly", ("hour", *store.FLOW_KEY_COLUMNS)) in indexed
+
+
+def test_times_are_fixed_width_iso_utc_text(db: Path) -> None:
+    with store.Store(db) as s:
+        s.write_tick([rec(first=T0 + 0.0004, last=T0 + 59.9996)], sample(T0), [event(T0)])
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        first, last = c.execute("SELECT first_seen, last_seen FROM flows").fetchone()
+        assert first == "2026-11-18T11:06:40.000Z" and last == "2026-11-18T11:07:40.000Z"
+        # SQLite's own date functions read them as they are
+        assert c.execute("SELECT strftime('%s', last_seen) FROM flows").fetchone()[0] == str(
+            int(T0 + 60)
+        )
+
+
+@given(st.floats(min_value=0, max_value=4e9), st.floats(min_value=0, max_value=4e9))
+def test_iso_time_is_fixed_width_and_sorts_as_time(a: float, b: float) -> None:
+    ta, tb = store.iso_time(a), store.iso_time(b)
+    assert len(ta) == len(tb) == 24 and ta.endswith("Z")
+    if round(a * 1000) < round(b * 1000):
+        assert ta < tb
+    assert abs(store.parse_iso(ta) - a) <= 0.0005 + 1e-6
+
+
+# --- migrations -------------------------------------------------------------------------------
+
+
+def test_an_old_version_file_is_upgraded_and_backfilled(db: Path) -> None:
+    db.parent.mkdir(parents=True)
+    conn = sqlite3.connect(db, isolation_level=None)
+    store.MIGRATIONS[0](sqlite_utils.Database(conn))
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute(
+        "INSERT INTO flows (iface, direction, vlan, family, src, dst, sport, dport, proto, "
+        "first_seen, last_seen, packets, bytes, ip_bytes, tcp_flags, end_reason) VALUES "
+        "('eth0', 'ingress', 0, 4, 'a', 'b', 1, 2, 6, '2026-11-18T08:00:00.000Z', "
+        "'2026-11-18T08:10:00.000Z', 3, 300, 280, 0, 'idle')"
+    )
+    conn.close()
+    with store.Store(db) as s:
+        assert store.schema_version(s.conn) == store.SCHEMA_VERSION
+        row = s.conn.execute("SELECT hour, packets, bytes, records FROM flows_hourly").fetchone()
+        assert row == ("2026-11-18T08:00:00.000Z", 3, 300, 1)
+
+
+def test_a_newer_version_file_is_refused_clearly(db: Path) -> None:
+    store.Store(db).close()
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        c.execute(f"PRAGMA user_version = {store.SCHEMA_VERSION + 1}")
+    with pytest.raises(store.StoreError, match="newer than this flowscope knows"):
+        store.Store(db)
+    with pytest.raises(store.StoreError, match="newer"):  # read commands refuse it too
+        store.history(store.connect_readonly(db), store.HistoryQuery())
+
+
+def test_a_file_that_is_not_a_database_is_a_store_error(db: Path) -> None:
+    db.parent.mkdir(parents=True)
+    db.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(store.StoreError, match="not a flowscope database"):
+        store.Store(db)
+
+
+# --- one transaction per tick -------------------------------------------------------------------
+
+
+def test_write_tick_writes_records_sample_and_events(db: Path) -> None:
+    with store.Store(db) as s:
+        s.write_tick([rec(), rec(sport=2)], sample(packets=77), [event()], records_dropped=4)
+        srow = s.conn.execute("SELECT packets, records_dropped, interval FROM samples").fetchone()
+        assert srow == (77, 4, 1.0)
+        assert count(db, "flows") == 2 and count(db, "events") == 1
+
+
+def test_write_tick_is_one_transaction(db: Path) -> None:
+    with store.Store(db) as s:
+        s.write_tick([rec()], sample(), [event()])
+        # The events insert comes last in a tick: make it fail, and nothing of the tick stays.
+        s.conn.execute(
+            "CREATE TRIGGER boom BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'boom'); END"
+        )
+        with pytest.raises(store.StoreError, match="boom"):
+            s.write_tick([rec(), rec(), rec()], sample(), [event()])
+        assert count(db, "flows") == 1 and count(db, "samples") == 1
+        assert not s.conn.in_transaction
+
+
+def test_rollup_keeps_hourly_sums_exact(db: Path) -> None:
+    with store.Store(db) as s:
+        s.write_tick([rec(nbytes=100), rec(nbytes=200, last=T0 + 3)], None, [])
+        assert s.rollup() == 2
+        s.write_tick([rec(nbytes=300, last=T0 + 5)], None, [])
+        assert s.rollup() == 1 and s.rollup() == 0
+        rows = s.conn.execute("SELECT bytes, records, last_seen FROM flows_hourly").fetchall()
+        assert rows == [(600, 3, store.iso_time(T0 + 5))]
+
+
+# --- retention --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30s", 30), ("10m", 600), ("2h", 7200), ("7d", 604800), ("1w", 604800), ("1.5h", 5400)],
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert store.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("1GB", 10**9), ("500MB", 5 * 10**8), ("64kB", 64000), ("1GiB", 2**30), ("2 MiB", 2**21)],
+)
+def test_parse_size(text: str, size: int) -> None:
+    assert store.parse_size(text) == size
+
+
+@pytest.mark.parametrize("bad", ["", "7", "7y", "-1d", "0s", "d", "1e3s"])
+def test_bad_durations_are_usage_errors(bad: str) -> None:
+    with pytest.raises(UsageError, match="--retain") as e:
+        store.parse_duration(bad)
+    assert e.value.exit_code == 2
+
+
+@pytest.mark.parametrize("bad", ["", "1XB", "GB", "-5MB", "0GB", "1 G B"])
+def test_bad_sizes_are_usage_errors(bad: str) -> None:
+    with pytest.raises(UsageError, match="--max-db-size"):
+        store.parse_size(bad)
+
+
+@given(st.integers(min_value=1, max_value=10**6), st.sampled_from(["KiB", "MiB", "kB", "MB"]))
+def test_parse_size_property(n: int, unit: str) -> None:
+    factor = {"KiB": 1024, "MiB": 1024**2, "kB": 1000, "MB": 1000**2}[unit]
+    assert store.parse_size(f"{n}{unit}") == n * factor
+
+
+def test_prune_by_age_deletes_the_oldest_of_every_table(db: Path) -> None:
+    with store.Store(db) as s:
+        for day in range(5):
+            t = T0 + day * 86400
+            s.write_tick([rec(first=t, last=t + 1)], sample(t), [event(t)])
+        s.rollup()
+        deleted = s.prune(retain_seconds=2.5 * 86400, max_bytes=None, now=T0 + 4 * 86400 + 2)
+        assert deleted == 2
+        for table in ("flows", "samples", "events", "flows_hourly"):
+            assert count(db, table) == 3, table
+        oldest = s.conn.execute("SELECT min(last_seen) FROM flows").fetchone()[0]
+        assert oldest == store.iso_time(T0 + 2 * 86400 + 1)
+
+
+def test_prune_by_size_keeps_the_newest_and_shrinks_the_file(db: Path) -> None:
+    with store.Store(db) as s:
+        for i in range(40):
+            t = T0 + i * 60
+            s.write_tick(
+                [rec(sport=j, first=t, last=t + 1) for j in range(500)], sample(t), [event(t)]
+            )
+        s.rollup()
+        s._reclaim()
+        before = db.stat().st_size
+        assert before > 1_000_000
+        s.prune(retain_seconds=None, max_bytes=400_000)
+        assert s.size_bytes() <= 400_000
+        assert db.stat().st_size <= 400_000 < before
+        newest = s.conn.execute("SELECT max(last_seen) FROM flows").fetchone()[0]
+        assert newest == store.iso_time(T0 + 39 * 60 + 1)
+        assert count(db, "flows") > 0
+        # rows written after pruning are still rolled up (the rollup mark follows max(id))
+        s.prune(retain_seconds=None, max_bytes=1)
+        s.write_tick([rec(nbytes=5, last=T0 + 99999)], None, [])
+        assert s.rollup() == 1
+
+
+# --- the background writer --------------------------------------------------------------------
+
+
+def test_writer_writes_every_tick_and_flushes_on_close(db: Path) -> None:
+    w = Writer(db)
+    for i in range(50):
+        w.submit([rec(sport=i), rec(sport=i + 1000)], sample(T0 + i), [event()])
+    assert w.close(timeout=10)
+    assert w.backlog == 0 and w.dropped == 0 and w.status is None and w.written == 100
+    assert count(db, "flows") == 100 and count(db, "samples") == 50
+    assert count(db, "flows_hourly") == 100  # rolled up on close
+
+
+def test_writer_backlog_is_bounded_and_drops_are_counted(db: Path) -> None:
+    """Another connection holds the write lock: the writer cannot write, the collector's
+    submit() still returns at once, records wait up to max_backlog, the rest are dropped and
+    counted, and the count lands in the next sample written."""
+    s = store.Store(db)
+    s.conn.execute("PRAGMA busy_timeout = 20")
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    w = Writer(s, max_backlog=25, retry_interval=0.05)
+    try:
+        t = time.perf_counter()
+        for i in range(10):
+            w.submit([rec(sport=i * 10 + j) for j in range(10)], sample(T0 + i), [])
+        assert time.perf_counter() - t < 0.5  # never waited for the disk
+        deadline = time.monotonic() + 5
+        while w.status is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert w.status is not None and "locked" in w.status
+        assert w.backlog == 25
+        assert w.dropped == 75
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert w.close(timeout=10)
+    assert w.status is None
+    assert count(db, "flows") == 25
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        dropped = [r[0] for r in c.execute("SELECT records_dropped FROM samples ORDER BY time")]
+    assert sum(dropped) == 75 and dropped[0] == 75  # reported once, in the first sample written
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MB tmpfs (needs root to mount; skipped otherwise), unmounted afterwards."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True
+    )
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_writer_survives_a_full_disk_and_catches_up(tiny_fs: Path) -> None:
+    """A real full file system (a 2 MB tmpfs, not a simulation): SQLite fails with 'database
+    or disk is full'; the writer keeps the backlog, shows the error in its status, keeps
+    retrying, and once the file system is enlarged (remount with a bigger size) writes it
+    all. Nothing raises into the caller."""
+    db = tiny_fs / "flows.db"
+    w = Writer(db, retry_interval=0.05)
+    for i in range(60):
+        w.submit([rec(sport=j, first=T0 + i, last=T0 + i + 1) for j in range(200)], sample(), [])
+    deadline = time.monotonic() + 20
+    while (w.status is None or "full" not in w.status) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert w.status is not None and "full" in w.status, w.status
+    assert w.backlog > 0 and w.dropped == 0
+    subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_fs)], check=True)
+    assert w.close(timeout=30)
+    assert w.status is None and w.backlog == 0
+    assert count(db, "flows") == 60 * 200
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_kill_9_mid_write_leaves_a_sound_file(tmp_path: Path) -> None:
+    """A child writes ticks of 100 records in a loop and is SIGKILLed mid-way: the file passes
+    integrity_check and holds whole ticks only (WAL + one transaction per tick)."""
+    db = tmp_path / "flows.db"
+    store.Store(db).close()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            s = store.Store(db)
+            i = 0
+            while True:
+                s.write_tick([rec(sport=j, last=T0 + i) for j in range(100)], sample(), [])
+                i += 1
+        finally:
+            os._exit(1)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(db)) as c:
+            if c.execute("SELECT count(*) FROM flows").fetchone()[0] >= 2000:
+                break
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        n = c.execute("SELECT count(*) FROM flows").fetchone()[0]
+        assert n >= 2000 and n % 100 == 0
+
+
+# --- flowscope sql ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def filled(db: Path) -> Path:
+    with store.Store(db) as s:
+        s.write_tick([rec(), rec(sport=2)], sample(), [event()])
+    return db
+
+
+@pytest.mark.parametrize(
+    ("query", "word"),
+    [
+        ("DELETE FROM flows", "DELETE"),
+        ("DROP TABLE flows", "DROP"),
+        ("INSERT INTO flows (src) VALUES ('x')", "INSERT"),
+        ("UPDATE flows SET bytes = 0", "UPDATE"),
+        ("ATTACH DATABASE '/tmp/other.db' AS other", "ATTACH"),
+        ("PRAGMA writable_schema = 1", "PRAGMA writable_schema=1"),
+        ("PRAGMA user_version = 9", "PRAGMA user_version=9"),
+        ("CREATE TABLE t (x)", "CREATE"),
+        ("VACUUM", "VACUUM"),
+        ("WITH x AS (SELECT 1) DELETE FROM flows", "DELETE"),
+    ],
+)
+def test_sql_refuses_writes(filled: Path, query: str, word: str) -> None:
+    with pytest.raises(UsageError) as e:
+        store.read_sql(filled, query)
+    assert str(e.value) == f"sql: only reading is allowed ({word} refused)"
+    assert count(filled, "flows") == 2
+    assert store.read_sql(filled, "PRAGMA user_version")[1] == [(store.SCHEMA_VERSION,)]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT count(*) FROM flows",
+        "PRAGMA table_info(flows)",
+        "SELECT name FROM pragma_table_info('flows')",
+        "PRAGMA user_version",
+        "PRAGMA integrity_check",
+        "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 3) "
+        "SELECT x FROM n",
+    ],
+)
+def test_sql_allows_reading(filled: Path, query: str) -> None:
+    columns, rows = store.read_sql(filled, query)
+    assert columns and rows
+
+
+def test_sql_syntax_error_is_one_line(filled: Path) -> None:
+    with pytest.raises(UsageError, match=r'^sql: near "SELEKT": syntax error$'):
+        store.read_sql(filled, "SELEKT 1")
+
+
+def test_benchmark_hook_reports_a_rate(tmp_path: Path) -> None:
+    result = store.insert_rate(2000, batch=500)
+    assert result["records"] == 2000 and result["records_per_second"] > 0
