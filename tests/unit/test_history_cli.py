@@ -1,0 +1,282 @@
+"""`flowscope history` and `flowscope sql` through click's CliRunner, on a database written
+with known records: exact sums, grouping, top-N, time ranges, filters, output formats and
+the one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from flowscope import abi, store
+from flowscope.cli import main
+from flowscope.model import FlowKey, FlowRecord
+
+H = 3600.0
+NOW = 1_795_000_000.0 - 1_795_000_000.0 % H + 0.5 * H  # half past an hour
+IP = "10.0.0.1"
+
+
+def rec(src, dst, sport, dport, proto, packets, nbytes, first, last, iface="eth0", vlan=0):
+    key = FlowKey(abi.AF_INET, src, dst, sport, dport, proto, vlan=vlan)
+    return FlowRecord(key, iface, packets, nbytes, nbytes - 20 * packets, first, last, 0, "idle")
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    """Flow A (tcp 443) has two records (an active timeout) 10 min ago; flow B (its reply)
+    one; flow C (udp 53) one 2 h ago; flow D (tcp 22, another interface) one 2 days ago."""
+    path = tmp_path / "flows.db"
+    t = NOW - 600
+    with store.Store(path) as s:
+        s.write_tick(
+            [
+                rec(IP, "10.0.0.2", 40000, 443, 6, 10, 5000, t - 60, t),
+                rec("10.0.0.2", IP, 443, 40000, 6, 8, 20000, t - 60, t),
+            ],
+            None,
+            [],
+        )
+        s.write_tick([rec(IP, "10.0.0.2", 40000, 443, 6, 5, 2500, t, t + 60)], None, [])
+        s.write_tick(
+            [rec(IP, "10.0.0.3", 5353, 53, 17, 2, 300, NOW - 2 * H, NOW - 2 * H + 1)], None, []
+        )
+        s.write_tick(
+            [
+                rec(
+                    "10.0.0.9",
+                    IP,
+                    50000,
+                    22,
+                    6,
+                    100,
+                    90000,
+                    NOW - 2 * 86400,
+                    NOW - 2 * 86400 + 5,
+                    iface="eth1",
+                    vlan=7,
+                )
+            ],
+            None,
+            [],
+        )
+        s.rollup()
+    return path
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    r = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return r.exit_code, r.stdout, r.stderr
+
+
+def history_json(db: Path, *args: str) -> list[dict]:
+    from unittest import mock
+
+    with mock.patch("flowscope.cli.time.time", return_value=NOW):
+        code, out, err = run("history", "--db", str(db), "--format", "json", *args)
+    assert code == 0, err
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_flow_records_of_one_flow_are_summed(db: Path) -> None:
+    rows = history_json(db, "--since", "30m")
+    assert [(r["src"], r["dport"], r["packets"], r["bytes"], r["records"]) for r in rows] == [
+        ("10.0.0.2", 40000, 8, 20000, 1),
+        (IP, 443, 15, 7500, 2),
+    ]
+    a = rows[1]
+    assert a | {"bps": 0} == {
+        "src": IP,
+        "dst": "10.0.0.2",
+        "sport": 40000,
+        "dport": 443,
+        "proto": "tcp",
+        "direction": "ingress",
+        "iface": "eth0",
+        "vlan": 0,
+        "packets": 15,
+        "bytes": 7500,
+        "ip_bytes": 7500 - 20 * 15,
+        "records": 2,
+        "first_seen": store.iso_time(NOW - 660),
+        "last_seen": store.iso_time(NOW - 540),
+        "bps": 0,
+    }
+    assert a["bps"] == pytest.approx(7500 * 8 / 1800)
+
+
+def test_ranges_select_records_that_overlap_them(db: Path) -> None:
+    assert len(history_json(db, "--since", "3h")) == 3
+    assert len(history_json(db, "--since", "3h", "--exact")) == 3
+    assert {r["dport"] for r in history_json(db, "--since", "3h", "--until", "1h")} == {53}
+    # a range that starts inside flow A's second record (first_seen NOW-600, last NOW-540)
+    rows = history_json(db, "--since", "570s", "--until", "550s")
+    assert [(r["dport"], r["bytes"]) for r in rows] == [(443, 2500)]
+    iso = store.iso_time(NOW - 2 * 86400 - 10)
+    assert [r["dport"] for r in history_json(db, "--since", iso, "--until", "1d")] == [22]
+    assert len(history_json(db)) == 4  # no --since: everything
+
+
+def test_long_ranges_from_hourly_sums_equal_reading_every_record(db: Path) -> None:
+    for grouping in ("flow", "src", "pair", "dport"):
+        fast = history_json(db, "--since", "7d", "--group-by", grouping, "--top", "0")
+        exact = history_json(db, "--since", "7d", "--group-by", grouping, "--top", "0", "--exact")
+        strip = [{k: v for k, v in r.items() if k != "bps"} for r in fast]
+        assert strip == [{k: v for k, v in r.items() if k != "bps"} for r in exact], grouping
+
+
+def test_top_n_and_ranking(db: Path) -> None:
+    rows = history_json(db, "--top", "2")
+    assert [r["bytes"] for r in rows] == [90000, 20000]
+    by_packets = history_json(db, "--by", "packets")
+    assert [r["packets"] for r in by_packets] == [100, 15, 8, 2]
+    by_flows = history_json(db, "--by", "flows", "--top", "1")
+    assert by_flows[0]["records"] == 2
+
+
+def test_groupings(db: Path) -> None:
+    pair = history_json(db, "--since", "1h", "--group-by", "pair")
+    assert pair == [
+        {
+            "host_a": IP,
+            "host_b": "10.0.0.2",
+            "packets": 23,
+            "bytes": 27500,
+            "ip_bytes": 27500 - 20 * 23,
+            "records": 3,
+            "first_seen": store.iso_time(NOW - 660),
+            "last_seen": store.iso_time(NOW - 540),
+            "bps": pytest.approx(27500 * 8 / 3600),
+        }
+    ]
+    src = history_json(db, "--group-by", "src")
+    assert [(r["src"], r["bytes"]) for r in src] == [
+        ("10.0.0.9", 90000),
+        ("10.0.0.2", 20000),
+        (IP, 7800),
+    ]
+    proto = history_json(db, "--group-by", "proto")
+    assert [(r["proto"], r["packets"]) for r in proto] == [("tcp", 123), ("udp", 2)]
+    vlan = history_json(db, "--group-by", "vlan")
+    assert [(r["vlan"], r["records"]) for r in vlan] == [(7, 1), (0, 4)]
+    iface = history_json(db, "--group-by", "iface")
+    assert [(r["iface"], r["bytes"]) for r in iface] == [("eth1", 90000), ("eth0", 27800)]
+    dport = history_json(db, "--group-by", "dport", "--by", "packets")
+    assert [(r["dport"], r["proto"]) for r in dport][:2] == [(22, "tcp"), (443, "tcp")]
+
+
+def test_filters_select_flows(db: Path) -> None:
+    rows = history_json(db, "--filter", "dport 443 and proto tcp")
+    assert [(r["src"], r["bytes"]) for r in rows] == [(IP, 7500)]
+    rows = history_json(db, "--since", "7d", "--filter", "src net 10.0.0.0/30 and not port 443")
+    assert [r["dport"] for r in rows] == [53]
+    # a per-record condition reads the records themselves
+    rows = history_json(db, "--since", "7d", "--filter", "bytes > 4000 and dport 443")
+    assert [(r["bytes"], r["records"]) for r in rows] == [(5000, 1)]
+    assert history_json(db, "--filter", "vlan 7 and iface eth1")[0]["dport"] == 22
+
+
+def test_filter_syntax_error_is_one_line_exit_2(db: Path) -> None:
+    code, out, err = run("history", "--db", str(db), "--filter", "dport 443 and")
+    assert code == 2 and out == ""
+    assert err.startswith("flowscope: error: column ") and err.count("\n") == 1
+
+
+def test_csv_has_a_header_and_the_sums(db: Path) -> None:
+    code, out, _ = run("history", "--db", str(db), "--format", "csv", "--group-by", "dport")
+    assert code == 0
+    table = list(csv.DictReader(io.StringIO(out)))
+    assert table[0].keys() >= {"dport", "proto", "packets", "bytes", "records", "bps"}
+    assert [(r["dport"], r["bytes"]) for r in table] == [
+        ("22", "90000"),
+        ("40000", "20000"),
+        ("443", "7500"),
+        ("53", "300"),
+    ]
+
+
+def test_table_has_human_units_and_fits_80_columns(db: Path) -> None:
+    code, out, _ = run("history", "--db", str(db))
+    assert code == 0
+    lines = out.splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 80
+    assert "10.0.0.9:50000" in out and "90.0 kB" in out and "b/s" in out
+    assert "eth1.7" in out  # interface and VLAN shown when rows differ in them
+
+
+def test_missing_database_is_an_error_and_is_not_created(tmp_path: Path) -> None:
+    missing = tmp_path / "none.db"
+    for cmd in (["history"], ["sql", "SELECT 1"]):
+        code, _, err = run(cmd[0], "--db", str(missing), *cmd[1:])
+        assert code == 2
+        assert (
+            err == f"flowscope: error: no history database at {missing} "
+            "(record first, or pass --db PATH)\n"
+        )
+    assert not missing.exists()
+
+
+@pytest.mark.parametrize("bad", ["yesterday", "10x", "2026-13-01"])
+def test_bad_since_names_the_value(db: Path, bad: str) -> None:
+    code, _, err = run("history", "--db", str(db), "--since", bad)
+    assert code == 2 and f"--since: {bad!r}" in err and err.count("\n") == 1
+
+
+def test_sql_prints_json_csv_and_table(db: Path) -> None:
+    q = "SELECT dport, sum(bytes) AS b FROM flows GROUP BY dport ORDER BY b DESC LIMIT 2"
+    code, out, _ = run("sql", "--db", str(db), "--format", "json", q)
+    assert code == 0
+    assert [json.loads(x) for x in out.splitlines()] == [
+        {"dport": 22, "b": 90000},
+        {"dport": 40000, "b": 20000},
+    ]
+    code, out, _ = run("sql", "--db", str(db), "--format", "csv", q)
+    assert out.splitlines() == ["dport,b", "22,90000", "40000,20000"]
+    code, out, _ = run("sql", "--db", str(db), "PRAGMA table_info(flows)")
+    assert code == 0 and "last_seen" in out
+
+
+@pytest.mark.parametrize(
+    ("query", "word"),
+    [
+        ("DELETE FROM flows", "DELETE"),
+        ("DROP TABLE flows", "DROP"),
+        ("INSERT INTO samples (time) VALUES ('x')", "INSERT"),
+        ("UPDATE flows SET bytes = 1", "UPDATE"),
+        ("ATTACH DATABASE ':memory:' AS m", "ATTACH"),
+        ("PRAGMA writable_schema=1", "PRAGMA writable_schema=1"),
+    ],
+)
+def test_sql_refuses_writes_with_one_line(db: Path, query: str, word: str) -> None:
+    code, out, err = run("sql", "--db", str(db), query)
+    assert (code, out) == (2, "")
+    assert err == f"flowscope: error: sql: only reading is allowed ({word} refused)\n"
+    code, out, _ = run("sql", "--db", str(db), "--format", "csv", "SELECT count(*) FROM flows")
+    assert out.splitlines()[1] == "5"
+
+
+def test_sql_syntax_error_is_one_line(db: Path) -> None:
+    code, _, err = run("sql", "--db", str(db), "SELECT FROM WHERE")
+    assert code == 2 and err.startswith("flowscope: error: sql: near ") and err.count("\n") == 1
+
+
+def test_history_and_sql_never_import_textual(db: Path) -> None:
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from flowscope.cli import main\n"
+        f"r = CliRunner().invoke(main, ['history', '--db', {str(db)!r}])\n"
+        "assert r.exit_code == 0, r.output\n"
+        f"r = CliRunner().invoke(main, ['sql', '--db', {str(db)!r}, 'SELECT 1'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "import flowscope.writer\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('textual', 'bcc', 'pyroute2')]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
