@@ -264,7 +264,7 @@ def connect_readonly(path: Path | str) -> sqlite3.Connection:
 
 def _migration_1(db: sqlite_utils.Database) -> None:
     """The three tables the collector writes, with indexes for time ranges."""
-    db["flows"].create(
+    db.table("flows").create(
         {
             "id": int,
             "iface": str,
@@ -288,7 +288,7 @@ def _migration_1(db: sqlite_utils.Database) -> None:
         not_null={"direction"},
         defaults={"direction": "ingress"},
     )
-    db["samples"].create(
+    db.table("samples").create(
         {
             "time": str,
             "interval": float,
@@ -300,7 +300,7 @@ def _migration_1(db: sqlite_utils.Database) -> None:
             "records_dropped": int,
         }
     )
-    db["events"].create(
+    db.table("events").create(
         {
             "time": str,
             "iface": str,
@@ -319,9 +319,9 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     # One index on flows: last_seen serves "since" ranges and pruning by age. Every index
     # costs insert speed (a second one on first_seen took inserts from about 270,000 to
     # 180,000 records per second here), and long ranges are read from flows_hourly anyway.
-    db["flows"].create_index(["last_seen"])
-    db["samples"].create_index(["time"])
-    db["events"].create_index(["time"])
+    db.table("flows").create_index(["last_seen"])
+    db.table("samples").create_index(["time"])
+    db.table("events").create_index(["time"])
 
 
 _ROLLUP_SUMS = "packets, bytes, ip_bytes, first_seen, last_seen, records"
@@ -334,7 +334,7 @@ def _migration_2(db: sqlite_utils.Database) -> None:
     hour, so whole hours of a range are answered from here exactly. It is filled by
     Store.rollup() (the writer runs it every minute, off the insert path) up to the flows id
     kept in rollup_state; history reads newer records from flows itself. Backfilled here."""
-    db["flows_hourly"].create(
+    db.table("flows_hourly").create(
         {
             "hour": str,
             **{
@@ -350,9 +350,9 @@ def _migration_2(db: sqlite_utils.Database) -> None:
         }
     )
     # The unique index is the upsert's conflict target and serves hour-range scans.
-    db["flows_hourly"].create_index(["hour", *FLOW_KEY_COLUMNS], unique=True)
-    db["rollup_state"].create({"flows_id": int})
-    db["rollup_state"].insert({"flows_id": 0})
+    db.table("flows_hourly").create_index(["hour", *FLOW_KEY_COLUMNS], unique=True)
+    db.table("rollup_state").create({"flows_id": int})
+    db.table("rollup_state").insert({"flows_id": 0})
     _rollup(db.conn)
 
 
