@@ -34,8 +34,12 @@ def test_hot_flow_json_line() -> None:
 
 def test_every_benchmark_runs_and_reports_once() -> None:
     objs = _lines([])
-    assert [o["name"] for o in objs] == list(bench.NAMES)
+    # collector_tick reports one line per map size (quick: 10,000 flows)
+    expected = [n if n != "collector_tick" else "collector_tick_10k" for n in bench.NAMES]
+    assert [o["name"] for o in objs] == expected
     by_name = {o["name"]: o for o in objs}
+    assert by_name["collector_tick_10k"]["unit"] == "ms/tick"
+    assert by_name["collector_tick_10k"]["baseline_name"] == "map_read_10k"
     assert by_name["xdp_insert_100k"]["unit"] == "ns/flow"
     assert by_name["xdp_hot_ipv4_tcp_precise_clock"]["baseline_name"] == "xdp_hot_ipv4_tcp"
     for o in objs:
