@@ -50,7 +50,11 @@ class _TestRunOpts(ctypes.Structure):
 
 
 class _BatchOpts(ctypes.Structure):
-    _fields_ = [("sz", ctypes.c_size_t), ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("elem_flags", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
+    ]
 
 
 class XdpMd(ctypes.Structure):
@@ -82,8 +86,17 @@ def _libbpf() -> ctypes.CDLL:
         lib.bpf_link_create.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
         lib.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.c_void_p]
         lib.bpf_map_lookup_batch.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 6
-        lib.bpf_map_lookup_and_delete_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-        lib.bpf_map_update_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64]
+        lib.bpf_map_lookup_and_delete_elem.argtypes = [
+            ctypes.c_int,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        ]
+        lib.bpf_map_update_elem.argtypes = [
+            ctypes.c_int,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_uint64,
+        ]
         lib.bpf_map_delete_elem.argtypes = [ctypes.c_int, ctypes.c_void_p]
         lib.bpf_prog_get_fd_by_id.argtypes = [ctypes.c_uint32]
         _lib = lib

@@ -99,7 +99,7 @@ def test_record_then_history_gives_exact_counts_and_expiry(
             long_sent += net.send_frames([udp6(net, 5000, 5432, 200)])
             time.sleep(0.25)
         proc.send_signal(signal.SIGINT)  # Ctrl-C: live flows are written as 'shutdown'
-        out, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
