@@ -45,6 +45,6 @@ def require_bpf_privileges() -> None:
     if missing:
         raise PrivilegeError(
             f"flowscope needs {', '.join(missing)} to load its XDP program",
-            "run it as root, or grant the capabilities: "
-            "setcap cap_bpf,cap_net_admin,cap_perfmon+ep on the Python interpreter",
+            "run it as root, or give the process those capabilities, e.g. systemd's "
+            "AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_PERFMON",
         )
