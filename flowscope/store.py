@@ -89,6 +89,7 @@ SAMPLE_COLUMNS: tuple[str, ...] = (
     "new_flows",
     *COUNTER_COLUMNS,
     "records_dropped",
+    "evicted",
 )
 EVENT_COLUMNS: tuple[str, ...] = (
     "time",
@@ -382,9 +383,19 @@ def _rollup(conn: sqlite3.Connection) -> int:
     return int(top - done)
 
 
+def _migration_3(db: sqlite_utils.Database) -> None:
+    """samples.evicted: flows the collector expired early in the tick because a kernel map
+    passed its high-water mark (0 in rows written before the column existed)."""
+    db.table("samples").add_column("evicted", int, not_null_default=0)
+
+
 # Each entry upgrades the schema from version i to i + 1; user_version holds how many ran.
 # Never edit an entry once released: add a new one.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _migration_1,
+    _migration_2,
+    _migration_3,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -564,6 +575,7 @@ class Store:
                         sample.new_flows,
                         *(sample.counters.get(c, 0) for c in COUNTER_COLUMNS),
                         records_dropped,
+                        sample.counters.get("evicted", 0),
                     ),
                 )
             if event_rows:

@@ -5,6 +5,7 @@ kill -9 safety, and the read-only `sql` path."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import sqlite3
@@ -144,6 +145,24 @@ def test_an_old_version_file_is_upgraded_and_backfilled(db: Path) -> None:
         assert store.schema_version(s.conn) == store.SCHEMA_VERSION
         row = s.conn.execute("SELECT hour, packets, bytes, records FROM flows_hourly").fetchone()
         assert row == ("2026-11-18T08:00:00.000Z", 3, 300, 1)
+
+
+def test_a_version_2_file_gains_samples_evicted_and_stores_it(db: Path) -> None:
+    db.parent.mkdir(parents=True)
+    conn = sqlite3.connect(db, isolation_level=None)
+    for migration in store.MIGRATIONS[:2]:
+        migration(sqlite_utils.Database(conn))
+    conn.execute("PRAGMA user_version = 2")
+    conn.execute("INSERT INTO samples (time, packets) VALUES ('2026-11-18T08:00:00.000Z', 9)")
+    conn.close()
+    with store.Store(db) as s:
+        assert store.schema_version(s.conn) == 3
+        # the row written before the column existed reads 0
+        assert s.conn.execute("SELECT packets, evicted FROM samples").fetchall() == [(9, 0)]
+        tick = sample(T0 + 1)
+        s.write_tick([], dataclasses.replace(tick, counters=tick.counters | {"evicted": 5}), [])
+        rows = s.conn.execute("SELECT time, evicted FROM samples ORDER BY time").fetchall()
+        assert rows[-1] == (store.iso_time(T0 + 1), 5)
 
 
 def test_a_newer_version_file_is_refused_clearly(db: Path) -> None:
