@@ -159,21 +159,37 @@ class FlowBatch:
     def from_percpu(cls, family: int, keys: np.ndarray, values: np.ndarray) -> FlowBatch:
         """Sum per-CPU values (shape: flows x CPUs, abi.VALUE_DTYPE). A CPU that never saw the
         flow has zero packets and does not count for first seen."""
-        packets = values["packets"]
-        seen = packets > 0
-        first = np.where(seen, values["first_seen"], U64_MAX).min(axis=1, initial=U64_MAX)
-        last = values["last_seen"].max(axis=1, initial=0)
+        n, ncpus = values.shape
+        if ncpus == 0:
+            z = np.zeros(n, np.uint64)
+            return cls(family, keys, z, z.copy(), z.copy(), z.copy(), z.copy(), z.astype(np.uint8))
+        # A loop over CPUs (a handful) on whole columns: faster than reductions along axis 1
+        # of a structured array, which is what a million-flow drain spends its time on.
+        cpu = values[:, 0]
+        packets = cpu["packets"].astype(np.uint64)
+        nbytes = cpu["bytes"].astype(np.uint64)
+        ip_bytes = cpu["ip_bytes"].astype(np.uint64)
+        first = np.where(cpu["packets"] > 0, cpu["first_seen"], U64_MAX)
+        last = cpu["last_seen"].astype(np.uint64)
+        flags = cpu["tcp_flags"].astype(np.uint8)
+        for c in range(1, ncpus):
+            cpu = values[:, c]
+            packets += cpu["packets"]
+            nbytes += cpu["bytes"]
+            ip_bytes += cpu["ip_bytes"]
+            np.minimum(first, np.where(cpu["packets"] > 0, cpu["first_seen"], U64_MAX), out=first)
+            np.maximum(last, cpu["last_seen"], out=last)
+            flags |= cpu["tcp_flags"]
+        first[first == U64_MAX] = 0
         return cls(
             family=family,
             keys=keys,
-            packets=packets.sum(axis=1, dtype=np.uint64),
-            bytes=values["bytes"].sum(axis=1, dtype=np.uint64),
-            ip_bytes=values["ip_bytes"].sum(axis=1, dtype=np.uint64),
-            first_seen=np.where(first == U64_MAX, 0, first).astype(np.uint64),
-            last_seen=last.astype(np.uint64),
-            tcp_flags=np.bitwise_or.reduce(values["tcp_flags"], axis=1)
-            if values.shape[1]
-            else np.zeros(len(keys), np.uint8),
+            packets=packets,
+            bytes=nbytes,
+            ip_bytes=ip_bytes,
+            first_seen=first.astype(np.uint64),
+            last_seen=last,
+            tcp_flags=flags,
         )
 
     def __len__(self) -> int:

@@ -258,3 +258,52 @@ def test_events_become_new_flows_on_the_wall_clock() -> None:
     (ev,) = tick.events
     assert (ev.key, ev.iface, ev.length, ev.map_full) == (key, "eth7", 98, False)
     assert ev.time == pytest.approx(1_700_000_000.0 + src.now / SEC)
+
+
+def test_rates_stay_exact_when_the_kernel_reorders_and_flows_leave() -> None:
+    """Many flows read in a different order every tick, some expiring on the way: each
+    surviving flow's rate is exactly its own delta (the matching between ticks is by key)."""
+    rng = np.random.default_rng(7)
+    src = FakeSource()
+    t0 = src.now
+    keys = [(f"198.18.{i // 250}.{i % 250 + 1}", "198.18.9.9", 1000 + i, 80, 6) for i in range(300)]
+    totals = {k: 0 for k in keys}
+    for k in keys:
+        src.add(*k, [(0, 0, 0, t0, t0, 0)])
+    col = make(src, idle_timeout=2.5)
+    expired: dict[int, int] = {}
+    for tick_no in range(1, 6):
+        src.now = t0 + tick_no * SEC
+        sent = {}
+        for k in list(src.flows[abi.AF_INET]):
+            if int(k[2]) % 3 == 0 and tick_no > 1:
+                continue  # every third flow stops after the first tick and goes idle
+            n = int(rng.integers(1, 50))
+            totals[k] += n
+            sent[k] = n
+            src.flows[abi.AF_INET][k].cpus[0] = (
+                totals[k],
+                100 * totals[k],
+                80 * totals[k],
+                t0,
+                src.now,
+                0,
+            )
+        items = list(src.flows[abi.AF_INET].items())
+        rng.shuffle(items)  # the kernel's batch order is not stable
+        src.flows[abi.AF_INET] = dict(items)
+        tick = col.tick()
+        expired |= {r.key.sport: r.packets for r in tick.records}
+        live = tick.live[0]
+        by_port = {
+            live.batch.key(i).sport: (live.pps[i], live.bps[i]) for i in range(len(live.batch))
+        }
+        for k, n in sent.items():
+            assert by_port[k[2]] == (pytest.approx(n), pytest.approx(n * 100 * 8))
+        for k in totals:
+            if k not in sent and k in src.flows[abi.AF_INET]:
+                assert by_port[k[2]] == (0.0, 0.0)
+    # the flows that stopped after the first tick were expired once, with everything they sent,
+    # and nothing else was
+    stopped = {k[2]: totals[k] for k in keys if k[2] % 3 == 0}
+    assert expired == stopped
