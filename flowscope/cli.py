@@ -497,3 +497,30 @@ def sql(db: Path | None, fmt: str, query: str) -> None:
         output.write_csv(columns, rows)
     elif columns:
         output.write_table(columns, rows)
+
+
+# --- doctor and demo ---------------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "-i",
+    "--interface",
+    "interfaces",
+    multiple=True,
+    metavar="IFACE",
+    help="Interface to report on (repeat; default: every interface that is up, except lo).",
+)
+def doctor(interfaces: tuple[str, ...]) -> None:
+    """Check that this machine can run flowscope, and what it will see on each interface.
+
+    One line per check, ok or what to do. Nothing is attached to this machine's interfaces:
+    the attach checks use a throwaway veth pair. Exit status 0 only when everything
+    flowscope needs is there."""
+    from flowscope import doctor as doc
+
+    def emit(check: doc.Check) -> None:
+        click.echo(check.line())
+
+    if not doc.run(interfaces, emit):
+        raise click.exceptions.Exit(1)
