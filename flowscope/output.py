@@ -65,11 +65,19 @@ def write_table(
     unless a terminal is wider."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(box=None, title=title, title_justify="left", pad_edge=False, padding=(0, 1))
+    table = Table(
+        box=None,
+        title=Text(title) if title else None,
+        title_justify="left",
+        pad_edge=False,
+        padding=(0, 1),
+    )
     for c in columns:
         table.add_column(c, justify="right" if c in right else "left", overflow="fold")
     for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
+        # Text, not markup: "[2001:db8::1]:443" must print as it is, not as a style tag
+        table.add_row(*(Text("" if v is None else str(v)) for v in row))
     console = Console(file=out or sys.stdout, highlight=False, soft_wrap=False)
     console.print(table)

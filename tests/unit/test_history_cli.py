@@ -280,3 +280,20 @@ def test_history_and_sql_never_import_textual(db: Path) -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_ipv6_endpoints_print_as_written(tmp_path: Path) -> None:
+    """Brackets around IPv6 addresses are text, not table markup: `[2001:db8::1]:443` must
+    reach the terminal whole (it once vanished as an unknown style tag)."""
+    path = tmp_path / "v6.db"
+    key = FlowKey(abi.AF_INET6, "2001:db8::1", "2001:db8::2", 443, 51000, 6)
+    with store.Store(path) as s:
+        s.write_tick(
+            [FlowRecord(key, "eth0", 3, 300, 240, NOW - 60, NOW - 30, 0, "idle")], None, []
+        )
+    since, until = store.iso_time(NOW - 600), store.iso_time(NOW)
+    code, out, _ = run("history", "--db", str(path), "--since", since, "--until", until)
+    assert code == 0
+    assert "[2001:db8::1]:443" in out and "[2001:db8::2]:51000" in out
+    code, out, _ = run("sql", "--db", str(path), "SELECT '[x]' AS tag, src FROM flows")
+    assert code == 0 and "[x]" in out and "2001:db8::1" in out
