@@ -320,16 +320,17 @@ def record(
         sys.stderr.write("\r\033[K" + line)
         sys.stderr.flush()
 
-    try:
-        summary = run(settings, writer, on_tick=status if tty else None)
-    except (KeyboardInterrupt, Terminated):
-        summary = None
+    summary = run(settings, writer, on_tick=status if tty else None)
     if tty:
         sys.stderr.write("\n")
     if writer.status:
         raise FlowscopeError(f"history: {writer.status}")
-    if tty and summary is not None:
-        click.echo(f"recorded {summary.records} flow records into {writer.store.path}", err=True)
+    if tty:
+        click.echo(
+            f"recorded {summary.records} flow records and {summary.events} new-flow events "
+            f"into {writer.store.path}",
+            err=True,
+        )
 
 
 # --- history and sql: headless reads of the history database ----------------------------------

@@ -75,6 +75,8 @@ class RecordSummary:
     records: int = 0
     events: int = 0
     packets: int = 0
+    interrupted: bool = False
+    """Stopped by Ctrl-C or SIGTERM rather than by the duration or the caller."""
 
 
 def run(
@@ -102,7 +104,6 @@ def _run(
     probe_class: type[Probe],
 ) -> RecordSummary:
     summary = RecordSummary()
-    interval = settings.collector.interval
     with probe_class(
         list(settings.interfaces),
         mode=settings.mode,
@@ -112,29 +113,11 @@ def _run(
         collector = Collector(
             probe.program, settings.collector, iface_names=probe.interface_names()
         )
-        start = time.monotonic()
-        end = start + settings.duration if settings.duration is not None else None
-        next_tick = start + interval
         try:
-            while not stop.is_set():
-                now = time.monotonic()
-                if end is not None and now >= end:
-                    break
-                wake = min(next_tick, end) if end is not None else next_tick
-                if now < wake:
-                    probe.program.poll_events(max(1, min(POLL_MS, int((wake - now) * 1000))))
-                    continue
-                tick = collector.tick()
-                sink.submit(tick.records, tick.sample, tick.events)
-                summary.ticks += 1
-                summary.records += len(tick.records)
-                summary.events += len(tick.events)
-                summary.packets += tick.sample.counters.get("packets", 0)
-                if on_tick is not None:
-                    on_tick(tick)
-                next_tick += interval
-                if next_tick < time.monotonic():  # fell behind: do not try to catch up
-                    next_tick = time.monotonic() + interval
+            _loop(collector, probe, sink, settings, stop, on_tick, summary)
+        except (KeyboardInterrupt, SystemExit):
+            # Ctrl-C, or SIGTERM turned into SystemExit by the CLI: a normal way to stop
+            summary.interrupted = True
         finally:
             # the last partial tick, then every live flow, then the writer's backlog
             tick = collector.tick()
@@ -145,3 +128,39 @@ def _run(
             summary.events += len(tick.events)
             summary.packets += tick.sample.counters.get("packets", 0)
     return summary
+
+
+def _loop(
+    collector: Collector,
+    probe: Probe,
+    sink: Sink,
+    settings: RecordSettings,
+    stop: threading.Event,
+    on_tick: Callable[[Tick], None] | None,
+    summary: RecordSummary,
+) -> None:
+    """Tick every interval until the duration ends or ``stop`` is set, draining the ring
+    buffer in between."""
+    interval = settings.collector.interval
+    start = time.monotonic()
+    end = start + settings.duration if settings.duration is not None else None
+    next_tick = start + interval
+    while not stop.is_set():
+        now = time.monotonic()
+        if end is not None and now >= end:
+            break
+        wake = min(next_tick, end) if end is not None else next_tick
+        if now < wake:
+            probe.program.poll_events(max(1, min(POLL_MS, int((wake - now) * 1000))))
+            continue
+        tick = collector.tick()
+        sink.submit(tick.records, tick.sample, tick.events)
+        summary.ticks += 1
+        summary.records += len(tick.records)
+        summary.events += len(tick.events)
+        summary.packets += tick.sample.counters.get("packets", 0)
+        if on_tick is not None:
+            on_tick(tick)
+        next_tick += interval
+        if next_tick < time.monotonic():  # fell behind: do not try to catch up
+            next_tick = time.monotonic() + interval
