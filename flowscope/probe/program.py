@@ -60,6 +60,20 @@ def _captured_stderr() -> Iterator[Callable[[], str]]:
             os.close(saved)
 
 
+def kernel_headers() -> Path | None:
+    """The kernel headers BCC will compile against, or None when there are none. Checked
+    before compiling because BCC reports their absence only on stdout, which belongs to the
+    console while it runs."""
+    override = os.environ.get("BCC_KERNEL_SOURCE")
+    if override:
+        return Path(override) if Path(override).is_dir() else None
+    build = Path(f"/lib/modules/{os.uname().release}/build")
+    if build.is_dir():
+        return build
+    kheaders = Path("/sys/kernel/kheaders.tar.xz")
+    return kheaders if kheaders.exists() else None
+
+
 def _compile_error(log: str, what: str) -> Exception:
     if "Unable to find kernel headers" in log or "linux/kconfig.h" in log:
         return KernelHeadersError(
@@ -105,6 +119,11 @@ class FlowProgram:
         if ringbuf_pages < 1 or ringbuf_pages & (ringbuf_pages - 1):
             raise CompileError("the ring buffer size must be a power of two pages")
         src = bpf_dir()
+        if kernel_headers() is None:
+            raise KernelHeadersError(
+                f"no kernel headers for this kernel ({os.uname().release})",
+                "run 'make setup', which installs Debian's linux-headers-amd64 and links them",
+            )
         self.flow_entries = flow_entries
         flags = [
             f"-I{src}",
