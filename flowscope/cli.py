@@ -525,3 +525,52 @@ def doctor(interfaces: tuple[str, ...]) -> None:
 
     if not doc.run(interfaces, emit):
         raise click.exceptions.Exit(1)
+
+
+@main.command()
+@click.option("--headless", is_flag=True, help="Record without the console (tests use this).")
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds to run (default: until q, Ctrl-C or SIGTERM).",
+)
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="History database (default: demo.db next to the default history database).",
+)
+def demo(headless: bool, duration: float | None, db: Path | None) -> None:
+    """Watch flowscope on traffic it makes itself, in a namespace of its own.
+
+    Makes a network namespace and a veth pair (fsdemo*, 198.19.0.0/16 and 2001:db8::/32),
+    attaches to the host end, and runs TCP transfers, UDP, pings, short connections, a
+    VLAN-tagged stream and a port scan every half minute from inside the namespace. Quitting
+    removes everything; a demo killed with kill -9 is cleaned up by the next one."""
+    from flowscope import demo as demo_mod
+
+    tty = sys.stderr.isatty()
+
+    def note(text: str) -> None:
+        click.echo(text, err=True)
+
+    def status(text: str) -> None:
+        sys.stderr.write("\r\033[K" + text)
+        sys.stderr.flush()
+
+    try:
+        summary = demo_mod.run(
+            headless=headless,
+            duration=duration,
+            db=db,
+            note=note,
+            status=status if tty else None,
+        )
+    except (KeyboardInterrupt, Terminated):
+        summary = None
+    if tty:
+        sys.stderr.write("\n")
+    if summary is not None:
+        click.echo(f"demo: {summary.records} flow records in {summary.db}", err=True)
+    click.echo("demo: namespace, veth pair and processes removed", err=True)
