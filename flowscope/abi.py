@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+from typing import Any
 
 import numpy as np
 
@@ -114,7 +115,9 @@ class FlowEvent(ctypes.Structure):
 
 def _dtype(struct: type[ctypes.Structure], big_endian_fields: tuple[str, ...] = ()) -> np.dtype:
     """A numpy dtype with the struct's offsets; ports become big-endian u16 fields."""
-    names, formats, offsets = [], [], []
+    names: list[str] = []
+    formats: list[np.dtype[Any]] = []
+    offsets: list[int] = []
     for name, ctype in struct._fields_:  # type: ignore[misc]
         if name == "pad":
             continue

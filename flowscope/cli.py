@@ -427,7 +427,8 @@ def history(
     now = time.time()
     t_since = store.parse_time_arg(since, "--since", now) if since else None
     t_until = store.parse_time_arg(until, "--until", now) if until else None
-    where, params = None, []
+    where: str | None = None
+    params: list[object] = []
     conn = store.connect_readonly(db or store.default_db_path())
     try:
         if filter_text:

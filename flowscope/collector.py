@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -235,18 +235,18 @@ class Collector:
         # a flow the kernel counts from zero again (it was deleted and re-created) owes
         # nothing to what an earlier incarnation exported
         known = found & (batch.packets >= st.exp_packets[pos])
-        zero = U64(0)
+        nothing = U64(0)
         return (
-            np.where(known, st.exp_packets[pos], zero),
-            np.where(known, st.exp_bytes[pos], zero),
-            np.where(known, st.exp_ip_bytes[pos], zero),
+            np.where(known, st.exp_packets[pos], nothing),
+            np.where(known, st.exp_bytes[pos], nothing),
+            np.where(known, st.exp_ip_bytes[pos], nothing),
             np.where(known, np.maximum(st.record_start[pos], batch.first_seen), batch.first_seen),
         )
 
     def _record(
         self,
         batch: FlowBatch,
-        i: int,
+        i: int | np.integer[Any],
         reason: str,
         exp_p: int,
         exp_b: int,
@@ -254,17 +254,17 @@ class Collector:
         start: int,
     ) -> FlowRecord:
         """Row i of batch as a record of what was not yet written."""
-        i = int(i)
-        key = batch.key(i)
+        row = int(i)
+        key = batch.key(row)
         return FlowRecord(
             key=key,
             iface=self.iface(key.ifindex),
-            packets=int(batch.packets[i]) - int(exp_p),
-            bytes=int(batch.bytes[i]) - int(exp_b),
-            ip_bytes=int(batch.ip_bytes[i]) - int(exp_ip),
+            packets=int(batch.packets[row]) - int(exp_p),
+            bytes=int(batch.bytes[row]) - int(exp_b),
+            ip_bytes=int(batch.ip_bytes[row]) - int(exp_ip),
             first_seen=self.wall(int(start)),
-            last_seen=self.wall(int(batch.last_seen[i])),
-            tcp_flags=int(batch.tcp_flags[i]),
+            last_seen=self.wall(int(batch.last_seen[row])),
+            tcp_flags=int(batch.tcp_flags[row]),
             end_reason=reason,
         )
 

@@ -6,6 +6,7 @@ collector, store and console consume them.
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -126,7 +127,7 @@ def key_from_struct(family: int, k: abi.FlowKey4 | abi.FlowKey6 | abi.FlowEvent)
 
 def event_from_bytes(data: bytes) -> FlowEvent:
     """Decode one ring buffer record."""
-    ev = abi.FlowEvent.from_buffer_copy(data[: abi.ctypes.sizeof(abi.FlowEvent)])
+    ev = abi.FlowEvent.from_buffer_copy(data[: ctypes.sizeof(abi.FlowEvent)])
     return FlowEvent(
         key=key_from_struct(ev.family, ev),
         timestamp=ev.timestamp,

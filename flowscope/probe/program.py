@@ -162,7 +162,7 @@ class FlowProgram:
 
     def map_fd(self, family: int) -> int:
         """The fd of the flow map of one family (abi.AF_INET or abi.AF_INET6)."""
-        return self._maps[family][0]
+        return int(self._maps[family][0])
 
     def _buffers_for(self, family: int) -> _BatchBuffers:
         buf = self._buffers.get(family)
