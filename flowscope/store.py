@@ -389,12 +389,21 @@ def _migration_3(db: sqlite_utils.Database) -> None:
     db.table("samples").add_column("evicted", int, not_null_default=0)
 
 
+def _migration_4(db: sqlite_utils.Database) -> None:
+    """flows_hourly indexes on (hour, bytes), (hour, packets) and (hour, records): the
+    largest flows of each hour, read from the top, for the threshold algorithm of history's
+    top N (_top_flows)."""
+    for column in ("bytes", "packets", "records"):
+        db.table("flows_hourly").create_index(["hour", column])
+
+
 # Each entry upgrades the schema from version i to i + 1; user_version holds how many ran.
 # Never edit an entry once released: add a new one.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_1,
     _migration_2,
     _migration_3,
+    _migration_4,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -723,9 +732,21 @@ def _has_table(conn: sqlite3.Connection, name: str) -> bool:
 _SOURCE_COLUMNS = f"{_KEYS}, packets, bytes, ip_bytes, first_seen, last_seen"
 
 
-def _rollup_source(
-    conn: sqlite3.Connection, since: float | None, until: float, where: str, fparams: list[Any]
-) -> tuple[str, list[Any], float | None]:
+@dataclass(frozen=True, slots=True)
+class _RollupParts:
+    """The two halves of a range read from flows_hourly: whole hours (``hourly``, a condition
+    on flows_hourly, covering the hours from ``first_hour`` up to but not including
+    ``end_hour``, None for open ends) and single records (``recent``, a condition on flows)."""
+
+    hourly: str
+    hourly_params: list[Any]
+    recent: str
+    recent_params: list[Any]
+    first_hour: str | None
+    end_hour: str | None
+
+
+def _rollup_parts(conn: sqlite3.Connection, since: float | None, until: float) -> _RollupParts:
     """Rows that sum to the same totals as every record in [hour(since), until]: whole hours
     from flows_hourly, records not yet rolled up and the partial last hour from flows."""
     done = conn.execute("SELECT flows_id FROM rollup_state").fetchone()[0]
@@ -737,23 +758,151 @@ def _rollup_source(
     if latest is not None and latest > until_text:
         # Something was seen after `until`: the hour that holds it is read record by record.
         h1 = hour_text(until)
-        hourly = (
-            f"SELECT {_SOURCE_COLUMNS}, records FROM flows_hourly WHERE {lo_hourly} AND hour < ?"
+        return _RollupParts(
+            f"{lo_hourly} AND hour < ?",
+            [*lo, h1],
+            f"(id > ? AND {lo_flows} OR id <= ? AND last_seen >= ?) AND first_seen <= ?",
+            [done, *lo, done, h1, until_text],
+            h0,
+            h1,
         )
-        hourly_params = [*lo, h1]
-        recent = f"(id > ? AND {lo_flows} OR id <= ? AND last_seen >= ?) AND first_seen <= ?"
-        recent_params = [done, *lo, done, h1, until_text]
-    else:
-        hourly = f"SELECT {_SOURCE_COLUMNS}, records FROM flows_hourly WHERE {lo_hourly}"
-        hourly_params = list(lo)
-        recent = f"id > ? AND {lo_flows}"
-        recent_params = [done, *lo]
-    sql = f"{hourly}{where} UNION ALL SELECT {_SOURCE_COLUMNS}, 1 FROM flows WHERE {recent}{where}"
-    return (
-        sql,
-        [*hourly_params, *fparams, *recent_params, *fparams],
-        (parse_iso(h0) if h0 else None),
+    return _RollupParts(lo_hourly, list(lo), f"id > ? AND {lo_flows}", [done, *lo], h0, None)
+
+
+def _rollup_source(parts: _RollupParts, where: str, fparams: list[Any]) -> tuple[str, list[Any]]:
+    """The UNION ALL of both halves, each with the filter."""
+    sql = (
+        f"SELECT {_SOURCE_COLUMNS}, records FROM flows_hourly WHERE {parts.hourly}{where} "
+        f"UNION ALL SELECT {_SOURCE_COLUMNS}, 1 FROM flows WHERE {parts.recent}{where}"
     )
+    return sql, [*parts.hourly_params, *fparams, *parts.recent_params, *fparams]
+
+
+def _aggregate(
+    conn: sqlite3.Connection, source: str, params: list[Any], q: HistoryQuery
+) -> list[dict[str, Any]]:
+    """Sum the source rows by q.group_by, ordered by q.by (ties by the group's columns)."""
+    group = GROUPINGS[q.group_by]
+    select_group = ", ".join(f"{expr} AS {name}" for name, expr in group)
+    group_cols = ", ".join(name for name, _ in group)
+    sql = (
+        f"SELECT {select_group}, sum(packets) AS packets, sum(bytes) AS bytes, "
+        f"sum(ip_bytes) AS ip_bytes, sum(records) AS records, "
+        f"min(first_seen) AS first_seen, max(last_seen) AS last_seen "
+        f"FROM ({source}) GROUP BY {group_cols} "
+        f"ORDER BY {ORDERINGS[q.by]} DESC, {group_cols}"
+    )
+    params = list(params)
+    if q.top is not None:
+        sql += " LIMIT ?"
+        params.append(q.top)
+    cur = conn.execute(sql, params)
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r, strict=True)) for r in cur]
+
+
+# The threshold algorithm reads at most this many rows per hour before it gives up and sums
+# everything (flows of nearly equal size cannot be told apart from the top of each hour).
+_TOP_PER_HOUR_LIMIT = 1024
+_CANDIDATES = "temp.flowscope_top_candidates"
+_HOURS = "temp.flowscope_top_hours"
+
+
+def _hours_between(first: str, last: str) -> list[str]:
+    """Every hour text from ``first`` to ``last`` inclusive."""
+    t, end = parse_iso(first), parse_iso(last)
+    out = []
+    while t <= end:
+        out.append(hour_text(t))
+        t += HOUR
+    return out
+
+
+def _top_flows(
+    conn: sqlite3.Connection,
+    q: HistoryQuery,
+    parts: _RollupParts,
+    where: str,
+    fparams: list[Any],
+) -> list[dict[str, Any]] | None:
+    """The top q.top flows by bytes, packets or records without summing every flow of the
+    range: the threshold algorithm (Fagin et al.) over flows_hourly's (hour, bytes), (hour,
+    packets) and (hour, records) indexes. None when it cannot decide cheaply; the caller
+    then sums everything.
+
+    Candidates are the M largest flows of each hour plus every flow with records not yet
+    rolled up. A flow that is not a candidate has at most the M+1-th value of each hour, so
+    its total is at most the sum of those; once the q.top-th candidate's exact total is
+    greater than that bound, no other flow can reach the top (not even on a tie, which the
+    key columns would break), and the candidates' exact sums (the slow path's aggregate over
+    their rows only) are the answer. Otherwise M grows. Only key columns are filtered on here
+    (else no rollup), so a candidate's rows all pass the filter."""
+    col = ORDERINGS[q.by]
+    lo, hi = conn.execute("SELECT min(hour), max(hour) FROM flows_hourly").fetchone()
+    if lo is None or q.top is None or parts.end_hour is not None:
+        return None
+    hours = _hours_between(max(parts.first_hour or lo, lo), hi)
+    if len(hours) > 24 * 31:
+        return None
+    keys = ", ".join(FLOW_KEY_COLUMNS)
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {_CANDIDATES} ({keys}, UNIQUE ({keys}))")
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {_HOURS} (hour TEXT PRIMARY KEY)")
+    insert = f"INSERT OR IGNORE INTO {_CANDIDATES} ({keys}) "
+    try:
+        conn.executemany(f"INSERT INTO {_HOURS} VALUES (?)", [(h,) for h in hours])
+        conn.execute(
+            f"{insert} SELECT {keys} FROM flows WHERE {parts.recent}{where}",
+            [*parts.recent_params, *fparams],
+        )
+        # IS, not =: GROUP BY takes NULLs as equal, so the join must too.
+        same = " AND ".join(f"{{t}}.{c} IS c.{c}" for c in FLOW_KEY_COLUMNS)
+        columns = _SOURCE_COLUMNS.split(", ")
+        source = (
+            f"SELECT {', '.join(f'h.{c}' for c in columns)}, h.records "
+            f"FROM {_HOURS} x CROSS JOIN {_CANDIDATES} c "
+            f"CROSS JOIN flows_hourly h ON h.hour = x.hour AND {same.format(t='h')} "
+            f"UNION ALL SELECT {_SOURCE_COLUMNS}, 1 FROM flows f WHERE {parts.recent} "
+            f"AND EXISTS (SELECT 1 FROM {_CANDIDATES} c WHERE {same.format(t='f')})"
+        )
+        per_hour = (
+            f"SELECT {keys}, {col} FROM flows_hourly WHERE hour = ?{where} "
+            f"ORDER BY {col} DESC LIMIT ?"
+        )
+        m = max(2 * q.top, 32)
+        while m <= _TOP_PER_HOUR_LIMIT:
+            bound, exhausted = 0, True
+            for hour in hours:
+                rows = conn.execute(per_hour, [hour, *fparams, m + 1]).fetchall()
+                conn.executemany(
+                    f"{insert} VALUES ({', '.join('?' * len(FLOW_KEY_COLUMNS))})",
+                    [r[:-1] for r in rows[:m]],
+                )
+                if len(rows) > m:
+                    bound += rows[m][-1]
+                    exhausted = False
+            top = _aggregate(conn, source, list(parts.recent_params), q)
+            if exhausted or (len(top) == q.top and top[-1][col] > bound):
+                return top
+            m *= 4
+        return None
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute(f"DELETE FROM {_CANDIDATES}")
+            conn.execute(f"DELETE FROM {_HOURS}")
+
+
+@contextlib.contextmanager
+def _read_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One read transaction (unless the caller has one): every query sees the same data."""
+    if conn.in_transaction:
+        yield
+        return
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("COMMIT")
 
 
 def history(conn: sqlite3.Connection, q: HistoryQuery, now: float | None = None) -> HistoryResult:
@@ -761,7 +910,9 @@ def history(conn: sqlite3.Connection, q: HistoryQuery, now: float | None = None)
 
     A record belongs to the range if [first_seen, last_seen] overlaps it. A long range (3 h or
     more, unless ``exact``) is read from flows_hourly: whole hours of sums instead of every
-    record, with the start rounded down to the hour (``rounded`` in the result says so).
+    record, with the start rounded down to the hour (``rounded`` in the result says so). There
+    the top flows come from the threshold algorithm (_top_flows), which
+    gives the same rows as summing every flow of the range.
     ``q.where``/``q.params`` is a filter's to_sql() (positional parameters)."""
     if q.group_by not in GROUPINGS:
         raise UsageError(f"--group-by: unknown grouping {q.group_by!r}")
@@ -783,37 +934,39 @@ def history(conn: sqlite3.Connection, q: HistoryQuery, now: float | None = None)
             and _has_table(conn, "flows_hourly")
         )
         rounded = False
-        if use_rollup:
-            source, params, start = _rollup_source(conn, since, until, where, fparams)
-            rounded = since is not None and start != since
-            since = start
-        else:
-            lo = "last_seen >= ? AND " if since is not None else ""
-            source = (
-                f"SELECT {_SOURCE_COLUMNS}, 1 AS records FROM flows "
-                f"WHERE {lo}first_seen <= ?{where}"
-            )
-            params = [*([iso_time(since)] if since is not None else []), iso_time(until), *fparams]
-        group = GROUPINGS[q.group_by]
-        select_group = ", ".join(f"{expr} AS {name}" for name, expr in group)
-        group_cols = ", ".join(name for name, _ in group)
-        sql = (
-            f"SELECT {select_group}, sum(packets) AS packets, sum(bytes) AS bytes, "
-            f"sum(ip_bytes) AS ip_bytes, sum(records) AS records, "
-            f"min(first_seen) AS first_seen, max(last_seen) AS last_seen "
-            f"FROM ({source}) GROUP BY {group_cols} "
-            f"ORDER BY {ORDERINGS[q.by]} DESC, {group_cols}"
-        )
-        if q.top is not None:
-            sql += " LIMIT ?"
-            params.append(q.top)
-        cur = conn.execute(sql, params)
-        names = [d[0] for d in cur.description]
-        rows = [dict(zip(names, r, strict=True)) for r in cur]
-        start = since
-        if start is None:
-            first = conn.execute("SELECT min(first_seen) FROM flows").fetchone()[0]
-            start = min(parse_iso(first), until) if first else until
+        with _read_transaction(conn):
+            if use_rollup:
+                parts = _rollup_parts(conn, since, until)
+                start = parse_iso(parts.first_hour) if parts.first_hour else None
+                rounded = since is not None and start != since
+                since = start
+                rows: list[dict[str, Any]] | None = None
+                if (
+                    q.group_by == "flow"
+                    and ORDERINGS[q.by] in ("bytes", "packets", "records")
+                    and q.top
+                    and schema_version(conn) >= 4
+                ):
+                    rows = _top_flows(conn, q, parts, where, fparams)
+                if rows is None:
+                    source, params = _rollup_source(parts, where, fparams)
+                    rows = _aggregate(conn, source, params, q)
+            else:
+                lo = "last_seen >= ? AND " if since is not None else ""
+                source = (
+                    f"SELECT {_SOURCE_COLUMNS}, 1 AS records FROM flows "
+                    f"WHERE {lo}first_seen <= ?{where}"
+                )
+                params = [
+                    *([iso_time(since)] if since is not None else []),
+                    iso_time(until),
+                    *fparams,
+                ]
+                rows = _aggregate(conn, source, params, q)
+            start = since
+            if start is None:
+                first = conn.execute("SELECT min(first_seen) FROM flows").fetchone()[0]
+                start = min(parse_iso(first), until) if first else until
     duration = max(until - start, 1e-3)
     for row in rows:
         row["bps"] = row["bytes"] * 8 / duration

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -297,3 +298,62 @@ def test_ipv6_endpoints_print_as_written(tmp_path: Path) -> None:
     assert "[2001:db8::1]:443" in out and "[2001:db8::2]:51000" in out
     code, out, _ = run("sql", "--db", str(path), "SELECT '[x]' AS tag, src FROM flows")
     assert code == 0 and "[x]" in out and "2001:db8::1" in out
+
+
+@pytest.fixture
+def day_db(tmp_path: Path) -> Path:
+    """30 hours of records of 400 flows between 40 sources and 10 destinations: a few flows
+    carry most bytes (as on servers), many byte counts tie, every hour has 60 short bursts,
+    and the last ticks are not rolled up yet."""
+    rng = random.Random(7)
+    path = tmp_path / "day.db"
+    flows = [
+        (f"10.0.0.{i % 40}", f"10.1.0.{i % 10}", 1024 + i, (443, 53, 22, 80)[i % 4])
+        for i in range(400)
+    ]
+    with store.Store(path) as s:
+        for tick in range(30 * 12):  # one tick every 5 minutes
+            t = NOW - 30 * H + tick * 300
+            batch = []
+            for _ in range(40):
+                i = min(int(rng.paretovariate(0.8)), 400) - 1
+                src, dst, sport, dport = flows[i]
+                packets = rng.choice((1, 2, 10))
+                proto = 17 if dport == 53 else 6
+                batch.append(rec(src, dst, sport, dport, proto, packets, 100 * packets, t - 5, t))
+            # Three steady flows, never among an hour's 60 largest, larger than any of those
+            # over the day: the threshold algorithm must look deeper than each hour's top.
+            batch += [
+                rec(IP, f"10.3.0.{j}", 7000 + j, 443, 6, 25, 2500, t - 5, t) for j in range(3)
+            ]
+            if tick % 12 == 0:
+                hour = tick // 12
+                batch += [
+                    rec(f"10.2.{hour}.{j}", IP, 9000 + j, 80, 6, 500, 50_000, t - 5, t)
+                    for j in range(60)
+                ]
+            s.write_tick(batch, None, [])
+            if tick == 30 * 12 - 3:
+                s.rollup()
+    return path
+
+
+def test_top_n_of_a_day_equals_summing_every_record(
+    day_db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decided = []
+    top_flows = store._top_flows
+    monkeypatch.setattr(store, "_top_flows", lambda *a: decided.append(r := top_flows(*a)) or r)
+    since = store.iso_time(NOW - 0.5 * H - 24 * H)  # on the hour: exact and hourly agree
+    for grouping in ("flow", "src", "pair", "dport"):
+        for by in ("bytes", "packets", "flows", "bps"):
+            for top in ("1", "5", "20"):
+                for extra in ([], ["--filter", "dport 443 or dport 80"]):
+                    args = ["--since", since, "--group-by", grouping, "--by", by, "--top", top]
+                    fast = history_json(day_db, *args, *extra)
+                    exact = history_json(day_db, *args, *extra, "--exact")
+                    assert fast == exact, (grouping, by, top, extra)
+                    groups = (2 if extra else 4) if grouping == "dport" else 20
+                    assert len(fast) == min(int(top), groups)
+    # the top flows were found without summing every flow of the day (not just by falling back)
+    assert sum(r is not None for r in decided) >= 12

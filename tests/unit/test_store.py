@@ -103,6 +103,8 @@ def test_schema_has_the_documented_tables_columns_and_indexes(db: Path) -> None:
     assert ("samples", ("time",)) in indexed
     assert ("events", ("time",)) in indexed
     assert ("flows_hourly", ("hour", *store.FLOW_KEY_COLUMNS)) in indexed
+    for column in ("bytes", "packets", "records"):  # each hour's largest flows, for top N
+        assert ("flows_hourly", ("hour", column)) in indexed
 
 
 def test_times_are_fixed_width_iso_utc_text(db: Path) -> None:
@@ -156,7 +158,7 @@ def test_a_version_2_file_gains_samples_evicted_and_stores_it(db: Path) -> None:
     conn.execute("INSERT INTO samples (time, packets) VALUES ('2026-11-18T08:00:00.000Z', 9)")
     conn.close()
     with store.Store(db) as s:
-        assert store.schema_version(s.conn) == 3
+        assert store.schema_version(s.conn) == store.SCHEMA_VERSION
         # the row written before the column existed reads 0
         assert s.conn.execute("SELECT packets, evicted FROM samples").fetchall() == [(9, 0)]
         tick = sample(T0 + 1)
