@@ -26,7 +26,7 @@ from flowscope.errors import (
     PrivilegeError,
     UnsupportedKernelError,
 )
-from flowscope.model import FlowBatch, FlowEvent, event_from_bytes
+from flowscope.model import FlowBatch, FlowEvent, events_from_records
 from flowscope.probe import libbpf
 from flowscope.probe.privileges import require_bpf_privileges
 
@@ -156,6 +156,8 @@ class FlowProgram:
         }
         self._buffers: dict[int, _BatchBuffers] = {}
         self._events_open = False
+        self._pending_events: list[bytes] = []
+        self._event_callback: Callable[[FlowEvent], None] | None = None
         self._closed = False
 
     # -- flows ---------------------------------------------------------------------------
@@ -274,13 +276,20 @@ class FlowProgram:
     # -- ring buffer ---------------------------------------------------------------------
 
     def open_events(self, callback: Callable[[FlowEvent], None]) -> None:
-        """Deliver each ring buffer record, decoded, to ``callback`` during poll_events."""
+        """Deliver each ring buffer record, decoded, to ``callback`` during poll_events.
+
+        The ring buffer's own callback only copies each record out; poll_events decodes them
+        together afterwards (model.events_from_records), which keeps up with bursts of new
+        flows that a struct per record could not."""
+        pending: list[bytes] = []
 
         def on_record(_ctx: Any, data: Any, size: int) -> int:
-            callback(event_from_bytes(ctypes.string_at(data, size)))
+            pending.append(ctypes.string_at(data, size))
             return 0
 
         self._bpf["events"].open_ring_buffer(on_record)
+        self._pending_events = pending
+        self._event_callback = callback
         self._events_open = True
 
     def poll_events(self, timeout_ms: int = 0) -> None:
@@ -291,6 +300,12 @@ class FlowProgram:
             self._bpf.ring_buffer_consume()
         else:
             self._bpf.ring_buffer_poll(timeout_ms)
+        records = self._pending_events[:]
+        self._pending_events.clear()
+        callback = self._event_callback
+        if callback is not None:
+            for event in events_from_records(records):
+                callback(event)
 
     # -- running without an interface -----------------------------------------------------
 

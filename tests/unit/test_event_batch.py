@@ -1,0 +1,36 @@
+"""Ring buffer records decoded in bulk (what poll_events delivers) are the same events as
+decoded one by one."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flowscope import abi, model
+
+FAMILY = abi.FlowEvent.family.offset
+record = st.tuples(
+    st.binary(min_size=model.EVENT_SIZE, max_size=model.EVENT_SIZE),
+    st.sampled_from([abi.AF_INET, abi.AF_INET6]),
+).map(lambda t: t[0][:FAMILY] + bytes([t[1]]) + t[0][FAMILY + 1 :])
+
+
+@given(st.lists(record, max_size=20))
+def test_bulk_decoding_equals_one_by_one(records: list[bytes]) -> None:
+    assert model.events_from_records(records) == [model.event_from_bytes(r) for r in records]
+
+
+def test_a_known_ipv4_event() -> None:
+    ev = abi.FlowEvent(timestamp=5, ifindex=2, length=60, proto=6, family=abi.AF_INET, vlan=7)
+    ev.saddr[:4] = [192, 0, 2, 1]
+    ev.daddr[:4] = [198, 51, 100, 1]
+    ev.sport[:] = [0x9C, 0x40]  # 40000, network order
+    ev.dport[:] = [0x01, 0xBB]  # 443
+    ev.flags = abi.EVENT_MAP_FULL
+    (decoded,) = model.events_from_records([bytes(ev) + b"extra ring padding"])
+    assert decoded == model.FlowEvent(
+        key=model.FlowKey(abi.AF_INET, "192.0.2.1", "198.51.100.1", 40000, 443, 6, 7, 2),
+        timestamp=5,
+        length=60,
+        map_full=True,
+    )
