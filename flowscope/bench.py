@@ -14,11 +14,13 @@ so a parser change cannot turn a benchmark into a measurement of the drop-out pa
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import math
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -61,10 +63,24 @@ class Settings:
     """Flows pre-filled (xdp_hot_ipv4_tcp_100k) and inserted (xdp_insert_100k)."""
     drain_flows: tuple[int, ...] = (100_000, 1_000_000)
     """Flows in the map for the collector_tick benchmarks."""
+    insert_records: int = 200_000
+    """Flow records written by store_insert, in ticks of 10,000."""
+    history_records: int = 10_000_000
+    """Flow records over 24 hours in the database history_top20 queries."""
+    ringbuf_flows: int = 100_000
+    """New flows announced on the ring buffer before ringbuf_events drains them."""
 
 
 DEFAULT = Settings()
-QUICK = Settings(repeat=100_000, rounds=3, flows=10_000, drain_flows=(10_000,))
+QUICK = Settings(
+    repeat=100_000,
+    rounds=3,
+    flows=10_000,
+    drain_flows=(10_000,),
+    insert_records=20_000,
+    history_records=100_000,
+    ringbuf_flows=10_000,
+)
 """A smoke test of the whole command in a few seconds; its numbers are rougher."""
 
 
@@ -462,6 +478,177 @@ def collector_tick(lab: _Lab) -> Iterator[Result]:
         )  # fmt: skip
 
 
+STORE_TICK = 10_000
+"""Records per write_tick in store_insert: a busy second of a busy server."""
+
+
+def store_insert(lab: _Lab) -> Iterator[Result]:
+    """Flow records per second through Store.write_tick (one transaction per tick of 10,000,
+    the flows schema with its index), next to a plain executemany of the same rows into a
+    table without indexes in one file of the same settings: the cost of flowscope's schema."""
+    import sqlite3
+    import tempfile
+    import time
+
+    from flowscope import store
+
+    n = lab.settings.insert_records
+    records = store.synthetic_records(n, flows=50_000)
+    with tempfile.TemporaryDirectory() as tmp:
+        with store.Store(Path(tmp) / "flows.db") as db:
+            t = time.perf_counter()
+            for i in range(0, n, STORE_TICK):
+                db.write_tick(records[i : i + STORE_TICK], None, [])
+            value = n / (time.perf_counter() - t)
+            written = db.conn.execute("SELECT count(*) FROM flows").fetchone()[0]
+        if written != n:
+            raise BenchError(f"store_insert: {written} of {n} records written")
+        rows = [
+            (r.iface, "ingress", r.key.vlan, r.key.family, r.key.src, r.key.dst, r.key.sport,
+             r.key.dport, r.key.proto, store.iso_time(r.first_seen), store.iso_time(r.last_seen),
+             r.packets, r.bytes, r.ip_bytes, r.tcp_flags, r.end_reason)
+            for r in records
+        ]  # fmt: skip
+        conn = sqlite3.connect(Path(tmp) / "plain.db", isolation_level=None)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"CREATE TABLE flows ({', '.join(store.FLOW_COLUMNS)})")
+        insert = f"INSERT INTO flows VALUES ({', '.join('?' * len(store.FLOW_COLUMNS))})"
+        t = time.perf_counter()
+        for i in range(0, n, STORE_TICK):
+            conn.execute("BEGIN")
+            conn.executemany(insert, rows[i : i + STORE_TICK])
+            conn.execute("COMMIT")
+        baseline = n / (time.perf_counter() - t)
+        conn.close()
+    yield Result("store_insert", value, "records/s", "sqlite_executemany", baseline)
+
+
+def history_db(records: int) -> Path:
+    """A database of ``records`` flow records over 24 hours (store.make_bench_db). The 10 M
+    one takes a minute or two to build, so it is kept in $XDG_CACHE_HOME/flowscope and used
+    again while its schema version is current; smaller ones are rebuilt each time in the
+    temporary directory."""
+    import os
+    import sqlite3
+    import tempfile
+
+    from flowscope import store
+
+    if records < 1_000_000:
+        path = Path(tempfile.mkdtemp(prefix="flowscope-bench-")) / "history.db"
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        path = Path(base) / "flowscope" / f"bench-{_count_label(records)}.db"
+        if path.exists():
+            try:
+                with contextlib.closing(sqlite3.connect(path)) as conn:
+                    current = store.schema_version(conn) == store.SCHEMA_VERSION and (
+                        conn.execute("SELECT count(*) FROM flows").fetchone()[0] == records
+                    )
+            except sqlite3.Error:
+                current = False
+            if current:
+                return path
+            for stale in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                stale.unlink(missing_ok=True)
+    store.make_bench_db(path, records=records)
+    return path
+
+
+def history_top20(lab: _Lab) -> Iterator[Result]:
+    """`flowscope history --top 20 --since 24h` over settings.history_records records, in ms
+    (best of 3), next to the same query with --exact (every record summed, no hourly sums).
+    "Now" is the database's newest record, so a cached file measures the same thing on any
+    day. Both must give the same flows."""
+    import shutil
+    import time
+
+    from flowscope import store
+
+    n = lab.settings.history_records
+    path = history_db(n)
+    try:
+        conn = store.connect_readonly(path)
+        try:
+            now = store.parse_iso(conn.execute("SELECT max(last_seen) FROM flows").fetchone()[0])
+            # on the hour, so the hourly sums and the records cover the same range
+            since = now - 86_400 - now % 3600
+            times: dict[bool, float] = {}
+            keys: dict[bool, list[tuple[object, ...]]] = {}
+            for exact in (False, True):
+                q = store.HistoryQuery(since=since, top=20, exact=exact)
+                best = math.inf
+                for _ in range(1 if exact else 3):
+                    t = time.perf_counter()
+                    rows = store.history(conn, q, now=now).rows
+                    best = min(best, time.perf_counter() - t)
+                times[exact] = best * 1e3
+                keys[exact] = [(r["src"], r["dst"], r["sport"], r["bytes"]) for r in rows]
+        finally:
+            conn.close()
+    finally:
+        if n < 1_000_000:
+            shutil.rmtree(path.parent, ignore_errors=True)
+    if keys[False] != keys[True] or len(keys[False]) != 20:
+        raise BenchError("history_top20: the hourly sums and the records disagree")
+    label = _count_label(n)
+    yield Result(f"history_top20_{label}", times[False], "ms", f"history_exact_{label}",
+                 times[True])  # fmt: skip
+
+
+RINGBUF_PAGES = 4096
+"""16 MiB: room for 100,000 events (72 bytes each with the ring's header) twice over."""
+
+
+def ringbuf_events(lab: _Lab) -> Iterator[Result]:
+    """New-flow events consumed per second by user space (FlowProgram.poll_events, decoded,
+    through a callback), after settings.ringbuf_flows new flows were announced; none may be
+    lost. The baseline is the same drain with the decoder swapped for one that only counts:
+    the ring buffer and the copy out of it, what decoding is measured against."""
+    import time
+    from unittest import mock
+
+    from flowscope.probe import program
+
+    n = lab.settings.ringbuf_flows
+    frames = insert_frames(n)
+    rates = []
+    copied = [0]
+
+    def count_only(records: Sequence[bytes]) -> list[object]:
+        copied[0] += len(records)
+        return []
+
+    for decode in (True, False):
+        prog = program.FlowProgram(flow_entries=BIG_FLOW_ENTRIES, ringbuf_pages=RINGBUF_PAGES)
+        try:
+            for frame in frames:
+                prog.test_run(frame)
+            events: list[object] = []
+            prog.open_events(events.append)
+            with contextlib.ExitStack() as stack:
+                if not decode:
+                    stack.enter_context(
+                        mock.patch.object(program, "events_from_records", count_only)
+                    )
+                t = time.perf_counter()
+                prog.poll_events(0)
+                seconds = time.perf_counter() - t
+            counters = prog.read_counters()
+        finally:
+            prog.close()
+        got = len(events) if decode else copied[0]
+        created = counters[abi.Counter.FLOWS_CREATED]
+        lost = counters[abi.Counter.RINGBUF_FULL]
+        if got != created or created != n or lost:
+            raise BenchError(
+                f"ringbuf_events: {got} events for {created} new flows of {n}, {lost} lost"
+            )
+        rates.append(n / seconds)
+    yield Result("ringbuf_events", rates[0], "events/s", "ringbuf_copy_only", rates[1])
+
+
 BENCHMARKS: dict[str, Callable[[_Lab], Iterator[Result]]] = {
     "xdp_hot_ipv4_tcp": hot_ipv4_tcp,
     "xdp_hot_ipv4_tcp_100k": hot_ipv4_tcp_100k,
@@ -470,6 +657,9 @@ BENCHMARKS: dict[str, Callable[[_Lab], Iterator[Result]]] = {
     "xdp_insert_100k": insert_100k,
     "xdp_hot_ipv4_tcp_precise_clock": precise_clock,
     "collector_tick": collector_tick,
+    "store_insert": store_insert,
+    "history_top20_10m": history_top20,
+    "ringbuf_events": ringbuf_events,
 }
 NAMES = tuple(BENCHMARKS)
 

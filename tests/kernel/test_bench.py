@@ -34,14 +34,22 @@ def test_hot_flow_json_line() -> None:
 
 def test_every_benchmark_runs_and_reports_once() -> None:
     objs = _lines([])
-    # collector_tick reports one line per map size (quick: 10,000 flows)
-    expected = [n if n != "collector_tick" else "collector_tick_10k" for n in bench.NAMES]
+    # collector_tick reports one line per map size (quick: 10,000 flows), and the history
+    # query its database size (quick: 100,000 records)
+    quick = {"collector_tick": "collector_tick_10k", "history_top20_10m": "history_top20_100k"}
+    expected = [quick.get(n, n) for n in bench.NAMES]
     assert [o["name"] for o in objs] == expected
     by_name = {o["name"]: o for o in objs}
     assert by_name["collector_tick_10k"]["unit"] == "ms/tick"
     assert by_name["collector_tick_10k"]["baseline_name"] == "map_read_10k"
     assert by_name["xdp_insert_100k"]["unit"] == "ns/flow"
     assert by_name["xdp_hot_ipv4_tcp_precise_clock"]["baseline_name"] == "xdp_hot_ipv4_tcp"
+    assert by_name["store_insert"]["unit"] == "records/s"
+    assert by_name["store_insert"]["baseline_name"] == "sqlite_executemany"
+    assert by_name["history_top20_100k"]["unit"] == "ms"
+    assert by_name["history_top20_100k"]["baseline_name"] == "history_exact_100k"
+    assert by_name["ringbuf_events"]["unit"] == "events/s"
+    assert by_name["ringbuf_events"]["baseline_name"] == "ringbuf_copy_only"
     for o in objs:
         assert list(o) == KEYS
         assert float(o["value"]) > 0 and float(o["baseline"]) > 0
