@@ -333,6 +333,69 @@ def record(
         )
 
 
+# --- live: the console ------------------------------------------------------------------------
+
+
+@main.command()
+@interfaces_option
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="FLOWSCOPE_DB",
+    default=None,
+    help="History database (default: $XDG_STATE_HOME/flowscope/flows.db; env FLOWSCOPE_DB).",
+)
+@click.option("--no-db", is_flag=True, help="Keep no history: show live flows only.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.05),
+    envvar="FLOWSCOPE_INTERVAL",
+    default=1.0,
+    show_default=True,
+    help="Seconds between ticks (env FLOWSCOPE_INTERVAL).",
+)
+@mode_option
+@force_option
+@entries_option
+def live(
+    interfaces: tuple[str, ...],
+    db: Path | None,
+    no_db: bool,
+    interval: float,
+    mode: str,
+    force: bool,
+    flow_entries: int,
+) -> None:
+    """The live console: top flows, new flows, rates, by keyboard (? for keys).
+
+    It keeps recording history while it is open (--no-db: nothing is kept). Quitting (q,
+    Ctrl-C, SIGTERM) writes the live flows and detaches the program."""
+    from flowscope.collector import CollectorSettings
+    from flowscope.probe.attach import interface_info
+    from flowscope.recorder import RecordSettings
+
+    if db is not None and no_db:
+        raise click.UsageError("--db and --no-db exclude each other")
+    for name in interfaces:  # a wrong name fails before a database is created
+        interface_info(name)
+    settings = RecordSettings(
+        interfaces=interfaces,
+        db=db,
+        mode=mode,
+        force=force,
+        flow_entries=flow_entries,
+        collector=CollectorSettings(interval=interval),
+    )
+    sink = None
+    if not no_db:
+        from flowscope.writer import Writer
+
+        sink = Writer(db)
+    from flowscope.ui.app import run_console  # the only command that imports textual
+
+    run_console(settings, sink)
+
+
 # --- history and sql: headless reads of the history database ----------------------------------
 
 _read_db_option = click.option(

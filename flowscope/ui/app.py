@@ -1,0 +1,266 @@
+"""The console application: one factory (make_app) for the CLI, the demo and the tests, and
+run_console, which runs collection in a thread and the app in the foreground.
+
+The app owns the state every screen reads (LiveState) and takes ticks only as messages; a
+failing writer, a lost ring buffer record or a refused attach becomes a notification, never
+an exception on the UI thread. Whatever ends the app (q, Ctrl-C, SIGTERM, SIGHUP, an
+exception), run_console stops the collection thread, which detaches the program.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import ClassVar
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding, BindingType
+from textual.screen import Screen
+
+from flowscope.recorder import RecordSettings, Sink
+from flowscope.ui.help import HelpScreen
+from flowscope.ui.live import LiveScreen
+from flowscope.ui.messages import Attached, CollectorFailed, NameResolved, TickArrived
+from flowscope.ui.names import Lookup, Resolver, gethostbyaddr
+from flowscope.ui.source import RecorderSource, TickSource
+from flowscope.ui.state import LiveState
+from flowscope.ui.view import COLUMNS, GROUPS
+
+Clock = Callable[[], float]
+RINGBUF_NOTICE_TICKS = 30
+"""At most one 'ring buffer full' notification per this many ticks."""
+
+
+class FlowscopeApp(App[None]):
+    """flowscope's Textual app."""
+
+    TITLE = "flowscope"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("question_mark", "help", "help"),
+        Binding("space", "pause", "pause"),
+        Binding("q", "quit", "quit"),
+        Binding("ctrl+c", "quit", "quit", show=False, priority=True),
+        Binding("h", "history", "history", show=False),
+    ]
+
+    def __init__(
+        self,
+        source: TickSource,
+        *,
+        clock: Clock = time.time,
+        lookup: Lookup = gethostbyaddr,
+        db_path: Path | None = None,
+        title: str | None = None,
+        handle_signals: bool = False,
+    ) -> None:
+        super().__init__()
+        if title:
+            self.title = title
+        self.source = source
+        self.state = LiveState(clock_start=clock())
+        self.db_path = db_path
+        self.paused = False
+        self.show_names = False
+        self.iface_names: dict[int, str] = {}
+        self.notices: list[tuple[str, str]] = []
+        """Every notification shown (severity, message): for tests and for the log."""
+        self._lookup = lookup
+        self._resolver: Resolver | None = None
+        self._names_dirty = False
+        self._handle_signals = handle_signals
+        self._last_status: str | None = None
+        self._last_dropped = 0
+        self._last_ringbuf_notice = -RINGBUF_NOTICE_TICKS
+        self.live = LiveScreen()
+
+    # --- life cycle -----------------------------------------------------------------------------
+
+    def on_mount(self) -> None:
+        self.push_screen(self.live)
+        if self._handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                loop.add_signal_handler(sig, self.exit)
+        self.set_interval(0.3, self._redraw_names)
+        self.source.start(self.post_message)
+
+    def on_unmount(self) -> None:
+        self.source.stop()
+        if self._resolver is not None:
+            self._resolver.close()
+
+    def notify(self, message: str, *, severity: str = "information", **kwargs: object) -> None:  # type: ignore[override]
+        self.notices.append((severity, message))
+        super().notify(message, severity=severity, **kwargs)  # type: ignore[arg-type]
+
+    # --- messages from the collection thread ---------------------------------------------------
+
+    def on_tick_arrived(self, msg: TickArrived) -> None:
+        tick = self.state.ingest(msg)
+        self._report_trouble(msg)
+        view = self.live.compute()
+        del view, tick
+        if not self.paused:
+            self._redraw()
+
+    def on_attached(self, msg: Attached) -> None:
+        self.state.interfaces = msg.interfaces
+        self.iface_names.update(msg.indexes)
+        if not self.paused:
+            self._redraw()
+
+    def on_collector_failed(self, msg: CollectorFailed) -> None:
+        self.notify(msg.error, title="collection stopped", severity="error", timeout=3600)
+
+    def on_name_resolved(self, msg: NameResolved) -> None:
+        self._names_dirty = True
+
+    def _report_trouble(self, msg: TickArrived) -> None:
+        counters = msg.tick.sample.counters
+        lost = counters.get("ringbuf_full", 0)
+        if lost and self.state.ticks - self._last_ringbuf_notice >= RINGBUF_NOTICE_TICKS:
+            self._last_ringbuf_notice = self.state.ticks
+            self.notify(
+                f"ring buffer full: {lost} new-flow events lost (the flows are still counted)",
+                severity="warning",
+            )
+        if counters.get("map_full", 0):
+            self.notify(
+                f"flow map full: {counters['map_full']} packets of new flows not counted "
+                "(--flow-entries)",
+                severity="warning",
+            )
+        w = msg.writer
+        if w is None:
+            return
+        if w.status and w.status != self._last_status:
+            self.notify(f"history: {w.status}", severity="error", timeout=10)
+        elif self._last_status and not w.status:
+            self.notify("history: writing again")
+        self._last_status = w.status
+        if w.dropped > self._last_dropped:
+            self.notify(
+                f"history: {w.dropped - self._last_dropped:,} records dropped (disk too slow "
+                "or full)",
+                severity="error",
+            )
+            self._last_dropped = w.dropped
+
+    # --- drawing --------------------------------------------------------------------------------
+
+    def _redraw(self) -> None:
+        for screen in self.screen_stack:
+            redraw = getattr(screen, "redraw", None)
+            if redraw is not None and screen.is_mounted:
+                redraw()
+
+    def _redraw_names(self) -> None:
+        if self._names_dirty and self.show_names and not self.paused:
+            self._names_dirty = False
+            self._redraw()
+
+    def name_of(self, address: str) -> str | None:
+        """The reverse DNS name of an address when known (a lookup starts otherwise)."""
+        if self._resolver is None:
+            self._resolver = Resolver(
+                lambda a, n: self.post_message(NameResolved(a, n)), self._lookup
+            )
+        return self._resolver.name(address)
+
+    # --- actions --------------------------------------------------------------------------------
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_pause(self) -> None:
+        self.paused = not self.paused
+        if not self.paused:
+            self.live.compute()
+        self._redraw()
+
+    def action_history(self) -> None:
+        if self.db_path is None or not self.source.has_db:
+            self.notify(
+                "history needs a database (the console runs with --no-db)", severity="warning"
+            )
+            return
+        try:
+            from flowscope.ui.history import HistoryScreen  # built alongside; may be absent
+        except ImportError:
+            self.notify("the history screen is not available in this version", severity="warning")
+            return
+        self.push_screen(HistoryScreen(self.db_path, self._filter_text(), self.live.spec.group))
+
+    def _filter_text(self) -> str:
+        f = self.live.spec.filter
+        return f.text if f is not None else ""
+
+    def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        live = self.live
+        yield SystemCommand("Pause / resume", "Freeze the display", self.action_pause)
+        yield SystemCommand("Filter", "Open the filter bar", live.action_open_filter)
+        yield SystemCommand("Reverse sort", "Flip the sort order", live.action_reverse)
+        yield SystemCommand("Freeze order", "Rows keep their places", live.action_freeze)
+        yield SystemCommand("Reverse DNS", "Names instead of addresses", live.action_names)
+        yield SystemCommand("History", "The history screen", self.action_history)
+        for key, label in GROUPS.items():
+            yield SystemCommand(
+                f"Group by {label}",
+                "Aggregate the table",
+                lambda key=key: live._set(  # type: ignore[misc]
+                    group=key,
+                    sort=live.spec.sort if live.spec.sort in COLUMNS[key] else "bps",
+                ),
+            )
+
+
+def make_app(
+    source: TickSource,
+    *,
+    clock: Clock = time.time,
+    lookup: Lookup = gethostbyaddr,
+    db_path: Path | None = None,
+    title: str | None = None,
+    handle_signals: bool = False,
+) -> FlowscopeApp:
+    """The console over a tick source. ``clock`` gives the wall time the console starts at
+    (uptime is measured on the ticks' own times from there); ``lookup`` does reverse DNS."""
+    return FlowscopeApp(
+        source,
+        clock=clock,
+        lookup=lookup,
+        db_path=db_path,
+        title=title,
+        handle_signals=handle_signals,
+    )
+
+
+def run_console(settings: RecordSettings, sink: Sink | None, *, title: str | None = None) -> None:
+    """Collect (recorder.run in a thread, ticks into ``sink``; None keeps nothing) and show
+    the console until the user quits. The collection thread is always stopped on the way out,
+    which writes the live flows and detaches the program. An error that stopped collection is
+    raised again after the console closed, for the CLI to report."""
+    from flowscope.store import default_db_path
+
+    source = RecorderSource(settings, sink)
+    db = (settings.db or default_db_path()) if sink is not None else None
+    app = make_app(source, db_path=db, title=title, handle_signals=True)
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        app.run()
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+        started = time.monotonic()
+        if not source.stop(timeout=1.0):
+            sys.stderr.write("flowscope: writing the live flows and detaching…\n")
+            source.stop(timeout=60.0)
+        del started
+    if source.error is not None:
+        raise source.error

@@ -1,0 +1,141 @@
+"""Cell text for the console's tables: compact units (so eight numeric columns fit in 80
+columns), ages, ports with their service names, addresses cut in the middle. No textual here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flowscope.model import proto_name, tcp_flags_text
+from flowscope.output import human
+from flowscope.ui.names import service
+from flowscope.ui.view import Row
+
+HEADERS: dict[str, str] = {
+    "src": "Source",
+    "dst": "Destination",
+    "sport": "Sport",
+    "dport": "Dport",
+    "proto": "Proto",
+    "bps": "bit/s",
+    "pps": "pkt/s",
+    "bytes": "Bytes",
+    "packets": "Pkts",
+    "age": "Age",
+    "vlan": "VLAN",
+    "flags": "Flags",
+    "flows": "Flows",
+    "out": "A→B",
+    "in": "B→A",
+}
+"""Column titles. For conversations Source and Destination are hosts A and B."""
+PAIR_HEADERS = {"src": "Host A", "dst": "Host B"}
+NUMERIC = frozenset(
+    {"sport", "bps", "pps", "bytes", "packets", "age", "vlan", "flows", "out", "in"}
+)
+"""Right-aligned columns."""
+
+
+def compact(value: float) -> str:
+    """A count in at most five characters: ``47.9M``, ``812k``, ``12``."""
+    return human(value).replace(" ", "")
+
+
+def age_text(seconds: float) -> str:
+    """``42s``, ``3m05``, ``2h10``, ``3d04``: the age of a flow, in five characters at most."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}"
+
+
+def clip(text: str, width: int) -> str:
+    """Cut the middle out of a too-long text (addresses and names keep both ends)."""
+    if len(text) <= width:
+        return text
+    if width < 4:
+        return text[:width]
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head) :]
+
+
+def port_text(port: int | None, proto: int | None, named: bool = True) -> str:
+    """``443 https``; ICMP ports are type/code (``8/0``)."""
+    if port is None:
+        return ""
+    if proto in (1, 58):
+        return f"{port >> 8}/{port & 0xFF}"
+    name = service(port, proto or 0) if named else None
+    return f"{port} {name}" if name else str(port)
+
+
+def cell(
+    row: Row,
+    column: str,
+    *,
+    width: int,
+    name_of: Callable[[str], str | None] | None = None,
+) -> str:
+    """The text of one cell, fitted to ``width``."""
+    if column in ("src", "dst"):
+        addr = row.src if column == "src" else row.dst
+        if addr is None:
+            return ""
+        name = name_of(addr) if name_of else None
+        return clip(name or addr, width)
+    if column == "sport":
+        return "" if row.proto in (1, 58) else port_text(row.sport, row.proto, named=False)
+    if column == "dport":
+        text = port_text(row.dport, row.proto)
+        return text if len(text) <= width else text[: width - 1] + "…"
+    if column == "proto":
+        return "" if row.proto is None else proto_name(row.proto)
+    if column in ("bps", "pps", "bytes", "packets"):
+        return compact(getattr(row, column))
+    if column == "flows":
+        return compact(row.flows)
+    if column == "out":
+        return compact(row.out or 0)
+    if column == "in":
+        return compact(row.in_ or 0)
+    if column == "age":
+        return age_text(row.age)
+    if column == "vlan":
+        return str(row.vlan) if row.vlan else ""
+    if column == "flags":
+        return tcp_flags_text(row.tcp_flags) if row.proto == 6 else ""
+    raise ValueError(column)
+
+
+def widths(columns: tuple[str, ...], total: int) -> dict[str, int]:
+    """Column widths for a table ``total`` cells wide: numbers fixed, addresses take what is
+    left (15 at 80 columns, up to 39 for a whole IPv6 address)."""
+    fixed = {
+        "sport": 5,
+        "dport": 9,
+        "proto": 5,
+        "bps": 6,
+        "pps": 6,
+        "bytes": 6,
+        "packets": 6,
+        "age": 5,
+        "vlan": 4,
+        "flags": 8,
+        "flows": 5,
+        "out": 6,
+        "in": 6,
+    }
+    out = {c: fixed[c] for c in columns if c in fixed}
+    if "dport" in out and total >= 120:
+        out["dport"] = 14
+    addrs = [c for c in columns if c in ("src", "dst")]
+    if addrs:
+        # room in 80 columns for the first seven columns of the flow view; more when wider
+        spare = total - sum(out.values()) - 2 * len(columns) - 2
+        share = spare // len(addrs)
+        out.update({c: max(15, min(share, 39)) for c in addrs})
+    return out

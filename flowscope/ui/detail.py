@@ -1,0 +1,109 @@
+"""Enter on a row: every field of it, its own rate graph, and the other direction of the
+conversation, kept current tick by tick."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.content import Content
+from textual.screen import Screen
+from textual.widgets import Footer, Label, Sparkline, Static
+
+from flowscope.output import human_rate
+from flowscope.ui.view import Row, find, reverse_ident
+from flowscope.ui.widgets import describe_row, padded
+
+if TYPE_CHECKING:
+    from flowscope.ui.app import FlowscopeApp
+
+
+def _fields(pairs: list[tuple[str, str]]) -> Content:
+    width = max((len(k) for k, _ in pairs), default=0)
+    parts: list[str | tuple[str, str]] = []
+    for i, (k, v) in enumerate(pairs):
+        parts += ["\n" if i else "", (f"{k:<{width}}  ", "$text-muted"), (v, "bold")]
+    return Content.assemble(*parts)
+
+
+class DetailScreen(Screen[None]):
+    """One row in full."""
+
+    DEFAULT_CSS = """
+    DetailScreen { layout: vertical; }
+    DetailScreen #title { height: 1; padding: 0 1; background: $panel; text-style: bold; }
+    DetailScreen #graph-label { height: 1; padding: 0 1; }
+    DetailScreen Sparkline { height: 3; margin: 0 1; }
+    DetailScreen #sides { height: 1fr; }
+    DetailScreen .side { width: 1fr; padding: 0 1; }
+    DetailScreen .side-title { text-style: bold underline; }
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "app.pop_screen", "back"),
+        Binding("backspace", "app.pop_screen", "back", show=False),
+    ]
+
+    app: FlowscopeApp
+
+    def __init__(self, row: Row, group: str) -> None:
+        super().__init__()
+        self.row = row
+        self.group = group
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="title")
+        yield Label(id="graph-label")
+        yield Sparkline([], id="row-graph")
+        with Horizontal(id="sides"):
+            with Vertical(classes="side"):
+                yield Label("this direction", classes="side-title", id="this-title")
+                yield Static(id="this")
+            with Vertical(classes="side"):
+                yield Label("other direction", classes="side-title", id="other-title")
+                yield Static(id="other")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.redraw()
+
+    def redraw(self) -> None:
+        """Refresh from the latest tick (the row may have left the top N: look it up)."""
+        state = self.app.state
+        now = find(state.frame, self.group, self.row.ident, self.app.iface_names)
+        if now is not None:
+            self.row = now
+            state.record_rows([now])
+        row = self.row
+        gone = "" if now is not None else "  (no longer live)"
+        if row.src and row.dst and self.group == "flow":
+            title = f"{row.src}:{row.sport} → {row.dst}:{row.dport}"
+        else:
+            title = "  ".join(v for _, v in describe_row(row, self.group)[:3])
+        self.query_one("#title", Static).update(Content(title + gone))
+        graph = self.query_one(Sparkline)
+        graph.data = padded(state.row_series(row.key), max(graph.size.width, 10))
+        self.query_one("#graph-label", Label).update(
+            f"bit rate {human_rate(row.bps)}, last {min(state.ticks, state.history)} ticks"
+        )
+        self.query_one("#this", Static).update(_fields(describe_row(row, self.group)))
+        other_title = self.query_one("#other-title", Label)
+        other = self.query_one("#other", Static)
+        rev = reverse_ident(row.ident)
+        if rev is None:
+            other_title.update("both directions" if self.group == "pair" else "")
+            other.update(
+                Content.styled("bytes A→B and B→A are above", "$text-muted")
+                if self.group == "pair"
+                else ""
+            )
+            return
+        back = find(state.frame, "flow", rev, self.app.iface_names)
+        other_title.update("other direction")
+        if back is None:
+            other.update(Content.styled("no packets seen the other way", "$text-muted"))
+        else:
+            state.record_rows([back])
+            other.update(_fields(describe_row(back, "flow")))

@@ -1,0 +1,285 @@
+"""The live screen: status line, rate graphs, the flows table, the new-flows feed, the filter
+bar. It owns the view settings (grouping, sort, filter) and redraws from LiveState when the
+app tells it a tick arrived."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, ClassVar
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Container, Horizontal, Vertical
+from textual.content import Content
+from textual.events import Resize
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Input, Label, Static
+
+from flowscope.errors import FlowscopeError
+from flowscope.filter import FilterSyntaxError, parse
+from flowscope.ui import view as views
+from flowscope.ui.cells import HEADERS, cell, widths
+from flowscope.ui.view import COLUMNS, DESCENDING, GROUPS, Row, View, ViewSpec
+from flowscope.ui.widgets import FlowTable, NewFlowsFeed, RateGraph, StatusLine
+
+if TYPE_CHECKING:
+    from flowscope.ui.app import FlowscopeApp
+
+WIDE = 140
+"""From this many columns on, the feed goes to the right of the table."""
+TALL = 40
+"""From this many lines on, the graphs get two lines each."""
+FEED_WIDTH = 54
+FILTER_PROMPT = "filter: "
+
+
+class FilterBar(Vertical):
+    """``/`` opens it: an input for the filter language, and under it the error of the last
+    try, with a caret at its column. The filter in force changes only when one parses."""
+
+    DEFAULT_CSS = """
+    FilterBar { dock: bottom; height: auto; display: none; background: $panel; }
+    FilterBar.-open { display: block; }
+    FilterBar Horizontal { height: 1; }
+    FilterBar #filter-prompt { width: auto; color: $text-accent; }
+    FilterBar Input { width: 1fr; }
+    FilterBar #filter-error { height: auto; color: $text-error; text-wrap: nowrap; }
+    """
+
+    def compose(self) -> ComposeResult:
+        with Horizontal():
+            yield Label(FILTER_PROMPT, id="filter-prompt")
+            yield Input(placeholder="dport 443 and not net 198.18.0.0/16", compact=True)
+        yield Static("", id="filter-error")
+
+    def show_error(self, error: FilterSyntaxError | None) -> None:
+        box = self.query_one("#filter-error", Static)
+        if error is None:
+            box.update("")
+            box.display = False
+            return
+        caret = " " * (len(FILTER_PROMPT) + error.column - 1) + "^ "
+        box.update(Content(caret + str(error)))
+        box.display = True
+
+
+class LiveScreen(Screen[None]):
+    """The console's main screen."""
+
+    DEFAULT_CSS = f"""
+    LiveScreen {{ layout: vertical; }}
+    LiveScreen #body {{ height: 1fr; layout: vertical; }}
+    LiveScreen FlowTable {{ height: 1fr; scrollbar-size-horizontal: 1; }}
+    LiveScreen NewFlowsFeed {{ height: 7; border-top: solid $primary 50%; }}
+    LiveScreen.-wide #body {{ layout: horizontal; }}
+    LiveScreen.-wide NewFlowsFeed {{
+        width: {FEED_WIDTH}; height: 1fr; border-top: none; border-left: solid $primary 50%;
+    }}
+    LiveScreen.-tall RateGraph > Horizontal {{ height: 2; }}
+    LiveScreen.-tall RateGraph Sparkline {{ height: 2; }}
+    LiveScreen.-tall NewFlowsFeed {{ height: 12; }}
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("s", "next_sort(1)", "sort"),
+        Binding("S", "next_sort(-1)", "sort back", show=False),
+        Binding("r", "reverse", "reverse"),
+        Binding("f", "freeze", "freeze", show=False),
+        Binding("g", "next_group(1)", "group"),
+        Binding("G", "next_group(-1)", "group back", show=False),
+        Binding("slash", "open_filter", "filter"),
+        Binding("n", "names", "DNS", show=False),
+        Binding("escape", "close_filter", "close", show=False),
+        *[
+            Binding(str(d), f"sort_column({(d - 1) % 10})", f"sort by column {d}", show=False)
+            for d in (1, 2, 3, 4, 5, 6, 7, 8, 9, 0)
+        ],
+    ]
+
+    app: FlowscopeApp
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spec = ViewSpec()
+        self.frozen = False
+        self.view = View([], 0, 0)
+
+    def compose(self) -> ComposeResult:
+        yield StatusLine(id="status")
+        yield RateGraph()
+        with Container(id="body"):
+            yield FlowTable(id="flows")
+            yield NewFlowsFeed(id="feed")
+        yield FilterBar(id="filterbar")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._layout_for(self.app.size.width, self.app.size.height)
+        self._columns()
+        self.query_one(FlowTable).focus()
+
+    def on_resize(self, event: Resize) -> None:
+        self._layout_for(event.size.width, event.size.height)
+        self._columns()
+        self.redraw()
+
+    def _layout_for(self, width: int, height: int) -> None:
+        self.set_class(width >= WIDE, "-wide")
+        self.set_class(height >= TALL, "-tall")
+
+    # --- drawing --------------------------------------------------------------------------------
+
+    @property
+    def table(self) -> FlowTable:
+        return self.query_one(FlowTable)
+
+    def _table_width(self) -> int:
+        width = self.app.size.width
+        return width - FEED_WIDTH if width >= WIDE else width
+
+    def _columns(self) -> None:
+        cols = COLUMNS[self.spec.group]
+        descending = (self.spec.sort in DESCENDING) != self.spec.reverse
+        self.table.set_columns(
+            cols, widths(cols, self._table_width()), self.spec.group, self.spec.sort, descending
+        )
+
+    def compute(self) -> View:
+        """The rows for the latest tick (also remembered for the rows' own graphs)."""
+        state = self.app.state
+        self.view = views.compute(state.frame, self.spec, self.app.iface_names)
+        state.record_rows(self.view.rows)
+        return self.view
+
+    def redraw(self) -> None:
+        """Draw everything from the last computed view and the state."""
+        if not self.is_mounted:
+            return
+        state = self.app.state
+        cols = self.table.columns_shown
+        w = widths(cols, self._table_width())
+        name_of = self.app.name_of if self.app.show_names else None
+        texts = [[cell(r, c, width=w[c], name_of=name_of) for c in cols] for r in self.view.rows]
+        self.table.apply(self.view.rows, texts, self.frozen)
+        self.query_one(StatusLine).show(state, paused=self.app.paused, view=self.describe())
+        selected = self.selected_row()
+        self.query_one(RateGraph).show(state, selected, self._row_name(selected))
+        self.query_one(NewFlowsFeed).show(state, name_of)
+
+    def describe(self) -> str:
+        """The view settings in a few words, for the status line."""
+        descending = (self.spec.sort in DESCENDING) != self.spec.reverse
+        parts = [
+            f"{GROUPS[self.spec.group]} by {HEADERS[self.spec.sort]}{'▼' if descending else '▲'}"
+        ]
+        if self.frozen:
+            parts.append("frozen")
+        if self.spec.filter is not None and not self.spec.filter.matches_all:
+            parts.append(f"filter: {self.spec.filter.text}")
+            parts.append(f"{self.view.matched:,} match")
+        return "  ".join(parts)
+
+    def selected_row(self) -> Row | None:
+        key = self.table.selected_key
+        return next((r for r in self.view.rows if r.key == key), None) if key else None
+
+    @staticmethod
+    def _row_name(row: Row | None) -> str:
+        if row is None:
+            return ""
+        if row.src and row.dst:
+            return f"{row.src}→{row.dst}"
+        return row.src or row.dst or "/".join(str(p) for p in row.ident[1:])
+
+    def refresh_view(self) -> None:
+        """Recompute for the current settings and draw (after a key changed them)."""
+        self._columns()
+        self.compute()
+        self.redraw()
+
+    @on(DataTable.RowHighlighted)
+    def _highlighted(self) -> None:
+        state = self.app.state
+        selected = self.selected_row()
+        self.query_one(RateGraph).show(state, selected, self._row_name(selected))
+
+    @on(DataTable.RowSelected)
+    def _selected(self, event: DataTable.RowSelected) -> None:
+        row = next((r for r in self.view.rows if r.key == event.row_key.value), None)
+        if row is not None:
+            from flowscope.ui.detail import DetailScreen
+
+            self.app.push_screen(DetailScreen(row, self.spec.group))
+
+    @on(DataTable.HeaderSelected)
+    def _header(self, event: DataTable.HeaderSelected) -> None:
+        key = str(event.column_key.value)
+        if key == self.spec.sort:
+            self.action_reverse()
+        else:
+            self._set(sort=key, reverse=False)
+
+    # --- actions --------------------------------------------------------------------------------
+
+    def _set(self, **changes: object) -> None:
+        self.spec = dataclasses.replace(self.spec, **changes)  # type: ignore[arg-type]
+        self.refresh_view()
+
+    def action_next_sort(self, step: int) -> None:
+        cols = COLUMNS[self.spec.group]
+        i = cols.index(self.spec.sort) if self.spec.sort in cols else -1
+        self._set(sort=cols[(i + step) % len(cols)], reverse=False)
+
+    def action_sort_column(self, index: int) -> None:
+        cols = COLUMNS[self.spec.group]
+        if index < len(cols):
+            self._set(sort=cols[index], reverse=False)
+
+    def action_reverse(self) -> None:
+        self._set(reverse=not self.spec.reverse)
+
+    def action_freeze(self) -> None:
+        self.frozen = not self.frozen
+        self.notify("order frozen" if self.frozen else "order follows the sort", timeout=2)
+        self.refresh_view()
+
+    def action_next_group(self, step: int) -> None:
+        groups = list(GROUPS)
+        group = groups[(groups.index(self.spec.group) + step) % len(groups)]
+        sort = self.spec.sort if self.spec.sort in COLUMNS[group] else "bps"
+        self._set(group=group, sort=sort)
+
+    def action_names(self) -> None:
+        self.app.show_names = not self.app.show_names
+        self.notify("reverse DNS on" if self.app.show_names else "addresses", timeout=2)
+        self.redraw()
+
+    def action_open_filter(self) -> None:
+        bar = self.query_one(FilterBar)
+        bar.add_class("-open")
+        field = bar.query_one(Input)
+        if self.spec.filter is not None and not field.value:
+            field.value = self.spec.filter.text
+        field.focus()
+
+    def action_close_filter(self) -> None:
+        bar = self.query_one(FilterBar)
+        if bar.has_class("-open"):
+            bar.remove_class("-open")
+            self.table.focus()
+
+    @on(Input.Submitted)
+    def _filter_submitted(self, event: Input.Submitted) -> None:
+        bar = self.query_one(FilterBar)
+        try:
+            flt = parse(event.value)
+        except FilterSyntaxError as e:
+            bar.show_error(e)  # the last good filter stays in force
+            return
+        except FlowscopeError as e:
+            self.notify(str(e), severity="error")
+            return
+        bar.show_error(None)
+        self.action_close_filter()
+        self._set(filter=None if flt.matches_all else flt)

@@ -1,0 +1,57 @@
+"""Messages from background threads to the console (the only way they reach widgets).
+
+Each is a small dataclass; Textual's Message calls ``__post_init__`` for dataclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from textual.message import Message
+
+from flowscope.collector import Tick
+
+
+@dataclass(frozen=True, slots=True)
+class WriterState:
+    """What the history writer reports, read in the collection thread after each tick."""
+
+    backlog: int = 0
+    """Records waiting to be written."""
+    dropped: int = 0
+    """Records dropped since start because the backlog was full."""
+    status: str | None = None
+    """What is wrong with writing (None while all is well)."""
+
+
+@dataclass
+class TickArrived(Message):
+    """One collector tick. ``now_ns`` is the monotonic time it was taken (flow ages)."""
+
+    tick: Tick
+    now_ns: int
+    writer: WriterState | None = None
+
+
+@dataclass
+class Attached(Message):
+    """The program is on the interfaces: (name, XDP mode) of each."""
+
+    interfaces: tuple[tuple[str, str], ...]
+    indexes: dict[int, str] = field(default_factory=dict)
+    """ifindex -> name, for the filter's ``iface``."""
+
+
+@dataclass
+class CollectorFailed(Message):
+    """Collection stopped on an error (attach refused, privileges, ...)."""
+
+    error: str
+
+
+@dataclass
+class NameResolved(Message):
+    """Reverse DNS of an address finished (None: no name)."""
+
+    address: str
+    name: str | None

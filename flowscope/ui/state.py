@@ -1,0 +1,109 @@
+"""What the console remembers between ticks: the latest flows, rate histories, the new-flows
+feed and the running totals of the counters that mean lost visibility.
+
+Kept apart from the widgets so that it is plain Python (tested without a screen) and so that
+every screen (live, detail) reads the same state. Fed only on the UI thread, from TickArrived
+messages. No textual import here.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from flowscope.collector import Tick
+from flowscope.model import NewFlow, Sample
+from flowscope.ui.frame import FlowFrame
+from flowscope.ui.messages import TickArrived, WriterState
+from flowscope.ui.view import Row
+
+HISTORY = 300
+"""Ticks of rate history kept (5 minutes at one tick a second)."""
+FEED = 500
+"""New-flow events kept for the feed."""
+LOSS_COUNTERS = ("map_full", "ringbuf_full", "malformed")
+"""Kernel counters that mean flows or events were not seen; shown in a warning colour."""
+
+
+@dataclass(slots=True)
+class LiveState:
+    """The console's memory. ``clock_start`` is the wall time the console started."""
+
+    clock_start: float
+    history: int = HISTORY
+    frame: FlowFrame = field(default_factory=FlowFrame.empty)
+    sample: Sample | None = None
+    writer: WriterState | None = None
+    ticks: int = 0
+    bps: collections.deque[float] = field(default_factory=collections.deque)
+    new_flows: collections.deque[float] = field(default_factory=collections.deque)
+    feed: collections.deque[NewFlow] = field(default_factory=lambda: collections.deque(maxlen=FEED))
+    totals: collections.Counter[str] = field(default_factory=collections.Counter)
+    row_history: dict[str, collections.deque[tuple[int, float]]] = field(default_factory=dict)
+    interfaces: tuple[tuple[str, str], ...] = ()
+
+    def ingest(self, msg: TickArrived) -> Tick:
+        """Take one tick in."""
+        tick = msg.tick
+        self.ticks += 1
+        self.sample = tick.sample
+        self.writer = msg.writer
+        self.frame = FlowFrame.from_live(tick.live, msg.now_ns)
+        s = tick.sample
+        self.bps.append(s.bps)
+        self.new_flows.append(s.new_flows / s.interval if s.interval > 0 else 0.0)
+        while len(self.bps) > self.history:
+            self.bps.popleft()
+            self.new_flows.popleft()
+        self.totals.update({k: v for k, v in s.counters.items() if v})
+        for ev in tick.events:  # the feed reads newest first
+            self.feed.appendleft(ev)
+        if self.ticks % 60 == 0:
+            self._forget_old_rows()
+        return tick
+
+    @property
+    def uptime(self) -> float:
+        """Seconds since the console started, on the ticks' own clock."""
+        return max(self.sample.time - self.clock_start, 0.0) if self.sample else 0.0
+
+    @property
+    def new_per_second(self) -> float:
+        """New flows per second in the last tick."""
+        return self.new_flows[-1] if self.new_flows else 0.0
+
+    @property
+    def burst(self) -> bool:
+        """True when new flows arrive far faster than usual (a scan, a SYN flood): at least
+        20 a second and five times the median of the last minute."""
+        if not self.new_flows:
+            return False
+        recent = sorted(list(self.new_flows)[-60:])
+        median = recent[len(recent) // 2]
+        now = self.new_flows[-1]
+        return now >= 20 and now >= 5 * max(median, 1.0)
+
+    def record_rows(self, rows: Iterable[Row]) -> None:
+        """Remember each shown row's bit rate at this tick (for its own graph)."""
+        for r in rows:
+            h = self.row_history.get(r.key)
+            if h is None:
+                h = self.row_history[r.key] = collections.deque(maxlen=self.history)
+            if not h or h[-1][0] != self.ticks:
+                h.append((self.ticks, r.bps))
+
+    def row_series(self, key: str, width: int | None = None) -> list[float]:
+        """A row's bit rate per tick over the kept history, 0 where it was not shown."""
+        n = min(self.ticks, self.history) if width is None else min(width, self.history)
+        start = self.ticks - n + 1
+        values = [0.0] * n
+        for t, v in self.row_history.get(key, ()):
+            if t >= start:
+                values[t - start] = v
+        return values
+
+    def _forget_old_rows(self) -> None:
+        cutoff = self.ticks - self.history
+        for key in [k for k, h in self.row_history.items() if not h or h[-1][0] < cutoff]:
+            del self.row_history[key]

@@ -1,0 +1,85 @@
+"""`flowscope live` in a real terminal (tmux) on a veth pair with traffic: the flows show with
+non-zero rates, and `q` exits and leaves no XDP program on the interface."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+from tests.netns import PYTHON, VethNamespace, veth_namespace, xdp_prog_id
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (make setup)")
+
+
+def tmux(*args: str) -> str:
+    return subprocess.run(["tmux", *args], check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def net() -> Iterator[VethNamespace]:
+    with veth_namespace() as n:
+        yield n
+
+
+def frames(net: VethNamespace, n: int) -> list[bytes]:
+    return [
+        bytes(
+            Ether(src=net.peer_mac, dst=net.host_mac)
+            / IP(src=net.peer_ip4, dst=net.host_ip4)
+            / UDP(sport=40000 + i % 3, dport=5353)
+            / (b"x" * 200)
+        )
+        for i in range(n)
+    ]
+
+
+def test_live_console_shows_rates_and_q_detaches(net: VethNamespace) -> None:
+    session = f"fslive{uuid.uuid4().hex[:8]}"
+    stop = threading.Event()
+    batch = frames(net, 60)
+
+    def traffic() -> None:
+        while not stop.is_set():
+            net.send_frames(batch)
+            time.sleep(0.1)
+
+    sender = threading.Thread(target=traffic, daemon=True)
+    cmd = f"{PYTHON} -m flowscope live -i {net.host_if} --no-db"
+    tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "32", cmd)
+    try:
+        sender.start()
+        screen = ""
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            screen = tmux("capture-pane", "-p", "-t", session)
+            row = next((line for line in screen.splitlines() if net.peer_ip4 in line), None)
+            # bit/s is the first number after the protocol: it must not be 0
+            if row and re.search(r"udp\s+[1-9][\d.]*[kMG]?\s", row):
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"no flow with a rate on screen:\n{screen}")
+        assert f"{net.host_if} (generic)" in screen
+        assert xdp_prog_id(net.host_if) != 0
+        tmux("send-keys", "-t", session, "q")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if session not in subprocess.run(["tmux", "ls"], capture_output=True, text=True).stdout:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("flowscope live did not exit on q")
+        assert xdp_prog_id(net.host_if) == 0
+    finally:
+        stop.set()
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        sender.join(10)
