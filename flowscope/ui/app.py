@@ -186,7 +186,7 @@ class FlowscopeApp(App[None]):
     def action_history(self) -> None:
         if self.db_path is None or not self.source.has_db:
             self.notify(
-                "history needs a database (the console runs with --no-db)", severity="warning"
+                "history needs a database (this console runs with --no-db)", severity="warning"
             )
             return
         try:

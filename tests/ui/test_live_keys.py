@@ -1,0 +1,255 @@
+"""Every key of the live console, driven by Pilot against the recorded scenario."""
+
+from __future__ import annotations
+
+import asyncio
+
+from textual.command import CommandPalette
+
+from flowscope.ui.app import FlowscopeApp
+from flowscope.ui.detail import DetailScreen
+from flowscope.ui.help import HelpScreen
+from flowscope.ui.live import FilterBar
+from flowscope.ui.sample import SCANNER, scenario
+from flowscope.ui.source import ReplaySource
+from flowscope.ui.widgets import FlowTable
+from tests.ui.consoles import console, synchronous
+
+SIZE = (80, 24)
+
+
+def table(app: FlowscopeApp) -> FlowTable:
+    return app.live.table
+
+
+def column(app: FlowscopeApp, name: str) -> list[str]:
+    t = table(app)
+    return [str(t.get_row_at(i)[t.columns_shown.index(name)]) for i in range(t.row_count)]
+
+
+def shown_rows(app: FlowscopeApp):  # type: ignore[no-untyped-def]
+    by_key = {r.key: r for r in app.live.view.rows}
+    return [by_key[k] for k in table(app).order]
+
+
+@synchronous
+async def test_table_shows_the_top_flows_by_rate_in_order() -> None:
+    app = console()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        rows = shown_rows(app)
+        assert table(app).row_count == len(rows) == 200  # the top 200 of 218 flows
+        assert app.live.view.groups == 218
+        assert [r.bps for r in rows] == sorted((r.bps for r in rows), reverse=True)
+        assert (rows[0].src, rows[0].sport, rows[0].dst) == ("198.18.0.10", 443, "198.18.7.21")
+        assert column(app, "dport")[6] == "443 https"
+        assert column(app, "bps")[0] == "72.9M"
+
+
+@synchronous
+async def test_s_digits_and_r_sort() -> None:
+    app = console()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("s")
+        assert app.live.spec.sort == "pps"
+        pps = [r.pps for r in shown_rows(app)]
+        assert pps == sorted(pps, reverse=True)
+        await pilot.press("S", "S")
+        assert app.live.spec.sort == "proto"
+        await pilot.press("4")
+        assert app.live.spec.sort == "dport"
+        dports = [r.dport for r in shown_rows(app)]
+        assert dports == sorted(dports)
+        await pilot.press("r")
+        dports = [r.dport for r in shown_rows(app)]
+        assert dports == sorted(dports, reverse=True)
+        assert "Dport▼" in str(table(app).columns["dport"].label)  # type: ignore[index]
+
+
+@synchronous
+async def test_f_freezes_the_order_while_rates_change() -> None:
+    app = console(preload=40)
+    source = app.source
+    assert isinstance(source, ReplaySource)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        before = list(table(app).order)
+        await pilot.press("f")
+        source.step(20)
+        await pilot.pause()
+        after = table(app).order
+        assert after[: len(before)] == before
+        assert [r.bps for r in shown_rows(app)] != sorted(
+            (r.bps for r in shown_rows(app)), reverse=True
+        )
+        await pilot.press("f")
+        assert [r.bps for r in shown_rows(app)] == sorted(
+            (r.bps for r in shown_rows(app)), reverse=True
+        )
+
+
+@synchronous
+async def test_g_cycles_groupings_and_sums() -> None:
+    app = console()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        total = int(app.state.frame.bytes.sum())
+        await pilot.press("g")
+        assert app.live.spec.group == "src"
+        assert table(app).columns_shown[:2] == ("src", "flows")
+        rows = shown_rows(app)
+        assert sum(r.bytes for r in rows) == total
+        assert next(r for r in rows if r.src == SCANNER).flows == 200
+        await pilot.press("g", "g")
+        assert app.live.spec.group == "pair"
+        pair = shown_rows(app)[0]
+        assert {pair.src, pair.dst} == {"198.18.0.10", "198.18.7.21"}
+        assert pair.out is not None and pair.in_ is not None
+        assert pair.out + pair.in_ == pair.bytes
+        await pilot.press("g", "g", "g")
+        assert app.live.spec.group == "flow"
+        await pilot.press("G")
+        assert app.live.spec.group == "proto"
+        assert column(app, "proto") == ["tcp", "udp", "icmp"]
+
+
+@synchronous
+async def test_slash_filters_and_an_error_keeps_the_last_good_filter() -> None:
+    app = console()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("slash", *"dport 443", "enter")
+        rows = shown_rows(app)
+        assert rows and all(r.dport == 443 for r in rows)
+        assert not app.live.query_one(FilterBar).has_class("-open")
+        await pilot.press("slash")
+        bar = app.live.query_one(FilterBar)
+        assert bar.has_class("-open")
+        await pilot.press(*["backspace"] * 20, *"port abc", "enter")
+        error = str(bar.query_one("#filter-error").render())
+        assert "column 6: expected a port number" in error
+        assert error.index("^") == len("filter: ") + 5  # the caret under the column
+        assert all(r.dport == 443 for r in shown_rows(app))  # still in force
+        await pilot.press("escape")
+        assert not bar.has_class("-open")
+        await pilot.press("slash", *["backspace"] * 20, "enter")
+        assert app.live.view.matched == 218 and app.live.spec.filter is None
+
+
+@synchronous
+async def test_n_shows_reverse_dns_names_from_the_background() -> None:
+    app = console()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("n")
+        for _ in range(20):
+            await asyncio.sleep(0.1)
+            await pilot.pause()
+            if column(app, "src")[0] == "web1.example":
+                break
+        assert column(app, "src")[0] == "web1.example"
+        assert column(app, "dst")[0] == "client7.exam…"[:15] or column(app, "dst")[0].startswith(
+            "client7"
+        )
+        await pilot.press("n")
+        assert column(app, "src")[0] == "198.18.0.10"
+
+
+@synchronous
+async def test_space_pauses_the_display_not_the_collection() -> None:
+    app = console(preload=30)
+    source = app.source
+    assert isinstance(source, ReplaySource)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        frozen = column(app, "bps")
+        await pilot.press("space")
+        source.step(10)
+        await pilot.pause()
+        assert column(app, "bps") == frozen
+        assert app.state.ticks == 40
+        await pilot.press("space")
+        assert column(app, "bps") != frozen
+
+
+@synchronous
+async def test_enter_opens_the_detail_with_the_other_direction() -> None:
+    app = console()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("enter")
+        screen = app.screen
+        assert isinstance(screen, DetailScreen)
+        this = str(screen.query_one("#this").render())
+        other = str(screen.query_one("#other").render())
+        assert "198.18.7.21" in this and "443 https" in this
+        assert "source            198.18.7.21" in other
+        assert "50412" in other
+        await pilot.press("escape")
+        assert app.screen is app.live
+
+
+@synchronous
+async def test_question_mark_help_and_escape() -> None:
+    app = console()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert app.screen is app.live
+
+
+@synchronous
+async def test_h_without_a_database_says_so() -> None:
+    app = console()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("h")
+        assert ("warning", "history needs a database (this console runs with --no-db)") in (
+            app.notices
+        )
+        assert app.screen is app.live
+
+
+@synchronous
+async def test_command_palette_opens() -> None:
+    app = console()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+p")
+        assert isinstance(app.screen, CommandPalette)
+        await pilot.press(*"group by conv", "enter")
+        await pilot.pause()
+        assert app.live.spec.group == "pair"
+
+
+@synchronous
+async def test_q_and_ctrl_c_quit_and_stop_the_source() -> None:
+    for key in ("q", "ctrl+c"):
+        app = console()
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press(key)
+            await pilot.pause()
+        assert app.return_code == 0
+        assert isinstance(app.source, ReplaySource) and app.source.stopped
+
+
+@synchronous
+async def test_writer_trouble_and_lost_events_are_notifications() -> None:
+    app = console(scenario(90, writer_trouble_at=80))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        severities = {s for s, _ in app.notices}
+        texts = " ".join(m for _, m in app.notices)
+        assert "history: database or disk is full" in texts
+        assert "records dropped" in texts
+        assert "ring buffer full: 3 new-flow events lost" in texts
+        assert {"error", "warning"} <= severities
+        assert app.is_running
+
+
+@synchronous
+async def test_burst_of_new_flows_is_flagged() -> None:
+    app = console(preload=72)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert app.state.burst and app.state.new_per_second == 40
+        feed = str(app.live.query_one("#feed").render())
+        assert feed.splitlines()[0].startswith(" new flows 40/s")
+        assert f"{SCANNER}:40001 → 198.18.0.10:79" in feed  # newest first

@@ -1,0 +1,114 @@
+"""Filtering, grouping and the top N on arrays, held to the filter language's own answers."""
+
+from __future__ import annotations
+
+import pytest
+
+from flowscope.filter import parse
+from flowscope.ui.frame import FlowFrame, _RowView, filter_mask
+from flowscope.ui.sample import SCANNER, SERVER, scenario
+from flowscope.ui.view import GROUPS, ViewSpec, compute, find, reverse_ident
+
+TICK = scenario(76)[75]
+FRAME = FlowFrame.from_live(TICK.tick.live, TICK.now_ns)
+NAMES = {2: "eth0"}
+
+FILTERS = [
+    "",
+    "tcp",
+    "udp or icmp",
+    "host 198.18.0.10",
+    "src 198.18.0.10 and dport 443",
+    "dst net 198.18.0.0/24",
+    "net 2001:db8::/32",
+    "not net 198.19.0.0/16",
+    "port 443",
+    "sport 5432",
+    "vlan 100",
+    "iface eth0",
+    "iface eth1",
+    "ingress",
+    "egress",
+    "bytes > 1M",
+    "packets <= 1",
+    "flags S",
+    "flags PA and not (src host 198.18.7.21 or dst 198.18.9.4)",
+    "proto 58 || proto icmp",
+]
+
+
+@pytest.mark.parametrize("text", FILTERS)
+def test_array_filter_decides_as_the_filter_language(text: str) -> None:
+    flt = parse(text)
+    mask = filter_mask(flt, FRAME, NAMES)
+    expected = [flt.matches(_RowView(FRAME, i, NAMES)) for i in range(len(FRAME))]
+    assert mask.tolist() == expected
+
+
+def test_top_n_by_rate_in_order() -> None:
+    rows = compute(FRAME, ViewSpec(top=5)).rows
+    assert len(rows) == 5
+    assert [r.bps for r in rows] == sorted((r.bps for r in rows), reverse=True)
+    everything = sorted(FRAME.bps.tolist(), reverse=True)
+    assert [r.bps for r in rows] == everything[:5]
+    rev = compute(FRAME, ViewSpec(top=5, reverse=True)).rows
+    assert [r.bps for r in rev] == sorted(FRAME.bps.tolist())[:5]
+
+
+def test_sort_by_address_and_port() -> None:
+    rows = compute(FRAME, ViewSpec(sort="dport", top=1000)).rows
+    assert [r.dport for r in rows] == sorted(r.dport for r in rows)
+    rows = compute(FRAME, ViewSpec(sort="src", top=1000)).rows
+    v4 = [r.src for r in rows if r.family == 4]
+    assert v4 == sorted(v4, key=lambda a: tuple(int(x) for x in a.split(".")))
+
+
+@pytest.mark.parametrize("group", list(GROUPS))
+def test_groups_sum_their_flows(group: str) -> None:
+    view = compute(FRAME, ViewSpec(group=group, top=10_000))
+    assert sum(r.bytes for r in view.rows) == int(FRAME.bytes.sum())
+    assert sum(r.flows for r in view.rows) == len(FRAME)
+    assert sum(r.bps for r in view.rows) == pytest.approx(float(FRAME.bps.sum()))
+
+
+def test_conversation_merges_both_directions_with_bytes_each_way() -> None:
+    rows = compute(FRAME, ViewSpec(group="pair", top=10_000)).rows
+    web = next(r for r in rows if {r.src, r.dst} == {"198.18.0.10", "198.18.7.21"})
+    flows = compute(FRAME, ViewSpec(filter=parse("host 198.18.7.21"), top=100)).rows
+    out = sum(f.bytes for f in flows if f.src == web.src)
+    back = sum(f.bytes for f in flows if f.src == web.dst)
+    assert (web.out, web.in_, web.flows) == (out, back, 2)
+    assert web.bytes == out + back
+
+
+def test_scan_groups_under_its_source() -> None:
+    rows = compute(FRAME, ViewSpec(group="src", sort="flows", top=1)).rows
+    assert rows[0].src == SCANNER and rows[0].flows == 200
+
+
+def test_filter_then_group() -> None:
+    rows = compute(FRAME, ViewSpec(group="dst", filter=parse("tcp and dst " + SERVER))).rows
+    assert [r.dst for r in rows] == [SERVER]
+    assert rows[0].flows == int(((FRAME.proto == 6) & _is(FRAME.dst, SERVER)).sum())
+
+
+def _is(col, addr):  # type: ignore[no-untyped-def]
+    from flowscope.ui.frame import addr_bytes
+
+    return (col == addr_bytes(addr)[1]).all(axis=1)
+
+
+def test_find_and_reverse() -> None:
+    top = compute(FRAME, ViewSpec(top=1)).rows[0]
+    assert find(FRAME, "flow", top.ident, NAMES) == top
+    back = find(FRAME, "flow", reverse_ident(top.ident) or (), NAMES)
+    assert back is not None and (back.src, back.dst) == (top.dst, top.src)
+    assert back.sport == top.dport
+
+
+def test_a_hundred_thousand_flows_make_only_top_n_rows() -> None:
+    import numpy as np
+
+    big = FRAME.take(np.resize(np.arange(len(FRAME)), 100_000))
+    view = compute(big, ViewSpec(top=50, filter=parse("tcp")))
+    assert len(view.rows) == 50 and view.matched == int((big.proto == 6).sum())
