@@ -13,342 +13,44 @@ replayed database and the tests see a fixed clock.
 
 from __future__ import annotations
 
-import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from rich.style import Style
 from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.message import Message
-from textual.reactive import reactive
 from textual.screen import Screen
-from textual.widget import Widget
 from textual.widgets import DataTable, Footer, Input, Label, Static
 
 from flowscope import store
 from flowscope.errors import FlowscopeError, UsageError
 from flowscope.filter import Filter, FilterSyntaxError, parse, register_sql_functions
-from flowscope.model import proto_name
-from flowscope.output import human, human_bytes, human_rate
+from flowscope.output import human_bytes, human_rate
+from flowscope.ui.history_graph import HistoryGraph
+from flowscope.ui.history_query import (
+    EMPTY_ROWS,
+    GROUP_CYCLE,
+    NUMERIC_COLUMNS,
+    SPANS,
+    TOP_ROWS,
+    TimeRange,
+    bucket_bytes,
+    bucket_step,
+    clock,
+    day_clock,
+    duration_text,
+    parse_range,
+    row_cells,
+    row_key,
+)
 
-# The preset ranges, by key: (label, seconds).
-SPANS: dict[str, tuple[str, float]] = {
-    "5m": ("5m", 300.0),
-    "1h": ("1h", 3600.0),
-    "24h": ("24h", 86400.0),
-}
-# What `g` cycles through: the live console's groupings.
-GROUP_CYCLE: tuple[str, ...] = ("flow", "src", "dst", "pair", "dport", "proto")
-# Bucket widths the graph may use, in seconds: round numbers, so bucket edges read well.
-BUCKET_STEPS: tuple[float, ...] = (
-    1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400,
-)  # fmt: skip
-TOP_ROWS = 200  # rows the table holds; the graph still counts every record of the range
-
-
-# --- pure helpers (no widgets) ---------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TimeRange:
-    """A closed range of Unix seconds and how the title names it (``1h``, ``zoom``...)."""
-
-    since: float
-    until: float
-    label: str
-
-    @property
-    def duration(self) -> float:
-        return self.until - self.since
-
-
-def bucket_step(duration: float, max_buckets: int) -> float:
-    """The smallest round bucket width that cuts ``duration`` into at most ``max_buckets``."""
-    need = duration / max(max_buckets, 1)
-    for step in BUCKET_STEPS:
-        if step >= need:
-            return float(step)
-    return float(int(need) + 1)
-
-
-def bucket_bytes(
-    conn: sqlite3.Connection,
-    rng: TimeRange,
-    step: float,
-    where: str | None = None,
-    params: Sequence[Any] = (),
-) -> list[int]:
-    """Bytes per bucket of ``step`` seconds from ``rng.since``: the records ``history`` reads
-    for the range (those overlapping it), each counted in the bucket of its ``last_seen``
-    (when it was exported), clamped into the range.
-
-    From ``flows`` rather than ``samples`` because a filter must narrow the graph as it narrows
-    the table, and samples are per-tick totals with no flow in them. Times are compared as
-    whole milliseconds taken from the fixed-width text, so a bucket edge is exact."""
-    n = max(1, -(-round(rng.duration * 1000) // round(step * 1000)))
-    since_text = store.iso_time(rng.since)
-    since_ms = round(store.parse_iso(since_text) * 1000)
-    step_ms = round(step * 1000)
-    ms = (
-        "(CAST(strftime('%s', last_seen) AS INTEGER) * 1000"
-        " + CAST(substr(last_seen, 21, 3) AS INTEGER))"
-    )
-    sql = (
-        f"SELECT max(0, ({ms} - ?) / ?) AS bucket, sum(bytes) FROM flows "
-        f"WHERE last_seen >= ? AND first_seen <= ?{f' AND ({where})' if where else ''} "
-        "GROUP BY bucket"
-    )
-    out = [0] * n
-    with store.translate_errors("cannot read history from", "the database"):
-        rows = conn.execute(
-            sql, [since_ms, step_ms, since_text, store.iso_time(rng.until), *params]
-        )
-        for bucket, total in rows:
-            out[min(int(bucket), n - 1)] += int(total or 0)
-    return out
-
-
-def parse_range(text: str, now: float) -> TimeRange:
-    """A typed range: ``SINCE``, ``SINCE UNTIL``, ``SINCE..UNTIL`` or ``SINCE to UNTIL``, each
-    part as ``--since``/``--until`` take it (``10m``, ``now``, ISO 8601). A UsageError carries
-    ``error_column``: where the bad part starts, for the caret under it."""
-    raw = text.strip()
-    for sep in ("..", " to ", " "):
-        if sep in raw:
-            first, _, second = raw.partition(sep)
-            break
-    else:
-        first, second = raw, ""
-    if not first.strip():
-        raise _column_error(UsageError("type a range: 10m, 2h 1h, or ISO..ISO"), 1)
-    start_col = len(text) - len(text.lstrip()) + 1
-    try:
-        since = store.parse_time_arg(first.strip(), "since", now)
-    except UsageError as e:
-        raise _column_error(e, start_col) from None
-    until = now
-    if second.strip():
-        until_col = text.find(second.strip(), start_col - 1 + len(first)) + 1
-        try:
-            until = store.parse_time_arg(second.strip(), "until", now)
-        except UsageError as e:
-            raise _column_error(e, until_col) from None
-    if since >= until:
-        raise _column_error(
-            UsageError(
-                f"since {store.iso_time(since)} is not before until {store.iso_time(until)}"
-            ),
-            start_col,
-        )
-    return TimeRange(since, until, raw)
-
-
-def _column_error(e: UsageError, column: int) -> UsageError:
-    e.error_column = column  # type: ignore[attr-defined]
-    return e
-
-
-def endpoint(addr: str, port: int) -> str:
-    """``10.0.0.1:443``, ``[2001:db8::1]:443``."""
-    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
-
-
-NUMERIC_COLUMNS = ("bytes", "rate", "pkts", "recs", "dport", "sport", "vlan")
-
-
-def row_cells(row: dict[str, Any], group_by: str) -> dict[str, str]:
-    """The cells of one history row, as the table shows them: who first, then how much."""
-    cells: dict[str, str] = {}
-    if group_by == "flow":
-        cells["source"] = endpoint(row["src"], row["sport"])
-        cells["destination"] = endpoint(row["dst"], row["dport"])
-        cells["proto"] = proto_name(row["proto"])
-    else:
-        for col in ("host_a", "host_b", "src", "dst", "sport", "dport", "iface", "vlan"):
-            if col in row:
-                cells[col] = str(row[col])
-        if "proto" in row:
-            cells["proto"] = proto_name(row["proto"])
-    cells["bytes"] = human_bytes(row["bytes"])
-    cells["rate"] = human_rate(row["bps"])
-    cells["pkts"] = human(row["packets"])
-    cells["recs"] = str(row["records"])
-    return cells
-
-
-def row_key(row: dict[str, Any], group_by: str) -> str:
-    """A stable key for a row: its grouping values."""
-    return "|".join(str(row[name]) for name, _ in store.GROUPINGS[group_by])
-
-
-def clock(t: float) -> str:
-    """``03:12:05`` (UTC, as stored)."""
-    return time.strftime("%H:%M:%S", time.gmtime(t))
-
-
-def day_clock(t: float) -> str:
-    """``2026-11-22 03:12:05`` (UTC)."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
-
-
-# --- the graph ---------------------------------------------------------------------------------
-
-_EIGHTHS = " ▁▂▃▄▅▆▇█"
-
-
-class HistoryGraph(Widget, can_focus=True):
-    """Bytes per time bucket as bars of block characters, with a cursor on one bucket.
-
-    Left/right move the cursor; Enter asks the screen to zoom into the bucket under it. The
-    last row is an axis: the range's start and end, and a caret under the cursor."""
-
-    DEFAULT_CSS = """
-    HistoryGraph { height: 22%; min-height: 4; padding: 0 1; }
-    HistoryGraph > .graph--bar { color: $primary; }
-    HistoryGraph > .graph--cursor { color: $accent; text-style: bold; }
-    HistoryGraph > .graph--axis { color: $text-muted; }
-    HistoryGraph:focus > .graph--cursor { color: $warning; }
-    """
-    COMPONENT_CLASSES: ClassVar[set[str]] = {"graph--bar", "graph--cursor", "graph--axis"}
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("left", "move(-1)", "bucket", key_display="←→"),
-        Binding("right", "move(1)", "bucket", show=False),
-        Binding("home", "move_to(0)", "first bucket", show=False),
-        Binding("end", "move_to(-1)", "last bucket", show=False),
-        Binding("enter", "zoom", "zoom"),
-    ]
-
-    cursor: reactive[int] = reactive(0)
-
-    @dataclass
-    class Zoom(Message):
-        """Enter on a bucket: narrow the range to it."""
-
-        index: int
-
-    class Moved(Message):
-        """The cursor moved to another bucket (the screen names it under the graph)."""
-
-    def __init__(self, *, id: str | None = None) -> None:
-        super().__init__(id=id)
-        self.values: list[int] = []
-        self.rng: TimeRange | None = None
-        self.step: float = 1.0
-
-    def show(self, values: list[int], rng: TimeRange, step: float, keep_cursor: bool) -> None:
-        """New buckets; the cursor stays where it was if asked and possible, else goes last."""
-        self.values, self.rng, self.step = values, rng, step
-        if not keep_cursor or not 0 <= self.cursor < len(values):
-            self.cursor = len(values) - 1
-        self.refresh()
-
-    def bucket_range(self, index: int) -> TimeRange:
-        """The time range of bucket ``index`` (the last one ends at the range's end)."""
-        assert self.rng is not None
-        lo = self.rng.since + index * self.step
-        hi = min(lo + self.step, self.rng.until)
-        return TimeRange(lo, hi, f"{clock(lo)}+{_duration_text(hi - lo)}")
-
-    def watch_cursor(self) -> None:
-        self.refresh()
-        self.post_message(self.Moved())
-
-    def action_move(self, delta: int) -> None:
-        if self.values:
-            self.cursor = max(0, min(len(self.values) - 1, self.cursor + delta))
-
-    def action_move_to(self, index: int) -> None:
-        if self.values:
-            self.cursor = index % len(self.values)
-
-    def action_zoom(self) -> None:
-        if self.values:
-            self.post_message(self.Zoom(self.cursor))
-
-    def _columns(self, width: int) -> list[tuple[int, int]]:
-        """Each bucket's [start, end) column: spread over the whole width."""
-        n = len(self.values)
-        return [(i * width // n, max((i + 1) * width // n, i * width // n + 1)) for i in range(n)]
-
-    def render(self) -> Text:
-        width, height = self.content_size.width, self.content_size.height
-        if not self.values or width <= 0 or height <= 0 or self.rng is None:
-            return Text("")
-        bar = self.get_component_rich_style("graph--bar")
-        cur = self.get_component_rich_style("graph--cursor")
-        axis_style = self.get_component_rich_style("graph--axis")
-        rows = max(1, height - 1)
-        peak = max(self.values) or 1
-        spans = self._columns(width)
-        lines: list[Text] = []
-        for r in range(rows):
-            level = rows - 1 - r
-            line = Text(no_wrap=True, overflow="crop")
-            last_end = 0
-            for i, (c0, c1) in enumerate(spans):
-                if c0 >= width:
-                    break
-                v = self.values[i]
-                eighths = round(v / peak * rows * 8)
-                if v > 0:
-                    eighths = max(eighths, 1)
-                fill = max(0, min(8, eighths - level * 8))
-                ch = _EIGHTHS[fill]
-                if i == self.cursor and fill == 0 and level == 0:
-                    ch = "▁"  # an empty bucket under the cursor still shows where it is
-                line.append(" " * (c0 - last_end))
-                line.append(ch * (min(c1, width) - c0), cur if i == self.cursor else bar)
-                last_end = min(c1, width)
-            lines.append(line)
-        lines.append(self._axis(width, spans, axis_style, cur))
-        return Text("\n").join(lines)
-
-    def _axis(
-        self, width: int, spans: list[tuple[int, int]], style: Style, cursor_style: Style
-    ) -> Text:
-        assert self.rng is not None
-        chars = [" "] * width
-        left, right = clock(self.rng.since), clock(self.rng.until)
-        caret = -1
-        if 0 <= self.cursor < len(spans):
-            c0, c1 = spans[self.cursor]
-            caret = min((c0 + c1 - 1) // 2, width - 1)
-        # A time label gives way to the caret rather than be cut by it.
-        if width >= len(left) and not 0 <= caret <= len(left):
-            chars[: len(left)] = left[:width]
-        r0 = width - len(right)
-        if r0 > len(left) + 1 and not r0 - 1 <= caret < width:
-            chars[r0:] = right
-        axis = Text("".join(chars), style=style, no_wrap=True)
-        if caret >= 0:
-            axis = axis[:caret] + Text("▲", style=cursor_style) + axis[caret + 1 :]
-        return axis
-
-
-def _duration_text(seconds: float) -> str:
-    """``5m``, ``1h``, ``90s``, ``1h30m``: how long a range is, briefly."""
-    s = round(seconds)
-    if s % 86400 == 0 and s:
-        return f"{s // 86400}d"
-    if s % 3600 == 0 and s:
-        return f"{s // 3600}h"
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    if s % 60 == 0 and s:
-        return f"{s // 60}m"
-    if s >= 60:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{seconds:g}s"
-
-
-# --- the screen --------------------------------------------------------------------------------
+__all__ = ["HistoryApp", "HistoryGraph", "HistoryScreen"]
 
 
 class HistoryScreen(Screen[None]):
@@ -480,9 +182,12 @@ class HistoryScreen(Screen[None]):
         self._keep_cursor = keep_cursor
         self._pending = True
         self.query_one(DataTable).loading = True
+        # Dimmed, not covered by a loading indicator: that would take the keyboard focus.
+        self.query_one(HistoryGraph).add_class("-pending")
         step = bucket_step(self.range.duration, self._max_buckets())
         where, params = (None, []) if self.filter.matches_all else self.filter.to_sql()
         self._query(self._generation, self.range, step, self.group_by, where, params)
+        self._refresh_labels()
 
     @work(thread=True, exclusive=True, group="history-query")
     def _query(
@@ -530,6 +235,7 @@ class HistoryScreen(Screen[None]):
         graph.show(message.buckets, message.rng, message.step, self._keep_cursor)
         self._fill_table(message.result, message.group_by)
         self.query_one(DataTable).loading = False
+        graph.remove_class("-pending")
         self._refresh_labels()
 
     @on(Failed)
@@ -544,7 +250,9 @@ class HistoryScreen(Screen[None]):
         table = self.query_one(DataTable)
         table.loading = False
         table.clear(columns=True)
-        self.query_one(HistoryGraph).show([], self.range, 1.0, False)
+        graph = self.query_one(HistoryGraph)
+        graph.remove_class("-pending")
+        graph.show([], self.range, 1.0, False)
         self._refresh_labels()
 
     def _fill_table(self, result: store.HistoryResult, group_by: str) -> None:
@@ -552,7 +260,7 @@ class HistoryScreen(Screen[None]):
         table: DataTable[Text] = self.query_one(DataTable)
         table.clear(columns=True)
         cells = [row_cells(r, group_by) for r in result.rows]
-        columns = list(cells[0]) if cells else list(row_cells(_EMPTY_ROWS[group_by], group_by))
+        columns = list(cells[0]) if cells else list(row_cells(EMPTY_ROWS[group_by], group_by))
         for col in columns:
             table.add_column(col, key=col)
         for row, c in zip(result.rows, cells, strict=True):
@@ -574,15 +282,15 @@ class HistoryScreen(Screen[None]):
         self.query_one("#title", Static).update(title)
         graph = self.query_one(HistoryGraph)
         info = Text()
-        if graph.values:
+        if self._pending:
+            info.append("loading…")
+        elif graph.values:
             b = graph.bucket_range(graph.cursor)
             v = graph.values[graph.cursor]
             total = sum(graph.values)
             info.append(f"▲ {clock(b.since)}-{clock(b.until)} ", "bold")
             info.append(f"{human_bytes(v)} {human_rate(v * 8 / max(b.duration, 1e-3))}")
-            info.append(f"  · {_duration_text(graph.step)} buckets, {human_bytes(total)} in all")
-        elif self._pending:
-            info.append("loading…")
+            info.append(f"  · {duration_text(graph.step)} buckets, {human_bytes(total)} in all")
         self.query_one("#info", Static).update(info)
         status = Text()
         status.append("group ", "dim")
@@ -711,22 +419,6 @@ class HistoryScreen(Screen[None]):
             line = " " * caret + "^\n" + " " * max(0, min(caret, width - len(text))) + text
         error.update(Text(line))
         error.add_class("-open")
-
-
-# Column names for an empty result (so the table shows its header even with no rows).
-_EMPTY_ROWS: dict[str, dict[str, Any]] = {
-    g: {
-        **{
-            name: (0 if name in ("sport", "dport", "proto", "vlan", "family") else "")
-            for name, _ in cols
-        },
-        "bytes": 0,
-        "bps": 0.0,
-        "packets": 0,
-        "records": 0,
-    }
-    for g, cols in store.GROUPINGS.items()
-}
 
 
 class HistoryApp(App[None]):

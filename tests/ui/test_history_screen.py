@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import subprocess
 import sys
+import threading
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -21,12 +23,10 @@ from textual.widgets import DataTable, Input, Static
 from flowscope import store
 from flowscope.errors import UsageError
 from flowscope.filter import parse, register_sql_functions
-from flowscope.ui.history import (
+from flowscope.ui.history import HistoryApp, HistoryGraph, HistoryScreen
+from flowscope.ui.history_query import (
     GROUP_CYCLE,
     TOP_ROWS,
-    HistoryApp,
-    HistoryGraph,
-    HistoryScreen,
     TimeRange,
     bucket_bytes,
     bucket_step,
@@ -394,6 +394,40 @@ async def test_unreadable_database_is_a_message_not_a_traceback(tmp_path: Path, 
         await pilot.press("2", "g")
         screen = await settle(pilot)
         assert pilot.app.is_running and screen.error
+
+
+@sync
+async def test_a_slow_query_shows_loading_and_the_keys_still_work(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+    real = store.history
+
+    def slow(*args: Any, **kwargs: Any) -> store.HistoryResult:
+        assert threading.current_thread() is not threading.main_thread()
+        release.wait(10)
+        return real(*args, **kwargs)
+
+    async with app_for(db).run_test(size=(80, 24)) as pilot:
+        screen = await settle(pilot)
+        monkeypatch.setattr(store, "history", slow)
+        await pilot.press("1")
+        await pilot.pause()
+        assert screen.query_one(DataTable).loading
+        assert "loading" in text_of(screen, "#info")
+        await pilot.press("slash")  # the UI answers while the query waits
+        assert screen.query_one("#filter-bar").has_class("-open")
+        await pilot.press("escape")
+        release.set()
+        screen = await settle(pilot)
+        monkeypatch.undo()
+        assert_table_is(screen, expected(db, NOW - 300, NOW), "flow")
+
+
+def test_the_query_half_does_not_import_textual() -> None:
+    code = "import sys, flowscope.ui.history_query; print('textual' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 # --- pictures --------------------------------------------------------------------------------

@@ -1,0 +1,206 @@
+"""What the history screen asks SQLite and how it words the answer: ranges, buckets, cells.
+
+Kept apart from the widgets (and free of textual) so the range parser, the graph's bucket
+query and the table's cell text can be tested and reused without an app running.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from flowscope import store
+from flowscope.errors import UsageError
+from flowscope.model import proto_name
+from flowscope.output import human, human_bytes, human_rate
+
+# The preset ranges, by key: (label, seconds).
+SPANS: dict[str, tuple[str, float]] = {
+    "5m": ("5m", 300.0),
+    "1h": ("1h", 3600.0),
+    "24h": ("24h", 86400.0),
+}
+# What `g` cycles through: the live console's groupings.
+GROUP_CYCLE: tuple[str, ...] = ("flow", "src", "dst", "pair", "dport", "proto")
+# Bucket widths the graph may use, in seconds: round numbers, so bucket edges read well.
+BUCKET_STEPS: tuple[float, ...] = (
+    1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400,
+)  # fmt: skip
+TOP_ROWS = 200  # rows the table holds; the graph still counts every record of the range
+
+
+@dataclass(frozen=True, slots=True)
+class TimeRange:
+    """A closed range of Unix seconds and how the title names it (``1h``, ``zoom``...)."""
+
+    since: float
+    until: float
+    label: str
+
+    @property
+    def duration(self) -> float:
+        return self.until - self.since
+
+
+def bucket_step(duration: float, max_buckets: int) -> float:
+    """The smallest round bucket width that cuts ``duration`` into at most ``max_buckets``."""
+    need = duration / max(max_buckets, 1)
+    for step in BUCKET_STEPS:
+        if step >= need:
+            return float(step)
+    return float(int(need) + 1)
+
+
+def bucket_bytes(
+    conn: sqlite3.Connection,
+    rng: TimeRange,
+    step: float,
+    where: str | None = None,
+    params: Sequence[Any] = (),
+) -> list[int]:
+    """Bytes per bucket of ``step`` seconds from ``rng.since``: the records ``history`` reads
+    for the range (those overlapping it), each counted in the bucket of its ``last_seen``
+    (when it was exported), clamped into the range.
+
+    From ``flows`` rather than ``samples`` because a filter must narrow the graph as it narrows
+    the table, and samples are per-tick totals with no flow in them. Times are compared as
+    whole milliseconds taken from the fixed-width text, so a bucket edge is exact."""
+    n = max(1, -(-round(rng.duration * 1000) // round(step * 1000)))
+    since_text = store.iso_time(rng.since)
+    since_ms = round(store.parse_iso(since_text) * 1000)
+    step_ms = round(step * 1000)
+    ms = (
+        "(CAST(strftime('%s', last_seen) AS INTEGER) * 1000"
+        " + CAST(substr(last_seen, 21, 3) AS INTEGER))"
+    )
+    sql = (
+        f"SELECT max(0, ({ms} - ?) / ?) AS bucket, sum(bytes) FROM flows "
+        f"WHERE last_seen >= ? AND first_seen <= ?{f' AND ({where})' if where else ''} "
+        "GROUP BY bucket"
+    )
+    out = [0] * n
+    with store.translate_errors("cannot read history from", "the database"):
+        rows = conn.execute(
+            sql, [since_ms, step_ms, since_text, store.iso_time(rng.until), *params]
+        )
+        for bucket, total in rows:
+            out[min(int(bucket), n - 1)] += int(total or 0)
+    return out
+
+
+def parse_range(text: str, now: float) -> TimeRange:
+    """A typed range: ``SINCE``, ``SINCE UNTIL``, ``SINCE..UNTIL`` or ``SINCE to UNTIL``, each
+    part as ``--since``/``--until`` take it (``10m``, ``now``, ISO 8601). A UsageError carries
+    ``error_column``: where the bad part starts, for the caret under it."""
+    raw = text.strip()
+    for sep in ("..", " to ", " "):
+        if sep in raw:
+            first, _, second = raw.partition(sep)
+            break
+    else:
+        first, second = raw, ""
+    if not first.strip():
+        raise _column_error(UsageError("type a range: 10m, 2h 1h, or ISO..ISO"), 1)
+    start_col = len(text) - len(text.lstrip()) + 1
+    try:
+        since = store.parse_time_arg(first.strip(), "since", now)
+    except UsageError as e:
+        raise _column_error(e, start_col) from None
+    until = now
+    if second.strip():
+        until_col = text.find(second.strip(), start_col - 1 + len(first)) + 1
+        try:
+            until = store.parse_time_arg(second.strip(), "until", now)
+        except UsageError as e:
+            raise _column_error(e, until_col) from None
+    if since >= until:
+        raise _column_error(
+            UsageError(
+                f"since {store.iso_time(since)} is not before until {store.iso_time(until)}"
+            ),
+            start_col,
+        )
+    return TimeRange(since, until, raw)
+
+
+def _column_error(e: UsageError, column: int) -> UsageError:
+    e.error_column = column  # type: ignore[attr-defined]
+    return e
+
+
+def endpoint(addr: str, port: int) -> str:
+    """``10.0.0.1:443``, ``[2001:db8::1]:443``."""
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+NUMERIC_COLUMNS = ("bytes", "rate", "pkts", "recs", "dport", "sport", "vlan")
+
+
+def row_cells(row: dict[str, Any], group_by: str) -> dict[str, str]:
+    """The cells of one history row, as the table shows them: who first, then how much."""
+    cells: dict[str, str] = {}
+    if group_by == "flow":
+        cells["source"] = endpoint(row["src"], row["sport"])
+        cells["destination"] = endpoint(row["dst"], row["dport"])
+        cells["proto"] = proto_name(row["proto"])
+    else:
+        for col in ("host_a", "host_b", "src", "dst", "sport", "dport", "iface", "vlan"):
+            if col in row:
+                cells[col] = str(row[col])
+        if "proto" in row:
+            cells["proto"] = proto_name(row["proto"])
+    cells["bytes"] = human_bytes(row["bytes"])
+    cells["rate"] = human_rate(row["bps"])
+    cells["pkts"] = human(row["packets"])
+    cells["recs"] = str(row["records"])
+    return cells
+
+
+def row_key(row: dict[str, Any], group_by: str) -> str:
+    """A stable key for a row: its grouping values."""
+    return "|".join(str(row[name]) for name, _ in store.GROUPINGS[group_by])
+
+
+def clock(t: float) -> str:
+    """``03:12:05`` (UTC, as stored)."""
+    return time.strftime("%H:%M:%S", time.gmtime(t))
+
+
+def day_clock(t: float) -> str:
+    """``2026-11-22 03:12:05`` (UTC)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
+
+
+def duration_text(seconds: float) -> str:
+    """``5m``, ``1h``, ``90s``, ``1h30m``: how long a range is, briefly."""
+    s = round(seconds)
+    if s % 86400 == 0 and s:
+        return f"{s // 86400}d"
+    if s % 3600 == 0 and s:
+        return f"{s // 3600}h"
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s % 60 == 0 and s:
+        return f"{s // 60}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{seconds:g}s"
+
+
+# Column names for an empty result (so the table shows its header even with no rows).
+EMPTY_ROWS: dict[str, dict[str, Any]] = {
+    g: {
+        **{
+            name: (0 if name in ("sport", "dport", "proto", "vlan", "family") else "")
+            for name, _ in cols
+        },
+        "bytes": 0,
+        "bps": 0.0,
+        "packets": 0,
+        "records": 0,
+    }
+    for g, cols in store.GROUPINGS.items()
+}
