@@ -5,6 +5,8 @@
  * family. A flow's first packet inserts it and announces it on the ring buffer; when the map is
  * full the packet is counted as CNT_MAP_FULL and its key is still announced. Frames that are not
  * IP or whose IP header is unusable only bump a counter. The verdict is always XDP_PASS.
+ * Built with -DFS_REPLAY (flowscope replay) it takes each frame's time, original length and
+ * interface from the struct replay_meta in front of it; the live build has none of that code.
  */
 #include <uapi/linux/bpf.h>
 #include <linux/if_ether.h>
@@ -47,6 +49,9 @@ struct packet_info {
     __u64 bytes;
     __u64 ip_bytes;
     __u8 tcp_flags;
+#ifdef FS_REPLAY
+    __u64 time;         /* the capture's timestamp (struct replay_meta) */
+#endif
 };
 
 static __always_inline void count(struct cpu_state *st, __u32 idx)
@@ -59,9 +64,11 @@ static __always_inline void count(struct cpu_state *st, __u32 idx)
  * verifier. So each CPU keeps the ktime of the last jiffy it saw and calls the clock again only
  * when the jiffy changes: times are exact to one tick (4 ms at HZ=250). FS_PRECISE_CLOCK asks
  * for the clock on every packet instead. */
-static __always_inline __u64 now_ns(struct cpu_state *st)
+static __always_inline __u64 now_ns(struct cpu_state *st, struct packet_info *pi)
 {
-#ifdef FS_PRECISE_CLOCK
+#if defined(FS_REPLAY)
+    return pi->time;
+#elif defined(FS_PRECISE_CLOCK)
     return bpf_ktime_get_ns();
 #else
     __u64 j = bpf_jiffies64();
@@ -138,7 +145,7 @@ static __always_inline void new_value(struct flow_value *v, struct packet_info *
 
 static __always_inline void account4(struct cpu_state *st, struct flow_key4 *key, struct packet_info *pi)
 {
-    __u64 now = now_ns(st);
+    __u64 now = now_ns(st, pi);
     struct flow_value *v = flows4.lookup(key);
     if (v) {
         add_packet(v, pi, now);
@@ -176,7 +183,7 @@ static __always_inline void account4(struct cpu_state *st, struct flow_key4 *key
 
 static __always_inline void account6(struct cpu_state *st, struct flow_key6 *key, struct packet_info *pi)
 {
-    __u64 now = now_ns(st);
+    __u64 now = now_ns(st, pi);
     struct flow_value *v = flows6.lookup(key);
     if (v) {
         add_packet(v, pi, now);
@@ -308,6 +315,19 @@ int flowscope_xdp(struct xdp_md *ctx)
         return XDP_PASS; /* cannot happen: a one-entry array always has entry 0 */
     count(st, CNT_PACKETS);
     pi.bytes = end - data;
+    __u32 ifindex = ctx->ingress_ifindex;
+#ifdef FS_REPLAY
+    /* A frame without metadata (not from flowscope replay) keeps the live meaning, with the
+     * time of the clock. */
+    struct replay_meta *meta = (void *)(long)ctx->data_meta;
+    if ((void *)(meta + 1) <= data) {
+        pi.time = meta->timestamp;
+        pi.bytes = meta->wire_len;
+        ifindex = meta->ifindex;
+    } else {
+        pi.time = bpf_ktime_get_ns();
+    }
+#endif
 
     struct ethhdr *eth = data;
     if ((void *)(eth + 1) > end) {
@@ -333,9 +353,9 @@ int flowscope_xdp(struct xdp_md *ctx)
     }
 
     if (proto == bpf_htons(ETH_P_IP))
-        handle_ipv4(st, pos, end, ctx->ingress_ifindex, vlan, &pi);
+        handle_ipv4(st, pos, end, ifindex, vlan, &pi);
     else if (proto == bpf_htons(ETH_P_IPV6))
-        handle_ipv6(st, pos, end, ctx->ingress_ifindex, vlan, &pi);
+        handle_ipv6(st, pos, end, ifindex, vlan, &pi);
     else
         count(st, CNT_NON_IP);
     return XDP_PASS;

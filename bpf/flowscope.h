@@ -100,4 +100,15 @@ struct cpu_state {
     __u64 clock_ns;
 };
 
+/* Replay build only (-DFS_REPLAY, `flowscope replay`): what BPF_PROG_TEST_RUN places in front of
+ * each frame of a capture as XDP metadata (between ctx->data_meta and ctx->data): 16 bytes, a
+ * multiple of 4 as the kernel requires of metadata. The program then takes the packet's time,
+ * its length and its interface from here instead of the clock, data_end - data and the ingress
+ * device (BPF_PROG_TEST_RUN accepts only a real device as ingress_ifindex). */
+struct replay_meta {
+    __u64 timestamp;    /* capture time, ns since the Unix epoch: first/last seen, events */
+    __u32 wire_len;     /* the frame's original length on the wire: bytes, even when cut */
+    __u32 ifindex;      /* the capture's interface id + 1: the key's ifindex */
+};
+
 #endif /* FLOWSCOPE_H */

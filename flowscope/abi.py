@@ -113,6 +113,22 @@ class FlowEvent(ctypes.Structure):
     ]
 
 
+class ReplayMeta(ctypes.Structure):
+    """struct replay_meta: 16 bytes of XDP metadata in front of each replayed frame (replay
+    build only): the capture's time, the original length and the capture's interface."""
+
+    _fields_ = [
+        ("timestamp", ctypes.c_uint64),
+        ("wire_len", ctypes.c_uint32),
+        ("ifindex", ctypes.c_uint32),
+    ]
+
+
+REPLAY_META_SIZE = ctypes.sizeof(ReplayMeta)
+REPLAY_META_FORMAT = "<QII"
+"""struct.pack format of ReplayMeta (little endian, as the kernels flowscope runs on)."""
+
+
 def _dtype(struct: type[ctypes.Structure], big_endian_fields: tuple[str, ...] = ()) -> np.dtype:
     """A numpy dtype with the struct's offsets; ports become big-endian u16 fields."""
     names: list[str] = []

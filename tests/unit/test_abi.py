@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -77,6 +78,7 @@ LAYOUT = {
         },
     ),
     "cpu_state": (abi.CpuState, 72, {"counters": 0, "clock_jiffies": 56, "clock_ns": 64}),
+    "replay_meta": (abi.ReplayMeta, 16, {"timestamp": 0, "wire_len": 8, "ifindex": 12}),
 }
 
 
@@ -189,3 +191,15 @@ def test_hand_annotated_ipv6_key_decodes_through_numpy() -> None:
         9,
         0x18,
     )
+
+
+def test_hand_annotated_replay_meta_decodes() -> None:
+    raw = bytes.fromhex(
+        "00ca9a3b00000000"  # timestamp 1_000_000_000 ns, little endian
+        "dc050000"  # wire_len 1500
+        "02000000"  # ifindex 2 (the capture's second interface)
+    )
+    meta = abi.ReplayMeta.from_buffer_copy(raw)
+    assert (meta.timestamp, meta.wire_len, meta.ifindex) == (1_000_000_000, 1500, 2)
+    assert struct.pack(abi.REPLAY_META_FORMAT, 1_000_000_000, 1500, 2) == raw
+    assert abi.REPLAY_META_SIZE % 4 == 0 and abi.REPLAY_META_SIZE <= 32  # the kernel's rule
