@@ -356,6 +356,24 @@ async def test_home_end_and_bounds_of_the_cursor(db: Path) -> None:
 
 
 @sync
+async def test_up_down_move_the_table_and_tab_gives_it_the_keys(db: Path) -> None:
+    async with app_for(db).run_test(size=(80, 24)) as pilot:
+        screen = await settle(pilot)
+        table = screen.query_one(DataTable)
+        graph = screen.query_one(HistoryGraph)
+        await pilot.press("down", "down")
+        assert table.cursor_row == 2
+        assert isinstance(pilot.app.focused, HistoryGraph)
+        await pilot.press("tab")
+        assert pilot.app.focused is table
+        await pilot.press("up", "left")
+        assert table.cursor_row == 1
+        assert graph.cursor == 59  # left belongs to the table now
+        await pilot.press("shift+tab", "left")
+        assert graph.cursor == 58
+
+
+@sync
 async def test_pushed_by_another_app_escape_goes_back(db: Path) -> None:
     class Live(App[None]):
         BINDINGS = [("h", "history", "history")]  # noqa: RUF012
@@ -443,6 +461,16 @@ def test_snapshot_last_hour(snap_compare: Any, db: Path, size: tuple[int, int]) 
         await settle(pilot)
 
     assert snap_compare(_snapshot_app(db), terminal_size=size, run_before=run_before)
+
+
+def test_snapshot_light_theme(snap_compare: Any, db: Path) -> None:
+    async def run_before(pilot: Pilot[Any]) -> None:
+        pilot.app.theme = "textual-light"
+        await settle(pilot)
+        await pilot.press("left", "left", "g")
+        await settle(pilot)
+
+    assert snap_compare(_snapshot_app(db), terminal_size=(80, 24), run_before=run_before)
 
 
 @pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
