@@ -21,6 +21,7 @@ from flowscope.errors import FlowscopeError
 
 if TYPE_CHECKING:
     from flowscope.collector import Tick
+    from flowscope.exports import ExportSettings
 
 EXIT_INTERRUPTED = 130
 
@@ -82,6 +83,77 @@ entries_option = click.option(
     show_default=True,
     help="Size of each kernel flow map (IPv4 and IPv6).",
 )
+
+
+def _ipfix_target(ctx: click.Context, param: click.Parameter, value: str | None) -> object:
+    from flowscope.ipfix import parse_target
+
+    return parse_target(value) if value else None
+
+
+def _metrics_listen(ctx: click.Context, param: click.Parameter, value: str | None) -> object:
+    from flowscope.metrics import parse_listen
+
+    return parse_listen(value) if value else None
+
+
+_EXPORT_OPTIONS = (
+    click.option(
+        "--ipfix",
+        callback=_ipfix_target,
+        envvar="FLOWSCOPE_IPFIX",
+        metavar="[tcp://]HOST:PORT",
+        help="Also export every flow record as IPFIX to this collector (UDP; tcp:// for TCP; "
+        "env FLOWSCOPE_IPFIX).",
+    ),
+    click.option(
+        "--ipfix-domain",
+        type=click.IntRange(0, 2**32 - 1),
+        default=0,
+        show_default=True,
+        help="IPFIX observation domain id.",
+    ),
+    click.option(
+        "--ipfix-mtu",
+        type=click.IntRange(min=576),
+        default=1400,
+        show_default=True,
+        help="Path MTU to the collector: no IPFIX message is larger.",
+    ),
+    click.option(
+        "--metrics",
+        callback=_metrics_listen,
+        envvar="FLOWSCOPE_METRICS",
+        metavar="[ADDR:]PORT",
+        help="Serve Prometheus metrics on http://ADDR:PORT/metrics (env FLOWSCOPE_METRICS).",
+    ),
+)
+
+
+def export_options(f: Any) -> Any:
+    """Adds --ipfix, --ipfix-domain, --ipfix-mtu and --metrics to a collecting command, which
+    receives them as one ``exports: ExportSettings`` argument (see flowscope.exports)."""
+    import functools
+
+    @functools.wraps(f)
+    def wrapper(
+        *args: Any,
+        ipfix: Any,
+        ipfix_domain: int,
+        ipfix_mtu: int,
+        metrics: Any,
+        **kwargs: Any,
+    ) -> Any:
+        from flowscope.exports import ExportSettings
+
+        exports = ExportSettings(
+            ipfix=ipfix, ipfix_domain=ipfix_domain, ipfix_mtu=ipfix_mtu, metrics=metrics
+        )
+        return f(*args, exports=exports, **kwargs)
+
+    for option in reversed(_EXPORT_OPTIONS):
+        wrapper = option(wrapper)
+    return wrapper
 
 
 @main.command()
@@ -257,6 +329,7 @@ def _human_rate(bps: float) -> str:
 @mode_option
 @force_option
 @entries_option
+@export_options
 def record(
     interfaces: tuple[str, ...],
     db: Path | None,
@@ -270,14 +343,17 @@ def record(
     mode: str,
     force: bool,
     flow_entries: int,
+    exports: ExportSettings,
 ) -> None:
     """Collect flows into the history database.
 
     Every tick reads the kernel's flow maps; finished flows (idle, FIN/RST, evicted) and
     long-lived ones (every active timeout) are written as records, with a sample of the totals
     and the new-flow events. On Ctrl-C and SIGTERM every live flow is written with end reason
-    'shutdown'. On a terminal a one-line status shows what is happening."""
+    'shutdown'. On a terminal a one-line status shows what is happening. With --ipfix every
+    record also goes to an IPFIX collector; --metrics serves Prometheus metrics."""
     from flowscope.collector import CollectorSettings
+    from flowscope.exports import Exports
     from flowscope.recorder import RecordSettings, run
     from flowscope.store import parse_duration, parse_size
     from flowscope.writer import Writer
@@ -317,10 +393,17 @@ def record(
             line += f"  {writer.dropped} DROPPED"
         if writer.status:
             line += f"  [{writer.status}]"
+        line += out.status()
         sys.stderr.write("\r\033[K" + line)
         sys.stderr.flush()
 
-    summary = run(settings, writer, on_tick=status if tty else None)
+    try:
+        out = Exports(exports, flow_entries=flow_entries, writer=writer)
+    except BaseException:
+        writer.close()
+        raise
+    with out:
+        summary = run(settings, out.sink(writer), on_tick=out.on_tick(status if tty else None))
     if tty:
         sys.stderr.write("\n")
     if writer.status:

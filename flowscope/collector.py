@@ -115,6 +115,11 @@ class Tick:
     events: list[NewFlow]
     live: list[LiveFlows]
     evicted: int
+    interfaces: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
+    """(packets, bytes) counted this tick per (interface name, direction): the per-interface
+    share of the sample's totals, for counters that must add up exactly (the metrics)."""
+    duration: float = 0.0
+    """Seconds the tick took (reading the maps, expiry, counters)."""
 
 
 class Collector:
@@ -154,6 +159,7 @@ class Collector:
 
     def tick(self) -> Tick:
         """Read the maps, compute rates, expire flows; returns what happened."""
+        started = time.perf_counter()
         self.source.poll_events(0)
         now = self._mono()
         elapsed = max((now - self._last_tick_ns) / 1e9, 1e-9)
@@ -163,12 +169,17 @@ class Collector:
         total_bytes = 0
         total_packets = 0
         evicted = 0
+        interfaces: dict[tuple[str, int], tuple[int, int]] = {}
         for family in (abi.AF_INET, abi.AF_INET6):
             out = self._tick_family(family, now, elapsed, records)
             live.append(out.live)
             total_bytes += out.delta_bytes
             total_packets += out.delta_packets
             evicted += out.evicted
+            for (ifindex, direction), (p, b) in out.interfaces.items():
+                key = (self.iface(ifindex), direction)
+                p0, b0 = interfaces.get(key, (0, 0))
+                interfaces[key] = (p0 + p, b0 + b)
         counters = self.source.read_counters()
         deltas = {
             c.name.lower(): counter_delta(counters[c], self._counters.get(c, 0))
@@ -195,7 +206,15 @@ class Collector:
             new_flows=deltas["flows_created"],
             counters=deltas | {"evicted": evicted},
         )
-        return Tick(sample=sample, records=records, events=events, live=live, evicted=evicted)
+        return Tick(
+            sample=sample,
+            records=records,
+            events=events,
+            live=live,
+            evicted=evicted,
+            interfaces=interfaces,
+            duration=time.perf_counter() - started,
+        )
 
     def shutdown(self) -> list[FlowRecord]:
         """Every live flow as a record with end reason 'shutdown' (the maps are left as they
@@ -321,11 +340,15 @@ class Collector:
         keep = ~take
         extra_p = extra_b = 0
         taken = np.nonzero(take)[0]
+        # per-interface deltas, with what arrived between the read and the take (below)
+        d_packets_all, d_bytes_all = d_packets.copy(), d_bytes.copy()
         if len(taken):
             found, final = self.source.take_flows(family, batch.keys[taken])
             got = taken[found]
             extra_p = int((final.packets - batch.packets[got]).sum())
             extra_b = int((final.bytes - batch.bytes[got]).sum())
+            d_packets_all[got] += final.packets - batch.packets[got]
+            d_bytes_all[got] += final.bytes - batch.bytes[got]
             for j, i in enumerate(got):
                 reason = "evicted" if evict[i] else _idle_reason(int(final.tcp_flags[j]))
                 if final.packets[j] > exp_p[i]:
@@ -363,6 +386,7 @@ class Collector:
             delta_bytes=int(d_bytes.sum()) + extra_b,
             delta_packets=int(d_packets.sum()) + extra_p,
             evicted=int(evict.sum()),
+            interfaces=_per_interface(batch.keys, d_packets_all, d_bytes_all),
         )
 
 
@@ -372,6 +396,21 @@ class _FamilyTick:
     delta_bytes: int
     delta_packets: int
     evicted: int
+    interfaces: dict[tuple[int, int], tuple[int, int]]
+
+
+def _per_interface(
+    keys: np.ndarray, packets: np.ndarray, nbytes: np.ndarray
+) -> dict[tuple[int, int], tuple[int, int]]:
+    """Sum per-flow deltas per (ifindex, direction); a handful of groups, one pass each."""
+    if not len(keys):
+        return {}
+    group = keys["ifindex"].astype(np.int64) * 256 + keys["direction"].astype(np.int64)
+    out: dict[tuple[int, int], tuple[int, int]] = {}
+    for g in np.unique(group).tolist():
+        mask = group == g
+        out[(g // 256, g % 256)] = (int(packets[mask].sum()), int(nbytes[mask].sum()))
+    return out
 
 
 def _idle_reason(tcp_flags: int) -> str:

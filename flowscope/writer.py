@@ -70,6 +70,9 @@ class Writer:
         self.written = 0
         #: What is wrong with writing, for the user (None while all is well).
         self.status: str | None = None
+        #: Ticks committed, and the seconds their transactions took in all (write latency).
+        self.writes = 0
+        self.write_seconds = 0.0
         self._unreported_drops = 0
         self._ticks: collections.deque[_Tick] = collections.deque()
         self._cond = threading.Condition()
@@ -168,8 +171,12 @@ class Writer:
     def _write(self, tick: _Tick) -> None:
         """Write the oldest tick; it leaves the queue only once committed."""
         drops = self._unreported_drops if tick.sample is not None else 0
+        started = time.perf_counter()
         self.store.write_tick(tick.records, tick.sample, tick.events, records_dropped=drops)
+        elapsed = time.perf_counter() - started
         with self._cond:
+            self.writes += 1
+            self.write_seconds += elapsed
             self._ticks.popleft()
             self.backlog -= tick.size
             self._unreported_drops -= drops

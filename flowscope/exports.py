@@ -1,0 +1,104 @@
+"""What a machine in a fleet sends out: flow records over IPFIX, health to Prometheus.
+
+One place that starts both from the settings a command was given, so `record`, `live`, `demo`
+and `replay` wire them the same way: wrap the sink (history writer) and the tick hook,
+collect, then close.
+
+    with Exports(settings, flow_entries=n, writer=writer) as exports:
+        run(record_settings, exports.sink(writer), on_tick=exports.on_tick(status))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from flowscope.ipfix import DEFAULT_MTU, Exporter, Target
+from flowscope.sinks import tee
+
+if TYPE_CHECKING:
+    from flowscope.collector import Tick
+    from flowscope.metrics import Listen, Metrics, MetricsServer
+    from flowscope.recorder import Sink
+    from flowscope.writer import Writer
+
+
+@dataclass(frozen=True, slots=True)
+class ExportSettings:
+    """The --ipfix and --metrics options of a collecting command."""
+
+    ipfix: Target | None = None
+    """IPFIX collector; None: no export."""
+    ipfix_domain: int = 0
+    """IPFIX observation domain id (tells this machine's records apart at the collector)."""
+    ipfix_mtu: int = DEFAULT_MTU
+    """Path MTU towards the collector; no message is larger."""
+    metrics: Listen | None = None
+    """Where to serve /metrics; None: not served."""
+
+
+class Exports:
+    """Starts the exporter and the metrics endpoint that ``settings`` ask for (the endpoint
+    at once, so a port in use fails before collection starts)."""
+
+    def __init__(
+        self, settings: ExportSettings, *, flow_entries: int, writer: Writer | None = None
+    ) -> None:
+        self.settings = settings
+        self.exporter: Exporter | None = None
+        self.metrics: Metrics | None = None
+        self.server: MetricsServer | None = None
+        if settings.ipfix is not None:
+            self.exporter = Exporter(
+                settings.ipfix, domain_id=settings.ipfix_domain, mtu=settings.ipfix_mtu
+            )
+        if settings.metrics is not None:
+            from flowscope.metrics import Metrics, MetricsServer
+
+            self.metrics = Metrics(flow_entries=flow_entries, writer=writer, exporter=self.exporter)
+            try:
+                self.server = MetricsServer(self.metrics, settings.metrics)
+            except BaseException:
+                self.close()
+                raise
+
+    def sink(self, inner: Sink) -> Sink:
+        """``inner`` and the exporter: the recorder closes both when it ends."""
+        return tee(inner, self.exporter)
+
+    def on_tick(self, other: Callable[[Tick], None] | None = None) -> Callable[[Tick], None] | None:
+        """A tick hook that feeds the metrics, then calls ``other`` (a status line)."""
+        metrics = self.metrics
+        if metrics is None:
+            return other
+        if other is None:
+            return metrics.on_tick
+
+        def both(tick: Tick) -> None:
+            metrics.on_tick(tick)
+            other(tick)
+
+        return both
+
+    def status(self) -> str:
+        """A few words for a status line, only when something is wrong with the export."""
+        e = self.exporter
+        if e is None or (e.status is None and not e.lost):
+            return ""
+        text = f"  {e.lost} not exported" if e.lost else ""
+        return text + (f"  [{e.status}]" if e.status else "")
+
+    def close(self) -> None:
+        """Stop the endpoint and the exporter (closing an exporter twice is harmless)."""
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        if self.exporter is not None:
+            self.exporter.close()
+
+    def __enter__(self) -> Exports:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
