@@ -39,7 +39,7 @@ class FilterBar(Vertical):
     try, with a caret at its column. The filter in force changes only when one parses."""
 
     DEFAULT_CSS = """
-    FilterBar { dock: bottom; height: auto; display: none; background: $panel; }
+    FilterBar { height: auto; display: none; background: $panel; }
     FilterBar.-open { display: block; }
     FilterBar Horizontal { height: 1; }
     FilterBar #filter-prompt { width: auto; color: $text-accent; }

@@ -16,7 +16,7 @@ from textual.widgets import DataTable, Label, Sparkline, Static
 
 from flowscope.model import proto_name, tcp_flags_text
 from flowscope.output import human, human_rate
-from flowscope.ui.cells import HEADERS, NUMERIC, PAIR_HEADERS, age_text, clip, port_text
+from flowscope.ui.cells import HEADERS, NUMERIC, PAIR_HEADERS, age_text, port_text
 from flowscope.ui.state import LOSS_COUNTERS, LiveState
 from flowscope.ui.view import GROUPS, Row
 
@@ -90,7 +90,7 @@ class RateGraph(Widget):
         width = max(total.size.width, 10)
         total.data = padded(state.bps, width)
         rate = human_rate(state.sample.bps) if state.sample else "-"
-        self.query_one("#total-label", Label).update(f"total {rate:>10}")
+        self.query_one("#total-label", Label).update(f"total    {rate:>11}")
         row_graph = self.query_one("#row-graph", Sparkline)
         label = self.query_one("#row-label", Label)
         if selected is None:
@@ -98,9 +98,7 @@ class RateGraph(Widget):
             label.update(Content.styled("(no row)", "$text-muted"))
             return
         row_graph.data = padded(state.row_series(selected.key), width)
-        label.update(
-            Content.assemble((clip(selected_name, 14), "bold"), f" {human_rate(selected.bps):>10}")
-        )
+        label.update(Content.assemble(("selected", "bold"), f" {human_rate(selected.bps):>11}"))
 
 
 class FlowTable(DataTable[Text]):

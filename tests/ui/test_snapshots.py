@@ -1,0 +1,19 @@
+"""SVG snapshots of every live-console screen at 80x24 and 160x48 (pytest-textual-snapshot).
+Update them with ``pytest tests/ui/test_snapshots.py --snapshot-update`` after looking."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from flowscope.ui.screenshots import SCREENS, sample_app
+
+SIZES = [(80, 24), (160, 48)]
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("name", ["live", "burst", "filter-error", "detail", "help"])
+def test_screen(snap_compare: Any, name: str, size: tuple[int, int]) -> None:
+    keys, preload = SCREENS[name]
+    assert snap_compare(sample_app(preload=preload), press=keys, terminal_size=size)
