@@ -45,6 +45,7 @@ TEMPLATE_V6 = 257
 DEFAULT_PORT = 4739
 DEFAULT_MTU = 1400
 MIN_MTU = 576
+PEER_CHECK_INTERVAL = 1.0
 IP_UDP_OVERHEAD = 48  # IPv6 (40) + UDP (8): the worst case, so one limit fits both families
 _U32 = 1 << 32
 
@@ -364,7 +365,7 @@ class Exporter:
         try:
             while True:
                 with self._cond:
-                    while not self._queue and not self._closing and not self._reconnect_due():
+                    if not self._queue and not self._closing and not self._reconnect_due():
                         self._cond.wait(self._wait_time())
                     if self._closing and not self._queue:
                         break
@@ -372,6 +373,8 @@ class Exporter:
                     self._queue.clear()
                     self._busy = len(batch)
                 try:
+                    if self._sock is not None and self._peer_closed():
+                        self._disconnect(f"IPFIX collector {self.target}: connection closed")
                     if self._sock is None and (self._reconnect_due() or self._closing):
                         self._connect()
                     if batch:
@@ -389,7 +392,9 @@ class Exporter:
     def _wait_time(self) -> float | None:
         if self._sock is None:
             return max(self._next_attempt - time.monotonic(), 0.0)
-        return None
+        # a TCP connection is looked at every second, so a collector that left is noticed
+        # (and reconnected to) before the next records come
+        return PEER_CHECK_INTERVAL if self.target.transport == "tcp" else None
 
     def _connect(self) -> None:
         t = self.target
@@ -491,6 +496,8 @@ class Exporter:
                 self._templates_at = None  # it may have restarted: templates again
             return False
         self.messages += 1
+        if self.target.transport == "udp":
+            self.status = None
         return True
 
 
