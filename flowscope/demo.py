@@ -239,6 +239,10 @@ def run(
     from flowscope.writer import Writer
 
     db_path = db or default_db_path()
+    if threading.current_thread() is threading.main_thread():
+        # Ctrl-C always stops the demo, even when started where SIGINT was ignored (a
+        # background job of a script): leaving the demo running would leave its network too.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     with demo_network(note) as demo:
         settings = settings_for(demo.net, db_path, duration)
         writer = Writer(db_path)

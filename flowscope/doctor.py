@@ -162,7 +162,7 @@ def headers_check(
     if build.exists() and (build / "include").is_dir():
         target = os.path.realpath(build)
         m = re.search(r"linux-headers-([^/]+)$", target)
-        if build.is_symlink() and m and target.startswith("/usr/src/"):
+        if build.is_symlink() and m:
             pkg_version = m.group(1)
             own = release.split("-")[0] in pkg_version or pkg_version.startswith(release)
             if own:
