@@ -1,0 +1,229 @@
+"""`flowscope demo` and `flowscope doctor` as an operator runs them: real namespaces, real
+traffic, real XDP, and nothing left behind however the demo ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.netns import PYTHON
+
+FLOWSCOPE = [PYTHON, "-m", "flowscope"]
+
+
+def netns_names() -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def links() -> list[dict[str, object]]:
+    out = subprocess.run(["ip", "-d", "-j", "link"], capture_output=True, text=True).stdout
+    return list(json.loads(out))
+
+
+def traffic_pids(owner: int) -> list[int]:
+    """Processes of the demo's listeners and generator that belong to demo ``owner``."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            args = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"flowscope.demo_traffic" in args and str(owner).encode() in args:
+            found.append(int(d.name))
+    return found
+
+
+def assert_cleaned(owner: int) -> None:
+    """No namespace, veth, XDP program, process or state file of demo ``owner`` is left."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and traffic_pids(owner):
+        time.sleep(0.1)
+    ns = f"fsdemo{owner}"
+    assert ns not in netns_names()
+    names = [str(link["ifname"]) for link in links()]
+    assert not [n for n in names if n.startswith(ns)], names
+    assert traffic_pids(owner) == []
+    assert not Path(f"/run/flowscope-demo/{owner}.json").exists()
+    for link in links():
+        if str(link["ifname"]).startswith("fsdemo"):
+            assert not link.get("xdp"), link
+
+
+def start_demo(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*FLOWSCOPE, "demo", "--headless", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_running(proc: subprocess.Popen[str], timeout: float = 30) -> None:
+    """Until the demo's XDP program is on its host end and both traffic processes run."""
+    host = f"fsdemo{proc.pid}h"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"demo exited early: {proc.communicate()}")
+        attached = any(link["ifname"] == host and link.get("xdp") for link in links())
+        if attached and len(traffic_pids(proc.pid)) == 2:
+            return
+        time.sleep(0.1)
+    raise AssertionError("the demo did not start in time")
+
+
+def test_headless_demo_records_every_kind_and_leaves_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "demo.db"
+    proc = subprocess.run(
+        [*FLOWSCOPE, "demo", "--headless", "--duration", "10", "--db", str(db)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    conn = sqlite3.connect(db)
+    rows = conn.execute(
+        "SELECT family, proto, vlan, sum(packets), sum(bytes), count(*) FROM flows "
+        "GROUP BY family, proto, vlan"
+    ).fetchall()
+    kinds = {(f, p, v): (pk, by, n) for f, p, v, pk, by, n in rows}
+    wanted = {
+        "TCP over IPv4": (4, 6, 0),
+        "TCP over IPv6": (6, 6, 0),
+        "UDP over IPv4": (4, 17, 0),
+        "UDP over IPv6": (6, 17, 0),
+        "ICMP": (4, 1, 0),
+        "ICMPv6": (6, 58, 0),
+        "VLAN 100": (4, 17, 100),
+        "VLAN 200": (4, 17, 200),
+    }
+    for what, key in wanted.items():
+        assert key in kinds, f"no {what} flow in {sorted(kinds)}"
+        packets, nbytes, _ = kinds[key]
+        assert packets > 0 and nbytes > 0, what
+    # the fast transfer alone sends 2 MB/s; short connections make many flows
+    assert kinds[(4, 6, 0)][1] > 5_000_000
+    assert kinds[(4, 6, 0)][2] >= 20
+    assert conn.execute("SELECT count(*) FROM samples").fetchone()[0] >= 8
+    conn.close()
+    assert_cleaned(proc_pid_from(proc.stderr))
+
+
+def proc_pid_from(stderr: str) -> int:
+    """The demo's pid, from its '<-> namespace fsdemo<pid>' line."""
+    m = re.search(r"namespace fsdemo(\d+)", stderr)
+    assert m, f"no namespace named in {stderr!r}"
+    return int(m.group(1))
+
+
+def test_demo_killed_by_sigkill_is_cleaned_by_the_next(tmp_path: Path) -> None:
+    first = start_demo("--db", str(tmp_path / "a.db"))
+    try:
+        wait_running(first)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate()
+    # the children die with the demo; its namespace and veth pair stay for the next run
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and traffic_pids(first.pid):
+        time.sleep(0.1)
+    assert traffic_pids(first.pid) == []
+    assert f"fsdemo{first.pid}" in netns_names()
+    host = f"fsdemo{first.pid}h"
+    leftover = [link for link in links() if link["ifname"] == host]
+    assert leftover and not leftover[0].get("xdp"), "the kernel removes the bpf_link's program"
+
+    second = subprocess.run(
+        [*FLOWSCOPE, "demo", "--headless", "--duration", "3", "--db", str(tmp_path / "b.db")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert second.returncode == 0, second.stderr
+    assert "removed what an earlier demo left behind" in second.stderr
+    assert f"fsdemo{first.pid}" in second.stderr
+    assert_cleaned(first.pid)
+    assert_cleaned(proc_pid_from(second.stderr))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_demo_stopped_by_signal_cleans_up(tmp_path: Path, sig: signal.Signals) -> None:
+    proc = start_demo("--db", str(tmp_path / "demo.db"))
+    wait_running(proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert "removed" in err
+    assert_cleaned(proc.pid)
+
+
+def test_generator_crash_stops_the_demo_and_cleans_up(tmp_path: Path) -> None:
+    proc = start_demo("--db", str(tmp_path / "demo.db"))
+    wait_running(proc)
+    for pid in traffic_pids(proc.pid):
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if b"generate" in args:
+            os.kill(pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "traffic generator exited" in err
+    assert "Traceback" not in err
+    assert_cleaned(proc.pid)
+
+
+def test_doctor_passes_here() -> None:
+    proc = subprocess.run([*FLOWSCOPE, "doctor"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    for name in (
+        "kernel version",
+        "bpf syscall",
+        "BPF JIT",
+        "BTF",
+        "BPF ring buffer",
+        "bpf_link for XDP",
+        "capabilities",
+        "bcc",
+        "kernel headers",
+        "attach (throwaway veth)",
+        "SQLite",
+    ):
+        assert any(line.split("  ", 1)[-1].lstrip().startswith(name) for line in lines), name
+    assert all(line.split()[0] in ("ok", "warn") for line in lines), proc.stdout
+    # every interface that is up, except lo, has its lines
+    up = [
+        str(link["ifname"])
+        for link in links()
+        if "UP" in link.get("flags", []) and not str(link["ifname"]).startswith(("lo", "fs"))  # type: ignore[operator]
+    ]
+    for name in up[:1]:
+        assert f"{name}: driver" in proc.stdout
+        assert f"{name}: native XDP" in proc.stdout
+        assert f"{name}: queues" in proc.stdout
+        assert f"{name}: VLAN tags" in proc.stdout
+    assert " lo:" not in proc.stdout
+    # the throwaway pair is gone
+    assert not [link for link in links() if str(link["ifname"]).startswith("fsdoc")]
+
+
+def test_doctor_fails_on_a_missing_interface() -> None:
+    proc = subprocess.run(
+        [*FLOWSCOPE, "doctor", "-i", "fsnosuch0"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 1
+    assert "FAIL  fsnosuch0" in proc.stdout
+    assert "no interface named 'fsnosuch0'" in proc.stdout
+    assert "Traceback" not in proc.stderr
