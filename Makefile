@@ -51,6 +51,9 @@ lint: setup ## ruff and mypy
 	$(VENV)/bin/ruff format --check flowscope tests
 	$(VENV)/bin/mypy flowscope
 
+demo: setup ## see it work: traffic in a namespace of its own, in the console (needs root)
+	$(VENV)/bin/flowscope demo
+
 bench: setup ## benchmarks as JSON lines
 	$(VENV)/bin/flowscope bench --json
 
