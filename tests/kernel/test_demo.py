@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -227,3 +229,41 @@ def test_doctor_fails_on_a_missing_interface() -> None:
     assert "FAIL  fsnosuch0" in proc.stdout
     assert "no interface named 'fsnosuch0'" in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def tmux(*args: str) -> str:
+    return subprocess.run(["tmux", *args], check=True, capture_output=True, text=True).stdout
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (make setup)")
+def test_interactive_demo_shows_flows_and_q_cleans_up(tmp_path: Path) -> None:
+    session = f"fsdemotest{uuid.uuid4().hex[:8]}"
+    cmd = f"{PYTHON} -m flowscope demo --db {tmp_path / 'demo.db'}"
+    started = time.monotonic()
+    tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "32", cmd)
+    try:
+        screen = ""
+        owner = None
+        while time.monotonic() - started < 10:
+            screen = tmux("capture-pane", "-p", "-t", session)
+            m = re.search(r"fsdemo(\d+)h \(generic\)", screen)
+            rows = [line for line in screen.splitlines() if re.search(r"198\.19\.\d+\.2 ", line)]
+            # a transfer with a rate: bit/s is the first number after the protocol
+            if m and any(re.search(r"tcp\s+[1-9][\d.]*[kMG]?\s", row) for row in rows):
+                owner = int(m.group(1))
+                break
+            time.sleep(0.3)
+        else:
+            raise AssertionError(f"no flows on screen within 10 s:\n{screen}")
+        tmux("send-keys", "-t", session, "q")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            sessions = subprocess.run(["tmux", "ls"], capture_output=True, text=True).stdout
+            if session not in sessions:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("flowscope demo did not exit on q")
+        assert_cleaned(owner)
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
