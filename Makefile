@@ -7,7 +7,7 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 KREL    := $(shell uname -r)
 KBUILD  := /lib/modules/$(KREL)/build
-APT_PKGS := python3-bpfcc python3-venv python3-dev iproute2 libbpf1 tmux librsvg2-bin fonts-dejavu-core
+APT_PKGS := python3-bpfcc python3-venv python3-dev iproute2 libbpf1 tmux librsvg2-bin fonts-dejavu-core nfdump tshark
 
 .PHONY: help setup apt headers venv test lint bench demo screenshots clean
 
