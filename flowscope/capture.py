@@ -22,7 +22,7 @@ import ctypes
 import mmap
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -220,12 +220,12 @@ class Capture:
 
     # -- frames ---------------------------------------------------------------------------
 
-    def frames(self) -> Iterator[tuple[int, int, int]]:
+    def frames(self) -> Generator[tuple[int, int, int], None, None]:
         """Each frame as (capture time in ns since the epoch, address of its Ethernet frame,
         captured length), with its struct replay_meta already written in the 16 bytes in front
         of the address. The address is valid until the next frame is asked for."""
         if self._mm is None:
-            return iter(())
+            return _no_frames()
         self._base_obj = ctypes.c_char.from_buffer(self._mm)
         self.base = ctypes.addressof(self._base_obj)
         if self._format == "pcap":
@@ -313,7 +313,7 @@ class Capture:
         ctypes.memmove(frame + ETH_HLEN, base + data, n)
         return frame, n + ETH_HLEN
 
-    def _pcap_frames(self, base: int) -> Iterator[tuple[int, int, int]]:
+    def _pcap_frames(self, base: int) -> Generator[tuple[int, int, int], None, None]:
         mm = self._mm
         assert mm is not None
         iface = self._pcap_iface
@@ -372,7 +372,7 @@ class Capture:
 
     # -- pcapng ---------------------------------------------------------------------------
 
-    def _pcapng_frames(self, base: int) -> Iterator[tuple[int, int, int]]:
+    def _pcapng_frames(self, base: int) -> Generator[tuple[int, int, int], None, None]:
         mm = self._mm
         assert mm is not None
         size = self.size
@@ -526,6 +526,11 @@ class Capture:
                 offset = struct.unpack_from(order + "q", mm, value)[0] * 1_000_000_000
             pos = value + (length + 3) // 4 * 4
         return name, mul, div, offset
+
+
+def _no_frames() -> Generator[tuple[int, int, int], None, None]:
+    """The frames of an empty file."""
+    yield from ()
 
 
 @dataclass(slots=True)

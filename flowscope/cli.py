@@ -6,10 +6,12 @@ so that ``with`` blocks detach the program on the way out, as Ctrl-C does.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -721,3 +723,184 @@ def demo(headless: bool, duration: float | None, db: Path | None) -> None:
     if summary is not None:
         click.echo(f"demo: {summary.records} flow records in {summary.db}", err=True)
     click.echo("demo: namespace, veth pair and processes removed", err=True)
+
+
+# --- replay: a capture file through the real program -------------------------------------------
+
+PROGRESS_MIN_BYTES = 8 << 20
+"""Captures smaller than this replay in well under a second: no progress bar."""
+
+
+def _history_span(first: float, last: float) -> str:
+    """The console's history span that shows a whole capture (at most its last day)."""
+    for span, seconds in (("5m", 300), ("1h", 3600)):
+        if last - first <= seconds:
+            return span
+    return "24h"
+
+
+@contextlib.contextmanager
+def _replay_progress(path: Path) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar on stderr for a large capture on a terminal; None otherwise."""
+    if not sys.stderr.isatty() or path.stat().st_size < PROGRESS_MIN_BYTES:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    with Progress(
+        "replaying",
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("replay", total=path.stat().st_size)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+@main.command()
+@click.argument("capture", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per flow, then a summary.")
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write flows, samples and new-flow events into this history database.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.05),
+    default=1.0,
+    show_default=True,
+    help="Seconds of capture time between ticks.",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=15.0,
+    show_default=True,
+    help="A flow with no packet for this long (capture time) is finished.",
+)
+@click.option(
+    "--fin-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=2.0,
+    show_default=True,
+    help="The idle timeout after a FIN or RST was seen.",
+)
+@click.option(
+    "--active-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="A long-lived flow is written as a record this often.",
+)
+@entries_option
+def replay(
+    capture: Path,
+    as_json: bool,
+    db: Path | None,
+    interval: float,
+    idle_timeout: float,
+    fin_timeout: float,
+    active_timeout: float,
+    flow_entries: int,
+) -> None:
+    """Replay a pcap or pcapng capture through the XDP program (nothing is attached).
+
+    Every frame runs through the same program as live, with BPF_PROG_TEST_RUN, on the
+    capture's clock: first and last seen are capture times, bytes the original lengths, and
+    flows expire as they would have live. --json prints the flows; --db writes history; with
+    neither, on a terminal, the console's history screen opens on the result (piped, the
+    flows are printed as with --json)."""
+    import tempfile
+
+    from flowscope.collector import CollectorSettings
+    from flowscope.recorder import Sink
+    from flowscope.replay import JsonSink, ReplaySettings, summary_json
+    from flowscope.replay import replay as run_replay
+    from flowscope.writer import Writer
+
+    settings = ReplaySettings(
+        path=capture,
+        flow_entries=flow_entries,
+        collector=CollectorSettings(
+            interval=interval,
+            idle_timeout=idle_timeout,
+            fin_timeout=fin_timeout,
+            active_timeout=active_timeout,
+        ),
+    )
+    browse = not as_json and db is None and sys.stdout.isatty()
+    if not as_json and db is None and not browse:
+        as_json = True
+    with contextlib.ExitStack() as stack:
+        if browse:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="flowscope-replay-"))
+            db = Path(tmp) / "replay.db"
+        writer = Writer(db) if db is not None else None
+        sink: Sink = writer if writer is not None else JsonSink(sys.stdout.write)
+        with _replay_progress(capture) as progress:
+            try:
+                summary = run_replay(
+                    settings,
+                    sink,
+                    progress=progress,
+                    backlog=(lambda: writer.backlog) if writer is not None else None,
+                )
+            finally:
+                sink.close()
+        if as_json:
+            sys.stdout.write(json.dumps(summary_json(summary, capture)) + "\n")
+            sys.stdout.flush()
+        if writer is not None and writer.status:
+            raise FlowscopeError(f"history: {writer.status}")
+        if summary.damage is not None and summary.cut_off:
+            # an interrupted capture (tcpdump killed mid-write): what it holds was replayed
+            click.echo(f"flowscope: warning: {summary.damage}", err=True)
+        elif summary.damage is not None:
+            raise summary.damage
+        if summary.interrupted:
+            raise KeyboardInterrupt
+        if db is not None and not browse:
+            rate = summary.frames / summary.seconds if summary.seconds > 0 else 0.0
+            click.echo(
+                f"replayed {summary.frames} frames ({rate:,.0f}/s): {summary.records} flow "
+                f"records and {summary.events} new-flow events into {db}",
+                err=True,
+            )
+        if browse and db is not None:
+            _browse_replay(db, summary.first_ns, summary.last_ns, summary.records)
+
+
+def _browse_replay(db: Path, first_ns: int | None, last_ns: int | None, records: int) -> None:
+    """The console's history screen on the replay's database, around the capture's time; a
+    table of the top flows when the console is not installed."""
+    if first_ns is None or last_ns is None:
+        click.echo("the capture holds no frames")
+        return
+    first, last = first_ns / 1e9, last_ns / 1e9
+    try:
+        from flowscope.ui.history import HistoryApp
+    except ImportError:
+        from flowscope import store
+        from flowscope.output import write_table
+
+        conn = store.connect_readonly(db)
+        try:
+            query = store.HistoryQuery(since=first - 1, until=last + 1, top=20)
+            rows = store.history(conn, query, now=last + 1).rows
+        finally:
+            conn.close()
+        cells = [_history_cells(r, "flow", True) for r in rows]
+        if cells:
+            write_table(list(cells[0]), [list(c.values()) for c in cells])
+        click.echo(f"{records} flow records")
+        return
+    HistoryApp(db, now=lambda: last + 1, span=_history_span(first, last)).run()
