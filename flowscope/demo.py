@@ -70,6 +70,9 @@ class DemoRun:
     stop: threading.Event = field(default_factory=threading.Event)
     failure: str | None = None
     """Why the demo stopped by itself (a child process exited), None otherwise."""
+    on_failure: Callable[[], None] | None = None
+    """Called (from the watching thread) after a child exited on its own; ``stop`` is set
+    anyway, which ends a headless recording."""
     _stopping: bool = False
 
     def _spawn(self, name: str, argv: list[str], stdout: int | None = None) -> _Child:
@@ -116,6 +119,8 @@ class DemoRun:
                         f" ({detail})" if detail else ""
                     )
                     self.stop.set()
+                    if self.on_failure is not None:
+                        self.on_failure()
                     return
             self.stop.wait(0.2)
 
@@ -213,7 +218,7 @@ def console() -> Callable[..., Any] | None:
         from flowscope.ui.app import run_console
     except ImportError:
         return None
-    return run_console  # type: ignore[no-any-return]
+    return run_console
 
 
 @dataclass(slots=True)
@@ -254,7 +259,13 @@ def run(
             f"namespace {demo.net.ns}; recording into {db_path}"
         )
         if run_console is not None:
-            run_console(settings, writer, title=f"flowscope demo ({demo.net.host_if})")
+            # The console quits on SIGTERM: that is how a crashed generator closes it.
+            demo.on_failure = lambda: os.kill(os.getpid(), signal.SIGTERM)
+            try:
+                run_console(settings, writer, title=f"flowscope demo ({demo.net.host_if})")
+            except SystemExit:
+                if not demo.failure:
+                    raise
             records = writer.written
         else:
 
