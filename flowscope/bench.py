@@ -68,6 +68,8 @@ class Settings:
     history_records: int = 10_000_000
     """Flow records over 24 hours in the database history_top20 queries."""
     ringbuf_flows: int = 100_000
+    console_flows: int = 100_000
+    """Live flows behind the console benchmarks."""
     """New flows announced on the ring buffer before ringbuf_events drains them."""
 
 
@@ -80,6 +82,7 @@ QUICK = Settings(
     insert_records=20_000,
     history_records=100_000,
     ringbuf_flows=10_000,
+    console_flows=10_000,
 )
 """A smoke test of the whole command in a few seconds; its numbers are rougher."""
 
@@ -649,6 +652,26 @@ def ringbuf_events(lab: _Lab) -> Iterator[Result]:
     yield Result("ringbuf_events", rates[0], "events/s", "ringbuf_copy_only", rates[1])
 
 
+def console(lab: _Lab) -> Iterator[Result]:
+    """The console (issue 4), headless at 160x48 on synthetic ticks: process CPU time per tick
+    with N live flows next to the same with 1,000 (how the cost grows with flows; the budget
+    is 150 ms, 15 % of a core at one tick a second), and the time from a sort-key press to the
+    repainted table next to the time a tick takes to draw (target 100 ms)."""
+    from flowscope.ui.bench import measure  # only flowscope/ui/ imports textual
+
+    ticks = 3 if lab.settings is QUICK else 10
+    big = measure(lab.settings.console_flows, ticks, 3)
+    small = measure(1_000, ticks, 1)
+    label = _count_label(lab.settings.console_flows)
+    yield Result(
+        f"console_tick_{label}", big.cpu_ms_per_tick, "ms cpu/tick", "console_tick_1k",
+        small.cpu_ms_per_tick,
+    )  # fmt: skip
+    yield Result(
+        f"console_key_{label}", big.key_ms, "ms", f"console_draw_{label}", big.wall_ms_per_tick
+    )
+
+
 BENCHMARKS: dict[str, Callable[[_Lab], Iterator[Result]]] = {
     "xdp_hot_ipv4_tcp": hot_ipv4_tcp,
     "xdp_hot_ipv4_tcp_100k": hot_ipv4_tcp_100k,
@@ -660,6 +683,7 @@ BENCHMARKS: dict[str, Callable[[_Lab], Iterator[Result]]] = {
     "store_insert": store_insert,
     "history_top20_10m": history_top20,
     "ringbuf_events": ringbuf_events,
+    "console": console,
 }
 NAMES = tuple(BENCHMARKS)
 

@@ -36,8 +36,13 @@ def test_every_benchmark_runs_and_reports_once() -> None:
     objs = _lines([])
     # collector_tick reports one line per map size (quick: 10,000 flows), and the history
     # query its database size (quick: 100,000 records)
-    quick = {"collector_tick": "collector_tick_10k", "history_top20_10m": "history_top20_100k"}
-    expected = [quick.get(n, n) for n in bench.NAMES]
+    # and the console two lines (CPU per tick, key to repaint) for 10,000 flows
+    quick = {
+        "collector_tick": ["collector_tick_10k"],
+        "history_top20_10m": ["history_top20_100k"],
+        "console": ["console_tick_10k", "console_key_10k"],
+    }
+    expected = [line for n in bench.NAMES for line in quick.get(n, [n])]
     assert [o["name"] for o in objs] == expected
     by_name = {o["name"]: o for o in objs}
     assert by_name["collector_tick_10k"]["unit"] == "ms/tick"
@@ -48,6 +53,8 @@ def test_every_benchmark_runs_and_reports_once() -> None:
     assert by_name["store_insert"]["baseline_name"] == "sqlite_executemany"
     assert by_name["history_top20_100k"]["unit"] == "ms"
     assert by_name["history_top20_100k"]["baseline_name"] == "history_exact_100k"
+    assert by_name["console_tick_10k"]["baseline_name"] == "console_tick_1k"
+    assert by_name["console_key_10k"]["baseline_name"] == "console_draw_10k"
     assert by_name["ringbuf_events"]["unit"] == "events/s"
     assert by_name["ringbuf_events"]["baseline_name"] == "ringbuf_copy_only"
     for o in objs:
