@@ -1,0 +1,65 @@
+"""Metrics: the --metrics syntax, and per-tick deltas that add up to exact counters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from flowscope import abi
+from flowscope.collector import LiveFlows, Tick
+from flowscope.errors import UsageError
+from flowscope.metrics import Listen, Metrics, parse_listen
+from flowscope.model import FlowBatch, Sample
+
+
+@pytest.mark.parametrize(
+    ("text", "listen"),
+    [
+        ("9812", Listen("0.0.0.0", 9812)),
+        ("127.0.0.1:9812", Listen("127.0.0.1", 9812)),
+        ("[::1]:9812", Listen("::1", 9812)),
+    ],
+)
+def test_listen(text: str, listen: Listen) -> None:
+    assert parse_listen(text) == listen
+
+
+@pytest.mark.parametrize("text", ["", "x", "0", "65536", ":9812", "::1:9812", "[::1]"])
+def test_bad_listen(text: str) -> None:
+    with pytest.raises(UsageError):
+        parse_listen(text)
+
+
+def tick(packets: int, nbytes: int, flows: int) -> Tick:
+    empty = np.zeros(0, np.uint64)
+    keys = np.zeros(flows, abi.KEY4_DTYPE)
+    batch = FlowBatch(abi.AF_INET, keys, *(np.zeros(flows, np.uint64) for _ in range(5)),
+                      tcp_flags=np.zeros(flows, np.uint8))  # fmt: skip
+    counters = {c.name.lower(): 0 for c in abi.Counter} | {"packets": packets, "evicted": 0}
+    sample = Sample(0.0, 1.0, nbytes * 8.0, float(packets), flows, 1, counters)
+    return Tick(sample, [], [], [LiveFlows(batch, empty, empty)], 0,
+                interfaces={("eth0", 0): (packets, nbytes)}, duration=0.25)  # fmt: skip
+
+
+def test_counters_sum_the_ticks() -> None:
+    m = Metrics(flow_entries=8)
+    m.on_tick(tick(10, 1000, 2))
+    m.on_tick(tick(5, 300, 4))
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(m)
+    text = generate_latest(registry).decode()
+    for line in (
+        'flowscope_packets_total{direction="ingress",interface="eth0"} 15.0',
+        'flowscope_bytes_total{direction="ingress",interface="eth0"} 1300.0',
+        "flowscope_kernel_packets_total 15.0",
+        "flowscope_new_flows_total 2.0",
+        "flowscope_active_flows 4.0",
+        'flowscope_map_fill_ratio{family="ipv4"} 0.5',
+        "flowscope_tick_duration_seconds_count 2.0",
+        "flowscope_tick_duration_seconds_sum 0.5",
+        "# HELP flowscope_ringbuf_lost_events_total New-flow records lost because the ring "
+        "buffer was full.",
+        "# TYPE flowscope_packets_total counter",
+    ):
+        assert line in text.splitlines()
