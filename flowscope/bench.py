@@ -15,6 +15,7 @@ so a parser change cannot turn a benchmark into a measurement of the drop-out pa
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import ipaddress
 import math
 import struct
@@ -672,6 +673,69 @@ def console(lab: _Lab) -> Iterator[Result]:
     )
 
 
+REPLAY_FLOWS = 1_000
+
+
+def replay_capture(n: int) -> bytes:
+    """A pcap of ``n`` Ethernet IPv4 TCP frames of REPLAY_FLOWS flows in turn, one microsecond
+    apart (a second of capture per million frames: the collector ticks as it would live)."""
+    frames = [
+        ipv4_tcp_frame("192.0.2.1", f"198.51.{100 + i // 250}.{i % 250 + 1}", 40000 + i, 443)
+        for i in range(REPLAY_FLOWS)
+    ]
+    t0 = 1_700_000_000_000_000  # microseconds
+    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
+    for i in range(n):
+        frame = frames[i % REPLAY_FLOWS]
+        t = t0 + i
+        out.append(struct.pack("<IIII", t // 1_000_000, t % 1_000_000, len(frame), len(frame)))
+        out.append(frame)
+    return b"".join(out)
+
+
+def replay_frames(lab: _Lab) -> Iterator[Result]:
+    """`flowscope replay` on a capture of 1,000,000 frames (quick: 100,000): frames per second
+    of the replay loop (reading the file, one BPF_PROG_TEST_RUN per frame through the replay
+    build, the collector ticking on capture time), next to bare BPF_PROG_TEST_RUN calls from
+    Python on one prepared frame, the floor of one syscall per frame. Target 300,000 frames/s."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from flowscope.probe.replay import ReplayRunner
+    from flowscope.recorder import NullSink
+    from flowscope.replay import ReplaySettings, replay
+
+    n = 100_000 if lab.settings is QUICK else 1_000_000
+    with tempfile.TemporaryDirectory(prefix="flowscope-bench-") as tmp:
+        path = Path(tmp) / "replay.pcap"
+        path.write_bytes(replay_capture(n))
+        summary = replay(ReplaySettings(path), NullSink())
+    counted = summary.counters.get("packets", 0)
+    dirty = {c: v for c, v in summary.counters.items() if c in ("non_ip", "malformed", "map_full")}
+    if counted != n or any(dirty.values()) or summary.damage is not None:
+        raise BenchError(
+            f"replay_frames: {counted} of {n} frames counted ({dirty}, {summary.damage})",
+            "the capture reader, the replay build or the bench's frames changed",
+        )
+    runner = ReplayRunner(lab.bare())
+    frame = replay_capture(1)[24 + 16 :]
+    buf = ctypes.create_string_buffer(abi.REPLAY_META_SIZE + len(frame))
+    ctypes.memmove(ctypes.addressof(buf) + abi.REPLAY_META_SIZE, frame, len(frame))
+    addr = ctypes.addressof(buf) + abi.REPLAY_META_SIZE
+    pack, call, fd, opts, opts_size = runner.per_frame()
+    control = runner.control
+    m = abi.REPLAY_META_SIZE + len(frame)
+    start = time.perf_counter()
+    for _ in range(n):
+        pack(control, 4, m, opts_size, addr - abi.REPLAY_META_SIZE, m)
+        call(fd, opts)
+    floor = n / (time.perf_counter() - start)
+    yield Result(
+        "replay_frames", n / summary.loop_seconds, "frames/s", "bare_test_run_calls", floor
+    )
+
+
 BENCHMARKS: dict[str, Callable[[_Lab], Iterator[Result]]] = {
     "xdp_hot_ipv4_tcp": hot_ipv4_tcp,
     "xdp_hot_ipv4_tcp_100k": hot_ipv4_tcp_100k,
@@ -684,6 +748,7 @@ BENCHMARKS: dict[str, Callable[[_Lab], Iterator[Result]]] = {
     "history_top20_10m": history_top20,
     "ringbuf_events": ringbuf_events,
     "console": console,
+    "replay_frames": replay_frames,
 }
 NAMES = tuple(BENCHMARKS)
 

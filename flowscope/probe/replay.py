@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from flowscope import abi
 from flowscope.probe import libbpf
-from flowscope.probe.program import FlowProgram
+from flowscope.probe.program import BareProgram, FlowProgram
 
 REPLAY_CFLAGS = ("-DFS_REPLAY",)
 MIN_FRAME = 14
@@ -48,7 +48,7 @@ class ReplayRunner:
     (flowscope.capture writes them there). Frames shorter than MIN_FRAME must not be fed.
     The replay loop inlines feed's two statements through ``per_frame()``."""
 
-    def __init__(self, program: FlowProgram) -> None:
+    def __init__(self, program: FlowProgram | BareProgram) -> None:
         self.program = program
         meta = abi.REPLAY_META_SIZE
         self._control = ctypes.create_string_buffer(_CTX_SIZE + ctypes.sizeof(_OPTS))
