@@ -84,10 +84,10 @@ LAYOUT = {
 
 @pytest.mark.parametrize("name", LAYOUT)
 def test_python_mirror_has_the_pinned_layout(name: str) -> None:
-    struct, size, offsets = LAYOUT[name]
-    assert ctypes.sizeof(struct) == size
+    mirror, size, offsets = LAYOUT[name]
+    assert ctypes.sizeof(mirror) == size
     for field, off in offsets.items():
-        assert getattr(struct, field).offset == off, field
+        assert getattr(mirror, field).offset == off, field
 
 
 def test_numpy_dtypes_follow_the_structs() -> None:
@@ -126,10 +126,10 @@ def test_c_header_has_the_same_layout(tmp_path: Path) -> None:
     ).stdout.splitlines():
         a, b, v = line.split()
         seen[(a, b)] = int(v)
-    for name, (struct, size, offsets) in LAYOUT.items():
-        assert seen[(name, "size")] == ctypes.sizeof(struct) == size
+    for name, (mirror, size, offsets) in LAYOUT.items():
+        assert seen[(name, "size")] == ctypes.sizeof(mirror) == size
         for field, off in offsets.items():
-            assert seen[(name, field)] == getattr(struct, field).offset == off
+            assert seen[(name, field)] == getattr(mirror, field).offset == off
     for c in abi.Counter:
         assert seen[("counter", f"CNT_{c.name}")] == int(c)
     assert seen[("counter", "CNT_MAX")] == abi.COUNTER_COUNT
