@@ -731,6 +731,11 @@ PROGRESS_MIN_BYTES = 8 << 20
 """Captures smaller than this replay in well under a second: no progress bar."""
 
 
+def _stdout_is_terminal() -> bool:
+    """Whether the console can open (a function, so tests can say yes)."""
+    return sys.stdout.isatty()
+
+
 def _history_span(first: float, last: float) -> str:
     """The console's history span that shows a whole capture (at most its last day)."""
     for span, seconds in (("5m", 300), ("1h", 3600)):
@@ -837,7 +842,7 @@ def replay(
             active_timeout=active_timeout,
         ),
     )
-    browse = not as_json and db is None and sys.stdout.isatty()
+    browse = not as_json and db is None and _stdout_is_terminal()
     if not as_json and db is None and not browse:
         as_json = True
     with contextlib.ExitStack() as stack:

@@ -495,3 +495,30 @@ def test_db_gets_records_samples_and_events_with_live_expiry(tmp_path: Path) -> 
     assert sum(p for _, p in samples) == 77
     events = conn.execute("SELECT time, sport FROM events ORDER BY time, sport").fetchall()
     assert events == [(ms(0), 1111), (ms(1000), 3333), (ms(s // 10), 2222), (ms(30 * s), 1111)]
+
+
+# -- on a terminal ------------------------------------------------------------------------------
+
+
+def test_on_a_terminal_the_history_screen_opens_on_the_capture(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flowscope import cli
+    from flowscope.ui import history
+
+    opened: list[tuple[int, str, float, list[Any]]] = []
+
+    def fake_run(app: history.HistoryApp) -> None:
+        db = app._screen_args[0]
+        rows = sqlite3.connect(db).execute("SELECT sport, packets FROM flows").fetchall()
+        opened.append((len(rows), app._span, app._now(), sorted(rows)))
+
+    monkeypatch.setattr(cli, "_stdout_is_terminal", lambda: True)
+    monkeypatch.setattr(history.HistoryApp, "run", fake_run)
+    result = CliRunner().invoke(main, ["replay", str(write_pcap(tmp_path / "v.pcap", VARIED))])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    ((n, span, now, rows),) = opened
+    assert n == len(EXPECTED) and span == "5m"
+    assert now == pytest.approx(T0 + 1.4 + 1)  # just after the capture's last frame
+    assert (1234, 3) in rows

@@ -17,6 +17,8 @@ CORE = [
     "flowscope.collector",
     "flowscope.errors",
     "flowscope.cli",
+    "flowscope.capture",
+    "flowscope.replay",
 ]
 
 
