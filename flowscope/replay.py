@@ -226,7 +226,9 @@ def replay(
                             release = done + RELEASE_EVERY
                         if progress is not None:
                             progress(done, cap.size)
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, SystemExit):
+                # Ctrl-C, or SIGTERM turned into SystemExit by the CLI: what was replayed is
+                # still finished and kept, as `record` does
                 summary.interrupted = True
             finally:
                 frames.close()
