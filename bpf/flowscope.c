@@ -114,12 +114,21 @@ static __always_inline void add_packet(struct flow_value *v, struct packet_info 
 {
     /* A flow is inserted with a value on the inserting CPU only; the slot of every other CPU
      * starts at zero, so its first packet there sets its first_seen. */
+#ifdef FS_REPLAY
+    /* A capture is not always in time order (pcapng files merge interfaces, and capture
+     * clocks step): keep the earliest and the latest time, whatever the order. */
+    if (v->packets == 0 || now < v->first_seen)
+        v->first_seen = now;
+    if (now > v->last_seen)
+        v->last_seen = now;
+#else
     if (v->packets == 0)
         v->first_seen = now;
+    v->last_seen = now;
+#endif
     v->packets += 1;
     v->bytes += pi->bytes;
     v->ip_bytes += pi->ip_bytes;
-    v->last_seen = now;
     v->tcp_flags |= pi->tcp_flags;
 }
 

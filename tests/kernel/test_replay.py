@@ -522,3 +522,17 @@ def test_on_a_terminal_the_history_screen_opens_on_the_capture(
     assert n == len(EXPECTED) and span == "5m"
     assert now == pytest.approx(T0 + 1.4 + 1)  # just after the capture's last frame
     assert (1234, 3) in rows
+
+
+def test_frames_out_of_time_order_keep_the_earliest_and_latest_time(tmp_path: Path) -> None:
+    """pcapng files merge interfaces and capture clocks step: the order in the file is not
+    always the order in time."""
+    frames: list[tuple[int, Packet | bytes, int | None]] = [
+        (500_000, eth() / udp(sport=7), None),
+        (900_000, eth() / udp(sport=7), None),
+        (100_000, eth() / udp(sport=7), None),  # earlier than both
+        (700_000, eth() / udp(sport=7), None),
+    ]
+    (f,), _, result = replay_json(write_pcap(tmp_path / "order.pcap", frames))
+    assert result.exit_code == 0
+    assert (f["packets"], f["first_seen"], f["last_seen"]) == (4, at(100_000), at(900_000))
