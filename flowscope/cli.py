@@ -442,6 +442,7 @@ def record(
 @mode_option
 @force_option
 @entries_option
+@export_options
 def live(
     interfaces: tuple[str, ...],
     db: Path | None,
@@ -450,6 +451,7 @@ def live(
     mode: str,
     force: bool,
     flow_entries: int,
+    exports: ExportSettings,
 ) -> None:
     """The live console: top flows, new flows, rates, by keyboard (? for keys).
 
@@ -471,14 +473,20 @@ def live(
         flow_entries=flow_entries,
         collector=CollectorSettings(interval=interval),
     )
-    sink = None
-    if not no_db:
-        from flowscope.writer import Writer
+    from flowscope.exports import Exports
+    from flowscope.writer import Writer
 
-        sink = Writer(db)
-    from flowscope.ui.app import run_console  # the only command that imports textual
+    writer = None if no_db else Writer(db)
+    try:
+        out = Exports(exports, flow_entries=flow_entries, writer=writer)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        raise
+    with out:
+        from flowscope.ui.app import run_console  # the only command that imports textual
 
-    run_console(settings, sink)
+        run_console(settings, writer, exports=out)
 
 
 # --- history and sql: headless reads of the history database ----------------------------------
@@ -690,7 +698,8 @@ def doctor(interfaces: tuple[str, ...]) -> None:
     default=None,
     help="History database (default: demo.db next to the default history database).",
 )
-def demo(headless: bool, duration: float | None, db: Path | None) -> None:
+@export_options
+def demo(headless: bool, duration: float | None, db: Path | None, exports: ExportSettings) -> None:
     """Watch flowscope on traffic it makes itself, in a namespace of its own.
 
     Makes a network namespace and a veth pair (fsdemo*, 198.19.0.0/16 and 2001:db8::/32),
@@ -715,6 +724,7 @@ def demo(headless: bool, duration: float | None, db: Path | None) -> None:
             db=db,
             note=note,
             status=status if tty else None,
+            exports=exports,
         )
     except (KeyboardInterrupt, Terminated):
         summary = None
@@ -807,6 +817,7 @@ def _replay_progress(path: Path) -> Iterator[Callable[[int, int], None] | None]:
     help="A long-lived flow is written as a record this often.",
 )
 @entries_option
+@export_options
 def replay(
     capture: Path,
     as_json: bool,
@@ -816,6 +827,7 @@ def replay(
     fin_timeout: float,
     active_timeout: float,
     flow_entries: int,
+    exports: ExportSettings,
 ) -> None:
     """Replay a pcap or pcapng capture through the XDP program (nothing is attached).
 
@@ -823,12 +835,14 @@ def replay(
     capture's clock: first and last seen are capture times, bytes the original lengths, and
     flows expire as they would have live. --json prints the flows; --db writes history; with
     neither, on a terminal, the console's history screen opens on the result (piped, the
-    flows are printed as with --json)."""
+    flows are printed as with --json). --ipfix exports every record as the replay makes it
+    (flow times are the capture's); --metrics serves the replay's numbers while it runs."""
     import tempfile
 
     from flowscope.collector import CollectorSettings
+    from flowscope.exports import Exports
     from flowscope.recorder import Sink
-    from flowscope.replay import JsonSink, ReplaySettings, summary_json
+    from flowscope.replay import MAX_WRITER_BACKLOG, JsonSink, ReplaySettings, summary_json
     from flowscope.replay import replay as run_replay
     from flowscope.writer import Writer
 
@@ -850,17 +864,34 @@ def replay(
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="flowscope-replay-"))
             db = Path(tmp) / "replay.db"
         writer = Writer(db) if db is not None else None
-        sink: Sink = writer if writer is not None else JsonSink(sys.stdout.write)
-        with _replay_progress(capture) as progress:
+        try:
+            # the replay waits for the exporter as for the writer, so its queue may hold more
+            out = Exports(
+                exports, flow_entries=flow_entries, writer=writer, max_queue=2 * MAX_WRITER_BACKLOG
+            )
+        except BaseException:
+            if writer is not None:
+                writer.close()
+            raise
+        sink: Sink = out.sink(writer if writer is not None else JsonSink(sys.stdout.write))
+
+        def backlog() -> int:
+            return (writer.backlog if writer is not None else 0) + out.backlog()
+
+        with out, _replay_progress(capture) as progress:
             try:
                 summary = run_replay(
-                    settings,
-                    sink,
-                    progress=progress,
-                    backlog=(lambda: writer.backlog) if writer is not None else None,
+                    settings, sink, progress=progress, backlog=backlog, on_tick=out.on_tick()
                 )
             finally:
                 sink.close()
+        if out.exporter is not None and out.exporter.lost:
+            e = out.exporter
+            click.echo(
+                f"flowscope: warning: {e.lost} flow records not exported to IPFIX {e.target}"
+                + (f" ({e.status})" if e.status else ""),
+                err=True,
+            )
         if as_json:
             sys.stdout.write(json.dumps(summary_json(summary, capture)) + "\n")
             sys.stdout.flush()

@@ -32,7 +32,9 @@ from flowscope.errors import PrivilegeError
 
 if TYPE_CHECKING:
     from flowscope.collector import Tick
+    from flowscope.exports import Exports, ExportSettings
     from flowscope.recorder import RecordSettings
+    from flowscope.writer import Writer
 
 LISTENER_TIMEOUT = 10.0
 STOP_GRACE = 2.0
@@ -237,10 +239,13 @@ def run(
     db: Path | None,
     note: Callable[[str], None],
     status: Callable[[str], None] | None = None,
+    exports: ExportSettings | None = None,
 ) -> DemoSummary:
     """Run the demo until the duration ends, the console quits, or a signal; raise DemoError
-    when the traffic generator or the listeners died, after cleaning up."""
-    from flowscope.recorder import run as record
+    when the traffic generator or the listeners died, after cleaning up. ``exports`` (--ipfix,
+    --metrics) are wired as for `record`."""
+    from flowscope.exports import Exports
+    from flowscope.exports import ExportSettings as Settings
     from flowscope.writer import Writer
 
     db_path = db or default_db_path()
@@ -251,6 +256,11 @@ def run(
     with demo_network(note) as demo:
         settings = settings_for(demo.net, db_path, duration)
         writer = Writer(db_path)
+        try:
+            out = Exports(exports or Settings(), flow_entries=settings.flow_entries, writer=writer)
+        except BaseException:
+            writer.close()
+            raise
         run_console = None if headless else console()
         if not headless and run_console is None:
             note("the console is not available yet: recording headless instead (Ctrl-C stops)")
@@ -258,27 +268,40 @@ def run(
             f"demo: {demo.net.host_if} ({demo.net.host_ip4}, {demo.net.host_ip6}) <-> "
             f"namespace {demo.net.ns}; recording into {db_path}"
         )
-        if run_console is not None:
-            # The console quits on SIGTERM: that is how a crashed generator closes it.
-            demo.on_failure = lambda: os.kill(os.getpid(), signal.SIGTERM)
-            try:
-                run_console(settings, writer, title=f"flowscope demo ({demo.net.host_if})")
-            except SystemExit:
-                if not demo.failure:
-                    raise
-            records = writer.written
-        else:
-
-            def on_tick(tick: Tick) -> None:
-                if status is not None:
-                    s = tick.sample
-                    status(
-                        f"{s.pps:.0f} pkt/s  {s.active_flows} flows  {s.new_flows} new  "
-                        f"{writer.written} written"
-                    )
-
-            summary = record(settings, writer, on_tick=on_tick, stop=demo.stop)
-            records = summary.records
+        with out:
+            records = _collect(demo, settings, writer, out, run_console, status)
         if demo.failure:
             raise DemoError(demo.failure + "; the demo stopped and removed everything it made")
     return DemoSummary(db=db_path, records=records, interface=demo.net.host_if)
+
+
+def _collect(
+    demo: DemoRun,
+    settings: RecordSettings,
+    writer: Writer,
+    out: Exports,
+    run_console: Callable[..., Any] | None,
+    status: Callable[[str], None] | None,
+) -> int:
+    """Record in the console or headless until the demo ends; returns the records written."""
+    from flowscope.recorder import run as record
+
+    if run_console is not None:
+        # The console quits on SIGTERM: that is how a crashed generator closes it.
+        demo.on_failure = lambda: os.kill(os.getpid(), signal.SIGTERM)
+        try:
+            run_console(settings, writer, title=f"flowscope demo ({demo.net.host_if})", exports=out)
+        except SystemExit:
+            if not demo.failure:
+                raise
+        return writer.written
+
+    def on_tick(tick: Tick) -> None:
+        if status is not None:
+            s = tick.sample
+            status(
+                f"{s.pps:.0f} pkt/s  {s.active_flows} flows  {s.new_flows} new  "
+                f"{writer.written} written{out.status()}"
+            )
+
+    return record(settings, out.sink(writer), on_tick=out.on_tick(on_tick), stop=demo.stop).records

@@ -43,7 +43,12 @@ class Exports:
     at once, so a port in use fails before collection starts)."""
 
     def __init__(
-        self, settings: ExportSettings, *, flow_entries: int, writer: Writer | None = None
+        self,
+        settings: ExportSettings,
+        *,
+        flow_entries: int,
+        writer: Writer | None = None,
+        max_queue: int | None = None,
     ) -> None:
         self.settings = settings
         self.exporter: Exporter | None = None
@@ -53,6 +58,8 @@ class Exports:
             self.exporter = Exporter(
                 settings.ipfix, domain_id=settings.ipfix_domain, mtu=settings.ipfix_mtu
             )
+            if max_queue is not None:  # a replay, which waits for the export, queues more
+                self.exporter.max_queue = max_queue
         if settings.metrics is not None:
             from flowscope.metrics import Metrics, MetricsServer
 
@@ -80,6 +87,10 @@ class Exports:
             other(tick)
 
         return both
+
+    def backlog(self) -> int:
+        """Records waiting to be exported."""
+        return self.exporter.backlog if self.exporter is not None else 0
 
     def status(self) -> str:
         """A few words for a status line, only when something is wrong with the export."""

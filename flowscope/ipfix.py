@@ -318,6 +318,12 @@ class Exporter:
         """Whether a socket to the collector is open (for UDP: always, once made)."""
         return self._sock is not None
 
+    @property
+    def backlog(self) -> int:
+        """Records queued or being sent (a replay waits for them rather than lose any)."""
+        with self._cond:
+            return len(self._queue) + self._busy
+
     def submit(
         self, records: Sequence[FlowRecord], sample: Sample | None, events: Sequence[NewFlow]
     ) -> None:

@@ -1,4 +1,4 @@
-"""The collection loop shared by `record` (and later the console): probe, collector, writer.
+"""The collection loop shared by `record`, `live` and `demo`: probe, collector, writer.
 
 Between ticks it keeps draining the ring buffer, so a burst of new flows (a scan, a SYN flood)
 does not overflow it while the loop sleeps. Leaving the loop for any reason (the duration ran
@@ -8,6 +8,7 @@ out, Ctrl-C, SIGTERM turned into SystemExit) writes every live flow with end rea
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -127,6 +128,11 @@ def _run(
             summary.records += len(tick.records) + len(last)
             summary.events += len(tick.events)
             summary.packets += tick.sample.counters.get("packets", 0)
+            if on_tick is not None:
+                # last, once everything is submitted: the hook (metrics, a status line) sees
+                # the final partial tick and the shutdown records too, so what it sums over
+                # the ticks is what the sink got
+                on_tick(dataclasses.replace(tick, records=[*tick.records, *last]))
     return summary
 
 

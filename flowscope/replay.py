@@ -14,6 +14,7 @@ reported afterwards.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ import numpy as np
 
 from flowscope import abi
 from flowscope.capture import RELEASE_EVERY, Capture, CaptureError
-from flowscope.collector import Collector, CollectorSettings, FlowSource
+from flowscope.collector import Collector, CollectorSettings, FlowSource, Tick
 from flowscope.model import (
     FlowBatch,
     FlowEvent,
@@ -135,12 +136,15 @@ def replay(
     *,
     progress: Callable[[int, int], None] | None = None,
     backlog: Callable[[], int] | None = None,
+    on_tick: Callable[[Tick], None] | None = None,
 ) -> ReplaySummary:
     """Replay the capture into ``sink`` (records, samples and events of every tick).
 
     ``progress(bytes_done, bytes_total)`` is called now and then; ``backlog()`` says how many
     records the sink still has waiting, and the replay pauses while it is above
-    MAX_WRITER_BACKLOG. Raises CaptureError before anything is replayed when the file cannot
+    MAX_WRITER_BACKLOG; ``on_tick(tick)`` follows every tick on the capture's clock, as it
+    follows the live ones of `record` (the metrics; the last tick carries the shutdown
+    records too). Raises CaptureError before anything is replayed when the file cannot
     be replayed at all; damage found later is in the summary."""
     from flowscope.probe.replay import (
         MAX_FRAME,
@@ -181,6 +185,8 @@ def replay(
                     summary.ticks += 1
                     summary.records += len(tick.records)
                     summary.events += len(tick.events)
+                    if on_tick is not None:
+                        on_tick(tick)
                     next_tick += interval_ns
                     if tick.sample.active_flows == 0 and ts >= next_tick:
                         next_tick += ((ts - next_tick) // interval_ns + 1) * interval_ns
@@ -243,6 +249,8 @@ def replay(
                 summary.ticks += 1
                 summary.records += len(tick.records) + len(last)
                 summary.events += len(tick.events)
+                if on_tick is not None:
+                    on_tick(dataclasses.replace(tick, records=[*tick.records, *last]))
             if progress is not None:
                 progress(cap.size if not summary.interrupted else cap.offset(0), cap.size)
             summary.frames = n

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
@@ -29,6 +29,9 @@ from flowscope.ui.names import Lookup, Resolver, gethostbyaddr
 from flowscope.ui.source import RecorderSource, TickSource
 from flowscope.ui.state import LiveState
 from flowscope.ui.view import COLUMNS, GROUPS
+
+if TYPE_CHECKING:
+    from flowscope.exports import Exports
 
 Clock = Callable[[], float]
 RINGBUF_NOTICE_TICKS = 30
@@ -241,14 +244,21 @@ def make_app(
     )
 
 
-def run_console(settings: RecordSettings, sink: Sink | None, *, title: str | None = None) -> None:
-    """Collect (recorder.run in a thread, ticks into ``sink``; None keeps nothing) and show
+def run_console(
+    settings: RecordSettings,
+    sink: Sink | None,
+    *,
+    title: str | None = None,
+    exports: Exports | None = None,
+) -> None:
+    """Collect (recorder.run in a thread, ticks into ``sink``; None keeps nothing; records
+    to the IPFIX exporter and ticks to the metrics of ``exports``, in that thread) and show
     the console until the user quits. The collection thread is always stopped on the way out,
     which writes the live flows and detaches the program. An error that stopped collection is
     raised again after the console closed, for the CLI to report."""
     from flowscope.store import default_db_path
 
-    source = RecorderSource(settings, sink)
+    source = RecorderSource(settings, sink, exports=exports)
     db = (settings.db or default_db_path()) if sink is not None else None
     app = make_app(source, db_path=db, title=title, handle_signals=True)
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from textual.message import Message
 
@@ -21,6 +21,9 @@ from flowscope.errors import FlowscopeError
 from flowscope.recorder import NullSink, RecordSettings, Sink
 from flowscope.ui.messages import Attached, CollectorFailed, TickArrived, WriterState
 from flowscope.ui.sample import IFINDEX
+
+if TYPE_CHECKING:
+    from flowscope.exports import Exports
 
 Post = Callable[[Message], object]
 
@@ -81,11 +84,15 @@ class RecorderSource:
     """The collection loop (recorder.run) in a thread; each tick is posted to the app.
 
     ``stop()`` sets the loop's stop event and waits for it: the loop then writes the live flows
-    as 'shutdown' records, flushes the writer and detaches the program."""
+    as 'shutdown' records, flushes the writer and detaches the program. With ``exports`` the
+    records also go to its IPFIX exporter and each tick feeds its metrics, in that thread too."""
 
-    def __init__(self, settings: RecordSettings, sink: Sink | None) -> None:
+    def __init__(
+        self, settings: RecordSettings, sink: Sink | None, *, exports: Exports | None = None
+    ) -> None:
         self.settings = settings
         self.sink = sink
+        self.exports = exports
         self.has_db = sink is not None
         self.interfaces = settings.interfaces
         self.error: FlowscopeError | None = None
@@ -135,10 +142,12 @@ class RecorderSource:
         from flowscope import recorder
 
         assert self._post is not None
+        sink: Sink = self.sink or NullSink()
+        on_tick: Callable[[Tick], None] | None = self._on_tick
+        if self.exports is not None:
+            sink, on_tick = self.exports.sink(sink), self.exports.on_tick(on_tick)
         try:
-            recorder.run(
-                self.settings, self.sink or NullSink(), on_tick=self._on_tick, stop=self._stop
-            )
+            recorder.run(self.settings, sink, on_tick=on_tick, stop=self._stop)
         except FlowscopeError as e:
             self.error = e
             self._post(CollectorFailed(str(e)))

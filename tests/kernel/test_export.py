@@ -267,3 +267,104 @@ def test_tcp_export_decoded_by_tshark_survives_a_collector_restart(
     )
     assert sorted(tshark_records(pcap, port)) == expected
     assert [e[1] for e in expected] == [4000, 4001, 5000, 5002]
+
+
+# -- replay: a known capture, exported with the capture's times ---------------------------------
+
+
+def test_replay_to_nfcapd_lists_the_same_flows_as_replay_json(tmp_path: Path) -> None:
+    """`replay --ipfix` of a capture with IPv4 and IPv6 flows: nfdump lists exactly the flows
+    (packets, IP bytes, first and last to the millisecond, in 2025) that `replay --json`
+    prints."""
+    from scapy.layers.inet import IP, TCP, UDP
+    from scapy.layers.inet6 import IPv6
+    from scapy.packet import Packet, Raw
+
+    from tests.kernel.test_replay import A4, A6, B4, B6, eth, replay_json, write_pcap
+    from tests.pcaps import T0
+
+    def u4(sport: int, n: int) -> Packet:
+        return eth() / IP(src=A4, dst=B4) / UDP(sport=sport, dport=53) / Raw(b"x" * n)
+
+    def t6(flags: str, n: int) -> Packet:
+        return (
+            eth() / IPv6(src=A6, dst=B6) / TCP(sport=40000, dport=443, flags=flags) / Raw(b"y" * n)
+        )
+
+    ms_ = 1000  # microseconds
+    frames: list[tuple[int, Packet | bytes, int | None]] = [
+        (0, u4(4000, 100), None),  # IPv4 UDP: 3 packets of 128 IP bytes, 0 to 250 ms
+        (5 * ms_, t6("S", 0), None),  # IPv6 TCP: 4 packets, 5 ms to 1.5 s
+        (120 * ms_, u4(4000, 100), None),
+        (250 * ms_, u4(4000, 100), None),
+        (300 * ms_, u4(4001, 20), None),  # IPv4 UDP: 1 packet of 48 IP bytes at 300 ms
+        (400 * ms_, t6("A", 1000), None),
+        (900 * ms_, t6("PA", 200), None),
+        (1500 * ms_, t6("FA", 0), None),
+    ]
+    capture = write_pcap(tmp_path / "known.pcap", frames)
+    flows_json, summary, result = replay_json(capture)
+    assert result.exit_code == 0, result.output
+    assert summary["summary"]["records"] == 3
+
+    port = free_port(socket.SOCK_DGRAM)
+    nfdir = tmp_path / "nfcapd"
+    nfdir.mkdir()
+    nfcapd = subprocess.Popen(
+        ["nfcapd", "-b", "127.0.0.1", "-p", str(port), "-w", str(nfdir)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: udp_queue_empty(port), "nfcapd to listen")
+        run = subprocess.run(
+            [*FLOWSCOPE, "replay", str(capture), "--ipfix", f"127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        assert run.stderr == ""  # nothing lost
+        # piped, it prints what --json prints (in the kernel map's order)
+        piped = [json.loads(line) for line in run.stdout.splitlines()[:-1]]
+        assert sorted(piped, key=json.dumps) == sorted(flows_json, key=json.dumps)
+        wait_for(lambda: udp_queue_empty(port), "nfcapd to read everything")
+    finally:
+        nfcapd.send_signal(signal.SIGTERM)
+        nfcapd.communicate(timeout=30)
+    [nffile] = [p for p in nfdir.iterdir() if p.name.startswith("nfcapd.2")]
+    out = subprocess.run(
+        ["nfdump", "-r", str(nffile), "-o", "json"],
+        capture_output=True, text=True, check=True, env={**os.environ, "TZ": "UTC"},
+    ).stdout  # fmt: skip
+    exported = sorted(
+        (
+            f.get("src4_addr") or f["src6_addr"],
+            f.get("dst4_addr") or f["dst6_addr"],
+            f["src_port"],
+            f["dst_port"],
+            f["in_packets"],
+            f["in_bytes"],
+            ms(f["first"] + "Z"),
+            ms(f["last"] + "Z"),
+        )
+        for f in json.loads(out)
+    )
+    printed = sorted(
+        (
+            f["src"],
+            f["dst"],
+            f["sport"],
+            f["dport"],
+            f["packets"],
+            f["ip_bytes"],
+            ms(f["first_seen"]),
+            ms(f["last_seen"]),
+        )
+        for f in flows_json
+    )
+    assert exported == printed
+    t0 = T0 * 1000
+    ip6 = 40 + 20  # IPv6 and TCP headers
+    assert printed == [
+        (A4, B4, 4000, 53, 3, 3 * 128, t0, t0 + 250),
+        (A4, B4, 4001, 53, 1, 48, t0 + 300, t0 + 300),
+        (A6, B6, 40000, 443, 4, 4 * ip6 + 1000 + 200, t0 + 5, t0 + 1500),
+    ]

@@ -536,3 +536,37 @@ def test_frames_out_of_time_order_keep_the_earliest_and_latest_time(tmp_path: Pa
     (f,), _, result = replay_json(write_pcap(tmp_path / "order.pcap", frames))
     assert result.exit_code == 0
     assert (f["packets"], f["first_seen"], f["last_seen"]) == (4, at(100_000), at(900_000))
+
+
+def test_metrics_follow_the_replay_ticks_to_the_last_record(tmp_path: Path) -> None:
+    """--metrics on replay: the ticks on the capture's clock feed the metrics, and their sums
+    are what the replay printed, the last partial tick and the shutdown records included."""
+    from flowscope.collector import Tick
+    from flowscope.metrics import Metrics
+    from flowscope.replay import JsonSink, ReplaySettings, replay
+
+    metrics = Metrics(flow_entries=1024)
+    ticks: list[Tick] = []
+
+    def on_tick(tick: Tick) -> None:
+        ticks.append(tick)
+        metrics.on_tick(tick)
+
+    lines: list[str] = []
+    summary = replay(
+        ReplaySettings(write_pcap(tmp_path / "v.pcap", VARIED), flow_entries=1024),
+        JsonSink(lines.append),
+        on_tick=on_tick,
+    )
+    flows = [json.loads(line) for line in lines]
+    assert len(ticks) == summary.ticks == 2  # 0 to 1.4 s: one second boundary, then the end
+    values = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for m in metrics.collect()
+        for s in m.samples
+    }
+    iface = (("direction", "ingress"), ("interface", "if0"))
+    assert values[("flowscope_packets_total", iface)] == sum(f["packets"] for f in flows) == 15
+    assert values[("flowscope_bytes_total", iface)] == sum(f["bytes"] for f in flows)
+    assert values[("flowscope_kernel_packets_total", ())] == len(VARIED) == 18
+    assert values[("flowscope_flow_records_total", (("reason", "shutdown"),))] == len(EXPECTED)

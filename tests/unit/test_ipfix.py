@@ -8,6 +8,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -365,3 +366,22 @@ def test_a_full_queue_loses_records_instead_of_blocking() -> None:
     finally:
         ex.close()
         blocker.close()
+
+
+@pytest.mark.parametrize(
+    "command", [["record", "-i", "lo"], ["live", "-i", "lo"], ["demo"], ["replay"]]
+)
+def test_every_collecting_command_takes_the_export_flags(
+    command: list[str], tmp_path: Path
+) -> None:
+    """record, live, demo and replay all parse --ipfix and --metrics (before doing anything)."""
+    if command == ["replay"]:
+        (tmp_path / "c.pcap").write_bytes(b"")
+        command = ["replay", str(tmp_path / "c.pcap")]
+    for args, message in (
+        (["--ipfix", "collector"], "--ipfix 'collector': no port"),
+        (["--metrics", "99999"], "--metrics '99999': port must be 1-65535"),
+    ):
+        result = CliRunner().invoke(main, [*command, *args])
+        assert (result.exit_code, result.output.count("\n")) == (2, 1), result.output
+        assert message in result.output
