@@ -34,6 +34,9 @@ NUMERIC = frozenset(
     {"sport", "bps", "pps", "bytes", "packets", "age", "vlan", "flows", "out", "in"}
 )
 """Right-aligned columns."""
+IDENTITY = frozenset({"src", "dst", "sport", "dport", "proto"})
+"""Columns that say which flow or group a row is: the leading run of them stays on screen
+while the other columns scroll sideways."""
 
 
 def compact(value: float) -> str:
@@ -134,8 +137,8 @@ def widths(columns: tuple[str, ...], total: int) -> dict[str, int]:
         out["dport"] = 14
     addrs = [c for c in columns if c in ("src", "dst")]
     if addrs:
-        # room in 80 columns for the first seven columns of the flow view; more when wider
-        spare = total - sum(out.values()) - 2 * len(columns) - 2
+        # a space between columns and one before the first; what is left goes to addresses
+        spare = total - sum(out.values()) - len(columns) - 2
         share = spare // len(addrs)
         out.update({c: max(15, min(share, 39)) for c in addrs})
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 KEYS: list[tuple[str, str]] = [
     ("↑ ↓ PgUp PgDn", "move the selection (its rate graph: under the total)"),
+    ("← →", "scroll the columns right of the addresses (◂ ▸)"),
     ("Enter", "detail: every field, rate graph, other direction"),
     ("s / S", "sort by the next / previous column"),
     ("1 … 9, 0", "sort by column 1 … 10 (a header click too)"),

@@ -14,12 +14,13 @@ from textual.containers import Container, Horizontal, Vertical
 from textual.content import Content
 from textual.events import Resize
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input, Label, Static
+from textual.widgets import Footer, Input, Label, Static
 
 from flowscope.errors import FlowscopeError
 from flowscope.filter import FilterSyntaxError, parse
 from flowscope.ui import view as views
 from flowscope.ui.cells import HEADERS, cell, widths
+from flowscope.ui.messages import HeaderSelected, RowHighlighted, RowSelected
 from flowscope.ui.view import COLUMNS, DESCENDING, GROUPS, Row, View, ViewSpec
 from flowscope.ui.widgets import FlowTable, NewFlowsFeed, RateGraph, StatusLine
 
@@ -70,7 +71,7 @@ class LiveScreen(Screen[None]):
     DEFAULT_CSS = f"""
     LiveScreen {{ layout: vertical; }}
     LiveScreen #body {{ height: 1fr; layout: vertical; }}
-    LiveScreen FlowTable {{ height: 1fr; scrollbar-size-horizontal: 1; }}
+    LiveScreen FlowTable {{ height: 1fr; }}
     LiveScreen NewFlowsFeed {{ height: 7; border-top: solid $primary 50%; }}
     LiveScreen.-wide #body {{ layout: horizontal; }}
     LiveScreen.-wide NewFlowsFeed {{
@@ -198,23 +199,23 @@ class LiveScreen(Screen[None]):
         self.compute()
         self.redraw()
 
-    @on(DataTable.RowHighlighted)
+    @on(RowHighlighted)
     def _highlighted(self) -> None:
         state = self.app.state
         selected = self.selected_row()
         self.query_one(RateGraph).show(state, selected, self._row_name(selected))
 
-    @on(DataTable.RowSelected)
-    def _selected(self, event: DataTable.RowSelected) -> None:
-        row = next((r for r in self.view.rows if r.key == event.row_key.value), None)
+    @on(RowSelected)
+    def _selected(self, event: RowSelected) -> None:
+        row = next((r for r in self.view.rows if r.key == event.key), None)
         if row is not None:
             from flowscope.ui.detail import DetailScreen
 
             self.app.push_screen(DetailScreen(row, self.spec.group))
 
-    @on(DataTable.HeaderSelected)
-    def _header(self, event: DataTable.HeaderSelected) -> None:
-        key = str(event.column_key.value)
+    @on(HeaderSelected)
+    def _header(self, event: HeaderSelected) -> None:
+        key = event.column
         if key == self.spec.sort:
             self.action_reverse()
         else:

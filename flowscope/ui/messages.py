@@ -1,4 +1,5 @@
-"""Messages from background threads to the console (the only way they reach widgets).
+"""Messages from background threads to the console (the only way they reach widgets), and
+the flows table's own (cursor moved, row chosen, header clicked).
 
 Each is a small dataclass; Textual's Message calls ``__post_init__`` for dataclasses.
 """
@@ -55,3 +56,24 @@ class NameResolved(Message):
 
     address: str
     name: str | None
+
+
+@dataclass
+class RowHighlighted(Message):
+    """The flows table's cursor is on another row (None: the table is empty)."""
+
+    key: str | None
+
+
+@dataclass
+class RowSelected(Message):
+    """Enter (or a click on the cursor row) on a row of the flows table."""
+
+    key: str
+
+
+@dataclass
+class HeaderSelected(Message):
+    """A click on a column title of the flows table."""
+
+    column: str

@@ -42,6 +42,7 @@ async def _press(pilot: Pilot[None], *keys: str) -> None:
 SCREENS: dict[str, tuple[tuple[str, ...], int | None]] = {
     "live": ((), None),
     "burst": ((), 72),
+    "columns": (("right", "right", "right", "right"), None),
     "conversations": (("g", "g", "g"), None),
     "filter-error": (("slash", *"port abc", "enter"), None),
     "detail": (("enter",), None),
