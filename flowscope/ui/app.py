@@ -10,6 +10,7 @@ exception), run_console stops the collection thread, which detaches the program.
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import sys
 import time
@@ -28,7 +29,7 @@ from flowscope.ui.messages import Attached, CollectorFailed, NameResolved, TickA
 from flowscope.ui.names import Lookup, Resolver, gethostbyaddr
 from flowscope.ui.source import RecorderSource, TickSource
 from flowscope.ui.state import LiveState
-from flowscope.ui.view import COLUMNS, GROUPS
+from flowscope.ui.view import GROUPS
 
 if TYPE_CHECKING:
     from flowscope.exports import Exports
@@ -96,7 +97,7 @@ class FlowscopeApp(App[None]):
         if self._resolver is not None:
             self._resolver.close()
 
-    def notify(self, message: str, *, severity: str = "information", **kwargs: object) -> None:  # type: ignore[override]
+    def notify(self, message: str, *, severity: str = "information", **kwargs: object) -> None:
         self.notices.append((severity, message))
         super().notify(message, severity=severity, **kwargs)  # type: ignore[arg-type]
 
@@ -216,10 +217,7 @@ class FlowscopeApp(App[None]):
             yield SystemCommand(
                 f"Group by {label}",
                 "Aggregate the table",
-                lambda key=key: live._set(  # type: ignore[misc]
-                    group=key,
-                    sort=live.spec.sort if live.spec.sort in COLUMNS[key] else "bps",
-                ),
+                functools.partial(live.group_by, key),
             )
 
 

@@ -181,29 +181,45 @@ def _mask(e: flt.Expr, fr: FlowFrame, names: IfaceNames) -> Mask:
         )
     if isinstance(e, flt.Port):
         if e.side == "src":
-            return fr.sport == e.port
+            return _equal(fr.sport, e.port)
         if e.side == "dst":
-            return fr.dport == e.port
-        return (fr.sport == e.port) | (fr.dport == e.port)
+            return _equal(fr.dport, e.port)
+        return np.asarray(_equal(fr.sport, e.port) | _equal(fr.dport, e.port), bool)
     if isinstance(e, flt.Equals):
         if e.column == "proto":
-            return fr.proto == e.value
+            return _equal(fr.proto, e.value)
         if e.column == "vlan":
-            return fr.vlan == e.value
+            return _equal(fr.vlan, e.value)
         if e.column == "direction":
             want = abi.DIR_INGRESS if e.value == "ingress" else abi.DIR_EGRESS
-            return fr.direction == want
+            return _equal(fr.direction, want)
         # iface: an index without a known name is matched by its number, as the collector
         # names it
         idx = [i for i in np.unique(fr.ifindex) if names.get(int(i), str(int(i))) == e.value]
-        return np.isin(fr.ifindex, idx)
+        return np.asarray(np.isin(fr.ifindex, idx), bool)
     if isinstance(e, flt.Compare):
         col = fr.bytes if e.column == "bytes" else fr.packets
-        return np.asarray(flt.COMPARISONS[e.op](col, np.uint64(e.value)), bool)
+        return np.asarray(_ORDERINGS[e.op](col, np.uint64(e.value)), bool)
     if isinstance(e, flt.Flags):
-        return (fr.tcp_flags & e.mask) == e.mask
+        return _equal(fr.tcp_flags & e.mask, e.mask)
     # a node this module does not know yet: ask it row by row (slow, but right)
     return np.fromiter((e.matches(_RowView(fr, i, names)) for i in range(n)), bool, n)
+
+
+_ORDERINGS: dict[str, np.ufunc] = {
+    ">": np.greater,
+    ">=": np.greater_equal,
+    "<": np.less,
+    "<=": np.less_equal,
+    "=": np.equal,
+    "!=": np.not_equal,
+}
+"""flt.COMPARISONS over a column (the keys are the same)."""
+
+
+def _equal(col: np.ndarray, value: object) -> Mask:
+    """Where a column equals a value, as a boolean array."""
+    return np.asarray(col == value, bool)
 
 
 def _sides(side: str, fr: FlowFrame, test: Callable[[np.ndarray], Mask]) -> Mask:
@@ -211,7 +227,7 @@ def _sides(side: str, fr: FlowFrame, test: Callable[[np.ndarray], Mask]) -> Mask
         return test(fr.src)
     if side == "dst":
         return test(fr.dst)
-    return test(fr.src) | test(fr.dst)
+    return np.asarray(test(fr.src) | test(fr.dst), bool)
 
 
 class _RowView:

@@ -219,26 +219,31 @@ class LiveScreen(Screen[None]):
         if key == self.spec.sort:
             self.action_reverse()
         else:
-            self._set(sort=key, reverse=False)
+            self._show(dataclasses.replace(self.spec, sort=key, reverse=False))
 
     # --- actions --------------------------------------------------------------------------------
 
-    def _set(self, **changes: object) -> None:
-        self.spec = dataclasses.replace(self.spec, **changes)  # type: ignore[arg-type]
+    def _show(self, spec: ViewSpec) -> None:
+        self.spec = spec
         self.refresh_view()
+
+    def group_by(self, group: str) -> None:
+        """Group the table by ``group`` (keeping the sort when the grouping has its column)."""
+        sort = self.spec.sort if self.spec.sort in COLUMNS[group] else "bps"
+        self._show(dataclasses.replace(self.spec, group=group, sort=sort))
 
     def action_next_sort(self, step: int) -> None:
         cols = COLUMNS[self.spec.group]
         i = cols.index(self.spec.sort) if self.spec.sort in cols else -1
-        self._set(sort=cols[(i + step) % len(cols)], reverse=False)
+        self._show(dataclasses.replace(self.spec, sort=cols[(i + step) % len(cols)], reverse=False))
 
     def action_sort_column(self, index: int) -> None:
         cols = COLUMNS[self.spec.group]
         if index < len(cols):
-            self._set(sort=cols[index], reverse=False)
+            self._show(dataclasses.replace(self.spec, sort=cols[index], reverse=False))
 
     def action_reverse(self) -> None:
-        self._set(reverse=not self.spec.reverse)
+        self._show(dataclasses.replace(self.spec, reverse=not self.spec.reverse))
 
     def action_freeze(self) -> None:
         self.frozen = not self.frozen
@@ -248,8 +253,7 @@ class LiveScreen(Screen[None]):
     def action_next_group(self, step: int) -> None:
         groups = list(GROUPS)
         group = groups[(groups.index(self.spec.group) + step) % len(groups)]
-        sort = self.spec.sort if self.spec.sort in COLUMNS[group] else "bps"
-        self._set(group=group, sort=sort)
+        self.group_by(group)
 
     def action_names(self) -> None:
         self.app.show_names = not self.app.show_names
@@ -283,4 +287,4 @@ class LiveScreen(Screen[None]):
             return
         bar.show_error(None)
         self.action_close_filter()
-        self._set(filter=None if flt.matches_all else flt)
+        self._show(dataclasses.replace(self.spec, filter=None if flt.matches_all else flt))

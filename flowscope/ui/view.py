@@ -258,24 +258,24 @@ def _members(fr: FlowFrame, group: str, ident: tuple[object, ...]) -> np.ndarray
         if group == "flow":
             _, _fam, src, dst, sport, dport, proto, vlan, ifindex, direction = ident
             m = _host(fr.src, fr, str(src)) & _host(fr.dst, fr, str(dst))
-            return (
+            return np.asarray(
                 m
                 & (fr.sport == sport)
                 & (fr.dport == dport)
                 & (fr.proto == proto)
                 & (fr.vlan == vlan)
                 & (fr.ifindex == ifindex)
-                & (fr.direction == direction)
+                & (fr.direction == direction),
+                bool,
             )
         if group in ("src", "dst"):
             return _host(fr.src if group == "src" else fr.dst, fr, str(ident[2]))
         if group == "pair":
             a, b = str(ident[2]), str(ident[3])
-            return (_host(fr.src, fr, a) & _host(fr.dst, fr, b)) | (
-                _host(fr.src, fr, b) & _host(fr.dst, fr, a)
-            )
+            one_way = _host(fr.src, fr, a) & _host(fr.dst, fr, b)
+            return np.asarray(one_way | (_host(fr.src, fr, b) & _host(fr.dst, fr, a)), bool)
         if group == "dport":
-            return (fr.proto == ident[1]) & (fr.dport == ident[2])
+            return np.asarray((fr.proto == ident[1]) & (fr.dport == ident[2]), bool)
         if group == "proto":
             return np.asarray(fr.proto == ident[1], bool)
     except ValueError:
@@ -312,7 +312,8 @@ def _sort_values(fr: FlowFrame, g: _Groups, key: str) -> np.ndarray:
         arr = g.out if key == "out" else g.in_
         return np.zeros(len(rep)) if arr is None else arr
     if key in ("sport", "dport", "proto", "vlan"):
-        return getattr(fr, key)[rep].astype(np.float64)
+        column: np.ndarray = getattr(fr, key)
+        return np.asarray(column[rep], np.float64)
     raise ValueError(f"unknown sort key {key!r}")
 
 
@@ -336,63 +337,54 @@ def _top(fr: FlowFrame, g: _Groups, spec: ViewSpec) -> np.ndarray:
 def _row(fr: FlowFrame, g: _Groups, i: int, group: str) -> Row:
     r = int(g.rep[i])
     fam = int(fr.family[r])
-    src = addr_text(fam, g.src[i].tobytes())
-    dst = addr_text(fam, g.dst[i].tobytes())
     first = int(g.first_seen[i])
-    common = {
-        "family": fam,
-        "bps": float(g.bps[i]),
-        "pps": float(g.pps[i]),
-        "bytes": int(g.bytes[i]),
-        "packets": int(g.packets[i]),
-        "age": max((fr.now_ns - first) / 1e9, 0.0) if first else 0.0,
-        "tcp_flags": int(g.tcp_flags[i]),
-        "flows": int(g.flows[i]),
-        "first_seen_ns": first,
-        "last_seen_ns": int(g.last_seen[i]),
-    }
-    none = {
-        "src": None,
-        "dst": None,
-        "sport": None,
-        "dport": None,
-        "proto": None,
-        "vlan": None,
-        "ifindex": None,
-        "direction": None,
-    }
+    src: str | None = addr_text(fam, g.src[i].tobytes())
+    dst: str | None = addr_text(fam, g.dst[i].tobytes())
+    sport = dport = proto = vlan = ifindex = direction = None
+    out = in_ = None
     if group == "flow":
-        f = {
-            "src": src,
-            "dst": dst,
-            "sport": int(fr.sport[r]),
-            "dport": int(fr.dport[r]),
-            "proto": int(fr.proto[r]),
-            "vlan": int(fr.vlan[r]),
-            "ifindex": int(fr.ifindex[r]),
-            "direction": int(fr.direction[r]),
-        }
-        ident: tuple[object, ...] = ("flow", fam, *(f[k] for k in f))
-        return Row(ident=ident, **f, **common)  # type: ignore[arg-type]
-    if group == "src":
-        return Row(ident=("src", fam, src), **(none | {"src": src}), **common)  # type: ignore[arg-type]
-    if group == "dst":
-        return Row(ident=("dst", fam, dst), **(none | {"dst": dst}), **common)  # type: ignore[arg-type]
-    if group == "pair":
+        sport, dport = int(fr.sport[r]), int(fr.dport[r])
+        proto, vlan = int(fr.proto[r]), int(fr.vlan[r])
+        ifindex, direction = int(fr.ifindex[r]), int(fr.direction[r])
+        ident: tuple[object, ...] = (
+            "flow", fam, src, dst, sport, dport, proto, vlan, ifindex, direction
+        )  # fmt: skip
+    elif group == "src":
+        ident, dst = ("src", fam, src), None
+    elif group == "dst":
+        ident, src = ("dst", fam, dst), None
+    elif group == "pair":
         assert g.out is not None and g.in_ is not None
-        return Row(
-            ident=("pair", fam, src, dst),
-            **(none | {"src": src, "dst": dst}),  # type: ignore[arg-type]
-            **common,
-            out=int(g.out[i]),
-            in_=int(g.in_[i]),
-        )
-    proto = int(fr.proto[r])
-    if group == "dport":
-        dport = int(fr.dport[r])
-        return Row(
-            ident=("dport", proto, dport),
-            **(none | {"proto": proto, "dport": dport}),  # type: ignore[arg-type]
-            **common,
-        )
-    return Row(ident=("proto", proto), **(none | {"proto": proto}), **common)  # type: ignore[arg-type]
+        ident = ("pair", fam, src, dst)
+        out, in_ = int(g.out[i]), int(g.in_[i])
+    else:
+        src = dst = None
+        proto = int(fr.proto[r])
+        if group == "dport":
+            dport = int(fr.dport[r])
+            ident = ("dport", proto, dport)
+        else:
+            ident = ("proto", proto)
+    return Row(
+        ident=ident,
+        family=fam,
+        src=src,
+        dst=dst,
+        sport=sport,
+        dport=dport,
+        proto=proto,
+        vlan=vlan,
+        ifindex=ifindex,
+        direction=direction,
+        bps=float(g.bps[i]),
+        pps=float(g.pps[i]),
+        bytes=int(g.bytes[i]),
+        packets=int(g.packets[i]),
+        age=max((fr.now_ns - first) / 1e9, 0.0) if first else 0.0,
+        tcp_flags=int(g.tcp_flags[i]),
+        flows=int(g.flows[i]),
+        out=out,
+        in_=in_,
+        first_seen_ns=first,
+        last_seen_ns=int(g.last_seen[i]),
+    )
