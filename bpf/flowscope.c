@@ -1,10 +1,13 @@
-/* flowscope.c - the XDP flow tracker, compiled at run time by BCC.
+/* flowscope.c - the flow tracker, compiled at run time by BCC: XDP on ingress, TC on egress.
  *
- * Every received frame is parsed (Ethernet, up to two VLAN tags, IPv4 or IPv6 with up to eight
+ * Both entry points (flowscope_xdp, flowscope_tc) call one parse_and_account with the
+ * direction; the parser, the keys, the maps and the counters are shared, the key and the
+ * counters carry the direction. Every frame is parsed (Ethernet, up to two VLAN tags, IPv4 or IPv6 with up to eight
  * extension headers, transport ports) and added to its flow in a per-CPU hash, one map per
  * family. A flow's first packet inserts it and announces it on the ring buffer; when the map is
  * full the packet is counted as CNT_MAP_FULL and its key is still announced. Frames that are not
- * IP or whose IP header is unusable only bump a counter. The verdict is always XDP_PASS.
+ * IP or whose IP header is unusable only bump a counter. Neither program changes traffic: XDP
+ * returns XDP_PASS, TC returns TC_ACT_UNSPEC (no verdict: the next program or the default).
  * Built with -DFS_REPLAY (flowscope replay) it takes each frame's time, original length and
  * interface from the struct replay_meta in front of it; the live build has none of that code.
  */
@@ -13,6 +16,7 @@
 #include <linux/ip.h>
 #include <linux/ipv6.h>
 #include <linux/in.h>
+#include <linux/pkt_cls.h>
 #include "flowscope.h"
 
 BPF_TABLE("percpu_hash", struct flow_key4, struct flow_value, flows4, FLOW_ENTRIES);
@@ -47,6 +51,7 @@ struct ext_header {
 /* What the parsers learn about one packet besides its key. */
 struct packet_info {
     __u64 bytes;
+    __u32 segs;         /* packets this is: 1, or a GSO packet's segments on egress */
     __u64 ip_bytes;
     __u8 tcp_flags;
 #ifdef FS_REPLAY
@@ -54,9 +59,17 @@ struct packet_info {
 #endif
 };
 
-static __always_inline void count(struct cpu_state *st, __u32 idx)
+/* The direction is a constant in each entry point, so after inlining the counter's address
+ * is too: per-direction counters cost the XDP hot path nothing. */
+static __always_inline void count(struct cpu_state *st, __u8 dir, __u32 idx)
 {
-    st->counters[idx] += 1;
+    st->counters[dir][idx] += 1;
+}
+
+/* Per-packet counters count a GSO packet (egress) as its segments, as they leave the wire. */
+static __always_inline void count_pkt(struct cpu_state *st, __u8 dir, __u32 idx, struct packet_info *pi)
+{
+    st->counters[dir][idx] += pi->segs;
 }
 
 /* The time of a packet, CLOCK_MONOTONIC ns. bpf_ktime_get_ns() costs as much as the rest of
@@ -126,25 +139,25 @@ static __always_inline void add_packet(struct flow_value *v, struct packet_info 
         v->first_seen = now;
     v->last_seen = now;
 #endif
-    v->packets += 1;
+    v->packets += pi->segs;
     v->bytes += pi->bytes;
     v->ip_bytes += pi->ip_bytes;
     v->tcp_flags |= pi->tcp_flags;
 }
 
-static __always_inline void announce(struct cpu_state *st, struct flow_event *ev, struct packet_info *pi, __u64 now,
-                                     __u8 flags)
+static __always_inline void announce(struct cpu_state *st, __u8 dir, struct flow_event *ev,
+                                     struct packet_info *pi, __u64 now, __u8 flags)
 {
     ev->timestamp = now;
     ev->length = pi->bytes;
     ev->flags = flags;
     if (events.ringbuf_output(ev, sizeof(*ev), 0) != 0)
-        count(st, CNT_RINGBUF_FULL);
+        count(st, dir, CNT_RINGBUF_FULL);
 }
 
 static __always_inline void new_value(struct flow_value *v, struct packet_info *pi, __u64 now)
 {
-    v->packets = 1;
+    v->packets = pi->segs;
     v->bytes = pi->bytes;
     v->ip_bytes = pi->ip_bytes;
     v->first_seen = now;
@@ -152,7 +165,8 @@ static __always_inline void new_value(struct flow_value *v, struct packet_info *
     v->tcp_flags = pi->tcp_flags;
 }
 
-static __always_inline void account4(struct cpu_state *st, struct flow_key4 *key, struct packet_info *pi)
+static __always_inline void account4(struct cpu_state *st, __u8 dir, struct flow_key4 *key,
+                                     struct packet_info *pi)
 {
     __u64 now = now_ns(st, pi);
     struct flow_value *v = flows4.lookup(key);
@@ -180,17 +194,18 @@ static __always_inline void account4(struct cpu_state *st, struct flow_key4 *key
     ev.vlan = key->vlan;
     ev.proto = key->proto;
     ev.family = FS_AF_INET;
-    ev.direction = key->direction;
+    ev.direction = dir;
     if (err == 0) {
-        count(st, CNT_FLOWS_CREATED);
-        announce(st, &ev, pi, now, 0);
+        count(st, dir, CNT_FLOWS_CREATED);
+        announce(st, dir, &ev, pi, now, 0);
     } else {
-        count(st, CNT_MAP_FULL);
-        announce(st, &ev, pi, now, FS_EVENT_MAP_FULL);
+        count_pkt(st, dir, CNT_MAP_FULL, pi);
+        announce(st, dir, &ev, pi, now, FS_EVENT_MAP_FULL);
     }
 }
 
-static __always_inline void account6(struct cpu_state *st, struct flow_key6 *key, struct packet_info *pi)
+static __always_inline void account6(struct cpu_state *st, __u8 dir, struct flow_key6 *key,
+                                     struct packet_info *pi)
 {
     __u64 now = now_ns(st, pi);
     struct flow_value *v = flows6.lookup(key);
@@ -217,31 +232,32 @@ static __always_inline void account6(struct cpu_state *st, struct flow_key6 *key
     ev.vlan = key->vlan;
     ev.proto = key->proto;
     ev.family = FS_AF_INET6;
-    ev.direction = key->direction;
+    ev.direction = dir;
     if (err == 0) {
-        count(st, CNT_FLOWS_CREATED);
-        announce(st, &ev, pi, now, 0);
+        count(st, dir, CNT_FLOWS_CREATED);
+        announce(st, dir, &ev, pi, now, 0);
     } else {
-        count(st, CNT_MAP_FULL);
-        announce(st, &ev, pi, now, FS_EVENT_MAP_FULL);
+        count_pkt(st, dir, CNT_MAP_FULL, pi);
+        announce(st, dir, &ev, pi, now, FS_EVENT_MAP_FULL);
     }
 }
 
-static __always_inline void handle_ipv4(struct cpu_state *st, void *pos, void *end, __u32 ifindex, __u16 vlan,
-                                        struct packet_info *pi)
+static __always_inline void handle_ipv4(struct cpu_state *st, __u8 dir, void *pos, void *end,
+                                        __u32 ifindex, __u16 vlan, struct packet_info *pi)
 {
     struct iphdr *iph = pos;
     if ((void *)(iph + 1) > end || iph->version != 4 || iph->ihl < 5) {
-        count(st, CNT_MALFORMED);
+        count_pkt(st, dir, CNT_MALFORMED, pi);
         return;
     }
     __u32 hlen = iph->ihl * 4;
     if (pos + hlen > end) {
-        count(st, CNT_MALFORMED);
+        count_pkt(st, dir, CNT_MALFORMED, pi);
         return;
     }
     struct flow_key4 key = {};
     key.ifindex = ifindex;
+    key.direction = dir;
     key.saddr = iph->saddr;
     key.daddr = iph->daddr;
     key.vlan = vlan;
@@ -250,21 +266,22 @@ static __always_inline void handle_ipv4(struct cpu_state *st, void *pos, void *e
     /* a later fragment (offset != 0) has no transport header: ports stay 0 */
     if ((iph->frag_off & bpf_htons(0x1fff)) == 0) {
         if (parse_ports(pos + hlen, end, key.proto, &key.sport, &key.dport, &pi->tcp_flags) < 0)
-            count(st, CNT_TRUNCATED);
+            count_pkt(st, dir, CNT_TRUNCATED, pi);
     }
-    account4(st, &key, pi);
+    account4(st, dir, &key, pi);
 }
 
-static __always_inline void handle_ipv6(struct cpu_state *st, void *pos, void *end, __u32 ifindex, __u16 vlan,
-                                        struct packet_info *pi)
+static __always_inline void handle_ipv6(struct cpu_state *st, __u8 dir, void *pos, void *end,
+                                        __u32 ifindex, __u16 vlan, struct packet_info *pi)
 {
     struct ipv6hdr *ip6h = pos;
     if ((void *)(ip6h + 1) > end || ip6h->version != 6) {
-        count(st, CNT_MALFORMED);
+        count_pkt(st, dir, CNT_MALFORMED, pi);
         return;
     }
     struct flow_key6 key = {};
     key.ifindex = ifindex;
+    key.direction = dir;
     __builtin_memcpy(key.saddr, &ip6h->saddr, 16);
     __builtin_memcpy(key.daddr, &ip6h->daddr, 16);
     key.vlan = vlan;
@@ -304,12 +321,51 @@ static __always_inline void handle_ipv6(struct cpu_state *st, void *pos, void *e
         ports = 0;
     key.proto = nh;
     if (truncated) {
-        count(st, CNT_TRUNCATED);
+        count_pkt(st, dir, CNT_TRUNCATED, pi);
     } else if (ports) {
         if (parse_ports(cur, end, nh, &key.sport, &key.dport, &pi->tcp_flags) < 0)
-            count(st, CNT_TRUNCATED);
+            count_pkt(st, dir, CNT_TRUNCATED, pi);
     }
-    account6(st, &key, pi);
+    account6(st, dir, &key, pi);
+}
+
+/* The one parser and accountant of both entry points: data..end is the frame from its Ethernet
+ * header, hw_vlan a VLAN tag the device keeps beside the frame (TC egress with VLAN offload;
+ * 0 if none): it is then the outermost tag. pi->bytes and pi->segs are set by the caller. */
+static __always_inline void parse_and_account(struct cpu_state *st, void *data, void *end,
+                                              __u32 ifindex, __u8 dir, __u16 hw_vlan,
+                                              struct packet_info *pi)
+{
+    count_pkt(st, dir, CNT_PACKETS, pi);
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > end) {
+        count_pkt(st, dir, CNT_MALFORMED, pi);
+        return;
+    }
+    void *pos = (void *)(eth + 1);
+    __be16 proto = eth->h_proto;
+    __u16 vlan = hw_vlan;
+#pragma unroll
+    for (int i = 0; i < MAX_VLAN_TAGS; i++) {
+        if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
+            break;
+        struct vlan_tag *tag = pos;
+        if ((void *)(tag + 1) > end) {
+            count_pkt(st, dir, CNT_MALFORMED, pi);
+            return;
+        }
+        if (i == 0 && !hw_vlan)
+            vlan = bpf_ntohs(tag->tci) & 0x0fff;
+        proto = tag->proto;
+        pos = (void *)(tag + 1);
+    }
+
+    if (proto == bpf_htons(ETH_P_IP))
+        handle_ipv4(st, dir, pos, end, ifindex, vlan, pi);
+    else if (proto == bpf_htons(ETH_P_IPV6))
+        handle_ipv6(st, dir, pos, end, ifindex, vlan, pi);
+    else
+        count_pkt(st, dir, CNT_NON_IP, pi);
 }
 
 int flowscope_xdp(struct xdp_md *ctx)
@@ -322,8 +378,8 @@ int flowscope_xdp(struct xdp_md *ctx)
 
     if (!st)
         return XDP_PASS; /* cannot happen: a one-entry array always has entry 0 */
-    count(st, CNT_PACKETS);
     pi.bytes = end - data;
+    pi.segs = 1;
     __u32 ifindex = ctx->ingress_ifindex;
 #ifdef FS_REPLAY
     /* A frame without metadata (not from flowscope replay) keeps the live meaning, with the
@@ -337,35 +393,31 @@ int flowscope_xdp(struct xdp_md *ctx)
         pi.time = bpf_ktime_get_ns();
     }
 #endif
-
-    struct ethhdr *eth = data;
-    if ((void *)(eth + 1) > end) {
-        count(st, CNT_MALFORMED);
-        return XDP_PASS;
-    }
-    void *pos = (void *)(eth + 1);
-    __be16 proto = eth->h_proto;
-    __u16 vlan = 0;
-#pragma unroll
-    for (int i = 0; i < MAX_VLAN_TAGS; i++) {
-        if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
-            break;
-        struct vlan_tag *tag = pos;
-        if ((void *)(tag + 1) > end) {
-            count(st, CNT_MALFORMED);
-            return XDP_PASS;
-        }
-        if (i == 0)
-            vlan = bpf_ntohs(tag->tci) & 0x0fff;
-        proto = tag->proto;
-        pos = (void *)(tag + 1);
-    }
-
-    if (proto == bpf_htons(ETH_P_IP))
-        handle_ipv4(st, pos, end, ifindex, vlan, &pi);
-    else if (proto == bpf_htons(ETH_P_IPV6))
-        handle_ipv6(st, pos, end, ifindex, vlan, &pi);
-    else
-        count(st, CNT_NON_IP);
+    parse_and_account(st, data, end, ifindex, FS_DIR_INGRESS, 0, &pi);
     return XDP_PASS;
+}
+
+/* Egress, attached through tcx (or a clsact qdisc on kernels before 6.6). The skb may hold the
+ * frame in pages beyond its linear part: the headers flowscope reads are in the linear part for
+ * locally built packets, and what is not is counted like a frame cut short. A GSO packet (TSO)
+ * counts as its segments, with its whole length. The verdict is always TC_ACT_UNSPEC. */
+int flowscope_tc(struct __sk_buff *skb)
+{
+    void *data = (void *)(long)skb->data;
+    void *end = (void *)(long)skb->data_end;
+    struct packet_info pi = {};
+    __u32 zero = 0;
+    struct cpu_state *st = cpu_state.lookup(&zero);
+
+    if (!st)
+        return TC_ACT_UNSPEC;
+    pi.bytes = skb->len;
+    __u32 segs = skb->gso_segs;
+    pi.segs = segs > 1 ? segs : 1;
+#ifdef FS_REPLAY
+    pi.time = bpf_ktime_get_ns();
+#endif
+    __u16 hw_vlan = skb->vlan_present ? (skb->vlan_tci & 0x0fff) : 0;
+    parse_and_account(st, data, end, skb->ifindex, FS_DIR_EGRESS, hw_vlan, &pi);
+    return TC_ACT_UNSPEC;
 }

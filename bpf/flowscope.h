@@ -26,14 +26,14 @@
 
 /* IPv4 flow key: 20 bytes. */
 struct flow_key4 {
-    __u32 ifindex;      /* ingress ifindex */
+    __u32 ifindex;      /* the interface it was received on (ingress) or sent from (egress) */
     __u32 saddr;        /* network order */
     __u32 daddr;        /* network order */
     __u16 sport;        /* network order; 0 when the protocol has none */
     __u16 dport;        /* network order; ICMP: type * 256 + code */
     __u16 vlan;         /* VLAN id of the outermost tag, host order; 0 untagged */
     __u8  proto;        /* IP protocol */
-    __u8  direction;    /* FS_DIR_* */
+    __u8  direction;    /* FS_DIR_*: which program counted it (XDP ingress, TC egress) */
 };
 
 /* IPv6 flow key: 44 bytes. */
@@ -51,7 +51,7 @@ struct flow_key6 {
 /* Flow value, one per CPU: 48 bytes. */
 struct flow_value {
     __u64 packets;
-    __u64 bytes;        /* frame length as XDP sees it */
+    __u64 bytes;        /* frame length as XDP sees it; on egress skb->len (a GSO packet whole) */
     __u64 ip_bytes;     /* IPv4 total length; IPv6 40 + payload length */
     __u64 first_seen;   /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) */
     __u64 last_seen;
@@ -78,9 +78,10 @@ struct flow_event {
     __u8  pad[6];
 };
 
-/* Indexes of cpu_state.counters. Every packet the program sees ends in exactly one
+/* Indexes of cpu_state.counters[direction]. Every packet a program sees ends in exactly one
  * of: a flow, CNT_NON_IP, CNT_MALFORMED, CNT_MAP_FULL. CNT_TRUNCATED packets are also in a
- * flow; CNT_FLOWS_CREATED and CNT_RINGBUF_FULL count events, not packets. */
+ * flow; CNT_FLOWS_CREATED and CNT_RINGBUF_FULL count events, not packets. On egress a GSO
+ * packet counts as its segments everywhere packets are counted. */
 enum fs_counter {
     CNT_PACKETS = 0,
     CNT_FLOWS_CREATED = 1,
@@ -92,10 +93,13 @@ enum fs_counter {
     CNT_MAX = 7,
 };
 
-/* The one entry of the per-CPU array cpu_state: the counters, and the clock cache that lets
- * the hot path skip bpf_ktime_get_ns() (see now_ns in flowscope.c): 72 bytes. */
+#define FS_DIRECTIONS 2
+
+/* The one entry of the per-CPU array cpu_state: the counters of each direction (indexed by
+ * FS_DIR_*), and the clock cache that lets the hot path skip bpf_ktime_get_ns() (see now_ns in
+ * flowscope.c), shared by both programs: 128 bytes. */
 struct cpu_state {
-    __u64 counters[CNT_MAX];
+    __u64 counters[FS_DIRECTIONS][CNT_MAX];
     __u64 clock_jiffies;
     __u64 clock_ns;
 };

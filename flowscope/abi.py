@@ -18,6 +18,9 @@ AF_INET = 4
 AF_INET6 = 6
 DIR_INGRESS = 0
 DIR_EGRESS = 1
+DIRECTIONS = 2
+"""FS_DIRECTIONS: the first index of cpu_state.counters."""
+DIRECTION_NAMES: dict[int, str] = {DIR_INGRESS: "ingress", DIR_EGRESS: "egress"}
 EVENT_MAP_FULL = 1
 
 DEFAULT_FLOW_ENTRIES = 65536
@@ -25,7 +28,7 @@ DEFAULT_RINGBUF_PAGES = 256
 
 
 class Counter(enum.IntEnum):
-    """Indexes of cpu_state.counters (enum fs_counter)."""
+    """Indexes of cpu_state.counters[direction] (enum fs_counter)."""
 
     PACKETS = 0
     FLOWS_CREATED = 1
@@ -40,10 +43,11 @@ COUNTER_COUNT = len(Counter)
 
 
 class CpuState(ctypes.Structure):
-    """struct cpu_state: the counters and the clock cache of one CPU, 72 bytes."""
+    """struct cpu_state: the counters of each direction and the clock cache of one CPU,
+    128 bytes."""
 
     _fields_ = [
-        ("counters", ctypes.c_uint64 * COUNTER_COUNT),
+        ("counters", (ctypes.c_uint64 * COUNTER_COUNT) * DIRECTIONS),
         ("clock_jiffies", ctypes.c_uint64),
         ("clock_ns", ctypes.c_uint64),
     ]

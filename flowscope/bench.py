@@ -1,4 +1,5 @@
-"""``flowscope bench``: what the XDP program costs per packet, next to a program that does nothing.
+"""``flowscope bench``: what the XDP program (and its TC egress twin) costs per packet, next to a
+program that does nothing.
 
 Every number comes from BPF_PROG_TEST_RUN, the kernel running the program on a crafted frame and
 reporting its mean duration per run. That mean is noisy (about ±15% from one call to the next)
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from flowscope.probe.program import BareProgram, FlowProgram
 
 BARE_NAME = "bare_xdp_pass"
+BARE_TC_NAME = "bare_tc_unspec"
 BIG_FLOW_ENTRIES = 131072
 """Map size for the benchmarks with 100,000 flows: room to spare, as a sized deployment has."""
 INSERT_RINGBUF_PAGES = 2048
@@ -257,6 +259,7 @@ class _Lab:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._bare: BareProgram | None = None
+        self._bare_tc: BareProgram | None = None
         self._programs: dict[str, FlowProgram] = {}
 
     def bare(self) -> BareProgram:
@@ -266,6 +269,14 @@ class _Lab:
 
             self._bare = BareProgram()
         return self._bare
+
+    def bare_tc(self) -> BareProgram:
+        """The TC_ACT_UNSPEC baseline of the egress program."""
+        if self._bare_tc is None:
+            from flowscope.probe.program import BareProgram
+
+            self._bare_tc = BareProgram(tc=True)
+        return self._bare_tc
 
     def program(self, role: str) -> FlowProgram:
         """The flow program for one role: default (as flowscope runs by default), precise
@@ -295,8 +306,9 @@ class _Lab:
         """Free every program compiled."""
         for prog in self._programs.values():
             prog.close()
-        if self._bare is not None:
-            self._bare.close()
+        for bare in (self._bare, self._bare_tc):
+            if bare is not None:
+                bare.close()
 
 
 _CLEAN = (
@@ -309,7 +321,12 @@ _CLEAN = (
 
 
 def _check_counted(
-    name: str, prog: FlowProgram, flow: tuple[str, str, int, int], proto: int, vlan: int = 0
+    name: str,
+    prog: FlowProgram,
+    flow: tuple[str, str, int, int],
+    proto: int,
+    vlan: int = 0,
+    direction: int = abi.DIR_INGRESS,
 ) -> None:
     """Fail unless every frame was counted in a flow, and the benchmark's flow (source,
     destination, ports) is there with packets."""
@@ -330,6 +347,7 @@ def _check_counted(
         & (keys["dport"] == flow[3])
         & (keys["proto"] == proto)
         & (keys["vlan"] == vlan)
+        & (keys["direction"] == direction)
     )
     if not (hit & (batch.packets > 0)).any():
         raise BenchError(
@@ -365,6 +383,24 @@ def hot_ipv4_tcp(lab: _Lab) -> Iterator[Result]:
     """The common case: one more packet of a known IPv4 TCP flow."""
     prog = lab.program("default")
     yield _per_packet(lab, "xdp_hot_ipv4_tcp", prog, hot_ipv4_tcp_frame(), HOT4, IPPROTO_TCP)
+
+
+def tc_hot_ipv4_tcp(lab: _Lab) -> Iterator[Result]:
+    """The egress program (TC, the same parser and maps) on the hot IPv4 flow, next to a bare
+    TC program: BPF_PROG_TEST_RUN builds an skb per run, so both cost more than XDP's runs."""
+    name = "tc_hot_ipv4_tcp"
+    s, prog, bare = lab.settings, lab.program("default"), lab.bare_tc()
+    frame = hot_ipv4_tcp_frame()
+    prog.test_run_egress(frame)
+    value, base = interleaved_min(
+        [
+            lambda: prog.test_run_egress(frame, repeat=s.repeat).duration_ns,
+            lambda: bare.test_run(frame, repeat=s.repeat).duration_ns,
+        ],
+        s.rounds,
+    )
+    _check_counted(name, prog, HOT4, IPPROTO_TCP, direction=abi.DIR_EGRESS)
+    yield Result(name, value, "ns/packet", BARE_TC_NAME, base)
 
 
 def hot_ipv4_tcp_100k(lab: _Lab) -> Iterator[Result]:
@@ -739,6 +775,7 @@ def replay_frames(lab: _Lab) -> Iterator[Result]:
 BENCHMARKS: dict[str, Callable[[_Lab], Iterator[Result]]] = {
     "xdp_hot_ipv4_tcp": hot_ipv4_tcp,
     "xdp_hot_ipv4_tcp_100k": hot_ipv4_tcp_100k,
+    "tc_hot_ipv4_tcp": tc_hot_ipv4_tcp,
     "xdp_ipv6_tcp_ext": ipv6_tcp_ext,
     "xdp_vlan_ipv4_udp": vlan_ipv4_udp,
     "xdp_insert_100k": insert_100k,
@@ -776,7 +813,7 @@ def run(names: Sequence[str], settings: Settings = DEFAULT) -> Iterator[Result]:
 
 # -- output ------------------------------------------------------------------------------------
 
-_WIDTH = max(len(n) for n in (*NAMES, BARE_NAME))
+_WIDTH = max(len(n) for n in (*NAMES, BARE_NAME, BARE_TC_NAME))
 
 
 def table_header() -> str:

@@ -75,6 +75,15 @@ mode_option = click.option(
     show_default=True,
     help="XDP mode; auto picks generic on virtual devices and native where a driver has it.",
 )
+direction_option = click.option(
+    "--direction",
+    type=click.Choice(["ingress", "egress", "both"]),
+    envvar="FLOWSCOPE_DIRECTION",
+    default="both",
+    show_default=True,
+    help="Received (XDP), sent (TC egress) or both; both falls back to ingress, with a notice, "
+    "where the kernel refuses egress (env FLOWSCOPE_DIRECTION).",
+)
 force_option = click.option(
     "--force", is_flag=True, help="Replace an XDP program that is already on the interface."
 )
@@ -208,6 +217,7 @@ def dump(
         if as_json:
             obj = {
                 "iface": names.get(k.ifindex, str(k.ifindex)),
+                "direction": abi.DIRECTION_NAMES.get(k.direction, str(k.direction)),
                 "vlan": k.vlan,
                 "src": k.src,
                 "dst": k.dst,
@@ -329,6 +339,7 @@ def _human_rate(bps: float) -> str:
     "--max-db-size", default=None, metavar="SIZE", help="Prune the oldest history above SIZE (1GB)."
 )
 @mode_option
+@direction_option
 @force_option
 @entries_option
 @export_options
@@ -343,6 +354,7 @@ def record(
     retain: str | None,
     max_db_size: str | None,
     mode: str,
+    direction: str,
     force: bool,
     flow_entries: int,
     exports: ExportSettings,
@@ -366,6 +378,7 @@ def record(
         interfaces=interfaces,
         db=db,
         mode=mode,
+        direction=direction,
         force=force,
         flow_entries=flow_entries,
         duration=duration,
@@ -405,7 +418,12 @@ def record(
         writer.close()
         raise
     with out:
-        summary = run(settings, out.sink(writer), on_tick=out.on_tick(status if tty else None))
+        summary = run(
+            settings,
+            out.sink(writer),
+            on_tick=out.on_tick(status if tty else None),
+            on_notice=lambda text: click.echo(f"flowscope: {text}", err=True),
+        )
     if tty:
         sys.stderr.write("\n")
     if writer.status:
@@ -440,6 +458,7 @@ def record(
     help="Seconds between ticks (env FLOWSCOPE_INTERVAL).",
 )
 @mode_option
+@direction_option
 @force_option
 @entries_option
 @export_options
@@ -449,6 +468,7 @@ def live(
     no_db: bool,
     interval: float,
     mode: str,
+    direction: str,
     force: bool,
     flow_entries: int,
     exports: ExportSettings,
@@ -469,6 +489,7 @@ def live(
         interfaces=interfaces,
         db=db,
         mode=mode,
+        direction=direction,
         force=force,
         flow_entries=flow_entries,
         collector=CollectorSettings(interval=interval),
@@ -698,8 +719,11 @@ def doctor(interfaces: tuple[str, ...]) -> None:
     default=None,
     help="History database (default: demo.db next to the default history database).",
 )
+@direction_option
 @export_options
-def demo(headless: bool, duration: float | None, db: Path | None, exports: ExportSettings) -> None:
+def demo(
+    headless: bool, duration: float | None, db: Path | None, direction: str, exports: ExportSettings
+) -> None:
     """Watch flowscope on traffic it makes itself, in a namespace of its own.
 
     Makes a network namespace and a veth pair (fsdemo*, 198.19.0.0/16 and 2001:db8::/32),
@@ -725,6 +749,7 @@ def demo(headless: bool, duration: float | None, db: Path | None, exports: Expor
             note=note,
             status=status if tty else None,
             exports=exports,
+            direction=direction,
         )
     except (KeyboardInterrupt, Terminated):
         summary = None

@@ -207,11 +207,16 @@ def demo_network(note: Callable[[str], None]) -> Iterator[DemoRun]:
         yield run
 
 
-def settings_for(net: DemoNet, db: Path | None, duration: float | None) -> RecordSettings:
-    """What the demo records: the host end of its pair, generic XDP (veth: see attach.py)."""
+def settings_for(
+    net: DemoNet, db: Path | None, duration: float | None, direction: str = "both"
+) -> RecordSettings:
+    """What the demo records: the host end of its pair, generic XDP (veth: see attach.py), and
+    by default what the host sends back too (TC egress)."""
     from flowscope.recorder import RecordSettings
 
-    return RecordSettings(interfaces=(net.host_if,), db=db, mode="generic", duration=duration)
+    return RecordSettings(
+        interfaces=(net.host_if,), db=db, mode="generic", duration=duration, direction=direction
+    )
 
 
 def console() -> Callable[..., Any] | None:
@@ -240,6 +245,7 @@ def run(
     note: Callable[[str], None],
     status: Callable[[str], None] | None = None,
     exports: ExportSettings | None = None,
+    direction: str = "both",
 ) -> DemoSummary:
     """Run the demo until the duration ends, the console quits, or a signal; raise DemoError
     when the traffic generator or the listeners died, after cleaning up. ``exports`` (--ipfix,
@@ -254,7 +260,7 @@ def run(
         # background job of a script): leaving the demo running would leave its network too.
         signal.signal(signal.SIGINT, signal.default_int_handler)
     with demo_network(note) as demo:
-        settings = settings_for(demo.net, db_path, duration)
+        settings = settings_for(demo.net, db_path, duration, direction)
         writer = Writer(db_path)
         try:
             out = Exports(exports or Settings(), flow_entries=settings.flow_entries, writer=writer)
@@ -269,7 +275,7 @@ def run(
             f"namespace {demo.net.ns}; recording into {db_path}"
         )
         with out:
-            records = _collect(demo, settings, writer, out, run_console, status)
+            records = _collect(demo, settings, writer, out, run_console, status, note)
         if demo.failure:
             raise DemoError(demo.failure + "; the demo stopped and removed everything it made")
     return DemoSummary(db=db_path, records=records, interface=demo.net.host_if)
@@ -282,6 +288,7 @@ def _collect(
     out: Exports,
     run_console: Callable[..., Any] | None,
     status: Callable[[str], None] | None,
+    note: Callable[[str], None] | None = None,
 ) -> int:
     """Record in the console or headless until the demo ends; returns the records written."""
     from flowscope.recorder import run as record
@@ -304,4 +311,6 @@ def _collect(
                 f"{writer.written} written{out.status()}"
             )
 
-    return record(settings, out.sink(writer), on_tick=out.on_tick(on_tick), stop=demo.stop).records
+    return record(
+        settings, out.sink(writer), on_tick=out.on_tick(on_tick), stop=demo.stop, on_notice=note
+    ).records

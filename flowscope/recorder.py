@@ -60,6 +60,8 @@ class RecordSettings:
     """XDP mode: auto, native or generic."""
     force: bool = False
     """Replace an XDP program already on an interface."""
+    direction: str = "both"
+    """What to watch: ingress (XDP), egress (TC) or both (ingress only when egress is refused)."""
     flow_entries: int = abi.DEFAULT_FLOW_ENTRIES
     """Size of each kernel flow map."""
     duration: float | None = None
@@ -86,13 +88,15 @@ def run(
     *,
     on_tick: Callable[[Tick], None] | None = None,
     stop: threading.Event | None = None,
+    on_notice: Callable[[str], None] | None = None,
 ) -> RecordSummary:
-    """Collect until the duration ends or ``stop`` is set; every tick goes to ``sink``."""
+    """Collect until the duration ends or ``stop`` is set; every tick goes to ``sink``.
+    ``on_notice`` hears what the user should know about the attachments (egress refused)."""
     from flowscope.probe.session import Probe
 
     stop = stop or threading.Event()
     try:
-        return _run(settings, sink, on_tick, stop, Probe)
+        return _run(settings, sink, on_tick, stop, Probe, on_notice)
     finally:
         sink.close()
 
@@ -103,6 +107,7 @@ def _run(
     on_tick: Callable[[Tick], None] | None,
     stop: threading.Event,
     probe_class: type[Probe],
+    on_notice: Callable[[str], None] | None = None,
 ) -> RecordSummary:
     summary = RecordSummary()
     with probe_class(
@@ -110,7 +115,11 @@ def _run(
         mode=settings.mode,
         force=settings.force,
         flow_entries=settings.flow_entries,
+        direction=settings.direction,
     ) as probe:
+        if on_notice is not None:
+            for text in probe.notices:
+                on_notice(text)
         collector = Collector(
             probe.program, settings.collector, iface_names=probe.interface_names()
         )

@@ -1,7 +1,8 @@
 """The few libbpf calls bcc 0.26 does not wrap, through ctypes on Debian's libbpf.so.1.
 
-bpf_link_create gives an XDP attachment the kernel removes when the process dies (bcc's
-attach_xdp uses netlink, which outlives it); bpf_prog_test_run_opts runs the program on crafted
+bpf_link_create gives an XDP (or tcx egress) attachment the kernel removes when the process dies
+(bcc's attach_xdp uses netlink, which outlives it); bpf_prog_query_opts lists what runs on a tcx
+hook; bpf_prog_test_run_opts runs the program on crafted
 frames; bpf_map_lookup_batch and bpf_map_lookup_and_delete_elem read and expire flows into
 buffers we own and reuse. Every failure becomes a FlowscopeError here.
 """
@@ -26,6 +27,40 @@ XDP_FLAGS_DRV_MODE = 1 << 2
 class _LinkCreateOpts(ctypes.Structure):
     # struct bpf_link_create_opts, only its leading fields: libbpf accepts a shorter sz.
     _fields_ = [("sz", ctypes.c_size_t), ("flags", ctypes.c_uint32), ("_pad", ctypes.c_uint32)]
+
+
+class _QueryOpts(ctypes.Structure):
+    # struct bpf_prog_query_opts (libbpf >= 1.0; link_ids and revision since 1.3)
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("query_flags", ctypes.c_uint32),
+        ("attach_flags", ctypes.c_uint32),
+        ("prog_ids", ctypes.c_void_p),
+        ("count", ctypes.c_uint32),
+        ("prog_attach_flags", ctypes.c_void_p),
+        ("link_ids", ctypes.c_void_p),
+        ("link_attach_flags", ctypes.c_void_p),
+        ("revision", ctypes.c_uint64),
+    ]
+
+
+class _ProgInfo(ctypes.Structure):
+    # the leading fields of struct bpf_prog_info, up to the name; the kernel takes a shorter
+    # info_len and fills what fits
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("tag", ctypes.c_uint8 * 8),
+        ("jited_prog_len", ctypes.c_uint32),
+        ("xlated_prog_len", ctypes.c_uint32),
+        ("jited_prog_insns", ctypes.c_uint64),
+        ("xlated_prog_insns", ctypes.c_uint64),
+        ("load_time", ctypes.c_uint64),
+        ("created_by_uid", ctypes.c_uint32),
+        ("nr_map_ids", ctypes.c_uint32),
+        ("map_ids", ctypes.c_uint64),
+        ("name", ctypes.c_char * 16),
+    ]
 
 
 class _TestRunOpts(ctypes.Structure):
@@ -98,7 +133,10 @@ def _libbpf() -> ctypes.CDLL:
             ctypes.c_uint64,
         ]
         lib.bpf_map_delete_elem.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        lib.bpf_map_lookup_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
         lib.bpf_prog_get_fd_by_id.argtypes = [ctypes.c_uint32]
+        lib.bpf_prog_query_opts.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+        lib.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
         _lib = lib
     return _lib
 
@@ -133,6 +171,37 @@ def link_create(prog_fd: int, target: int, attach_type: int, flags: int = 0) -> 
     if fd < 0:
         raise _raise("bpf_link_create", _errno(fd))
     return fd
+
+
+def prog_query(target: int, attach_type: int, capacity: int = 64) -> list[int]:
+    """The ids of the programs attached to ``target`` (an ifindex) at ``attach_type`` (for
+    example BPF_TCX_EGRESS), in the order they run."""
+    ids = (ctypes.c_uint32 * capacity)()
+    opts = _QueryOpts(sz=ctypes.sizeof(_QueryOpts), count=capacity)
+    opts.prog_ids = ctypes.cast(ids, ctypes.c_void_p)
+    ret = int(_libbpf().bpf_prog_query_opts(target, attach_type, ctypes.byref(opts)))
+    if ret < 0:
+        raise _raise("BPF_PROG_QUERY", _errno(ret))
+    return list(ids[: opts.count])
+
+
+def prog_name(prog_id: int) -> str | None:
+    """The name a loaded program has (at most 15 characters), None when it is gone."""
+    fd = int(_libbpf().bpf_prog_get_fd_by_id(prog_id))
+    if fd < 0:
+        err = _errno(fd)
+        if err == errno.ENOENT:
+            return None
+        raise _raise("BPF_PROG_GET_FD_BY_ID", err)
+    try:
+        info = _ProgInfo()
+        size = ctypes.c_uint32(ctypes.sizeof(info))
+        ret = int(_libbpf().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)))
+        if ret < 0:
+            raise _raise("BPF_OBJ_GET_INFO_BY_FD", _errno(ret))
+        return bytes(info.name).decode(errors="replace")
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +297,17 @@ def map_lookup_and_delete_many(
         else:
             found.append(True)
     return found
+
+
+def map_lookup(map_fd: int, key: Any, value: Any) -> bool:
+    """bpf_map_lookup_elem into a caller-owned buffer; False when there is no such key."""
+    ret = int(_libbpf().bpf_map_lookup_elem(map_fd, key, value))
+    if ret < 0:
+        err = _errno(ret)
+        if err == errno.ENOENT:
+            return False
+        raise _raise("BPF_MAP_LOOKUP_ELEM", err)
+    return True
 
 
 def map_update(map_fd: int, key: Any, value: Any, flags: int = 0) -> None:

@@ -1,4 +1,4 @@
-"""Compile the XDP program with BCC and read what it collects.
+"""Compile the flow programs (XDP ingress, TC egress) with BCC and read what they collect.
 
 BCC compiles bpf/flowscope.c at run time against the running kernel's headers. Tunables go in
 as -D cflags, never by editing the source. Reading the flow maps uses BPF_MAP_LOOKUP_BATCH into
@@ -31,6 +31,9 @@ from flowscope.probe import libbpf
 from flowscope.probe.privileges import require_bpf_privileges
 
 XDP_FUNCTION = "flowscope_xdp"
+TC_FUNCTION = "flowscope_tc"
+TC_ACT_UNSPEC = -1
+"""The TC program's only verdict: none (tcx: run the next program, then the default)."""
 
 
 def bpf_dir() -> Path:
@@ -101,10 +104,11 @@ class _BatchBuffers:
 
 
 class FlowProgram:
-    """The compiled program, its maps, and the ways to read them.
+    """The compiled programs (XDP for ingress, TC for egress: one source, the same maps), the
+    maps, and the ways to read them.
 
     Not attached to anything by itself: probe.attach does that, and BPF_PROG_TEST_RUN can run
-    it directly (tests, benchmarks, replay)."""
+    them directly (tests, benchmarks, replay). The TC program is loaded on first use."""
 
     def __init__(
         self,
@@ -149,6 +153,7 @@ class FlowProgram:
                     ) from e
                 raise _compile_error(text, "the verifier refused the XDP program") from e
         self.prog_fd: int = self._fn.fd
+        self._tc_fd: int | None = None
         self.ncpus = libbpf.num_possible_cpus()
         self._maps = {
             abi.AF_INET: (self._bpf["flows4"].map_fd, abi.KEY4_DTYPE),
@@ -159,6 +164,26 @@ class FlowProgram:
         self._pending_events: list[bytes] = []
         self._event_callback: Callable[[FlowEvent], None] | None = None
         self._closed = False
+
+    @property
+    def tc_prog_fd(self) -> int:
+        """The egress (SCHED_CLS) program's fd, loaded (verified) on first use."""
+        if self._tc_fd is None:
+            from bcc import BPF
+
+            with _captured_stderr() as log:
+                try:
+                    fn = self._bpf.load_func(TC_FUNCTION.encode(), BPF.SCHED_CLS)
+                except Exception as e:
+                    text = log()
+                    if "Operation not permitted" in str(e) or "Operation not permitted" in text:
+                        raise PrivilegeError(
+                            "the kernel refused to load the TC program",
+                            "run as root or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON",
+                        ) from e
+                    raise _compile_error(text, "the verifier refused the TC program") from e
+            self._tc_fd = int(fn.fd)
+        return self._tc_fd
 
     # -- flows ---------------------------------------------------------------------------
 
@@ -254,10 +279,22 @@ class FlowProgram:
 
     # -- counters ------------------------------------------------------------------------
 
+    def read_counters_by_direction(self) -> dict[int, dict[abi.Counter, int]]:
+        """The kernel counters of each direction (abi.DIR_INGRESS, abi.DIR_EGRESS), summed
+        over CPUs. Read with libbpf into abi.CpuState: bcc's own decoding of the leaf type
+        does not follow the two-dimensional counters array."""
+        zero = ctypes.c_uint32(0)
+        per_cpu = (abi.CpuState * self.ncpus)()
+        libbpf.map_lookup(self._bpf["cpu_state"].map_fd, ctypes.byref(zero), ctypes.byref(per_cpu))
+        return {
+            d: {c: int(sum(cpu.counters[d][c] for cpu in per_cpu)) for c in abi.Counter}
+            for d in range(abi.DIRECTIONS)
+        }
+
     def read_counters(self) -> dict[abi.Counter, int]:
-        """The kernel counters, summed over CPUs."""
-        per_cpu = self._bpf["cpu_state"].getvalue(0)
-        return {c: int(sum(cpu.counters[c] for cpu in per_cpu)) for c in abi.Counter}
+        """The kernel counters, summed over CPUs and both directions."""
+        split = self.read_counters_by_direction()
+        return {c: sum(split[d][c] for d in split) for c in abi.Counter}
 
     def clear(self) -> None:
         """Delete every flow and zero the counters (and the clock cache) on every CPU.
@@ -315,6 +352,11 @@ class FlowProgram:
         """Run the program on one frame through BPF_PROG_TEST_RUN."""
         return libbpf.prog_test_run(self.prog_fd, frame, repeat=repeat, ctx=ctx)
 
+    def test_run_egress(self, frame: bytes, *, repeat: int = 1) -> libbpf.TestRunResult:
+        """Run the egress (TC) program on one frame through BPF_PROG_TEST_RUN: the kernel
+        builds an skb from it, on the loopback device (ifindex 1)."""
+        return libbpf.prog_test_run(self.tc_prog_fd, frame, repeat=repeat)
+
     def close(self) -> None:
         """Free the program and its maps (an attachment holds its own reference)."""
         if not self._closed:
@@ -329,21 +371,24 @@ class FlowProgram:
 
 
 BARE_FUNCTION = "bare_xdp"
+BARE_TC_FUNCTION = "bare_tc"
 
 
 class BareProgram:
-    """bpf/bare.c, an XDP program that only returns XDP_PASS: the floor benchmarks are measured
-    against, since BPF_PROG_TEST_RUN itself costs a few tens of nanoseconds per run."""
+    """bpf/bare.c, an XDP program that only returns XDP_PASS (or, with ``tc``, a TC program that
+    only returns TC_ACT_UNSPEC): the floor benchmarks are measured against, since
+    BPF_PROG_TEST_RUN itself costs a few tens of nanoseconds per run."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, tc: bool = False) -> None:
         require_bpf_privileges()
         src = bpf_dir()
         from bcc import BPF
 
+        name, kind = (BARE_TC_FUNCTION, BPF.SCHED_CLS) if tc else (BARE_FUNCTION, BPF.XDP)
         with _captured_stderr() as log:
             try:
                 self._bpf = BPF(src_file=str(src / "bare.c").encode())
-                self.prog_fd: int = self._bpf.load_func(BARE_FUNCTION.encode(), BPF.XDP).fd
+                self.prog_fd: int = self._bpf.load_func(name.encode(), kind).fd
             except Exception as e:
                 raise _compile_error(log(), "BCC could not load bpf/bare.c") from e
         self._closed = False

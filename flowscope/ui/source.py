@@ -159,6 +159,7 @@ class RecorderSource:
 def _attached(names: Sequence[str]) -> Attached:
     """(name, XDP mode) of each interface as the kernel reports it now, and their indexes."""
     from flowscope.probe.attach import interface_info
+    from flowscope.probe.egress import egress_attached
 
     modes, indexes = [], {}
     for name in dict.fromkeys(names):
@@ -167,6 +168,9 @@ def _attached(names: Sequence[str]) -> Attached:
         except FlowscopeError:
             modes.append((name, "?"))
             continue
-        modes.append((name, info.xdp_mode or "?"))
+        how = [info.xdp_mode] if info.xdp_mode else []
+        if egress_attached(info.index):
+            how.append("egress")  # the status line shows what is watched: "eth0 (native, egress)"
+        modes.append((name, ", ".join(how) or "?"))
         indexes[info.index] = name
     return Attached(tuple(modes), indexes)

@@ -49,6 +49,8 @@ def test_every_benchmark_runs_and_reports_once() -> None:
     assert by_name["collector_tick_10k"]["baseline_name"] == "map_read_10k"
     assert by_name["xdp_insert_100k"]["unit"] == "ns/flow"
     assert by_name["xdp_hot_ipv4_tcp_precise_clock"]["baseline_name"] == "xdp_hot_ipv4_tcp"
+    assert by_name["tc_hot_ipv4_tcp"]["unit"] == "ns/packet"
+    assert by_name["tc_hot_ipv4_tcp"]["baseline_name"] == "bare_tc_unspec"
     assert by_name["store_insert"]["unit"] == "records/s"
     assert by_name["store_insert"]["baseline_name"] == "sqlite_executemany"
     assert by_name["history_top20_100k"]["unit"] == "ms"

@@ -246,7 +246,7 @@ def test_interactive_demo_shows_flows_and_q_cleans_up(tmp_path: Path) -> None:
         owner = None
         while time.monotonic() - started < 10:
             screen = tmux("capture-pane", "-p", "-t", session)
-            m = re.search(r"fsdemo(\d+)h \(generic\)", screen)
+            m = re.search(r"fsdemo(\d+)h \(generic, egress\)", screen)
             rows = [line for line in screen.splitlines() if re.search(r"198\.19\.\d+\.2 ", line)]
             # a transfer with a rate: bit/s is the first number after the protocol
             if m and any(re.search(r"tcp\s+[1-9][\d.]*[kMG]?\s", row) for row in rows):

@@ -87,8 +87,10 @@ def ms(iso: str) -> int:
 
 
 def record(net: VethNamespace, db: Path, *extra: str) -> subprocess.Popen[str]:
+    """`flowscope record` on the host end, ingress only: the tests count the frames they send,
+    and the host's own replies (ICMP port unreachable) would add egress flows."""
     proc = subprocess.Popen(
-        [*FLOWSCOPE, "record", "-i", net.host_if, "--db", str(db),
+        [*FLOWSCOPE, "record", "-i", net.host_if, "--db", str(db), "--direction", "ingress",
          "--interval", "0.2", "--idle-timeout", "1", "--active-timeout", "600", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -68,7 +68,7 @@ def test_live_console_shows_rates_and_q_detaches(net: VethNamespace) -> None:
             time.sleep(0.5)
         else:
             raise AssertionError(f"no flow with a rate on screen:\n{screen}")
-        assert f"{net.host_if} (generic)" in screen
+        assert f"{net.host_if} (generic, egress)" in screen  # XDP mode; sent traffic too
         assert xdp_prog_id(net.host_if) != 0
         tmux("send-keys", "-t", session, "q")
         deadline = time.monotonic() + 20

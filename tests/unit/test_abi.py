@@ -77,7 +77,8 @@ LAYOUT = {
             "flags": 57,
         },
     ),
-    "cpu_state": (abi.CpuState, 72, {"counters": 0, "clock_jiffies": 56, "clock_ns": 64}),
+    # counters[direction][counter]: ingress 0..55, egress 56..111
+    "cpu_state": (abi.CpuState, 128, {"counters": 0, "clock_jiffies": 112, "clock_ns": 120}),
     "replay_meta": (abi.ReplayMeta, 16, {"timestamp": 0, "wire_len": 8, "ifindex": 12}),
 }
 
@@ -115,6 +116,12 @@ def test_c_header_has_the_same_layout(tmp_path: Path) -> None:
     for c in abi.Counter:
         lines.append(f'printf("counter CNT_{c.name} %d\\n", CNT_{c.name});')
     lines.append('printf("counter CNT_MAX %d\\n", CNT_MAX);')
+    lines.append('printf("counter FS_DIRECTIONS %d\\n", FS_DIRECTIONS);')
+    lines.append('printf("counter FS_DIR_EGRESS %d\\n", FS_DIR_EGRESS);')
+    lines.append(
+        'printf("counter egress_packets %zu\\n", '
+        "offsetof(struct cpu_state, counters[FS_DIR_EGRESS][CNT_PACKETS]));"
+    )
     lines += ["return 0; }"]
     src = tmp_path / "probe.c"
     src.write_text("\n".join(lines))
@@ -133,6 +140,9 @@ def test_c_header_has_the_same_layout(tmp_path: Path) -> None:
     for c in abi.Counter:
         assert seen[("counter", f"CNT_{c.name}")] == int(c)
     assert seen[("counter", "CNT_MAX")] == abi.COUNTER_COUNT
+    assert seen[("counter", "FS_DIRECTIONS")] == abi.DIRECTIONS
+    assert seen[("counter", "FS_DIR_EGRESS")] == abi.DIR_EGRESS
+    assert seen[("counter", "egress_packets")] == 8 * abi.COUNTER_COUNT * abi.DIR_EGRESS
 
 
 def test_hand_annotated_event_decodes() -> None:
