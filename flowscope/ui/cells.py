@@ -25,10 +25,13 @@ HEADERS: dict[str, str] = {
     "vlan": "VLAN",
     "flags": "Flags",
     "flows": "Flows",
-    "out": "A→B",
-    "in": "B→A",
+    "out": "Out",
+    "in": "In",
 }
-"""Column titles. For conversations Source and Destination are hosts A and B."""
+"""Column titles. For conversations Source and Destination are hosts A and B, Out and In the
+bytes sent (egress) and received (ingress). A flow's protocol cell starts with its direction:
+↓ received (ingress), ↑ sent (egress)."""
+DIRECTION_MARKS = {0: "↓", 1: "↑"}
 PAIR_HEADERS = {"src": "Host A", "dst": "Host B"}
 NUMERIC = frozenset(
     {"sport", "bps", "pps", "bytes", "packets", "age", "vlan", "flows", "out", "in"}
@@ -96,7 +99,9 @@ def cell(
         text = port_text(row.dport, row.proto)
         return text if len(text) <= width else text[: width - 1] + "…"
     if column == "proto":
-        return "" if row.proto is None else proto_name(row.proto)
+        if row.proto is None:
+            return ""
+        return DIRECTION_MARKS.get(row.direction, "") + proto_name(row.proto)  # type: ignore[arg-type]
     if column in ("bps", "pps", "bytes", "packets"):
         return compact(getattr(row, column))
     if column == "flows":
@@ -120,7 +125,7 @@ def widths(columns: tuple[str, ...], total: int) -> dict[str, int]:
     fixed = {
         "sport": 5,
         "dport": 9,
-        "proto": 5,
+        "proto": 6,
         "bps": 6,
         "pps": 6,
         "bytes": 6,

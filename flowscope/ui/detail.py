@@ -13,7 +13,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Label, Sparkline, Static
 
 from flowscope.output import human_rate
-from flowscope.ui.view import Row, find, reverse_ident
+from flowscope.ui.view import Row, find, find_reverse, reverse_ident
 from flowscope.ui.widgets import describe_row, padded
 
 if TYPE_CHECKING:
@@ -95,12 +95,12 @@ class DetailScreen(Screen[None]):
         if rev is None:
             other_title.update("both directions" if self.group == "pair" else "")
             other.update(
-                Content.styled("bytes A→B and B→A are above", "$text-muted")
+                Content.styled("bytes out and in are above", "$text-muted")
                 if self.group == "pair"
                 else ""
             )
             return
-        back = find(state.frame, "flow", rev, self.app.iface_names)
+        back = find_reverse(state.frame, row.ident, self.app.iface_names)
         other_title.update("other direction")
         if back is None:
             other.update(Content.styled("no packets seen the other way", "$text-muted"))

@@ -27,6 +27,8 @@ MONO0 = 50_000 * 10**9
 """Monotonic time of tick 0, in ns."""
 IFINDEX = 2
 IFACE = "eth0"
+LOCAL = frozenset({"198.18.0.10", "2001:db8:1::10"})
+"""The watched server's own addresses: what they send is egress, the rest ingress."""
 SCAN_TICK = 70
 SERVER = "198.18.0.10"
 SCANNER = "198.19.66.6"
@@ -96,7 +98,7 @@ def _batch(family: int, rows: list[tuple[_Flow, int, int, int, int]]) -> FlowBat
         keys[j]["dport"] = f.dport
         keys[j]["vlan"] = f.vlan
         keys[j]["proto"] = f.proto
-        keys[j]["direction"] = abi.DIR_INGRESS
+        keys[j]["direction"] = abi.DIR_EGRESS if f.src in LOCAL else abi.DIR_INGRESS
     col = np.array([r[1:] for r in rows], np.uint64).reshape(len(rows), 4)
     return FlowBatch(
         family=family,
@@ -120,6 +122,7 @@ def _key(f: _Flow) -> FlowKey:
         proto=f.proto,
         vlan=f.vlan,
         ifindex=IFINDEX,
+        direction=abi.DIR_EGRESS if f.src in LOCAL else abi.DIR_INGRESS,
     )
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flowscope import abi
 from flowscope import filter as flt
 from flowscope.ui.frame import FlowFrame, addr_bytes, addr_text, filter_mask
 
@@ -68,8 +69,9 @@ class ViewSpec:
 @dataclass(frozen=True, slots=True)
 class Row:
     """One table row (a flow or a group). Fields a grouping does not have are None; for
-    'pair', src and dst are the two hosts (src the lower address), ``out`` the bytes from src
-    to dst and ``in_`` the bytes back."""
+    'pair', src and dst are the two hosts (src the lower address), and the flows of both
+    directions are merged: ``out`` is the bytes the watched interfaces sent (egress flows),
+    ``in_`` the bytes they received (ingress flows)."""
 
     ident: tuple[object, ...]
     family: int
@@ -154,12 +156,30 @@ def find(
     return _row(sub, g, 0, group) if len(g.rep) else None
 
 
-def reverse_ident(ident: tuple[object, ...]) -> tuple[object, ...] | None:
-    """The identity of a flow's other direction (None for groups)."""
+def reverse_ident(
+    ident: tuple[object, ...], *, same_hook: bool = False
+) -> tuple[object, ...] | None:
+    """The identity of a flow's other direction (None for groups): on the same interface, the
+    replies to what it received are what it sent, so the direction flips too; ``same_hook``
+    keeps it (a mirror port, or a probe watching ingress only, sees both ways as ingress)."""
     if not ident or ident[0] != "flow":
         return None
     _, fam, src, dst, sport, dport, proto, vlan, ifindex, direction = ident
+    if not same_hook:
+        direction = abi.DIR_INGRESS if direction == abi.DIR_EGRESS else abi.DIR_EGRESS
     return ("flow", fam, dst, src, dport, sport, proto, vlan, ifindex, direction)
+
+
+def find_reverse(
+    frame: FlowFrame, ident: tuple[object, ...], iface_names: Mapping[int, str] | None
+) -> Row | None:
+    """The row of a flow's other direction: the flipped direction first, else the same."""
+    for same in (False, True):
+        rev = reverse_ident(ident, same_hook=same)
+        row = find(frame, "flow", rev, iface_names) if rev is not None else None
+        if row is not None:
+            return row
+    return None
 
 
 # --- grouping -----------------------------------------------------------------------------------
@@ -245,8 +265,9 @@ def _group(fr: FlowFrame, group: str) -> _Groups:
     )
     if out_mask is not None:
         b = fr.bytes.astype(np.float64)
-        g.out = np.bincount(inv, weights=np.where(out_mask, b, 0.0), minlength=m)
-        g.in_ = np.bincount(inv, weights=np.where(out_mask, 0.0, b), minlength=m)
+        sent = fr.direction == abi.DIR_EGRESS
+        g.out = np.bincount(inv, weights=np.where(sent, b, 0.0), minlength=m)
+        g.in_ = np.bincount(inv, weights=np.where(sent, 0.0, b), minlength=m)
     return g
 
 

@@ -518,7 +518,7 @@ def describe_row(row: Row, group: str) -> list[tuple[str, str]]:
     if group != "flow":
         out.append(("flows", f"{row.flows:,}"))
     if row.out is not None:
-        out.append(("bytes A→B", f"{row.out:,}"))
+        out.append(("bytes out (sent)", f"{row.out:,}"))
     if row.in_ is not None:
-        out.append(("bytes B→A", f"{row.in_:,}"))
+        out.append(("bytes in (received)", f"{row.in_:,}"))
     return out

@@ -71,14 +71,29 @@ def test_groups_sum_their_flows(group: str) -> None:
     assert sum(r.bps for r in view.rows) == pytest.approx(float(FRAME.bps.sum()))
 
 
-def test_conversation_merges_both_directions_with_bytes_each_way() -> None:
+def test_conversation_merges_both_directions_with_bytes_in_and_out() -> None:
+    """The server's egress flow and the client's ingress flow are one conversation row: Out is
+    what the server sent (egress), In what it received (ingress)."""
     rows = compute(FRAME, ViewSpec(group="pair", top=10_000)).rows
     web = next(r for r in rows if {r.src, r.dst} == {"198.18.0.10", "198.18.7.21"})
     flows = compute(FRAME, ViewSpec(filter=parse("host 198.18.7.21"), top=100)).rows
-    out = sum(f.bytes for f in flows if f.src == web.src)
-    back = sum(f.bytes for f in flows if f.src == web.dst)
-    assert (web.out, web.in_, web.flows) == (out, back, 2)
-    assert web.bytes == out + back
+    assert {f.direction for f in flows} == {0, 1}
+    sent = sum(f.bytes for f in flows if f.direction == 1)
+    received = sum(f.bytes for f in flows if f.direction == 0)
+    assert all(f.src == "198.18.0.10" for f in flows if f.direction == 1)
+    assert (web.out, web.in_, web.flows) == (sent, received, 2)
+    assert web.bytes == sent + received
+    egress = compute(FRAME, ViewSpec(filter=parse("egress and host 198.18.7.21"), top=100)).rows
+    assert [f.direction for f in egress] == [1]
+
+
+def test_flow_view_shows_the_direction() -> None:
+    """The protocol cell of a flow starts with ↓ (received, ingress) or ↑ (sent, egress)."""
+    from flowscope.ui.cells import cell
+
+    flows = compute(FRAME, ViewSpec(filter=parse("host 198.18.7.21"), top=100)).rows
+    texts = {f.src: cell(f, "proto", width=6) for f in flows}
+    assert texts == {"198.18.0.10": "↑tcp", "198.18.7.21": "↓tcp"}
 
 
 def test_scan_groups_under_its_source() -> None:
