@@ -316,9 +316,10 @@ class Collector:
         exp_p, exp_b, exp_ip, start = self._carry(st, batch, pos, found)
 
         # expiry decisions, on kernel (monotonic) times
+        age = now - batch.last_seen.view(np.int64)
+        idle = age > int(s.idle_timeout * 1e9)
         fin_or_rst = (batch.tcp_flags & (TCP_FIN | TCP_RST)) != 0
-        timeout = np.where(fin_or_rst, s.fin_timeout, s.idle_timeout) * 1e9
-        idle = (now - batch.last_seen.astype(np.int64)) > timeout
+        idle |= fin_or_rst & (age > int(s.fin_timeout * 1e9))
         evict = np.zeros(n, bool)
         high = int(s.high_water * self.source.flow_entries)
         if n > high:
@@ -332,7 +333,7 @@ class Collector:
         active = (
             ~take
             & (batch.packets > exp_p)
-            & ((now - start.astype(np.int64)) >= s.active_timeout * 1e9)
+            & ((now - start.view(np.int64)) >= int(s.active_timeout * 1e9))
         )
 
         # remove finished flows from the kernel; the final counters include any packet that
@@ -341,8 +342,9 @@ class Collector:
         extra_p = extra_b = 0
         taken = np.nonzero(take)[0]
         # per-interface deltas, with what arrived between the read and the take (below)
-        d_packets_all, d_bytes_all = d_packets.copy(), d_bytes.copy()
+        d_packets_all, d_bytes_all = d_packets, d_bytes
         if len(taken):
+            d_packets_all, d_bytes_all = d_packets.copy(), d_bytes.copy()
             found, final = self.source.take_flows(family, batch.keys[taken])
             got = taken[found]
             extra_p = int((final.packets - batch.packets[got]).sum())
