@@ -141,6 +141,55 @@ _EXPORT_OPTIONS = (
 )
 
 
+history_db_option = click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="FLOWSCOPE_DB",
+    default=None,
+    help="History database (default: $XDG_STATE_HOME/flowscope/flows.db; env FLOWSCOPE_DB).",
+)
+interval_option = click.option(
+    "--interval",
+    type=click.FloatRange(min=0.05),
+    envvar="FLOWSCOPE_INTERVAL",
+    default=1.0,
+    show_default=True,
+    help="Seconds between ticks (env FLOWSCOPE_INTERVAL; replay: seconds of capture time).",
+)
+
+
+def expiry_options(f: Any) -> Any:
+    """--idle-timeout, --fin-timeout and --active-timeout: when flows become records (NetFlow
+    semantics), for the commands that collect."""
+    for opt in reversed(
+        [
+            click.option(
+                "--idle-timeout",
+                type=click.FloatRange(min=0, min_open=True),
+                default=15.0,
+                show_default=True,
+                help="A flow with no packet for this long is finished and written.",
+            ),
+            click.option(
+                "--fin-timeout",
+                type=click.FloatRange(min=0, min_open=True),
+                default=2.0,
+                show_default=True,
+                help="The idle timeout after a FIN or RST was seen.",
+            ),
+            click.option(
+                "--active-timeout",
+                type=click.FloatRange(min=0, min_open=True),
+                default=60.0,
+                show_default=True,
+                help="A long-lived flow is written as a record this often.",
+            ),
+        ]
+    ):
+        f = opt(f)
+    return f
+
+
 def export_options(f: Any) -> Any:
     """Adds --ipfix, --ipfix-domain, --ipfix-mtu and --metrics to a collecting command, which
     receives them as one ``exports: ExportSettings`` argument (see flowscope.exports)."""
@@ -292,48 +341,15 @@ def _human_rate(bps: float) -> str:
 
 @main.command()
 @interfaces_option
-@click.option(
-    "--db",
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar="FLOWSCOPE_DB",
-    default=None,
-    help="History database (default: $XDG_STATE_HOME/flowscope/flows.db; env FLOWSCOPE_DB).",
-)
+@history_db_option
 @click.option(
     "--duration",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
     help="Seconds to record (default: until Ctrl-C or SIGTERM).",
 )
-@click.option(
-    "--interval",
-    type=click.FloatRange(min=0.05),
-    envvar="FLOWSCOPE_INTERVAL",
-    default=1.0,
-    show_default=True,
-    help="Seconds between ticks (env FLOWSCOPE_INTERVAL).",
-)
-@click.option(
-    "--idle-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=15.0,
-    show_default=True,
-    help="A flow with no packet for this long is finished and written.",
-)
-@click.option(
-    "--fin-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=2.0,
-    show_default=True,
-    help="The idle timeout after a FIN or RST was seen.",
-)
-@click.option(
-    "--active-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=60.0,
-    show_default=True,
-    help="A long-lived flow is written as a record this often.",
-)
+@interval_option
+@expiry_options
 @click.option("--retain", default=None, metavar="AGE", help="Prune history older than AGE (7d).")
 @click.option(
     "--max-db-size", default=None, metavar="SIZE", help="Prune the oldest history above SIZE (1GB)."
@@ -441,22 +457,9 @@ def record(
 
 @main.command()
 @interfaces_option
-@click.option(
-    "--db",
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar="FLOWSCOPE_DB",
-    default=None,
-    help="History database (default: $XDG_STATE_HOME/flowscope/flows.db; env FLOWSCOPE_DB).",
-)
+@history_db_option
 @click.option("--no-db", is_flag=True, help="Keep no history: show live flows only.")
-@click.option(
-    "--interval",
-    type=click.FloatRange(min=0.05),
-    envvar="FLOWSCOPE_INTERVAL",
-    default=1.0,
-    show_default=True,
-    help="Seconds between ticks (env FLOWSCOPE_INTERVAL).",
-)
+@interval_option
 @mode_option
 @direction_option
 @force_option
@@ -512,13 +515,6 @@ def live(
 
 # --- history and sql: headless reads of the history database ----------------------------------
 
-_read_db_option = click.option(
-    "--db",
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar="FLOWSCOPE_DB",
-    default=None,
-    help="History database (default: $XDG_STATE_HOME/flowscope/flows.db; env FLOWSCOPE_DB).",
-)
 _format_option = click.option(
     "--format",
     "fmt",
@@ -556,7 +552,7 @@ def _history_cells(row: dict[str, Any], group_by: str, iface: bool) -> dict[str,
 
 
 @main.command()
-@_read_db_option
+@history_db_option
 @click.option("--since", default=None, metavar="WHEN", help="Start: 10m, 2h, 7d ago, or ISO 8601.")
 @click.option("--until", default=None, metavar="WHEN", help="End: as --since (default: now).")
 @click.option(
@@ -658,7 +654,7 @@ def history(
 
 
 @main.command()
-@_read_db_option
+@history_db_option
 @_format_option
 @click.argument("query")
 def sql(db: Path | None, fmt: str, query: str) -> None:
@@ -813,34 +809,8 @@ def _replay_progress(path: Path) -> Iterator[Callable[[int, int], None] | None]:
     default=None,
     help="Write flows, samples and new-flow events into this history database.",
 )
-@click.option(
-    "--interval",
-    type=click.FloatRange(min=0.05),
-    default=1.0,
-    show_default=True,
-    help="Seconds of capture time between ticks.",
-)
-@click.option(
-    "--idle-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=15.0,
-    show_default=True,
-    help="A flow with no packet for this long (capture time) is finished.",
-)
-@click.option(
-    "--fin-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=2.0,
-    show_default=True,
-    help="The idle timeout after a FIN or RST was seen.",
-)
-@click.option(
-    "--active-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=60.0,
-    show_default=True,
-    help="A long-lived flow is written as a record this often.",
-)
+@interval_option
+@expiry_options
 @entries_option
 @export_options
 def replay(
