@@ -155,6 +155,20 @@ static __always_inline void announce(struct cpu_state *st, __u8 dir, struct flow
         count(st, dir, CNT_RINGBUF_FULL);
 }
 
+/* A first packet that found no slot in its map: announce the flow, as created when the insert
+ * worked (err 0), or as one the full map could not take, whose packet is counted as map full. */
+static __always_inline void announce_new(struct cpu_state *st, __u8 dir, struct flow_event *ev,
+                                         struct packet_info *pi, __u64 now, int err)
+{
+    if (err == 0) {
+        count(st, dir, CNT_FLOWS_CREATED);
+        announce(st, dir, ev, pi, now, 0);
+    } else {
+        count_pkt(st, dir, CNT_MAP_FULL, pi);
+        announce(st, dir, ev, pi, now, FS_EVENT_MAP_FULL);
+    }
+}
+
 static __always_inline void new_value(struct flow_value *v, struct packet_info *pi, __u64 now)
 {
     v->packets = pi->segs;
@@ -195,13 +209,7 @@ static __always_inline void account4(struct cpu_state *st, __u8 dir, struct flow
     ev.proto = key->proto;
     ev.family = FS_AF_INET;
     ev.direction = dir;
-    if (err == 0) {
-        count(st, dir, CNT_FLOWS_CREATED);
-        announce(st, dir, &ev, pi, now, 0);
-    } else {
-        count_pkt(st, dir, CNT_MAP_FULL, pi);
-        announce(st, dir, &ev, pi, now, FS_EVENT_MAP_FULL);
-    }
+    announce_new(st, dir, &ev, pi, now, err);
 }
 
 static __always_inline void account6(struct cpu_state *st, __u8 dir, struct flow_key6 *key,
@@ -233,13 +241,7 @@ static __always_inline void account6(struct cpu_state *st, __u8 dir, struct flow
     ev.proto = key->proto;
     ev.family = FS_AF_INET6;
     ev.direction = dir;
-    if (err == 0) {
-        count(st, dir, CNT_FLOWS_CREATED);
-        announce(st, dir, &ev, pi, now, 0);
-    } else {
-        count_pkt(st, dir, CNT_MAP_FULL, pi);
-        announce(st, dir, &ev, pi, now, FS_EVENT_MAP_FULL);
-    }
+    announce_new(st, dir, &ev, pi, now, err);
 }
 
 static __always_inline void handle_ipv4(struct cpu_state *st, __u8 dir, void *pos, void *end,
