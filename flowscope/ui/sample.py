@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from flowscope import abi
 from flowscope.collector import LiveFlows, Tick
-from flowscope.model import FlowBatch, FlowKey, NewFlow, Sample
+from flowscope.model import FlowBatch, FlowKey, FlowRecord, NewFlow, Sample
 from flowscope.ui.frame import addr_bytes
 from flowscope.ui.messages import TickArrived
 
@@ -214,3 +215,44 @@ def scenario(count: int = 90, *, writer_trouble_at: int | None = None) -> list[T
         )
         out.append(TickArrived(tick, now_ns, writer))
     return out
+
+
+HISTORY_NOW = T0 + 3600.0
+"""The "now" of the sample history database: an hour after the live scenario starts."""
+
+
+def _hkey(src: str, dst: str, sport: int, dport: int, proto: int) -> FlowKey:
+    family = abi.AF_INET6 if ":" in src else abi.AF_INET
+    return FlowKey(family, src, dst, sport, dport, proto, 0, IFINDEX)
+
+
+def history_db(path: Path) -> Path:
+    """A history database for screenshots of the history screen: the live scenario's kind of
+    traffic over the day before HISTORY_NOW, one record per flow per minute (active timeouts),
+    with a busy half hour in the last hour so the graph has a shape."""
+    from flowscope.store import Store
+
+    rng = np.random.default_rng(5)
+    talkers = [
+        (_hkey("198.18.7.21", "198.18.0.10", 50412, 443, 6), 8e6),
+        (_hkey("198.18.0.30", "198.18.0.10", 41822, 5432, 6), 2e6),
+        (_hkey("198.18.9.4", "198.18.0.10", 61220, 443, 6), 6e5),
+        (_hkey("2001:db8:7::21", "2001:db8:1::10", 40110, 443, 6), 4e5),
+        (_hkey("198.18.0.53", "198.18.0.10", 39001, 53, 17), 2e4),
+        (_hkey("198.18.200.5", "198.18.0.10", 47000, 873, 6), 3e6),
+    ]
+    with Store(path) as store:
+        for minute in range(24 * 60, 0, -1):
+            end = HISTORY_NOW - minute * 60
+            busy = 3.0 if 20 <= minute <= 50 else 1.0
+            records = []
+            for key, bps in talkers:
+                nbytes = int(bps / 8 * 60 * busy * rng.uniform(0.6, 1.4))
+                packets = max(1, nbytes // 1200)
+                records.append(
+                    FlowRecord(key, IFACE, packets, nbytes, nbytes - 14 * packets,
+                               end - 60, end, 0x18, "active")
+                )  # fmt: skip
+            store.write_tick(records, None, [])
+        store.rollup()
+    return path

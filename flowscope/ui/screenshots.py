@@ -14,13 +14,14 @@ import asyncio
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from textual.pilot import Pilot
 
 from flowscope.ui.app import FlowscopeApp, make_app
-from flowscope.ui.sample import T0, scenario
+from flowscope.ui.sample import HISTORY_NOW, T0, history_db, scenario
 from flowscope.ui.source import ReplaySource
 
 NAMES = {"198.18.0.10": "web1.example.net", "198.18.7.21": "client7.example.net"}
@@ -67,26 +68,64 @@ async def shoot(name: str, size: tuple[int, int], dark: bool = True) -> str:
         return app.export_screenshot(title="flowscope live")
 
 
+HISTORY_SCREENS: dict[str, tuple[str, ...]] = {
+    "history": (),
+    "history-day": ("3",),
+    "history-by-src": ("g",),
+}
+"""History screen name -> keys pressed (over flowscope.ui.sample.history_db)."""
+
+
+async def shoot_history(name: str, size: tuple[int, int], dark: bool, db: Path) -> str:
+    """The SVG of one history screen, at the sample database's fixed "now"."""
+    from flowscope.ui.history import HistoryApp
+
+    app = HistoryApp(db, now=lambda: HISTORY_NOW)
+    async with app.run_test(size=size) as pilot:
+        app.theme = "textual-dark" if dark else "textual-light"
+        await _press(pilot, *HISTORY_SCREENS[name])
+        for _ in range(3):  # the queries run in worker threads; their answers post messages
+            await pilot.pause()
+            await app.workers.wait_for_complete()
+        await pilot.pause(0.1)
+        return app.export_screenshot(title="flowscope history")
+
+
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rsvg = shutil.which("rsvg-convert")
-    for name in SCREENS:
-        for size in ((80, 24), (160, 48)):
-            for dark in (True, False):
-                stem = f"{name}-{size[0]}x{size[1]}" + ("" if dark else "-light")
-                svg = svg_for_png(asyncio.run(shoot(name, size, dark)))
-                (out / f"{stem}.svg").write_text(svg)
-                if rsvg:
-                    subprocess.run(
-                        [rsvg, str(out / f"{stem}.svg"), "-o", str(out / f"{stem}.png")], check=True
-                    )
-                print(out / stem)
+    with tempfile.TemporaryDirectory() as tmp:
+        db = history_db(Path(tmp) / "history.db")
+        shots: list[tuple[str, Callable[[tuple[int, int], bool], str]]] = [
+            (name, lambda size, dark, name=name: asyncio.run(shoot(name, size, dark)))
+            for name in SCREENS
+        ] + [
+            (name, lambda size, dark, name=name: asyncio.run(shoot_history(name, size, dark, db)))
+            for name in HISTORY_SCREENS
+        ]
+        _write(out, shots, rsvg)
     main_svg = out / "live-160x48.svg"
     shutil.copyfile(main_svg, out / "live.svg")
     if rsvg:
         shutil.copyfile(out / "live-160x48.png", out / "live.png")
     if not rsvg:
         print("rsvg-convert not found: SVG only (apt-get install librsvg2-bin)", file=sys.stderr)
+
+
+def _write(
+    out: Path, shots: list[tuple[str, Callable[[tuple[int, int], bool], str]]], rsvg: str | None
+) -> None:
+    for name, shoot_one in shots:
+        for size in ((80, 24), (160, 48)):
+            for dark in (True, False):
+                stem = f"{name}-{size[0]}x{size[1]}" + ("" if dark else "-light")
+                svg = svg_for_png(shoot_one(size, dark))
+                (out / f"{stem}.svg").write_text(svg)
+                if rsvg:
+                    subprocess.run(
+                        [rsvg, str(out / f"{stem}.svg"), "-o", str(out / f"{stem}.png")], check=True
+                    )
+                print(out / stem)
 
 
 if __name__ == "__main__":
