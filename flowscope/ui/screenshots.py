@@ -83,6 +83,10 @@ async def shoot_history(name: str, size: tuple[int, int], dark: bool, db: Path) 
     app = HistoryApp(db, now=lambda: HISTORY_NOW)
     async with app.run_test(size=size) as pilot:
         app.theme = "textual-dark" if dark else "textual-light"
+        # "2" asks again for the last hour once the layout has its final size: the graph's
+        # buckets follow its width, and the first query may run before the size settles
+        await _press(pilot, "2")
+        await app.workers.wait_for_complete()
         await _press(pilot, *HISTORY_SCREENS[name])
         for _ in range(3):  # the queries run in worker threads; their answers post messages
             await pilot.pause()
@@ -96,14 +100,13 @@ def main(out: Path) -> None:
     rsvg = shutil.which("rsvg-convert")
     with tempfile.TemporaryDirectory() as tmp:
         db = history_db(Path(tmp) / "history.db")
-        shots: list[tuple[str, Callable[[tuple[int, int], bool], str]]] = [
-            (name, lambda size, dark, name=name: asyncio.run(shoot(name, size, dark)))
-            for name in SCREENS
-        ] + [
-            (name, lambda size, dark, name=name: asyncio.run(shoot_history(name, size, dark, db)))
-            for name in HISTORY_SCREENS
-        ]
-        _write(out, shots, rsvg)
+
+        def one(name: str, size: tuple[int, int], dark: bool) -> str:
+            if name in HISTORY_SCREENS:
+                return asyncio.run(shoot_history(name, size, dark, db))
+            return asyncio.run(shoot(name, size, dark))
+
+        _write(out, [*SCREENS, *HISTORY_SCREENS], one, rsvg)
     main_svg = out / "live-160x48.svg"
     shutil.copyfile(main_svg, out / "live.svg")
     if rsvg:
@@ -113,13 +116,17 @@ def main(out: Path) -> None:
 
 
 def _write(
-    out: Path, shots: list[tuple[str, Callable[[tuple[int, int], bool], str]]], rsvg: str | None
+    out: Path,
+    names: list[str],
+    shoot_one: Callable[[str, tuple[int, int], bool], str],
+    rsvg: str | None,
 ) -> None:
-    for name, shoot_one in shots:
+    """Each screen at both sizes and in both themes, as SVG (and PNG with rsvg-convert)."""
+    for name in names:
         for size in ((80, 24), (160, 48)):
             for dark in (True, False):
                 stem = f"{name}-{size[0]}x{size[1]}" + ("" if dark else "-light")
-                svg = svg_for_png(shoot_one(size, dark))
+                svg = svg_for_png(shoot_one(name, size, dark))
                 (out / f"{stem}.svg").write_text(svg)
                 if rsvg:
                     subprocess.run(
