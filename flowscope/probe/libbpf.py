@@ -268,17 +268,6 @@ def map_lookup_batch(
     return count.value, False
 
 
-def map_lookup_and_delete(map_fd: int, key: Any, value: Any) -> bool:
-    """Atomically read and remove one entry; False when it was already gone."""
-    ret = int(_libbpf().bpf_map_lookup_and_delete_elem(map_fd, key, value))
-    if ret < 0:
-        err = _errno(ret)
-        if err == errno.ENOENT:
-            return False
-        raise _raise("BPF_MAP_LOOKUP_AND_DELETE_ELEM", err)
-    return True
-
-
 def map_lookup_and_delete_many(
     map_fd: int, keys: int, key_size: int, values: int, value_size: int, count: int
 ) -> list[bool]:

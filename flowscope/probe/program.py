@@ -233,16 +233,6 @@ class FlowProgram:
         """IPv4 and IPv6 flows."""
         return [self.read_flows(abi.AF_INET), self.read_flows(abi.AF_INET6)]
 
-    def take_flow(self, family: int, key: np.void) -> FlowBatch | None:
-        """Remove one flow from the kernel map and return its final counters (lookup and
-        delete in one call, so no packet counted in between is lost)."""
-        fd, kdtype = self._maps[family]
-        kbuf = np.array([key], dtype=kdtype)
-        vbuf = np.zeros(self.ncpus, dtype=abi.VALUE_DTYPE)
-        if not libbpf.map_lookup_and_delete(fd, kbuf.ctypes.data, vbuf.ctypes.data):
-            return None
-        return FlowBatch.from_percpu(family, kbuf, vbuf.reshape(1, self.ncpus))
-
     def take_flows(self, family: int, keys: np.ndarray) -> tuple[np.ndarray, FlowBatch]:
         """Remove flows from the kernel map and return their final counters, each with one
         lookup-and-delete, so no packet counted after the last read is lost. Returns which keys
@@ -303,9 +293,7 @@ class FlowProgram:
         without the seconds a recompile costs. Not for a live attachment, which would lose the
         packets counted between the read and the deletes."""
         for family in self._maps:
-            batch = self.read_flows(family)
-            for key in batch.keys:
-                self.take_flow(family, key)
+            self.take_flows(family, self.read_flows(family).keys)
         zero = ctypes.c_uint32(0)
         state = (abi.CpuState * self.ncpus)()
         libbpf.map_update(self._bpf["cpu_state"].map_fd, ctypes.byref(zero), ctypes.byref(state))
