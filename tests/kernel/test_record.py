@@ -50,6 +50,22 @@ def wait_detached(ifname: str, timeout: float = 10) -> None:
     raise AssertionError(f"{ifname} still has an XDP program")
 
 
+def start_record(net: VethNamespace, db: Path, *args: str) -> subprocess.Popen[str]:
+    """`flowscope record` on the host end of the pair, once the program is attached (killed if
+    it never attaches)."""
+    proc = subprocess.Popen(
+        [*FLOWSCOPE, "record", "-i", net.host_if, "--db", str(db), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_attached(net.host_if, proc)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc
+
+
 def udp4(net: VethNamespace, sport: int, dport: int, payload: int) -> bytes:
     return bytes(
         Ether(src=net.peer_mac, dst=net.host_mac)
@@ -84,13 +100,10 @@ def test_record_then_history_gives_exact_counts_and_expiry(
     """An idle flow is expired and written once; a long flow is written every active timeout
     and at shutdown, and its records sum to exactly what was sent."""
     db = tmp_path / "flows.db"
-    proc = subprocess.Popen(
-        [*FLOWSCOPE, "record", "-i", net.host_if, "--db", str(db),
-         "--interval", "0.5", "--idle-timeout", "2", "--active-timeout", "3"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = start_record(
+        net, db, "--interval", "0.5", "--idle-timeout", "2", "--active-timeout", "3"
+    )
     try:
-        wait_attached(net.host_if, proc)
         # the short flow: 5 frames of 100-byte payload, then silence (expires after 2 s)
         net.send_frames([udp4(net, 4000, 53, 100)] * 5)
         # the long flow: one 200-byte frame every 0.25 s for about 6 s, over IPv6
@@ -140,12 +153,8 @@ def test_kill_9_keeps_the_database_whole_and_detaches(net: VethNamespace, tmp_pa
     """SIGKILL loses at most the last tick: the file passes integrity_check, the samples of
     the ticks before are there, and the kernel removed the program with the process."""
     db = tmp_path / "flows.db"
-    proc = subprocess.Popen(
-        [*FLOWSCOPE, "record", "-i", net.host_if, "--db", str(db), "--interval", "0.2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = start_record(net, db, "--interval", "0.2")
     try:
-        wait_attached(net.host_if, proc)
         net.send_frames([udp4(net, 4100, 80, 64)] * 20)
         time.sleep(1.5)
         proc.send_signal(signal.SIGKILL)
@@ -165,12 +174,8 @@ def test_kill_9_keeps_the_database_whole_and_detaches(net: VethNamespace, tmp_pa
 
 def test_sigterm_writes_live_flows_as_shutdown(net: VethNamespace, tmp_path: Path) -> None:
     db = tmp_path / "flows.db"
-    proc = subprocess.Popen(
-        [*FLOWSCOPE, "record", "-i", net.host_if, "--db", str(db), "--interval", "0.5"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = start_record(net, db, "--interval", "0.5")
     try:
-        wait_attached(net.host_if, proc)
         net.send_frames([udp4(net, 4200, 80, 64)] * 7)
         time.sleep(1)
         proc.send_signal(signal.SIGTERM)
