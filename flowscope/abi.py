@@ -54,7 +54,8 @@ class CpuState(ctypes.Structure):
 
 
 class FlowKey4(ctypes.Structure):
-    """struct flow_key4: 20 bytes; addresses and ports in network order."""
+    """struct flow_key4: 24 bytes, the last 4 zero padding; addresses and ports in network
+    order."""
 
     _fields_ = [
         ("ifindex", ctypes.c_uint32),
@@ -65,11 +66,12 @@ class FlowKey4(ctypes.Structure):
         ("vlan", ctypes.c_uint16),
         ("proto", ctypes.c_uint8),
         ("direction", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 4),
     ]
 
 
 class FlowKey6(ctypes.Structure):
-    """struct flow_key6: 44 bytes."""
+    """struct flow_key6: 48 bytes (the last 4 zero padding)."""
 
     _fields_ = [
         ("ifindex", ctypes.c_uint32),
@@ -80,6 +82,7 @@ class FlowKey6(ctypes.Structure):
         ("vlan", ctypes.c_uint16),
         ("proto", ctypes.c_uint8),
         ("direction", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 4),
     ]
 
 
@@ -133,13 +136,22 @@ REPLAY_META_FORMAT = "<QII"
 """struct.pack format of ReplayMeta (little endian, as the kernels flowscope runs on)."""
 
 
-def _dtype(struct: type[ctypes.Structure], big_endian_fields: tuple[str, ...] = ()) -> np.dtype:
-    """A numpy dtype with the struct's offsets; ports become big-endian u16 fields."""
+def _dtype(
+    struct: type[ctypes.Structure],
+    big_endian_fields: tuple[str, ...] = (),
+    *,
+    keep_pad: bool = False,
+) -> np.dtype:
+    """A numpy dtype with the struct's offsets; ports become big-endian u16 fields.
+
+    A key keeps its padding as a field (keep_pad): numpy copies only the fields of a structured
+    array, so the bytes of a hole would come out as garbage in a copy or a selection, and a key
+    sent back to the kernel (take_flows) would then match no flow."""
     names: list[str] = []
     formats: list[np.dtype[Any]] = []
     offsets: list[int] = []
     for name, ctype in struct._fields_:  # type: ignore[misc]
-        if name == "pad":
+        if name == "pad" and not keep_pad:
             continue
         field = getattr(struct, name)
         names.append(name)
@@ -154,7 +166,7 @@ def _dtype(struct: type[ctypes.Structure], big_endian_fields: tuple[str, ...] = 
 
 
 PORTS = ("sport", "dport")
-KEY4_DTYPE = _dtype(FlowKey4, PORTS)
-KEY6_DTYPE = _dtype(FlowKey6, PORTS)
+KEY4_DTYPE = _dtype(FlowKey4, PORTS, keep_pad=True)
+KEY6_DTYPE = _dtype(FlowKey6, PORTS, keep_pad=True)
 VALUE_DTYPE = _dtype(FlowValue)
 EVENT_DTYPE = _dtype(FlowEvent, PORTS)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -83,9 +84,12 @@ def patch(frame: bytes, offset: int, value: int) -> bytes:
 
 
 def observe(program: FlowProgram) -> tuple[Flows, dict[str, int]]:
-    """Every flow of both maps and every counter, by lower-case name."""
+    """Every flow of both maps and every counter, by lower-case name. Fails if a key's four
+    bytes of padding are not zero: the same flow would then be split over several keys."""
     flows: Flows = {}
     for batch in program.read_all_flows():
+        raw = batch.keys.view(np.uint8).reshape(len(batch.keys), batch.keys.dtype.itemsize)
+        assert not raw[:, -4:].any(), "a flow key's padding is not zero"
         for key, s in batch.records():
             flows[key] = (s.packets, s.bytes, s.ip_bytes, s.tcp_flags)
     counters = {c.name.lower(): v for c, v in program.read_counters().items()}

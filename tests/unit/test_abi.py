@@ -21,7 +21,7 @@ HEADER = Path(__file__).parents[2] / "bpf" / "flowscope.h"
 LAYOUT = {
     "flow_key4": (
         abi.FlowKey4,
-        20,
+        24,
         {
             "ifindex": 0,
             "saddr": 4,
@@ -31,11 +31,12 @@ LAYOUT = {
             "vlan": 16,
             "proto": 18,
             "direction": 19,
+            "pad": 20,
         },
     ),
     "flow_key6": (
         abi.FlowKey6,
-        44,
+        48,
         {
             "ifindex": 0,
             "saddr": 4,
@@ -45,6 +46,7 @@ LAYOUT = {
             "vlan": 40,
             "proto": 42,
             "direction": 43,
+            "pad": 44,
         },
     ),
     "flow_value": (
@@ -92,8 +94,8 @@ def test_python_mirror_has_the_pinned_layout(name: str) -> None:
 
 
 def test_numpy_dtypes_follow_the_structs() -> None:
-    assert abi.KEY4_DTYPE.itemsize == 20
-    assert abi.KEY6_DTYPE.itemsize == 44
+    assert abi.KEY4_DTYPE.itemsize == 24
+    assert abi.KEY6_DTYPE.itemsize == 48
     assert abi.VALUE_DTYPE.itemsize == 48
     assert abi.KEY4_DTYPE.fields["dport"][1] == 14
     assert abi.KEY6_DTYPE.fields["vlan"][1] == 40
@@ -182,6 +184,7 @@ def test_hand_annotated_ipv6_key_decodes_through_numpy() -> None:
         "0000"  # vlan 0
         "06"  # TCP
         "01"  # egress
+        "00000000"  # pad
     )
     import numpy as np
 
@@ -213,3 +216,14 @@ def test_hand_annotated_replay_meta_decodes() -> None:
     assert (meta.timestamp, meta.wire_len, meta.ifindex) == (1_000_000_000, 1500, 2)
     assert struct.pack(abi.REPLAY_META_FORMAT, 1_000_000_000, 1500, 2) == raw
     assert abi.REPLAY_META_SIZE % 4 == 0 and abi.REPLAY_META_SIZE <= 32  # the kernel's rule
+
+
+@pytest.mark.parametrize("dtype", [abi.KEY4_DTYPE, abi.KEY6_DTYPE], ids=["key4", "key6"])
+def test_a_selection_of_keys_keeps_every_byte(dtype: object) -> None:
+    """take_flows sends selected keys back to the kernel, which compares every byte of them:
+    a copy or a fancy-indexed selection must keep the padding bytes too."""
+    import numpy as np
+
+    keys = np.frombuffer(bytes(range(2 * dtype.itemsize)), dtype=dtype)  # type: ignore[attr-defined]
+    assert keys[[1, 0]].tobytes() == keys[1:].tobytes() + keys[:1].tobytes()
+    assert keys.copy().tobytes() == keys.tobytes()
