@@ -304,7 +304,7 @@ def dump(
 @click.option(
     "--quick",
     is_flag=True,
-    help="A smoke test: 100,000 runs per call, 3 rounds, 10,000 flows; rougher numbers.",
+    help="A smoke test: 100,000 runs per call, 3 rounds, one load, 10,000 flows; rougher numbers.",
 )
 def bench(as_json: bool, only: tuple[str, ...], quick: bool) -> None:
     """Measure the XDP program per packet against a bare XDP_PASS program.
@@ -313,8 +313,10 @@ def bench(as_json: bool, only: tuple[str, ...], quick: bool) -> None:
     the same with 100,000 other flows in the map, IPv6 behind two extension headers, a
     VLAN-tagged UDP frame, and the insert of 100,000 new flows. The kernel reports a mean
     duration per run that is noisy (about ±15%), so the program and the bare baseline are
-    interleaved for 7 rounds and the MINIMUM of each is reported, with their ratio. An
-    informative line compares the FS_PRECISE_CLOCK build with the default jiffies clock cache."""
+    interleaved for 7 rounds and the MINIMUM of each is kept; one load of a program can cost a
+    few ns more than the next load of the same code, so each is loaded 5 times and the MEDIAN
+    over the loads is reported, with the ratio. An informative line compares the
+    FS_PRECISE_CLOCK build with the default jiffies clock cache."""
     from flowscope import bench as bm
 
     names = bm.select(only)

@@ -358,27 +358,34 @@ class FlowProgram:
         self.close()
 
 
-BARE_FUNCTION = "bare_xdp"
-BARE_TC_FUNCTION = "bare_tc"
+BARE_KINDS = {
+    "xdp": ("bare.c", "bare_xdp"),
+    "tc": ("bare.c", "bare_tc"),
+    "hash_floor": ("floor.c", "hash_floor_xdp"),
+}
+"""The reference programs of flowscope bench: their source file and function."""
 
 
 class BareProgram:
-    """bpf/bare.c, an XDP program that only returns XDP_PASS (or, with ``tc``, a TC program that
-    only returns TC_ACT_UNSPEC): the floor benchmarks are measured against, since
-    BPF_PROG_TEST_RUN itself costs a few tens of nanoseconds per run."""
+    """A reference program for flowscope bench. ``xdp``: bpf/bare.c's XDP program that only
+    returns XDP_PASS; ``tc``: its TC twin that only returns TC_ACT_UNSPEC. They are the floor
+    benchmarks are measured against, since BPF_PROG_TEST_RUN itself costs a few tens of
+    nanoseconds per run. ``hash_floor``: bpf/floor.c, only the per-CPU hash lookup and update
+    flowscope.c does for a known flow, with the key read from fixed offsets."""
 
-    def __init__(self, *, tc: bool = False) -> None:
+    def __init__(self, kind: str = "xdp") -> None:
         require_bpf_privileges()
         src = bpf_dir()
         from bcc import BPF
 
-        name, kind = (BARE_TC_FUNCTION, BPF.SCHED_CLS) if tc else (BARE_FUNCTION, BPF.XDP)
+        file, name = BARE_KINDS[kind]
+        prog_type = BPF.SCHED_CLS if kind == "tc" else BPF.XDP
         with _captured_stderr() as log:
             try:
-                self._bpf = BPF(src_file=str(src / "bare.c").encode())
-                self.prog_fd: int = self._bpf.load_func(name.encode(), kind).fd
+                self._bpf = BPF(src_file=str(src / file).encode(), cflags=[f"-I{src}"])
+                self.prog_fd: int = self._bpf.load_func(name.encode(), prog_type).fd
             except Exception as e:
-                raise _compile_error(log(), "BCC could not load bpf/bare.c") from e
+                raise _compile_error(log(), f"BCC could not load bpf/{file}") from e
         self._closed = False
 
     def test_run(self, frame: bytes, *, repeat: int = 1) -> libbpf.TestRunResult:

@@ -238,7 +238,7 @@ def _foreign_clsact_filter(ifindex: int, fd: int) -> None:
 def test_foreign_tc_programs_stay(net: VethNamespace) -> None:
     """A foreign tcx program and a foreign clsact filter on the same egress hook are still
     there, in place, after flowscope ran on the interface and exited."""
-    with BareProgram(tc=True) as bare:
+    with BareProgram("tc") as bare:
         link = libbpf.link_create(bare.prog_fd, net.host_ifindex, libbpf.BPF_TCX_EGRESS)
         try:
             _foreign_clsact_filter(net.host_ifindex, bare.prog_fd)

@@ -3,6 +3,7 @@ it builds with struct (checked against scapy, which only the tests may use)."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator, Sequence
 
@@ -173,3 +174,11 @@ def test_insert_frames_and_fill_keys_are_distinct_flows_apart_from_the_hot_one()
     assert len({k.tobytes() for k in keys}) == 70_000
     assert bytes(keys[1]["saddr"]) == bytes([172, 16, 0, 1])
     assert int(keys[0]["dport"]) == 443 and int(keys[0]["proto"]) == 6
+
+
+def test_median_of_loads_is_the_median_of_each_loads_minimum() -> None:
+    """Three loads of a program (minimums 5, 3 and 1 over three rounds) and one of the
+    baseline: the program's number is the middle load, not its luckiest one."""
+    durations = [iter([9, 5, 7]), iter([3, 8, 8]), iter([6, 6, 1]), iter([2, 4, 2])]
+    runs = [functools.partial(next, it) for it in durations]
+    assert bench.median_of_loads([runs[:3], runs[3:]], 3) == [3.0, 2.0]
