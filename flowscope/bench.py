@@ -66,8 +66,10 @@ class Settings:
 
     repeat: int = 1_000_000
     """Runs per BPF_PROG_TEST_RUN call for the per-packet benchmarks."""
-    rounds: int = 7
-    """Interleaved rounds of program and baseline; the minimum of each is kept."""
+    rounds: int = 15
+    """Interleaved rounds of program and baseline; the minimum of each is kept. The host this
+    VM runs on slows every program by up to a third for seconds at a time; 15 rounds (about 8
+    seconds per benchmark) reach past such a stretch."""
     loads: int = 5
     """Separate loads of each program (and of the bare one) for the per-packet benchmarks; the
     median over the loads of their minimums is reported. Measured here: 8 loads of the same

@@ -313,7 +313,7 @@ def bench(as_json: bool, only: tuple[str, ...], quick: bool) -> None:
     the same with 100,000 other flows in the map, IPv6 behind two extension headers, a
     VLAN-tagged UDP frame, and the insert of 100,000 new flows. The kernel reports a mean
     duration per run that is noisy (about ±15%), so the program and the bare baseline are
-    interleaved for 7 rounds and the MINIMUM of each is kept; one load of a program can cost a
+    interleaved for 15 rounds and the MINIMUM of each is kept; one load of a program can cost a
     few ns more than the next load of the same code, so each is loaded 5 times and the MEDIAN
     over the loads is reported, with the ratio. An informative line compares the
     FS_PRECISE_CLOCK build with the default jiffies clock cache."""

@@ -116,13 +116,13 @@ def test_table_is_aligned_and_explains_the_minimum(
         "2.50",
     ]
     assert "informative" in result.stdout
-    assert "minimum over 7 interleaved rounds" in result.stdout
+    assert "minimum over 15 interleaved rounds" in result.stdout
 
 
 def test_help_says_the_minimum_is_reported() -> None:
     result = CliRunner().invoke(main, ["bench", "--help"])
     assert result.exit_code == 0
-    assert "MINIMUM" in result.output and "7 rounds" in result.output
+    assert "MINIMUM" in result.output and "15 rounds" in result.output
 
 
 def _rebuilt(frame: bytes) -> bytes:
