@@ -315,8 +315,9 @@ def bench(as_json: bool, only: tuple[str, ...], quick: bool) -> None:
     duration per run that is noisy (about ±15%), so the program and the bare baseline are
     interleaved for 15 rounds and the MINIMUM of each is kept; one load of a program can cost a
     few ns more than the next load of the same code, so each is loaded 5 times and the MEDIAN
-    over the loads is reported, with the ratio. An informative line compares the
-    FS_PRECISE_CLOCK build with the default jiffies clock cache."""
+    over the loads is reported, with the ratio. Informative lines compare the FS_PRECISE_CLOCK
+    build with the default jiffies clock cache, and the bare program with bpf/floor.c, the
+    per-CPU hash lookup and update alone."""
     from flowscope import bench as bm
 
     names = bm.select(only)
