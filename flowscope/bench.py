@@ -320,9 +320,7 @@ class _Lab:
         flows)."""
         progs = self._programs.get(role)
         if progs is None:
-            progs = self._programs[role] = []
-            for _ in range(self.settings.loads):
-                progs.append(self._load(role))
+            progs = self._programs[role] = [self._load(role) for _ in range(self.settings.loads)]
         return progs
 
     def program(self, role: str) -> FlowProgram:
