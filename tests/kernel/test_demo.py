@@ -267,3 +267,41 @@ def test_interactive_demo_shows_flows_and_q_cleans_up(tmp_path: Path) -> None:
         assert_cleaned(owner)
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def test_headless_demo_serves_metrics_that_history_confirms(tmp_path: Path) -> None:
+    """--metrics on the demo, end to end: a Prometheus scrape while it runs counts the demo's
+    own traffic in both directions on its interface, and never more than the history holds
+    once the demo has stopped and written its last records."""
+    from tests.kernel.test_export import free_port, scrape, wait_for
+
+    db, port = tmp_path / "demo.db", free_port()
+    proc = start_demo("--duration", "12", "--db", str(db), "--metrics", f"127.0.0.1:{port}")
+    host = f"fsdemo{proc.pid}h"
+
+    def packets(direction: str) -> float:
+        try:
+            samples = scrape(port)
+        except OSError:  # not listening yet
+            return 0
+        return samples.get(
+            ("flowscope_packets_total", (("direction", direction), ("interface", host))), 0
+        )
+
+    try:
+        wait_running(proc)
+        wait_for(lambda: packets("ingress") > 0 and packets("egress") > 0, "both directions")
+        seen = {d: packets(d) for d in ("ingress", "egress")}
+        _, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    conn = sqlite3.connect(db)
+    query = "SELECT direction, sum(packets) FROM flows WHERE iface = ? GROUP BY direction"
+    history = dict(conn.execute(query, (host,)))
+    conn.close()
+    for direction, scraped in seen.items():
+        assert 0 < scraped <= history[direction], (direction, scraped, history)
+    assert_cleaned(proc.pid)
