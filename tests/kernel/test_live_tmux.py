@@ -1,5 +1,6 @@
 """`flowscope live` in a real terminal (tmux) on a veth pair with traffic: the flows show with
-non-zero rates, and `q` exits and leaves no XDP program on the interface."""
+non-zero rates, its --metrics endpoint counts them, and `q` exits and leaves no XDP program on
+the interface."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
+from tests.kernel.test_export import free_port, scrape
 from tests.netns import PYTHON, VethNamespace, veth_namespace, xdp_prog_id
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (make setup)")
@@ -53,7 +55,8 @@ def test_live_console_shows_rates_and_q_detaches(net: VethNamespace) -> None:
             time.sleep(0.1)
 
     sender = threading.Thread(target=traffic, daemon=True)
-    cmd = f"{PYTHON} -m flowscope live -i {net.host_if} --no-db"
+    port = free_port()
+    cmd = f"{PYTHON} -m flowscope live -i {net.host_if} --no-db --metrics 127.0.0.1:{port}"
     tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "32", cmd)
     try:
         sender.start()
@@ -70,6 +73,9 @@ def test_live_console_shows_rates_and_q_detaches(net: VethNamespace) -> None:
             raise AssertionError(f"no flow with a rate on screen:\n{screen}")
         assert f"{net.host_if} (generic, egress)" in screen  # XDP mode; sent traffic too
         assert xdp_prog_id(net.host_if) != 0
+        # a tick has counted at least one batch of 60 frames, and Prometheus sees it too
+        received = (("direction", "ingress"), ("interface", net.host_if))
+        assert scrape(port)[("flowscope_packets_total", received)] >= 60
         tmux("send-keys", "-t", session, "q")
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
