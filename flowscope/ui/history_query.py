@@ -16,6 +16,7 @@ from flowscope import store
 from flowscope.errors import UsageError
 from flowscope.model import proto_name
 from flowscope.output import human, human_bytes, human_rate
+from flowscope.ui.cells import clip
 
 # The preset ranges, by key: (label, seconds).
 SPANS: dict[str, tuple[str, float]] = {
@@ -157,6 +158,42 @@ def row_cells(row: dict[str, Any], group_by: str) -> dict[str, str]:
     cells["pkts"] = human(row["packets"])
     cells["recs"] = str(row["records"])
     return cells
+
+
+# What the table gives up, in this order, when its columns do not fit the screen: the history
+# table has no horizontal scrolling (left and right move the graph's cursor), so a column past
+# the edge could never be read.
+DROPPABLE_COLUMNS = ("recs",)
+MIN_TEXT_COLUMN = 15
+"""Text columns (addresses, interfaces) are cut in the middle to fit, but not below this
+many cells (as in the live table)."""
+
+
+def fit_columns(
+    columns: Sequence[str], cells: Sequence[dict[str, str]], width: int, padding: int = 1
+) -> tuple[list[str], list[dict[str, str]]]:
+    """The columns and cells of a table that fits ``width`` cells, each column as wide as its
+    widest cell or header plus ``padding`` on both sides. Drops DROPPABLE_COLUMNS first, then
+    cuts the middle out of the text columns (every non-numeric one but proto), sharing what is
+    left between them, down to MIN_TEXT_COLUMN."""
+    cols = list(columns)
+
+    def need(c: str) -> int:
+        return max([len(c), *(len(row[c]) for row in cells)]) + 2 * padding
+
+    for drop in DROPPABLE_COLUMNS:
+        if sum(need(c) for c in cols) <= width:
+            break
+        if drop in cols:
+            cols.remove(drop)
+    text = sorted((c for c in cols if c not in NUMERIC_COLUMNS and c != "proto"), key=need)
+    spare = width - sum(need(c) for c in cols if c not in text)
+    limits: dict[str, int] = {}
+    for i, c in enumerate(text):  # the narrowest first: what one does not need, the next gets
+        given = min(need(c), spare // (len(text) - i))
+        limits[c] = max(MIN_TEXT_COLUMN, given - 2 * padding)
+        spare -= given
+    return cols, [{c: clip(row[c], limits.get(c, len(row[c]))) for c in cols} for row in cells]
 
 
 def row_key(row: dict[str, Any], group_by: str) -> str:

@@ -30,9 +30,11 @@ from flowscope.ui.history_query import (
     TimeRange,
     bucket_bytes,
     bucket_step,
+    fit_columns,
     parse_range,
     row_cells,
 )
+from flowscope.ui.sample import HISTORY_NOW, history_db
 
 sys.path.insert(0, str(Path(__file__).parent))
 from history_data import NOW, make_db
@@ -487,3 +489,56 @@ def test_snapshot_zoomed_with_filter_error(
         await settle(pilot)
 
     assert snap_compare(_snapshot_app(db), terminal_size=size, run_before=run_before)
+
+
+# --- fitting the table to the terminal ---------------------------------------------------------
+
+WIDE = [
+    {"source": "[2001:db8:7::21]:40110", "destination": "[2001:db8:1::10]:443", "proto": "tcp",
+     "bytes": "382 MB", "rate": "850 kb/s", "pkts": "319 k", "recs": "60"},
+    {"source": "198.18.200.5:47000", "destination": "198.18.0.10:873", "proto": "tcp",
+     "bytes": "2.8 GB", "rate": "6.2 Mb/s", "pkts": "2.3 M", "recs": "60"},
+]  # fmt: skip
+
+
+def test_fit_columns_gives_up_recs_then_cuts_addresses_in_the_middle() -> None:
+    columns = list(WIDE[0])
+    kept = ["source", "destination", "proto", "bytes", "rate", "pkts"]
+
+    def width(cols: list[str], cells: list[dict[str, str]]) -> int:
+        return sum(max(len(c), *(len(r[c]) for r in cells)) + 2 for c in cols)
+
+    # 78 cells: without recs the rows fit whole
+    cols, cells = fit_columns(columns, WIDE, 78)
+    assert cols == kept and width(cols, cells) == 78
+    assert cells == [{c: r[c] for c in kept} for r in WIDE]
+    # 70: the addresses give up their middles; what fits its column and the numbers stay whole
+    cols, cells = fit_columns(columns, WIDE, 70)
+    assert cols == kept and width(cols, cells) <= 70
+    assert cells[0]["source"].startswith("[2001:") and cells[0]["source"].endswith(":40110")
+    assert "…" in cells[0]["source"] and "…" in cells[0]["destination"]
+    assert cells[1]["destination"] == "198.18.0.10:873"
+    assert [r["pkts"] for r in cells] == ["319 k", "2.3 M"]
+
+
+def test_fit_columns_leaves_a_table_that_fits_alone() -> None:
+    assert fit_columns(list(WIDE[0]), WIDE, 120) == (list(WIDE[0]), WIDE)
+
+
+@sync
+async def test_every_column_is_on_an_80_column_screen_and_a_resize_refits(tmp_path: Path) -> None:
+    """The screenshots' database has IPv6 flows wider than 80 columns allow: the table shows
+    every column it keeps without a horizontal scrollbar, and gets recs back when the terminal
+    grows."""
+    db = history_db(tmp_path / "sample.db")
+    app = HistoryApp(db, now=lambda: HISTORY_NOW)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await settle(pilot)
+        table = screen.query_one(DataTable)
+        assert table_columns(screen) == ["source", "destination", "proto", "bytes", "rate", "pkts"]
+        assert table.virtual_size.width <= 78
+        assert any("…" in row[0] for row in table_cells(screen))
+        await pilot.resize_terminal(160, 48)
+        screen = await settle(pilot)
+        assert table_columns(screen)[-1] == "recs"
+        assert not any("…" in cell for row in table_cells(screen) for cell in row)
