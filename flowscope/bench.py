@@ -277,6 +277,23 @@ def _timed(
     return [functools.partial(_duration, run, frame, repeat) for run in runs]
 
 
+def _side_by_side(
+    s: Settings,
+    runs: Sequence[Callable[..., TestRunResult]],
+    baselines: Sequence[Callable[..., TestRunResult]],
+    frame: bytes,
+) -> tuple[float, float]:
+    """Every load of a program (``runs``: their test_run methods) next to every load of its
+    baseline, on one frame: one untimed run of each first (a flow program's first packet
+    inserts the flow: from then on it is hot), then median_of_loads of each side."""
+    for run in (*runs, *baselines):
+        run(frame)
+    value, base = median_of_loads(
+        [_timed(runs, frame, s.repeat), _timed(baselines, frame, s.repeat)], s.rounds
+    )
+    return value, base
+
+
 def median_of_loads(groups: Sequence[Sequence[Callable[[], int]]], rounds: int) -> list[float]:
     """Each group holds one run per load of one program. Every run of every group is
     interleaved (interleaved_min); each group's result is the median of its loads' minimums."""
@@ -412,16 +429,8 @@ def _per_packet(
 ) -> Result:
     """One frame through every load of the program and of the baseline, interleaved; the
     median over loads of each one's minimum."""
-    s, bares = lab.settings, lab.bares()
-    for prog in progs:
-        prog.test_run(frame)  # the first packet inserts the flow: from here on it is hot
-    value, base = median_of_loads(
-        [
-            _timed([p.test_run for p in progs], frame, s.repeat),
-            _timed([b.test_run for b in bares], frame, s.repeat),
-        ],
-        s.rounds,
-    )
+    bares = [b.test_run for b in lab.bares()]
+    value, base = _side_by_side(lab.settings, [p.test_run for p in progs], bares, frame)
     for prog in progs:
         _check_counted(name, prog, flow, proto, vlan)
     return Result(name, value, "ns/packet", BARE_NAME, base)
@@ -437,16 +446,12 @@ def tc_hot_ipv4_tcp(lab: _Lab) -> Iterator[Result]:
     """The egress program (TC, the same parser and maps) on the hot IPv4 flow, next to a bare
     TC program: BPF_PROG_TEST_RUN builds an skb per run, so both cost more than XDP's runs."""
     name = "tc_hot_ipv4_tcp"
-    s, progs, bares = lab.settings, lab.programs("default"), lab.bares("tc")
-    frame = hot_ipv4_tcp_frame()
-    for prog in progs:
-        prog.test_run_egress(frame)
-    value, base = median_of_loads(
-        [
-            _timed([p.test_run_egress for p in progs], frame, s.repeat),
-            _timed([b.test_run for b in bares], frame, s.repeat),
-        ],
-        s.rounds,
+    progs, bares = lab.programs("default"), lab.bares("tc")
+    value, base = _side_by_side(
+        lab.settings,
+        [p.test_run_egress for p in progs],
+        [b.test_run for b in bares],
+        hot_ipv4_tcp_frame(),
     )
     for prog in progs:
         _check_counted(name, prog, HOT4, IPPROTO_TCP, direction=abi.DIR_EGRESS)
@@ -457,17 +462,9 @@ def hash_floor(lab: _Lab) -> Iterator[Result]:
     """bpf/floor.c on the hot frame: the per-CPU hash lookup and update alone, what any flow
     tracker on such a map pays per packet. Next to the bare program, for the README: the gap
     between this and xdp_hot_ipv4_tcp is the parser, counters, clock and key."""
-    s, floors, bares = lab.settings, lab.bares("hash_floor"), lab.bares()
-    frame = hot_ipv4_tcp_frame()
-    for floor in floors:
-        floor.test_run(frame)
-    value, base = median_of_loads(
-        [
-            _timed([f.test_run for f in floors], frame, s.repeat),
-            _timed([b.test_run for b in bares], frame, s.repeat),
-        ],
-        s.rounds,
-    )
+    floors = [f.test_run for f in lab.bares("hash_floor")]
+    bares = [b.test_run for b in lab.bares()]
+    value, base = _side_by_side(lab.settings, floors, bares, hot_ipv4_tcp_frame())
     yield Result("xdp_hash_floor", value, "ns/packet", BARE_NAME, base, informative=True)
 
 
@@ -522,17 +519,12 @@ def insert_100k(lab: _Lab) -> Iterator[Result]:
 def precise_clock(lab: _Lab) -> Iterator[Result]:
     """The hot flow built with FS_PRECISE_CLOCK (bpf_ktime_get_ns() on every packet) next to the
     default build (the per-jiffy clock cache): what the cache saves, for the README."""
-    s = lab.settings
     default, precise = lab.programs("default"), lab.programs("precise")
-    frame = hot_ipv4_tcp_frame()
-    for prog in (*default, *precise):
-        prog.test_run(frame)
-    value, cached = median_of_loads(
-        [
-            _timed([p.test_run for p in precise], frame, s.repeat),
-            _timed([p.test_run for p in default], frame, s.repeat),
-        ],
-        s.rounds,
+    value, cached = _side_by_side(
+        lab.settings,
+        [p.test_run for p in precise],
+        [p.test_run for p in default],
+        hot_ipv4_tcp_frame(),
     )
     for prog in precise:
         _check_counted("xdp_hot_ipv4_tcp_precise_clock", prog, HOT4, IPPROTO_TCP)
