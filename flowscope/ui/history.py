@@ -260,7 +260,6 @@ class HistoryScreen(Screen[None]):
         """Refill the table: a new query is a new set of rows (there are no ticks here). The
         columns are fitted to the screen (fit_columns), leaving room for a scrollbar."""
         table: DataTable[Text] = self.query_one(DataTable)
-        cursor = table.cursor_row
         table.clear(columns=True)
         cells = [row_cells(r, group_by) for r in result.rows]
         columns = list(cells[0]) if cells else list(row_cells(EMPTY_ROWS[group_by], group_by))
@@ -272,13 +271,14 @@ class HistoryScreen(Screen[None]):
                 *(Text(c[k], justify="right" if k in NUMERIC_COLUMNS else "left") for k in columns),
                 key=row_key(row, group_by),
             )
-        if 0 < cursor < table.row_count:
-            table.move_cursor(row=cursor)
 
     def on_resize(self) -> None:
         """Fit the table to the new width; the rows stay, and the cursor on its row."""
         if self.result is not None and not self._pending:
+            table = self.query_one(DataTable)
+            cursor = table.cursor_row
             self._fill_table(self.result, self.group_by)
+            table.move_cursor(row=cursor)
 
     # what the lines above the table say
 

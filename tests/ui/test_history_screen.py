@@ -529,7 +529,7 @@ def test_fit_columns_leaves_a_table_that_fits_alone() -> None:
 async def test_every_column_is_on_an_80_column_screen_and_a_resize_refits(tmp_path: Path) -> None:
     """The screenshots' database has IPv6 flows wider than 80 columns allow: the table shows
     every column it keeps without a horizontal scrollbar, and gets recs back when the terminal
-    grows."""
+    grows, with the cursor on the same row."""
     db = history_db(tmp_path / "sample.db")
     app = HistoryApp(db, now=lambda: HISTORY_NOW)
     async with app.run_test(size=(80, 24)) as pilot:
@@ -538,7 +538,10 @@ async def test_every_column_is_on_an_80_column_screen_and_a_resize_refits(tmp_pa
         assert table_columns(screen) == ["source", "destination", "proto", "bytes", "rate", "pkts"]
         assert table.virtual_size.width <= 78
         assert any("…" in row[0] for row in table_cells(screen))
+        await pilot.press("down", "down")
+        assert table.cursor_row == 2
         await pilot.resize_terminal(160, 48)
         screen = await settle(pilot)
         assert table_columns(screen)[-1] == "recs"
+        assert screen.query_one(DataTable).cursor_row == 2  # still on the row it was on
         assert not any("…" in cell for row in table_cells(screen) for cell in row)
