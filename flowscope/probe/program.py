@@ -369,7 +369,7 @@ BARE_KINDS = {
 class BareProgram:
     """A reference program for flowscope bench. ``xdp``: bpf/bare.c's XDP program that only
     returns XDP_PASS; ``tc``: its TC twin that only returns TC_ACT_UNSPEC. They are the floor
-    benchmarks are measured against, since BPF_PROG_TEST_RUN itself costs a few tens of
+    that benchmarks are measured against, since BPF_PROG_TEST_RUN itself costs a few tens of
     nanoseconds per run. ``hash_floor``: bpf/floor.c, only the per-CPU hash lookup and update
     flowscope.c does for a known flow, with the key read from fixed offsets."""
 

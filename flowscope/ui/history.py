@@ -274,7 +274,7 @@ class HistoryScreen(Screen[None]):
 
     def on_resize(self) -> None:
         """Fit the table to the new width; the rows stay, and the cursor on its row."""
-        if self.result is not None and not self._pending:
+        if self.result is not None and not self._pending and self.error is None:
             table = self.query_one(DataTable)
             cursor = table.cursor_row
             self._fill_table(self.result, self.group_by)
