@@ -339,6 +339,7 @@ static __always_inline void parse_and_account(struct cpu_state *st, void *data, 
                                               struct packet_info *pi)
 {
     count_pkt(st, dir, CNT_PACKETS, pi);
+    st->counters[dir][CNT_BYTES] += pi->bytes;
     struct ethhdr *eth = data;
     if ((void *)(eth + 1) > end) {
         count_pkt(st, dir, CNT_MALFORMED, pi);

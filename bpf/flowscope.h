@@ -83,8 +83,10 @@ struct flow_event {
 
 /* Indexes of cpu_state.counters[direction]. Every packet a program sees ends in exactly one
  * of: a flow, CNT_NON_IP, CNT_MALFORMED, CNT_MAP_FULL. CNT_TRUNCATED packets are also in a
- * flow; CNT_FLOWS_CREATED and CNT_RINGBUF_FULL count events, not packets. On egress a GSO
- * packet counts as its segments everywhere packets are counted. */
+ * flow; CNT_FLOWS_CREATED and CNT_RINGBUF_FULL count events, not packets; CNT_BYTES is the
+ * frame bytes of every packet CNT_PACKETS counts (the collector's total bit rate, which must
+ * include what no flow could take). On egress a GSO packet counts as its segments everywhere
+ * packets are counted, and with its whole length in bytes. */
 enum fs_counter {
     CNT_PACKETS = 0,
     CNT_FLOWS_CREATED = 1,
@@ -93,14 +95,15 @@ enum fs_counter {
     CNT_TRUNCATED = 4,
     CNT_MAP_FULL = 5,
     CNT_RINGBUF_FULL = 6,
-    CNT_MAX = 7,
+    CNT_BYTES = 7,
+    CNT_MAX = 8,
 };
 
 #define FS_DIRECTIONS 2
 
 /* The one entry of the per-CPU array cpu_state: the counters of each direction (indexed by
  * FS_DIR_*), and the clock cache that lets the hot path skip bpf_ktime_get_ns() (see now_ns in
- * flowscope.c), shared by both programs: 128 bytes. */
+ * flowscope.c), shared by both programs: 144 bytes. */
 struct cpu_state {
     __u64 counters[FS_DIRECTIONS][CNT_MAX];
     __u64 clock_jiffies;

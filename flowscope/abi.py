@@ -37,6 +37,7 @@ class Counter(enum.IntEnum):
     TRUNCATED = 4
     MAP_FULL = 5
     RINGBUF_FULL = 6
+    BYTES = 7
 
 
 COUNTER_COUNT = len(Counter)
@@ -44,7 +45,7 @@ COUNTER_COUNT = len(Counter)
 
 class CpuState(ctypes.Structure):
     """struct cpu_state: the counters of each direction and the clock cache of one CPU,
-    128 bytes."""
+    144 bytes."""
 
     _fields_ = [
         ("counters", (ctypes.c_uint64 * COUNTER_COUNT) * DIRECTIONS),

@@ -24,6 +24,7 @@ from flowscope.errors import FlowscopeError
 if TYPE_CHECKING:
     from flowscope.collector import Tick
     from flowscope.exports import ExportSettings
+    from flowscope.writer import Writer
 
 EXIT_INTERRUPTED = 130
 
@@ -413,6 +414,7 @@ def record(
     for name in interfaces:  # a wrong name fails before a database is created
         interface_info(name)
     writer = Writer(db, retain_seconds=retain_s, max_bytes=max_bytes)
+    _say_recovered(writer)
     tty = sys.stderr.isatty()
 
     def status(tick: Tick) -> None:
@@ -421,6 +423,10 @@ def record(
             f"{_human_rate(s.bps)}  {s.pps:.0f} pkt/s  {s.active_flows} flows  "
             f"{s.new_flows} new  {writer.written} written"
         )
+        unattributed = s.counters.get("map_full", 0)
+        if unattributed:
+            # the totals above include them; no flow record will
+            line += f"  MAP FULL {unattributed / s.interval:.0f} pkt/s"
         if writer.backlog:
             line += f"  {writer.backlog} waiting"
         if writer.dropped:
@@ -436,21 +442,37 @@ def record(
     except BaseException:
         writer.close()
         raise
-    with out:
-        summary = run(
-            settings,
-            out.sink(writer),
-            on_tick=out.on_tick(status if tty else None),
-            on_notice=lambda text: click.echo(f"flowscope: {text}", err=True),
-        )
-    if tty:
-        sys.stderr.write("\n")
-    if writer.status:
-        raise FlowscopeError(f"history: {writer.status}")
+    try:
+        with out:
+            summary = run(
+                settings,
+                out.sink(writer),
+                on_tick=out.on_tick(status if tty else None),
+                on_notice=lambda text: click.echo(f"flowscope: {text}", err=True),
+            )
+    finally:
+        if tty:
+            sys.stderr.write("\n")
+        problem = writer.report()
+        if problem is not None and sys.exc_info()[0] is not None:
+            # a second Ctrl-C or SIGTERM, or an error: say what history lacks on the way out
+            click.echo(f"flowscope: error: {problem}", err=True)
+    if problem is not None:
+        raise FlowscopeError(problem)
     if tty:
         click.echo(
             f"recorded {summary.records} flow records and {summary.events} new-flow events "
             f"into {writer.store.path}",
+            err=True,
+        )
+
+
+def _say_recovered(writer: Writer | None) -> None:
+    """One line when the history database held what a killed run had not written."""
+    if writer is not None and writer.recovered:
+        click.echo(
+            f"flowscope: history: {writer.recovered} flow records of a run that ended without "
+            "shutting down were written with end reason 'crash'",
             err=True,
         )
 
@@ -504,6 +526,7 @@ def live(
     from flowscope.writer import Writer
 
     writer = None if no_db else Writer(db)
+    _say_recovered(writer)
     try:
         out = Exports(exports, flow_entries=flow_entries, writer=writer)
     except BaseException:
@@ -514,6 +537,9 @@ def live(
         from flowscope.ui.app import run_console  # the only command that imports textual
 
         run_console(settings, writer, exports=out)
+    problem = writer.report() if writer is not None else None
+    if problem is not None:
+        raise FlowscopeError(problem)
 
 
 # --- history and sql: headless reads of the history database ----------------------------------
@@ -547,10 +573,11 @@ def _history_cells(row: dict[str, Any], group_by: str, iface: bool) -> dict[str,
         for col in ("host_a", "host_b", "src", "dst", "sport", "dport", "proto", "iface", "vlan"):
             if col in row:
                 cells[col] = str(row[col])
-    cells["packets"] = human(row["packets"])
+    # the history screen's names: the IPv4 rows of a flow table then fit in 80 columns
+    cells["pkts"] = human(row["packets"])
     cells["bytes"] = human_bytes(row["bytes"])
     cells["rate"] = human_rate(row["bps"])
-    cells["records"] = str(row["records"])
+    cells["recs"] = str(row["records"])
     return cells
 
 
@@ -639,9 +666,10 @@ def history(
         columns = list(rows[0]) if rows else ["packets", "bytes", "records"]
         output.write_csv(columns, [[r[c] for c in columns] for r in rows])
         return
-    title = f"{store.iso_time(result.since)} to {store.iso_time(result.until)}"
-    if result.rounded:
-        title += " (start on the hour: long ranges are read from hourly sums; --exact)"
+    title = (
+        f"{store.iso_time(result.since)} to {store.iso_time(result.until)}; "
+        "rate: while active in the range"
+    )
     if not rows:
         click.echo(f"no flows from {title}")
         return
@@ -651,7 +679,7 @@ def history(
     output.write_table(
         columns,
         [[c[k] for k in columns] for c in cells],
-        right=("packets", "bytes", "rate", "records", "sport", "dport", "vlan"),
+        right=("pkts", "bytes", "rate", "recs", "sport", "dport", "vlan"),
         title=title,
     )
 

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from flowscope import abi
-from flowscope.model import FlowBatch, FlowEvent, FlowRecord, NewFlow, Sample
+from flowscope.model import FlowBatch, FlowEvent, FlowRecord, NewFlow, PendingFlows, Sample
 
 TCP_FIN = 0x01
 TCP_RST = 0x04
@@ -120,6 +120,13 @@ class Tick:
     share of the sample's totals, for counters that must add up exactly (the metrics)."""
     duration: float = 0.0
     """Seconds the tick took (reading the maps, expiry, counters)."""
+    flow_packets: int = 0
+    """Packets this tick added to flows (live and finished): with the sample's unattributed
+    counter, the kernel's packet delta, up to packets that arrived while the tick read."""
+    flow_bytes: int = 0
+    pending: list[PendingFlows] = field(default_factory=list)
+    """Per family, what the live flows hold that no record holds yet (what history keeps so
+    that a crash loses at most one tick)."""
 
 
 class Collector:
@@ -166,6 +173,7 @@ class Collector:
         self._last_tick_ns = now
         records: list[FlowRecord] = []
         live: list[LiveFlows] = []
+        pending: list[PendingFlows] = []
         total_bytes = 0
         total_packets = 0
         evicted = 0
@@ -173,6 +181,7 @@ class Collector:
         for family in (abi.AF_INET, abi.AF_INET6):
             out = self._tick_family(family, now, elapsed, records)
             live.append(out.live)
+            pending.append(out.pending)
             total_bytes += out.delta_bytes
             total_packets += out.delta_packets
             evicted += out.evicted
@@ -197,14 +206,18 @@ class Collector:
             for e in self._events
         ]
         self._events.clear()
+        # The totals are the kernel's own: every packet the interfaces gave the programs, also
+        # those no flow could take (a full map, not IP, unusable) -- in a flood that is most
+        # of them, and a rate from the flows alone would hide the flood.
+        unattributed = deltas["map_full"] + deltas["non_ip"] + deltas["malformed"]
         sample = Sample(
             time=self.wall(now),
             interval=elapsed,
-            bps=total_bytes * 8 / elapsed,
-            pps=total_packets / elapsed,
+            bps=deltas["bytes"] * 8 / elapsed,
+            pps=deltas["packets"] / elapsed,
             active_flows=sum(len(lf.batch) for lf in live),
             new_flows=deltas["flows_created"],
-            counters=deltas | {"evicted": evicted},
+            counters=deltas | {"evicted": evicted, "unattributed": unattributed},
         )
         return Tick(
             sample=sample,
@@ -214,6 +227,9 @@ class Collector:
             evicted=evicted,
             interfaces=interfaces,
             duration=time.perf_counter() - started,
+            flow_packets=total_packets,
+            flow_bytes=total_bytes,
+            pending=pending,
         )
 
     def shutdown(self) -> list[FlowRecord]:
@@ -327,8 +343,8 @@ class Collector:
             remaining = np.nonzero(~idle)[0]
             excess = n - int(idle.sum()) - low
             if excess > 0:
-                order = remaining[np.argsort(batch.last_seen[remaining], kind="stable")]
-                evict[order[:excess]] = True
+                idlest = remaining[np.argsort(batch.last_seen[remaining], kind="stable")]
+                evict[idlest[:excess]] = True
         take = idle | evict
         active = (
             ~take
@@ -389,6 +405,9 @@ class Collector:
             delta_packets=int(d_packets.sum()) + extra_p,
             evicted=int(evict.sum()),
             interfaces=_per_interface(batch.keys, d_packets_all, d_bytes_all),
+            pending=PendingFlows(
+                batch, rows, exp_p, exp_b, exp_ip, start, self._wall_offset, self.iface_names
+            ),
         )
 
 
@@ -399,6 +418,7 @@ class _FamilyTick:
     delta_packets: int
     evicted: int
     interfaces: dict[tuple[int, int], tuple[int, int]]
+    pending: PendingFlows
 
 
 def _per_interface(

@@ -274,8 +274,16 @@ def run(
             f"demo: {demo.net.host_if} ({demo.net.host_ip4}, {demo.net.host_ip6}) <-> "
             f"namespace {demo.net.ns}; recording into {db_path}"
         )
+        if writer.recovered:
+            note(
+                f"history: {writer.recovered} flow records of a run that ended without shutting "
+                "down were written with end reason 'crash'"
+            )
         with out:
             records = _collect(demo, settings, writer, out, run_console, status, note)
+        problem = writer.report()
+        if problem is not None:
+            raise DemoError(problem)
         if demo.failure:
             raise DemoError(demo.failure + "; the demo stopped and removed everything it made")
     return DemoSummary(db=db_path, records=records, interface=demo.net.host_if)

@@ -33,8 +33,8 @@ from ipaddress import ip_address
 from typing import Literal
 
 from flowscope import abi
-from flowscope.errors import UsageError
-from flowscope.model import FlowRecord, NewFlow, Sample
+from flowscope.errors import FlowscopeError, UsageError
+from flowscope.model import FlowRecord, NewFlow, PendingFlows, Sample
 
 VERSION = 10
 HEADER = struct.Struct("!HHIII")  # version, length, export time, sequence, domain id
@@ -310,6 +310,8 @@ class Exporter:
         self._busy = 0
         self._cond = threading.Condition()
         self._closing = False
+        #: The error that ended the thread, when it was not the network's.
+        self.failed: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="flowscope-ipfix", daemon=True)
         self._thread.start()
 
@@ -325,7 +327,11 @@ class Exporter:
             return len(self._queue) + self._busy
 
     def submit(
-        self, records: Sequence[FlowRecord], sample: Sample | None, events: Sequence[NewFlow]
+        self,
+        records: Sequence[FlowRecord],
+        sample: Sample | None,
+        events: Sequence[NewFlow],
+        pending: Sequence[PendingFlows] | None = None,
     ) -> None:
         """Queue a tick's records; never blocks. Samples and events are not exported."""
         if not records:
@@ -367,7 +373,21 @@ class Exporter:
 
     # --- the thread ------------------------------------------------------------------------
 
+    def check(self) -> None:
+        """Raise, as a FlowscopeError, the error that ended the export thread, if one did."""
+        if self.failed is not None:
+            raise FlowscopeError(
+                f"IPFIX export stopped: {type(self.failed).__name__}: {self.failed}"
+            )
+
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as e:  # not a network error (those are retried): stop and say so
+            self.failed = e
+            self.status = f"stopped: {type(e).__name__}: {e}"
+
+    def _loop(self) -> None:
         try:
             while True:
                 with self._cond:

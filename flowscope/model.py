@@ -11,6 +11,7 @@ import ipaddress
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from socket import AF_INET, inet_ntop
+from typing import Any
 
 import numpy as np
 
@@ -270,7 +271,9 @@ class FlowBatch:
             yield self.key(i), self.stats(i)
 
 
-END_REASONS = ("idle", "active", "fin", "rst", "evicted", "shutdown")
+END_REASONS = ("idle", "active", "fin", "rst", "evicted", "shutdown", "crash")
+"""Why a record was written. ``crash``: the part of a live flow that the last tick before the
+process died had counted and no record held yet, written at the next start (PendingFlows)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,3 +316,103 @@ class NewFlow:
     iface: str
     length: int
     map_full: bool
+
+
+def _pending_dtype(key_dtype: np.dtype[Any]) -> np.dtype[Any]:
+    return np.dtype(
+        [
+            ("key", key_dtype),
+            ("packets", "<u8"),
+            ("bytes", "<u8"),
+            ("ip_bytes", "<u8"),
+            ("first_seen", "<f8"),
+            ("last_seen", "<f8"),
+            ("tcp_flags", "u1"),
+        ]
+    )
+
+
+PENDING_DTYPES: dict[int, np.dtype[Any]] = {
+    abi.AF_INET: _pending_dtype(abi.KEY4_DTYPE),
+    abi.AF_INET6: _pending_dtype(abi.KEY6_DTYPE),
+}
+"""The stored form of one pending flow (history's ``pending`` table): the kernel key, what no
+record holds yet, and its times as Unix seconds."""
+
+
+@dataclass(frozen=True, slots=True)
+class PendingFlows:
+    """One family's live flows after a tick, as what a record written now would hold: the part
+    of each flow that no record holds yet. History keeps the latest of these beside each
+    tick's records, in the same transaction, so a process killed at any moment loses at most
+    what the kernel counted after the last tick it wrote.
+
+    It holds the tick's own arrays (never changed afterwards) and picks the rows lazily, so the
+    collector pays nothing for it; the writer thread turns it into bytes (``to_bytes``)."""
+
+    batch: FlowBatch
+    rows: np.ndarray | slice
+    """The rows of ``batch`` still live after the tick (a boolean mask, or every row)."""
+    exp_packets: np.ndarray
+    exp_bytes: np.ndarray
+    exp_ip_bytes: np.ndarray
+    start: np.ndarray
+    """Kernel time at which each flow's current record began."""
+    wall_offset: float
+    """Unix seconds minus kernel seconds (kernel times are CLOCK_MONOTONIC)."""
+    iface_names: dict[int, str]
+    """Interface names by index, for the records a crash turns these into."""
+
+    def table(self) -> np.ndarray:
+        """The flows with something pending, as a PENDING_DTYPES array."""
+        b, r = self.batch, self.rows
+        packets = b.packets[r]
+        exp_p = self.exp_packets[r]
+        has = packets > exp_p
+        out = np.zeros(int(has.sum()), PENDING_DTYPES[b.family])
+        out["key"] = b.keys[r][has]
+        out["packets"] = packets[has] - exp_p[has]
+        out["bytes"] = b.bytes[r][has] - self.exp_bytes[r][has]
+        out["ip_bytes"] = b.ip_bytes[r][has] - self.exp_ip_bytes[r][has]
+        out["first_seen"] = self.start[r][has] / 1e9 + self.wall_offset
+        out["last_seen"] = b.last_seen[r][has] / 1e9 + self.wall_offset
+        out["tcp_flags"] = b.tcp_flags[r][has]
+        return out
+
+    def to_bytes(self) -> bytes:
+        return self.table().tobytes()
+
+
+def pending_records(
+    family: int, data: bytes, iface_names: dict[int, str], reason: str = "crash"
+) -> list[FlowRecord]:
+    """The records a stored PendingFlows blob stands for (``reason`` as their end reason)."""
+    rows = np.frombuffer(data, PENDING_DTYPES[family])
+    out = []
+    for row in rows:
+        k = row["key"]
+        key = FlowKey(
+            family=family,
+            src=address_text(family, k["saddr"].tobytes()),
+            dst=address_text(family, k["daddr"].tobytes()),
+            sport=int(k["sport"]),
+            dport=int(k["dport"]),
+            proto=int(k["proto"]),
+            vlan=int(k["vlan"]),
+            ifindex=int(k["ifindex"]),
+            direction=int(k["direction"]),
+        )
+        out.append(
+            FlowRecord(
+                key=key,
+                iface=iface_names.get(key.ifindex, str(key.ifindex)),
+                packets=int(row["packets"]),
+                bytes=int(row["bytes"]),
+                ip_bytes=int(row["ip_bytes"]),
+                first_seen=float(row["first_seen"]),
+                last_seen=float(row["last_seen"]),
+                tcp_flags=int(row["tcp_flags"]),
+                end_reason=reason,
+            )
+        )
+    return out

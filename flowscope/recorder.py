@@ -11,14 +11,14 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from flowscope import abi
 from flowscope.collector import Collector, CollectorSettings, Tick
-from flowscope.model import FlowRecord, NewFlow, Sample
+from flowscope.model import FlowRecord, NewFlow, PendingFlows, Sample
 
 if TYPE_CHECKING:
     from flowscope.probe.session import Probe
@@ -27,11 +27,22 @@ POLL_MS = 100
 
 
 class Sink(Protocol):
-    """Where ticks go: the SQLite writer, or nothing (--no-db)."""
+    """Where ticks go: the SQLite writer, or nothing (--no-db).
+
+    ``pending`` is what the live flows hold that no record holds yet (None: unchanged; an
+    empty list: nothing, as after shutdown). ``check()`` raises, as a FlowscopeError, what
+    went wrong for good in the sink's own thread, so the loop stops instead of going on
+    without it."""
 
     def submit(
-        self, records: list[FlowRecord], sample: Sample | None, events: list[NewFlow]
+        self,
+        records: list[FlowRecord],
+        sample: Sample | None,
+        events: list[NewFlow],
+        pending: Sequence[PendingFlows] | None = None,
     ) -> None: ...
+
+    def check(self) -> None: ...
 
     def close(self) -> object: ...
 
@@ -40,8 +51,15 @@ class NullSink:
     """Keeps nothing."""
 
     def submit(
-        self, records: list[FlowRecord], sample: Sample | None, events: list[NewFlow]
+        self,
+        records: list[FlowRecord],
+        sample: Sample | None,
+        events: list[NewFlow],
+        pending: Sequence[PendingFlows] | None = None,
     ) -> None:
+        pass
+
+    def check(self) -> None:
         pass
 
     def close(self) -> None:
@@ -131,9 +149,9 @@ def _run(
         finally:
             # the last partial tick, then every live flow, then the writer's backlog
             tick = collector.tick()
-            sink.submit(tick.records, tick.sample, tick.events)
+            sink.submit(tick.records, tick.sample, tick.events, tick.pending)
             last = collector.shutdown()
-            sink.submit(last, None, [])
+            sink.submit(last, None, [], [])
             summary.records += len(tick.records) + len(last)
             summary.events += len(tick.events)
             summary.packets += tick.sample.counters.get("packets", 0)
@@ -169,7 +187,8 @@ def _loop(
             probe.program.poll_events(max(1, min(POLL_MS, int((wake - now) * 1000))))
             continue
         tick = collector.tick()
-        sink.submit(tick.records, tick.sample, tick.events)
+        sink.submit(tick.records, tick.sample, tick.events, tick.pending)
+        sink.check()
         summary.ticks += 1
         summary.records += len(tick.records)
         summary.events += len(tick.events)

@@ -31,6 +31,7 @@ from flowscope.model import (
     FlowEvent,
     FlowRecord,
     NewFlow,
+    PendingFlows,
     Sample,
     proto_name,
     tcp_flags_text,
@@ -96,6 +97,7 @@ class _ReplaySource:
         self.program = program
         self.flow_entries = program.flow_entries
         self.too_short = 0
+        self.too_short_bytes = 0
 
     def read_flows(self, family: int) -> FlowBatch:
         return self.program.read_flows(family)
@@ -106,6 +108,7 @@ class _ReplaySource:
     def read_counters(self) -> dict[abi.Counter, int]:
         counters = dict(self.program.read_counters())
         counters[abi.Counter.PACKETS] += self.too_short
+        counters[abi.Counter.BYTES] += self.too_short_bytes
         counters[abi.Counter.MALFORMED] += self.too_short
         return counters
 
@@ -181,7 +184,7 @@ def replay(
                 while ts >= next_tick:
                     clock.now_ns = next_tick
                     tick = collector.tick()
-                    sink.submit(tick.records, tick.sample, tick.events)
+                    sink.submit(tick.records, tick.sample, tick.events, tick.pending)
                     summary.ticks += 1
                     summary.records += len(tick.records)
                     summary.events += len(tick.events)
@@ -217,6 +220,7 @@ def replay(
                     if not MIN_FRAME <= length <= MAX_FRAME:
                         if length < MIN_FRAME:
                             source.too_short += 1
+                            source.too_short_bytes += length
                             continue
                         length = MAX_FRAME
                     m = meta + length
@@ -243,9 +247,9 @@ def replay(
                 # the last partial tick at the last frame's time, then every live flow
                 clock.now_ns = max(last_ts, clock.now_ns)
                 tick = collector.tick()
-                sink.submit(tick.records, tick.sample, tick.events)
+                sink.submit(tick.records, tick.sample, tick.events, tick.pending)
                 last = collector.shutdown()
-                sink.submit(last, None, [])
+                sink.submit(last, None, [], [])
                 summary.ticks += 1
                 summary.records += len(tick.records) + len(last)
                 summary.events += len(tick.events)
@@ -322,10 +326,17 @@ class JsonSink:
         self._write = write
 
     def submit(
-        self, records: Sequence[FlowRecord], sample: Sample | None, events: Sequence[NewFlow]
+        self,
+        records: Sequence[FlowRecord],
+        sample: Sample | None,
+        events: Sequence[NewFlow],
+        pending: Sequence[PendingFlows] | None = None,
     ) -> None:
         for r in records:
             self._write(json.dumps(record_json(r)) + "\n")
+
+    def check(self) -> None:
+        pass
 
     def close(self) -> None:
         pass

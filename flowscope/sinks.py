@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from flowscope.model import FlowRecord, NewFlow, Sample
+from flowscope.model import FlowRecord, NewFlow, PendingFlows, Sample
 from flowscope.recorder import Sink
 
 
@@ -20,10 +20,18 @@ class Tee:
         self.sinks = sinks
 
     def submit(
-        self, records: list[FlowRecord], sample: Sample | None, events: list[NewFlow]
+        self,
+        records: list[FlowRecord],
+        sample: Sample | None,
+        events: list[NewFlow],
+        pending: Sequence[PendingFlows] | None = None,
     ) -> None:
         for sink in self.sinks:
-            sink.submit(records, sample, events)
+            sink.submit(records, sample, events, pending)
+
+    def check(self) -> None:
+        for sink in self.sinks:
+            sink.check()
 
     def close(self) -> object:
         """Close every sink, even when one of them raises (the first error is re-raised once

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import json
 import os
 import random
 import re
@@ -33,14 +34,15 @@ from typing import Any
 
 import sqlite_utils
 
-from flowscope import abi
+from flowscope import abi, window
 from flowscope.errors import FlowscopeError, UsageError
-from flowscope.model import FlowKey, FlowRecord, NewFlow, Sample
+from flowscope.model import FlowKey, FlowRecord, NewFlow, PendingFlows, Sample, pending_records
 
 DIRECTIONS: dict[int, str] = {abi.DIR_INGRESS: "ingress", abi.DIR_EGRESS: "egress"}
 
 # Kernel counter deltas, one column each in `samples` (the names of abi.Counter in lower case).
-COUNTER_COLUMNS: tuple[str, ...] = (
+# The first seven are migration 1's columns, frozen; `bytes` came with migration 5.
+_COUNTER_COLUMNS_V1: tuple[str, ...] = (
     "packets",
     "flows_created",
     "non_ip",
@@ -49,6 +51,7 @@ COUNTER_COLUMNS: tuple[str, ...] = (
     "map_full",
     "ringbuf_full",
 )
+COUNTER_COLUMNS: tuple[str, ...] = (*_COUNTER_COLUMNS_V1, "bytes")
 
 FLOW_COLUMNS: tuple[str, ...] = (
     "iface",
@@ -87,9 +90,10 @@ SAMPLE_COLUMNS: tuple[str, ...] = (
     "pps",
     "active_flows",
     "new_flows",
-    *COUNTER_COLUMNS,
+    *_COUNTER_COLUMNS_V1,
     "records_dropped",
     "evicted",
+    "bytes",
 )
 EVENT_COLUMNS: tuple[str, ...] = (
     "time",
@@ -297,7 +301,7 @@ def _migration_1(db: sqlite_utils.Database) -> None:
             "pps": float,
             "active_flows": int,
             "new_flows": int,
-            **dict.fromkeys(COUNTER_COLUMNS, int),
+            **dict.fromkeys(_COUNTER_COLUMNS_V1, int),
             "records_dropped": int,
         }
     )
@@ -358,17 +362,48 @@ def _migration_2(db: sqlite_utils.Database) -> None:
 
 
 _KEYS = ", ".join(FLOW_KEY_COLUMNS)
-_ROLLUP_SQL = (
-    f"INSERT INTO flows_hourly (hour, {_KEYS}, {_ROLLUP_SUMS}) "
-    f"SELECT substr(last_seen, 1, 13) || ':00:00.000Z', {_KEYS}, sum(packets), sum(bytes), "
-    f"sum(ip_bytes), min(first_seen), max(last_seen), count(*) FROM flows "
-    f"WHERE id > ? AND id <= ? GROUP BY 1, {_KEYS} "
-    f"ON CONFLICT (hour, {_KEYS}) DO UPDATE SET "
-    "packets = packets + excluded.packets, bytes = bytes + excluded.bytes, "
-    "ip_bytes = ip_bytes + excluded.ip_bytes, "
-    "first_seen = min(first_seen, excluded.first_seen), "
-    "last_seen = max(last_seen, excluded.last_seen), records = records + excluded.records"
-)
+_HOUR_MS = window.HOUR_MS
+
+
+# The instant a record counts at in ``records``: its last millisecond that has a share (the
+# last one before last_seen; last_seen itself for a record of one instant).
+_LAST_MS = "(CASE WHEN {l} > {f} THEN {l} - 1 ELSE {l} END)"
+
+
+def _rollup_sql(span_hours: int) -> str:
+    """Add flows rows ``id`` in (?, ?] to flows_hourly, each record's packets and bytes shared
+    out over the hours it overlaps (window.share_sql), so that whole hours of sums are exact
+    for any range; a record counts in ``records`` of the hour of its _LAST_MS, the last
+    hour in which it has a share (it is not paired with the hour its last_seen only touches).
+    ``span_hours``: the most hour boundaries one of these records crosses."""
+    f, la = "x.f_ms", "x.l_ms"
+    h0, h1 = "x.h_ms", f"(x.h_ms + {_HOUR_MS})"
+    shares = ", ".join(
+        f"sum({window.share_sql(f'x.{c}', f, la, h0, h1)})"
+        for c in ("packets", "bytes", "ip_bytes")
+    )
+    offsets = " UNION ALL ".join(f"SELECT {n} AS n" for n in range(span_hours + 1))
+    hour_text = f"strftime('%Y-%m-%dT%H:00:00.000Z', {h0} / 1000, 'unixepoch')"
+    end_text = f"strftime('%Y-%m-%dT%H:00:00.000Z', {h1} / 1000, 'unixepoch')"
+    keys = ", ".join(f"x.{c}" for c in FLOW_KEY_COLUMNS)
+    return (
+        f"WITH r AS (SELECT {_KEYS}, packets, bytes, ip_bytes, first_seen, last_seen, "
+        f"{window.ms_sql('first_seen')} AS f_ms, {window.ms_sql('last_seen')} AS l_ms "
+        f"FROM flows WHERE id > ? AND id <= ?), k AS ({offsets}) "
+        f"INSERT INTO flows_hourly (hour, {_KEYS}, {_ROLLUP_SUMS}) "
+        f"SELECT {hour_text}, {keys}, {shares}, min(max(x.first_seen, {hour_text})), "
+        f"max(min(x.last_seen, {end_text})), "
+        f"sum({_LAST_MS.format(f='x.f_ms', l='x.l_ms')} / {_HOUR_MS} * {_HOUR_MS} = x.h_ms) "
+        f"FROM (SELECT r.*, (r.f_ms / {_HOUR_MS} + k.n) * {_HOUR_MS} AS h_ms FROM r JOIN k "
+        f"ON k.n <= {_LAST_MS.format(f='r.f_ms', l='r.l_ms')} / {_HOUR_MS} "
+        f"- r.f_ms / {_HOUR_MS}) x WHERE 1 "
+        f"GROUP BY x.h_ms, {keys} "
+        f"ON CONFLICT (hour, {_KEYS}) DO UPDATE SET "
+        "packets = packets + excluded.packets, bytes = bytes + excluded.bytes, "
+        "ip_bytes = ip_bytes + excluded.ip_bytes, "
+        "first_seen = min(first_seen, excluded.first_seen), "
+        "last_seen = max(last_seen, excluded.last_seen), records = records + excluded.records"
+    )
 
 
 def _rollup(conn: sqlite3.Connection) -> int:
@@ -378,9 +413,25 @@ def _rollup(conn: sqlite3.Connection) -> int:
     top = conn.execute("SELECT max(id) FROM flows").fetchone()[0] or 0
     if top <= done:
         return 0
-    conn.execute(_ROLLUP_SQL, (done, top))
-    conn.execute("UPDATE rollup_state SET flows_id = ?", (top,))
+    f, la = window.ms_sql("first_seen"), window.ms_sql("last_seen")
+    spans = conn.execute(
+        f"SELECT max({la} / {_HOUR_MS} - {f} / {_HOUR_MS}), max({la} - {f}) FROM flows "
+        "WHERE id > ? AND id <= ?",
+        (done, top),
+    ).fetchone()
+    conn.execute(_rollup_sql(max(int(spans[0] or 0), 0)), (done, top))
+    if _has_column(conn, "rollup_state", "max_span_ms"):
+        conn.execute(
+            "UPDATE rollup_state SET flows_id = ?, max_span_ms = max(max_span_ms, ?)",
+            (top, int(spans[1] or 0)),
+        )
+    else:
+        conn.execute("UPDATE rollup_state SET flows_id = ?", (top,))
     return int(top - done)
+
+
+def _has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:
+    return any(r[1] == column for r in conn.execute(f"PRAGMA table_info({table})"))
 
 
 def _migration_3(db: sqlite_utils.Database) -> None:
@@ -397,6 +448,32 @@ def _migration_4(db: sqlite_utils.Database) -> None:
         db.table("flows_hourly").create_index(["hour", column])
 
 
+def _migration_5(db: sqlite_utils.Database) -> None:
+    """samples.bytes: the kernel's byte counter delta of the tick (every frame, also those no
+    flow took), and ``pending``: per running writer (``session``) and family, the part of
+    each live flow that no record holds yet, as of the last tick written (a blob of
+    model.PENDING_DTYPES rows, replaced in every tick's transaction). The next writer to open
+    the file turns the rows of a session whose process is gone into records with end reason
+    ``crash``. Plain SQL, so the DDL stays what it was when released."""
+    db.execute("ALTER TABLE samples ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0")
+    db.execute(
+        "CREATE TABLE pending (session TEXT NOT NULL, family INTEGER NOT NULL, "
+        "time TEXT NOT NULL, ifaces TEXT NOT NULL, flows BLOB NOT NULL, "
+        "PRIMARY KEY (session, family))"
+    )
+
+
+def _migration_6(db: sqlite_utils.Database) -> None:
+    """flows_hourly shares each record out over the hours it overlaps (it held each record
+    whole in the hour of its last_seen, so an hour could hold more than happened in it);
+    rebuilt from flows. rollup_state.max_span_ms: the longest record rolled up, which bounds
+    the search for records that straddle the edges of a range."""
+    db.execute("ALTER TABLE rollup_state ADD COLUMN max_span_ms INTEGER NOT NULL DEFAULT 0")
+    db.execute("DELETE FROM flows_hourly")
+    db.execute("UPDATE rollup_state SET flows_id = 0")
+    _rollup(db.conn)
+
+
 # Each entry upgrades the schema from version i to i + 1; user_version holds how many ran.
 # Never edit an entry once released: add a new one.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
@@ -404,6 +481,8 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_2,
     _migration_3,
     _migration_4,
+    _migration_5,
+    _migration_6,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -444,6 +523,32 @@ def _direction(key: FlowKey) -> str:
     return DIRECTIONS.get(key.direction, str(key.direction))
 
 
+def _process_identity(pid: int) -> str | None:
+    """``boot id:pid:start time`` of a running process, None if there is none: a pid alone
+    is reused, and a reboot starts the numbering again."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces and parentheses: count from its end
+    start = stat[stat.rindex(")") + 2 :].split()[19]
+    return f"{boot}:{pid}:{start}"
+
+
+def new_session() -> str:
+    """A writer's name in the pending table: this process's identity and a random part (one
+    process may open several writers, as tests do)."""
+    return f"{_process_identity(os.getpid())}:{os.urandom(4).hex()}"
+
+
+def session_alive(session: str) -> bool:
+    """Whether the process that wrote a session's pending rows still runs."""
+    ident, _, _ = session.rpartition(":")
+    pid = ident.split(":")[1] if ident.count(":") >= 2 else ""
+    return pid.isdigit() and _process_identity(int(pid)) == ident
+
+
 class Store:
     """A flowscope history database open for writing (creating and upgrading it as needed).
 
@@ -451,6 +556,7 @@ class Store:
 
     def __init__(self, path: Path | str | None = None) -> None:
         self.path = Path(path) if path is not None else default_db_path()
+        self.session = new_session()
         with translate_errors("cannot create", self.path):
             try:
                 _create_private_file(self.path)
@@ -526,31 +632,17 @@ class Store:
         sample: Sample | None,
         events: Sequence[NewFlow],
         records_dropped: int = 0,
+        pending: Sequence[PendingFlows] | None = None,
     ) -> None:
         """Write one collector tick in ONE transaction: all of it, or (on error) nothing.
 
         ``records_dropped`` is how many records the writer had to drop since the last sample
-        it wrote; it goes into this tick's sample."""
-        flow_rows = [
-            (
-                r.iface,
-                DIRECTIONS.get(r.key.direction) or str(r.key.direction),
-                r.key.vlan,
-                r.key.family,
-                r.key.src,
-                r.key.dst,
-                r.key.sport,
-                r.key.dport,
-                r.key.proto,
-                iso_time(r.first_seen),
-                iso_time(r.last_seen),
-                r.packets,
-                r.bytes,
-                r.ip_bytes,
-                r.tcp_flags,
-                r.end_reason,
-            )
-            for r in records
+        it wrote; it goes into this tick's sample. ``pending`` (unless None) replaces this
+        writer's pending rows: with the records of the same tick, history then holds every
+        packet the kernel had counted at that tick, whatever happens next."""
+        pending_rows = [
+            (self.session, p.batch.family, json.dumps(p.iface_names), p.to_bytes())
+            for p in pending or ()
         ]
         event_rows = [
             (
@@ -570,8 +662,7 @@ class Store:
             for e in events
         ]
         with translate_errors("cannot write to", self.path), self.transaction():
-            if flow_rows:
-                self.conn.executemany(_INSERT_FLOW, flow_rows)
+            self._insert_records(records)
             if sample is not None:
                 self.conn.execute(
                     _INSERT_SAMPLE,
@@ -582,13 +673,75 @@ class Store:
                         sample.pps,
                         sample.active_flows,
                         sample.new_flows,
-                        *(sample.counters.get(c, 0) for c in COUNTER_COLUMNS),
+                        *(sample.counters.get(c, 0) for c in _COUNTER_COLUMNS_V1),
                         records_dropped,
                         sample.counters.get("evicted", 0),
+                        sample.counters.get("bytes", 0),
                     ),
                 )
             if event_rows:
                 self.conn.executemany(_INSERT_EVENT, event_rows)
+            if pending is not None:
+                self._replace_pending(pending_rows, sample)
+
+    def _insert_records(self, records: Sequence[FlowRecord]) -> None:
+        if not records:
+            return
+        self.conn.executemany(
+            _INSERT_FLOW,
+            [
+                (
+                    r.iface,
+                    DIRECTIONS.get(r.key.direction) or str(r.key.direction),
+                    r.key.vlan,
+                    r.key.family,
+                    r.key.src,
+                    r.key.dst,
+                    r.key.sport,
+                    r.key.dport,
+                    r.key.proto,
+                    iso_time(r.first_seen),
+                    iso_time(r.last_seen),
+                    r.packets,
+                    r.bytes,
+                    r.ip_bytes,
+                    r.tcp_flags,
+                    r.end_reason,
+                )
+                for r in records
+            ],
+        )
+
+    def _replace_pending(
+        self, rows: list[tuple[str, int, str, bytes]], sample: Sample | None
+    ) -> None:
+        self.conn.execute("DELETE FROM pending WHERE session = ?", (self.session,))
+        at = iso_time(sample.time if sample is not None else time.time())
+        self.conn.executemany(
+            "INSERT INTO pending (session, family, time, ifaces, flows) VALUES (?, ?, ?, ?, ?)",
+            [(s, f, at, names, data) for s, f, names, data in rows if data],
+        )
+
+    def recover(self) -> int:
+        """Turn the pending rows of writers that died (kill -9, a crash, a power cut) into
+        records with end reason ``crash``, in one transaction; how many records that made."""
+        with translate_errors("cannot recover pending flows in", self.path):
+            rows = self.conn.execute(
+                "SELECT session, family, ifaces, flows FROM pending"
+            ).fetchall()
+            dead = [r for r in rows if not session_alive(r[0])]
+            if not dead:
+                return 0
+            records: list[FlowRecord] = []
+            for _, family, ifaces, data in dead:
+                names = {int(k): v for k, v in json.loads(ifaces).items()}
+                records.extend(pending_records(family, data, names))
+            with self.transaction():
+                self._insert_records(records)
+                self.conn.executemany(
+                    "DELETE FROM pending WHERE session = ?", {(r[0],) for r in dead}
+                )
+            return len(records)
 
     # --- retention -------------------------------------------------------------------------
 
@@ -695,7 +848,7 @@ ORDERINGS = {"bytes": "bytes", "packets": "packets", "flows": "records", "bps": 
 _PER_RECORD_COLUMNS = re.compile(
     r"\b(packets|bytes|ip_bytes|tcp_flags|first_seen|last_seen|end_reason|id)\b"
 )
-# Ranges at least this long are answered from flows_hourly (start rounded down to the hour).
+# Ranges at least this long read their whole hours from flows_hourly (the edges from flows).
 ROLLUP_MIN_RANGE = 3 * HOUR
 
 
@@ -721,7 +874,6 @@ class HistoryResult:
     since: float
     until: float
     duration: float
-    rounded: bool
 
 
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
@@ -733,49 +885,127 @@ _SOURCE_COLUMNS = f"{_KEYS}, packets, bytes, ip_bytes, first_seen, last_seen"
 
 
 @dataclass(frozen=True, slots=True)
-class _RollupParts:
-    """The two halves of a range read from flows_hourly: whole hours (``hourly``, a condition
-    on flows_hourly, covering the hours from ``first_hour`` up to but not including
-    ``end_hour``, None for open ends) and single records (``recent``, a condition on flows)."""
+class _Window:
+    """A range as history reads it: the half-open [since_ms, until_ms) (None: from the
+    beginning), and when whole hours of it come from flows_hourly, those hours [hour_lo,
+    hour_hi) and what the rollup has covered (flows ids up to ``done``; records at most
+    ``max_span`` ms long)."""
 
-    hourly: str
-    hourly_params: list[Any]
-    recent: str
-    recent_params: list[Any]
-    first_hour: str | None
-    end_hour: str | None
+    since_ms: int | None
+    until_ms: int
+    hour_lo: int | None = None
+    hour_hi: int | None = None
+    done: int = 0
+    max_span: int = 0
 
-
-def _rollup_parts(conn: sqlite3.Connection, since: float | None, until: float) -> _RollupParts:
-    """Rows that sum to the same totals as every record in [hour(since), until]: whole hours
-    from flows_hourly, records not yet rolled up and the partial last hour from flows."""
-    done = conn.execute("SELECT flows_id FROM rollup_state").fetchone()[0]
-    latest = conn.execute("SELECT max(last_seen) FROM flows").fetchone()[0]
-    until_text = iso_time(until)
-    h0 = None if since is None else hour_text(since)
-    lo_hourly, lo_flows = ("hour >= ?", "last_seen >= ?") if h0 else ("1", "1")
-    lo = [h0] if h0 else []
-    if latest is not None and latest > until_text:
-        # Something was seen after `until`: the hour that holds it is read record by record.
-        h1 = hour_text(until)
-        return _RollupParts(
-            f"{lo_hourly} AND hour < ?",
-            [*lo, h1],
-            f"(id > ? AND {lo_flows} OR id <= ? AND last_seen >= ?) AND first_seen <= ?",
-            [done, *lo, done, h1, until_text],
-            h0,
-            h1,
-        )
-    return _RollupParts(lo_hourly, list(lo), f"id > ? AND {lo_flows}", [done, *lo], h0, None)
+    @property
+    def hourly(self) -> bool:
+        return self.hour_hi is not None
 
 
-def _rollup_source(parts: _RollupParts, where: str, fparams: list[Any]) -> tuple[str, list[Any]]:
-    """The UNION ALL of both halves, each with the filter."""
-    sql = (
-        f"SELECT {_SOURCE_COLUMNS}, records FROM flows_hourly WHERE {parts.hourly}{where} "
-        f"UNION ALL SELECT {_SOURCE_COLUMNS}, 1 FROM flows WHERE {parts.recent}{where}"
+def _ms_text(ms: int) -> str:
+    return iso_time(ms / 1000)
+
+
+def _window(conn: sqlite3.Connection, since: float | None, until: float, rollup: bool) -> _Window:
+    """The window of [since, until): with ``rollup``, the whole hours inside it."""
+    s_ms = None if since is None else round(since * 1000)
+    u_ms = round(until * 1000)
+    if not rollup:
+        return _Window(s_ms, u_ms)
+    h = window.HOUR_MS
+    lo = None if s_ms is None else -(-s_ms // h) * h
+    hi = u_ms // h * h
+    if lo is not None and lo >= hi:
+        return _Window(s_ms, u_ms)
+    state = conn.execute("SELECT * FROM rollup_state").fetchone()
+    return _Window(s_ms, u_ms, lo, hi, int(state[0]), int(state[1]) if len(state) > 1 else 0)
+
+
+def _share_select(lo: int | None, hi: int, cond: str, where: str, records: str = "1") -> str:
+    """Flows rows that meet ``cond``, each with the share of its counts in [lo, hi) and its
+    times clipped to that range; rows that get nothing are left out."""
+    f, la = window.ms_sql("first_seen"), window.ms_sql("last_seen")
+    shares = ", ".join(
+        f"{window.share_sql(c, 'f_ms', 'l_ms', lo, hi)} AS {c}"
+        for c in ("packets", "bytes", "ip_bytes")
     )
-    return sql, [*parts.hourly_params, *fparams, *parts.recent_params, *fparams]
+    lo_text = "first_seen" if lo is None else f"max(first_seen, '{_ms_text(lo)}')"
+    return (
+        f"SELECT * FROM (SELECT {_KEYS}, {shares}, {lo_text} AS first_seen, "
+        f"min(last_seen, '{_ms_text(hi)}') AS last_seen, {records} AS records "
+        f"FROM (SELECT {_SOURCE_COLUMNS}, {f} AS f_ms, {la} AS l_ms FROM flows "
+        f"WHERE {cond}{where})) WHERE packets > 0 OR bytes > 0"
+    )
+
+
+def _flow_parts(w: _Window, where: str, fparams: list[Any]) -> list[tuple[str, list[Any]]]:
+    """The SELECTs over flows (with their parameters) that, with the hourly rows of
+    _hourly_part, hold every record's share of the window exactly once."""
+    u_text = _ms_text(w.until_ms)
+    s_cond = [] if w.since_ms is None else [f"last_seen >= '{_ms_text(w.since_ms)}'"]
+    if not w.hourly:
+        cond = " AND ".join([*s_cond, f"first_seen < '{u_text}'"])
+        return [(_share_select(w.since_ms, w.until_ms, cond, where), fparams)]
+    assert w.hour_hi is not None
+    # records not rolled up yet: all of their share
+    parts = [
+        (
+            _share_select(
+                w.since_ms,
+                w.until_ms,
+                " AND ".join([f"id > {w.done}", *s_cond, f"first_seen < '{u_text}'"]),
+                where,
+            ),
+            fparams,
+        )
+    ]
+    span = w.max_span + 1
+    if w.hour_lo is not None and w.since_ms is not None and w.since_ms < w.hour_lo:
+        # rolled up, before the first whole hour: they count in records only if they also
+        # end there (else the hourly rows count them; the same below, after the last)
+        lo_text = _ms_text(w.hour_lo)
+        cond = (
+            f"id <= {w.done} AND last_seen >= '{_ms_text(w.since_ms)}' "
+            f"AND last_seen < '{_ms_text(w.hour_lo + span)}' AND first_seen < '{lo_text}'"
+        )
+        records = f"({_LAST_MS.format(f='f_ms', l='l_ms')} < {w.hour_lo})"
+        parts.append((_share_select(w.since_ms, w.hour_lo, cond, where, records), fparams))
+    if w.hour_hi < w.until_ms:
+        cond = (
+            f"id <= {w.done} AND last_seen >= '{_ms_text(w.hour_hi)}' "
+            f"AND last_seen < '{_ms_text(w.until_ms + span)}' AND first_seen < '{u_text}'"
+        )
+        records = f"({_LAST_MS.format(f='f_ms', l='l_ms')} >= {w.hour_hi})"
+        parts.append((_share_select(w.hour_hi, w.until_ms, cond, where, records), fparams))
+    return parts
+
+
+def _hourly_cond(w: _Window) -> str:
+    assert w.hour_hi is not None
+    lo = "" if w.hour_lo is None else f"hour >= '{_ms_text(w.hour_lo)}' AND "
+    return f"{lo}hour < '{_ms_text(w.hour_hi)}' AND (packets > 0 OR bytes > 0)"
+
+
+def _source(w: _Window, where: str, fparams: list[Any]) -> tuple[str, list[Any]]:
+    """One UNION ALL of every row that counts in the window: a record's share, or an hour's
+    sums of shares."""
+    parts = _flow_parts(w, where, fparams)
+    if w.hourly:
+        parts.insert(
+            0,
+            (
+                f"SELECT {_SOURCE_COLUMNS}, records FROM flows_hourly "
+                f"WHERE {_hourly_cond(w)}{where}",
+                fparams,
+            ),
+        )
+    return " UNION ALL ".join(sql for sql, _ in parts), [p for _, ps in parts for p in ps]
+
+
+_ACTIVE_MS = f"(max({window.ms_sql('last_seen')}) - min({window.ms_sql('first_seen')}))"
+MIN_ACTIVE_SECONDS = 1.0
+"""A group active for less than this (one packet, one tick) has its rate over this long."""
 
 
 def _aggregate(
@@ -785,12 +1015,16 @@ def _aggregate(
     group = GROUPINGS[q.group_by]
     select_group = ", ".join(f"{expr} AS {name}" for name, expr in group)
     group_cols = ", ".join(name for name, _ in group)
+    order = ORDERINGS[q.by]
+    if q.by == "bps":
+        order = f"sum(bytes) * 1.0 / max({_ACTIVE_MS}, {MIN_ACTIVE_SECONDS * 1000})"
     sql = (
         f"SELECT {select_group}, sum(packets) AS packets, sum(bytes) AS bytes, "
         f"sum(ip_bytes) AS ip_bytes, sum(records) AS records, "
-        f"min(first_seen) AS first_seen, max(last_seen) AS last_seen "
+        f"min(first_seen) AS first_seen, max(last_seen) AS last_seen, "
+        f"{_ACTIVE_MS} AS active_ms "
         f"FROM ({source}) GROUP BY {group_cols} "
-        f"ORDER BY {ORDERINGS[q.by]} DESC, {group_cols}"
+        f"ORDER BY {order} DESC, {group_cols}"
     )
     params = list(params)
     if q.top is not None:
@@ -821,7 +1055,7 @@ def _hours_between(first: str, last: str) -> list[str]:
 def _top_flows(
     conn: sqlite3.Connection,
     q: HistoryQuery,
-    parts: _RollupParts,
+    w: _Window,
     where: str,
     fparams: list[Any],
 ) -> list[dict[str, Any]] | None:
@@ -830,40 +1064,46 @@ def _top_flows(
     packets) and (hour, records) indexes. None when it cannot decide cheaply; the caller
     then sums everything.
 
-    Candidates are the M largest flows of each hour plus every flow with records not yet
-    rolled up. A flow that is not a candidate has at most the M+1-th value of each hour, so
-    its total is at most the sum of those; once the q.top-th candidate's exact total is
-    greater than that bound, no other flow can reach the top (not even on a tie, which the
-    key columns would break), and the candidates' exact sums (the slow path's aggregate over
-    their rows only) are the answer. Otherwise M grows. Only key columns are filtered on here
-    (else no rollup), so a candidate's rows all pass the filter."""
+    Candidates are the M largest flows of each whole hour plus every flow with a share read
+    from flows (records not rolled up yet, and the partial hours at the edges). A flow that
+    is not a candidate has at most the M+1-th value of each hour, so its total is at most the
+    sum of those; once the q.top-th candidate's exact total is greater than that bound, no
+    other flow can reach the top (not even on a tie, which the key columns would break), and
+    the candidates' exact sums (the slow path's aggregate over their rows only) are the
+    answer. Otherwise M grows. Only key columns are filtered on here (else no rollup), so a
+    candidate's rows all pass the filter."""
     col = ORDERINGS[q.by]
-    lo, hi = conn.execute("SELECT min(hour), max(hour) FROM flows_hourly").fetchone()
-    if lo is None or q.top is None or parts.end_hour is not None:
+    lo, hi = conn.execute(
+        f"SELECT min(hour), max(hour) FROM flows_hourly WHERE {_hourly_cond(w)}"
+    ).fetchone()
+    if lo is None or q.top is None:
         return None
-    hours = _hours_between(max(parts.first_hour or lo, lo), hi)
+    hours = _hours_between(lo, hi)
     if len(hours) > 24 * 31:
         return None
     keys = ", ".join(FLOW_KEY_COLUMNS)
     conn.execute(f"CREATE TABLE IF NOT EXISTS {_CANDIDATES} ({keys}, UNIQUE ({keys}))")
     conn.execute(f"CREATE TABLE IF NOT EXISTS {_HOURS} (hour TEXT PRIMARY KEY)")
     insert = f"INSERT OR IGNORE INTO {_CANDIDATES} ({keys}) "
+    flow_parts = _flow_parts(w, where, fparams)
     try:
         conn.executemany(f"INSERT INTO {_HOURS} VALUES (?)", [(h,) for h in hours])
-        conn.execute(
-            f"{insert} SELECT {keys} FROM flows WHERE {parts.recent}{where}",
-            [*parts.recent_params, *fparams],
-        )
+        for sql, params in flow_parts:
+            conn.execute(f"{insert} SELECT {keys} FROM ({sql})", params)
         # IS, not =: GROUP BY takes NULLs as equal, so the join must too.
         same = " AND ".join(f"{{t}}.{c} IS c.{c}" for c in FLOW_KEY_COLUMNS)
         columns = _SOURCE_COLUMNS.split(", ")
         source = (
             f"SELECT {', '.join(f'h.{c}' for c in columns)}, h.records "
             f"FROM {_HOURS} x CROSS JOIN {_CANDIDATES} c "
-            f"CROSS JOIN flows_hourly h ON h.hour = x.hour AND {same.format(t='h')} "
-            f"UNION ALL SELECT {_SOURCE_COLUMNS}, 1 FROM flows f WHERE {parts.recent} "
-            f"AND EXISTS (SELECT 1 FROM {_CANDIDATES} c WHERE {same.format(t='f')})"
+            f"CROSS JOIN flows_hourly h ON h.hour = x.hour AND {same.format(t='h')}"
         )
+        for sql, _ in flow_parts:
+            source += (
+                f" UNION ALL SELECT * FROM ({sql}) f "
+                f"WHERE EXISTS (SELECT 1 FROM {_CANDIDATES} c WHERE {same.format(t='f')})"
+            )
+        source_params = [p for _, ps in flow_parts for p in ps]
         per_hour = (
             f"SELECT {keys}, {col} FROM flows_hourly WHERE hour = ?{where} "
             f"ORDER BY {col} DESC LIMIT ?"
@@ -880,7 +1120,7 @@ def _top_flows(
                 if len(rows) > m:
                     bound += rows[m][-1]
                     exhausted = False
-            top = _aggregate(conn, source, list(parts.recent_params), q)
+            top = _aggregate(conn, source, source_params, q)
             if exhausted or (len(top) == q.top and top[-1][col] > bound):
                 return top
             m *= 4
@@ -906,13 +1146,16 @@ def _read_transaction(conn: sqlite3.Connection) -> Iterator[None]:
 
 
 def history(conn: sqlite3.Connection, q: HistoryQuery, now: float | None = None) -> HistoryResult:
-    """Sum the flow records that overlap [since, until] by the chosen grouping, top N first.
+    """Sum what the flow records hold of [since, until) by the chosen grouping, top N first.
 
-    A record belongs to the range if [first_seen, last_seen] overlaps it. A long range (3 h or
-    more, unless ``exact``) is read from flows_hourly: whole hours of sums instead of every
-    record, with the start rounded down to the hour (``rounded`` in the result says so). There
-    the top flows come from the threshold algorithm (_top_flows), which
-    gives the same rows as summing every flow of the range.
+    Window semantics (window.py): each record's packets and bytes are spread evenly over its
+    [first_seen, last_seen], and only the share inside the range counts; a group's first and
+    last seen are clipped to the range, and its ``bps`` is its bytes over the time it was
+    active inside the range (from its first to its last packet there, at least
+    MIN_ACTIVE_SECONDS), not over the whole range. A long range (3 h or more, unless
+    ``exact``) reads its whole hours from flows_hourly, whose rows hold the same shares, and
+    the edges from flows: the same totals either way. There the top flows come from the
+    threshold algorithm (_top_flows), which gives the same rows as summing every flow.
     ``q.where``/``q.params`` is a filter's to_sql() (positional parameters)."""
     if q.group_by not in GROUPINGS:
         raise UsageError(f"--group-by: unknown grouping {q.group_by!r}")
@@ -926,42 +1169,25 @@ def history(conn: sqlite3.Connection, q: HistoryQuery, now: float | None = None)
     where = f" AND ({q.where})" if q.where else ""
     fparams = list(q.params)
     with translate_errors("cannot read history from", "the database"):
-        check_version(conn, "the database")
+        version = check_version(conn, "the database")
         use_rollup = (
             not q.exact
             and not (q.where and _PER_RECORD_COLUMNS.search(q.where))
             and (since is None or until - since >= ROLLUP_MIN_RANGE)
             and _has_table(conn, "flows_hourly")
+            and version >= 6
         )
-        rounded = False
         with _read_transaction(conn):
-            if use_rollup:
-                parts = _rollup_parts(conn, since, until)
-                start = parse_iso(parts.first_hour) if parts.first_hour else None
-                rounded = since is not None and start != since
-                since = start
-                rows: list[dict[str, Any]] | None = None
-                if (
-                    q.group_by == "flow"
-                    and ORDERINGS[q.by] in ("bytes", "packets", "records")
-                    and q.top
-                    and schema_version(conn) >= 4
-                ):
-                    rows = _top_flows(conn, q, parts, where, fparams)
-                if rows is None:
-                    source, params = _rollup_source(parts, where, fparams)
-                    rows = _aggregate(conn, source, params, q)
-            else:
-                lo = "last_seen >= ? AND " if since is not None else ""
-                source = (
-                    f"SELECT {_SOURCE_COLUMNS}, 1 AS records FROM flows "
-                    f"WHERE {lo}first_seen <= ?{where}"
-                )
-                params = [
-                    *([iso_time(since)] if since is not None else []),
-                    iso_time(until),
-                    *fparams,
-                ]
+            w = _window(conn, since, until, use_rollup)
+            rows: list[dict[str, Any]] | None = None
+            if w.hourly and (
+                q.group_by == "flow"
+                and ORDERINGS[q.by] in ("bytes", "packets", "records")
+                and q.top
+            ):
+                rows = _top_flows(conn, q, w, where, fparams)
+            if rows is None:
+                source, params = _source(w, where, fparams)
                 rows = _aggregate(conn, source, params, q)
             start = since
             if start is None:
@@ -969,8 +1195,9 @@ def history(conn: sqlite3.Connection, q: HistoryQuery, now: float | None = None)
                 start = min(parse_iso(first), until) if first else until
     duration = max(until - start, 1e-3)
     for row in rows:
-        row["bps"] = row["bytes"] * 8 / duration
-    return HistoryResult(rows=rows, since=start, until=until, duration=duration, rounded=rounded)
+        active = max((row.pop("active_ms") or 0) / 1000, MIN_ACTIVE_SECONDS)
+        row["bps"] = row["bytes"] * 8 / active
+    return HistoryResult(rows=rows, since=start, until=until, duration=duration)
 
 
 # --- benchmark hooks (flowscope bench) -----------------------------------------------------

@@ -6,6 +6,16 @@ past it, new records are dropped and counted, and the count is written in the ne
 ``records_dropped`` so history shows the gap. A failed write (disk full, database locked) is
 kept as a status string for the user and retried with the backlog kept; nothing raises into
 the collector.
+
+Each tick also carries what the live flows hold that no record holds yet (PendingFlows); it is
+written in the tick's own transaction, so after a kill -9 the next writer turns it into
+``crash`` records and history has lost at most the last tick. Only the newest of these
+matters: when the writer is behind, the older ones are skipped.
+
+Two ways out are bounded, so that stopping always ends: ``close()`` gives up once writes have
+failed for ``CLOSE_STALL`` seconds in a row (or on a second Ctrl-C) and says in ``lost`` how
+many records did not make it; and an error that is not the database's (a bug, a bad setting)
+ends the thread and is raised by ``check()`` in the collection loop, which then stops.
 """
 
 from __future__ import annotations
@@ -17,10 +27,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from flowscope.model import FlowRecord, NewFlow, Sample
+from flowscope.errors import FlowscopeError
+from flowscope.model import FlowRecord, NewFlow, PendingFlows, Sample
 from flowscope.store import Store, StoreError
 
 DEFAULT_MAX_BACKLOG = 1_000_000
+CLOSE_STALL = 3.0
+"""Seconds close() waits for a write to succeed before it gives up on the rest."""
 
 
 @dataclass(slots=True)
@@ -28,6 +41,8 @@ class _Tick:
     records: Sequence[FlowRecord]
     sample: Sample | None
     events: Sequence[NewFlow]
+    pending: Sequence[PendingFlows] | None
+    pending_id: int
 
     @property
     def size(self) -> int:
@@ -52,8 +67,14 @@ class Writer:
         retry_interval: float = 1.0,
     ) -> None:
         """Open (or take) the store now, so a bad path or a too-new file fails in the caller,
-        and start the thread."""
+        turn what a dead writer left pending into ``crash`` records, and start the thread."""
         self.store = store if isinstance(store, Store) else Store(store)
+        try:
+            #: Records recovered from writers that died (end reason 'crash').
+            self.recovered = self.store.recover()
+        except BaseException:
+            self.store.close()
+            raise
         self.max_backlog = max_backlog
         self.retain_seconds = retain_seconds
         self.max_bytes = max_bytes
@@ -70,6 +91,10 @@ class Writer:
         self.written = 0
         #: What is wrong with writing, for the user (None while all is well).
         self.status: str | None = None
+        #: Records that were never written: what close() gave up on (0 while all is well).
+        self.lost = 0
+        #: The error that ended the thread, when it was not the database's.
+        self.failed: BaseException | None = None
         #: Ticks committed, and the seconds their transactions took in all (write latency).
         self.writes = 0
         self.write_seconds = 0.0
@@ -78,6 +103,8 @@ class Writer:
         self._cond = threading.Condition()
         self._closing = False
         self._abandon = False
+        self._pending_id = 0
+        self._last_success = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="flowscope-writer", daemon=True)
         self._thread.start()
 
@@ -86,10 +113,13 @@ class Writer:
         records: Sequence[FlowRecord],
         sample: Sample | None,
         events: Sequence[NewFlow],
+        pending: Sequence[PendingFlows] | None = None,
     ) -> None:
         """Queue one tick; never blocks on the disk. Whatever does not fit in the backlog
         bound is dropped and counted (the sample is always kept: it is one row)."""
         with self._cond:
+            if pending is not None:
+                self._pending_id += 1
             room = max(self.max_backlog - self.backlog, 0)
             if len(records) > room:
                 self.dropped += len(records) - room
@@ -99,31 +129,64 @@ class Writer:
             if len(events) > room:
                 self.events_dropped += len(events) - room
                 events = events[:room]
-            tick = _Tick(records, sample, events)
+            tick = _Tick(records, sample, events, pending, self._pending_id)
             self._ticks.append(tick)
             self.backlog += tick.size
             self._cond.notify()
 
+    def check(self) -> None:
+        """Raise, as a FlowscopeError, the error that ended the thread (None: all is well)."""
+        if self.failed is not None:
+            raise FlowscopeError(
+                f"history writer stopped: {type(self.failed).__name__}: {self.failed}",
+                f"{self.backlog} records were waiting; everything before them is in "
+                f"{self.store.path}",
+            )
+
     def close(self, timeout: float | None = None) -> bool:
         """Write everything queued, stop the thread and close the store. True when all was
-        written; False if ``timeout`` passed first (what was left is lost, and ``status``
-        says why)."""
+        written. It waits as long as writes succeed, but gives up once they have failed for
+        CLOSE_STALL seconds in a row (or ``timeout`` passed, or a second Ctrl-C came): what
+        was left is then counted in ``lost``, and ``status`` says why."""
         with self._cond:
             self._closing = True
+            self._last_success = time.monotonic()
             self._cond.notify()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while self._thread.is_alive():
+                self._thread.join(0.1)
+                now = time.monotonic()
+                if now - self._last_success > CLOSE_STALL or (
+                    deadline is not None and now > deadline
+                ):
+                    break
+        finally:
+            # also on a second Ctrl-C: count what is lost before the exception goes on
+            if self._thread.is_alive():
+                with self._cond:
+                    self._abandon = True
+                    self._cond.notify()
+                self._thread.join(1.0)
             with self._cond:
-                self._abandon = True
-                self._cond.notify()
-            self._thread.join(self.retry_interval + 5.0)
-        flushed = not self._ticks
-        if not self._thread.is_alive():
-            try:
-                self.store.close()
-            except StoreError as e:
-                self.status = str(e)
-        return flushed
+                self.lost = sum(len(t.records) for t in self._ticks)
+            if not self._thread.is_alive():
+                try:
+                    self.store.close()
+                except StoreError as e:
+                    self.status = self.status or str(e)
+        return not self._ticks
+
+    def report(self) -> str | None:
+        """One line for the user when something was not written, else None."""
+        if self.failed is not None:
+            return f"history writer stopped: {type(self.failed).__name__}: {self.failed}"
+        if self.lost:
+            why = self.status or "the writer was stopped"
+            return f"history: {self.lost} records could not be written ({why})"
+        if self.status:
+            return f"history: {self.status}"
+        return None
 
     def __enter__(self) -> Writer:
         return self
@@ -134,6 +197,13 @@ class Writer:
     # --- the thread ------------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as e:  # anything else: stop, and let check() tell the loop
+            self.failed = e
+            self.status = f"{type(e).__name__}: {e}"
+
+    def _loop(self) -> None:
         last_prune = last_rollup = time.monotonic()
         while True:
             with self._cond:
@@ -159,6 +229,8 @@ class Writer:
                 self.status = None
             except StoreError as e:
                 self.status = f"{e}; {self.backlog} records waiting, retrying"
+                if self._closing and not self._ticks:
+                    break  # only the rollup or prune failed: nothing is lost
                 with self._cond:
                     if not self._abandon:
                         self._cond.wait(timeout=self.retry_interval)
@@ -171,10 +243,15 @@ class Writer:
     def _write(self, tick: _Tick) -> None:
         """Write the oldest tick; it leaves the queue only once committed."""
         drops = self._unreported_drops if tick.sample is not None else 0
+        # only the newest pending state is worth writing: a later tick in the queue has one
+        pending = tick.pending if tick.pending_id == self._pending_id else None
         started = time.perf_counter()
-        self.store.write_tick(tick.records, tick.sample, tick.events, records_dropped=drops)
+        self.store.write_tick(
+            tick.records, tick.sample, tick.events, records_dropped=drops, pending=pending
+        )
         elapsed = time.perf_counter() - started
         with self._cond:
+            self._last_success = time.monotonic()
             self.writes += 1
             self.write_seconds += elapsed
             self._ticks.popleft()

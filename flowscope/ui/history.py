@@ -311,8 +311,7 @@ class HistoryScreen(Screen[None]):
         if self.result is not None and not self._pending:
             n = len(self.result.rows)
             status.append(f"  {n} row{'' if n == 1 else 's'}", "dim")
-            if self.result.rounded:
-                status.append(f"  from {clock(self.result.since)} (hourly sums)", "dim")
+            status.append("  rate: while active", "dim")
         self.query_one("#status", Static).update(status)
 
     def on_history_graph_zoom(self, message: HistoryGraph.Zoom) -> None:

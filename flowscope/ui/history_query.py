@@ -12,7 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from flowscope import store
+import numpy as np
+
+from flowscope import store, window
 from flowscope.errors import UsageError
 from flowscope.model import proto_name
 from flowscope.output import human, human_bytes, human_rate
@@ -62,34 +64,55 @@ def bucket_bytes(
     where: str | None = None,
     params: Sequence[Any] = (),
 ) -> list[int]:
-    """Bytes per bucket of ``step`` seconds from ``rng.since``: the records ``history`` reads
-    for the range (those overlapping it), each counted in the bucket of its ``last_seen``
-    (when it was exported), clamped into the range.
+    """Bytes per bucket of ``step`` seconds from ``rng.since``, each record or tick spread
+    evenly over its interval (window.py): a bucket holds what happened in it, so no bucket
+    can show more than the real peak.
 
-    From ``flows`` rather than ``samples`` because a filter must narrow the graph as it narrows
-    the table, and samples are per-tick totals with no flow in them. Times are compared as
-    whole milliseconds taken from the fixed-width text, so a bucket edge is exact."""
+    Unfiltered, from ``samples``: the kernel's own per-tick byte counts, which include what no
+    flow record holds (a full map, non-IP frames). With a filter, from the flow records, as
+    the table beside it; also when the range has no samples (a database filled by other
+    means)."""
     n = max(1, -(-round(rng.duration * 1000) // round(step * 1000)))
-    since_text = store.iso_time(rng.since)
-    since_ms = round(store.parse_iso(since_text) * 1000)
+    since_ms = round(rng.since * 1000)
     step_ms = round(step * 1000)
-    ms = (
-        "(CAST(strftime('%s', last_seen) AS INTEGER) * 1000"
-        " + CAST(substr(last_seen, 21, 3) AS INTEGER))"
-    )
-    sql = (
-        f"SELECT max(0, ({ms} - ?) / ?) AS bucket, sum(bytes) FROM flows "
-        f"WHERE last_seen >= ? AND first_seen <= ?{f' AND ({where})' if where else ''} "
-        "GROUP BY bucket"
-    )
-    out = [0] * n
+    since_text, until_text = store.iso_time(rng.since), store.iso_time(rng.until)
     with store.translate_errors("cannot read history from", "the database"):
-        rows = conn.execute(
-            sql, [since_ms, step_ms, since_text, store.iso_time(rng.until), *params]
-        )
-        for bucket, total in rows:
-            out[min(int(bucket), n - 1)] += int(total or 0)
-    return out
+        rows: list[tuple[int, int, int]] = []
+        if where is None:
+            rows = _sample_rows(conn, since_text, store.iso_time(rng.until + _MAX_TICK))
+        if not rows:
+            f, la = window.ms_sql("first_seen"), window.ms_sql("last_seen")
+            rows = conn.execute(
+                f"SELECT {f}, {la}, bytes FROM flows WHERE last_seen >= ? AND first_seen < ?"
+                f"{f' AND ({where})' if where else ''}",
+                [since_text, until_text, *params],
+            ).fetchall()
+    if not rows:
+        return [0] * n
+    arr = np.array(rows, dtype=np.int64)
+    out = window.spread(arr[:, 2], arr[:, 0], arr[:, 1], since_ms, step_ms, n)
+    return [int(v) for v in out]
+
+
+_MAX_TICK = 60.0
+"""Seconds a sample may reach back before its time (a tick's interval, generously)."""
+
+
+def _sample_rows(conn: sqlite3.Connection, since: str, until: str) -> list[tuple[int, int, int]]:
+    """(start ms, end ms, bytes) of each tick in the range. Samples written before the
+    kernel counted bytes (schema 4 and older) give their rate times their interval."""
+    cols = {r[1] for r in conn.execute("PRAGMA table_info(samples)")}
+    nbytes = (
+        "CASE WHEN bytes > 0 THEN bytes ELSE CAST(round(bps * interval / 8) AS INTEGER) END"
+        if "bytes" in cols
+        else "CAST(round(bps * interval / 8) AS INTEGER)"
+    )
+    t = window.ms_sql("time")
+    return conn.execute(
+        f"SELECT {t} - CAST(round(interval * 1000) AS INTEGER), {t}, {nbytes} FROM samples "
+        "WHERE time >= ? AND time < ?",
+        (since, until),
+    ).fetchall()
 
 
 def parse_range(text: str, now: float) -> TimeRange:

@@ -75,13 +75,13 @@ def test_egress_rule_gives_the_same_key(program: FlowProgram, case: Case) -> Non
     n = len(case.frames)
     split = program.read_counters_by_direction()
     assert all(v == 0 for v in split[abi.DIR_INGRESS].values())
+    size = sum(len(f) for f in case.frames)
     if case.key is None:
         assert flows == {}
-        assert got == counters(n, **{case.outcome: n})
+        assert got == counters(n, size, **{case.outcome: n})
     else:
-        size = sum(len(f) for f in case.frames)
         assert flows == {egress(case.key): (n, size, n * case.ip_bytes, case.tcp_flags)}
-        assert got == counters(n, flows_created=1)
+        assert got == counters(n, size, flows_created=1)
     assert {c.name.lower(): v for c, v in split[abi.DIR_EGRESS].items()} == got
 
 
@@ -100,7 +100,7 @@ def test_both_programs_share_maps_and_keep_their_counters_apart(program: FlowPro
     split = program.read_counters_by_direction()
     assert split[abi.DIR_INGRESS][abi.Counter.PACKETS] == 1
     assert split[abi.DIR_EGRESS][abi.Counter.PACKETS] == 2
-    assert got == counters(3, flows_created=2)
+    assert got == counters(3, 3 * len(frame), flows_created=2)
 
 
 # -- real traffic both ways on a veth pair --------------------------------------------------------

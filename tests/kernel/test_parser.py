@@ -98,6 +98,7 @@ def observe(program: FlowProgram) -> tuple[Flows, dict[str, int]]:
 
 def counters(
     packets: int,
+    nbytes: int,
     *,
     flows_created: int = 0,
     non_ip: int = 0,
@@ -105,9 +106,11 @@ def counters(
     truncated: int = 0,
     map_full: int = 0,
 ) -> dict[str, int]:
-    """A full counter dict; the ring buffer never fills in these tests."""
+    """A full counter dict; the ring buffer never fills in these tests. ``nbytes``: the frame
+    bytes of every packet (the kernel's total, whatever became of the packet)."""
     return {
         "packets": packets,
+        "bytes": nbytes,
         "flows_created": flows_created,
         "non_ip": non_ip,
         "malformed": malformed,
@@ -371,13 +374,13 @@ def test_rule(fresh: FlowProgram, case: Case) -> None:
         assert fresh.test_run(frame).retval == XDP_PASS
     flows, got = observe(fresh)
     n = len(case.frames)
+    size = sum(len(f) for f in case.frames)
     if case.key is None:
         assert flows == {}
-        assert got == counters(n, **{case.outcome: n})
+        assert got == counters(n, size, **{case.outcome: n})
     else:
-        size = sum(len(f) for f in case.frames)
         assert flows == {case.key: (n, size, n * case.ip_bytes, case.tcp_flags)}
-        assert got == counters(n, flows_created=1)
+        assert got == counters(n, size, flows_created=1)
 
 
 def test_rule_frames_are_what_they_claim() -> None:
@@ -517,11 +520,14 @@ def test_cut_at_every_byte(program: FlowProgram, cf: CutFrame) -> None:
         flows, got = observe(program)
         stage = cf.at(n)
         if stage.key is None:
-            assert (n, flows, got) == (n, {}, counters(1, malformed=1))
+            assert (n, flows, got) == (n, {}, counters(1, n, malformed=1))
         else:
             flags = 0 if stage.truncated else cf.tcp_flags
             assert (n, flows) == (n, {stage.key: (1, n, cf.ip_bytes, flags)})
-            assert (n, got) == (n, counters(1, flows_created=1, truncated=int(stage.truncated)))
+            assert (n, got) == (
+                n,
+                counters(1, n, flows_created=1, truncated=int(stage.truncated)),
+            )
 
 
 def test_frame_shorter_than_ethernet_is_refused(fresh: FlowProgram) -> None:
@@ -529,7 +535,7 @@ def test_frame_shorter_than_ethernet_is_refused(fresh: FlowProgram) -> None:
     with pytest.raises(BpfError) as err:
         fresh.test_run(TCP4[:13])
     assert err.value.errno == errno.EINVAL
-    assert observe(fresh) == ({}, counters(0))
+    assert observe(fresh) == ({}, counters(0, 0))
 
 
 # -- every packet is counted exactly once ------------------------------------------------------
@@ -598,7 +604,7 @@ def test_map_full(program_factory: Callable[..., FlowProgram]) -> None:
     assert flows == {k: (3, 3 * 42, 3 * 28, 0) for k in keys[:4]} | {
         k6(1111, 53, UDP_): (1, 62, 48, 0)
     }
-    assert got == counters(19, flows_created=5, map_full=6)
+    assert got == counters(19, 18 * 42 + 62, flows_created=5, map_full=6)
     assert [(e.key, e.length, e.map_full) for e in events] == (
         [(k, 42, False) for k in keys[:4]]
         + [(k, 42, True) for k in keys[4:]]

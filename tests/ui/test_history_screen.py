@@ -154,10 +154,19 @@ def test_graph_buckets_hold_every_byte_of_the_range(db: Path) -> None:
     assert len(values) == 60
     total = sum(r["bytes"] for r in expected(db, rng.since, rng.until).rows)
     assert sum(values) == total
-    # The record that ended at 02:30:00 is in the bucket 02:30:00-02:31:00.
-    assert values[30] == 2_000_000
-    # The one that ended at 02:59:30 and the reverse one that ended at 02:59:00.
-    assert values[59] == 150_000 + 30_000
+    # The record of 02:29:00-02:30:00 is in that bucket, not in the one where it ended.
+    assert values[29] == 2_000_000 and values[30] == 0
+    # The one of 02:58:30-02:59:30 is split over two buckets; the reverse one of
+    # 02:58:00-02:59:00 is in the first of them.
+    assert values[59] == 75_000
+    assert values[58] == 75_000 + 30_000
+    # a filter reads the flow records instead, with the same spreading
+    conn = store.connect_readonly(db)
+    try:
+        flows_only = bucket_bytes(conn, rng, 60.0, "dport = ?", [443])
+    finally:
+        conn.close()
+    assert flows_only[29] == 2_000_000 and flows_only[58:] == [75_000, 75_000]
 
 
 # --- the screen ------------------------------------------------------------------------------
@@ -175,7 +184,7 @@ async def test_opens_on_the_last_hour_with_the_numbers_of_history(db: Path) -> N
             "192.0.2.10:443",
             "tcp",
             "2.1 MB",
-            "4.8 kb/s",
+            "9.4 kb/s",  # over 02:29:00-02:59:30, when it was active
             "1.6 k",
             "2",
         ]
@@ -320,16 +329,16 @@ async def test_zoom_into_a_bucket_and_back_out(db: Path) -> None:
         graph = screen.query_one(HistoryGraph)
         assert graph.step == 60 and len(graph.values) == 60
         assert graph.cursor == 59
-        # Walk left to the 02:30 bucket; the line under the graph follows the cursor.
-        for _ in range(29):
+        # Walk left to the 02:29 bucket; the line under the graph follows the cursor.
+        for _ in range(30):
             await pilot.press("left")
         await pilot.pause()
-        assert graph.cursor == 30
-        assert "02:30:00-02:31:00 2.0 MB" in text_of(screen, "#info")
+        assert graph.cursor == 29
+        assert "02:29:00-02:30:00 2.0 MB" in text_of(screen, "#info")
         await pilot.press("enter")
         screen = await settle(pilot)
-        assert (screen.range.since, screen.range.until) == (NOW - 30 * 60, NOW - 29 * 60)
-        want = expected(db, NOW - 30 * 60, NOW - 29 * 60)
+        assert (screen.range.since, screen.range.until) == (NOW - 31 * 60, NOW - 30 * 60)
+        want = expected(db, NOW - 31 * 60, NOW - 30 * 60)
         assert_table_is(screen, want, "flow")
         assert [r["bytes"] for r in want.rows] == [2_000_000]
         assert "zoom 1" in text_of(screen, "#title")

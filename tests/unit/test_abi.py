@@ -80,7 +80,7 @@ LAYOUT = {
         },
     ),
     # counters[direction][counter]: ingress 0..55, egress 56..111
-    "cpu_state": (abi.CpuState, 128, {"counters": 0, "clock_jiffies": 112, "clock_ns": 120}),
+    "cpu_state": (abi.CpuState, 144, {"counters": 0, "clock_jiffies": 128, "clock_ns": 136}),
     "replay_meta": (abi.ReplayMeta, 16, {"timestamp": 0, "wire_len": 8, "ifindex": 12}),
 }
 

@@ -126,7 +126,9 @@ def test_per_cpu_values_are_summed_and_rates_come_from_deltas() -> None:
     assert int(live.batch.first_seen[0]) == t0 - SEC  # the earliest CPU
     assert int(live.batch.tcp_flags[0]) == 0x12
     assert live.bps[0] == pytest.approx(1500 * 8)
-    assert tick.sample.pps == pytest.approx(15)
+    assert tick.flow_packets == 15
+    # the sample's rates are the kernel's counters: here nothing counted them
+    assert tick.sample.pps == 0
     # the next tick: 30 more packets on one CPU over 2 s
     src.flows[abi.AF_INET][("198.18.0.1", "198.18.0.2", 1000, 80, 6)].cpus[0] = (
         40,
@@ -137,10 +139,17 @@ def test_per_cpu_values_are_summed_and_rates_come_from_deltas() -> None:
         0x02,
     )
     src.now += 2 * SEC
+    # the kernel saw 40 packets, 10 of them where no flow could take them (map full)
+    src.counters[abi.Counter.PACKETS] += 40
+    src.counters[abi.Counter.BYTES] += 4000
+    src.counters[abi.Counter.MAP_FULL] += 10
     tick = col.tick()
     assert tick.live[0].pps[0] == pytest.approx(15)
     assert tick.live[0].bps[0] == pytest.approx(3000 * 8 / 2)
-    assert tick.sample.bps == pytest.approx(3000 * 8 / 2)
+    assert tick.flow_packets == 30 and tick.flow_bytes == 3000
+    assert tick.sample.pps == pytest.approx(40 / 2)
+    assert tick.sample.bps == pytest.approx(4000 * 8 / 2)
+    assert tick.sample.counters["unattributed"] == 10
     assert tick.sample.active_flows == 1
     assert tick.records == []
 

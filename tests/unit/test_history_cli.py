@@ -109,16 +109,18 @@ def test_flow_records_of_one_flow_are_summed(db: Path) -> None:
         "last_seen": store.iso_time(NOW - 540),
         "bps": 0,
     }
-    assert a["bps"] == pytest.approx(7500 * 8 / 1800)
+    # over the 120 s the flow was active in the range, not the whole 30 min
+    assert a["bps"] == pytest.approx(7500 * 8 / 120)
 
 
 def test_ranges_select_records_that_overlap_them(db: Path) -> None:
     assert len(history_json(db, "--since", "3h")) == 3
     assert len(history_json(db, "--since", "3h", "--exact")) == 3
     assert {r["dport"] for r in history_json(db, "--since", "3h", "--until", "1h")} == {53}
-    # a range that starts inside flow A's second record (first_seen NOW-600, last NOW-540)
+    # a range inside flow A's second record (first_seen NOW-600, last NOW-540, 2500 bytes):
+    # the 20 s of its 60 s that fall in the range, a third of its bytes
     rows = history_json(db, "--since", "570s", "--until", "550s")
-    assert [(r["dport"], r["bytes"]) for r in rows] == [(443, 2500)]
+    assert [(r["dport"], r["bytes"]) for r in rows] == [(443, 833)]
     iso = store.iso_time(NOW - 2 * 86400 - 10)
     assert [r["dport"] for r in history_json(db, "--since", iso, "--until", "1d")] == [22]
     assert len(history_json(db)) == 4  # no --since: everything
@@ -153,7 +155,7 @@ def test_groupings(db: Path) -> None:
             "records": 3,
             "first_seen": store.iso_time(NOW - 660),
             "last_seen": store.iso_time(NOW - 540),
-            "bps": pytest.approx(27500 * 8 / 3600),
+            "bps": pytest.approx(27500 * 8 / 120),  # over the 2 minutes it was active
         }
     ]
     src = history_json(db, "--group-by", "src")

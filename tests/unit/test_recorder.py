@@ -61,11 +61,18 @@ class ListSink:
         self.packets = 0
 
     def submit(
-        self, records: list[FlowRecord], sample: Sample | None, events: list[NewFlow]
+        self,
+        records: list[FlowRecord],
+        sample: Sample | None,
+        events: list[NewFlow],
+        pending: object = None,
     ) -> None:
         self.records += records
         if sample is not None:
             self.packets += sample.counters.get("packets", 0)
+
+    def check(self) -> None:
+        pass
 
     def close(self) -> None:
         pass

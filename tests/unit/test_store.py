@@ -11,19 +11,21 @@ import signal
 import sqlite3
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sqlite_utils
 from hypothesis import given
 from hypothesis import strategies as st
 
 from flowscope import abi, store
-from flowscope.errors import UsageError
-from flowscope.model import FlowKey, FlowRecord, NewFlow, Sample
-from flowscope.writer import Writer
+from flowscope.errors import FlowscopeError, UsageError
+from flowscope.model import FlowBatch, FlowKey, FlowRecord, NewFlow, PendingFlows, Sample
+from flowscope.writer import CLOSE_STALL, Writer
 
 T0 = 1_795_000_000.0  # 2026-11-18T...Z, a fixed clock
 
@@ -462,3 +464,133 @@ def test_sql_syntax_error_is_one_line(filled: Path) -> None:
 def test_benchmark_hook_reports_a_rate(tmp_path: Path) -> None:
     result = store.insert_rate(2000, batch=500)
     assert result["records"] == 2000 and result["records_per_second"] > 0
+
+
+# --- crash safety and bounded shutdown ----------------------------------------------------------
+
+
+def pending_of(packets: list[int], exported: list[int], t0: float = T0) -> PendingFlows:
+    """IPv4 flows 198.18.0.(i+1) -> 198.19.0.1 that counted ``packets`` of which ``exported``
+    are in records already (1000 bytes a packet); kernel times are seconds since 0."""
+    n = len(packets)
+    keys = np.zeros(n, abi.KEY4_DTYPE)
+    for i in range(n):
+        keys[i]["saddr"] = [198, 18, 0, i + 1]
+        keys[i]["daddr"] = [198, 19, 0, 1]
+        keys[i]["sport"], keys[i]["dport"], keys[i]["proto"], keys[i]["ifindex"] = (
+            5000 + i,
+            53,
+            17,
+            3,
+        )
+    p = np.array(packets, np.uint64)
+    e = np.array(exported, np.uint64)
+    batch = FlowBatch(
+        abi.AF_INET, keys, p, p * 1000, p * 980,
+        np.full(n, 10 * 10**9, np.uint64), np.full(n, 20 * 10**9, np.uint64),
+        np.zeros(n, np.uint8),
+    )  # fmt: skip
+    start = np.full(n, 12 * 10**9, np.uint64)
+    return PendingFlows(batch, slice(None), e, e * 1000, e * 980, start, t0 - 10, {3: "veth3"})
+
+
+_KILLED_WRITER = """
+import os, signal, sys, time
+sys.path.insert(0, {root!r})
+from tests.unit.test_store import pending_of, rec
+from flowscope.writer import Writer
+w = Writer({db!r})
+w.submit([rec(sport=1)], None, [], [pending_of([5, 7, 9], [0, 7, 4])])
+while w.written < 1:
+    time.sleep(0.01)
+time.sleep(0.2)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_writer_leaves_its_pending_flows_and_the_next_one_writes_them(db: Path) -> None:
+    """kill -9 after a tick was written: the next writer turns the tick's pending part of each
+    live flow into a 'crash' record (what was exported already is not written twice)."""
+    root = str(Path(__file__).resolve().parents[2])
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_WRITER.format(root=root, db=str(db))],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert count(db, "flows") == 1
+    w = Writer(db)
+    assert w.recovered == 2  # the flow with 7 of 7 exported has nothing pending
+    assert w.close(timeout=10)
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        rows = c.execute(
+            "SELECT src, sport, packets, bytes, first_seen, last_seen, iface FROM flows "
+            "WHERE end_reason = 'crash' ORDER BY sport"
+        ).fetchall()
+        assert c.execute("SELECT count(*) FROM pending").fetchone()[0] == 0
+    assert rows == [
+        ("198.18.0.1", 5000, 5, 5000, store.iso_time(T0 + 2), store.iso_time(T0 + 10), "veth3"),
+        ("198.18.0.3", 5002, 5, 5000, store.iso_time(T0 + 2), store.iso_time(T0 + 10), "veth3"),
+    ]
+    assert Writer(db).recovered == 0  # once only
+
+
+def test_a_live_writers_pending_flows_are_left_alone(db: Path) -> None:
+    """Two recordings into one file: the second must not take the first one's live flows for
+    a crash's (they would be written twice)."""
+    first = Writer(db)
+    first.submit([], None, [], [pending_of([5], [0])])
+    deadline = time.monotonic() + 5
+    while first.backlog and time.monotonic() < deadline:
+        time.sleep(0.01)
+    second = Writer(db)
+    assert second.recovered == 0
+    second.close(timeout=10)
+    first.submit([rec()], None, [], [])  # shut down: nothing is pending any more
+    assert first.close(timeout=10)
+    assert count(db, "pending") == 0 and Writer(db).recovered == 0
+
+
+def test_close_gives_up_on_a_database_that_cannot_be_written(db: Path) -> None:
+    """The write lock is held for ever (as a full disk or a damaged file fail every write):
+    close() returns within a few seconds, counts what it could not write and says why."""
+    s = store.Store(db)
+    s.conn.execute("PRAGMA busy_timeout = 20")
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        w = Writer(s, retry_interval=0.05)
+        for i in range(4):
+            w.submit([rec(sport=i * 10 + j) for j in range(10)], sample(T0 + i), [])
+        t = time.monotonic()
+        assert not w.close()
+        assert time.monotonic() - t < CLOSE_STALL + 2
+        assert w.lost == 40
+        line = w.report()
+        assert line is not None and "40 records could not be written" in line and "locked" in line
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+
+def test_an_error_in_the_writer_thread_stops_the_recording(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not the database's error (here a retention too far back for a date): the thread ends,
+    check() raises it for the collection loop, close() ends at once and counts the rest."""
+
+    def prune(*args: object) -> int:
+        raise ValueError("year -99999 is out of range")
+
+    w = Writer(db, retain_seconds=1.0, prune_interval=0.0)
+    monkeypatch.setattr(w.store, "prune", prune)
+    w.submit([rec()], sample(), [])
+    deadline = time.monotonic() + 5
+    while w.failed is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(FlowscopeError, match="history writer stopped: ValueError"):
+        w.check()
+    w.submit([rec(sport=2)], sample(), [])
+    t = time.monotonic()
+    w.close()
+    assert time.monotonic() - t < 2
+    assert w.lost == 1

@@ -1,0 +1,251 @@
+"""The collector against a model of the kernel: random sequences of traffic, ticks, idle gaps,
+FIN/RST, map-full bursts, early eviction and packets racing the delete, through the real
+Collector with a fake kernel that counts exactly as bpf/flowscope.c does.
+
+Invariants, checked on every step and at the end:
+- per tick, the packets and bytes the tick gave to flows plus what the kernel could not give
+  to a flow (map full, non-IP) equal the kernel's own counter deltas, and the sample's rates
+  are those deltas over the interval;
+- per flow, the records written for it sum to exactly what the kernel counted for it, and
+  its records never overlap in time (a record that restarts at the flow's first packet means
+  the flow was counted twice).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+from collections.abc import Callable
+
+import numpy as np
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from flowscope import abi
+from flowscope.collector import Collector, CollectorSettings
+from flowscope.model import FlowBatch, FlowEvent, FlowKey
+
+SEC = 1_000_000_000
+NCPU = 2
+ENTRIES = 16
+FLOWS = 40  # distinct 5-tuples the traffic is drawn from: more than the map holds
+FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+
+
+def _key(i: int) -> tuple[int, bytes]:
+    """Flow i as (family, kernel key bytes): even flows IPv4, odd ones IPv6."""
+    if i % 2 == 0:
+        k = np.zeros(1, abi.KEY4_DTYPE)
+        k[0]["saddr"] = np.frombuffer(ipaddress.ip_address(f"198.18.0.{i + 1}").packed, np.uint8)
+        k[0]["daddr"] = np.frombuffer(ipaddress.ip_address("198.19.0.1").packed, np.uint8)
+        family = abi.AF_INET
+    else:
+        k = np.zeros(1, abi.KEY6_DTYPE)
+        k[0]["saddr"] = np.frombuffer(ipaddress.ip_address(f"2001:db8::{i + 1:x}").packed, np.uint8)
+        k[0]["daddr"] = np.frombuffer(ipaddress.ip_address("2001:db8::ffff").packed, np.uint8)
+        family = abi.AF_INET6
+    k[0]["sport"], k[0]["dport"], k[0]["proto"], k[0]["ifindex"] = 1000 + i, 80, 6, 7
+    return family, k.tobytes()
+
+
+KEYS = [_key(i) for i in range(FLOWS)]
+
+
+class FakeKernel:
+    """Per-CPU hash maps and counters that behave like bpf/flowscope.c's, with a clock."""
+
+    def __init__(self, entries: int) -> None:
+        self.flow_entries = entries
+        self.now = 1000 * SEC
+        # family -> key bytes -> per-CPU rows [packets, bytes, ip_bytes, first, last, flags]
+        self.maps: dict[int, dict[bytes, list[list[int]]]] = {abi.AF_INET: {}, abi.AF_INET6: {}}
+        self.counters = dict.fromkeys(abi.Counter, 0)
+        self.late: tuple[int, int] | None = None  # (packets, bytes) arriving during a take
+        self.attributed: dict[bytes, list[int]] = defaultdict(lambda: [0, 0])
+
+    def send(self, i: int, packets: int, size: int, cpu: int, flags: int) -> None:
+        family, key = KEYS[i]
+        m = self.maps[family]
+        self.counters[abi.Counter.PACKETS] += packets
+        self.counters[abi.Counter.BYTES] += packets * size
+        if key not in m:
+            if len(m) >= self.flow_entries:
+                self.counters[abi.Counter.MAP_FULL] += packets
+                return
+            m[key] = [[0, 0, 0, 0, 0, 0] for _ in range(NCPU)]
+            self.counters[abi.Counter.FLOWS_CREATED] += 1
+        row = m[key][cpu]
+        if row[0] == 0:
+            row[3] = self.now
+        row[0] += packets
+        row[1] += packets * size
+        row[2] += packets * (size - 14)
+        row[4] = self.now
+        row[5] |= flags
+        self.attributed[key][0] += packets
+        self.attributed[key][1] += packets * size
+
+    def send_non_ip(self, packets: int, size: int) -> None:
+        self.counters[abi.Counter.PACKETS] += packets
+        self.counters[abi.Counter.BYTES] += packets * size
+        self.counters[abi.Counter.NON_IP] += packets
+
+    def _batch(self, family: int, keys: list[bytes]) -> FlowBatch:
+        kd = abi.KEY4_DTYPE if family == abi.AF_INET else abi.KEY6_DTYPE
+        karr = np.frombuffer(b"".join(keys), kd).copy() if keys else np.zeros(0, kd)
+        vals = np.zeros((len(keys), NCPU), abi.VALUE_DTYPE)
+        for r, k in enumerate(keys):
+            for c, row in enumerate(self.maps[family][k]):
+                vals[r, c] = tuple(row)
+        return FlowBatch.from_percpu(family, karr, vals)
+
+    # -- the FlowSource protocol ----------------------------------------------------------
+
+    def read_flows(self, family: int) -> FlowBatch:
+        # the kernel's iteration order is not the insertion order: reverse it
+        return self._batch(family, list(self.maps[family])[::-1])
+
+    def take_flows(self, family: int, keys: np.ndarray) -> tuple[np.ndarray, FlowBatch]:
+        m = self.maps[family]
+        found = np.array([k.tobytes() in m for k in keys], bool)
+        got = [k.tobytes() for k in keys if k.tobytes() in m]
+        if self.late is not None and got:
+            # packets that reach the first flow between the collector's read and its delete
+            p, b = self.late
+            row = m[got[0]][0]
+            if row[0] == 0:
+                row[3] = self.now
+            row[0] += p
+            row[1] += b
+            row[4] = self.now
+            self.counters[abi.Counter.PACKETS] += p
+            self.counters[abi.Counter.BYTES] += b
+            self.attributed[got[0]][0] += p
+            self.attributed[got[0]][1] += b
+            self.late = None
+        batch = self._batch(family, got)
+        for k in got:
+            del m[k]
+        return found, batch
+
+    def read_counters(self) -> dict[abi.Counter, int]:
+        return dict(self.counters)
+
+    def open_events(self, callback: Callable[[FlowEvent], None]) -> None:
+        pass
+
+    def poll_events(self, timeout_ms: int = 0) -> None:
+        pass
+
+
+def _raw(key: FlowKey) -> bytes:
+    """The kernel key bytes of a record's key."""
+    for family, raw in KEYS:
+        if family != key.family:
+            continue
+        dtype = abi.KEY4_DTYPE if family == abi.AF_INET else abi.KEY6_DTYPE
+        k = np.frombuffer(raw, dtype)[0]
+        if int(k["sport"]) == key.sport:
+            return raw
+    raise AssertionError(f"record for an unknown flow {key}")
+
+
+class CollectorMachine(RuleBasedStateMachine):
+    """Traffic, ticks and clock steps in any order; the collector must stay exact."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kernel = FakeKernel(ENTRIES)
+        self.collector = Collector(
+            self.kernel,
+            CollectorSettings(idle_timeout=5.0, fin_timeout=1.0, active_timeout=3.0),
+            iface_names={7: "veth7"},
+            monotonic_ns=lambda: self.kernel.now,
+            wall_time=lambda: 1_700_000_000.0 + self.kernel.now / SEC,
+        )
+        self.written: dict[bytes, list[int]] = defaultdict(lambda: [0, 0])
+        self.last_end: dict[bytes, float] = {}
+        self.counters = self.kernel.read_counters()
+
+    @rule(
+        i=st.integers(0, FLOWS - 1),
+        packets=st.integers(1, 50),
+        size=st.integers(60, 1500),
+        cpu=st.integers(0, NCPU - 1),
+        flags=st.sampled_from([0, ACK, SYN, FIN | ACK, RST]),
+    )
+    def send(self, i: int, packets: int, size: int, cpu: int, flags: int) -> None:
+        self.kernel.send(i, packets, size, cpu, flags)
+
+    @rule(first=st.integers(0, FLOWS - 1), count=st.integers(1, FLOWS), cpu=st.integers(0, 1))
+    def burst(self, first: int, count: int, cpu: int) -> None:
+        """A flood: one packet to each of many flows, most of them new (the map fills)."""
+        for j in range(count):
+            self.kernel.send((first + j) % FLOWS, 1, 64, cpu, SYN)
+
+    @rule(packets=st.integers(1, 20))
+    def non_ip(self, packets: int) -> None:
+        self.kernel.send_non_ip(packets, 60)
+
+    @rule(packets=st.integers(1, 5))
+    def race_the_delete(self, packets: int) -> None:
+        self.kernel.late = (packets, packets * 100)
+
+    @rule(seconds=st.sampled_from([0.2, 0.5, 1.0, 1.5, 3.0, 6.0]))
+    def wait(self, seconds: float) -> None:
+        self.kernel.now += int(seconds * SEC)
+
+    @rule()
+    def tick(self) -> None:
+        self.kernel.now += SEC // 10
+        t = self.collector.tick()
+        counters = self.kernel.read_counters()
+        delta = {c: counters[c] - self.counters[c] for c in abi.Counter}
+        self.counters = counters
+        self._take(t.records)
+        s = t.sample
+        unattributed = delta[abi.Counter.MAP_FULL] + delta[abi.Counter.NON_IP]
+        assert t.flow_packets + unattributed == delta[abi.Counter.PACKETS]
+        assert round(s.pps * s.interval) == delta[abi.Counter.PACKETS]
+        assert round(s.bps * s.interval / 8) == delta[abi.Counter.BYTES]
+        assert s.counters["unattributed"] == unattributed
+
+    def _take(self, records: list) -> None:  # type: ignore[type-arg]
+        for r in records:
+            raw = _raw(r.key)
+            assert r.packets > 0
+            assert r.first_seen <= r.last_seen
+            # a record that begins before the previous one of its flow ended counts packets twice
+            assert r.first_seen >= self.last_end.get(raw, 0.0) - 1e-6, r
+            self.last_end[raw] = r.last_seen
+            self.written[raw][0] += r.packets
+            self.written[raw][1] += r.bytes
+
+    @invariant()
+    def never_more_than_counted(self) -> None:
+        for raw, (p, b) in self.written.items():
+            assert p <= self.kernel.attributed[raw][0]
+            assert b <= self.kernel.attributed[raw][1]
+
+    @precondition(lambda self: True)
+    @rule()
+    def shutdown_is_exact(self) -> None:
+        """What shutdown() would write, with everything written so far, is every packet."""
+        written = {k: list(v) for k, v in self.written.items()}
+        for r in self.collector.shutdown():
+            raw = _raw(r.key)
+            written.setdefault(raw, [0, 0])
+            written[raw][0] += r.packets
+            written[raw][1] += r.bytes
+        for raw, (p, b) in self.kernel.attributed.items():
+            assert written.get(raw, [0, 0]) == [p, b], (raw, written.get(raw), (p, b))
+
+
+TestCollectorModel = CollectorMachine.TestCase
+TestCollectorModel.settings = settings(
+    max_examples=300,
+    stateful_step_count=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
