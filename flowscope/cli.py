@@ -384,7 +384,10 @@ def record(
     Every tick reads the kernel's flow maps; finished flows (idle, FIN/RST, evicted) and
     long-lived ones (every active timeout) are written as records, with a sample of the totals
     and the new-flow events. On Ctrl-C and SIGTERM every live flow is written with end reason
-    'shutdown'. On a terminal a one-line status shows what is happening. With --ipfix every
+    'shutdown'; after kill -9 or a crash the next start writes what the last tick had counted
+    with end reason 'crash'. If the database cannot be written, stopping still ends within
+    seconds and says how many records were lost. On a terminal a one-line status shows what
+    is happening (rates are the kernel's totals; MAP FULL when flows found no room). With --ipfix every
     record also goes to an IPFIX collector; --metrics serves Prometheus metrics."""
     from flowscope.collector import CollectorSettings
     from flowscope.exports import Exports
@@ -593,7 +596,7 @@ def _history_cells(row: dict[str, Any], group_by: str, iface: bool) -> dict[str,
     type=click.Choice(["bytes", "packets", "flows", "bps"]),
     default="bytes",
     show_default=True,
-    help="What to rank by (flows: flow records; bps ranks as bytes).",
+    help="What to rank by (flows: flow records; bps: the rate while active).",
 )
 @click.option(
     "--group-by",
@@ -607,7 +610,8 @@ def _history_cells(row: dict[str, Any], group_by: str, iface: bool) -> dict[str,
 @click.option(
     "--exact",
     is_flag=True,
-    help="Read every record even for ranges of 3 h or more (which otherwise start on the hour).",
+    help="Read every record even for ranges of 3 h or more (else whole hours come from hourly "
+    "sums: the same totals, faster).",
 )
 def history(
     db: Path | None,
@@ -622,7 +626,10 @@ def history(
 ) -> None:
     """Top flows (or hosts, ports...) of a time range, from the history database.
 
-    The records of one flow that overlap the range are summed; bps is bits over the whole
+    Each record's packets and bytes are spread evenly over its first..last seen, and only
+    the share inside [since, until) counts (a 60 s record in a 10 s window counts a sixth);
+    first and last seen are clipped to the range, and bps is the rate over the time a row was
+    active in the range (its first to last packet there, at least 1 s), not over the whole
     range. Times are UTC."""
     from flowscope import output, store
     from flowscope.model import proto_name

@@ -93,6 +93,8 @@ class Writer:
         self.status: str | None = None
         #: Records that were never written: what close() gave up on (0 while all is well).
         self.lost = 0
+        #: The last write error, kept after ``status`` clears (for the final report).
+        self.last_error: str | None = None
         #: The error that ended the thread, when it was not the database's.
         self.failed: BaseException | None = None
         #: Ticks committed, and the seconds their transactions took in all (write latency).
@@ -182,7 +184,7 @@ class Writer:
         if self.failed is not None:
             return f"history writer stopped: {type(self.failed).__name__}: {self.failed}"
         if self.lost:
-            why = self.status or "the writer was stopped"
+            why = self.last_error or "the writer was stopped"
             return f"history: {self.lost} records could not be written ({why})"
         if self.status:
             return f"history: {self.status}"
@@ -228,6 +230,7 @@ class Writer:
                     last_prune = now
                 self.status = None
             except StoreError as e:
+                self.last_error = str(e)
                 self.status = f"{e}; {self.backlog} records waiting, retrying"
                 if self._closing and not self._ticks:
                     break  # only the rollup or prune failed: nothing is lost

@@ -51,6 +51,36 @@ while pos < len(data):
 print(n)
 """
 
+# Sends frames (stdin: u32 length, bytes records) in turn, argv[2] frames per second in all,
+# through an AF_PACKET socket on argv[1] until SIGTERM; then prints the CLOCK_MONOTONIC ns of
+# every send, one per line (the clock is the same in every namespace, so a test can tell which
+# frames went before a moment of its own). Frame i of the output is frames[i % len(frames)].
+_PACED = """
+import signal, socket, struct, sys, time
+data = sys.stdin.buffer.read()
+frames, pos = [], 0
+while pos < len(data):
+    (size,) = struct.unpack_from("<I", data, pos)
+    frames.append(data[pos + 4 : pos + 4 + size])
+    pos += 4 + size
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((sys.argv[1], 0))
+gap = 1e9 / float(sys.argv[2])
+stop = []
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+sent = []
+nxt = time.monotonic_ns()
+print("ready", flush=True)
+while not stop:
+    s.send(frames[len(sent) % len(frames)])
+    sent.append(time.monotonic_ns())
+    nxt += gap
+    delay = nxt - time.monotonic_ns()
+    if delay > 0:
+        time.sleep(delay / 1e9)
+sys.stdout.write("".join(f"{t}\\n" for t in sent))
+"""
+
 
 def _run(args: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(args), check=check, capture_output=True, text=True, timeout=30)
@@ -135,6 +165,34 @@ class VethNamespace:
             args = ("taskset", "-c", str(cpu), *args)
         proc = self.run(*args, input=data)
         return int(proc.stdout)
+
+
+class PacedSender:
+    """Frames sent in turn at a steady rate (``pps`` in all) from inside the namespace until
+    stop(); ``times`` are then the monotonic ns of every send, send i being frame i modulo
+    their number (the truth a test compares history with)."""
+
+    def __init__(self, net: VethNamespace, frames: Sequence[bytes], pps: float) -> None:
+        self.proc = subprocess.Popen(
+            net.command(PYTHON, "-c", _PACED, net.peer_if, str(pps)),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(b"".join(struct.pack("<I", len(f)) + bytes(f) for f in frames))
+        self.proc.stdin.close()
+        assert self.proc.stdout.readline().strip() == b"ready"
+        self.times: list[int] = []
+
+    def stop(self) -> list[int]:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        out = self.proc.stdout.read()
+        err = self.proc.stderr.read()
+        self.proc.wait(timeout=30)
+        assert self.proc.returncode == 0, err.decode(errors="replace")
+        self.times = [int(line) for line in out.split()]
+        return self.times
 
 
 def unique_names(prefix: str = "fs") -> tuple[str, str, str]:
