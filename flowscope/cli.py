@@ -387,8 +387,9 @@ def record(
     'shutdown'; after kill -9 or a crash the next start writes what the last tick had counted
     with end reason 'crash'. If the database cannot be written, stopping still ends within
     seconds and says how many records were lost. On a terminal a one-line status shows what
-    is happening (rates are the kernel's totals; MAP FULL when flows found no room). With --ipfix every
-    record also goes to an IPFIX collector; --metrics serves Prometheus metrics."""
+    is happening (rates are the kernel's totals; MAP FULL when flows found no room). With
+    --ipfix every record also goes to an IPFIX collector; --metrics serves Prometheus
+    metrics."""
     from flowscope.collector import CollectorSettings
     from flowscope.exports import Exports
     from flowscope.recorder import RecordSettings, run
