@@ -134,8 +134,8 @@ class FlowscopeApp(App[None]):
             )
         if counters.get("map_full", 0):
             self.notify(
-                f"flow map full: {counters['map_full']} packets of new flows not counted "
-                "(--flow-entries)",
+                f"flow map full: {counters['map_full']} packets of new flows in the totals "
+                "but in no flow (--flow-entries)",
                 severity="warning",
             )
         w = msg.writer

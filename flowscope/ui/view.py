@@ -189,7 +189,13 @@ def _as_bytes(*cols: np.ndarray) -> np.ndarray:
     """Each row's columns side by side as one opaque byte string (a numpy void), so that
     np.unique and argsort treat a multi-column key as one value."""
     n = len(cols[0])
-    parts = [np.ascontiguousarray(c).view(np.uint8).reshape(n, -1) for c in cols]
+    # the width from the dtype, not -1: numpy cannot infer it for zero rows (an empty view)
+    parts = [
+        np.ascontiguousarray(c)
+        .view(np.uint8)
+        .reshape(n, c.dtype.itemsize * int(np.prod(c.shape[1:])))
+        for c in cols
+    ]
     mat = np.ascontiguousarray(np.hstack(parts)) if parts else np.zeros((n, 0), np.uint8)
     return mat.view(np.dtype((np.void, mat.shape[1]))).ravel()
 

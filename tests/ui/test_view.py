@@ -71,6 +71,18 @@ def test_groups_sum_their_flows(group: str) -> None:
     assert sum(r.bps for r in view.rows) == pytest.approx(float(FRAME.bps.sum()))
 
 
+@pytest.mark.parametrize("group", list(GROUPS))
+@pytest.mark.parametrize("empty", ["filter", "frame"])
+def test_a_group_of_nothing_is_an_empty_view(group: str, empty: str) -> None:
+    """A filter that matches nothing, or flows that all expired, grouped by anything: no rows
+    (this ended the console with a traceback: numpy cannot reshape zero rows to width -1)."""
+    if empty == "filter":
+        frame, spec = FRAME, ViewSpec(group=group, filter=parse("host 203.0.113.99"))
+    else:
+        frame, spec = FlowFrame.empty(), ViewSpec(group=group)
+    assert compute(frame, spec).rows == []
+
+
 def test_conversation_merges_both_directions_with_bytes_in_and_out() -> None:
     """The server's egress flow and the client's ingress flow are one conversation row: Out is
     what the server sent (egress), In what it received (ingress)."""
