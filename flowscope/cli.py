@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import signal
 import sys
 import time
@@ -28,6 +29,12 @@ if TYPE_CHECKING:
 
 EXIT_INTERRUPTED = 130
 
+if TYPE_CHECKING:  # click's ParamType is generic from 8.2; pyproject allows 8.1
+    _FloatParam = click.ParamType[float]
+    _StrParam = click.ParamType[str]
+else:
+    _FloatParam = _StrParam = click.ParamType
+
 
 class _Group(click.Group):
     """Translates FlowscopeError (and Ctrl-C) raised by any command into a one-line error."""
@@ -36,10 +43,110 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except FlowscopeError as e:
-            click.echo(f"flowscope: error: {e}", err=True)
+            click.echo(f"flowscope: error: {_one_line(str(e))}", err=True)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
             ctx.exit(EXIT_INTERRUPTED)
+        except click.UsageError as e:
+            # click prints Usage/Try/Error on three lines; an operator's script wants one
+            where = f" ({e.ctx.command_path} --help)" if e.ctx is not None else ""
+            click.echo(f"flowscope: error: {_one_line(e.format_message())}{where}", err=True)
+            ctx.exit(e.exit_code)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as e:  # a bug: one line for the user, the traceback in a file
+            log = _write_crash_log()
+            click.echo(
+                f"flowscope: internal error: {type(e).__name__}: {_one_line(str(e))} "
+                f"(traceback in {log})",
+                err=True,
+            )
+            ctx.exit(1)
+
+
+def _one_line(text: str) -> str:
+    """``text`` with every control character (a newline, an escape sequence from a user's
+    input or a file) written as its escape: one line, and nothing the terminal obeys."""
+    return "".join(
+        c if c.isprintable() or c == " " else c.encode("unicode_escape").decode() for c in text
+    )
+
+
+def _write_crash_log() -> str:
+    """Write the exception being handled to a new file (the state directory, else /tmp) and
+    return its path."""
+    import os
+    import tempfile
+    import traceback
+
+    text = f"flowscope {' '.join(sys.argv[1:])!r}\n{traceback.format_exc()}"
+    for base in (os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state"), None):
+        try:
+            directory = Path(base, "flowscope") if base else Path(tempfile.gettempdir())
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd, path = tempfile.mkstemp(prefix="flowscope-crash-", suffix=".log", dir=directory)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            return path
+        except OSError:
+            continue
+    return "(nowhere: no directory could be written)"
+
+
+class Seconds(_FloatParam):
+    """A number of seconds: finite (nan and inf are refused: a tick every nan seconds is a busy
+    loop, a duration of inf never ends), above ``low`` (or at it, unless ``low_open``) and at
+    most ``high``. A bad value is click's usage error: one line naming the option, exit 2."""
+
+    name = "seconds"
+
+    def __init__(
+        self, low: float = 0.0, high: float = 10 * 365 * 86400.0, *, low_open: bool = True
+    ):
+        self.low, self.high, self.low_open = low, high, low_open
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float):
+            seconds = value
+        else:
+            try:
+                seconds = float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        low_ok = seconds > self.low if self.low_open else seconds >= self.low
+        if not math.isfinite(seconds) or not low_ok or seconds > self.high:
+            above = "above" if self.low_open else "at least"
+            self.fail(
+                f"{value!r} is not {above} {self.low:.10g} and at most {self.high:.10g} seconds",
+                param,
+                ctx,
+            )
+        return seconds
+
+
+class InterfaceName(_StrParam):
+    """A network interface name as the kernel takes it: 1 to 15 bytes of UTF-8, no slash,
+    no white space (a name that is not UTF-8 cannot be one of the machine's)."""
+
+    name = "iface"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        try:
+            raw = text.encode("utf-8")
+        except UnicodeEncodeError:
+            self.fail(f"{text.encode('utf-8', 'surrogateescape')!r} is not UTF-8", param, ctx)
+        if not 1 <= len(raw) <= 15 or "/" in text or any(c.isspace() for c in text):
+            self.fail(
+                f"{text!r} is not an interface name (1-15 bytes, no '/' or spaces)", param, ctx
+            )
+        return text
+
+
+MAX_ROWS = 1_000_000_000
+"""The largest --top: more than any history holds, and a number SQLite takes."""
 
 
 class Terminated(SystemExit):
@@ -64,6 +171,7 @@ interfaces_option = click.option(
     "-i",
     "--interface",
     "interfaces",
+    type=InterfaceName(),
     multiple=True,
     required=True,
     metavar="IFACE",
@@ -90,7 +198,7 @@ force_option = click.option(
 )
 entries_option = click.option(
     "--flow-entries",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 1 << 26),
     default=abi.DEFAULT_FLOW_ENTRIES,
     show_default=True,
     help="Size of each kernel flow map (IPv4 and IPv6).",
@@ -151,7 +259,7 @@ history_db_option = click.option(
 )
 interval_option = click.option(
     "--interval",
-    type=click.FloatRange(min=0.05),
+    type=Seconds(0.05, 3600.0, low_open=False),
     envvar="FLOWSCOPE_INTERVAL",
     default=1.0,
     show_default=True,
@@ -166,21 +274,21 @@ def expiry_options(f: Any) -> Any:
         [
             click.option(
                 "--idle-timeout",
-                type=click.FloatRange(min=0, min_open=True),
+                type=Seconds(0, 30 * 86400.0),
                 default=15.0,
                 show_default=True,
                 help="A flow with no packet for this long is finished and written.",
             ),
             click.option(
                 "--fin-timeout",
-                type=click.FloatRange(min=0, min_open=True),
+                type=Seconds(0, 30 * 86400.0),
                 default=2.0,
                 show_default=True,
                 help="The idle timeout after a FIN or RST was seen.",
             ),
             click.option(
                 "--active-timeout",
-                type=click.FloatRange(min=0, min_open=True),
+                type=Seconds(0, 30 * 86400.0),
                 default=60.0,
                 show_default=True,
                 help="A long-lived flow is written as a record this often.",
@@ -224,7 +332,7 @@ def export_options(f: Any) -> Any:
 @entries_option
 @click.option(
     "--duration",
-    type=click.FloatRange(min=0),
+    type=Seconds(0, low_open=False),
     default=None,
     help="Seconds to count before printing (default: until Ctrl-C).",
 )
@@ -348,7 +456,7 @@ def _human_rate(bps: float) -> str:
 @history_db_option
 @click.option(
     "--duration",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Seconds(0),
     default=None,
     help="Seconds to record (default: until Ctrl-C or SIGTERM).",
 )
@@ -590,7 +698,11 @@ def _history_cells(row: dict[str, Any], group_by: str, iface: bool) -> dict[str,
 @click.option("--since", default=None, metavar="WHEN", help="Start: 10m, 2h, 7d ago, or ISO 8601.")
 @click.option("--until", default=None, metavar="WHEN", help="End: as --since (default: now).")
 @click.option(
-    "--top", type=click.IntRange(min=0), default=20, show_default=True, help="Rows (0: all)."
+    "--top",
+    type=click.IntRange(0, MAX_ROWS),
+    default=20,
+    show_default=True,
+    help="Rows (0: all).",
 )
 @click.option(
     "--by",
@@ -636,8 +748,8 @@ def history(
     from flowscope.model import proto_name
 
     now = time.time()
-    t_since = store.parse_time_arg(since, "--since", now) if since else None
-    t_until = store.parse_time_arg(until, "--until", now) if until else None
+    t_since = store.parse_time_arg(since, "--since", now) if since is not None else None
+    t_until = store.parse_time_arg(until, "--until", now) if until is not None else None
     where: str | None = None
     params: list[object] = []
     conn = store.connect_readonly(db or store.default_db_path())
@@ -744,7 +856,7 @@ def doctor(interfaces: tuple[str, ...]) -> None:
 @click.option("--headless", is_flag=True, help="Record without the console (tests use this).")
 @click.option(
     "--duration",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Seconds(0),
     default=None,
     help="Seconds to run (default: until q, Ctrl-C or SIGTERM).",
 )

@@ -26,6 +26,7 @@ name with characters outside ``[A-Za-z0-9_.:/-]`` is written (``iface "odd name"
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import operator
@@ -484,12 +485,18 @@ def _found(token: Token) -> str:
     return f"'{text}'" if text.isprintable() else repr(text)
 
 
+MAX_DEPTH = 64
+"""Levels of 'not' and '(' a filter may nest: far more than anyone types, far less than
+Python's recursion limit."""
+
+
 class _Parser:
     """Recursive descent over the tokens, one method per grammar rule."""
 
     def __init__(self, text: str) -> None:
         self.tokens = list(_tokenize(text))
         self.pos = 0
+        self.depth = 0
 
     def peek(self) -> Token:
         return self.tokens[self.pos]
@@ -533,14 +540,31 @@ class _Parser:
         return parts[0] if len(parts) == 1 else And(tuple(parts))
 
     def not_(self) -> Expr:
+        token = self.peek()
         if self.at("not", "!"):
-            return Not(self.not_())
+            with self.nested(token):
+                return Not(self.not_())
         if self.at("("):
-            expr = self.or_()
+            with self.nested(token):
+                expr = self.or_()
             if not self.at(")"):
                 self.fail("'and', 'or' or ')'", self.peek())
             return expr
         return self.term()
+
+    @contextlib.contextmanager
+    def nested(self, token: Token) -> Iterator[None]:
+        """One more level of 'not' or '(': past MAX_DEPTH the filter is refused where it
+        goes too deep (the parser, the matcher and the SQL are recursive)."""
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise FilterSyntaxError(
+                token.column, f"at most {MAX_DEPTH} levels of 'not' and '('", f"'{token.text}'"
+            )
+        try:
+            yield
+        finally:
+            self.depth -= 1
 
     def term(self) -> Expr:
         token = self.take()

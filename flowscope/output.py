@@ -41,7 +41,14 @@ def write_json_lines(rows: Sequence[dict[str, Any]], out: IO[str] | None = None)
     """One JSON object per line."""
     out = out or sys.stdout
     for row in rows:
-        out.write(json.dumps(row) + "\n")
+        out.write(json.dumps(row, default=_json_value) + "\n")
+
+
+def _json_value(value: Any) -> Any:
+    """What JSON has no type for: bytes (a BLOB from `sql`) as hex text."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def write_csv(

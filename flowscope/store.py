@@ -174,15 +174,23 @@ _SIZE_UNITS = {
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
 
 
+MAX_DURATION = 100 * 365 * 86400.0
+"""The longest duration a user may type (a century): anything longer reaches before 1970."""
+FIRST_TIME, LAST_TIME = 0.0, 253402300799.0
+"""The times history can store: 1970-01-01 to 9999-12-31T23:59:59Z."""
+
+
 def parse_duration(text: str, option: str = "--retain") -> float:
-    """Seconds from ``30s``, ``10m``, ``2h``, ``7d``, ``1w``; anything else is a UsageError."""
+    """Seconds from ``30s``, ``10m``, ``2h``, ``7d``, ``1w``, up to a century; anything else
+    is a UsageError."""
     m = _DURATION_RE.match(text)
-    if not m or float(m.group(1)) <= 0:
+    seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2).lower()] if m else 0.0
+    if not m or not 0 < seconds <= MAX_DURATION:
         raise UsageError(
-            f"{option}: {text!r} is not a duration",
+            f"{option}: {text!r} is not a duration (up to 100 years)",
             "a positive number and a unit: s, m, h, d or w, as in 7d",
         )
-    return float(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
+    return seconds
 
 
 def parse_size(text: str, option: str = "--max-db-size") -> int:
@@ -205,14 +213,21 @@ def parse_time_arg(text: str, option: str, now: float | None = None) -> float:
     if text.strip().lower() == "now":
         return now
     if _DURATION_RE.match(text):
-        return now - parse_duration(text, option)
-    try:
-        return parse_iso(text)
-    except ValueError as e:
+        t = now - parse_duration(text, option)
+    else:
+        try:
+            t = parse_iso(text)
+        except (ValueError, OverflowError) as e:
+            raise UsageError(
+                f"{option}: {text!r} is neither a duration nor an ISO 8601 time",
+                "use 10m, 2h, 7d or 2026-11-22T03:00:00Z",
+            ) from e
+    if not FIRST_TIME <= t <= LAST_TIME:
         raise UsageError(
-            f"{option}: {text!r} is neither a duration nor an ISO 8601 time",
-            "use 10m, 2h, 7d or 2026-11-22T03:00:00Z",
-        ) from e
+            f"{option}: {text!r} is outside the times history keeps",
+            "from 1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z",
+        )
+    return t
 
 
 # --- paths and connections -----------------------------------------------------------------
