@@ -72,10 +72,10 @@ def test_a_flow_during_a_flood_that_fills_the_map_is_counted_once(
         sent = len(sender.stop())
         _, err = stop(proc)
     finally:
-        if sender.proc.poll() is None:
-            sender.stop()
         if proc.poll() is None:
             proc.kill()
+        if sender.proc.poll() is None:
+            sender.proc.kill()
     assert proc.returncode in (0, 130), err
     wait_detached(net.host_if)
     for i, frame in enumerate(frames):
@@ -115,9 +115,9 @@ def test_kill_9_at_random_moments_loses_at_most_a_tick(net: VethNamespace, tmp_p
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
         finally:
-            times = sender.stop()
             if proc.poll() is None:
                 proc.kill()
+            times = sender.stop()
         wait_detached(net.host_if)
         rounds.append(sum(1 for t in times if t < killed_at))
     # the restart after the last round
