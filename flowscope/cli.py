@@ -807,16 +807,31 @@ def history(
 @main.command()
 @history_db_option
 @_format_option
+@click.option(
+    "--timeout",
+    type=Seconds(0, 86400.0),
+    default=10.0,
+    show_default=True,
+    help="Stop the statement after this many seconds (Ctrl-C stops it too).",
+)
+@click.option(
+    "--max-rows",
+    type=click.IntRange(1, MAX_ROWS),
+    default=100_000,
+    show_default=True,
+    help="Refuse a result longer than this (use LIMIT).",
+)
 @click.argument("query")
-def sql(db: Path | None, fmt: str, query: str) -> None:
+def sql(db: Path | None, fmt: str, timeout: float, max_rows: int, query: str) -> None:
     """Run one read-only SQL statement on the history database.
 
     Tables: flows, samples, events, flows_hourly (see README). Writes, ATTACH and pragmas
-    that change anything are refused."""
+    that change anything are refused; a statement runs at most --timeout seconds and returns
+    at most --max-rows rows."""
     from flowscope import output
     from flowscope.store import default_db_path, read_sql
 
-    columns, rows = read_sql(db or default_db_path(), query)
+    columns, rows = read_sql(db or default_db_path(), query, timeout=timeout, max_rows=max_rows)
     if fmt == "json":
         output.write_json_lines([dict(zip(columns, r, strict=True)) for r in rows])
     elif fmt == "csv":

@@ -1455,12 +1455,30 @@ def _authorizer(
     return authorize
 
 
-def read_sql(path: Path | str, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+SQL_TIMEOUT = 10.0
+"""Seconds `flowscope sql` lets a statement run (--timeout)."""
+SQL_MAX_ROWS = 100_000
+"""Rows `flowscope sql` returns at most (--max-rows): a bound on its memory too."""
+
+
+def read_sql(
+    path: Path | str,
+    query: str,
+    *,
+    timeout: float = SQL_TIMEOUT,
+    max_rows: int = SQL_MAX_ROWS,
+) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Run one statement on a read-only connection (URI mode=ro) with an authorizer that
     denies every write, ATTACH/DETACH and any pragma that would change something: the
-    column names and the rows. Refusals and SQL errors are UsageErrors (one line)."""
+    column names and the rows. Refusals and SQL errors are UsageErrors (one line).
+
+    A statement that runs longer than ``timeout`` seconds, or returns more than ``max_rows``
+    rows, is stopped with a UsageError saying so; Ctrl-C stops it too (SQLite's progress
+    handler runs Python every few thousand steps, which is where the signal is raised)."""
     conn = connect_readonly(path)
     refused: list[str] = []
+    deadline = time.monotonic() + timeout
+    conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
     try:
         with contextlib.suppress(ImportError):
             from flowscope.filter import register_sql_functions
@@ -1469,10 +1487,22 @@ def read_sql(path: Path | str, query: str) -> tuple[list[str], list[tuple[Any, .
         conn.set_authorizer(_authorizer(refused))
         try:
             cur = conn.execute(query)
-            rows = cur.fetchall()
+            rows = cur.fetchmany(max_rows + 1)
+            if len(rows) > max_rows:
+                raise UsageError(
+                    f"sql: more than {max_rows} rows",
+                    "add a LIMIT or a WHERE, or raise --max-rows",
+                )
         except sqlite3.Warning as e:  # more than one statement
             raise UsageError(f"sql: {e}", "run one statement at a time") from e
         except sqlite3.Error as e:
+            if "interrupted" in str(e):
+                if time.monotonic() > deadline:
+                    raise UsageError(
+                        f"sql: stopped after {timeout:g} s",
+                        "narrow the query, or raise --timeout",
+                    ) from e
+                raise KeyboardInterrupt from e  # Ctrl-C, raised in the progress handler
             if refused:
                 # Name the statement (DROP, not the DELETE from sqlite_master it starts with),
                 # or for PRAGMA and WITH, the first thing refused.

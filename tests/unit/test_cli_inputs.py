@@ -9,6 +9,10 @@ interfaces. The inputs that once gave tracebacks are pinned as explicit examples
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -131,3 +135,30 @@ def test_a_bug_is_one_line_naming_a_log_with_the_traceback(
     log = Path(line.rsplit("traceback in ", 1)[1].rstrip(")"))
     assert log.parent == tmp_path / "flowscope"
     assert "ZeroDivisionError" in log.read_text() and "Traceback" in log.read_text()
+
+
+INFINITE = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT {} FROM c"
+
+
+def test_sql_stops_at_its_time_limit_and_its_row_limit(db: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["sql", "--db", str(db), "--timeout", "0.5", INFINITE.format("count(*)")]
+    )
+    assert result.exit_code == 2
+    assert result.stderr.startswith("flowscope: error: sql: stopped after 0.5 s")
+    result = CliRunner().invoke(main, ["sql", "--db", str(db), INFINITE.format("x")])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("flowscope: error: sql: more than 100000 rows")
+
+
+def test_ctrl_c_stops_a_running_sql_statement(db: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flowscope", "sql", "--db", str(db), "--timeout", "600",
+         INFINITE.format("count(*)")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
