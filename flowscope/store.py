@@ -466,9 +466,9 @@ def _migration_4(db: sqlite_utils.Database) -> None:
 def _migration_5(db: sqlite_utils.Database) -> None:
     """samples.bytes: the kernel's byte counter delta of the tick (every frame, also those no
     flow took), and ``pending``: per running writer (``session``) and family, the part of
-    each live flow that no record holds yet, as of the last tick written (a blob of
-    model.PENDING_DTYPES rows, replaced in every tick's transaction). The next writer to open
-    the file turns the rows of a session whose process is gone into records with end reason
+    each live flow that no record holds yet, as of the last tick written (the blob of
+    model.PendingFlows.to_bytes, replaced in every tick's transaction). The next writer to
+    open the file turns the rows of a session whose process is gone into records with end reason
     ``crash``. Plain SQL, so the DDL stays what it was when released."""
     db.execute("ALTER TABLE samples ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0")
     db.execute(
