@@ -907,9 +907,14 @@ def table_row(r: Result) -> str:
 
 def info_line(r: Result) -> str:
     """The sentence under an informative row: what the design choice it measures saves."""
+    if r.unit == "ns/packet":
+        return (
+            f"  (informative, not a target) {r.name}: {r.value - r.baseline:+.1f} ns per packet "
+            f"over {r.baseline_name}, x{r.ratio:.2f}"
+        )
     return (
-        f"  (informative, not a target) {r.name}: {r.value - r.baseline:+.1f} ns per packet "
-        f"over {r.baseline_name}, x{r.ratio:.2f}"
+        f"  (informative, not a target) {r.name}: {r.value:.1f} {r.unit} beside "
+        f"{r.baseline_name}'s {r.baseline:.1f}, x{r.ratio:.2f}"
     )
 
 
