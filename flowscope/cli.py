@@ -521,10 +521,10 @@ def record(
             active_timeout=active_timeout,
         ),
     )
-    from flowscope.probe.attach import interface_info
+    from flowscope.probe.attach import check_can_attach
 
-    for name in interfaces:  # a wrong name fails before a database is created
-        interface_info(name)
+    for name in interfaces:  # a wrong name or a taken interface fails before a database exists
+        check_can_attach(name, force)
     writer = Writer(db, retain_seconds=retain_s, max_bytes=max_bytes)
     _say_recovered(writer)
     tty = sys.stderr.isatty()
@@ -618,13 +618,13 @@ def live(
     It keeps recording history while it is open (--no-db: nothing is kept). Quitting (q,
     Ctrl-C, SIGTERM) writes the live flows and detaches the program."""
     from flowscope.collector import CollectorSettings
-    from flowscope.probe.attach import interface_info
+    from flowscope.probe.attach import check_can_attach
     from flowscope.recorder import RecordSettings
 
     if db is not None and no_db:
         raise click.UsageError("--db and --no-db exclude each other")
-    for name in interfaces:  # a wrong name fails before a database is created
-        interface_info(name)
+    for name in interfaces:  # fails at once, not in a console stuck at "starting"
+        check_can_attach(name, force)
     settings = RecordSettings(
         interfaces=interfaces,
         db=db,

@@ -107,20 +107,29 @@ def _detach_foreign(info: InterfaceInfo) -> None:
         ) from e
 
 
+def check_can_attach(ifname: str, force: bool) -> InterfaceInfo:
+    """The interface, if flowscope may attach to it: it exists, and it runs no other XDP
+    program (unless ``force``). Commands call this before anything else, so that a console
+    or a database is never opened for an attach that cannot happen."""
+    info = interface_info(ifname)
+    if info.xdp_prog_id and not force:
+        raise AttachError(
+            f"{ifname} already runs another XDP program (id {info.xdp_prog_id}, "
+            f"{info.xdp_mode} mode)",
+            "--force would remove it, and whatever it does (a DDoS filter, a load balancer) "
+            f"with it: look first with 'bpftool prog show id {info.xdp_prog_id}'",
+        )
+    return info
+
+
 class XdpAttachment:
     """The program attached to one interface, for as long as this object (or process) lives."""
 
     def __init__(self, prog_fd: int, ifname: str, *, mode: str = "auto", force: bool = False):
         if mode not in MODES:
             raise AttachError(f"unknown XDP mode {mode!r}", f"choose one of {', '.join(MODES)}")
-        info = interface_info(ifname)
+        info = check_can_attach(ifname, force)
         if info.xdp_prog_id:
-            if not force:
-                raise AttachError(
-                    f"{ifname} already runs an XDP program (id {info.xdp_prog_id}, "
-                    f"{info.xdp_mode} mode)",
-                    "flowscope does not replace it unless told --force",
-                )
             _detach_foreign(info)
         self.ifname = ifname
         self.ifindex = info.index
@@ -166,8 +175,8 @@ def _attach_error(ifname: str, mode: str, e: FlowscopeError | None) -> Flowscope
     err = e.errno if e else None
     if err in (errno.EBUSY, errno.EEXIST):
         return AttachError(
-            f"{ifname} already runs an XDP program",
-            "flowscope does not replace it unless told --force",
+            f"{ifname} already runs another XDP program",
+            "--force would remove it, and whatever it does (a DDoS filter, a load balancer)",
         )
     if err == errno.EOPNOTSUPP and mode == "native":
         return AttachError(

@@ -393,23 +393,33 @@ def foreign(net: VethNamespace) -> Iterator[int]:
         subprocess.run(["ip", "link", "set", "dev", net.host_if, "xdpgeneric", "off"], check=False)
 
 
-def test_foreign_program_is_left_alone(net: VethNamespace, foreign: int) -> None:
+@pytest.mark.parametrize("command", ["dump", "record", "live"])
+def test_foreign_program_is_left_alone(
+    net: VethNamespace, foreign: int, command: str, tmp_path: Path
+) -> None:
     """Without --force, flowscope refuses an interface that runs another XDP program: one line
-    naming the program and --force, no traceback, and the other program is still there."""
+    naming the program and what --force would do, no traceback, the other program still
+    there; `record` and `live` say so at once, before a database or a console exists."""
+    db = tmp_path / "flows.db"
+    extra = ["--duration", "1"] if command == "dump" else ["--db", str(db)]
+    t = time.monotonic()
     proc = subprocess.run(
-        [FLOWSCOPE, "dump", "-i", net.host_if, "--duration", "1"],
+        [FLOWSCOPE, command, "-i", net.host_if, *extra],
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert proc.returncode != 0
+    assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("flowscope: error: ")
-    assert f"already runs an XDP program (id {foreign}" in lines[0]
-    assert "--force" in lines[0]
+    assert f"already runs another XDP program (id {foreign}" in lines[0]
+    assert "--force would remove it" in lines[0]
     assert xdp_prog_id(net.host_if) == foreign
+    if command != "dump":
+        assert time.monotonic() - t < 10  # no compile, no console
+        assert not db.exists()
 
 
 def test_force_replaces_foreign_program(net: VethNamespace, foreign: int) -> None:
