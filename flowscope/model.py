@@ -127,6 +127,21 @@ def key_from_struct(family: int, k: abi.FlowKey4 | abi.FlowKey6 | abi.FlowEvent)
     )
 
 
+def key_from_row(family: int, k: np.void) -> FlowKey:
+    """Decode one row of a KEY4_DTYPE or KEY6_DTYPE array (a kernel key) into a FlowKey."""
+    return FlowKey(
+        family=family,
+        src=address_text(family, k["saddr"].tobytes()),
+        dst=address_text(family, k["daddr"].tobytes()),
+        sport=int(k["sport"]),
+        dport=int(k["dport"]),
+        proto=int(k["proto"]),
+        vlan=int(k["vlan"]),
+        ifindex=int(k["ifindex"]),
+        direction=int(k["direction"]),
+    )
+
+
 def event_from_bytes(data: bytes) -> FlowEvent:
     """Decode one ring buffer record."""
     ev = abi.FlowEvent.from_buffer_copy(data[: ctypes.sizeof(abi.FlowEvent)])
@@ -241,18 +256,7 @@ class FlowBatch:
 
     def key(self, i: int) -> FlowKey:
         """The FlowKey of row i."""
-        k = self.keys[i]
-        return FlowKey(
-            family=self.family,
-            src=address_text(self.family, k["saddr"].tobytes()),
-            dst=address_text(self.family, k["daddr"].tobytes()),
-            sport=int(k["sport"]),
-            dport=int(k["dport"]),
-            proto=int(k["proto"]),
-            vlan=int(k["vlan"]),
-            ifindex=int(k["ifindex"]),
-            direction=int(k["direction"]),
-        )
+        return key_from_row(self.family, self.keys[i])
 
     def stats(self, i: int) -> FlowStats:
         """The FlowStats of row i."""
@@ -398,18 +402,7 @@ def pending_records(
         offset += n * np.dtype(t).itemsize
     out = []
     for i in range(n):
-        k = keys[i]
-        key = FlowKey(
-            family=family,
-            src=address_text(family, k["saddr"].tobytes()),
-            dst=address_text(family, k["daddr"].tobytes()),
-            sport=int(k["sport"]),
-            dport=int(k["dport"]),
-            proto=int(k["proto"]),
-            vlan=int(k["vlan"]),
-            ifindex=int(k["ifindex"]),
-            direction=int(k["direction"]),
-        )
+        key = key_from_row(family, keys[i])
         out.append(
             FlowRecord(
                 key=key,
