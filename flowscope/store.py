@@ -17,6 +17,7 @@ This module never imports textual: ``history`` and ``sql`` are headless commands
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import itertools
 import json
@@ -538,6 +539,28 @@ def _direction(key: FlowKey) -> str:
     return DIRECTIONS.get(key.direction, str(key.direction))
 
 
+def _flow_row(r: FlowRecord) -> tuple[Any, ...]:
+    """A record as the values of FLOW_COLUMNS."""
+    return (
+        r.iface,
+        _direction(r.key),
+        r.key.vlan,
+        r.key.family,
+        r.key.src,
+        r.key.dst,
+        r.key.sport,
+        r.key.dport,
+        r.key.proto,
+        iso_time(r.first_seen),
+        iso_time(r.last_seen),
+        r.packets,
+        r.bytes,
+        r.ip_bytes,
+        r.tcp_flags,
+        r.end_reason,
+    )
+
+
 def _process_identity(pid: int) -> str | None:
     """``boot id:pid:start time`` of a running process, None if there is none: a pid alone
     is reused, and a reboot starts the numbering again."""
@@ -700,32 +723,8 @@ class Store:
                 self._replace_pending(pending_rows, sample)
 
     def _insert_records(self, records: Sequence[FlowRecord]) -> None:
-        if not records:
-            return
-        self.conn.executemany(
-            _INSERT_FLOW,
-            [
-                (
-                    r.iface,
-                    DIRECTIONS.get(r.key.direction) or str(r.key.direction),
-                    r.key.vlan,
-                    r.key.family,
-                    r.key.src,
-                    r.key.dst,
-                    r.key.sport,
-                    r.key.dport,
-                    r.key.proto,
-                    iso_time(r.first_seen),
-                    iso_time(r.last_seen),
-                    r.packets,
-                    r.bytes,
-                    r.ip_bytes,
-                    r.tcp_flags,
-                    r.end_reason,
-                )
-                for r in records
-            ],
-        )
+        if records:
+            self.conn.executemany(_INSERT_FLOW, [_flow_row(r) for r in records])
 
     def _replace_pending(
         self, rows: list[tuple[str, int, str, bytes]], sample: Sample | None
@@ -912,6 +911,8 @@ class _Window:
     hour_hi: int | None = None
     done: int = 0
     max_span: int = 0
+    live: bool = False
+    """Whether live flows were staged (stage_pending) and count too."""
 
     @property
     def hourly(self) -> bool:
@@ -937,9 +938,12 @@ def _window(conn: sqlite3.Connection, since: float | None, until: float, rollup:
     return _Window(s_ms, u_ms, lo, hi, int(state[0]), int(state[1]) if len(state) > 1 else 0)
 
 
-def _share_select(lo: int | None, hi: int, cond: str, where: str, records: str = "1") -> str:
-    """Flows rows that meet ``cond``, each with the share of its counts in [lo, hi) and its
-    times clipped to that range; rows that get nothing are left out."""
+def _share_select(
+    lo: int | None, hi: int, cond: str, where: str, records: str = "1", table: str = "flows"
+) -> str:
+    """Flows rows (of ``table``: flows, or the staged live flows) that meet ``cond``, each with
+    the share of its counts in [lo, hi) and its times clipped to that range; rows that get
+    nothing are left out."""
     f, la = window.ms_sql("first_seen"), window.ms_sql("last_seen")
     shares = ", ".join(
         f"{window.share_sql(c, 'f_ms', 'l_ms', lo, hi)} AS {c}"
@@ -949,7 +953,7 @@ def _share_select(lo: int | None, hi: int, cond: str, where: str, records: str =
     return (
         f"SELECT * FROM (SELECT {_KEYS}, {shares}, {lo_text} AS first_seen, "
         f"min(last_seen, '{_ms_text(hi)}') AS last_seen, {records} AS records "
-        f"FROM (SELECT {_SOURCE_COLUMNS}, {f} AS f_ms, {la} AS l_ms FROM flows "
+        f"FROM (SELECT {_SOURCE_COLUMNS}, {f} AS f_ms, {la} AS l_ms FROM {table} "
         f"WHERE {cond}{where})) WHERE packets > 0 OR bytes > 0"
     )
 
@@ -959,9 +963,15 @@ def _flow_parts(w: _Window, where: str, fparams: list[Any]) -> list[tuple[str, l
     _hourly_part, hold every record's share of the window exactly once."""
     u_text = _ms_text(w.until_ms)
     s_cond = [] if w.since_ms is None else [f"last_seen >= '{_ms_text(w.since_ms)}'"]
+    live = []
+    if w.live:  # what the writers hold now: never rolled up, all of its share counts
+        cond = " AND ".join([*s_cond, f"first_seen < '{u_text}'"])
+        live.append(
+            (_share_select(w.since_ms, w.until_ms, cond, where, table=PENDING_TABLE), fparams)
+        )
     if not w.hourly:
         cond = " AND ".join([*s_cond, f"first_seen < '{u_text}'"])
-        return [(_share_select(w.since_ms, w.until_ms, cond, where), fparams)]
+        return [(_share_select(w.since_ms, w.until_ms, cond, where), fparams), *live]
     assert w.hour_hi is not None
     # records not rolled up yet: all of their share
     parts = [
@@ -993,7 +1003,7 @@ def _flow_parts(w: _Window, where: str, fparams: list[Any]) -> list[tuple[str, l
         )
         records = f"({_LAST_MS.format(f='f_ms', l='l_ms')} >= {w.hour_hi})"
         parts.append((_share_select(w.hour_hi, w.until_ms, cond, where, records), fparams))
-    return parts
+    return [*parts, *live]
 
 
 def _hourly_cond(w: _Window) -> str:
@@ -1016,6 +1026,31 @@ def _source(w: _Window, where: str, fparams: list[Any]) -> tuple[str, list[Any]]
             ),
         )
     return " UNION ALL ".join(sql for sql, _ in parts), [p for _, ps in parts for p in ps]
+
+
+PENDING_TABLE = "temp.flowscope_pending"
+"""Where a reader puts the live flows of the pending table, shaped like flows."""
+
+
+def stage_pending(conn: sqlite3.Connection) -> int:
+    """Copy what the writers hold in ``pending`` (the part of each live flow no record holds
+    yet, as of their last tick) into PENDING_TABLE, shaped like ``flows``, with end reason
+    ``live``: history then counts what is running now, not only what was written. Call it
+    inside the read transaction of the query, so both tables are the same moment. Returns how
+    many rows it staged (0, and no table, on files without ``pending``)."""
+    if not _has_table(conn, "pending"):
+        return 0
+    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS flowscope_pending ({', '.join(FLOW_COLUMNS)})")
+    conn.execute(f"DELETE FROM {PENDING_TABLE}")
+    records: list[FlowRecord] = []
+    for family, ifaces, data in conn.execute("SELECT family, ifaces, flows FROM pending"):
+        names = {int(k): v for k, v in json.loads(ifaces).items()}
+        records.extend(pending_records(family, data, names, reason="live"))
+    conn.executemany(
+        f"INSERT INTO {PENDING_TABLE} VALUES ({', '.join('?' * len(FLOW_COLUMNS))})",
+        [_flow_row(r) for r in records],
+    )
+    return len(records)
 
 
 _ACTIVE_MS = f"(max({window.ms_sql('last_seen')}) - min({window.ms_sql('first_seen')}))"
@@ -1171,6 +1206,8 @@ def history(conn: sqlite3.Connection, q: HistoryQuery, now: float | None = None)
     ``exact``) reads its whole hours from flows_hourly, whose rows hold the same shares, and
     the edges from flows: the same totals either way. There the top flows come from the
     threshold algorithm (_top_flows), which gives the same rows as summing every flow.
+    What running recordings hold and have not written yet (their ``pending`` rows, as of
+    their last tick) counts too: "the last 5 minutes" includes the flows running now.
     ``q.where``/``q.params`` is a filter's to_sql() (positional parameters)."""
     if q.group_by not in GROUPINGS:
         raise UsageError(f"--group-by: unknown grouping {q.group_by!r}")
@@ -1193,7 +1230,8 @@ def history(conn: sqlite3.Connection, q: HistoryQuery, now: float | None = None)
             and version >= 6
         )
         with _read_transaction(conn):
-            w = _window(conn, since, until, use_rollup)
+            live = stage_pending(conn) > 0
+            w = dataclasses.replace(_window(conn, since, until, use_rollup), live=live)
             rows: list[dict[str, Any]] | None = None
             if w.hourly and (
                 q.group_by == "flow"

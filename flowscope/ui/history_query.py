@@ -69,9 +69,9 @@ def bucket_bytes(
     can show more than the real peak.
 
     Unfiltered, from ``samples``: the kernel's own per-tick byte counts, which include what no
-    flow record holds (a full map, non-IP frames). With a filter, from the flow records, as
-    the table beside it; also when the range has no samples (a database filled by other
-    means)."""
+    flow record holds (a full map, non-IP frames). With a filter, from the flow records and
+    the live flows not written yet, as the table beside it; also when the range has no
+    samples (a database filled by other means)."""
     n = max(1, -(-round(rng.duration * 1000) // round(step * 1000)))
     since_ms = round(rng.since * 1000)
     step_ms = round(step * 1000)
@@ -82,11 +82,15 @@ def bucket_bytes(
             rows = _sample_rows(conn, since_text, store.iso_time(rng.until + _MAX_TICK))
         if not rows:
             f, la = window.ms_sql("first_seen"), window.ms_sql("last_seen")
-            rows = conn.execute(
-                f"SELECT {f}, {la}, bytes FROM flows WHERE last_seen >= ? AND first_seen < ?"
-                f"{f' AND ({where})' if where else ''}",
-                [since_text, until_text, *params],
-            ).fetchall()
+            tables = ["flows"]
+            if store.stage_pending(conn):  # the live flows count too, as in the table
+                tables.append(store.PENDING_TABLE)
+            for table in tables:
+                rows += conn.execute(
+                    f"SELECT {f}, {la}, bytes FROM {table} "
+                    f"WHERE last_seen >= ? AND first_seen < ?{f' AND ({where})' if where else ''}",
+                    [since_text, until_text, *params],
+                ).fetchall()
     if not rows:
         return [0] * n
     arr = np.array(rows, dtype=np.int64)

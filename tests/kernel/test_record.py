@@ -188,3 +188,27 @@ def test_sigterm_writes_live_flows_as_shutdown(net: VethNamespace, tmp_path: Pat
     conn = sqlite3.connect(db)
     rows = conn.execute("SELECT packets, end_reason FROM flows WHERE sport = 4200").fetchall()
     assert rows == [(7, "shutdown")]
+
+
+def test_history_shows_a_flow_while_it_is_being_recorded(
+    net: VethNamespace, tmp_path: Path
+) -> None:
+    """A flow that has not ended (no record written yet) is already in `history` one tick
+    later, with exactly what was sent, and counted once after it is written."""
+    db = tmp_path / "flows.db"
+    proc = start_record(net, db, "--interval", "0.5")
+    try:
+        net.send_frames([udp4(net, 4300, 80, 64)] * 20)
+        time.sleep(1.5)
+        live = [r for r in history_json(db) if r["sport"] == 4300]
+        with sqlite3.connect(db) as conn:
+            written = conn.execute("SELECT count(*) FROM flows WHERE sport = 4300").fetchone()
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert written == (0,)  # nothing written yet: the 15 s idle timeout has not passed
+    assert [r["packets"] for r in live] == [20]
+    after = [r for r in history_json(db) if r["sport"] == 4300]
+    assert [r["packets"] for r in after] == [20]

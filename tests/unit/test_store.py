@@ -594,3 +594,25 @@ def test_an_error_in_the_writer_thread_stops_the_recording(
     w.close()
     assert time.monotonic() - t < 2
     assert w.lost == 1
+
+
+def test_history_counts_the_live_flows_of_a_running_recording(db: Path) -> None:
+    """What a running writer holds but has not written (its pending flows, as of its last
+    tick) is in history at once, once, and stays exactly once when it is written later."""
+    w = Writer(db)
+    try:
+        w.submit([rec(sport=1, packets=3, nbytes=300)], None, [], [pending_of([5, 7], [0, 7])])
+        deadline = time.monotonic() + 5
+        while w.backlog and time.monotonic() < deadline:
+            time.sleep(0.01)
+        conn = store.connect_readonly(db)
+        try:
+            q = store.HistoryQuery(top=None, group_by="src")
+            rows = {r["src"]: r["packets"] for r in store.history(conn, q, now=T0 + 60).rows}
+        finally:
+            conn.close()
+        # 198.18.0.1 has 5 pending; 198.18.0.2 has nothing pending (7 of 7 written elsewhere)
+        assert rows == {"10.0.0.1": 3, "198.18.0.1": 5}
+        w.submit([], None, [], [])  # shut down: written, nothing pending
+    finally:
+        w.close(timeout=10)
