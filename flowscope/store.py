@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import itertools
 import json
@@ -25,6 +26,7 @@ import os
 import random
 import re
 import sqlite3
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -260,23 +262,68 @@ def translate_errors(action: str, path: Path | str) -> Iterator[None]:
 def _create_private_file(path: Path) -> None:
     """Create the database file 0600 (and its directory 0700) before SQLite opens it, so
     history is never readable by other users, not even for an instant. SQLite gives the -wal
-    and -shm files the same permissions as the database."""
+    and -shm files the same permissions as the database.
+
+    The path must be the file itself: a symbolic link is refused (a dangling one would create
+    its target wherever it points, a live one write history into someone else's file), and
+    an existing file must be ours; one that others could read is made private (0600)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    os.close(fd)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreError(f"{path} is not a regular file")
+        if st.st_uid != os.geteuid():
+            raise StoreError(
+                f"{path} belongs to uid {st.st_uid}, not to this user",
+                "history is written only into a file of one's own: pass another --db",
+            )
+        if st.st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+            for extra in (Path(f"{path}-wal"), Path(f"{path}-shm")):
+                with contextlib.suppress(FileNotFoundError):
+                    extra.chmod(0o600)
+    finally:
+        os.close(fd)
 
 
 def connect_readonly(path: Path | str) -> sqlite3.Connection:
     """A read-only connection (URI mode=ro) to an existing database; a missing file is a
     UsageError, never a new empty database."""
     p = Path(path)
-    if not p.is_file():
+    try:
+        is_file = stat.S_ISREG(p.stat().st_mode)
+    except FileNotFoundError:
+        is_file = False
+    except OSError as e:
+        raise StoreError(f"cannot open {p}: {e.strerror}", "check its permissions") from e
+    if not is_file:
         raise UsageError(f"no history database at {p}", "record first, or pass --db PATH")
+    uri = p.resolve().as_uri()
+    try:
+        return _try_connect(f"{uri}?mode=ro")
+    except sqlite3.OperationalError as e:
+        # A WAL database needs its -shm file to be read; when no writer has it open, a
+        # reader that may not write there (another user, a read-only file system) cannot
+        # make one. With nobody writing, the file cannot change: read it as immutable.
+        wal = Path(f"{p}-wal")
+        if "readonly" not in str(e) and "unable to open" not in str(e):
+            with translate_errors("cannot open", p):
+                raise
+        if wal.exists() and wal.stat().st_size > 0:
+            with translate_errors("cannot open", p):
+                raise
     with translate_errors("cannot open", p):
-        conn = sqlite3.connect(
-            f"{p.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None, timeout=5.0
-        )
+        return _try_connect(f"{uri}?mode=ro&immutable=1")
+
+
+def _try_connect(uri: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=5.0)
+    try:
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
@@ -599,6 +646,10 @@ class Store:
             try:
                 _create_private_file(self.path)
             except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise StoreError(
+                        f"{self.path} is a symbolic link", "pass the file it points to with --db"
+                    ) from e
                 raise StoreError(f"cannot create {self.path}: {e.strerror}") from e
             # isolation_level=None: transactions are the explicit BEGIN/COMMIT below.
             self.conn = sqlite3.connect(
@@ -613,7 +664,15 @@ class Store:
 
     def _setup(self) -> None:
         version = check_version(self.conn, self.path)
-        if version == 0 and not self.conn.execute("SELECT 1 FROM sqlite_master").fetchone():
+        tables = self.conn.execute("SELECT 1 FROM sqlite_master").fetchone()
+        if version == 0 and tables:
+            # every flowscope migration sets user_version in its own transaction: tables at
+            # version 0 are another application's, which must not gain ours
+            raise StoreError(
+                f"{self.path} is an SQLite database of another application",
+                "pass a new file (or flowscope's own) with --db",
+            )
+        if version == 0 and not tables:
             # Only on a fresh file: lets prune() give pages back to the file system.
             self.conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         self.conn.execute("PRAGMA journal_mode = WAL")

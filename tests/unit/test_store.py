@@ -7,11 +7,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
 import signal
 import sqlite3
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -616,3 +618,68 @@ def test_history_counts_the_live_flows_of_a_running_recording(db: Path) -> None:
         w.submit([], None, [], [])  # shut down: written, nothing pending
     finally:
         w.close(timeout=10)
+
+
+# --- the database path: symlinks, foreign files, permissions, readers ------------------------
+
+
+def test_a_symlink_is_refused_and_its_target_is_never_created(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere" / "victim"
+    link = tmp_path / "flows.db"
+    link.symlink_to(target)  # dangling
+    with pytest.raises(store.StoreError, match="is a symbolic link"):
+        store.Store(link)
+    assert not target.exists()
+    target.parent.mkdir()
+    target.write_bytes(b"")
+    with pytest.raises(store.StoreError, match="is a symbolic link"):
+        store.Store(link)
+    assert target.read_bytes() == b""
+
+
+def test_another_applications_sqlite_file_is_refused_not_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    with contextlib.closing(sqlite3.connect(path)) as c:
+        c.execute("CREATE TABLE accounts (name TEXT)")
+        c.commit()
+    before = path.read_bytes()
+    with pytest.raises(store.StoreError, match="another application"):
+        store.Store(path)
+    assert path.read_bytes() == before
+    with contextlib.closing(sqlite3.connect(path)) as c:
+        assert c.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+
+
+def test_an_existing_file_others_can_read_is_made_private(tmp_path: Path) -> None:
+    path = tmp_path / "flows.db"
+    path.write_bytes(b"")
+    path.chmod(0o644)
+    store.Store(path).close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_reader_needs_only_read_access(tmp_path: Path) -> None:
+    """Another user, the database 0644 in a directory they may not write: history and sql
+    read it (no -shm file can be made there, so the file is opened as immutable)."""
+    shared = Path(tempfile.mkdtemp(prefix="fs-reader-"))
+    try:
+        shared.chmod(0o755)
+        path = shared / "flows.db"
+        with store.Store(path) as s:
+            s.write_tick([rec()], None, [])
+        path.chmod(0o644)
+        as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+        flowscope = [sys.executable, "-m", "flowscope"]
+        for args, want in (
+            (["sql", "SELECT count(*) AS n FROM flows"], "n\n1"),
+            (["history", "--since", "3650d"], "10.0.0.1:40000"),
+        ):
+            proc = subprocess.run(
+                [*as_nobody, *flowscope, args[0], "--db", str(path), *args[1:]],
+                capture_output=True, text=True, timeout=60,
+                cwd="/", env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+            )  # fmt: skip
+            assert proc.returncode == 0, proc.stderr
+            assert want in proc.stdout.replace(" ", ""), proc.stdout
+    finally:
+        shutil.rmtree(shared)
