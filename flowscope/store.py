@@ -454,8 +454,9 @@ def _rollup_sql(span_hours: int) -> str:
         f"{window.ms_sql('first_seen')} AS f_ms, {window.ms_sql('last_seen')} AS l_ms "
         f"FROM flows WHERE id > ? AND id <= ?), k AS ({offsets}) "
         f"INSERT INTO flows_hourly (hour, {_KEYS}, {_ROLLUP_SUMS}) "
-        f"SELECT {hour_text}, {keys}, {shares}, min(max(x.first_seen, {hour_text})), "
-        f"max(min(x.last_seen, {end_text})), "
+        # max(min(first), hour) is min(max(first, hour)), with one strftime per group
+        f"SELECT {hour_text}, {keys}, {shares}, max(min(x.first_seen), {hour_text}), "
+        f"min(max(x.last_seen), {end_text}), "
         f"sum({_LAST_MS.format(f='x.f_ms', l='x.l_ms')} / {_HOUR_MS} * {_HOUR_MS} = x.h_ms) "
         f"FROM (SELECT r.*, (r.f_ms / {_HOUR_MS} + k.n) * {_HOUR_MS} AS h_ms FROM r JOIN k "
         f"ON k.n <= {_LAST_MS.format(f='r.f_ms', l='r.l_ms')} / {_HOUR_MS} "
