@@ -450,7 +450,8 @@ def _rollup_sql(span_hours: int) -> str:
     end_text = f"strftime('%Y-%m-%dT%H:00:00.000Z', {h1} / 1000, 'unixepoch')"
     keys = ", ".join(f"x.{c}" for c in FLOW_KEY_COLUMNS)
     return (
-        f"WITH r AS (SELECT {_KEYS}, packets, bytes, ip_bytes, first_seen, last_seen, "
+        f"WITH r AS MATERIALIZED (SELECT {_KEYS}, packets, bytes, ip_bytes, first_seen, "
+        f"last_seen, "
         f"{window.ms_sql('first_seen')} AS f_ms, {window.ms_sql('last_seen')} AS l_ms "
         f"FROM flows WHERE id > ? AND id <= ?), k AS ({offsets}) "
         f"INSERT INTO flows_hourly (hour, {_KEYS}, {_ROLLUP_SUMS}) "
@@ -1014,7 +1015,7 @@ def _share_select(
         f"SELECT * FROM (SELECT {_KEYS}, {shares}, {lo_text} AS first_seen, "
         f"min(last_seen, '{_ms_text(hi)}') AS last_seen, {records} AS records "
         f"FROM (SELECT {_SOURCE_COLUMNS}, {f} AS f_ms, {la} AS l_ms FROM {table} "
-        f"WHERE {cond}{where})) WHERE packets > 0 OR bytes > 0"
+        f"WHERE {cond}{where}{window.NO_FLATTEN})) WHERE packets > 0 OR bytes > 0"
     )
 
 
@@ -1113,7 +1114,9 @@ def stage_pending(conn: sqlite3.Connection) -> int:
     return len(records)
 
 
-_ACTIVE_MS = f"(max({window.ms_sql('last_seen')}) - min({window.ms_sql('first_seen')}))"
+# per group: the text is fixed-width, so the latest text is the latest time (one julianday
+# per group, not two per row)
+_ACTIVE_MS = f"({window.ms_sql('max(last_seen)')} - {window.ms_sql('min(first_seen)')})"
 MIN_ACTIVE_SECONDS = 1.0
 """A group active for less than this (one packet, one tick) has its rate over this long."""
 
@@ -1174,17 +1177,20 @@ def _top_flows(
     packets) and (hour, records) indexes. None when it cannot decide cheaply; the caller
     then sums everything.
 
-    Candidates are the M largest flows of each whole hour plus every flow with a share read
-    from flows (records not rolled up yet, and the partial hours at the edges). A flow that
-    is not a candidate has at most the M+1-th value of each hour, so its total is at most the
+    Candidates are the M largest flows of each whole hour and of each part read from flows
+    (records not rolled up yet, the partial hours at the edges, live flows). A flow that is
+    not a candidate has at most the M+1-th value of each of these, so its total is at most the
     sum of those; once the q.top-th candidate's exact total is greater than that bound, no
     other flow can reach the top (not even on a tie, which the key columns would break), and
     the candidates' exact sums (the slow path's aggregate over their rows only) are the
     answer. Otherwise M grows. Only key columns are filtered on here (else no rollup), so a
     candidate's rows all pass the filter."""
     col = ORDERINGS[q.by]
+    assert w.hour_hi is not None
+    lo_cond = "" if w.hour_lo is None else f"hour >= '{_ms_text(w.hour_lo)}' AND "
     lo, hi = conn.execute(
-        f"SELECT min(hour), max(hour) FROM flows_hourly WHERE {_hourly_cond(w)}"
+        f"SELECT min(hour), max(hour) FROM flows_hourly "
+        f"WHERE {lo_cond}hour < '{_ms_text(w.hour_hi)}'"
     ).fetchone()
     if lo is None or q.top is None:
         return None
@@ -1198,8 +1204,6 @@ def _top_flows(
     flow_parts = _flow_parts(w, where, fparams)
     try:
         conn.executemany(f"INSERT INTO {_HOURS} VALUES (?)", [(h,) for h in hours])
-        for sql, params in flow_parts:
-            conn.execute(f"{insert} SELECT {keys} FROM ({sql})", params)
         # IS, not =: GROUP BY takes NULLs as equal, so the join must too.
         same = " AND ".join(f"{{t}}.{c} IS c.{c}" for c in FLOW_KEY_COLUMNS)
         columns = _SOURCE_COLUMNS.split(", ")
@@ -1208,25 +1212,34 @@ def _top_flows(
             f"FROM {_HOURS} x CROSS JOIN {_CANDIDATES} c "
             f"CROSS JOIN flows_hourly h ON h.hour = x.hour AND {same.format(t='h')}"
         )
-        for sql, _ in flow_parts:
-            source += (
-                f" UNION ALL SELECT * FROM ({sql}) f "
-                f"WHERE EXISTS (SELECT 1 FROM {_CANDIDATES} c WHERE {same.format(t='f')})"
-            )
-        source_params = [p for _, ps in flow_parts for p in ps]
+        # the candidates' records: a row value IN the candidates' unique index, one lookup
+        # per record and before any share is computed (flow records never have NULL keys,
+        # which IN would not match)
+        of_candidates = f"{where} AND ({keys}) IN (SELECT {keys} FROM {_CANDIDATES})"
+        candidate_parts = _flow_parts(w, of_candidates, fparams)
+        for sql, _ in candidate_parts:
+            source += f" UNION ALL {sql}"
+        source_params = [p for _, ps in candidate_parts for p in ps]
         per_hour = (
             f"SELECT {keys}, {col} FROM flows_hourly WHERE hour = ?{where} "
             f"ORDER BY {col} DESC LIMIT ?"
         )
+        # the parts read from flows (the edges of the range, records not rolled up yet, live
+        # flows) count as hours of their own: their M largest flows are candidates too, and
+        # their M+1-th adds to the bound (else every flow of an edge hour is a candidate)
+        per_part = [
+            (f"SELECT {keys}, sum({col}) AS v FROM ({sql}) GROUP BY {keys} "
+             "ORDER BY v DESC LIMIT ?", params)
+            for sql, params in flow_parts
+        ]  # fmt: skip
+        add = f"{insert} VALUES ({', '.join('?' * len(FLOW_KEY_COLUMNS))})"
         m = max(2 * q.top, 32)
         while m <= _TOP_PER_HOUR_LIMIT:
             bound, exhausted = 0, True
-            for hour in hours:
-                rows = conn.execute(per_hour, [hour, *fparams, m + 1]).fetchall()
-                conn.executemany(
-                    f"{insert} VALUES ({', '.join('?' * len(FLOW_KEY_COLUMNS))})",
-                    [r[:-1] for r in rows[:m]],
-                )
+            tops = [conn.execute(per_hour, [h, *fparams, m + 1]).fetchall() for h in hours]
+            tops += [conn.execute(sql, [*params, m + 1]).fetchall() for sql, params in per_part]
+            for rows in tops:
+                conn.executemany(add, [r[:-1] for r in rows[:m]])
                 if len(rows) > m:
                     bound += rows[m][-1]
                     exhausted = False

@@ -25,12 +25,16 @@ HOUR_MS = 3_600_000
 
 
 def ms_sql(column: str) -> str:
-    """SQL for the whole milliseconds of a stored time column (fixed-width ISO 8601 text:
-    the seconds from strftime, the milliseconds from characters 21-23)."""
-    return (
-        f"(CAST(strftime('%s', {column}) AS INTEGER) * 1000 "
-        f"+ CAST(substr({column}, 21, 3) AS INTEGER))"
-    )
+    """SQL for the whole milliseconds of a stored time column (ISO 8601 text). julianday()
+    is a double of days; at today's dates it is exact to about 40 microseconds, so rounding
+    gives the stored millisecond (tests compare it with the text), at half the cost of
+    strftime('%s') plus the milliseconds cut from the text."""
+    return f"CAST(round((julianday({column}) - 2440587.5) * 86400000.0) AS INTEGER)"
+
+
+NO_FLATTEN = " LIMIT -1 OFFSET 0"
+"""Appended to a subquery that computes ``ms_sql`` columns: SQLite would otherwise fold it into
+the outer query and compute each time again wherever the shares use it (five times slower)."""
 
 
 def share_sql(

@@ -165,3 +165,13 @@ def test_a_record_in_an_old_database_is_spread_after_the_upgrade(tmp_path: Path)
         s.rollup()
         rows = s.conn.execute("SELECT hour, packets, records FROM flows_hourly ORDER BY hour")
         assert [r[1:] for r in rows] == [(1800, 0), (1800, 1)]
+
+
+@given(ms=st.integers(0, 253402300799999))
+def test_ms_sql_reads_back_every_stored_millisecond(ms: int) -> None:
+    """julianday() is a double: rounding must still give the exact stored millisecond, for
+    any time history can hold (1970 to 9999)."""
+    conn = sqlite3.connect(":memory:")
+    text = store.iso_time(ms / 1000)
+    (got,) = conn.execute(f"SELECT {window.ms_sql('?')}", (text,)).fetchone()
+    assert got == ms, text
