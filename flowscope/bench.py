@@ -864,7 +864,10 @@ NAMES = tuple(BENCHMARKS)
 
 def select(only: Sequence[str]) -> list[str]:
     """The benchmarks to run, in the usual order; names may also come comma-separated."""
-    wanted = [n for item in only for n in item.split(",") if n]
+    wanted = [n.strip() for item in only for n in item.split(",")]
+    if only and not any(wanted):
+        raise UsageError("--only: no benchmark named", f"choose from {', '.join(NAMES)}")
+    wanted = [n for n in wanted if n]
     unknown = [n for n in wanted if n not in BENCHMARKS]
     if unknown:
         raise UsageError(

@@ -21,6 +21,7 @@ import contextlib
 import ctypes
 import mmap
 import os
+import stat
 import struct
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -164,6 +165,9 @@ class Capture:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         try:
+            # a FIFO or a device would block open() or never end: only regular files
+            if not stat.S_ISREG(os.stat(self.path).st_mode):
+                raise CaptureError(f"{self.path} is not a regular file", "save the capture first")
             with open(self.path, "rb") as f:
                 self.size = os.fstat(f.fileno()).st_size
                 head = f.read(24)

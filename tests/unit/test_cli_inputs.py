@@ -162,3 +162,17 @@ def test_ctrl_c_stops_a_running_sql_statement(db: Path) -> None:
     _, err = proc.communicate(timeout=10)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
+
+
+def test_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "capture.pcap"
+    os.mkfifo(fifo)
+    result = CliRunner().invoke(main, ["replay", str(fifo), "--json"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"flowscope: error: {fifo} is not a regular file")
+
+
+def test_bench_only_with_no_name_is_refused() -> None:
+    result = CliRunner().invoke(main, ["bench", "--only", ""])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("flowscope: error: --only: no benchmark named")
