@@ -107,6 +107,7 @@ class Writer:
         self._abandon = False
         self._pending_id = 0
         self._last_success = time.monotonic()
+        self._failing = False
         self._thread = threading.Thread(target=self._run, name="flowscope-writer", daemon=True)
         self._thread.start()
 
@@ -147,9 +148,10 @@ class Writer:
 
     def close(self, timeout: float | None = None) -> bool:
         """Write everything queued, stop the thread and close the store. True when all was
-        written. It waits as long as writes succeed, but gives up once they have failed for
-        CLOSE_STALL seconds in a row (or ``timeout`` passed, or a second Ctrl-C came): what
-        was left is then counted in ``lost``, and ``status`` says why."""
+        written. It waits as long as writes succeed (a write that merely takes long, a
+        flood's backlog, is progress), but gives up once they have failed for CLOSE_STALL
+        seconds in a row, or ``timeout`` passed, or a second Ctrl-C came: what was left is
+        then counted in ``lost``, and ``report()`` says why."""
         with self._cond:
             self._closing = True
             self._last_success = time.monotonic()
@@ -159,9 +161,9 @@ class Writer:
             while self._thread.is_alive():
                 self._thread.join(0.1)
                 now = time.monotonic()
-                if now - self._last_success > CLOSE_STALL or (
-                    deadline is not None and now > deadline
-                ):
+                # a long write (a flood's backlog) is progress; only failing writes stall
+                stalled = self._failing and now - self._last_success > CLOSE_STALL
+                if stalled or (deadline is not None and now > deadline):
                     break
         finally:
             # also on a second Ctrl-C: count what is lost before the exception goes on
@@ -230,6 +232,7 @@ class Writer:
                     last_prune = now
                 self.status = None
             except StoreError as e:
+                self._failing = True
                 self.last_error = str(e)
                 self.status = f"{e}; {self.backlog} records waiting, retrying"
                 if self._closing and not self._ticks:
@@ -255,6 +258,7 @@ class Writer:
         elapsed = time.perf_counter() - started
         with self._cond:
             self._last_success = time.monotonic()
+            self._failing = False
             self.writes += 1
             self.write_seconds += elapsed
             self._ticks.popleft()
