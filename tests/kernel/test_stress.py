@@ -168,10 +168,10 @@ def test_full_disk_ctrl_c_ends_in_seconds_with_one_line(net: VethNamespace, tmp_
         try:
             net.send_frames([udp4(net, 20000 + i, 53, 10) for i in range(500)])
             time.sleep(1.5)
-            with open(mnt / "filler", "wb") as f, pytest.raises(OSError):
+            # unbuffered: the write that fills the disk fails here, not later in close()
+            with open(mnt / "filler", "wb", buffering=0) as f, pytest.raises(OSError):
                 while True:
                     f.write(b"\0" * 65536)
-                    f.flush()
             net.send_frames([udp4(net, 30000 + i, 53, 10) for i in range(3000)])
             time.sleep(1.5)
         finally:
