@@ -42,6 +42,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 _skipped: list[str] = []
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Before any test: remove what an earlier run that crashed left behind (its veth pairs
+    and namespaces), so a segfault once does not leave the machine worse for good."""
+    if bpf_unavailable() is None:
+        from tests.netns import remove_orphans
+
+        for name in remove_orphans():
+            print(f"removed namespace {name} of a test run that is gone")
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.skipped:
         _skipped.append(report.nodeid)

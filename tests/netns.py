@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -197,9 +198,30 @@ class PacedSender:
 
 def unique_names(prefix: str = "fs") -> tuple[str, str, str]:
     """(namespace, host interface, peer interface) names unique to this process and call, and
-    short enough for interface names (at most 15 characters)."""
-    tag = f"{os.getpid() % 100000}{next(_counter)}"
+    short enough for interface names (at most 15 characters). The tag is ``<pid>x<n>``, so
+    remove_orphans() can tell whose they are."""
+    tag = f"{os.getpid()}x{next(_counter)}"
     return f"{prefix}ns{tag}", f"{prefix}h{tag}", f"{prefix}p{tag}"
+
+
+_OWNED = re.compile(r"^fsns(\d+)x\d+$")
+
+
+def remove_orphans() -> list[str]:
+    """Remove the namespaces (and host ends) of test runs whose process is gone: a run that
+    died without its finally blocks (a segfault, SIGKILL) cannot remove its own. Only names
+    this module makes, and only when no process has that pid. Returns what it removed."""
+    listing = _ip("netns", "list", check=False).stdout
+    removed = []
+    for line in listing.splitlines():
+        name = line.split()[0] if line.split() else ""
+        m = _OWNED.match(name)
+        if not m or Path(f"/proc/{m.group(1)}").exists():
+            continue
+        _ip("link", "del", "fsh" + name[len("fsns") :], check=False)
+        _ip("netns", "del", name, check=False)
+        removed.append(name)
+    return removed
 
 
 def _free_subnet() -> int:
