@@ -9,8 +9,9 @@ the collector.
 
 Each tick also carries what the live flows hold that no record holds yet (PendingFlows); it is
 written in the tick's own transaction, so after a kill -9 the next writer turns it into
-``crash`` records and history has lost at most the last tick. Only the newest of these
-matters: when the writer is behind, the older ones are skipped.
+``crash`` records and history has lost at most the last tick. Every tick's pending state is
+written with its own records, even when a newer one waits: records of one tick with the
+pending state of another would count a flow twice after a crash.
 
 Two ways out are bounded, so that stopping always ends: ``close()`` gives up once writes have
 failed for ``CLOSE_STALL`` seconds in a row (or on a second Ctrl-C) and says in ``lost`` how
@@ -42,7 +43,6 @@ class _Tick:
     sample: Sample | None
     events: Sequence[NewFlow]
     pending: Sequence[PendingFlows] | None
-    pending_id: int
 
     @property
     def size(self) -> int:
@@ -105,7 +105,6 @@ class Writer:
         self._cond = threading.Condition()
         self._closing = False
         self._abandon = False
-        self._pending_id = 0
         self._last_success = time.monotonic()
         self._failing = False
         self._thread = threading.Thread(target=self._run, name="flowscope-writer", daemon=True)
@@ -121,8 +120,6 @@ class Writer:
         """Queue one tick; never blocks on the disk. Whatever does not fit in the backlog
         bound is dropped and counted (the sample is always kept: it is one row)."""
         with self._cond:
-            if pending is not None:
-                self._pending_id += 1
             room = max(self.max_backlog - self.backlog, 0)
             if len(records) > room:
                 self.dropped += len(records) - room
@@ -132,7 +129,7 @@ class Writer:
             if len(events) > room:
                 self.events_dropped += len(events) - room
                 events = events[:room]
-            tick = _Tick(records, sample, events, pending, self._pending_id)
+            tick = _Tick(records, sample, events, pending)
             self._ticks.append(tick)
             self.backlog += tick.size
             self._cond.notify()
@@ -249,11 +246,9 @@ class Writer:
     def _write(self, tick: _Tick) -> None:
         """Write the oldest tick; it leaves the queue only once committed."""
         drops = self._unreported_drops if tick.sample is not None else 0
-        # only the newest pending state is worth writing: a later tick in the queue has one
-        pending = tick.pending if tick.pending_id == self._pending_id else None
         started = time.perf_counter()
         self.store.write_tick(
-            tick.records, tick.sample, tick.events, records_dropped=drops, pending=pending
+            tick.records, tick.sample, tick.events, records_dropped=drops, pending=tick.pending
         )
         elapsed = time.perf_counter() - started
         with self._cond:

@@ -26,7 +26,15 @@ from hypothesis import strategies as st
 
 from flowscope import abi, store
 from flowscope.errors import FlowscopeError, UsageError
-from flowscope.model import FlowBatch, FlowKey, FlowRecord, NewFlow, PendingFlows, Sample
+from flowscope.model import (
+    FlowBatch,
+    FlowKey,
+    FlowRecord,
+    NewFlow,
+    PendingFlows,
+    Sample,
+    pending_records,
+)
 from flowscope.writer import CLOSE_STALL, Writer
 
 T0 = 1_795_000_000.0  # 2026-11-18T...Z, a fixed clock
@@ -683,3 +691,49 @@ def test_a_reader_needs_only_read_access(tmp_path: Path) -> None:
             assert want in proc.stdout.replace(" ", ""), proc.stdout
     finally:
         shutil.rmtree(shared)
+
+
+def test_what_history_holds_after_any_committed_tick_is_never_more_than_was_counted(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ticks queue up behind a slow disk, then the disk fails for good (as if the process died
+    there): the records committed plus the pending flows left in the file must be exactly what
+    the kernel had counted at the last committed tick, never a flow twice.
+
+    Flow 198.18.0.1: 5 packets pending at tick 0 (written), 6 at tick 1, then it ends at tick 2
+    with a record of 8; tick 3 never commits."""
+    s = store.Store(db)
+    w = Writer(s, retry_interval=0.05)
+    w.submit([], None, [], [pending_of([5], [0])])
+    deadline = time.monotonic() + 5
+    while w.backlog and time.monotonic() < deadline:
+        time.sleep(0.01)
+    committed = 0
+    real = s.write_tick
+
+    def write_tick(*args: object, **kwargs: object) -> None:
+        nonlocal committed
+        if committed == 2:
+            raise store.StoreError("disk gone")
+        real(*args, **kwargs)  # type: ignore[arg-type]  # fails while the lock is held
+        committed += 1
+
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the three ticks queue up behind it
+    s.conn.execute("PRAGMA busy_timeout = 20")
+    ended = dataclasses.replace(rec(src="198.18.0.1", sport=5000, packets=8, nbytes=8000))
+    monkeypatch.setattr(s, "write_tick", write_tick)
+    w.submit([], None, [], [pending_of([6], [0])])
+    w.submit([ended], None, [], [])
+    w.submit([], None, [], [])
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    assert not w.close()
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        recorded = c.execute("SELECT coalesce(sum(packets), 0) FROM flows").fetchone()[0]
+        left = [
+            r.packets
+            for family, data in c.execute("SELECT family, flows FROM pending")
+            for r in pending_records(family, data, {})
+        ]
+    assert recorded + sum(left) == 8
