@@ -629,6 +629,15 @@ def new_session() -> str:
     return f"{_process_identity(os.getpid())}:{os.urandom(4).hex()}"
 
 
+def _pending_rows_records(rows: Sequence[tuple[int, str, bytes]], reason: str) -> list[FlowRecord]:
+    """The records that pending rows (family, interface names as JSON, blob) stand for."""
+    records: list[FlowRecord] = []
+    for family, ifaces, data in rows:
+        names = {int(k): v for k, v in json.loads(ifaces).items()}
+        records.extend(pending_records(family, data, names, reason))
+    return records
+
+
 def session_alive(session: str) -> bool:
     """Whether the process that wrote a session's pending rows still runs."""
     ident, _, _ = session.rpartition(":")
@@ -807,10 +816,7 @@ class Store:
             dead = [r for r in rows if not session_alive(r[0])]
             if not dead:
                 return 0
-            records: list[FlowRecord] = []
-            for _, family, ifaces, data in dead:
-                names = {int(k): v for k, v in json.loads(ifaces).items()}
-                records.extend(pending_records(family, data, names))
+            records = _pending_rows_records([r[1:] for r in dead], "crash")
             with self.transaction():
                 self._insert_records(records)
                 self.conn.executemany(
@@ -1103,10 +1109,8 @@ def stage_pending(conn: sqlite3.Connection) -> int:
         return 0
     conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS flowscope_pending ({', '.join(FLOW_COLUMNS)})")
     conn.execute(f"DELETE FROM {PENDING_TABLE}")
-    records: list[FlowRecord] = []
-    for family, ifaces, data in conn.execute("SELECT family, ifaces, flows FROM pending"):
-        names = {int(k): v for k, v in json.loads(ifaces).items()}
-        records.extend(pending_records(family, data, names, reason="live"))
+    rows = conn.execute("SELECT family, ifaces, flows FROM pending").fetchall()
+    records = _pending_rows_records(rows, "live")
     conn.executemany(
         f"INSERT INTO {PENDING_TABLE} VALUES ({', '.join('?' * len(FLOW_COLUMNS))})",
         [_flow_row(r) for r in records],
