@@ -169,5 +169,7 @@ def _dtype(
 PORTS = ("sport", "dport")
 KEY4_DTYPE = _dtype(FlowKey4, PORTS, keep_pad=True)
 KEY6_DTYPE = _dtype(FlowKey6, PORTS, keep_pad=True)
+KEY_DTYPES = {AF_INET: KEY4_DTYPE, AF_INET6: KEY6_DTYPE}
+"""The kernel key layout of each family's flow map."""
 VALUE_DTYPE = _dtype(FlowValue)
 EVENT_DTYPE = _dtype(FlowEvent, PORTS)

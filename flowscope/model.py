@@ -11,7 +11,6 @@ import ipaddress
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from socket import AF_INET, inet_ntop
-from typing import Any
 
 import numpy as np
 
@@ -322,7 +321,6 @@ class NewFlow:
     map_full: bool
 
 
-_KEY_DTYPES: dict[int, np.dtype[Any]] = {abi.AF_INET: abi.KEY4_DTYPE, abi.AF_INET6: abi.KEY6_DTYPE}
 # The columns of a stored PendingFlows, after the keys, in this order.
 _PENDING_COLUMNS: tuple[tuple[str, str], ...] = (
     ("packets", "<u8"),
@@ -335,7 +333,7 @@ _PENDING_COLUMNS: tuple[tuple[str, str], ...] = (
 
 
 def _pending_row_size(family: int) -> int:
-    return _KEY_DTYPES[family].itemsize + sum(np.dtype(t).itemsize for _, t in _PENDING_COLUMNS)
+    return abi.KEY_DTYPES[family].itemsize + sum(np.dtype(t).itemsize for _, t in _PENDING_COLUMNS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,7 +388,7 @@ def pending_records(
     family: int, data: bytes, iface_names: dict[int, str], reason: str = "crash"
 ) -> list[FlowRecord]:
     """The records a stored PendingFlows blob stands for (``reason`` as their end reason)."""
-    kd = _KEY_DTYPES[family]
+    kd = abi.KEY_DTYPES[family]
     n, rest = divmod(len(data), _pending_row_size(family))
     if rest:
         raise ValueError(f"a pending blob of {len(data)} bytes is not whole rows")

@@ -88,7 +88,7 @@ def _rate(f: _Flow, t: int, i: int) -> float:
 
 
 def _batch(family: int, rows: list[tuple[_Flow, int, int, int, int]]) -> FlowBatch:
-    dtype = abi.KEY4_DTYPE if family == abi.AF_INET else abi.KEY6_DTYPE
+    dtype = abi.KEY_DTYPES[family]
     width = 4 if family == abi.AF_INET else 16
     keys = np.zeros(len(rows), dtype)
     for j, (f, *_rest) in enumerate(rows):
