@@ -1001,8 +1001,8 @@ def _window(conn: sqlite3.Connection, since: float | None, until: float, rollup:
     hi = u_ms // h * h
     if lo is not None and lo >= hi:
         return _Window(s_ms, u_ms)
-    state = conn.execute("SELECT * FROM rollup_state").fetchone()
-    return _Window(s_ms, u_ms, lo, hi, int(state[0]), int(state[1]) if len(state) > 1 else 0)
+    done, max_span = conn.execute("SELECT flows_id, max_span_ms FROM rollup_state").fetchone()
+    return _Window(s_ms, u_ms, lo, hi, int(done), int(max_span))
 
 
 def _share_select(
@@ -1027,31 +1027,22 @@ def _share_select(
 
 def _flow_parts(w: _Window, where: str, fparams: list[Any]) -> list[tuple[str, list[Any]]]:
     """The SELECTs over flows (with their parameters) that, with the hourly rows of
-    _hourly_part, hold every record's share of the window exactly once."""
+    _hourly_cond, hold every record's share of the window exactly once."""
     u_text = _ms_text(w.until_ms)
-    s_cond = [] if w.since_ms is None else [f"last_seen >= '{_ms_text(w.since_ms)}'"]
+    overlap = f"first_seen < '{u_text}'"
+    if w.since_ms is not None:
+        overlap = f"last_seen >= '{_ms_text(w.since_ms)}' AND {overlap}"
     live = []
     if w.live:  # what the writers hold now: never rolled up, all of its share counts
-        cond = " AND ".join([*s_cond, f"first_seen < '{u_text}'"])
         live.append(
-            (_share_select(w.since_ms, w.until_ms, cond, where, table=PENDING_TABLE), fparams)
+            (_share_select(w.since_ms, w.until_ms, overlap, where, table=PENDING_TABLE), fparams)
         )
     if not w.hourly:
-        cond = " AND ".join([*s_cond, f"first_seen < '{u_text}'"])
-        return [(_share_select(w.since_ms, w.until_ms, cond, where), fparams), *live]
+        return [(_share_select(w.since_ms, w.until_ms, overlap, where), fparams), *live]
     assert w.hour_hi is not None
     # records not rolled up yet: all of their share
-    parts = [
-        (
-            _share_select(
-                w.since_ms,
-                w.until_ms,
-                " AND ".join([f"id > {w.done}", *s_cond, f"first_seen < '{u_text}'"]),
-                where,
-            ),
-            fparams,
-        )
-    ]
+    recent = f"id > {w.done} AND {overlap}"
+    parts = [(_share_select(w.since_ms, w.until_ms, recent, where), fparams)]
     span = w.max_span + 1
     if w.hour_lo is not None and w.since_ms is not None and w.since_ms < w.hour_lo:
         # rolled up, before the first whole hour: they count in records only if they also
