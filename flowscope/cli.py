@@ -79,10 +79,11 @@ def _write_crash_log() -> str:
     import tempfile
     import traceback
 
+    from flowscope.store import state_dir
+
     text = f"flowscope {' '.join(sys.argv[1:])!r}\n{traceback.format_exc()}"
-    for base in (os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state"), None):
+    for directory in (state_dir(), Path(tempfile.gettempdir())):
         try:
-            directory = Path(base, "flowscope") if base else Path(tempfile.gettempdir())
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd, path = tempfile.mkstemp(prefix="flowscope-crash-", suffix=".log", dir=directory)
             with os.fdopen(fd, "w") as f:

@@ -236,10 +236,15 @@ def parse_time_arg(text: str, option: str, now: float | None = None) -> float:
 # --- paths and connections -----------------------------------------------------------------
 
 
-def default_db_path() -> Path:
-    """``$XDG_STATE_HOME/flowscope/flows.db``, else ``~/.local/state/flowscope/flows.db``."""
+def state_dir() -> Path:
+    """``$XDG_STATE_HOME/flowscope``, else ``~/.local/state/flowscope``: history and logs."""
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "flowscope" / "flows.db"
+    return Path(base) / "flowscope"
+
+
+def default_db_path() -> Path:
+    """``flows.db`` in the state directory (state_dir)."""
+    return state_dir() / "flows.db"
 
 
 @contextlib.contextmanager
