@@ -80,6 +80,8 @@ class FlowscopeApp(App[None]):
         self._last_dropped = 0
         self._last_ringbuf_notice = -RINGBUF_NOTICE_TICKS
         self.live = LiveScreen()
+        self.crashed: BaseException | None = None
+        """The exception that ended the app, if one did (run_console raises it again)."""
 
     # --- life cycle -----------------------------------------------------------------------------
 
@@ -96,6 +98,16 @@ class FlowscopeApp(App[None]):
         self.source.stop()
         if self._resolver is not None:
             self._resolver.close()
+
+    def _handle_exception(self, error: Exception) -> None:
+        """Textual's own handling (the app exits, Pilot re-raises it in tests) without the
+        full-screen traceback it prints on the way out: run_console raises the exception
+        again once the collection thread has written the live flows and detached, and the
+        CLI's last-resort handler prints one line and writes the traceback to a log."""
+        if self.crashed is None:
+            self.crashed = error
+        super()._handle_exception(error)
+        self._exit_renderables.clear()
 
     def notify(self, message: str, *, severity: str = "information", **kwargs: object) -> None:
         self.notices.append((severity, message))
@@ -253,7 +265,8 @@ def run_console(
     to the IPFIX exporter and ticks to the metrics of ``exports``, in that thread) and show
     the console until the user quits. The collection thread is always stopped on the way out,
     which writes the live flows and detaches the program. An error that stopped collection is
-    raised again after the console closed, for the CLI to report."""
+    raised again after the console closed, for the CLI to report; so is an exception that
+    ended the console itself (a bug), which the CLI writes to its crash log."""
     from flowscope.store import default_db_path
 
     source = RecorderSource(settings, sink, exports=exports)
@@ -265,10 +278,10 @@ def run_console(
     finally:
         for s, handler in saved.items():
             signal.signal(s, handler)
-        started = time.monotonic()
         if not source.stop(timeout=1.0):
             sys.stderr.write("flowscope: writing the live flows and detaching…\n")
             source.stop(timeout=60.0)
-        del started
+    if app.crashed is not None:
+        raise app.crashed
     if source.error is not None:
         raise source.error
