@@ -33,6 +33,8 @@ TALL = 40
 """From this many lines on, the graphs get two lines each."""
 FEED_WIDTH = 54
 FILTER_PROMPT = "filter: "
+FILTER_BADGE = 24
+"""Characters of the filter shown in the status line (the rest is in the filter bar)."""
 
 
 class FilterBar(Vertical):
@@ -163,23 +165,24 @@ class LiveScreen(Screen[None]):
         name_of = self.app.name_of if self.app.show_names else None
         texts = [[cell(r, c, width=w[c], name_of=name_of) for c in cols] for r in self.view.rows]
         self.table.apply(self.view.rows, texts, self.frozen)
-        self.query_one(StatusLine).show(state, paused=self.app.paused, view=self.describe())
+        self.query_one(StatusLine).show(state, paused=self.app.paused, badges=self.badges())
         selected = self.selected_row()
         self.query_one(RateGraph).show(state, selected, self._row_name(selected))
-        self.query_one(NewFlowsFeed).show(state, name_of)
+        self.query_one(NewFlowsFeed).show(state, name_of, self.spec.filter)
 
-    def describe(self) -> str:
-        """The view settings in a few words, for the status line."""
+    def badges(self) -> list[str]:
+        """The view settings as a few short badges for the status line: frozen, grouping and
+        sort, the filter in force (clipped, with how many flows it matches; last, so that a
+        narrow terminal clips only its end)."""
         descending = (self.spec.sort in DESCENDING) != self.spec.reverse
-        parts = [
-            f"{GROUPS[self.spec.group]} by {HEADERS[self.spec.sort]}{'▼' if descending else '▲'}"
-        ]
-        if self.frozen:
-            parts.append("frozen")
-        if self.spec.filter is not None and not self.spec.filter.matches_all:
-            parts.append(f"filter: {self.spec.filter.text}")
-            parts.append(f"{self.view.matched:,} match")
-        return "  ".join(parts)
+        arrow = "▼" if descending else "▲"
+        out = ["frozen"] if self.frozen else []
+        out.append(f"{GROUPS[self.spec.group]} by {HEADERS[self.spec.sort]}{arrow}")
+        f = self.spec.filter
+        if f is not None and not f.matches_all:
+            text = f.text if len(f.text) <= FILTER_BADGE else f.text[: FILTER_BADGE - 1] + "…"
+            out.append(f"/{text}  {self.view.matched:,} match")
+        return out
 
     def selected_row(self) -> Row | None:
         key = self.table.selected_key

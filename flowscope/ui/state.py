@@ -9,10 +9,13 @@ messages. No textual import here.
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from flowscope import abi
 from flowscope.collector import Tick
+from flowscope.filter import Filter
 from flowscope.model import NewFlow, Sample
 from flowscope.ui.frame import FlowFrame
 from flowscope.ui.messages import TickArrived, WriterState
@@ -22,8 +25,64 @@ HISTORY = 300
 """Ticks of rate history kept (5 minutes at one tick a second)."""
 FEED = 500
 """New-flow events kept for the feed."""
+OPENED = 65_536
+"""Conversations remembered for telling a reply from a new connection."""
 LOSS_COUNTERS = ("map_full", "ringbuf_full", "malformed")
 """Kernel counters that mean flows or events were not seen; shown in a warning colour."""
+BEHIND_TICKS = 3
+"""The writer is behind (a warning) when its backlog grew over this many ticks in a row: a
+backlog that is written away by the next tick is the ordinary pace of a busy second."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    """A new-flow event as the filter reads a row (filter.FlowRow): its first packet."""
+
+    event: NewFlow
+
+    @property
+    def src(self) -> str:
+        return self.event.key.src
+
+    @property
+    def dst(self) -> str:
+        return self.event.key.dst
+
+    @property
+    def sport(self) -> int:
+        return self.event.key.sport
+
+    @property
+    def dport(self) -> int:
+        return self.event.key.dport
+
+    @property
+    def proto(self) -> int:
+        return self.event.key.proto
+
+    @property
+    def vlan(self) -> int:
+        return self.event.key.vlan
+
+    @property
+    def iface(self) -> str:
+        return self.event.iface
+
+    @property
+    def packets(self) -> int:
+        return 1
+
+    @property
+    def bytes(self) -> int:
+        return self.event.length
+
+    @property
+    def tcp_flags(self) -> int:
+        return 0  # the event does not carry them
+
+    @property
+    def direction(self) -> str:
+        return abi.DIRECTION_NAMES[self.event.key.direction]
 
 
 @dataclass(slots=True)
@@ -42,6 +101,13 @@ class LiveState:
     totals: collections.Counter[str] = field(default_factory=collections.Counter)
     row_history: dict[str, collections.deque[tuple[int, float]]] = field(default_factory=dict)
     interfaces: tuple[tuple[str, str], ...] = ()
+    replies: int = 0
+    """New-flow events left out of the feed because they answer a flow it already showed."""
+    opened: dict[tuple[object, ...], None] = field(default_factory=dict)
+    """The conversations the feed has shown (their opening direction), oldest first."""
+    backlogs: collections.deque[int] = field(
+        default_factory=lambda: collections.deque(maxlen=BEHIND_TICKS + 1)
+    )
 
     def ingest(self, msg: TickArrived) -> Tick:
         """Take one tick in."""
@@ -49,6 +115,7 @@ class LiveState:
         self.ticks += 1
         self.sample = tick.sample
         self.writer = msg.writer
+        self.backlogs.append(msg.writer.backlog if msg.writer is not None else 0)
         self.frame = FlowFrame.from_live(tick.live, msg.now_ns)
         s = tick.sample
         self.bps.append(s.bps)
@@ -57,11 +124,30 @@ class LiveState:
             self.bps.popleft()
             self.new_flows.popleft()
         self.totals.update({k: v for k, v in s.counters.items() if v})
-        for ev in tick.events:  # the feed reads newest first
-            self.feed.appendleft(ev)
+        for ev in tick.events:
+            self._to_feed(ev)
         if self.ticks % 60 == 0:
             self._forget_old_rows()
         return tick
+
+    def _to_feed(self, ev: NewFlow) -> None:
+        """One line per new connection: the first direction seen opens it; the other
+        direction (a reply, a victim's RST to a scan) is counted, not listed. The feed reads
+        newest first."""
+        k = ev.key
+        if (k.family, k.dst, k.src, k.dport, k.sport, k.proto, k.vlan) in self.opened:
+            self.replies += 1
+            return
+        self.opened[(k.family, k.src, k.dst, k.sport, k.dport, k.proto, k.vlan)] = None
+        if len(self.opened) > OPENED:
+            del self.opened[next(iter(self.opened))]
+        self.feed.appendleft(ev)
+
+    def feed_matching(self, flt: Filter | None) -> Iterator[NewFlow]:
+        """The feed, newest first, only what ``flt`` matches (the event's first packet)."""
+        for ev in self.feed:
+            if flt is None or flt.matches(EventRow(ev)):
+                yield ev
 
     @property
     def uptime(self) -> float:
@@ -83,6 +169,15 @@ class LiveState:
         median = recent[len(recent) // 2]
         now = self.new_flows[-1]
         return now >= 20 and now >= 5 * max(median, 1.0)
+
+    @property
+    def falling_behind(self) -> bool:
+        """True when the history writer's backlog grew at each of the last BEHIND_TICKS
+        ticks, or it dropped records: history is (or will be) missing flows."""
+        if self.writer is not None and self.writer.dropped:
+            return True
+        b = list(self.backlogs)
+        return len(b) > BEHIND_TICKS and all(x < y for x, y in itertools.pairwise(b))
 
     def record_rows(self, rows: Iterable[Row]) -> None:
         """Remember each shown row's bit rate at this tick (for its own graph)."""

@@ -3,6 +3,7 @@ feed. Each draws from LiveState; none of them knows where ticks come from."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from typing import ClassVar
@@ -20,6 +21,7 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Label, Sparkline, Static
 
+from flowscope.filter import Filter
 from flowscope.model import proto_name, tcp_flags_text
 from flowscope.output import human, human_rate
 from flowscope.ui.cells import HEADERS, IDENTITY, NUMERIC, PAIR_HEADERS, age_text, port_text
@@ -38,14 +40,16 @@ def padded(values: Sequence[float], width: int) -> list[float]:
 
 
 class StatusLine(Static):
-    """Two lines: what is watched and how busy it is; then what might be missing from view
-    (kernel loss counters, history writer trouble) and the view's settings."""
+    """Two lines. The first: what is watched and how busy it is. The second starts with the
+    view's state as badges (PAUSED, grouping and sort, filter, frozen), so that at 80 columns
+    they are always on screen, then what might be missing from view: kernel loss counters and
+    the history writer, in a warning colour only when something is lost or falling behind."""
 
     DEFAULT_CSS = """
     StatusLine { height: 2; text-wrap: nowrap; text-overflow: ellipsis; padding: 0 1; }
     """
 
-    def show(self, state: LiveState, *, paused: bool, view: str) -> None:
+    def show(self, state: LiveState, *, paused: bool, badges: Sequence[str]) -> None:
         s = state.sample
         p: list[str | tuple[str, str]] = []
         ifaces = " ".join(f"{n} ({m})" for n, m in state.interfaces) or "starting…"
@@ -57,20 +61,29 @@ class StatusLine(Static):
             p.append(f"  {human(s.pps)} pkt/s  {s.active_flows:,} flows  ")
             burst = "bold reverse $warning" if state.burst else ""
             p.append((f"{state.new_per_second:,.0f} new/s", burst))
-        if paused:
-            p += ["  ", (" PAUSED ", "bold reverse $warning")]
         p.append("\n")
-        for name in LOSS_COUNTERS:
-            n = state.totals.get(name, 0)
-            p += [(f"{name} {n:,}", "bold $warning" if n else "$text-muted"), "  "]
+        if paused:
+            p += [(" PAUSED ", "bold reverse $warning"), " "]
+        for badge in badges:
+            p += [(f" {badge} ", "bold $text on $primary"), " "]
+        p.append("│ ")
+        lost = [(name, state.totals.get(name, 0)) for name in LOSS_COUNTERS]
+        if not any(n for _, n in lost):
+            p += [("no loss", "$text-muted"), "  "]
+        for name, n in lost:
+            if n:
+                p += [(f"{name} {n:,}", "bold $warning"), "  "]
         w = state.writer
         if w is None:
-            p.append(("no history (--no-db)", "$text-muted"))
+            p.append(("no history", "$text-muted"))
+        elif w.dropped:
+            p.append((f"history dropped {w.dropped:,}", "bold $error"))
+        elif state.falling_behind:
+            p.append((f"history behind {w.backlog:,}", "bold $warning"))
+        elif w.backlog:
+            p.append((f"history writing {w.backlog:,}", "$text-muted"))
         else:
-            p.append((f"behind {w.backlog:,}", "bold $warning" if w.backlog else "$text-muted"))
-            p.append("  ")
-            p.append((f"dropped {w.dropped:,}", "bold $error" if w.dropped else "$text-muted"))
-        p.append("  │ " + view)
+            p.append(("history ok", "$text-muted"))
         self.update(Content.assemble(*p))
 
 
@@ -448,14 +461,20 @@ class FlowTable(ScrollView, can_focus=True):
 
 
 class NewFlowsFeed(Static):
-    """New flows from the ring buffer, newest first, under a line with their rate and a
-    sparkline of it; a burst turns the title line into a warning."""
+    """New connections from the ring buffer, newest first, under a line with their rate and
+    a sparkline of it; a burst turns the title line into a warning. Only those the table's
+    filter matches are listed (the rate counts them all)."""
 
     DEFAULT_CSS = """
     NewFlowsFeed { text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
-    def show(self, state: LiveState, name_of: Callable[[str], str | None] | None) -> None:
+    def show(
+        self,
+        state: LiveState,
+        name_of: Callable[[str], str | None] | None,
+        flt: Filter | None = None,
+    ) -> None:
         height = max(self.size.height, 2)
         width = max(self.size.width, 20)
         rate = state.new_per_second
@@ -464,7 +483,7 @@ class NewFlowsFeed(Static):
         peak = f" peak {max(state.new_flows, default=0.0):,.0f}/s "
         bars = _bars(list(state.new_flows), max(width - len(head) - len(peak) - 1, 0))
         p: list[str | tuple[str, str]] = [(head, style), (peak, "$text-muted"), (bars, "$warning")]
-        for ev in list(state.feed)[: height - 1]:
+        for ev in itertools.islice(state.feed_matching(flt), height - 1):
             k = ev.key
             src = (name_of(k.src) if name_of else None) or k.src
             dst = (name_of(k.dst) if name_of else None) or k.dst

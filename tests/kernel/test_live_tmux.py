@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, UDP
@@ -89,3 +90,72 @@ def test_live_console_shows_rates_and_q_detaches(net: VethNamespace) -> None:
         stop.set()
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
         sender.join(10)
+
+
+def _wait_for(session: str, text: str, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    screen = ""
+    while time.monotonic() < deadline:
+        screen = tmux("capture-pane", "-p", "-t", session)
+        if text in screen:
+            return screen
+        time.sleep(0.3)
+    raise AssertionError(f"{text!r} never on screen:\n{screen}")
+
+
+def _filter(session: str, text: str) -> None:
+    """Open the filter bar, wait for it (keys typed before it has focus go to the table),
+    replace its text and submit."""
+    tmux("send-keys", "-t", session, "/")
+    _wait_for(session, "filter: ")
+    tmux("send-keys", "-t", session, "C-u")
+    tmux("send-keys", "-t", session, "-l", text)
+    tmux("send-keys", "-t", session, "Enter")
+
+
+def test_at_80x24_group_filter_to_nothing_filter_again_resize_and_quit(
+    net: VethNamespace, tmp_path: Path
+) -> None:
+    """Issue #13's sequence in a real terminal: the console must not crash on an empty grouped
+    view, must keep the filter in force on screen at 80x24, and must exit 0 on q."""
+    session = f"fslive{uuid.uuid4().hex[:8]}"
+    status = tmp_path / "status"
+    cmd = f"{PYTHON} -m flowscope live -i {net.host_if} --no-db; echo $? > {status}"
+    tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24", "sh", "-c", cmd)
+    stop = threading.Event()
+    batch = frames(net, 30)
+
+    def traffic() -> None:
+        while not stop.is_set():
+            net.send_frames(batch)
+            time.sleep(0.2)
+
+    sender = threading.Thread(target=traffic, daemon=True)
+    try:
+        _wait_for(session, "(generic")
+        sender.start()
+        _wait_for(session, net.peer_ip4)
+        tmux("send-keys", "-t", session, "g")
+        _wait_for(session, "source host by")
+        _filter(session, "port 1")
+        screen = _wait_for(session, "/port 1  0 match")
+        assert net.peer_ip4 not in screen  # the table is empty, the console alive
+        time.sleep(2.5)  # ticks over an empty grouped view
+        _filter(session, "udp")
+        _wait_for(session, "/udp  3 match")
+        tmux("resize-window", "-t", session, "-x", "120", "-y", "40")
+        _wait_for(session, "/udp  3 match")
+        tmux("resize-window", "-t", session, "-x", "80", "-y", "24")
+        screen = _wait_for(session, "/udp  3 match")
+        assert "source host by bit/s" in screen
+        tmux("send-keys", "-t", session, "q")
+        deadline = time.monotonic() + 20
+        while not status.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert status.read_text().strip() == "0"
+        assert xdp_prog_id(net.host_if) == 0
+    finally:
+        stop.set()
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        if sender.is_alive():
+            sender.join(10)

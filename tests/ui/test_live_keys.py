@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
+import pytest
 from textual.command import CommandPalette
+from textual.widgets import Input
 
+from flowscope import abi
 from flowscope.ui.app import FlowscopeApp
 from flowscope.ui.detail import DetailScreen
 from flowscope.ui.help import HelpScreen
 from flowscope.ui.live import FilterBar
-from flowscope.ui.sample import SCANNER, scenario
+from flowscope.ui.messages import TickArrived, WriterState
+from flowscope.ui.sample import SCANNER, SERVER, scenario
 from flowscope.ui.source import ReplaySource
-from flowscope.ui.widgets import FlowTable
+from flowscope.ui.widgets import FlowTable, StatusLine
 from tests.ui.consoles import console, synchronous
 
 SIZE = (80, 24)
@@ -335,3 +340,89 @@ async def test_the_selected_flow_keeps_the_cursor_as_rows_move() -> None:
         line = screen_line(app, row - int(table(app).scroll_y) + 1)
         src, sport = key.split("|")[2], key.split("|")[4]
         assert src in line and sport in line
+
+
+def status_lines(app: FlowscopeApp) -> list[str]:
+    st = app.live.query_one(StatusLine)
+    return [st.render_line(y).text for y in range(2)]
+
+
+@synchronous
+async def test_at_80x24_pause_grouping_sort_and_filter_stay_on_the_status_line() -> None:
+    app = console()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("g", "s", "slash", *"port 443 and tcp", "enter", "space", "f")
+        await pilot.pause()
+        second = status_lines(app)[1]
+        for badge in ("PAUSED", "frozen", "source host by pkt/s▼", "/port 443 and tcp  "):
+            assert badge in second, second
+        long = "host 198.18.0.10 and not port 443 and not port 22 and not port 5432"
+        await pilot.press("space", "slash")
+        app.live.query_one(FilterBar).query_one(Input).value = long
+        await pilot.press("enter")
+        await pilot.pause()
+        second = status_lines(app)[1]
+        assert "source host by pkt/s▼" in second and "/host 198.18.0.10 and no…" in second
+
+
+def writer_ticks(backlogs: list[int], dropped_at: int | None = None) -> list[TickArrived]:
+    ticks = scenario(len(backlogs))
+    return [
+        TickArrived(
+            t.tick, t.now_ns, WriterState(b, 5 if dropped_at is not None and i >= dropped_at else 0)
+        )
+        for i, (t, b) in enumerate(zip(ticks, backlogs, strict=True))
+    ]
+
+
+@pytest.mark.parametrize(
+    ("backlogs", "dropped_at", "shown"),
+    [
+        ([0, 400, 0, 300, 0, 500, 0], None, "history ok"),  # written away each tick: ordinary
+        ([0, 400, 0, 300, 0, 500, 10], None, "history writing 10"),
+        ([0, 100, 200, 300, 400], None, "history behind 400"),  # grew three ticks running
+        ([0, 0, 0], 1, "history dropped 5"),
+    ],
+)
+def test_the_writer_is_a_warning_only_when_it_falls_behind_or_drops(
+    backlogs: list[int], dropped_at: int | None, shown: str
+) -> None:
+    @synchronous
+    async def run() -> None:
+        app = console(writer_ticks(backlogs, dropped_at), has_db=True)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            assert shown in status_lines(app)[1]
+            assert app.state.falling_behind == (shown.split()[1] in ("behind", "dropped"))
+
+    run()
+
+
+@synchronous
+async def test_the_feed_lists_each_connection_once_and_follows_the_filter() -> None:
+    scan = scenario(72)
+    # the server's RSTs answer the scanner's first probes: replies, not new connections
+    probes = scan[70].tick.events[:10]
+    replies = [
+        dataclasses.replace(
+            ev, key=dataclasses.replace(ev.key.reversed(), direction=abi.DIR_EGRESS)
+        )
+        for ev in probes
+    ]
+    t = scan[71]
+    scan[71] = TickArrived(
+        dataclasses.replace(t.tick, events=[*t.tick.events, *replies]), t.now_ns, t.writer
+    )
+    app = console(scan)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        # the scenario's seven two-way conversations (https twice, postgres, ssh, dns, https
+        # over IPv6, rsync) each have one reply; the echo reply has its own ICMP type
+        assert app.state.replies == 7 + 10
+        shown = list(app.state.feed)
+        assert not any(ev.key.src == SERVER and ev.key.sport < 300 for ev in shown[:80])
+        await pilot.press("slash", *"dport 22", "enter")
+        await pilot.pause()
+        feed = str(app.live.query_one("#feed").render())
+        lines = feed.splitlines()[1:]
+        assert lines and all(":22 ssh" in line or "→ 198.18.0.10:22" in line for line in lines)
