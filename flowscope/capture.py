@@ -36,6 +36,12 @@ MAX_RECORD = 262144
 """libpcap's largest snap length: a record claiming more means the framing is lost."""
 SCRATCH_FRAME = 3072
 """Bytes of a copied (raw IP, loopback) frame kept; the parser never looks further."""
+MAX_BLOCK = 16 << 20
+"""The largest pcapng block taken as one (a packet of MAX_RECORD with room for any options):
+a block claiming more means its length is damaged, not that the file was cut off."""
+MAX_TS = 2**63 - 1
+"""The latest capture time in ns (2262): a later (or negative) one is a damaged time field,
+a time resolution or offset, and would not fit the kernel's u64 or history."""
 RELEASE_EVERY = 64 << 20
 """How often (in bytes of the file) a reader should call Capture.release()."""
 
@@ -410,7 +416,7 @@ class Capture:
                     return
                 ifaces = []  # interface ids start again in each section
             total = struct.unpack_from(order + "I", mm, off + 4)[0]
-            if total < 12 or total % 4:
+            if total < 12 or total % 4 or total > MAX_BLOCK:
                 self._stop(n, f"the block at byte {off} has an impossible length ({total})")
                 return
             end = off + total
@@ -460,6 +466,13 @@ class Capture:
                     continue
                 iface = ifaces[iface_id]
                 ts = ((hi << 32) | lo) * iface.ts_mul // iface.ts_div + iface.ts_offset_ns
+                if not 0 <= ts <= MAX_TS:
+                    self._stop(
+                        n,
+                        f"frame {n + 1} (byte {block_off}) has a time outside 1970..2262 (its "
+                        "time, or its interface's if_tsresol or if_tsoffset, is damaged)",
+                    )
+                    return
             elif btype == BLOCK_SPB:
                 if not ifaces:
                     skipped.unknown_interface += 1

@@ -21,6 +21,7 @@ import click
 
 from flowscope import abi
 from flowscope.errors import FlowscopeError
+from flowscope.output import printable
 
 if TYPE_CHECKING:
     from flowscope.collector import Tick
@@ -43,33 +44,25 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except FlowscopeError as e:
-            click.echo(f"flowscope: error: {_one_line(str(e))}", err=True)
+            click.echo(f"flowscope: error: {printable(str(e))}", err=True)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
             ctx.exit(EXIT_INTERRUPTED)
         except click.UsageError as e:
             # click prints Usage/Try/Error on three lines; an operator's script wants one
             where = f" ({e.ctx.command_path} --help)" if e.ctx is not None else ""
-            click.echo(f"flowscope: error: {_one_line(e.format_message())}{where}", err=True)
+            click.echo(f"flowscope: error: {printable(e.format_message())}{where}", err=True)
             ctx.exit(e.exit_code)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as e:  # a bug: one line for the user, the traceback in a file
             log = _write_crash_log()
             click.echo(
-                f"flowscope: internal error: {type(e).__name__}: {_one_line(str(e))} "
+                f"flowscope: internal error: {type(e).__name__}: {printable(str(e))} "
                 f"(traceback in {log})",
                 err=True,
             )
             ctx.exit(1)
-
-
-def _one_line(text: str) -> str:
-    """``text`` with every control character (a newline, an escape sequence from a user's
-    input or a file) written as its escape: one line, and nothing the terminal obeys."""
-    return "".join(
-        c if c.isprintable() or c == " " else c.encode("unicode_escape").decode() for c in text
-    )
 
 
 def _write_crash_log() -> str:
@@ -1061,7 +1054,7 @@ def replay(
             raise FlowscopeError(f"history: {writer.status}")
         if summary.damage is not None and summary.cut_off:
             # an interrupted capture (tcpdump killed mid-write): what it holds was replayed
-            click.echo(f"flowscope: warning: {summary.damage}", err=True)
+            click.echo(f"flowscope: warning: {printable(str(summary.damage))}", err=True)
         elif summary.damage is not None:
             raise summary.damage
         if summary.interrupted:

@@ -12,6 +12,18 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 FORMATS = ("table", "json", "csv")
+WIDE = 100_000
+"""The table width when stdout is not a terminal: never wrapped, so grep and awk see one line
+per row and whole addresses."""
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character (a newline, an escape sequence from a user's
+    input, a capture's interface name or a database value) written as its escape: one line,
+    and nothing a terminal obeys."""
+    return "".join(
+        c if c.isprintable() or c == " " else c.encode("unicode_escape").decode() for c in text
+    )
 
 
 def human(value: float, unit: str = "", base: float = 1000.0) -> str:
@@ -54,10 +66,23 @@ def _json_value(value: Any) -> Any:
 def write_csv(
     columns: Sequence[str], rows: Sequence[Sequence[Any]], out: IO[str] | None = None
 ) -> None:
-    """A header line, then one line per row."""
-    w = csv.writer(out or sys.stdout, lineterminator="\n")
+    """A header line, then one line per row. To a terminal, control characters in values are
+    escaped (printable); to a file or a pipe they are written as they are."""
+    out = out or sys.stdout
+    w = csv.writer(out, lineterminator="\n")
+    if _isatty(out):
+        w.writerow([printable(c) for c in columns])
+        w.writerows([[printable(v) if isinstance(v, str) else v for v in r] for r in rows])
+        return
     w.writerow(columns)
     w.writerows(rows)
+
+
+def _isatty(out: IO[str]) -> bool:
+    try:
+        return out.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def write_table(
@@ -68,23 +93,31 @@ def write_table(
     title: str | None = None,
     out: IO[str] | None = None,
 ) -> None:
-    """An aligned text table (rich, no rules: plain columns like ps or ss), 80 columns wide
-    unless a terminal is wider."""
+    """An aligned text table (rich, no rules: plain columns like ps or ss). On a terminal, as
+    wide as it is, long values folded; to a file or a pipe, never wrapped. Control characters
+    in values are always escaped (printable): a table is for reading."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
     table = Table(
         box=None,
-        title=Text(title) if title else None,
+        title=Text(printable(title)) if title else None,
         title_justify="left",
         pad_edge=False,
         padding=(0, 1),
     )
+    out = out or sys.stdout
+    tty = _isatty(out)
     for c in columns:
-        table.add_column(c, justify="right" if c in right else "left", overflow="fold")
+        table.add_column(
+            printable(c),
+            justify="right" if c in right else "left",
+            overflow="fold",
+            no_wrap=not tty,
+        )
     for row in rows:
         # Text, not markup: "[2001:db8::1]:443" must print as it is, not as a style tag
-        table.add_row(*(Text("" if v is None else str(v)) for v in row))
-    console = Console(file=out or sys.stdout, highlight=False, soft_wrap=False)
+        table.add_row(*(Text("" if v is None else printable(str(v))) for v in row))
+    console = Console(file=out, highlight=False, soft_wrap=False, width=None if tty else WIDE)
     console.print(table)

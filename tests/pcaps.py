@@ -52,15 +52,22 @@ def ng_shb() -> bytes:
 
 
 def ng_idb(
-    linktype: int = 1, snaplen: int = 0, name: str | None = None, tsresol: int | None = None
+    linktype: int = 1,
+    snaplen: int = 0,
+    name: str | None = None,
+    tsresol: int | None = None,
+    tsoffset: int | None = None,
 ) -> bytes:
-    """A pcapng interface description block with if_name and if_tsresol when given."""
+    """A pcapng interface description block with if_name, if_tsresol and if_tsoffset (seconds)
+    when given."""
     opts = b""
     if name is not None:
         raw = name.encode()
         opts += struct.pack("<HH", 2, len(raw)) + raw + b"\0" * (-len(raw) % 4)
     if tsresol is not None:
         opts += struct.pack("<HH", 9, 1) + bytes([tsresol]) + b"\0" * 3
+    if tsoffset is not None:
+        opts += struct.pack("<HHq", 14, 8, tsoffset)
     if opts:
         opts += struct.pack("<HH", 0, 0)
     return ng_block(1, struct.pack("<HHI", linktype, 0, snaplen) + opts)

@@ -20,7 +20,17 @@ from scapy.layers.l2 import CookedLinuxV2
 from scapy.utils import PcapNgWriter, wrpcap
 
 from flowscope.capture import Capture, CaptureError, read_all
-from tests.pcaps import T0, ng_epb, ng_idb, ng_shb, pcap_header, pcap_record, udp_frame, write
+from tests.pcaps import (
+    T0,
+    ng_block,
+    ng_epb,
+    ng_idb,
+    ng_shb,
+    pcap_header,
+    pcap_record,
+    udp_frame,
+    write,
+)
 
 # -- what a good file gives ---------------------------------------------------------------------
 
@@ -238,3 +248,105 @@ def test_any_bytes_after_a_header_never_raise_anything_but_capture_error(
         except CaptureError:
             continue
         assert cap.frames_read == len(frames)
+
+
+# -- hostile block structures (issue #14) -------------------------------------------------------
+
+U64 = 2**64 - 1
+
+
+@pytest.mark.parametrize(
+    ("idb", "ts_units"),
+    [
+        (ng_idb(), U64),  # an EPB time near 2^64 microseconds
+        (ng_idb(tsoffset=10**10), T0 * 10**6),
+        (ng_idb(tsoffset=-(10**10)), T0 * 10**6),
+        (ng_idb(tsoffset=2**62), 0),
+        (ng_idb(tsoffset=-(2**62)), 0),
+        (ng_idb(tsresol=0), 2**60),  # seconds: 2^60 of them
+    ],
+    ids=["time-2^64", "offset+1e10", "offset-1e10", "offset+2^62", "offset-2^62", "tsresol0"],
+)
+def test_a_time_out_of_range_is_damage_with_the_frame_number(
+    tmp_path: Path, idb: bytes, ts_units: int
+) -> None:
+    frame = bytes(udp_frame())
+    good = ng_epb(0, T0 * 10**6, frame) if b"\x0e\x00\x08\x00" not in idb else b""
+    data = ng_shb() + idb + good + ng_epb(0, ts_units, frame)
+    frames, cap = read_all(write(tmp_path, "t.pcapng", data))
+    assert cap.damage is not None and not cap.cut_off
+    assert f"frame {len(frames) + 1} " in str(cap.damage) and "outside 1970..2262" in str(
+        cap.damage
+    )
+
+
+def test_a_block_claiming_4_gib_is_damage_not_a_cut_off_capture(tmp_path: Path) -> None:
+    frame = bytes(udp_frame())
+    huge = struct.pack("<II", 6, 0xFFFFFFF0) + bytes(40)
+    frames, cap = read_all(
+        write(tmp_path, "h.pcapng", ng_shb() + ng_idb() + ng_epb(0, T0 * 10**6, frame) + huge)
+    )
+    assert len(frames) == 1 and not cap.cut_off
+    assert "impossible length (4294967280)" in str(cap.damage)
+
+
+EDGE_U32 = st.sampled_from([0, 1, 12, 13, 16, 20, 0x7FFFFFFF, 0xFFFFFFF0, 0xFFFFFFFF])
+EDGE_S64 = st.sampled_from([0, 1, -1, 10**10, -(10**10), 2**62, -(2**62), 2**63 - 1, -(2**63)])
+
+
+@st.composite
+def blocks(draw: st.DrawFn) -> bytes:
+    """One pcapng block with fields drawn from edge values and arbitrary ones: interface
+    blocks with any if_tsresol and if_tsoffset, packet blocks with any time, lengths and
+    interface id, simple packet blocks, and blocks whose length fields lie."""
+    kind = draw(st.sampled_from(["idb", "epb", "pb", "spb", "other", "lying"]))
+    if kind == "idb":
+        return ng_idb(
+            linktype=draw(st.sampled_from([0, 1, 101, 108, 113, 228, 229, 276])),
+            snaplen=draw(st.one_of(EDGE_U32, st.integers(0, 70000))),
+            name=draw(st.none() | st.text(max_size=20)),
+            tsresol=draw(st.none() | st.integers(0, 255)),
+            tsoffset=draw(st.none() | EDGE_S64),
+        )
+    data = draw(st.binary(max_size=80))
+    if kind == "epb":
+        iface = draw(st.integers(0, 3) | EDGE_U32)
+        ts = draw(st.integers(0, 2**64 - 1))
+        wire = draw(st.none() | EDGE_U32)
+        block = bytearray(ng_epb(iface, ts, data, wire))
+        if draw(st.booleans()):  # a captured length that lies
+            block[20:24] = struct.pack("<I", draw(EDGE_U32))
+        return bytes(block)
+    if kind == "pb":
+        body = struct.pack("<HHIIII", draw(st.integers(0, 3)), 0, 0, 0, len(data), len(data))
+        return ng_block(2, body + data)
+    if kind == "spb":
+        return ng_block(3, struct.pack("<I", draw(EDGE_U32)) + data)
+    if kind == "other":
+        return ng_block(draw(st.integers(4, 0x40000000)), data)
+    total = draw(EDGE_U32)
+    return struct.pack("<II", draw(st.sampled_from([1, 3, 6])), total) + data
+
+
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(parts=st.lists(blocks(), max_size=6))
+def test_any_pcapng_block_structure_reads_or_is_damage_never_a_crash(
+    tmp_path: Path, parts: list[bytes]
+) -> None:
+    """Whatever the blocks say, reading gives frames with times in range and lengths inside
+    the file, or stops with a damage note that names a frame or a byte: never another
+    exception (issue #14: struct.error on times near 2^64, offsets of +-1e10 or 2^62)."""
+    path = write(tmp_path, "f.pcapng", ng_shb() + ng_idb() + b"".join(parts))
+    try:
+        frames, cap = read_all(path)
+    except CaptureError:
+        return
+    assert cap.frames_read == len(frames)
+    size = path.stat().st_size
+    for f in frames:
+        assert 0 <= f.time_ns <= 2**63 - 1
+        assert len(f.frame) <= size
+    if cap.damage is not None:
+        assert "byte " in str(cap.damage) or "frame " in str(cap.damage)

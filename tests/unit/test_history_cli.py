@@ -359,3 +359,47 @@ def test_top_n_of_a_day_equals_summing_every_record(
                     assert len(fast) == min(int(top), groups)
     # the top flows were found without summing every flow of the day (not just by falling back)
     assert sum(r is not None for r in decided) >= 12
+
+
+def test_tables_escape_control_characters_from_the_database(db: Path) -> None:
+    """A value holding a terminal escape (an interface name from a crafted capture, any sql
+    result) is printed as its escape, never obeyed (issue #14)."""
+    query = (
+        "SELECT char(27) || '[2J' || char(27) || ']0;owned' || char(7) AS x, 'a' || char(10) AS y"
+    )
+    code, out, _ = run("sql", "--db", str(db), query)
+    assert code == 0
+    assert "\x1b" not in out and "\x07" not in out
+    assert "\\x1b[2J\\x1b]0;owned\\x07" in out and "a\\n" in out
+    code, out, _ = run("sql", "--db", str(db), "--format", "json", query)
+    assert "\x1b" not in out  # JSON escapes it itself
+
+
+def test_piped_tables_never_wrap_a_row(tmp_path: Path) -> None:
+    """To a pipe, one line per row with whole endpoints, however wide (issue #13: an address
+    cut mid-token breaks grep and awk)."""
+    path = tmp_path / "wide.db"
+    a, b = "2001:db8:aaaa:bbbb:cccc:dddd:eeee:1", "2001:db8:aaaa:bbbb:cccc:dddd:eeee:2"
+    records = [
+        FlowRecord(
+            FlowKey(abi.AF_INET6, a, b, 40000 + i, 443, 6),
+            "a-rather-long-interface-name",
+            3,
+            300,
+            240,
+            NOW - 60,
+            NOW - 30,
+            0,
+            "idle",
+        )
+        for i in range(3)
+    ]
+    records.append(rec(IP, "10.0.0.2", 1, 2, 17, 1, 100, NOW - 60, NOW - 30, iface="eth0"))
+    with store.Store(path) as s:
+        s.write_tick(records, None, [])
+    since, until = store.iso_time(NOW - 600), store.iso_time(NOW)
+    code, out, _ = run("history", "--db", str(path), "--since", since, "--until", until)
+    assert code == 0
+    rows = [line for line in out.splitlines() if f"[{a}]:" in line]
+    assert len(rows) == 3 and all(f"[{b}]:443" in line for line in rows), out
+    assert sum("a-rather-long-interface-name" in line for line in rows) == 3
