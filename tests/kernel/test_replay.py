@@ -37,7 +37,7 @@ from flowscope import store
 from flowscope.cli import main
 from flowscope.replay import iso_us
 from flowscope.ui import history_query
-from tests.pcaps import T0, pcap_header, pcap_record
+from tests.pcaps import T0, ng_epb, ng_idb, ng_shb, pcap_header, pcap_record
 
 A4, B4 = "10.0.0.1", "10.0.0.2"
 A6, B6 = "2001:db8::1", "2001:db8::2"
@@ -625,3 +625,34 @@ def test_windows_count_what_was_sent_in_them(tmp_path: Path) -> None:
     assert totals == [1_000_000] * 20  # each tick counted its 100 frames
     assert sum(flows_only) == 20_000_000
     assert max(flows_only) <= 1_000_000 + 2 * 1000 and min(flows_only) >= 1_000_000 - 2 * 1000
+
+
+@pytest.mark.parametrize(
+    "idb_and_time",
+    [("plain", 2**64 - 1), ("offset", 10**10), ("offset", -(10**10)), ("resol0", 2**60)],
+    ids=["time-2^64", "offset+1e10", "offset-1e10", "tsresol0"],
+)
+def test_a_pcapng_time_out_of_range_is_one_line_exit_2_with_the_db_kept(
+    tmp_path: Path, idb_and_time: tuple[str, int]
+) -> None:
+    """Issue #14: these raised struct.error (a traceback), also with --db."""
+    kind, value = idb_and_time
+    frame = bytes(eth() / udp(sport=1))
+    if kind == "offset":
+        idb, good, bad = ng_idb(tsoffset=value), b"", ng_epb(0, T0 * 10**6, frame)
+    else:
+        idb = ng_idb(tsresol=0) if kind == "resol0" else ng_idb()
+        good = ng_epb(0, T0 * (1 if kind == "resol0" else 10**6), frame)
+        bad = ng_epb(0, value, frame)
+    path = tmp_path / "t.pcapng"
+    path.write_bytes(ng_shb() + idb + good + bad)
+    db = tmp_path / "r.db"
+    result = CliRunner().invoke(main, ["replay", str(path), "--db", str(db)])
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.strip().splitlines()
+    frames = 1 if good else 0
+    assert line.startswith("flowscope: error: ") and f"frame {frames + 1} " in line
+    assert "outside 1970..2262" in line and "Traceback" not in result.output
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*) FROM flows").fetchone()[0] == frames
+    conn.close()
