@@ -84,7 +84,7 @@ class DemoRun:
         )
         child = _Child(name, proc, log)
         self.children.append(child)
-        self.net.pids.append(proc.pid)
+        self.net.started(proc.pid)
         self.net.save()
         return child
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -50,8 +51,13 @@ class DemoNet:
     peer_ip4: str = ""
     host_ip6: str = ""
     peer_ip6: str = ""
-    pids: list[int] = field(default_factory=list)
-    """Processes the demo started (listeners, generator), for the next run to kill."""
+    pids: list[list[int]] = field(default_factory=list)
+    """[pid, start time] of each process the demo started (listeners, generator), for the
+    next run to kill: a pid alone may have been recycled by then."""
+
+    def started(self, pid: int) -> None:
+        """Remember a process the demo started, with its start time (its identity)."""
+        self.pids.append([pid, start_time(pid) or 0])
 
     @property
     def state_file(self) -> Path:
@@ -77,12 +83,49 @@ def names(owner: int) -> tuple[str, str, str]:
     return f"{PREFIX}{owner}", f"{PREFIX}{owner}h", f"{PREFIX}{owner}p"
 
 
+_GENERATED = re.compile(rf"{PREFIX}([1-9][0-9]{{0,7}})[hp]?")
+
+
 def owner_of(name: str) -> int | None:
-    """The demo pid a ``fsdemo<pid>[hp]`` name belongs to, None for other names."""
-    if not name.startswith(PREFIX):
+    """The demo pid a ``fsdemo<pid>[hp]`` name belongs to, None for any other name: clean-up
+    only ever touches names this module generates."""
+    m = _GENERATED.fullmatch(name)
+    return int(m.group(1)) if m else None
+
+
+def load_state(path: Path) -> DemoNet | None:
+    """The demo described by a state file, or None when the file is not one this module
+    wrote: the owner must be the file's own name, and the namespace and interfaces exactly the
+    names generated for that owner, so that a crafted file can name nothing else (another
+    namespace, an interface, a path outside the directory)."""
+    try:
+        raw = json.loads(path.read_text())
+        net = DemoNet(**raw)
+    except (OSError, ValueError, TypeError):
         return None
-    digits = name[len(PREFIX) :].rstrip("hp")
-    return int(digits) if digits.isdigit() else None
+    owner = net.owner
+    if type(owner) is not int or path.name != f"{owner}.json":
+        return None
+    if owner_of(f"{PREFIX}{owner}") != owner:
+        return None
+    if (net.ns, net.host_if, net.peer_if) != names(owner):
+        return None
+    if not isinstance(net.pids, list) or not all(
+        isinstance(p, list) and len(p) == 2 and all(type(v) is int for v in p) for p in net.pids
+    ):
+        return None
+    return net
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks after boot, /proc/<pid>/stat field 22): with
+    the pid, an identity that a recycled pid does not share."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else None
 
 
 def _run(args: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -179,16 +222,25 @@ def is_live_demo(pid: int) -> bool:
     return any("flowscope" in a for a in args) and "demo" in args
 
 
-def is_traffic_process(pid: int) -> bool:
-    """True when ``pid`` runs the demo's listeners or generator."""
-    return TRAFFIC_MODULE in _cmdline(pid)
+def is_traffic_process(pid: int, owner: int) -> bool:
+    """True when ``pid`` runs the listeners or generator of the demo of ``owner``."""
+    args = _cmdline(pid)
+    return TRAFFIC_MODULE in args and _owner_arg(args) == owner
+
+
+def _owner_arg(args: list[str]) -> int | None:
+    if "--owner" not in args:
+        return None
+    i = args.index("--owner")
+    return int(args[i + 1]) if i + 1 < len(args) and args[i + 1].isdigit() else None
 
 
 def remove(net: DemoNet) -> None:
     """Kill the demo's processes and delete its veth pair, namespace and state file. Safe to
     call on a half-made or already removed demo."""
-    for pid in net.pids:
-        if is_traffic_process(pid):
+    for pid, started in net.pids:
+        # the same process the demo started (pid and start time), running its traffic
+        if start_time(pid) == started and is_traffic_process(pid, net.owner):
             _kill(pid)
     _remove_names(net.ns, net.host_if)
     with contextlib.suppress(OSError):
@@ -196,6 +248,8 @@ def remove(net: DemoNet) -> None:
 
 
 def _remove_names(ns: str, host_if: str) -> None:
+    if owner_of(ns) is None or owner_of(host_if) is None:
+        return  # not a name this module made: never touched
     if ns in namespaces():
         for pid in _ip("netns", "pids", ns, check=False).stdout.split():
             if pid.isdigit():
@@ -226,10 +280,10 @@ def cleanup_leftovers() -> list[str]:
     removed: list[str] = []
     if STATE_DIR.is_dir():
         for path in STATE_DIR.glob("*.json"):
-            try:
-                net = DemoNet(**json.loads(path.read_text()))
-            except (OSError, ValueError, TypeError):
-                path.unlink(missing_ok=True)
+            net = load_state(path)
+            if net is None:  # not ours, or damaged: only the file itself goes
+                if path.is_file() and not path.is_symlink():
+                    path.unlink(missing_ok=True)
                 continue
             if is_live_demo(net.owner):
                 continue
@@ -241,9 +295,8 @@ def cleanup_leftovers() -> list[str]:
         if not pid_dir.name.isdigit():
             continue
         args = _cmdline(int(pid_dir.name))
-        if TRAFFIC_MODULE in args and "--owner" in args:
-            i = args.index("--owner")
-            owner = int(args[i + 1]) if i + 1 < len(args) and args[i + 1].isdigit() else None
+        if TRAFFIC_MODULE in args:
+            owner = _owner_arg(args)
             if owner is not None and not is_live_demo(owner):
                 _kill(int(pid_dir.name))
                 removed.append(f"process {pid_dir.name}")

@@ -305,3 +305,57 @@ def test_headless_demo_serves_metrics_that_history_confirms(tmp_path: Path) -> N
     for direction, scraped in seen.items():
         assert 0 < scraped <= history[direction], (direction, scraped, history)
     assert_cleaned(proc.pid)
+
+
+# -- crafted state files (issue #14) -------------------------------------------------------------
+
+
+def test_clean_up_touches_only_what_a_demo_made(tmp_path: Path) -> None:
+    """State files naming someone else's namespace, interface, processes or a path outside
+    the state directory are removed as files and nothing they name is touched."""
+    from flowscope import demo_net
+    from tests.netns import veth_namespace
+
+    outside = tmp_path / "victim.json"
+    outside.write_text("keep me")
+    with veth_namespace() as net:
+        victim = subprocess.Popen(["ip", "netns", "exec", net.ns, "sleep", "60"])
+        bystander = subprocess.Popen(["sleep", "60"])
+        try:
+            time.sleep(0.3)
+            stranger = 999_999_0  # a demo pid that runs no demo, with generated names
+            crafted = {
+                "999999.json": {  # someone else's namespace and interface
+                    "owner": 999999,
+                    "ns": net.ns,
+                    "host_if": net.host_if,
+                    "peer_if": net.peer_if,
+                    "pids": [[victim.pid, 0]],
+                },
+                "x.json": {  # an owner that is a path
+                    "owner": str(outside.with_suffix("")),
+                    "ns": net.ns,
+                    "host_if": net.host_if,
+                    "peer_if": net.peer_if,
+                },
+                f"{stranger}.json": {  # our names, but a pid that is not the process started
+                    "owner": stranger,
+                    "ns": f"fsdemo{stranger}",
+                    "host_if": f"fsdemo{stranger}h",
+                    "peer_if": f"fsdemo{stranger}p",
+                    "pids": [[bystander.pid, 1], [victim.pid, 1]],
+                },
+            }
+            demo_net.STATE_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for name, content in crafted.items():
+                (demo_net.STATE_DIR / name).write_text(json.dumps(content))
+            demo_net.cleanup_leftovers()
+            assert victim.poll() is None and bystander.poll() is None
+            assert net.ns in netns_names()
+            assert any(link["ifname"] == net.host_if for link in links())
+            assert outside.read_text() == "keep me"
+            assert not any((demo_net.STATE_DIR / name).exists() for name in crafted)
+        finally:
+            for p in (victim, bystander):
+                p.kill()
+                p.wait()
