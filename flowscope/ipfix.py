@@ -8,7 +8,9 @@ counted in ``lost`` and dropped, and TCP reconnects with backoff.
 
 What the RFC leaves to the exporter, and what flowscope does:
 
-- two templates, IPv4 (256) and IPv6 (257), with IANA information elements only;
+- four templates, with IANA information elements only: IPv4 (256) and IPv6 (257) for received
+  flows, with the interface as ``ingressInterface``, and IPv4 (258) and IPv6 (259) for sent
+  flows, with it as ``egressInterface``; ``flowDirection`` says which in both;
 - the header's sequence number counts the data records sent before the message, per
   observation domain and per transport session, modulo 2^32 (a new TCP connection is a new
   session and starts again at 0; records that could not be sent are not counted);
@@ -42,6 +44,8 @@ SET_HEADER = struct.Struct("!HH")  # set id, length
 TEMPLATE_SET_ID = 2
 TEMPLATE_V4 = 256
 TEMPLATE_V6 = 257
+TEMPLATE_V4_EGRESS = 258
+TEMPLATE_V6_EGRESS = 259
 DEFAULT_PORT = 4739
 DEFAULT_MTU = 1400
 MIN_MTU = 576
@@ -51,6 +55,8 @@ _U32 = 1 << 32
 
 # IANA IPFIX information elements: (name, id, length in the templates)
 IE = tuple[str, int, int]
+INGRESS_INTERFACE: IE = ("ingressInterface", 10, 4)
+EGRESS_INTERFACE: IE = ("egressInterface", 14, 4)
 _COMMON_HEAD: tuple[IE, ...] = (
     ("sourceTransportPort", 7, 2),
     ("destinationTransportPort", 11, 2),
@@ -62,7 +68,7 @@ _COMMON_HEAD: tuple[IE, ...] = (
     ("flowStartMilliseconds", 152, 8),
     ("flowEndMilliseconds", 153, 8),
     ("vlanId", 58, 2),
-    ("ingressInterface", 10, 4),
+    INGRESS_INTERFACE,  # egressInterface in the egress templates
     ("flowDirection", 61, 1),
     ("flowEndReason", 136, 1),
 )
@@ -78,6 +84,16 @@ FIELDS_V6: tuple[IE, ...] = (
     *_COMMON_HEAD,
     ("icmpTypeCodeIPv6", 139, 2),
 )
+FIELDS_V4_EGRESS = tuple(EGRESS_INTERFACE if f == INGRESS_INTERFACE else f for f in FIELDS_V4)
+FIELDS_V6_EGRESS = tuple(EGRESS_INTERFACE if f == INGRESS_INTERFACE else f for f in FIELDS_V6)
+TEMPLATES: dict[int, tuple[IE, ...]] = {
+    TEMPLATE_V4: FIELDS_V4,
+    TEMPLATE_V6: FIELDS_V6,
+    TEMPLATE_V4_EGRESS: FIELDS_V4_EGRESS,
+    TEMPLATE_V6_EGRESS: FIELDS_V6_EGRESS,
+}
+"""Template id -> fields; an egress template differs only in the interface's element, so one
+record layout serves both directions."""
 _TAIL = "HHBHQQQQQHIBBH"
 RECORD_V4 = struct.Struct("!4s4s" + _TAIL)
 RECORD_V6 = struct.Struct("!16s16s" + _TAIL)
@@ -101,8 +117,8 @@ def _template_record(template_id: int, fields: Sequence[IE]) -> bytes:
 
 
 def template_set() -> bytes:
-    """The template set both templates travel in (IPv4 first)."""
-    body = _template_record(TEMPLATE_V4, FIELDS_V4) + _template_record(TEMPLATE_V6, FIELDS_V6)
+    """The template set all templates travel in (by id)."""
+    body = b"".join(_template_record(tid, fields) for tid, fields in sorted(TEMPLATES.items()))
     return SET_HEADER.pack(TEMPLATE_SET_ID, SET_HEADER.size + len(body)) + body
 
 
@@ -135,9 +151,10 @@ def encode_record(r: FlowRecord) -> tuple[int, bytes]:
         icmp,
     )
     src, dst = ip_address(k.src).packed, ip_address(k.dst).packed
+    egress = k.direction == abi.DIR_EGRESS
     if k.family == abi.AF_INET:
-        return TEMPLATE_V4, RECORD_V4.pack(src, dst, *tail)
-    return TEMPLATE_V6, RECORD_V6.pack(src, dst, *tail)
+        return TEMPLATE_V4_EGRESS if egress else TEMPLATE_V4, RECORD_V4.pack(src, dst, *tail)
+    return TEMPLATE_V6_EGRESS if egress else TEMPLATE_V6, RECORD_V6.pack(src, dst, *tail)
 
 
 @dataclass(frozen=True, slots=True)

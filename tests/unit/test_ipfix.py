@@ -3,8 +3,10 @@ syntax, and the exporter over loopback UDP and TCP (a collector that goes away a
 
 from __future__ import annotations
 
+import shutil
 import socket
 import struct
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -33,8 +35,8 @@ def rec6_icmp() -> FlowRecord:
 
 
 TEMPLATE_SET = bytes.fromhex(
-    # set header: set id 2 (template set), length 140
-    "0002 008c"
+    # set header: set id 2 (template set), length 4 + 4 * 68 = 276
+    "0002 0114"
     # template record: id 256 (IPv4), 16 fields; each field: IE id, length
     "0100 0010"
     "0008 0004"  # sourceIPv4Address (8), 4
@@ -62,6 +64,22 @@ TEMPLATE_SET = bytes.fromhex(
     "0098 0008 0099 0008"  # start, end
     "003a 0002 000a 0004 003d 0001 0088 0001"  # VLAN, interface, direction, end reason
     "008b 0002"  # icmpTypeCodeIPv6 (139), 2
+    # template record: id 258 (IPv4, sent), as 256 but egressInterface (14) for the interface
+    "0102 0010"
+    "0008 0004 000c 0004"
+    "0007 0002 000b 0002 0004 0001 0006 0002"
+    "0001 0008 0160 0008 0002 0008"
+    "0098 0008 0099 0008"
+    "003a 0002 000e 0004 003d 0001 0088 0001"  # VLAN, egressInterface (14), 4, ...
+    "0020 0002"
+    # template record: id 259 (IPv6, sent), as 257 but egressInterface (14)
+    "0103 0010"
+    "001b 0010 001c 0010"
+    "0007 0002 000b 0002 0004 0001 0006 0002"
+    "0001 0008 0160 0008 0002 0008"
+    "0098 0008 0099 0008"
+    "003a 0002 000e 0004 003d 0001 0088 0001"
+    "008b 0002"
 )
 
 DATA_MESSAGE = bytes.fromhex(
@@ -86,8 +104,8 @@ DATA_MESSAGE = bytes.fromhex(
     "00"  # flowDirection ingress
     "01"  # flowEndReason idle timeout
     "0000"  # not ICMP
-    # data set for template 257, length 4 + 89
-    "0101 005d"
+    # data set for template 259 (IPv6, sent: the record's direction is egress), length 4 + 89
+    "0103 005d"
     "20010db8000000000000000000000002"  # 2001:db8::2
     "20010db8000000000000000000000001"  # 2001:db8::1
     "0000 8000 3a 0000"  # ports 0 and type*256+code, ICMPv6, no TCP flags
@@ -114,10 +132,10 @@ def test_data_message_is_the_hand_checked_bytes() -> None:
 def test_templates_travel_first_when_asked() -> None:
     enc = ipfix.Encoder(domain_id=42)
     [msg] = enc.pack([rec4(), rec6_icmp()], export_time=1790000002, templates=True)
-    # header with length 178 + 140 = 318, then the template set, then the same data sets
-    assert msg.data[:16] == bytes.fromhex("000a 013e 6ab13b82 00000000 0000002a")
-    assert msg.data[16:156] == TEMPLATE_SET
-    assert msg.data[156:] == DATA_MESSAGE[16:]
+    # header with length 178 + 276 = 454, then the template set, then the same data sets
+    assert msg.data[:16] == bytes.fromhex("000a 01c6 6ab13b82 00000000 0000002a")
+    assert msg.data[16:292] == TEMPLATE_SET
+    assert msg.data[292:] == DATA_MESSAGE[16:]
 
 
 def test_end_reasons_follow_rfc_5102() -> None:
@@ -129,11 +147,11 @@ def test_end_reasons_follow_rfc_5102() -> None:
 def test_messages_stay_under_the_path_mtu_and_sequence_counts_records() -> None:
     enc = ipfix.Encoder(mtu=1400)  # 1352 bytes of IPFIX: 1400 minus IPv6 and UDP headers
     msgs = enc.pack([rec4(i) for i in range(100)], export_time=0, templates=True)
-    # 16 header + 140 templates + 4 set header + 18 * 65 = 1330; then 20 * 65 + 20 = 1320
-    assert [m.records for m in msgs] == [18, 20, 20, 20, 20, 2]
-    assert [len(m.data) for m in msgs] == [1330, 1320, 1320, 1320, 1320, 150]
-    assert [m.sequence for m in msgs] == [0, 18, 38, 58, 78, 98]
-    assert [struct.unpack_from("!I", m.data, 8)[0] for m in msgs] == [0, 18, 38, 58, 78, 98]
+    # 16 header + 276 templates + 4 set header + 16 * 65 = 1336; then 20 * 65 + 20 = 1320
+    assert [m.records for m in msgs] == [16, 20, 20, 20, 20, 4]
+    assert [len(m.data) for m in msgs] == [1336, 1320, 1320, 1320, 1320, 280]
+    assert [m.sequence for m in msgs] == [0, 16, 36, 56, 76, 96]
+    assert [struct.unpack_from("!I", m.data, 8)[0] for m in msgs] == [0, 16, 36, 56, 76, 96]
     assert enc.sequence == 100
     small = ipfix.Encoder(mtu=576).pack([rec4(i) for i in range(20)], export_time=0)
     assert max(len(m.data) for m in small) <= 576 - 48
@@ -385,3 +403,35 @@ def test_every_collecting_command_takes_the_export_flags(
         result = CliRunner().invoke(main, [*command, *args])
         assert (result.exit_code, result.output.count("\n")) == (2, 1), result.output
         assert message in result.output
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="needs tshark (make setup)")
+def test_tshark_decodes_sent_flows_with_egress_interface(tmp_path: Path) -> None:
+    """Issue #14: an egress record was exported with its interface as ingressInterface (IE
+    10); tshark read it as `InputInt: 64, Direction: Egress`. Now sent flows travel in their
+    own templates with egressInterface (IE 14), received flows keep ingressInterface."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.packet import Raw
+    from scapy.utils import wrpcap
+
+    sent = FlowKey(abi.AF_INET, "198.18.0.1", "198.18.0.2", 53, 4000, 17, 0, 64, abi.DIR_EGRESS)
+    sent6 = FlowKey(abi.AF_INET6, "2001:db8::1", "2001:db8::2", 443, 5000, 6, 0, 65, 1)
+    received = FlowKey(abi.AF_INET, "198.18.0.2", "198.18.0.1", 4000, 53, 17, 0, 7, 0)
+    records = [
+        FlowRecord(k, "veth0", 3, 300, 258, T0, T0 + 1, 0, "idle") for k in (sent, sent6, received)
+    ]
+    [msg] = ipfix.Encoder().pack(records, export_time=int(T0), templates=True)
+    frame = Ether() / IP(src="127.0.0.1", dst="127.0.0.1") / UDP(sport=40000, dport=4739)
+    pcap = tmp_path / "ipfix.pcap"
+    wrpcap(str(pcap), [frame / Raw(msg.data)])
+    out = subprocess.run(
+        ["tshark", "-r", str(pcap), "-d", "udp.port==4739,cflow", "-T", "fields",
+         "-E", "occurrence=a", "-E", "aggregator=|",
+         "-e", "cflow.inputint", "-e", "cflow.outputint", "-e", "cflow.direction"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    inputs, outputs, directions = (f.split("|") for f in out.split("\t"))
+    assert inputs == ["7"]  # only the received flow names an input interface
+    assert sorted(outputs) == ["64", "65"]
+    assert sorted(directions) == ["0", "1", "1"]
