@@ -25,7 +25,7 @@ from flowscope.output import printable
 
 if TYPE_CHECKING:
     from flowscope.collector import Tick
-    from flowscope.exports import ExportSettings
+    from flowscope.exports import Exports, ExportSettings
     from flowscope.writer import Writer
 
 EXIT_INTERRUPTED = 130
@@ -544,7 +544,7 @@ def record(
         sys.stderr.flush()
 
     try:
-        out = Exports(exports, flow_entries=flow_entries, writer=writer)
+        out = Exports(exports, flow_entries=flow_entries, writer=writer, notice=_notice)
     except BaseException:
         writer.close()
         raise
@@ -554,11 +554,12 @@ def record(
                 settings,
                 out.sink(writer),
                 on_tick=out.on_tick(status if tty else None),
-                on_notice=lambda text: click.echo(f"flowscope: {text}", err=True),
+                on_notice=_notice,
             )
     finally:
         if tty:
             sys.stderr.write("\n")
+        _say_export(out)
         problem = writer.report()
         if problem is not None and sys.exc_info()[0] is not None:
             # a second Ctrl-C or SIGTERM, or an error: say what history lacks on the way out
@@ -571,6 +572,18 @@ def record(
             f"into {writer.store.path}",
             err=True,
         )
+
+
+def _say_export(out: Exports) -> None:
+    """One warning when records did not reach the IPFIX collector (after the run)."""
+    problem = out.report()
+    if problem is not None:
+        click.echo(f"flowscope: warning: {printable(problem)}", err=True)
+
+
+def _notice(text: str) -> None:
+    """A notice during a run (stderr, one line)."""
+    click.echo(f"flowscope: {printable(text)}", err=True)
 
 
 def _say_recovered(writer: Writer | None) -> None:
@@ -643,6 +656,7 @@ def live(
         from flowscope.ui.app import run_console  # the only command that imports textual
 
         run_console(settings, writer, exports=out)
+    _say_export(out)
     problem = writer.report() if writer is not None else None
     if problem is not None:
         raise FlowscopeError(problem)
@@ -1040,13 +1054,7 @@ def replay(
                 )
             finally:
                 sink.close()
-        if out.exporter is not None and out.exporter.lost:
-            e = out.exporter
-            click.echo(
-                f"flowscope: warning: {e.lost} flow records not exported to IPFIX {e.target}"
-                + (f" ({e.status})" if e.status else ""),
-                err=True,
-            )
+        _say_export(out)
         if as_json:
             sys.stdout.write(json.dumps(summary_json(summary, capture)) + "\n")
             sys.stdout.flush()

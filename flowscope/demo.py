@@ -263,7 +263,12 @@ def run(
         settings = settings_for(demo.net, db_path, duration, direction)
         writer = Writer(db_path)
         try:
-            out = Exports(exports or Settings(), flow_entries=settings.flow_entries, writer=writer)
+            out = Exports(
+                exports or Settings(),
+                flow_entries=settings.flow_entries,
+                writer=writer,
+                notice=None if not headless else note,
+            )
         except BaseException:
             writer.close()
             raise
@@ -281,6 +286,9 @@ def run(
             )
         with out:
             records = _collect(demo, settings, writer, out, run_console, status, note)
+        export_problem = out.report()
+        if export_problem is not None:
+            note(f"warning: {export_problem}")
         problem = writer.report()
         if problem is not None:
             raise DemoError(problem)

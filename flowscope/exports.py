@@ -49,8 +49,13 @@ class Exports:
         flow_entries: int,
         writer: Writer | None = None,
         max_queue: int | None = None,
+        notice: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
+        self.notice = notice
+        """Told in a few words when the export starts or stops failing (a status line, a log,
+        the console's notifications); from the thread that runs the tick hook."""
+        self._last_status: str | None = None
         self.exporter: Exporter | None = None
         self.metrics: Metrics | None = None
         self.server: MetricsServer | None = None
@@ -75,18 +80,43 @@ class Exports:
         return tee(inner, self.exporter)
 
     def on_tick(self, other: Callable[[Tick], None] | None = None) -> Callable[[Tick], None] | None:
-        """A tick hook that feeds the metrics, then calls ``other`` (a status line)."""
-        metrics = self.metrics
-        if metrics is None:
+        """A tick hook that feeds the metrics, tells ``notice`` when the export starts or
+        stops failing, then calls ``other`` (a status line)."""
+        metrics, exporter = self.metrics, self.exporter
+        if metrics is None and exporter is None:
             return other
-        if other is None:
-            return metrics.on_tick
 
-        def both(tick: Tick) -> None:
-            metrics.on_tick(tick)
-            other(tick)
+        def hook(tick: Tick) -> None:
+            if metrics is not None:
+                metrics.on_tick(tick)
+            if exporter is not None:
+                self._watch(exporter)
+            if other is not None:
+                other(tick)
 
-        return both
+        return hook
+
+    def _watch(self, exporter: Exporter) -> None:
+        """One notice when the exporter's trouble begins or changes, one when it ends."""
+        status = exporter.status
+        if status == self._last_status:
+            return
+        self._last_status = status
+        if self.notice is None:
+            return
+        if status is not None:
+            self.notice(f"IPFIX export: {status}; records are dropped and counted until it works")
+        else:
+            self.notice(f"IPFIX export to {exporter.target}: sending again")
+
+    def report(self) -> str | None:
+        """After close(): one line when records were not exported (how many, to where, why),
+        else None."""
+        e = self.exporter
+        if e is None or (not e.lost and e.status is None):
+            return None
+        why = f" ({e.status})" if e.status else ""
+        return f"{e.lost} flow records not exported to IPFIX {e.target}{why}"
 
     def backlog(self) -> int:
         """Records waiting to be exported."""

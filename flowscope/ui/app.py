@@ -25,7 +25,13 @@ from textual.screen import Screen
 from flowscope.recorder import RecordSettings, Sink
 from flowscope.ui.help import HelpScreen
 from flowscope.ui.live import LiveScreen
-from flowscope.ui.messages import Attached, CollectorFailed, NameResolved, TickArrived
+from flowscope.ui.messages import (
+    Attached,
+    CollectorFailed,
+    NameResolved,
+    TickArrived,
+    Trouble,
+)
 from flowscope.ui.names import Lookup, Resolver, gethostbyaddr
 from flowscope.ui.source import RecorderSource, TickSource
 from flowscope.ui.state import LiveState
@@ -131,6 +137,9 @@ class FlowscopeApp(App[None]):
 
     def on_collector_failed(self, msg: CollectorFailed) -> None:
         self.notify(msg.error, title="collection stopped", severity="error", timeout=3600)
+
+    def on_trouble(self, msg: Trouble) -> None:
+        self.notify(msg.text, severity="warning", timeout=10)
 
     def on_name_resolved(self, msg: NameResolved) -> None:
         self._names_dirty = True

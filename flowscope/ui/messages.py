@@ -51,6 +51,14 @@ class CollectorFailed(Message):
 
 
 @dataclass
+class Trouble(Message):
+    """Something the operator should know that did not stop collection (the IPFIX export
+    failing or working again)."""
+
+    text: str
+
+
+@dataclass
 class NameResolved(Message):
     """Reverse DNS of an address finished (None: no name)."""
 

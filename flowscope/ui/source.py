@@ -19,7 +19,7 @@ from textual.message import Message
 from flowscope.collector import Tick
 from flowscope.errors import FlowscopeError
 from flowscope.recorder import NullSink, RecordSettings, Sink
-from flowscope.ui.messages import Attached, CollectorFailed, TickArrived, WriterState
+from flowscope.ui.messages import Attached, CollectorFailed, TickArrived, Trouble, WriterState
 from flowscope.ui.sample import IFINDEX
 
 if TYPE_CHECKING:
@@ -145,6 +145,12 @@ class RecorderSource:
         sink: Sink = self.sink or NullSink()
         on_tick: Callable[[Tick], None] | None = self._on_tick
         if self.exports is not None:
+            post = self._post
+
+            def notice(text: str) -> None:
+                post(Trouble(text))
+
+            self.exports.notice = notice
             sink, on_tick = self.exports.sink(sink), self.exports.on_tick(on_tick)
         try:
             recorder.run(self.settings, sink, on_tick=on_tick, stop=self._stop)

@@ -363,3 +363,25 @@ def test_replay_to_nfcapd_lists_the_same_flows_as_replay_json(tmp_path: Path) ->
         (A4, B4, 4001, 53, 1, 48, t0 + 300, t0 + 300),
         (A6, B6, 40000, 443, 4, 4 * ip6 + 1000 + 200, t0 + 5, t0 + 1500),
     ]
+
+
+def test_record_says_when_the_collector_cannot_be_resolved_and_how_many_were_lost(
+    net: VethNamespace, tmp_path: Path
+) -> None:
+    """Issue #14: `record --ipfix nosuchhost.invalid:4739` said nothing (exit 0, empty
+    stderr). Now a notice as the export fails, and at the end the count of lost records."""
+    db = tmp_path / "flows.db"
+    proc = record(net, db, "--ipfix", "nosuchhost.invalid:4739")
+    try:
+        net.send_frames([udp4(net, 4000, 53, 100)] * 3)
+        wait_for(lambda: len(flows(db)) == 1, "the flow in history")
+    finally:
+        err = stop(proc)
+    lines = [line for line in err.splitlines() if "IPFIX" in line]
+    assert any(
+        line.startswith("flowscope: IPFIX export: ") and "nosuchhost.invalid" in line
+        for line in lines
+    ), err
+    lost = [line for line in lines if "not exported to IPFIX" in line]
+    assert len(lost) == 1 and lost[0].startswith("flowscope: warning: "), err
+    assert int(lost[0].split()[2]) >= 1  # the flow record, and any shutdown records

@@ -426,3 +426,14 @@ async def test_the_feed_lists_each_connection_once_and_follows_the_filter() -> N
         feed = str(app.live.query_one("#feed").render())
         lines = feed.splitlines()[1:]
         assert lines and all(":22 ssh" in line or "→ 198.18.0.10:22" in line for line in lines)
+
+
+@synchronous
+async def test_export_trouble_is_a_warning_notification() -> None:
+    from flowscope.ui.messages import Trouble
+
+    app = console()
+    async with app.run_test(size=SIZE) as pilot:
+        app.post_message(Trouble("IPFIX export: IPFIX collector x:4739: cannot resolve"))
+        await pilot.pause()
+        assert ("warning", "IPFIX export: IPFIX collector x:4739: cannot resolve") in app.notices
