@@ -26,6 +26,7 @@ from flowscope.output import printable
 if TYPE_CHECKING:
     from flowscope.collector import Tick
     from flowscope.exports import Exports, ExportSettings
+    from flowscope.ui.view import ViewSpec
     from flowscope.writer import Writer
 
 EXIT_INTERRUPTED = 130
@@ -574,6 +575,31 @@ def record(
         )
 
 
+LIVE_GROUPS = ("flow", "src", "dst", "pair", "dport", "proto")
+"""The console's groupings (ui.view.GROUPS, which a test keeps equal: the CLI does not import
+numpy to print its help)."""
+
+
+def _view_spec(filter_text: str | None, group: str, sort: str) -> ViewSpec:
+    """The console's opening view from live's options; a bad one is a usage error naming what
+    is accepted."""
+    from flowscope.filter import parse
+    from flowscope.ui.view import COLUMNS, ViewSpec
+
+    if group not in COLUMNS:
+        raise click.BadParameter(
+            f"{group!r} is not a grouping (one of {', '.join(COLUMNS)})", param_hint="--group-by"
+        )
+    if sort not in COLUMNS[group]:
+        raise click.BadParameter(
+            f"{sort!r} is not a column of the {group} grouping (one of "
+            f"{', '.join(COLUMNS[group])})",
+            param_hint="--sort",
+        )
+    flt = parse(filter_text or "")
+    return ViewSpec(group=group, sort=sort, filter=None if flt.matches_all else flt)
+
+
 def _say_export(out: Exports) -> None:
     """One warning when records did not reach the IPFIX collector (after the run)."""
     problem = out.report()
@@ -609,6 +635,25 @@ def _say_recovered(writer: Writer | None) -> None:
 @force_option
 @entries_option
 @export_options
+@click.option(
+    "--filter", "filter_text", default=None, metavar="EXPR", help="Open with this filter ('/')."
+)
+@click.option(
+    "--group-by",
+    "group",
+    default="flow",
+    show_default=True,
+    metavar="G",
+    help=f"Open grouped ('g'): {', '.join(LIVE_GROUPS)}.",
+)
+@click.option(
+    "--sort",
+    default="bps",
+    show_default=True,
+    metavar="COL",
+    help="Open sorted by this column of the grouping ('s'): bps, pps, bytes, packets, flows, "
+    "age, src, dst, sport, dport, proto, ...",
+)
 def live(
     interfaces: tuple[str, ...],
     db: Path | None,
@@ -619,6 +664,9 @@ def live(
     force: bool,
     flow_entries: int,
     exports: ExportSettings,
+    filter_text: str | None,
+    group: str,
+    sort: str,
 ) -> None:
     """The live console: top flows, new flows, rates, by keyboard (? for keys).
 
@@ -630,6 +678,7 @@ def live(
 
     if db is not None and no_db:
         raise click.UsageError("--db and --no-db exclude each other")
+    spec = _view_spec(filter_text, group, sort)
     for name in interfaces:  # fails at once, not in a console stuck at "starting"
         check_can_attach(name, force)
     settings = RecordSettings(
@@ -655,7 +704,7 @@ def live(
     with out:
         from flowscope.ui.app import run_console  # the only command that imports textual
 
-        run_console(settings, writer, exports=out)
+        run_console(settings, writer, exports=out, spec=spec)
     _say_export(out)
     problem = writer.report() if writer is not None else None
     if problem is not None:

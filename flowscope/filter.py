@@ -13,10 +13,14 @@ Grammar (keywords are case-insensitive; precedence ``not`` > ``and`` > ``or``)::
     term    := "host" ADDR | ("src" | "dst") ["host"] ADDR
              | ["src" | "dst"] "net" CIDR
              | ["src" | "dst"] "port" PORT | "sport" PORT | "dport" PORT
-             | "proto" (NAME | 0-255) | "tcp" | "udp" | "icmp" | "icmp6"
+             | "proto" (NAME | 0-255) | PROTO [qualified]
+             | PROTO := "tcp" | "udp" | "icmp" | "icmp6"
              | "vlan" 0-4095 | "iface" (WORD | STRING)
              | ("bytes" | "packets") (">" | ">=" | "<" | "<=" | "=" | "!=") COUNT
              | "flags" LETTERS | "ingress" | "egress"
+
+A protocol followed by a host, net or port term is both, in tcpdump's qualifier order:
+``tcp port 443`` is ``tcp and port 443``, ``udp dst port 53`` is ``udp and dst port 53``.
 
 COUNT is a whole number with an optional k, M or G suffix (powers of 1000: ``1.5M`` is
 1500000). LETTERS are TCP flags from FSRPAUEC; ``flags SA`` means SYN and ACK were both seen.
@@ -471,6 +475,8 @@ KEYWORDS = frozenset(
     "and or not host src dst net port sport dport proto vlan iface bytes packets flags "  # noqa: SIM905
     "ingress egress".split()
 ) | frozenset(PROTO_SHORTHANDS)
+QUALIFIED = frozenset({"host", "src", "dst", "net", "port", "sport", "dport"})
+"""Terms a protocol may qualify, as in tcpdump (``tcp port 443``)."""
 TERMS = "a filter term (host, src, dst, net, port, proto, vlan, iface, bytes, flags, ...)"
 PORT = "a port number (0-65535)"
 ADDRESS = "an IPv4 or IPv6 address"
@@ -585,7 +591,10 @@ class _Parser:
             case "proto":
                 return Equals("proto", self.proto())
             case "tcp" | "udp" | "icmp" | "icmp6":
-                return Equals("proto", PROTO_NUMBERS[word])
+                proto = Equals("proto", PROTO_NUMBERS[word])
+                if self.peek().kind == "word" and self.peek().text.lower() in QUALIFIED:
+                    return And((proto, self.term()))  # tcpdump's order: "tcp port 443"
+                return proto
             case "vlan":
                 return Equals("vlan", self.number("a VLAN id (0-4095)", 4095))
             case "iface":

@@ -35,7 +35,7 @@ from flowscope.ui.messages import (
 from flowscope.ui.names import Lookup, Resolver, gethostbyaddr
 from flowscope.ui.source import RecorderSource, TickSource
 from flowscope.ui.state import LiveState
-from flowscope.ui.view import GROUPS
+from flowscope.ui.view import GROUPS, ViewSpec
 
 if TYPE_CHECKING:
     from flowscope.exports import Exports
@@ -66,6 +66,7 @@ class FlowscopeApp(App[None]):
         db_path: Path | None = None,
         title: str | None = None,
         handle_signals: bool = False,
+        spec: ViewSpec | None = None,
     ) -> None:
         super().__init__()
         if title:
@@ -85,7 +86,7 @@ class FlowscopeApp(App[None]):
         self._last_status: str | None = None
         self._last_dropped = 0
         self._last_ringbuf_notice = -RINGBUF_NOTICE_TICKS
-        self.live = LiveScreen()
+        self.live = LiveScreen(spec)
         self.crashed: BaseException | None = None
         """The exception that ended the app, if one did (run_console raises it again)."""
 
@@ -250,9 +251,11 @@ def make_app(
     db_path: Path | None = None,
     title: str | None = None,
     handle_signals: bool = False,
+    spec: ViewSpec | None = None,
 ) -> FlowscopeApp:
     """The console over a tick source. ``clock`` gives the wall time the console starts at
-    (uptime is measured on the ticks' own times from there); ``lookup`` does reverse DNS."""
+    (uptime is measured on the ticks' own times from there); ``lookup`` does reverse DNS;
+    ``spec`` is the view it opens with (live --filter, --group-by, --sort)."""
     return FlowscopeApp(
         source,
         clock=clock,
@@ -260,6 +263,7 @@ def make_app(
         db_path=db_path,
         title=title,
         handle_signals=handle_signals,
+        spec=spec,
     )
 
 
@@ -269,6 +273,7 @@ def run_console(
     *,
     title: str | None = None,
     exports: Exports | None = None,
+    spec: ViewSpec | None = None,
 ) -> None:
     """Collect (recorder.run in a thread, ticks into ``sink``; None keeps nothing; records
     to the IPFIX exporter and ticks to the metrics of ``exports``, in that thread) and show
@@ -280,7 +285,7 @@ def run_console(
 
     source = RecorderSource(settings, sink, exports=exports)
     db = (settings.db or default_db_path()) if sink is not None else None
-    app = make_app(source, db_path=db, title=title, handle_signals=True)
+    app = make_app(source, db_path=db, title=title, handle_signals=True, spec=spec)
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         app.run()

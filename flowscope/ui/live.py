@@ -102,9 +102,9 @@ class LiveScreen(Screen[None]):
 
     app: FlowscopeApp
 
-    def __init__(self) -> None:
+    def __init__(self, spec: ViewSpec | None = None) -> None:
         super().__init__()
-        self.spec = ViewSpec()
+        self.spec = spec or ViewSpec()
         self.frozen = False
         self.view = View([], 0, 0)
 

@@ -10,12 +10,12 @@ from textual.command import CommandPalette
 from textual.widgets import Input
 
 from flowscope import abi
-from flowscope.ui.app import FlowscopeApp
+from flowscope.ui.app import FlowscopeApp, make_app
 from flowscope.ui.detail import DetailScreen
 from flowscope.ui.help import HelpScreen
 from flowscope.ui.live import FilterBar
 from flowscope.ui.messages import TickArrived, WriterState
-from flowscope.ui.sample import SCANNER, SERVER, scenario
+from flowscope.ui.sample import SCANNER, SERVER, T0, scenario
 from flowscope.ui.source import ReplaySource
 from flowscope.ui.widgets import FlowTable, StatusLine
 from tests.ui.consoles import console, synchronous
@@ -437,3 +437,47 @@ async def test_export_trouble_is_a_warning_notification() -> None:
         app.post_message(Trouble("IPFIX export: IPFIX collector x:4739: cannot resolve"))
         await pilot.pause()
         assert ("warning", "IPFIX export: IPFIX collector x:4739: cannot resolve") in app.notices
+
+
+@synchronous
+async def test_the_console_opens_with_the_view_live_was_given() -> None:
+    from flowscope.cli import _view_spec
+
+    source = ReplaySource(scenario(), has_db=False)
+    spec = _view_spec("tcp port 443", "src", "pps")
+    app = make_app(source, clock=lambda: T0 - 1, spec=spec)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        second = status_lines(app)[1]
+        assert "source host by pkt/s▼" in second and "/tcp port 443  " in second
+        assert app.live.view.groups == len({r.src for r in app.live.view.rows})
+        pps = [r.pps for r in shown_rows(app)]
+        assert pps == sorted(pps, reverse=True)
+
+
+def test_live_groupings_in_the_help_are_the_consoles() -> None:
+    from flowscope.cli import LIVE_GROUPS
+    from flowscope.ui.view import GROUPS
+
+    assert tuple(GROUPS) == LIVE_GROUPS
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--group-by", "nope"], "--group-by: 'nope' is not a grouping (one of flow, src, "),
+        (["--group-by", "src", "--sort", "sport"], "--sort: 'sport' is not a column of the src"),
+        (["--filter", "port 99999"], "column 6: expected a port number (0-65535)"),
+    ],
+)
+def test_live_view_options_are_checked_before_anything_starts(
+    args: list[str], message: str
+) -> None:
+    from click.testing import CliRunner
+
+    from flowscope.cli import main
+
+    result = CliRunner().invoke(main, ["live", "-i", "nosuchif0", "--no-db", *args])
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.splitlines()
+    assert message in line, line

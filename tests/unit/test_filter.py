@@ -217,6 +217,16 @@ EXAMPLES = [
     ("egress and not tcp or iface wg0", {3, 4, 6}),
     ("((((egress))))", {2, 3, 4, 6}),
     ("src net 10.0.0.0/8 and (dport 443 or dport 53) and ingress", {1}),
+    # tcpdump's qualifier order: a protocol before a host, net or port term is both
+    ("tcp port 443", {1, 2}),
+    ("udp port 443", set()),
+    ("udp dst port 53", {3}),
+    ("tcp src port 443", {2}),
+    ("tcp dport 443", {1}),
+    ("tcp host 10.0.0.1", {1, 2}),
+    ("udp net 10.0.0.0/8", {3}),
+    ("not tcp port 443", EVERY - {1, 2}),
+    ("udp port 53 or tcp port 443", {1, 2, 3}),
 ]
 
 
@@ -278,7 +288,8 @@ ERRORS = [
      "ipv6, ipv6-icmp, sctp, tcp, udp, udplite) or number (0-255), found 'foo'"),
     ("proto 256", 7, "expected a protocol name (ah, dccp, esp, gre, icmp, icmp6, icmpv6, igmp, "
      "ipv6, ipv6-icmp, sctp, tcp, udp, udplite) or number (0-255), found '256'"),
-    ("tcp port 80", 5, "expected 'and', 'or' or end of filter, found 'port'"),
+    ("tcp udp", 5, "expected 'and', 'or' or end of filter, found 'udp'"),
+    ("tcp port", 9, "expected a port number (0-65535), found end of filter"),
     ("(tcp", 5, "expected 'and', 'or' or ')', found end of filter"),
     ("(tcp udp)", 6, "expected 'and', 'or' or ')', found 'udp'"),
     ("tcp)", 4, "expected 'and', 'or' or end of filter, found ')'"),
