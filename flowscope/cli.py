@@ -496,7 +496,8 @@ def record(
     from flowscope.collector import CollectorSettings
     from flowscope.exports import Exports
     from flowscope.recorder import RecordSettings, run
-    from flowscope.store import parse_duration, parse_size
+    from flowscope.store import parse_size
+    from flowscope.when import parse_duration
     from flowscope.writer import Writer
 
     retain_s = parse_duration(retain, "--retain") if retain else None
@@ -752,8 +753,15 @@ def _history_cells(row: dict[str, Any], group_by: str, iface: bool) -> dict[str,
 
 @main.command()
 @history_db_option
-@click.option("--since", default=None, metavar="WHEN", help="Start: 10m, 2h, 7d ago, or ISO 8601.")
+@click.option(
+    "--since",
+    default=None,
+    metavar="WHEN",
+    help="Start: 10m, 2h, 7d ago; 13:30, yesterday 03:00, 2026-11-22 03:10 (local time, TZ) or "
+    "ISO 8601 with a zone.",
+)
 @click.option("--until", default=None, metavar="WHEN", help="End: as --since (default: now).")
+@click.option("--utc", is_flag=True, help="Read times without a zone as UTC, not local time.")
 @click.option(
     "--top",
     type=click.IntRange(0, MAX_ROWS),
@@ -787,6 +795,7 @@ def history(
     db: Path | None,
     since: str | None,
     until: str | None,
+    utc: bool,
     top: int,
     by: str,
     group_by: str,
@@ -800,13 +809,15 @@ def history(
     the share inside [since, until) counts (a 60 s record in a 10 s window counts a sixth);
     first and last seen are clipped to the range, and bps is the rate over the time a row was
     active in the range (its first to last packet there, at least 1 s), not over the whole
-    range. Times are UTC."""
+    range. Times typed without a zone are local (TZ; --utc: UTC); times printed are UTC, with
+    their Z."""
     from flowscope import output, store
     from flowscope.model import proto_name
+    from flowscope.when import parse_when
 
     now = time.time()
-    t_since = store.parse_time_arg(since, "--since", now) if since is not None else None
-    t_until = store.parse_time_arg(until, "--until", now) if until is not None else None
+    t_since = parse_when(since, "--since", now, utc=utc) if since is not None else None
+    t_until = parse_when(until, "--until", now, utc=utc) if until is not None else None
     where: str | None = None
     params: list[object] = []
     conn = store.connect_readonly(db or store.default_db_path())

@@ -40,6 +40,7 @@ import sqlite_utils
 from flowscope import abi, window
 from flowscope.errors import FlowscopeError, UsageError
 from flowscope.model import FlowKey, FlowRecord, NewFlow, PendingFlows, Sample, pending_records
+from flowscope.when import parse_when
 
 DIRECTIONS: dict[int, str] = {abi.DIR_INGRESS: "ingress", abi.DIR_EGRESS: "egress"}
 
@@ -160,8 +161,6 @@ def parse_iso(text: str) -> float:
 
 # --- user input: durations, sizes, times ---------------------------------------------------
 
-_DURATION_UNITS = {"s": 1, "m": 60, "h": HOUR, "d": 86400, "w": 7 * 86400}
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
 _SIZE_UNITS = {
     "": 1,
     "b": 1,
@@ -177,25 +176,6 @@ _SIZE_UNITS = {
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
 
 
-MAX_DURATION = 100 * 365 * 86400.0
-"""The longest duration a user may type (a century): anything longer reaches before 1970."""
-FIRST_TIME, LAST_TIME = 0.0, 253402300799.0
-"""The times history can store: 1970-01-01 to 9999-12-31T23:59:59Z."""
-
-
-def parse_duration(text: str, option: str = "--retain") -> float:
-    """Seconds from ``30s``, ``10m``, ``2h``, ``7d``, ``1w``, up to a century; anything else
-    is a UsageError."""
-    m = _DURATION_RE.match(text)
-    seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2).lower()] if m else 0.0
-    if not m or not 0 < seconds <= MAX_DURATION:
-        raise UsageError(
-            f"{option}: {text!r} is not a duration (up to 100 years)",
-            "a positive number and a unit: s, m, h, d or w, as in 7d",
-        )
-    return seconds
-
-
 def parse_size(text: str, option: str = "--max-db-size") -> int:
     """Bytes from ``500MB``, ``1GB``, ``512MiB`` (kB/MB/GB are powers of 1000, KiB/MiB/GiB
     of 1024); anything else is a UsageError."""
@@ -207,30 +187,6 @@ def parse_size(text: str, option: str = "--max-db-size") -> int:
             "a positive number and a unit: kB, MB, GB, KiB, MiB or GiB, as in 1GB",
         )
     return int(float(m.group(1)) * _SIZE_UNITS[unit])
-
-
-def parse_time_arg(text: str, option: str, now: float | None = None) -> float:
-    """Unix seconds from ``10m`` (that long ago), ``now``, or an ISO 8601 time (UTC unless it
-    names a zone)."""
-    now = time.time() if now is None else now
-    if text.strip().lower() == "now":
-        return now
-    if _DURATION_RE.match(text):
-        t = now - parse_duration(text, option)
-    else:
-        try:
-            t = parse_iso(text)
-        except (ValueError, OverflowError) as e:
-            raise UsageError(
-                f"{option}: {text!r} is neither a duration nor an ISO 8601 time",
-                "use 10m, 2h, 7d or 2026-11-22T03:00:00Z",
-            ) from e
-    if not FIRST_TIME <= t <= LAST_TIME:
-        raise UsageError(
-            f"{option}: {text!r} is outside the times history keeps",
-            "from 1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z",
-        )
-    return t
 
 
 # --- paths and connections -----------------------------------------------------------------
@@ -1453,7 +1409,7 @@ def history_query_time(
     best of ``repeat`` runs, in milliseconds, and the rows it gave."""
     conn = connect_readonly(path)
     try:
-        q = HistoryQuery(since=parse_time_arg(since, "--since"), top=top, group_by=group_by)
+        q = HistoryQuery(since=parse_when(since, "--since"), top=top, group_by=group_by)
         best = float("inf")
         rows = 0
         for _ in range(repeat):

@@ -53,6 +53,9 @@ from flowscope.ui.history_query import (
 
 __all__ = ["HistoryApp", "HistoryGraph", "HistoryScreen"]
 
+RANGE_EXAMPLE = "30m | 2h 1h | yesterday 03:00 | 2026-11-22T03:00..03:30Z"
+"""The range box's placeholder: each of its examples is accepted (local time without a Z)."""
+
 
 class HistoryScreen(Screen[None]):
     """Top flows of a past range from the history database, a graph of it, zoom by bucket.
@@ -151,7 +154,7 @@ class HistoryScreen(Screen[None]):
         yield Static(id="filter-error", classes="error")
         with Horizontal(id="range-bar", classes="bar"):
             yield Label("range ")
-            yield Input(id="range-input", placeholder="30m | 2h 1h | 2026-11-22T03:00..03:30Z")
+            yield Input(id="range-input", placeholder=RANGE_EXAMPLE)
         yield Static(id="range-error", classes="error")
         yield Static(id="message")
         table: DataTable[Text] = DataTable(id="table", cursor_type="row", zebra_stripes=True)

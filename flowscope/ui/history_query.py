@@ -6,6 +6,7 @@ query and the table's cell text can be tested and reused without an app running.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from flowscope.errors import UsageError
 from flowscope.model import proto_name
 from flowscope.output import human, human_bytes, human_rate
 from flowscope.ui.cells import clip
+from flowscope.when import parse_when
 
 # The preset ranges, by key: (label, seconds).
 SPANS: dict[str, tuple[str, float]] = {
@@ -121,10 +123,15 @@ def _sample_rows(conn: sqlite3.Connection, since: str, until: str) -> list[tuple
 
 def parse_range(text: str, now: float) -> TimeRange:
     """A typed range: ``SINCE``, ``SINCE UNTIL``, ``SINCE..UNTIL`` or ``SINCE to UNTIL``, each
-    part as ``--since``/``--until`` take it (``10m``, ``now``, ISO 8601). A UsageError carries
-    ``error_column``: where the bad part starts, for the caret under it."""
+    part as ``--since``/``--until`` take it (``10m``, ``now``, ``13:30``, ``yesterday 03:00``,
+    ISO 8601; local time unless a zone is given). An UNTIL that is a time of day alone is on
+    SINCE's day (``2026-11-22T03:00..03:30Z``). A UsageError carries ``error_column``: where
+    the bad part starts, for the caret under it."""
     raw = text.strip()
     for sep in ("..", " to ", " "):
+        if sep == " " and _one_time(raw, now):
+            first, second = raw, ""  # "yesterday 03:00", "2026-11-22 03:10": one time
+            break
         if sep in raw:
             first, _, second = raw.partition(sep)
             break
@@ -133,15 +140,16 @@ def parse_range(text: str, now: float) -> TimeRange:
     if not first.strip():
         raise _column_error(UsageError("type a range: 10m, 2h 1h, or ISO..ISO"), 1)
     start_col = len(text) - len(text.lstrip()) + 1
+    until_col = text.find(second.strip(), start_col - 1 + len(first)) + 1
+    first, second = _share_zone(first.strip(), second.strip())
     try:
-        since = store.parse_time_arg(first.strip(), "since", now)
+        since = parse_when(first, "since", now)
     except UsageError as e:
         raise _column_error(e, start_col) from None
     until = now
-    if second.strip():
-        until_col = text.find(second.strip(), start_col - 1 + len(first)) + 1
+    if second:
         try:
-            until = store.parse_time_arg(second.strip(), "until", now)
+            until = parse_when(second, "until", now, day_of=since)
         except UsageError as e:
             raise _column_error(e, until_col) from None
     if since >= until:
@@ -152,6 +160,30 @@ def parse_range(text: str, now: float) -> TimeRange:
             start_col,
         )
     return TimeRange(since, until, raw)
+
+
+_ENDS_IN_CLOCK = re.compile(r"\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?$")
+_ENDS_IN_ZONE = re.compile(r"\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?([zZ]|[+-]\d{2}(?::?\d{2})?)$")
+
+
+def _share_zone(first: str, second: str) -> tuple[str, str]:
+    """A zone written once applies to both ends, as a reader takes it: in
+    ``2026-11-22T03:00..03:30Z`` both times are UTC."""
+    m = _ENDS_IN_ZONE.search(second)
+    if m and _ENDS_IN_CLOCK.search(first):
+        return first + m.group(1), second
+    m = _ENDS_IN_ZONE.search(first)
+    if m and second and _ENDS_IN_CLOCK.search(second):
+        return first, second + m.group(1)
+    return first, second
+
+
+def _one_time(text: str, now: float) -> bool:
+    try:
+        parse_when(text, "since", now)
+    except UsageError:
+        return False
+    return True
 
 
 def _column_error(e: UsageError, column: int) -> UsageError:

@@ -225,7 +225,7 @@ def test_missing_database_is_an_error_and_is_not_created(tmp_path: Path) -> None
     assert not missing.exists()
 
 
-@pytest.mark.parametrize("bad", ["yesterday", "10x", "2026-13-01"])
+@pytest.mark.parametrize("bad", ["last tuesday", "10x", "2026-13-01", "25:00"])
 def test_bad_since_names_the_value(db: Path, bad: str) -> None:
     code, _, err = run("history", "--db", str(db), "--since", bad)
     assert code == 2 and f"--since: {bad!r}" in err and err.count("\n") == 1
@@ -403,3 +403,27 @@ def test_piped_tables_never_wrap_a_row(tmp_path: Path) -> None:
     rows = [line for line in out.splitlines() if f"[{a}]:" in line]
     assert len(rows) == 3 and all(f"[{b}]:443" in line for line in rows), out
     assert sum("a-rather-long-interface-name" in line for line in rows) == 3
+
+
+def test_since_as_an_operator_types_it_in_the_local_zone(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--since 13:30` and `yesterday 03:00` are accepted; without a zone they are TZ's
+    local time, --utc reads them as UTC (issue #13)."""
+    from flowscope import when
+
+    monkeypatch.setenv("TZ", "FST-3")
+    try:
+        for args in (
+            ["--since", "13:30"],
+            ["--since", "yesterday 03:00"],
+            ["--utc", "--since", "13:30"],
+        ):
+            code, _, err = run("history", "--db", str(db), *args)
+            assert code == 0 and err == "", err
+        local = when.parse_when("2026-11-22 03:00", "--since")
+        utc = when.parse_when("2026-11-22 03:00", "--since", utc=True)
+        assert utc - local == 3 * 3600
+    finally:
+        monkeypatch.undo()
+        when.local_zone()

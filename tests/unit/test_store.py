@@ -35,6 +35,7 @@ from flowscope.model import (
     Sample,
     pending_records,
 )
+from flowscope.when import parse_duration
 from flowscope.writer import CLOSE_STALL, Writer
 
 T0 = 1_795_000_000.0  # 2026-11-18T...Z, a fixed clock
@@ -238,7 +239,7 @@ def test_rollup_keeps_hourly_sums_exact(db: Path) -> None:
     [("30s", 30), ("10m", 600), ("2h", 7200), ("7d", 604800), ("1w", 604800), ("1.5h", 5400)],
 )
 def test_parse_duration(text: str, seconds: float) -> None:
-    assert store.parse_duration(text) == seconds
+    assert parse_duration(text) == seconds
 
 
 @pytest.mark.parametrize(
@@ -252,7 +253,7 @@ def test_parse_size(text: str, size: int) -> None:
 @pytest.mark.parametrize("bad", ["", "7", "7y", "-1d", "0s", "d", "1e3s"])
 def test_bad_durations_are_usage_errors(bad: str) -> None:
     with pytest.raises(UsageError, match="--retain") as e:
-        store.parse_duration(bad)
+        parse_duration(bad)
     assert e.value.exit_code == 2
 
 
