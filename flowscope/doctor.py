@@ -252,13 +252,19 @@ def interface_checks(facts: InterfaceFacts) -> list[Check]:
     native_txt = "yes" if has else "no"
     lines.append(ok(f"{n}: native XDP", f"{native_txt} ({how}); auto picks {mode}: {why}"))
     if facts.xdp_prog_id:
-        lines.append(
-            warn(
-                f"{n}: XDP program",
-                f"another XDP program (id {facts.xdp_prog_id}) is attached",
-                "flowscope will not replace it unless told --force",
+        from flowscope.probe.attach import xdp_program
+
+        what = xdp_program(facts.xdp_prog_id)
+        if what.startswith("flowscope's"):
+            lines.append(ok(f"{n}: XDP program", f"{what} is attached"))
+        else:
+            lines.append(
+                warn(
+                    f"{n}: XDP program",
+                    f"{what} is attached",
+                    "flowscope will not replace it unless told --force",
+                )
             )
-        )
     lines.append(queues_check(facts))
     lines.append(vlan_check(facts))
     return lines

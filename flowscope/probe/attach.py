@@ -107,17 +107,34 @@ def _detach_foreign(info: InterfaceInfo) -> None:
         ) from e
 
 
+FLOWSCOPE_XDP = "flowscope_xdp"
+"""The name the kernel reports for flowscope's XDP program (its function in bpf/flowscope.c;
+the kernel keeps 15 characters)."""
+
+
+def xdp_program(prog_id: int) -> str:
+    """An attached XDP program as an operator should read it: flowscope's own (another
+    flowscope is watching), or someone else's, by the name the kernel reports and its id."""
+    try:
+        name = libbpf.prog_name(prog_id)
+    except FlowscopeError:
+        name = None
+    if name == FLOWSCOPE_XDP:
+        return f"flowscope's XDP program (id {prog_id}: another flowscope record, live or demo)"
+    return f"the XDP program {name!r} (id {prog_id})" if name else f"an XDP program (id {prog_id})"
+
+
 def check_can_attach(ifname: str, force: bool) -> InterfaceInfo:
     """The interface, if flowscope may attach to it: it exists, and it runs no other XDP
     program (unless ``force``). Commands call this before anything else, so that a console
     or a database is never opened for an attach that cannot happen."""
     info = interface_info(ifname)
     if info.xdp_prog_id and not force:
+        what = xdp_program(info.xdp_prog_id)
         raise AttachError(
-            f"{ifname} already runs another XDP program (id {info.xdp_prog_id}, "
-            f"{info.xdp_mode} mode)",
-            "--force would remove it, and whatever it does (a DDoS filter, a load balancer) "
-            f"with it: look first with 'bpftool prog show id {info.xdp_prog_id}'",
+            f"{ifname} already runs {what}, in {info.xdp_mode} mode",
+            f"--force would remove {what.split(' (')[0]} and whatever it does (a DDoS filter, a "
+            f"load balancer): look first with 'bpftool prog show id {info.xdp_prog_id}'",
         )
     return info
 

@@ -28,9 +28,10 @@ from flowscope.errors import (
 )
 from flowscope.model import FlowBatch, FlowEvent, events_from_records
 from flowscope.probe import libbpf
+from flowscope.probe.attach import FLOWSCOPE_XDP
 from flowscope.probe.privileges import require_bpf_privileges
 
-XDP_FUNCTION = "flowscope_xdp"
+XDP_FUNCTION = FLOWSCOPE_XDP
 TC_FUNCTION = "flowscope_tc"
 TC_ACT_UNSPEC = -1
 """The TC program's only verdict: none (tcx: run the next program, then the default)."""

@@ -414,8 +414,8 @@ def test_foreign_program_is_left_alone(
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("flowscope: error: ")
-    assert f"already runs another XDP program (id {foreign}" in lines[0]
-    assert "--force would remove it" in lines[0]
+    assert f"already runs the XDP program 'foreign_xdp' (id {foreign})" in lines[0]
+    assert "--force would remove the XDP program 'foreign_xdp' and whatever it does" in lines[0]
     assert xdp_prog_id(net.host_if) == foreign
     if command != "dump":
         assert time.monotonic() - t < 10  # no compile, no console
@@ -482,3 +482,33 @@ def test_unprivileged_user_is_told_which_capabilities(net: VethNamespace) -> Non
     for cap in ("CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"):
         assert cap in lines[0]
     assert xdp_prog_id(net.host_if) == 0
+
+
+def test_a_second_flowscope_is_told_the_program_is_flowscopes(
+    net: VethNamespace, tmp_path: Path
+) -> None:
+    """Issue #13: the program already there is named as flowscope's (another record, live or
+    demo), by the refusal and by doctor, which does not warn about it as a foreign one."""
+    from tests.kernel.test_record import start_record, wait_attached
+
+    first = start_record(net, tmp_path / "a.db")
+    try:
+        wait_attached(net.host_if, first)
+        prog = xdp_prog_id(net.host_if)
+        second = subprocess.run(
+            [FLOWSCOPE, "record", "-i", net.host_if, "--db", str(tmp_path / "b.db")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 1
+        (line,) = second.stderr.strip().splitlines()
+        assert f"already runs flowscope's XDP program (id {prog}: another flowscope" in line
+        doctor = subprocess.run(
+            [FLOWSCOPE, "doctor", "-i", net.host_if], capture_output=True, text=True, timeout=120
+        )
+        (row,) = [r for r in doctor.stdout.splitlines() if f"{net.host_if}: XDP program" in r]
+        assert "flowscope's XDP program" in row and row.lstrip().startswith("ok"), row
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=30)
