@@ -23,7 +23,8 @@ from textual.binding import Binding, BindingType
 from textual.screen import Screen
 
 from flowscope.recorder import RecordSettings, Sink
-from flowscope.ui.help import HelpScreen
+from flowscope.ui.cells import HEADERS
+from flowscope.ui.help import HelpScreen, filter_help
 from flowscope.ui.live import LiveScreen
 from flowscope.ui.messages import (
     Attached,
@@ -35,7 +36,7 @@ from flowscope.ui.messages import (
 from flowscope.ui.names import Lookup, Resolver, gethostbyaddr
 from flowscope.ui.source import RecorderSource, TickSource
 from flowscope.ui.state import LiveState
-from flowscope.ui.view import GROUPS, ViewSpec
+from flowscope.ui.view import COLUMNS, DESCENDING, GROUPS, ViewSpec
 
 if TYPE_CHECKING:
     from flowscope.exports import Exports
@@ -55,6 +56,7 @@ class FlowscopeApp(App[None]):
         Binding("q", "quit", "quit"),
         Binding("ctrl+c", "quit", "quit", show=False, priority=True),
         Binding("h", "history", "history", show=False),
+        Binding("f1", "filter_help", "filter language", show=False, priority=True),
     ]
 
     def __init__(
@@ -200,8 +202,14 @@ class FlowscopeApp(App[None]):
     # --- actions --------------------------------------------------------------------------------
 
     def action_help(self) -> None:
+        if isinstance(self.screen, HelpScreen):
+            return
+        keys = getattr(self.screen, "KEYS_HELP", None)
+        self.push_screen(HelpScreen(*keys) if keys is not None else HelpScreen())
+
+    def action_filter_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
-            self.push_screen(HelpScreen())
+            self.push_screen(filter_help())
 
     def action_pause(self) -> None:
         self.paused = not self.paused
@@ -229,17 +237,38 @@ class FlowscopeApp(App[None]):
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         live = self.live
-        yield SystemCommand("Pause / resume", "Freeze the display", self.action_pause)
-        yield SystemCommand("Filter", "Open the filter bar", live.action_open_filter)
-        yield SystemCommand("Reverse sort", "Flip the sort order", live.action_reverse)
-        yield SystemCommand("Freeze order", "Rows keep their places", live.action_freeze)
-        yield SystemCommand("Reverse DNS", "Names instead of addresses", live.action_names)
-        yield SystemCommand("History", "The history screen", self.action_history)
+        yield SystemCommand(
+            "Pause / resume", "Freeze the display; collection goes on (space)", self.action_pause
+        )
+        yield SystemCommand(
+            "Filter", "Show only the flows an expression matches (/)", live.action_open_filter
+        )
+        yield SystemCommand(
+            "Filter language", "The filter expressions, in short (F1)", self.action_filter_help
+        )
+        yield SystemCommand("Reverse sort", "Flip the sort order (r)", live.action_reverse)
+        yield SystemCommand(
+            "Freeze order", "Rows keep their places; new ones go to the end (f)", live.action_freeze
+        )
+        yield SystemCommand(
+            "Reverse DNS", "Names instead of addresses, looked up in the background (n)",
+            live.action_names,
+        )  # fmt: skip
+        yield SystemCommand(
+            "History", "Top flows of a past range from the database (h)", self.action_history
+        )
+        yield SystemCommand("Keys", "Every key of this screen (?)", self.action_help)
         for key, label in GROUPS.items():
+            what = "one row per flow" if key == "flow" else f"sum the flows per {label}"
             yield SystemCommand(
-                f"Group by {label}",
-                "Aggregate the table",
-                functools.partial(live.group_by, key),
+                f"Group by {label}", f"The table: {what} (g)", functools.partial(live.group_by, key)
+            )
+        for column in COLUMNS[live.spec.group]:
+            order = "largest first" if column in DESCENDING else "smallest first"
+            yield SystemCommand(
+                f"Sort by {HEADERS[column]}",
+                f"Order the table by {HEADERS[column]}, {order} (s, 1-0)",
+                functools.partial(live.sort_by, column),
             )
 
 

@@ -1,4 +1,5 @@
-"""``?``: every key, from flowscope.ui.keys (the README's table comes from the same list)."""
+"""``?``: the keys of the screen it was opened on, and F1 in a filter bar: the filter language,
+from flowscope.ui.keys (the README's tables come from the same lists)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from flowscope.ui.keys import KEYS
+from flowscope.ui.keys import FILTER_SYNTAX, KEYS
 
 
 class HelpScreen(ModalScreen[None]):
-    """The keys, over the live screen."""
+    """A list of (key, what it does), over the screen it was opened on: the live screen's
+    keys unless told otherwise."""
 
     DEFAULT_CSS = """
     HelpScreen { align: center middle; }
@@ -31,11 +33,23 @@ class HelpScreen(ModalScreen[None]):
         Binding("question_mark", "app.pop_screen", "close", show=False),
     ]
 
+    def __init__(
+        self, title: str = "flowscope live: keys", keys: list[tuple[str, str]] | None = None
+    ) -> None:
+        super().__init__()
+        self.title_text = title
+        self.keys = KEYS if keys is None else keys
+
     def compose(self) -> ComposeResult:
-        width = max(len(k) for k, _ in KEYS)
-        parts: list[str | tuple[str, str]] = [("flowscope live: keys", "bold $text-accent")]
-        for key, what in KEYS:
+        width = max(len(k) for k, _ in self.keys)
+        parts: list[str | tuple[str, str]] = [(self.title_text, "bold $text-accent")]
+        for key, what in self.keys:
             parts += ["\n", (f"{key:<{width}}  ", "bold"), what]
         parts += ["\n\n", ("Esc or ? closes this.", "$text-muted")]
         with VerticalScroll():
             yield Static(Content.assemble(*parts))
+
+
+def filter_help() -> HelpScreen:
+    """The filter language in short (F1 in a filter bar)."""
+    return HelpScreen("the filter language (as history --filter)", FILTER_SYNTAX)

@@ -32,6 +32,7 @@ from flowscope import store
 from flowscope.errors import FlowscopeError, UsageError
 from flowscope.filter import Filter, FilterSyntaxError, parse, register_sql_functions
 from flowscope.output import human_bytes, human_rate
+from flowscope.ui.help import HelpScreen, filter_help
 from flowscope.ui.history_graph import HistoryGraph
 from flowscope.ui.history_query import (
     EMPTY_ROWS,
@@ -50,6 +51,7 @@ from flowscope.ui.history_query import (
     row_cells,
     row_key,
 )
+from flowscope.ui.keys import HISTORY_KEYS
 
 __all__ = ["HistoryApp", "HistoryGraph", "HistoryScreen"]
 
@@ -62,6 +64,9 @@ class HistoryScreen(Screen[None]):
 
     ``now`` is the clock the preset ranges count back from (time.time unless injected: tests
     pass a fixed one, replay the end of the recording)."""
+
+    KEYS_HELP = ("flowscope history: keys", HISTORY_KEYS)
+    """What ``?`` shows over this screen."""
 
     DEFAULT_CSS = """
     HistoryScreen { layout: vertical; }
@@ -150,7 +155,9 @@ class HistoryScreen(Screen[None]):
         yield Static(id="status")
         with Horizontal(id="filter-bar", classes="bar"):
             yield Label("/ ")
-            yield Input(id="filter-input", placeholder="host 10.0.0.1 and dport 443")
+            yield Input(
+                id="filter-input", placeholder="host 10.0.0.1 and dport 443   (F1: the language)"
+            )
         yield Static(id="filter-error", classes="error")
         with Horizontal(id="range-bar", classes="bar"):
             yield Label("range ")
@@ -438,6 +445,10 @@ class HistoryApp(App[None]):
     """Just the history screen, on one database: ``flowscope replay`` and the tests use it."""
 
     TITLE = "flowscope history"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("question_mark", "help", "help"),
+        Binding("f1", "filter_help", "filter language", show=False, priority=True),
+    ]
 
     def __init__(
         self,
@@ -455,3 +466,11 @@ class HistoryApp(App[None]):
 
     def get_default_screen(self) -> HistoryScreen:
         return HistoryScreen(*self._screen_args, now=self._now, span=self._span)
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(*HistoryScreen.KEYS_HELP))
+
+    def action_filter_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(filter_help())

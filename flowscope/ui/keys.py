@@ -1,5 +1,6 @@
-"""Every key of the console, in one list: the help screen and the README's table read it.
-Descriptions stay under 56 characters so that the help fits in 80 columns."""
+"""Every key of the console, one list per screen, and the filter language in short: the help
+screens and the README's tables read them. Descriptions stay under 56 characters so that the
+help fits in 80 columns."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ KEYS: list[tuple[str, str]] = [
     ("f", "freeze the order (new rows go to the end)"),
     ("g / G", "group: flow, src, dst, conversation, dport, proto"),
     ("/", "filter (as history --filter); Enter applies"),
+    ("F1", "in the filter bar: the filter language"),
     ("n", "reverse DNS names (looked up in the background)"),
     ("space", "pause the display (collection goes on)"),
     ("h", "history screen (needs the database)"),
@@ -21,3 +23,30 @@ KEYS: list[tuple[str, str]] = [
     ("Esc", "back from detail, help or the filter bar"),
     ("q, Ctrl+C", "quit (detaches the program)"),
 ]
+
+HISTORY_KEYS: list[tuple[str, str]] = [
+    ("1 / 2 / 3", "the last 5 minutes / hour / day"),
+    ("r", "type a range: 2h 1h, 13:00..13:30, yesterday 03:00"),
+    ("← →", "pick a time bucket of the graph"),
+    ("Enter", "zoom into the bucket under the cursor"),
+    ("↑ ↓ PgUp PgDn", "move in the table"),
+    ("g", "group: flow, src, dst, conversation, port, proto"),
+    ("/", "filter (the live filter language); Enter applies"),
+    ("F1", "in the filter bar: the filter language"),
+    ("?", "this help"),
+    ("Esc", "zoom out, then back to the live screen"),
+]
+
+FILTER_SYNTAX: list[tuple[str, str]] = [
+    ("host A, src A, dst A", "an address, either side or one side"),
+    ("net CIDR, src net CIDR", "a network: 10.0.0.0/8, 2001:db8::/32"),
+    ("port N, sport N, dport N", "a port; src port N, dst port N too"),
+    ("tcp, udp, icmp, icmp6", "a protocol; proto sctp, proto 47"),
+    ("tcp port 443", "tcpdump's order: tcp and port 443"),
+    ("vlan N, iface NAME", 'a VLAN id; an interface (iface "odd name")'),
+    ("ingress, egress", "received / sent by this host"),
+    ("bytes > N, packets >= N", "> >= < <= = != ; N may be 64k, 1.5M, 3G"),
+    ("flags SA", "every listed TCP flag seen (F S R P A U E C)"),
+    ("not, and, or, ( )", "not binds tightest, then and, then or"),
+]
+"""The filter language in ten lines, for the help a key away from the filter bar."""

@@ -53,7 +53,10 @@ class FilterBar(Vertical):
     def compose(self) -> ComposeResult:
         with Horizontal():
             yield Label(FILTER_PROMPT, id="filter-prompt")
-            yield Input(placeholder="dport 443 and not net 198.18.0.0/16", compact=True)
+            yield Input(
+                placeholder="dport 443 and not net 198.18.0.0/16   (F1: the language)",
+                compact=True,
+            )
         yield Static("", id="filter-error")
 
     def show_error(self, error: FilterSyntaxError | None) -> None:
@@ -234,6 +237,11 @@ class LiveScreen(Screen[None]):
         """Group the table by ``group`` (keeping the sort when the grouping has its column)."""
         sort = self.spec.sort if self.spec.sort in COLUMNS[group] else "bps"
         self._show(dataclasses.replace(self.spec, group=group, sort=sort))
+
+    def sort_by(self, column: str) -> None:
+        """Sort the table by ``column`` (one of the grouping's), in its natural order."""
+        if column in COLUMNS[self.spec.group]:
+            self._show(dataclasses.replace(self.spec, sort=column, reverse=False))
 
     def action_next_sort(self, step: int) -> None:
         cols = COLUMNS[self.spec.group]

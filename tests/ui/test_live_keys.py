@@ -481,3 +481,49 @@ def test_live_view_options_are_checked_before_anything_starts(
     assert result.exit_code == 2, result.output
     (line,) = result.stderr.splitlines()
     assert message in line, line
+
+
+@synchronous
+async def test_help_is_the_screens_own_and_the_filter_language_is_f1_away() -> None:
+    import tempfile
+    from pathlib import Path
+
+    from flowscope.ui.history import HistoryScreen
+    from flowscope.ui.keys import FILTER_SYNTAX, HISTORY_KEYS, KEYS
+    from flowscope.ui.sample import history_db
+
+    db = history_db(Path(tempfile.mkdtemp(prefix="flowscope-help-")) / "flows.db")
+    source = ReplaySource(scenario(), has_db=True)
+    app = make_app(source, clock=lambda: T0 - 1, db_path=db)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen) and app.screen.keys is KEYS
+        await pilot.press("escape", "slash", *"port", "f1")
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen) and app.screen.keys is FILTER_SYNTAX
+        await pilot.press("escape")
+        await pilot.pause()
+        field = app.live.query_one(FilterBar).query_one(Input)
+        assert field.value == "port" and field.has_focus  # back where the typing was
+        await pilot.press("escape", "h")
+        await pilot.pause()
+        assert isinstance(app.screen, HistoryScreen)
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen) and app.screen.keys is HISTORY_KEYS
+
+
+@synchronous
+async def test_the_palette_offers_every_sort_with_what_it_does() -> None:
+    app = console()
+    async with app.run_test(size=SIZE) as pilot:
+        titles = {c.title: c.help for c in app.get_system_commands(app.screen)}
+        assert titles["Sort by pkt/s"] == "Order the table by pkt/s, largest first (s, 1-0)"
+        assert (
+            "Group by source host" in titles
+            and "sum the flows per source host" in titles["Group by source host"]
+        )
+        await pilot.press("ctrl+p")
+        await pilot.press(*"sort by pkt", "enter")
+        await pilot.pause()
+        assert app.live.spec.sort == "pps"
