@@ -21,7 +21,7 @@ import click
 
 from flowscope import abi
 from flowscope.errors import FlowscopeError
-from flowscope.output import printable
+from flowscope.output import endpoint, printable, proto_text
 
 if TYPE_CHECKING:
     from flowscope.collector import Tick
@@ -385,11 +385,16 @@ def dump(
             out.write(json.dumps(obj) + "\n")
         else:
             out.write(
-                f"{proto_name(k.proto):>6} {k.src}:{k.sport} -> {k.dst}:{k.dport}"
-                f" vlan {k.vlan}  {s.packets} pkts {s.bytes} bytes\n"
+                f"{proto_text(k.proto, k.direction):>7} {endpoint(k.src, k.sport, k.proto)} -> "
+                f"{endpoint(k.dst, k.dport, k.proto)} vlan {k.vlan}  {s.packets} pkts "
+                f"{s.bytes} bytes\n"
             )
     summary = {"counters": {c.name.lower(): v for c, v in counters.items()}}
-    out.write((json.dumps(summary) if as_json else str(summary["counters"])) + "\n")
+    if as_json:
+        out.write(json.dumps(summary) + "\n")
+    else:
+        out.write("counters: " + "  ".join(f"{k} {v}" for k, v in summary["counters"].items()))
+        out.write("\n")
 
 
 @main.command()
@@ -724,25 +729,41 @@ _format_option = click.option(
 )
 
 
-def _history_cells(row: dict[str, Any], group_by: str, iface: bool) -> dict[str, str]:
-    """The table cells of one history row: host:port pairs and human units (the interface
-    only when the rows span several, so that IPv4 rows fit in 80 columns)."""
-    from flowscope.output import human, human_bytes, human_rate
-
-    def endpoint(addr: str, port: int) -> str:
-        return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+def _history_cells(
+    row: dict[str, Any], group_by: str, iface: bool, days: bool = False
+) -> dict[str, str]:
+    """The table cells of one history row: host:port pairs, the protocol after its
+    direction's mark, first and last seen in the range (UTC; with the day when ``days``), human
+    units; the interface only when the rows span several."""
+    from flowscope.model import proto_name
+    from flowscope.output import (
+        endpoint,
+        human,
+        human_bytes,
+        human_rate,
+        port_text,
+        proto_text,
+        time_of_day,
+    )
 
     cells: dict[str, str] = {}
     if group_by == "flow":
-        cells["proto"] = str(row["proto"])
-        cells["source"] = endpoint(row["src"], row["sport"])
-        cells["destination"] = endpoint(row["dst"], row["dport"])
+        cells["proto"] = proto_text(row["proto"], row["direction"])
+        cells["source"] = endpoint(row["src"], row["sport"], row["proto"])
+        cells["destination"] = endpoint(row["dst"], row["dport"], row["proto"])
         if iface:
             cells["iface"] = f"{row['iface']}" + (f".{row['vlan']}" if row["vlan"] else "")
     else:
-        for col in ("host_a", "host_b", "src", "dst", "sport", "dport", "proto", "iface", "vlan"):
+        for col in ("host_a", "host_b", "src", "dst", "iface", "vlan"):
             if col in row:
                 cells[col] = str(row[col])
+        for col in ("sport", "dport"):
+            if col in row:
+                cells[col] = port_text(row[col], row.get("proto"))
+        if "proto" in row:
+            cells["proto"] = proto_name(row["proto"])
+    cells["first"] = time_of_day(row["first_seen"], days)
+    cells["last"] = time_of_day(row["last_seen"], days)
     # the history screen's names: the IPv4 rows of a flow table then fit in 80 columns
     cells["pkts"] = human(row["packets"])
     cells["bytes"] = human_bytes(row["bytes"])
@@ -844,9 +865,9 @@ def history(
         conn.close()
     rows = result.rows
     for row in rows:
-        if "proto" in row:
-            row["proto"] = proto_name(row["proto"])
         row.pop("family", None)
+    if fmt in ("json", "csv"):  # names for machines too; the table formats them itself
+        rows = [{**r, "proto": proto_name(r["proto"])} if "proto" in r else r for r in rows]
     if fmt == "json":
         output.write_json_lines(rows)
         return
@@ -856,19 +877,21 @@ def history(
         return
     title = (
         f"{store.iso_time(result.since)} to {store.iso_time(result.until)}; "
-        "rate: while active in the range"
+        "times UTC; rate: while active in the range"
     )
     if not rows:
         click.echo(f"no flows from {title}")
         return
     several = len({(r.get("iface"), r.get("vlan"), r.get("direction")) for r in rows}) > 1
-    cells = [_history_cells(r, group_by, several) for r in rows]
+    days = result.until - result.since > 86400
+    cells = [_history_cells(r, group_by, several, days) for r in rows]
     columns = list(cells[0])
     output.write_table(
         columns,
         [[c[k] for k in columns] for c in cells],
         right=("pkts", "bytes", "rate", "recs", "sport", "dport", "vlan"),
         title=title,
+        droppable=("recs", "first", "last"),
     )
 
 

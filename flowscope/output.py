@@ -17,6 +17,39 @@ WIDE = 100_000
 per row and whole addresses."""
 
 
+DIRECTION_MARKS: dict[int | str, str] = {0: "↓", 1: "↑", "ingress": "↓", "egress": "↑"}
+"""Before a protocol: received (ingress) or sent (egress), in every table."""
+ICMP = (1, 58)
+
+
+def port_text(port: int, proto: int | None) -> str:
+    """A port as every table writes it: the number, or ``type/code`` for ICMP and ICMPv6
+    (whose flows carry type * 256 + code as destination port)."""
+    if proto in ICMP:
+        return f"{port >> 8}/{port & 0xFF}"
+    return str(port)
+
+
+def endpoint(addr: str, port: int, proto: int | None = None) -> str:
+    """``10.0.0.1:443``, ``[2001:db8::1]:443``, ``10.0.0.1:8/0`` (ICMP echo request)."""
+    text = port_text(port, proto)
+    return f"[{addr}]:{text}" if ":" in addr else f"{addr}:{text}"
+
+
+def proto_text(proto: int, direction: int | str | None = None) -> str:
+    """``↓tcp``: the protocol's name after its direction's mark (none when unknown)."""
+    from flowscope.model import proto_name
+
+    mark = DIRECTION_MARKS.get(direction, "") if direction is not None else ""
+    return mark + proto_name(proto)
+
+
+def time_of_day(iso: str, day: bool = False) -> str:
+    """``03:10:05`` (``11-22 03:10``: with the day) from history's
+    ``2026-11-22T03:10:05.123Z``, UTC as the table's title says."""
+    return f"{iso[5:10]} {iso[11:16]}" if day else iso[11:19]
+
+
 def printable(text: str) -> str:
     """``text`` with every control character (a newline, an escape sequence from a user's
     input, a capture's interface name or a database value) written as its escape: one line,
@@ -91,33 +124,45 @@ def write_table(
     *,
     right: Sequence[str] = (),
     title: str | None = None,
+    droppable: Sequence[str] = (),
     out: IO[str] | None = None,
 ) -> None:
-    """An aligned text table (rich, no rules: plain columns like ps or ss). On a terminal, as
-    wide as it is, long values folded; to a file or a pipe, never wrapped. Control characters
-    in values are always escaped (printable): a table is for reading."""
+    """An aligned text table (rich, no rules: plain columns like ps or ss), under its title
+    line. On a terminal, as wide as it is: the ``droppable`` columns are left out, in that
+    order, while the table is wider, then long values fold. To a file or a pipe, never
+    wrapped. Control characters in values are always escaped (printable): a table is for
+    reading."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(
-        box=None,
-        title=Text(printable(title)) if title else None,
-        title_justify="left",
-        pad_edge=False,
-        padding=(0, 1),
-    )
     out = out or sys.stdout
     tty = _isatty(out)
-    for c in columns:
+    console = Console(file=out, highlight=False, soft_wrap=False, width=None if tty else WIDE)
+    texts = [["" if v is None else printable(str(v)) for v in row] for row in rows]
+    keep = list(range(len(columns)))
+    if tty:
+
+        def width() -> int:
+            return sum(max([len(columns[i]), *(len(t[i]) for t in texts)]) + 1 for i in keep)
+
+        for name in droppable:
+            if width() <= console.width:
+                break
+            if name in columns:
+                keep.remove(list(columns).index(name))
+    table = Table(box=None, pad_edge=False, padding=(0, 1))
+    for i in keep:
+        c = columns[i]
         table.add_column(
             printable(c),
             justify="right" if c in right else "left",
             overflow="fold",
             no_wrap=not tty,
         )
-    for row in rows:
+    for t in texts:
         # Text, not markup: "[2001:db8::1]:443" must print as it is, not as a style tag
-        table.add_row(*(Text("" if v is None else printable(str(v))) for v in row))
-    console = Console(file=out, highlight=False, soft_wrap=False, width=None if tty else WIDE)
+        table.add_row(*(Text(t[i]) for i in keep))
+    if title:
+        console.print(Text(printable(title)), soft_wrap=True)
     console.print(table)

@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from flowscope.model import proto_name, tcp_flags_text
-from flowscope.output import human
+from flowscope.output import DIRECTION_MARKS, human
+from flowscope.output import port_text as number_text
 from flowscope.ui.names import service
 from flowscope.ui.view import Row
 
@@ -31,7 +32,6 @@ HEADERS: dict[str, str] = {
 """Column titles. For conversations Source and Destination are hosts A and B, Out and In the
 bytes sent (egress) and received (ingress). A flow's protocol cell starts with its direction:
 ↓ received (ingress), ↑ sent (egress)."""
-DIRECTION_MARKS = {0: "↓", 1: "↑"}
 PAIR_HEADERS = {"src": "Host A", "dst": "Host B"}
 NUMERIC = frozenset(
     {"sport", "bps", "pps", "bytes", "packets", "age", "vlan", "flows", "out", "in"}
@@ -73,10 +73,9 @@ def port_text(port: int | None, proto: int | None, named: bool = True) -> str:
     """``443 https``; ICMP ports are type/code (``8/0``)."""
     if port is None:
         return ""
-    if proto in (1, 58):
-        return f"{port >> 8}/{port & 0xFF}"
-    name = service(port, proto or 0) if named else None
-    return f"{port} {name}" if name else str(port)
+    text = number_text(port, proto)
+    name = service(port, proto or 0) if named and text == str(port) else None
+    return f"{text} {name}" if name else text
 
 
 def cell(

@@ -18,7 +18,7 @@ import numpy as np
 from flowscope import store, window
 from flowscope.errors import UsageError
 from flowscope.model import proto_name
-from flowscope.output import human, human_bytes, human_rate
+from flowscope.output import endpoint, human, human_bytes, human_rate, port_text, proto_text
 from flowscope.ui.cells import clip
 from flowscope.when import parse_when
 
@@ -191,11 +191,6 @@ def _column_error(e: UsageError, column: int) -> UsageError:
     return e
 
 
-def endpoint(addr: str, port: int) -> str:
-    """``10.0.0.1:443``, ``[2001:db8::1]:443``."""
-    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
-
-
 NUMERIC_COLUMNS = ("bytes", "rate", "pkts", "recs", "dport", "sport", "vlan")
 
 
@@ -203,13 +198,16 @@ def row_cells(row: dict[str, Any], group_by: str) -> dict[str, str]:
     """The cells of one history row, as the table shows them: who first, then how much."""
     cells: dict[str, str] = {}
     if group_by == "flow":
-        cells["source"] = endpoint(row["src"], row["sport"])
-        cells["destination"] = endpoint(row["dst"], row["dport"])
-        cells["proto"] = proto_name(row["proto"])
+        cells["source"] = endpoint(row["src"], row["sport"], row["proto"])
+        cells["destination"] = endpoint(row["dst"], row["dport"], row["proto"])
+        cells["proto"] = proto_text(row["proto"], row["direction"])
     else:
-        for col in ("host_a", "host_b", "src", "dst", "sport", "dport", "iface", "vlan"):
+        for col in ("host_a", "host_b", "src", "dst", "iface", "vlan"):
             if col in row:
                 cells[col] = str(row[col])
+        for col in ("sport", "dport"):
+            if col in row:
+                cells[col] = port_text(row[col], row.get("proto"))
         if "proto" in row:
             cells["proto"] = proto_name(row["proto"])
     cells["bytes"] = human_bytes(row["bytes"])

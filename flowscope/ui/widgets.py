@@ -23,7 +23,7 @@ from textual.widgets import Label, Sparkline, Static
 
 from flowscope.filter import Filter
 from flowscope.model import proto_name, tcp_flags_text
-from flowscope.output import human, human_rate
+from flowscope.output import endpoint, human, human_rate
 from flowscope.ui.cells import HEADERS, IDENTITY, NUMERIC, PAIR_HEADERS, age_text, port_text
 from flowscope.ui.messages import HeaderSelected, RowHighlighted, RowSelected
 from flowscope.ui.state import LOSS_COUNTERS, LiveState
@@ -488,9 +488,9 @@ class NewFlowsFeed(Static):
             src = (name_of(k.src) if name_of else None) or k.src
             dst = (name_of(k.dst) if name_of else None) or k.dst
             when = time.strftime("%H:%M:%S", time.gmtime(ev.time))
-            sport = port_text(k.sport, k.proto, named=False)
+            name = port_text(k.dport, k.proto)[len(port_text(k.dport, k.proto, named=False)) :]
             p += ["\n", (when + " ", "$text-muted"), f"{proto_name(k.proto):<5} "]
-            p.append(f"{src}:{sport} → {dst}:{port_text(k.dport, k.proto)}")
+            p.append(f"{endpoint(src, k.sport, k.proto)} → {endpoint(dst, k.dport, k.proto)}{name}")
             if ev.map_full:
                 p.append((" MAP FULL", "bold $error"))
         self.update(Content.assemble(*p))

@@ -182,7 +182,7 @@ async def test_opens_on_the_last_hour_with_the_numbers_of_history(db: Path) -> N
         assert table_cells(screen)[0] == [
             "10.0.0.1:40000",
             "192.0.2.10:443",
-            "tcp",
+            "↓tcp",  # received (the direction mark, as in the live table)
             "2.1 MB",
             "9.4 kb/s",  # over 02:29:00-02:59:30, when it was active
             "1.6 k",

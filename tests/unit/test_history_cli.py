@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -204,13 +205,38 @@ def test_csv_has_a_header_and_the_sums(db: Path) -> None:
     ]
 
 
-def test_table_has_human_units_and_fits_80_columns(db: Path) -> None:
+def test_table_has_human_units_first_last_and_direction(db: Path) -> None:
     code, out, _ = run("history", "--db", str(db))
     assert code == 0
-    lines = out.splitlines()
-    assert max(len(line.rstrip()) for line in lines) <= 80
     assert "10.0.0.9:50000" in out and "90.0 kB" in out and "b/s" in out
     assert "eth1.7" in out  # interface and VLAN shown when rows differ in them
+    header = next(line for line in out.splitlines() if line.startswith("proto"))
+    assert header.split()[:3] == ["proto", "source", "destination"]
+    assert "first" in header.split() and "last" in header.split()
+    row = next(line for line in out.splitlines() if "10.0.0.2:443" in line.split()[1:2])
+    assert row.split()[0] == "↑tcp" or row.split()[0] == "↓tcp"
+    assert "times UTC" in out.splitlines()[0]
+
+
+def test_on_an_80_column_terminal_the_table_leaves_out_columns_before_folding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flowscope import output
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setenv("COLUMNS", "80")
+    out = Terminal()
+    columns = ["proto", "source", "destination", "first", "last", "pkts", "bytes", "rate", "recs"]
+    row = ["↓tcp", "198.18.7.21:50412", "198.18.0.10:443", "11:06:40", "12:05:40", "6.0 M",
+           "7.2 GB", "16.3 Mb/s", "59"]  # fmt: skip
+    output.write_table(columns, [row] * 3, droppable=("recs", "first", "last"), out=out)
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in out.getvalue().splitlines()]
+    assert max(len(line.rstrip()) for line in lines) <= 80
+    assert "recs" not in lines[0] and "first" not in lines[0] and "last" in lines[0]
+    assert all("198.18.7.21:50412" in line for line in lines[1:])  # not folded
 
 
 def test_missing_database_is_an_error_and_is_not_created(tmp_path: Path) -> None:
