@@ -32,11 +32,14 @@ from flowscope.ui.view import GROUPS, Row
 
 def padded(values: Sequence[float], width: int) -> list[float]:
     """A series for a sparkline ``width`` cells wide: the newest value at the right edge,
-    zeros before the first tick (so the graph scrolls in from the right)."""
+    zeros before the first tick (so the graph scrolls in from the right), and always one zero
+    in front: Textual scales a sparkline from its smallest value, and a rate graph must start
+    at zero (13.5 to 13.7 Mb/s is a flat line, not a cliff). Its bars show each cell's
+    maximum, so the extra zero shares the first cell and never shows."""
     data = list(values)
     if len(data) < width:
         data = [0.0] * (width - len(data)) + data
-    return data
+    return [0.0, *data]
 
 
 class StatusLine(Static):

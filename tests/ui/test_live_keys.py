@@ -527,3 +527,19 @@ async def test_the_palette_offers_every_sort_with_what_it_does() -> None:
         await pilot.press(*"sort by pkt", "enter")
         await pilot.pause()
         assert app.live.spec.sort == "pps"
+
+
+def test_rate_graphs_start_at_zero() -> None:
+    """Issue #13: 13.5-13.7 Mb/s looked like big swings (the graph was scaled from its
+    smallest value). Now a steady rate is a row of full bars."""
+    from rich.console import Console
+    from textual.renderables.sparkline import Sparkline as Bars
+
+    from flowscope.ui.widgets import padded
+
+    steady = [13.5e6 + i * 0.2e6 / 300 for i in range(300)]  # 13.5 to 13.7 Mb/s
+    data = padded(steady, 40)
+    console = Console(width=40, record=True, color_system=None)
+    console.print(Bars(data, width=40))
+    bars = console.export_text().strip()
+    assert len(bars) == 40 and set(bars) <= {"▇", "█"}, bars
