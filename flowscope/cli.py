@@ -563,6 +563,9 @@ def record(
                 on_tick=out.on_tick(status if tty else None),
                 on_notice=_notice,
             )
+    except FlowscopeError:
+        _discard_unused(writer)
+        raise
     finally:
         if tty:
             sys.stderr.write("\n")
@@ -604,6 +607,16 @@ def _view_spec(filter_text: str | None, group: str, sort: str) -> ViewSpec:
         )
     flt = parse(filter_text or "")
     return ViewSpec(group=group, sort=sort, filter=None if flt.matches_all else flt)
+
+
+def _discard_unused(writer: Writer | None) -> None:
+    """After a run that failed (an attach the kernel refused, a compile error): the database
+    it created goes again when nothing reached it."""
+    if writer is not None and writer.store.created:
+        writer.close()
+        from flowscope.store import remove_if_unused
+
+        remove_if_unused(writer.store.path)
 
 
 def _say_export(out: Exports) -> None:
@@ -710,7 +723,11 @@ def live(
     with out:
         from flowscope.ui.app import run_console  # the only command that imports textual
 
-        run_console(settings, writer, exports=out, spec=spec)
+        try:
+            run_console(settings, writer, exports=out, spec=spec)
+        except FlowscopeError:
+            _discard_unused(writer)
+            raise
     _say_export(out)
     problem = writer.report() if writer is not None else None
     if problem is not None:

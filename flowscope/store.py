@@ -220,6 +220,32 @@ def translate_errors(action: str, path: Path | str) -> Iterator[None]:
         raise StoreError(f"{action} {path}: {text}", hint) from e
 
 
+def remove_if_unused(path: Path) -> bool:
+    """Delete a database this run created when it holds nothing: no flow, sample, event or
+    pending row (a run that failed to attach must not leave an empty file behind). True when
+    it was removed."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = ("flows", "samples", "events", "pending")
+            present = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            used = any(
+                conn.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone()
+                for t in tables
+                if t in present
+            )
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+    if used:
+        return False
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{path}{suffix}")
+    return True
+
+
 def _create_private_file(path: Path) -> None:
     """Create the database file 0600 (and its directory 0700) before SQLite opens it, so
     history is never readable by other users, not even for an instant. SQLite gives the -wal
@@ -614,6 +640,8 @@ class Store:
     def __init__(self, path: Path | str | None = None) -> None:
         self.path = Path(path) if path is not None else default_db_path()
         self.session = new_session()
+        self.created = not os.path.lexists(self.path)
+        """This store made the file (a run that fails before collecting removes it again)."""
         with translate_errors("cannot create", self.path):
             try:
                 _create_private_file(self.path)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -176,3 +177,36 @@ def test_bench_only_with_no_name_is_refused() -> None:
     result = CliRunner().invoke(main, ["bench", "--only", ""])
     assert result.exit_code == 2
     assert result.stderr.startswith("flowscope: error: --only: no benchmark named")
+
+
+@pytest.mark.parametrize("command", ["record", "live"])
+def test_a_run_that_fails_to_attach_leaves_no_empty_database(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, command: str
+) -> None:
+    """Issue #14: a record that failed to attach left an empty database. The kernel's refusal
+    is stood in for here (the real refusals are in tests/kernel); what is checked is that a
+    database this run created goes again, and one that existed stays."""
+    from flowscope import recorder
+    from flowscope.errors import AttachError
+
+    def refused(settings: object, sink: Any, **kwargs: object) -> None:
+        sink.close()  # as recorder.run does on its way out
+        raise AttachError("the kernel refused: Operation not supported")
+
+    monkeypatch.setattr("flowscope.probe.attach.check_can_attach", lambda name, force: None)
+    monkeypatch.setattr(recorder, "run", refused)
+    if command == "live":
+        from flowscope.ui import app as app_module
+
+        def console(settings: object, sink: Any, **kwargs: object) -> None:
+            refused(settings, sink)
+
+        monkeypatch.setattr(app_module, "run_console", console)
+    db = tmp_path / "new.db"
+    result = CliRunner().invoke(main, [command, "-i", "eth0", "--db", str(db)])
+    assert result.exit_code == 1 and "the kernel refused" in result.stderr
+    assert not db.exists() and not list(tmp_path.iterdir())
+    kept = tmp_path / "kept.db"
+    store.Store(kept).close()
+    result = CliRunner().invoke(main, [command, "-i", "eth0", "--db", str(kept)])
+    assert result.exit_code == 1 and kept.exists()
