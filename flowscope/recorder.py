@@ -21,6 +21,7 @@ from flowscope.collector import Collector, CollectorSettings, Tick
 from flowscope.model import FlowRecord, NewFlow, PendingFlows, Sample
 
 if TYPE_CHECKING:
+    from flowscope.probe.links import LinkWatch
     from flowscope.probe.session import Probe
 
 POLL_MS = 100
@@ -141,8 +142,12 @@ def _run(
         collector = Collector(
             probe.program, settings.collector, iface_names=probe.interface_names()
         )
+        from flowscope.probe.links import LinkWatch
+
+        names = probe.interface_names()
+        watch = LinkWatch({name: index for index, name in names.items()})
         try:
-            _loop(collector, probe, sink, settings, stop, on_tick, summary)
+            _loop(collector, probe, sink, settings, stop, on_tick, summary, watch, on_notice)
         except (KeyboardInterrupt, SystemExit):
             # Ctrl-C, or SIGTERM turned into SystemExit by the CLI: a normal way to stop
             summary.interrupted = True
@@ -171,9 +176,12 @@ def _loop(
     stop: threading.Event,
     on_tick: Callable[[Tick], None] | None,
     summary: RecordSummary,
+    watch: LinkWatch | None = None,
+    on_notice: Callable[[str], None] | None = None,
 ) -> None:
     """Tick every interval until the duration ends or ``stop`` is set, draining the ring
-    buffer in between."""
+    buffer in between; after each tick, say when a watched interface went down, came back or
+    disappeared (collection goes on with the others)."""
     interval = settings.collector.interval
     start = time.monotonic()
     end = start + settings.duration if settings.duration is not None else None
@@ -195,6 +203,9 @@ def _loop(
         summary.packets += tick.sample.counters.get("packets", 0)
         if on_tick is not None:
             on_tick(tick)
+        if watch is not None and on_notice is not None:
+            for text in watch.changes():
+                on_notice(text)
         next_tick += interval
         if next_tick < time.monotonic():  # fell behind: do not try to catch up
             next_tick = time.monotonic() + interval

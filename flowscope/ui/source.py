@@ -138,6 +138,12 @@ class RecorderSource:
             self._post(_attached(self.settings.interfaces))
         self._post(TickArrived(tick, now_ns, self._writer_state()))
 
+    def _notice(self, text: str) -> None:
+        """What the collection loop wants the operator to know (an interface down or gone,
+        egress refused): a notification."""
+        if self._post is not None:
+            self._post(Trouble(text))
+
     def _run(self) -> None:
         from flowscope import recorder
 
@@ -153,7 +159,9 @@ class RecorderSource:
             self.exports.notice = notice
             sink, on_tick = self.exports.sink(sink), self.exports.on_tick(on_tick)
         try:
-            recorder.run(self.settings, sink, on_tick=on_tick, stop=self._stop)
+            recorder.run(
+                self.settings, sink, on_tick=on_tick, stop=self._stop, on_notice=self._notice
+            )
         except FlowscopeError as e:
             self.error = e
             self._post(CollectorFailed(str(e)))

@@ -212,3 +212,44 @@ def test_history_shows_a_flow_while_it_is_being_recorded(
     assert [r["packets"] for r in live] == [20]
     after = [r for r in history_json(db) if r["sport"] == 4300]
     assert [r["packets"] for r in after] == [20]
+
+
+def test_an_interface_down_up_or_deleted_is_said_and_the_others_go_on(tmp_path: Path) -> None:
+    """Issue #14: `record` on an interface that went down, or whose veth was deleted while
+    recording, said nothing. Now each change is one line; the flows so far are kept and the
+    other interface is still recorded."""
+    import sqlite3
+
+    db = tmp_path / "flows.db"
+    with veth_namespace() as a, veth_namespace() as b:
+        proc = subprocess.Popen(
+            [*FLOWSCOPE, "record", "-i", a.host_if, "-i", b.host_if, "--db", str(db),
+             "--direction", "ingress", "--interval", "0.2", "--idle-timeout", "600"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            wait_attached(a.host_if, proc)
+            wait_attached(b.host_if, proc)
+            a.send_frames([udp4(a, 4000, 53, 100)] * 3)
+            b.send_frames([udp4(b, 5000, 53, 100)] * 4)
+            time.sleep(0.6)
+            subprocess.run(["ip", "link", "set", b.host_if, "down"], check=True)
+            time.sleep(0.6)
+            subprocess.run(["ip", "link", "set", b.host_if, "up"], check=True)
+            time.sleep(0.6)
+            subprocess.run(["ip", "link", "del", b.host_if], check=True)
+            time.sleep(0.6)
+            a.send_frames([udp4(a, 4001, 53, 100)] * 5)  # after b is gone: a is still recorded
+            time.sleep(0.6)
+            assert proc.poll() is None, proc.communicate()
+        finally:
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+        assert proc.returncode in (0, 130) and "Traceback" not in err, err
+        lines = [line for line in err.splitlines() if b.host_if in line]
+        said = [line.removeprefix(f"flowscope: {b.host_if} ").split(":")[0] for line in lines]
+        assert said == ["went down", "is up again", "disappeared"], err
+    conn = sqlite3.connect(db)
+    got = dict(conn.execute("SELECT sport, packets FROM flows WHERE dport = 53").fetchall())
+    conn.close()
+    assert got == {4000: 3, 5000: 4, 4001: 5}
