@@ -56,6 +56,7 @@ class FlowscopeApp(App[None]):
         Binding("q", "quit", "quit"),
         Binding("ctrl+c", "quit", "quit", show=False, priority=True),
         Binding("h", "history", "history", show=False),
+        Binding("a", "alerts", "alerts", show=False),
         Binding("f1", "filter_help", "filter language", show=False, priority=True),
     ]
 
@@ -127,6 +128,13 @@ class FlowscopeApp(App[None]):
     def on_tick_arrived(self, msg: TickArrived) -> None:
         tick = self.state.ingest(msg)
         self._report_trouble(msg)
+        for alert in self.state.raised:
+            self.notify(
+                f"{alert.kind} from {alert.source} to {alert.target} (a: alerts)",
+                title="alert",
+                severity="error",
+                timeout=10,
+            )
         view = self.live.compute()
         del view, tick
         if not self.paused:
@@ -217,6 +225,12 @@ class FlowscopeApp(App[None]):
             self.live.compute()
         self._redraw()
 
+    def action_alerts(self) -> None:
+        from flowscope.ui.alerts import AlertsScreen
+
+        if not isinstance(self.screen, AlertsScreen):
+            self.push_screen(AlertsScreen())
+
     def action_history(self) -> None:
         if self.db_path is None or not self.source.has_db:
             self.notify(
@@ -258,6 +272,9 @@ class FlowscopeApp(App[None]):
             "History", "Top flows of a past range from the database (h)", self.action_history
         )
         yield SystemCommand("Keys", "Every key of this screen (?)", self.action_help)
+        yield SystemCommand(
+            "Alerts", "Scans and SYN floods, listed until acknowledged (a)", self.action_alerts
+        )
         for key, label in GROUPS.items():
             what = "one row per flow" if key == "flow" else f"sum the flows per {label}"
             yield SystemCommand(

@@ -18,6 +18,7 @@ KEYS: list[tuple[str, str]] = [
     ("n", "reverse DNS names (looked up in the background)"),
     ("space", "pause the display (collection goes on)"),
     ("h", "history screen (needs the database)"),
+    ("a", "alerts: scans, SYN floods (Enter filters, x acks)"),
     ("Ctrl+P", "command palette"),
     ("?", "this help"),
     ("Esc", "back from detail, help or the filter bar"),

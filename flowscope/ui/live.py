@@ -168,7 +168,9 @@ class LiveScreen(Screen[None]):
         name_of = self.app.name_of if self.app.show_names else None
         texts = [[cell(r, c, width=w[c], name_of=name_of) for c in cols] for r in self.view.rows]
         self.table.apply(self.view.rows, texts, self.frozen)
-        self.query_one(StatusLine).show(state, paused=self.app.paused, badges=self.badges())
+        self.query_one(StatusLine).show(
+            state, paused=self.app.paused, badges=self.badges(), alerts=len(state.detector.alerts)
+        )
         selected = self.selected_row()
         self.query_one(RateGraph).show(state, selected, self._row_name(selected))
         self.query_one(NewFlowsFeed).show(state, name_of, self.spec.filter)
@@ -284,6 +286,17 @@ class LiveScreen(Screen[None]):
         if bar.has_class("-open"):
             bar.remove_class("-open")
             self.table.focus()
+
+    def apply_filter(self, text: str) -> None:
+        """Put ``text`` in force as the filter (an alert's Enter, the palette); a bad one is
+        a notification, the filter in force stays."""
+        try:
+            flt = parse(text)
+        except FlowscopeError as e:
+            self.notify(str(e), severity="error")
+            return
+        self.query_one(FilterBar).query_one(Input).value = text
+        self._show(dataclasses.replace(self.spec, filter=None if flt.matches_all else flt))
 
     @on(Input.Submitted)
     def _filter_submitted(self, event: Input.Submitted) -> None:

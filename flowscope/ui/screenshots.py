@@ -48,6 +48,7 @@ SCREENS: dict[str, tuple[tuple[str, ...], int | None]] = {
     "filter-error": (("slash", *"port abc", "enter"), None),
     "detail": (("enter",), None),
     "help": (("question_mark",), None),
+    "alerts": (("a",), None),
 }
 """Screen name -> (keys pressed, ticks delivered (None: all 90))."""
 

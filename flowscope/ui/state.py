@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from flowscope import abi
 from flowscope.collector import Tick
+from flowscope.detect import Alert, Detector
 from flowscope.filter import Filter
 from flowscope.model import NewFlow, Sample
 from flowscope.ui.frame import FlowFrame
@@ -105,6 +106,10 @@ class LiveState:
     """New-flow events left out of the feed because they answer a flow it already showed."""
     opened: dict[tuple[object, ...], None] = field(default_factory=dict)
     """The conversations the feed has shown (their opening direction), oldest first."""
+    detector: Detector = field(default_factory=Detector)
+    """Scans and SYN floods among the new connections; its alerts stay until acknowledged."""
+    raised: list[Alert] = field(default_factory=list)
+    """Alerts the last tick raised (the app notifies once for each)."""
     backlogs: collections.deque[int] = field(
         default_factory=lambda: collections.deque(maxlen=BEHIND_TICKS + 1)
     )
@@ -124,24 +129,25 @@ class LiveState:
             self.bps.popleft()
             self.new_flows.popleft()
         self.totals.update({k: v for k, v in s.counters.items() if v})
-        for ev in tick.events:
-            self._to_feed(ev)
+        opened = [ev for ev in tick.events if self._to_feed(ev)]
+        self.raised = self.detector.feed(opened)
         if self.ticks % 60 == 0:
             self._forget_old_rows()
         return tick
 
-    def _to_feed(self, ev: NewFlow) -> None:
+    def _to_feed(self, ev: NewFlow) -> bool:
         """One line per new connection: the first direction seen opens it; the other
         direction (a reply, a victim's RST to a scan) is counted, not listed. The feed reads
-        newest first."""
+        newest first. True when ``ev`` opened a connection."""
         k = ev.key
         if (k.family, k.dst, k.src, k.dport, k.sport, k.proto, k.vlan) in self.opened:
             self.replies += 1
-            return
+            return False
         self.opened[(k.family, k.src, k.dst, k.sport, k.dport, k.proto, k.vlan)] = None
         if len(self.opened) > OPENED:
             del self.opened[next(iter(self.opened))]
         self.feed.appendleft(ev)
+        return True
 
     def feed_matching(self, flt: Filter | None) -> Iterator[NewFlow]:
         """The feed, newest first, only what ``flt`` matches (the event's first packet)."""

@@ -52,7 +52,9 @@ class StatusLine(Static):
     StatusLine { height: 2; text-wrap: nowrap; text-overflow: ellipsis; padding: 0 1; }
     """
 
-    def show(self, state: LiveState, *, paused: bool, badges: Sequence[str]) -> None:
+    def show(
+        self, state: LiveState, *, paused: bool, badges: Sequence[str], alerts: int = 0
+    ) -> None:
         s = state.sample
         p: list[str | tuple[str, str]] = []
         ifaces = " ".join(f"{n} ({m})" for n, m in state.interfaces) or "starting…"
@@ -65,6 +67,8 @@ class StatusLine(Static):
             burst = "bold reverse $warning" if state.burst else ""
             p.append((f"{state.new_per_second:,.0f} new/s", burst))
         p.append("\n")
+        if alerts:
+            p += [(f" {alerts} ALERT{'S' if alerts > 1 else ''} (a) ", "bold reverse $error"), " "]
         if paused:
             p += [(" PAUSED ", "bold reverse $warning"), " "]
         for badge in badges:

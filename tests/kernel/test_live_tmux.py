@@ -159,3 +159,37 @@ def test_at_80x24_group_filter_to_nothing_filter_again_resize_and_quit(
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
         if sender.is_alive():
             sender.join(10)
+
+
+def test_a_syn_scan_from_the_namespace_is_one_alert_still_listed_a_minute_later(
+    net: VethNamespace,
+) -> None:
+    """Issue #13: a SYN scan of 200 ports from the namespace, through the real program and
+    ring buffer, raises exactly one scan alert naming its source, listed 60 s later."""
+    from scapy.layers.inet import TCP
+
+    session = f"fslive{uuid.uuid4().hex[:8]}"
+    cmd = f"{PYTHON} -m flowscope live -i {net.host_if} --no-db"
+    tmux("new-session", "-d", "-s", session, "-x", "100", "-y", "30", cmd)
+    try:
+        _wait_for(session, "(generic")
+        probes = [
+            bytes(
+                Ether(src=net.peer_mac, dst=net.host_mac)
+                / IP(src=net.peer_ip4, dst=net.host_ip4)
+                / TCP(sport=41000, dport=port, flags="S")
+            )
+            for port in range(1, 201)
+        ]
+        net.send_frames(probes)
+        _wait_for(session, "1 ALERT (a)")
+        time.sleep(60)
+        screen = _wait_for(session, "1 ALERT (a)")
+        assert "2 ALERTS" not in screen
+        tmux("send-keys", "-t", session, "a")
+        screen = _wait_for(session, "port scan")
+        row = next(line for line in screen.splitlines() if "port scan" in line)
+        assert net.peer_ip4 in row and net.host_ip4 in row and " 200 " in f"{row} "
+        tmux("send-keys", "-t", session, "q")
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)

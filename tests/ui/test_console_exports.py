@@ -26,7 +26,9 @@ def test_records_go_to_the_exporter_and_ticks_to_the_metrics_in_the_collection_t
 ) -> None:
     seen: list[str] = []
 
-    def fake_run(settings: RecordSettings, sink: Any, *, on_tick: Any, stop: Any) -> None:
+    def fake_run(
+        settings: RecordSettings, sink: Any, *, on_tick: Any, stop: Any, on_notice: Any = None
+    ) -> None:
         t: Tick = tick(10, 1000, 2)
         t.records.extend([rec4(1), rec4(2)])
         sink.submit(t.records, t.sample, t.events)

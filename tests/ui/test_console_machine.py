@@ -61,6 +61,9 @@ KEYS = [
     "right",
     "h",
     "backspace",
+    "a",
+    "x",
+    "f1",
 ]
 """Every key the console binds, and those of the screens it opens (detail, help, history)."""
 

@@ -543,3 +543,35 @@ def test_rate_graphs_start_at_zero() -> None:
     console.print(Bars(data, width=40))
     bars = console.export_text().strip()
     assert len(bars) == 40 and set(bars) <= {"▇", "█"}, bars
+
+
+@synchronous
+async def test_a_scan_is_one_alert_that_stays_filters_the_table_and_can_be_acknowledged() -> None:
+    """Issue #13: the scenario's SYN scan (200 ports from one source in five seconds) raises
+    exactly one alert naming its source, still listed a minute later; Enter on it filters the
+    table to it; x acknowledges it."""
+    from flowscope.ui.alerts import AlertsScreen
+
+    app = console(scenario(140), preload=76)
+    source = app.source
+    assert isinstance(source, ReplaySource)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert [(s, m) for s, m in app.notices if m.startswith("port scan")] == [
+            ("error", f"port scan from {SCANNER} to {SERVER} (a: alerts)")
+        ]
+        source.step(64)  # a minute later
+        await pilot.pause()
+        (alert,) = app.state.detector.alerts
+        assert (alert.source, alert.count) == (SCANNER, 200)
+        assert "1 ALERT (a)" in status_lines(app)[1]
+        await pilot.press("a")
+        await pilot.pause()
+        assert isinstance(app.screen, AlertsScreen)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.live.spec.filter is not None and app.live.spec.filter.text == f"src {SCANNER}"
+        assert app.live.view.rows and {r.src for r in app.live.view.rows} == {SCANNER}
+        await pilot.press("a", "x", "escape")
+        await pilot.pause()
+        assert app.state.detector.alerts == [] and "ALERT" not in status_lines(app)[1]

@@ -13,7 +13,9 @@ SIZES = [(80, 24), (160, 48)]
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
-@pytest.mark.parametrize("name", ["live", "columns", "burst", "filter-error", "detail", "help"])
+@pytest.mark.parametrize(
+    "name", ["live", "columns", "burst", "filter-error", "detail", "help", "alerts"]
+)
 def test_screen(snap_compare: Any, name: str, size: tuple[int, int]) -> None:
     keys, preload = SCREENS[name]
     assert snap_compare(sample_app(preload=preload), press=keys, terminal_size=size)

@@ -1,0 +1,178 @@
+"""Detections that stay: a scan or a SYN flood becomes an alert that is listed until someone
+acknowledges it, instead of a rate that is orange for one tick.
+
+Fed with new-connection events (model.NewFlow, the first packet of each flow, as the ring
+buffer announces them; replies already left out, so a scanned host's RSTs are not a second
+scanner). Pure: no clock but the events' own times, no I/O; the console feeds it on its
+thread, and anything else (record, history) can feed it the same way.
+
+- **Scan**: one source opens new flows to at least SCAN_TARGETS distinct (host, port) targets
+  of ours within WINDOW seconds: a port scan when they are mostly ports of one host, a host
+  scan (a sweep) otherwise.
+- **SYN flood**: at least FLOOD_FLOWS new TCP flows to one (host, port) within WINDOW from at
+  least FLOOD_SOURCES distinct sources (spoofed, random sources are the usual kind).
+
+An alert names its source (or how many sources), its target, when it started, how many new
+flows it counted and their rate; a detection that goes on updates its alert, never adds a
+second one.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from flowscope.model import NewFlow
+
+WINDOW = 10.0
+"""Seconds of new flows a detection looks at."""
+SCAN_TARGETS = 20
+FLOOD_FLOWS = 200
+FLOOD_SOURCES = 50
+MAX_TRACKED = 100_000
+"""Events kept in the window at most (a flood must not grow the detector without bound)."""
+
+
+@dataclass(slots=True)
+class Alert:
+    """One detection, updated while it goes on."""
+
+    kind: str
+    """'port scan', 'host scan' or 'SYN flood'."""
+    source: str
+    """The scanner's address, or 'N sources' for a flood."""
+    target: str
+    """The scanned host (a port scan), 'N hosts' (a host scan) or host:port (a flood)."""
+    start: float
+    last: float
+    count: int
+    """New flows counted for it so far."""
+    filter: str
+    """The filter that shows its flows (Enter on the alert applies it)."""
+    targets: set[tuple[str, int]] = field(default_factory=set, repr=False)
+
+    @property
+    def rate(self) -> float:
+        """New flows per second over its life so far."""
+        return self.count / max(self.last - self.start, 1.0)
+
+
+class Detector:
+    """Scan and SYN-flood detection over a sliding window of new flows; ``alerts`` holds
+    every alert until ``acknowledge()``."""
+
+    def __init__(self) -> None:
+        self.window: collections.deque[NewFlow] = collections.deque()
+        self.by_source: dict[str, collections.Counter[tuple[str, int]]] = {}
+        self.by_target: dict[tuple[str, int], collections.Counter[str]] = {}
+        self.alerts: list[Alert] = []
+        self._open: dict[tuple[str, str], Alert] = {}
+
+    def feed(self, events: Iterable[NewFlow]) -> list[Alert]:
+        """Take new flows in (oldest first); returns the alerts raised by them (new ones)."""
+        raised: list[Alert] = []
+        for ev in events:
+            if ev.key.proto not in (6, 17):
+                continue
+            self._expire(ev.time)
+            self._add(ev)
+            raised += self._check(ev)
+        return raised
+
+    def acknowledge(self, alert: Alert) -> None:
+        """Take an alert off the list (a detection that goes on raises a new one)."""
+        if alert in self.alerts:
+            self.alerts.remove(alert)
+        for key, a in list(self._open.items()):
+            if a is alert:
+                del self._open[key]
+
+    # --- the window -------------------------------------------------------------------------
+
+    def _add(self, ev: NewFlow) -> None:
+        k = ev.key
+        self.window.append(ev)
+        self.by_source.setdefault(k.src, collections.Counter())[(k.dst, k.dport)] += 1
+        if k.proto == 6:
+            self.by_target.setdefault((k.dst, k.dport), collections.Counter())[k.src] += 1
+        while len(self.window) > MAX_TRACKED:
+            self._drop(self.window.popleft())
+
+    def _expire(self, now: float) -> None:
+        while self.window and self.window[0].time < now - WINDOW:
+            self._drop(self.window.popleft())
+
+    def _drop(self, ev: NewFlow) -> None:
+        k = ev.key
+        if k.proto == 6:
+            sources = self.by_target.get((k.dst, k.dport))
+            if sources is not None:
+                sources[k.src] -= 1
+                if sources[k.src] <= 0:
+                    del sources[k.src]
+                if not sources:
+                    del self.by_target[(k.dst, k.dport)]
+        targets = self.by_source.get(k.src)
+        if targets is not None:
+            targets[(k.dst, k.dport)] -= 1
+            if targets[(k.dst, k.dport)] <= 0:
+                del targets[(k.dst, k.dport)]
+            if not targets:
+                del self.by_source[k.src]
+
+    # --- the rules --------------------------------------------------------------------------
+
+    def _check(self, ev: NewFlow) -> list[Alert]:
+        k = ev.key
+        raised: list[Alert] = []
+        targets = self.by_source.get(k.src, collections.Counter())
+        if len(targets) >= SCAN_TARGETS:
+            hosts = {h for h, _ in targets}
+            kind = "port scan" if len(hosts) <= max(1, len(targets) // 4) else "host scan"
+            alert = self._open.get(("scan", k.src))
+            if alert is None:
+                first = min((e.time for e in self.window if e.key.src == k.src), default=ev.time)
+                target = k.dst if kind == "port scan" else f"{len(hosts)} hosts"
+                alert = Alert(kind, k.src, target, first, ev.time, 0, f"src {k.src}")
+                alert.targets = set(targets)
+                alert.count = len(targets)
+                self._open[("scan", k.src)] = alert
+                self.alerts.append(alert)
+                raised.append(alert)
+            elif (k.dst, k.dport) not in alert.targets:
+                alert.targets.add((k.dst, k.dport))
+                alert.count += 1
+            alert.last = ev.time
+        if k.proto == 6:
+            sources = self.by_target.get((k.dst, k.dport))
+            if (
+                sources is not None
+                and sum(sources.values()) >= FLOOD_FLOWS
+                and len(sources) >= FLOOD_SOURCES
+            ):
+                name = f"{k.dst}:{k.dport}" if ":" not in k.dst else f"[{k.dst}]:{k.dport}"
+                alert = self._open.get(("flood", name))
+                if alert is None:
+                    aim = (k.dst, k.dport)
+                    first = min(
+                        (e.time for e in self.window if (e.key.dst, e.key.dport) == aim),
+                        default=ev.time,
+                    )
+                    alert = Alert(
+                        "SYN flood",
+                        f"{len(sources)} sources",
+                        name,
+                        first,
+                        ev.time,
+                        sum(sources.values()),
+                        f"tcp and dst host {k.dst} and dst port {k.dport}",
+                    )
+                    self._open[("flood", name)] = alert
+                    self.alerts.append(alert)
+                    raised.append(alert)
+                else:
+                    alert.count += 1
+                    alert.source = f"{max(len(sources), int(alert.source.split()[0]))} sources"
+                alert.last = ev.time
+        return raised
