@@ -21,7 +21,7 @@ GROUPS: dict[str, str] = {
     "src": "source host",
     "dst": "destination host",
     "pair": "conversation",
-    "dport": "destination port",
+    "dport": "destination port",  # and direction: ↓ received (our services), ↑ sent
     "proto": "protocol",
 }
 """Group-by choices, in the order the toggle key cycles through them, with their labels."""
@@ -236,7 +236,9 @@ def _group(fr: FlowFrame, group: str) -> _Groups:
         dst = np.where(out_mask[:, None], fr.dst, fr.src)
         key = _as_bytes(fr.family, src, dst)
     elif group == "dport":
-        key = _as_bytes(fr.proto, fr.dport)
+        # by direction too: a sent flow's destination port is its peer's (a client's
+        # ephemeral port when this host serves), so received and sent stay apart
+        key = _as_bytes(fr.proto, fr.dport, fr.direction)
     elif group == "proto":
         key = _as_bytes(fr.proto)
     else:
@@ -302,7 +304,9 @@ def _members(fr: FlowFrame, group: str, ident: tuple[object, ...]) -> np.ndarray
             one_way = _host(fr.src, fr, a) & _host(fr.dst, fr, b)
             return np.asarray(one_way | (_host(fr.src, fr, b) & _host(fr.dst, fr, a)), bool)
         if group == "dport":
-            return np.asarray((fr.proto == ident[1]) & (fr.dport == ident[2]), bool)
+            return np.asarray(
+                (fr.proto == ident[1]) & (fr.dport == ident[2]) & (fr.direction == ident[3]), bool
+            )
         if group == "proto":
             return np.asarray(fr.proto == ident[1], bool)
     except ValueError:
@@ -388,8 +392,8 @@ def _row(fr: FlowFrame, g: _Groups, i: int, group: str) -> Row:
         src = dst = None
         proto = int(fr.proto[r])
         if group == "dport":
-            dport = int(fr.dport[r])
-            ident = ("dport", proto, dport)
+            dport, direction = int(fr.dport[r]), int(fr.direction[r])
+            ident = ("dport", proto, dport, direction)
         else:
             ident = ("proto", proto)
     return Row(

@@ -139,3 +139,19 @@ def test_a_hundred_thousand_flows_make_only_top_n_rows() -> None:
     big = FRAME.take(np.resize(np.arange(len(FRAME)), 100_000))
     view = compute(big, ViewSpec(top=50, filter=parse("tcp")))
     assert len(view.rows) == 50 and view.matched == int((big.proto == 6).sum())
+
+
+def test_destination_ports_of_received_and_sent_flows_stay_apart() -> None:
+    """Issue #13: grouped by destination port, the client ports of what the server sends were
+    mixed in with its services. Each row is one (protocol, port, direction); its protocol cell
+    says which (↓ received: a service of ours, ↑ sent: a peer's port)."""
+    from flowscope.ui.cells import cell
+
+    rows = compute(FRAME, ViewSpec(group="dport", top=10_000)).rows
+    https = [r for r in rows if r.dport == 443 and r.proto == 6]
+    assert [cell(r, "proto", width=6) for r in https] == ["↓tcp"]
+    received = FRAME.dport[(FRAME.direction == 0) & (FRAME.dport == 443) & (FRAME.proto == 6)]
+    assert https[0].flows == len(received)
+    client = next(r for r in rows if r.dport == 50412)
+    assert cell(client, "proto", width=6) == "↑tcp"
+    assert find(FRAME, "dport", client.ident, NAMES) == client
