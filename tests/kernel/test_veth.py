@@ -366,9 +366,10 @@ def test_signal_prints_flows_and_detaches(net: VethNamespace, sig: signal.Signal
         proc.communicate()
     assert proc.returncode == 0, err
     assert "Traceback" not in err
-    flow = f"udp {net.peer_ip4}:40040 -> {net.host_ip4}:5040 vlan 0  3 pkts 300 bytes"
+    flow = f"↓udp {net.peer_ip4}:40040 -> {net.host_ip4}:5040 vlan 0  3 pkts 300 bytes"
     assert flow in [line.strip() for line in out.splitlines()], out
-    assert "'flows_created': " in out.splitlines()[-1]
+    assert out.splitlines()[-1].startswith("counters: packets ")
+    assert " flows_created 2 " in out.splitlines()[-1]
     assert xdp_prog_id(net.host_if) == 0
 
 
