@@ -37,53 +37,28 @@ backlog that is written away by the next tick is the ordinary pace of a busy sec
 
 @dataclass(frozen=True, slots=True)
 class EventRow:
-    """A new-flow event as the filter reads a row (filter.FlowRow): its first packet."""
+    """A new-flow event as the filter reads a row (filter.FlowRow): its first packet (the
+    event carries no TCP flags)."""
 
-    event: NewFlow
+    src: str
+    dst: str
+    sport: int
+    dport: int
+    proto: int
+    vlan: int
+    iface: str
+    packets: int
+    bytes: int
+    tcp_flags: int
+    direction: str
 
-    @property
-    def src(self) -> str:
-        return self.event.key.src
-
-    @property
-    def dst(self) -> str:
-        return self.event.key.dst
-
-    @property
-    def sport(self) -> int:
-        return self.event.key.sport
-
-    @property
-    def dport(self) -> int:
-        return self.event.key.dport
-
-    @property
-    def proto(self) -> int:
-        return self.event.key.proto
-
-    @property
-    def vlan(self) -> int:
-        return self.event.key.vlan
-
-    @property
-    def iface(self) -> str:
-        return self.event.iface
-
-    @property
-    def packets(self) -> int:
-        return 1
-
-    @property
-    def bytes(self) -> int:
-        return self.event.length
-
-    @property
-    def tcp_flags(self) -> int:
-        return 0  # the event does not carry them
-
-    @property
-    def direction(self) -> str:
-        return abi.DIRECTION_NAMES[self.event.key.direction]
+    @classmethod
+    def of(cls, ev: NewFlow) -> EventRow:
+        k = ev.key
+        direction = abi.DIRECTION_NAMES[k.direction]
+        return cls(
+            k.src, k.dst, k.sport, k.dport, k.proto, k.vlan, ev.iface, 1, ev.length, 0, direction
+        )
 
 
 @dataclass(slots=True)
@@ -152,7 +127,7 @@ class LiveState:
     def feed_matching(self, flt: Filter | None) -> Iterator[NewFlow]:
         """The feed, newest first, only what ``flt`` matches (the event's first packet)."""
         for ev in self.feed:
-            if flt is None or flt.matches(EventRow(ev)):
+            if flt is None or flt.matches(EventRow.of(ev)):
                 yield ev
 
     @property

@@ -45,17 +45,32 @@ def frames(net: VethNamespace, n: int) -> list[bytes]:
     ]
 
 
+class Traffic:
+    """``batch`` sent from the namespace every ``every`` seconds, in a thread, from start()
+    until stop()."""
+
+    def __init__(self, net: VethNamespace, batch: list[bytes], every: float) -> None:
+        self._stop = threading.Event()
+
+        def send() -> None:
+            while not self._stop.is_set():
+                net.send_frames(batch)
+                time.sleep(every)
+
+        self._thread = threading.Thread(target=send, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+
+
 def test_live_console_shows_rates_and_q_detaches(net: VethNamespace) -> None:
     session = f"fslive{uuid.uuid4().hex[:8]}"
-    stop = threading.Event()
-    batch = frames(net, 60)
-
-    def traffic() -> None:
-        while not stop.is_set():
-            net.send_frames(batch)
-            time.sleep(0.1)
-
-    sender = threading.Thread(target=traffic, daemon=True)
+    sender = Traffic(net, frames(net, 60), 0.1)
     port = free_port()
     cmd = f"{PYTHON} -m flowscope live -i {net.host_if} --no-db --metrics 127.0.0.1:{port}"
     tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "32", cmd)
@@ -87,9 +102,8 @@ def test_live_console_shows_rates_and_q_detaches(net: VethNamespace) -> None:
             raise AssertionError("flowscope live did not exit on q")
         assert xdp_prog_id(net.host_if) == 0
     finally:
-        stop.set()
+        sender.stop()
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
-        sender.join(10)
 
 
 def _wait_for(session: str, text: str, timeout: float = 30) -> str:
@@ -122,15 +136,7 @@ def test_at_80x24_group_filter_to_nothing_filter_again_resize_and_quit(
     status = tmp_path / "status"
     cmd = f"{PYTHON} -m flowscope live -i {net.host_if} --no-db; echo $? > {status}"
     tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24", "sh", "-c", cmd)
-    stop = threading.Event()
-    batch = frames(net, 30)
-
-    def traffic() -> None:
-        while not stop.is_set():
-            net.send_frames(batch)
-            time.sleep(0.2)
-
-    sender = threading.Thread(target=traffic, daemon=True)
+    sender = Traffic(net, frames(net, 30), 0.2)
     try:
         _wait_for(session, "(generic")
         sender.start()
@@ -155,10 +161,8 @@ def test_at_80x24_group_filter_to_nothing_filter_again_resize_and_quit(
         assert status.read_text().strip() == "0"
         assert xdp_prog_id(net.host_if) == 0
     finally:
-        stop.set()
+        sender.stop()
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
-        if sender.is_alive():
-            sender.join(10)
 
 
 def test_a_syn_scan_from_the_namespace_is_one_alert_still_listed_a_minute_later(
