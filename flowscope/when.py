@@ -25,8 +25,11 @@ MAX_DURATION = 100 * 365 * 86400.0
 FIRST_TIME, LAST_TIME = 0.0, 253402300799.0
 """The times history can store: 1970-01-01 to 9999-12-31T23:59:59Z."""
 
-_ZONE = r"(?P<zone>[zZ]|[+-]\d{2}(?::?\d{2})?)?"
+_ZONE_TEXT = r"[zZ]|[+-]\d{2}(?::?\d{2})?"
+_ZONE = rf"(?P<zone>{_ZONE_TEXT})?"
 _CLOCK = r"(?P<hour>\d{1,2}):(?P<minute>\d{2})(?::(?P<second>\d{2}(?:\.\d+)?))?"
+_ENDS_IN_CLOCK = re.compile(rf"{_CLOCK}$")
+_ENDS_IN_ZONE = re.compile(rf"{_CLOCK}(?P<zone>{_ZONE_TEXT})$")
 _TIME_OF_DAY = re.compile(rf"^{_CLOCK}{_ZONE}$")
 _DAY_WORD = re.compile(rf"^(?P<day>today|yesterday)(?:[ T]+{_CLOCK}{_ZONE})?$", re.IGNORECASE)
 HINT = "use 10m, 2h, 13:30, yesterday 03:00, 2026-11-22 03:10 or 2026-11-22T03:10:00Z"
@@ -48,6 +51,18 @@ def parse_duration(text: str, option: str = "--retain") -> float:
 Zone = tzinfo | None
 """A zone to read wall-clock times in; None is the machine's own (TZ respected), whose
 daylight-saving rules mktime knows for every date."""
+
+
+def share_zone(first: str, second: str) -> tuple[str, str]:
+    """The two ends of a range, a zone written once applying to both, as a reader takes it:
+    in ``2026-11-22T03:00..03:30Z`` both times are UTC."""
+    m = _ENDS_IN_ZONE.search(second)
+    if m and _ENDS_IN_CLOCK.search(first):
+        return first + m.group("zone"), second
+    m = _ENDS_IN_ZONE.search(first)
+    if m and second and _ENDS_IN_CLOCK.search(second):
+        return first, second + m.group("zone")
+    return first, second
 
 
 def local_zone(utc: bool = False) -> Zone:

@@ -6,7 +6,6 @@ query and the table's cell text can be tested and reused without an app running.
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from flowscope.errors import UsageError
 from flowscope.model import proto_name
 from flowscope.output import endpoint, human, human_bytes, human_rate, port_text, proto_text
 from flowscope.ui.cells import clip
-from flowscope.when import parse_when
+from flowscope.when import parse_when, share_zone
 
 # The preset ranges, by key: (label, seconds).
 SPANS: dict[str, tuple[str, float]] = {
@@ -141,7 +140,7 @@ def parse_range(text: str, now: float) -> TimeRange:
         raise _column_error(UsageError("type a range: 10m, 2h 1h, or ISO..ISO"), 1)
     start_col = len(text) - len(text.lstrip()) + 1
     until_col = text.find(second.strip(), start_col - 1 + len(first)) + 1
-    first, second = _share_zone(first.strip(), second.strip())
+    first, second = share_zone(first.strip(), second.strip())
     try:
         since = parse_when(first, "since", now)
     except UsageError as e:
@@ -160,22 +159,6 @@ def parse_range(text: str, now: float) -> TimeRange:
             start_col,
         )
     return TimeRange(since, until, raw)
-
-
-_ENDS_IN_CLOCK = re.compile(r"\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?$")
-_ENDS_IN_ZONE = re.compile(r"\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?([zZ]|[+-]\d{2}(?::?\d{2})?)$")
-
-
-def _share_zone(first: str, second: str) -> tuple[str, str]:
-    """A zone written once applies to both ends, as a reader takes it: in
-    ``2026-11-22T03:00..03:30Z`` both times are UTC."""
-    m = _ENDS_IN_ZONE.search(second)
-    if m and _ENDS_IN_CLOCK.search(first):
-        return first + m.group(1), second
-    m = _ENDS_IN_ZONE.search(first)
-    if m and second and _ENDS_IN_CLOCK.search(second):
-        return first, second + m.group(1)
-    return first, second
 
 
 def _one_time(text: str, now: float) -> bool:
