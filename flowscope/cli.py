@@ -752,33 +752,14 @@ def _history_cells(
     """The table cells of one history row: host:port pairs, the protocol after its
     direction's mark, first and last seen in the range (UTC; with the day when ``days``), human
     units; the interface only when the rows span several."""
-    from flowscope.model import proto_name
-    from flowscope.output import (
-        endpoint,
-        human,
-        human_bytes,
-        human_rate,
-        port_text,
-        proto_text,
-        time_of_day,
-    )
+    from flowscope.output import human, human_bytes, human_rate, time_of_day
+    from flowscope.ui.history_query import key_cells
 
-    cells: dict[str, str] = {}
-    if group_by == "flow":
-        cells["proto"] = proto_text(row["proto"], row["direction"])
-        cells["source"] = endpoint(row["src"], row["sport"], row["proto"])
-        cells["destination"] = endpoint(row["dst"], row["dport"], row["proto"])
+    cells = key_cells(row, group_by)
+    if group_by == "flow":  # the protocol first, as ss and nfdump have it
+        cells = {"proto": cells.pop("proto"), **cells}
         if iface:
             cells["iface"] = f"{row['iface']}" + (f".{row['vlan']}" if row["vlan"] else "")
-    else:
-        for col in ("host_a", "host_b", "src", "dst", "iface", "vlan"):
-            if col in row:
-                cells[col] = str(row[col])
-        for col in ("sport", "dport"):
-            if col in row:
-                cells[col] = port_text(row[col], row.get("proto"))
-        if "proto" in row:
-            cells["proto"] = proto_name(row["proto"])
     cells["first"] = time_of_day(row["first_seen"], days)
     cells["last"] = time_of_day(row["last_seen"], days)
     # the history screen's names: the IPv4 rows of a flow table then fit in 80 columns

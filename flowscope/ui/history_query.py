@@ -177,8 +177,10 @@ def _column_error(e: UsageError, column: int) -> UsageError:
 NUMERIC_COLUMNS = ("bytes", "rate", "pkts", "recs", "dport", "sport", "vlan")
 
 
-def row_cells(row: dict[str, Any], group_by: str) -> dict[str, str]:
-    """The cells of one history row, as the table shows them: who first, then how much."""
+def key_cells(row: dict[str, Any], group_by: str) -> dict[str, str]:
+    """Which flow or group a history row is, as every history table writes it (the screen's
+    and `flowscope history`'s): endpoints and the protocol after its direction for flows,
+    the grouping's columns otherwise."""
     cells: dict[str, str] = {}
     if group_by == "flow":
         cells["source"] = endpoint(row["src"], row["sport"], row["proto"])
@@ -193,6 +195,12 @@ def row_cells(row: dict[str, Any], group_by: str) -> dict[str, str]:
                 cells[col] = port_text(row[col], row.get("proto"))
         if "proto" in row:
             cells["proto"] = proto_name(row["proto"])
+    return cells
+
+
+def row_cells(row: dict[str, Any], group_by: str) -> dict[str, str]:
+    """The cells of one history row, as the table shows them: who first, then how much."""
+    cells = key_cells(row, group_by)
     cells["bytes"] = human_bytes(row["bytes"])
     cells["rate"] = human_rate(row["bps"])
     cells["pkts"] = human(row["packets"])
