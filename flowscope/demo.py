@@ -267,7 +267,7 @@ def run(
                 exports or Settings(),
                 flow_entries=settings.flow_entries,
                 writer=writer,
-                notice=None if not headless else note,
+                notice=note if headless else None,
             )
         except BaseException:
             writer.close()

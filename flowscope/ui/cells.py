@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from flowscope.model import proto_name, tcp_flags_text
-from flowscope.output import DIRECTION_MARKS, human
+from flowscope.output import DIRECTION_MARKS, ICMP, human
 from flowscope.output import port_text as number_text
 from flowscope.ui.names import service
 from flowscope.ui.view import Row
@@ -69,12 +69,17 @@ def clip(text: str, width: int) -> str:
     return text[:head] + "…" + text[len(text) - (width - 1 - head) :]
 
 
+def service_name(port: int, proto: int | None) -> str | None:
+    """The service a port is known for (``https``); None for ICMP, whose ports are not."""
+    return None if proto in ICMP else service(port, proto or 0)
+
+
 def port_text(port: int | None, proto: int | None, named: bool = True) -> str:
     """``443 https``; ICMP ports are type/code (``8/0``)."""
     if port is None:
         return ""
     text = number_text(port, proto)
-    name = service(port, proto or 0) if named and text == str(port) else None
+    name = service_name(port, proto) if named else None
     return f"{text} {name}" if name else text
 
 

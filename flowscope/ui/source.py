@@ -151,12 +151,7 @@ class RecorderSource:
         sink: Sink = self.sink or NullSink()
         on_tick: Callable[[Tick], None] | None = self._on_tick
         if self.exports is not None:
-            post = self._post
-
-            def notice(text: str) -> None:
-                post(Trouble(text))
-
-            self.exports.notice = notice
+            self.exports.notice = self._notice
             sink, on_tick = self.exports.sink(sink), self.exports.on_tick(on_tick)
         try:
             recorder.run(

@@ -24,7 +24,15 @@ from textual.widgets import Label, Sparkline, Static
 from flowscope.filter import Filter
 from flowscope.model import proto_name, tcp_flags_text
 from flowscope.output import endpoint, human, human_rate
-from flowscope.ui.cells import HEADERS, IDENTITY, NUMERIC, PAIR_HEADERS, age_text, port_text
+from flowscope.ui.cells import (
+    HEADERS,
+    IDENTITY,
+    NUMERIC,
+    PAIR_HEADERS,
+    age_text,
+    port_text,
+    service_name,
+)
 from flowscope.ui.messages import HeaderSelected, RowHighlighted, RowSelected
 from flowscope.ui.state import LOSS_COUNTERS, LiveState
 from flowscope.ui.view import GROUPS, Row
@@ -495,7 +503,8 @@ class NewFlowsFeed(Static):
             src = (name_of(k.src) if name_of else None) or k.src
             dst = (name_of(k.dst) if name_of else None) or k.dst
             when = time.strftime("%H:%M:%S", time.gmtime(ev.time))
-            name = port_text(k.dport, k.proto)[len(port_text(k.dport, k.proto, named=False)) :]
+            svc = service_name(k.dport, k.proto)
+            name = f" {svc}" if svc else ""
             p += ["\n", (when + " ", "$text-muted"), f"{proto_name(k.proto):<5} "]
             p.append(f"{endpoint(src, k.sport, k.proto)} → {endpoint(dst, k.dport, k.proto)}{name}")
             if ev.map_full:
