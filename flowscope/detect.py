@@ -51,6 +51,8 @@ class Alert:
     filter: str
     """The filter that shows its flows (Enter on the alert applies it)."""
     targets: set[tuple[str, int]] = field(default_factory=set, repr=False)
+    sources: int = 0
+    """A flood's most distinct sources in one window so far (``source`` says it in words)."""
 
     @property
     def rate(self) -> float:
@@ -167,12 +169,14 @@ class Detector:
                         ev.time,
                         sum(sources.values()),
                         f"tcp and dst host {k.dst} and dst port {k.dport}",
+                        sources=len(sources),
                     )
                     self._open[("flood", name)] = alert
                     self.alerts.append(alert)
                     raised.append(alert)
                 else:
                     alert.count += 1
-                    alert.source = f"{max(len(sources), int(alert.source.split()[0]))} sources"
+                    alert.sources = max(alert.sources, len(sources))
+                    alert.source = f"{alert.sources} sources"
                 alert.last = ev.time
         return raised
