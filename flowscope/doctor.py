@@ -254,14 +254,14 @@ def interface_checks(facts: InterfaceFacts) -> list[Check]:
     if facts.xdp_prog_id:
         from flowscope.probe.attach import xdp_program
 
-        what = xdp_program(facts.xdp_prog_id)
-        if what.startswith("flowscope's"):
-            lines.append(ok(f"{n}: XDP program", f"{what} is attached"))
+        prog = xdp_program(facts.xdp_prog_id)
+        if prog.ours:
+            lines.append(ok(f"{n}: XDP program", f"{prog} is attached"))
         else:
             lines.append(
                 warn(
                     f"{n}: XDP program",
-                    f"{what} is attached",
+                    f"{prog} is attached",
                     "flowscope will not replace it unless told --force",
                 )
             )

@@ -112,16 +112,36 @@ FLOWSCOPE_XDP = "flowscope_xdp"
 the kernel keeps 15 characters)."""
 
 
-def xdp_program(prog_id: int) -> str:
+@dataclass(frozen=True, slots=True)
+class XdpProgram:
     """An attached XDP program as an operator should read it: flowscope's own (another
     flowscope is watching), or someone else's, by the name the kernel reports and its id."""
+
+    id: int
+    name: str | None
+
+    @property
+    def ours(self) -> bool:
+        return self.name == FLOWSCOPE_XDP
+
+    @property
+    def label(self) -> str:
+        """``the XDP program 'xdp_ddos'``, ``flowscope's XDP program``."""
+        if self.ours:
+            return "flowscope's XDP program"
+        return f"the XDP program {self.name!r}" if self.name else "an XDP program"
+
+    def __str__(self) -> str:
+        whose = ": another flowscope record, live or demo" if self.ours else ""
+        return f"{self.label} (id {self.id}{whose})"
+
+
+def xdp_program(prog_id: int) -> XdpProgram:
+    """The program of this id, named as the kernel names it (None when it cannot say)."""
     try:
-        name = libbpf.prog_name(prog_id)
+        return XdpProgram(prog_id, libbpf.prog_name(prog_id))
     except FlowscopeError:
-        name = None
-    if name == FLOWSCOPE_XDP:
-        return f"flowscope's XDP program (id {prog_id}: another flowscope record, live or demo)"
-    return f"the XDP program {name!r} (id {prog_id})" if name else f"an XDP program (id {prog_id})"
+        return XdpProgram(prog_id, None)
 
 
 def check_can_attach(ifname: str, force: bool) -> InterfaceInfo:
@@ -130,10 +150,10 @@ def check_can_attach(ifname: str, force: bool) -> InterfaceInfo:
     or a database is never opened for an attach that cannot happen."""
     info = interface_info(ifname)
     if info.xdp_prog_id and not force:
-        what = xdp_program(info.xdp_prog_id)
+        prog = xdp_program(info.xdp_prog_id)
         raise AttachError(
-            f"{ifname} already runs {what}, in {info.xdp_mode} mode",
-            f"--force would remove {what.split(' (')[0]} and whatever it does (a DDoS filter, a "
+            f"{ifname} already runs {prog}, in {info.xdp_mode} mode",
+            f"--force would remove {prog.label} and whatever it does (a DDoS filter, a "
             f"load balancer): look first with 'bpftool prog show id {info.xdp_prog_id}'",
         )
     return info
