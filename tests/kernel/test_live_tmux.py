@@ -122,8 +122,14 @@ def _filter(session: str, text: str) -> None:
     replace its text and submit."""
     tmux("send-keys", "-t", session, "/")
     _wait_for(session, "filter: ")
-    tmux("send-keys", "-t", session, "C-u")
-    tmux("send-keys", "-t", session, "-l", text)
+    for _ in range(5):  # until the bar shows what was typed: it takes focus a moment later
+        tmux("send-keys", "-t", session, "C-u")
+        tmux("send-keys", "-t", session, "-l", text)
+        try:
+            _wait_for(session, f"filter: {text}", timeout=2)
+            break
+        except AssertionError:
+            continue
     tmux("send-keys", "-t", session, "Enter")
 
 
