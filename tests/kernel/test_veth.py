@@ -369,7 +369,12 @@ def test_signal_prints_flows_and_detaches(net: VethNamespace, sig: signal.Signal
     flow = f"↓udp {net.peer_ip4}:40040 -> {net.host_ip4}:5040 vlan 0  3 pkts 300 bytes"
     assert flow in [line.strip() for line in out.splitlines()], out
     assert out.splitlines()[-1].startswith("counters: packets ")
-    assert " flows_created 2 " in out.splitlines()[-1]
+    # Besides the UDP flow and the host's ICMP unreachable replies, the kernel may send a
+    # packet of its own (an IPv6 multicast report) while dump runs: the counter must equal
+    # the flows dump printed, whatever they were.
+    printed = [line for line in out.splitlines()[:-1] if " vlan " in line]
+    assert len(printed) >= 2, out
+    assert f" flows_created {len(printed)} " in out.splitlines()[-1], out
     assert xdp_prog_id(net.host_if) == 0
 
 
