@@ -910,17 +910,29 @@ def history(
     show_default=True,
     help="Refuse a result longer than this (use LIMIT).",
 )
+@click.option(
+    "--max-memory",
+    type=click.IntRange(16, 1 << 20),
+    default=256,
+    show_default=True,
+    metavar="MIB",
+    help="Stop a statement, or refuse a result, that needs more memory than this.",
+)
 @click.argument("query")
-def sql(db: Path | None, fmt: str, timeout: float, max_rows: int, query: str) -> None:
+def sql(
+    db: Path | None, fmt: str, timeout: float, max_rows: int, max_memory: int, query: str
+) -> None:
     """Run one read-only SQL statement on the history database.
 
     Tables: flows, samples, events, flows_hourly (see README). Writes, ATTACH and pragmas
-    that change anything are refused; a statement runs at most --timeout seconds and returns
-    at most --max-rows rows."""
+    that change anything are refused; a statement runs at most --timeout seconds, uses at
+    most --max-memory MiB and returns at most --max-rows rows."""
     from flowscope import output
     from flowscope.store import default_db_path, read_sql
 
-    columns, rows = read_sql(db or default_db_path(), query, timeout=timeout, max_rows=max_rows)
+    columns, rows = read_sql(
+        db or default_db_path(), query, timeout=timeout, max_rows=max_rows, max_memory=max_memory
+    )
     if fmt == "json":
         output.write_json_lines([dict(zip(columns, r, strict=True)) for r in rows])
     elif fmt == "csv":

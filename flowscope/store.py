@@ -27,6 +27,7 @@ import random
 import re
 import sqlite3
 import stat
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -1553,7 +1554,30 @@ def _authorizer(
 SQL_TIMEOUT = 10.0
 """Seconds `flowscope sql` lets a statement run (--timeout)."""
 SQL_MAX_ROWS = 100_000
-"""Rows `flowscope sql` returns at most (--max-rows): a bound on its memory too."""
+"""Rows `flowscope sql` returns at most (--max-rows)."""
+SQL_MAX_MEMORY = 256
+"""MiB `flowscope sql` may use (--max-memory): SQLite's heap, and again the rows it returns."""
+_MIB = 1 << 20
+
+
+def _fetch_bounded(cur: sqlite3.Cursor, max_rows: int, max_bytes: int) -> list[tuple[Any, ...]]:
+    """The cursor's rows, refused with a UsageError past ``max_rows`` rows or past about
+    ``max_bytes`` of Python objects (a few wide rows can weigh more than many narrow ones)."""
+    rows: list[tuple[Any, ...]] = []
+    weight = 0
+    while batch := cur.fetchmany(min(1000, max_rows + 1 - len(rows))):
+        rows.extend(batch)
+        if len(rows) > max_rows:
+            raise UsageError(
+                f"sql: more than {max_rows} rows", "add a LIMIT or a WHERE, or raise --max-rows"
+            )
+        weight += sum(sys.getsizeof(row) + sum(map(sys.getsizeof, row)) for row in batch)
+        if weight > max_bytes:
+            raise UsageError(
+                f"sql: the result needs more than {max_bytes // _MIB} MiB",
+                "select fewer or narrower columns, or raise --max-memory",
+            )
+    return rows
 
 
 def read_sql(
@@ -1562,6 +1586,7 @@ def read_sql(
     *,
     timeout: float = SQL_TIMEOUT,
     max_rows: int = SQL_MAX_ROWS,
+    max_memory: int = SQL_MAX_MEMORY,
 ) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Run one statement on a read-only connection (URI mode=ro) with an authorizer that
     denies every write, ATTACH/DETACH and any pragma that would change something: the
@@ -1569,8 +1594,14 @@ def read_sql(
 
     A statement that runs longer than ``timeout`` seconds, or returns more than ``max_rows``
     rows, is stopped with a UsageError saying so; Ctrl-C stops it too (SQLite's progress
-    handler runs Python every few thousand steps, which is where the signal is raised)."""
+    handler runs Python every few thousand steps, which is where the signal is raised).
+
+    Memory is bounded twice by ``max_memory`` MiB: SQLite's heap (``PRAGMA hard_heap_limit``,
+    so a huge string or an in-memory sort fails with SQLITE_NOMEM instead of growing until
+    the machine swaps), and the rows handed back. SQLite's heap limit is for the whole
+    process and can only be lowered: `flowscope sql` is a process of its own."""
     conn = connect_readonly(path)
+    conn.execute(f"PRAGMA hard_heap_limit = {int(max_memory) * _MIB}")
     refused: list[str] = []
     deadline = time.monotonic() + timeout
     conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
@@ -1582,12 +1613,12 @@ def read_sql(
         conn.set_authorizer(_authorizer(refused))
         try:
             cur = conn.execute(query)
-            rows = cur.fetchmany(max_rows + 1)
-            if len(rows) > max_rows:
-                raise UsageError(
-                    f"sql: more than {max_rows} rows",
-                    "add a LIMIT or a WHERE, or raise --max-rows",
-                )
+            rows = _fetch_bounded(cur, max_rows, max_memory * _MIB)
+        except MemoryError as e:  # SQLITE_NOMEM: the heap limit was reached
+            raise UsageError(
+                f"sql: the statement needs more than {max_memory} MiB",
+                "narrow the query, or raise --max-memory",
+            ) from e
         except sqlite3.Warning as e:  # more than one statement
             raise UsageError(f"sql: {e}", "run one statement at a time") from e
         except sqlite3.Error as e:

@@ -152,6 +152,33 @@ def test_sql_stops_at_its_time_limit_and_its_row_limit(db: Path) -> None:
     assert result.stderr.startswith("flowscope: error: sql: more than 100000 rows")
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        # one value SQLite builds in its heap: a 600 MB string
+        "SELECT length(group_concat(printf('%0100d', x))) FROM "
+        "(WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
+        "SELECT x FROM c LIMIT 6000000)",
+        # a result within --max-rows whose rows are wide: 1,000 rows of 1 MB
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 1000) "
+        "SELECT x, zeroblob(1000000) FROM c",
+    ],
+    ids=["heap", "rows"],
+)
+def test_sql_stops_at_its_memory_limit(db: Path, query: str) -> None:
+    """The memory bound holds in SQLite's heap and in the rows handed back, and the
+    statement ends with one line and exit 2 rather than growing until the machine swaps.
+    (A subprocess: SQLite's heap limit is for the whole process.)"""
+    result = subprocess.run(
+        [sys.executable, "-m", "flowscope", "sql", "--db", str(db), "--max-memory", "64",
+         "--timeout", "120", query],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("flowscope: error: sql: ") and "more than 64 MiB" in line, line
+
+
 def test_ctrl_c_stops_a_running_sql_statement(db: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "flowscope", "sql", "--db", str(db), "--timeout", "600",
