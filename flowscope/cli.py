@@ -770,17 +770,37 @@ def _history_cells(
     return cells
 
 
-@main.command()
-@history_db_option
-@click.option(
+_since_option = click.option(
     "--since",
     default=None,
     metavar="WHEN",
     help="Start: 10m, 2h, 7d ago; 13:30, yesterday 03:00, 2026-11-22 03:10 (local time, TZ) or "
     "ISO 8601 with a zone.",
 )
-@click.option("--until", default=None, metavar="WHEN", help="End: as --since (default: now).")
-@click.option("--utc", is_flag=True, help="Read times without a zone as UTC, not local time.")
+_until_option = click.option(
+    "--until", default=None, metavar="WHEN", help="End: as --since (default: now)."
+)
+_utc_option = click.option(
+    "--utc", is_flag=True, help="Read times without a zone as UTC, not local time."
+)
+
+
+def _range(
+    since: str | None, until: str | None, utc: bool, now: float
+) -> tuple[float | None, float | None]:
+    """--since and --until as Unix seconds (None where not given)."""
+    from flowscope.when import parse_when
+
+    t_since = parse_when(since, "--since", now, utc=utc) if since is not None else None
+    t_until = parse_when(until, "--until", now, utc=utc) if until is not None else None
+    return t_since, t_until
+
+
+@main.command()
+@history_db_option
+@_since_option
+@_until_option
+@_utc_option
 @click.option(
     "--top",
     type=click.IntRange(0, MAX_ROWS),
@@ -832,11 +852,9 @@ def history(
     their Z."""
     from flowscope import output, store
     from flowscope.model import proto_name
-    from flowscope.when import parse_when
 
     now = time.time()
-    t_since = parse_when(since, "--since", now, utc=utc) if since is not None else None
-    t_until = parse_when(until, "--until", now, utc=utc) if until is not None else None
+    t_since, t_until = _range(since, until, utc, now)
     where: str | None = None
     params: list[object] = []
     conn = store.connect_readonly(db or store.default_db_path())
@@ -891,6 +909,63 @@ def history(
         title=title,
         droppable=("recs", "first", "last"),
     )
+
+
+@main.command()
+@history_db_option
+@_since_option
+@_until_option
+@_utc_option
+@_format_option
+def alerts(db: Path | None, since: str | None, until: str | None, utc: bool, fmt: str) -> None:
+    """Scans and SYN floods detected while recording, from the history database.
+
+    Every recording (record, live, replay --db, demo) watches its new connections: one source
+    reaching many ports or hosts within seconds is a scan, many sources opening connections
+    to one port is a SYN flood. Each alert is one row, kept up to date while it goes on:
+    start, last new flow, source, target, the new flows counted and their rate, and the filter
+    that shows its flows (`flowscope history --filter ...`). Lists the alerts going on at some
+    time in [--since, --until] (default: all). Times printed are UTC, with their Z."""
+    from flowscope import output, store
+
+    now = time.time()
+    t_since, t_until = _range(since, until, utc, now)
+    conn = store.connect_readonly(db or store.default_db_path())
+    try:
+        rows = store.alerts(conn, t_since, now if t_until is None else t_until)
+    finally:
+        conn.close()
+    for row in rows:
+        span = max(store.parse_iso(row["last"]) - store.parse_iso(row["start"]), 1.0)
+        row["rate"] = round(row["flows"] / span, 1)
+    if fmt == "json":
+        output.write_json_lines(rows)
+    elif fmt == "csv":
+        columns = [*store.ALERT_COLUMNS, "rate"]
+        output.write_csv(columns, [[r[c] for c in columns] for r in rows])
+    elif not rows:
+        click.echo("no alerts" + (f" since {store.iso_time(t_since)}" if t_since else ""))
+    else:
+        days = len({r["start"][:10] for r in rows} | {r["last"][:10] for r in rows}) > 1
+        output.write_table(
+            ["start", "last", "kind", "source", "target", "flows", "rate", "filter"],
+            [
+                [
+                    output.time_of_day(r["start"], days),
+                    output.time_of_day(r["last"], days),
+                    r["kind"],
+                    r["source"],
+                    r["target"],
+                    str(r["flows"]),
+                    f"{output.human(r['rate'])}/s",
+                    r["filter"],
+                ]
+                for r in rows
+            ],
+            right=("flows", "rate"),
+            title="alerts; times UTC; rate: new flows per second while it went on",
+            droppable=("filter", "last"),
+        )
 
 
 @main.command()

@@ -15,11 +15,16 @@ thread, and anything else (record, history) can feed it the same way.
 An alert names its source (or how many sources), its target, when it started, how many new
 flows it counted and their rate; a detection that goes on updates its alert, never adds a
 second one.
+
+Two users feed the same classes: the console (``ui.state``: alerts stay until acknowledged)
+and the history writer (``Watch``: alerts are written as they are raised and updated, and
+forgotten once quiet for a window, so a recording of weeks does not grow).
 """
 
 from __future__ import annotations
 
 import collections
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -32,12 +37,39 @@ FLOOD_FLOWS = 200
 FLOOD_SOURCES = 50
 MAX_TRACKED = 100_000
 """Events kept in the window at most (a flood must not grow the detector without bound)."""
+OPENED = 65_536
+"""Conversations remembered for telling a reply from a new connection."""
+
+
+class Openings:
+    """Tells a new connection from a reply: the first direction seen of a conversation opens
+    it; an event for the other direction (a reply, a victim's RST to a scan) is counted in
+    ``replies``, not taken as a connection of its own."""
+
+    def __init__(self, limit: int = OPENED) -> None:
+        self.limit = limit
+        self.replies = 0
+        self._seen: dict[tuple[object, ...], None] = {}
+        """The conversations opened so far (their opening direction), oldest first."""
+
+    def opens(self, ev: NewFlow) -> bool:
+        """True when ``ev`` opens a connection (and remember it), False for a reply."""
+        k = ev.key
+        if (k.family, k.dst, k.src, k.dport, k.sport, k.proto, k.vlan) in self._seen:
+            self.replies += 1
+            return False
+        self._seen[(k.family, k.src, k.dst, k.sport, k.dport, k.proto, k.vlan)] = None
+        if len(self._seen) > self.limit:
+            del self._seen[next(iter(self._seen))]
+        return True
 
 
 @dataclass(slots=True)
 class Alert:
     """One detection, updated while it goes on."""
 
+    id: int
+    """Its number in the detector that raised it (1, 2, ...)."""
     kind: str
     """'port scan', 'host scan' or 'SYN flood'."""
     source: str
@@ -70,6 +102,7 @@ class Detector:
         self.by_target: dict[tuple[str, int], collections.Counter[str]] = {}
         self.alerts: list[Alert] = []
         self._open: dict[tuple[str, str], Alert] = {}
+        self._ids = itertools.count(1)
 
     def feed(self, events: Iterable[NewFlow]) -> list[Alert]:
         """Take new flows in (oldest first); returns the alerts raised by them (new ones)."""
@@ -136,7 +169,9 @@ class Detector:
             if alert is None:
                 first = min((e.time for e in self.window if e.key.src == k.src), default=ev.time)
                 target = k.dst if kind == "port scan" else f"{len(hosts)} hosts"
-                alert = Alert(kind, k.src, target, first, ev.time, 0, f"src {k.src}")
+                alert = Alert(
+                    next(self._ids), kind, k.src, target, first, ev.time, 0, f"src {k.src}"
+                )
                 alert.targets = set(targets)
                 alert.count = len(targets)
                 self._open[("scan", k.src)] = alert
@@ -162,6 +197,7 @@ class Detector:
                         default=ev.time,
                     )
                     alert = Alert(
+                        next(self._ids),
                         "SYN flood",
                         f"{len(sources)} sources",
                         name,
@@ -180,3 +216,28 @@ class Detector:
                     alert.source = f"{alert.sources} sources"
                 alert.last = ev.time
         return raised
+
+
+class Watch:
+    """Detection for a recording (the history writer): new connections only (``Openings``),
+    and each tick's alerts that were raised or changed, to be written. An alert quiet for
+    WINDOW seconds (on the events' clock) is over and forgotten: if its source starts
+    again, that is a new alert."""
+
+    def __init__(self) -> None:
+        self.openings = Openings()
+        self.detector = Detector()
+
+    def feed(self, events: Iterable[NewFlow]) -> list[Alert]:
+        """Take a tick's new-flow events in (oldest first); the alerts raised or updated by
+        them, oldest first."""
+        alerts = self.detector.alerts
+        before = {a.id: (a.count, a.last, a.source) for a in alerts}
+        opened = [ev for ev in events if self.openings.opens(ev)]
+        self.detector.feed(opened)
+        changed = [a for a in alerts if before.get(a.id) != (a.count, a.last, a.source)]
+        if opened:
+            now = opened[-1].time
+            for a in [a for a in alerts if a.last < now - WINDOW]:
+                self.detector.acknowledge(a)
+        return changed

@@ -2,7 +2,8 @@
 
 The database is one file (default ``$XDG_STATE_HOME/flowscope/flows.db``) that ``sqlite3`` and
 Datasette open as they are. Three tables hold what the collector produces: ``flows`` (one row per
-flow record), ``samples`` (one row per tick) and ``events`` (new-flow events); ``flows_hourly``
+flow record), ``samples`` (one row per tick) and ``events`` (new-flow events); ``alerts`` holds
+the scans and floods the writer detected in those events; ``flows_hourly``
 keeps per-hour totals of every flow, maintained in the same transaction as ``flows``, so that a
 top-N over a day of history reads thousands of rows instead of millions.
 
@@ -39,6 +40,7 @@ from typing import Any
 import sqlite_utils
 
 from flowscope import abi, window
+from flowscope.detect import Alert
 from flowscope.errors import FlowscopeError, UsageError
 from flowscope.model import FlowKey, FlowRecord, NewFlow, PendingFlows, Sample, pending_records
 from flowscope.when import parse_when
@@ -527,6 +529,20 @@ def _migration_6(db: sqlite_utils.Database) -> None:
     _rollup(db.conn)
 
 
+def _migration_7(db: sqlite_utils.Database) -> None:
+    """alerts: the scans and SYN floods the writer's detector raised (detect.Watch), one row
+    per alert of a recording (``session``, ``id``), updated while it goes on: its kind,
+    source, target, first and last new flow, the new flows counted, a flood's distinct
+    sources, and the filter that shows its flows."""
+    db.execute(
+        "CREATE TABLE alerts (session TEXT NOT NULL, id INTEGER NOT NULL, kind TEXT NOT NULL, "
+        "source TEXT NOT NULL, target TEXT NOT NULL, start TEXT NOT NULL, last TEXT NOT NULL, "
+        "flows INTEGER NOT NULL, sources INTEGER NOT NULL, filter TEXT NOT NULL, "
+        "PRIMARY KEY (session, id))"
+    )
+    db.execute("CREATE INDEX alerts_last ON alerts (last)")
+
+
 # Each entry upgrades the schema from version i to i + 1; user_version holds how many ran.
 # Never edit an entry once released: add a new one.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
@@ -536,6 +552,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_4,
     _migration_5,
     _migration_6,
+    _migration_7,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -569,6 +586,13 @@ _INSERT_SAMPLE = (
 _INSERT_EVENT = (
     f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
+)
+
+_UPSERT_ALERT = (
+    "INSERT INTO alerts (session, id, kind, source, target, start, last, flows, sources, "
+    "filter) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (session, id) DO UPDATE SET "
+    "source = excluded.source, last = excluded.last, flows = excluded.flows, "
+    "sources = excluded.sources"
 )
 
 
@@ -731,8 +755,10 @@ class Store:
         events: Sequence[NewFlow],
         records_dropped: int = 0,
         pending: Sequence[PendingFlows] | None = None,
+        alerts: Sequence[Alert] = (),
     ) -> None:
         """Write one collector tick in ONE transaction: all of it, or (on error) nothing.
+        ``alerts`` are the alerts the tick raised or updated (inserted, or updated in place).
 
         ``records_dropped`` is how many records the writer had to drop since the last sample
         it wrote; it goes into this tick's sample. ``pending`` (unless None) replaces this
@@ -779,6 +805,25 @@ class Store:
                 )
             if event_rows:
                 self.conn.executemany(_INSERT_EVENT, event_rows)
+            if alerts:
+                self.conn.executemany(
+                    _UPSERT_ALERT,
+                    [
+                        (
+                            self.session,
+                            a.id,
+                            a.kind,
+                            a.source,
+                            a.target,
+                            iso_time(a.start),
+                            iso_time(a.last),
+                            a.count,
+                            a.sources,
+                            a.filter,
+                        )
+                        for a in alerts
+                    ],
+                )
             if pending is not None:
                 self._replace_pending(pending_rows, sample)
 
@@ -836,6 +881,7 @@ class Store:
         )
         self.conn.execute("DELETE FROM samples WHERE time < ?", (cutoff,))
         self.conn.execute("DELETE FROM events WHERE time < ?", (cutoff,))
+        self.conn.execute("DELETE FROM alerts WHERE last < ?", (cutoff,))
         # Without AUTOINCREMENT, ids past a deleted maximum are used again: keep the rollup
         # mark at or below max(id) so new rows are never taken as rolled up already.
         self.conn.execute(
@@ -1309,6 +1355,26 @@ def history(conn: sqlite3.Connection, q: HistoryQuery, now: float | None = None)
         active = max((row.pop("active_ms") or 0) / 1000, MIN_ACTIVE_SECONDS)
         row["bps"] = row["bytes"] * 8 / active
     return HistoryResult(rows=rows, since=start, until=until, duration=duration)
+
+
+ALERT_COLUMNS = ("start", "last", "kind", "source", "target", "flows", "sources", "filter")
+
+
+def alerts(conn: sqlite3.Connection, since: float | None, until: float) -> list[dict[str, Any]]:
+    """The alerts that were going on at some time in [since, until], oldest first; a
+    database from before alerts were kept has none."""
+    if since is not None and since > until:
+        raise UsageError(f"--since {iso_time(since)} is later than --until {iso_time(until)}")
+    with translate_errors("cannot read alerts from", "the database"):
+        check_version(conn, "the database")
+        if not _has_table(conn, "alerts"):
+            return []
+        cur = conn.execute(
+            f"SELECT {', '.join(ALERT_COLUMNS)} FROM alerts WHERE last >= ? AND start <= ? "
+            "ORDER BY start, session, id",
+            (iso_time(since) if since is not None else "", iso_time(until)),
+        )
+        return [dict(zip(ALERT_COLUMNS, row, strict=True)) for row in cur]
 
 
 # --- benchmark hooks (flowscope bench) -----------------------------------------------------

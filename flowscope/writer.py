@@ -13,6 +13,11 @@ written in the tick's own transaction, so after a kill -9 the next writer turns 
 written with its own records, even when a newer one waits: records of one tick with the
 pending state of another would count a flow twice after a crash.
 
+The writer also watches for scans and SYN floods (detect.Watch) in the new-flow events it
+writes, on its own thread, and writes each alert raised or updated in the tick's transaction:
+history keeps the alerts of every recording, console or not. It sees the events it keeps: past
+the backlog bound, dropped events are not counted in alerts either.
+
 Two ways out are bounded, so that stopping always ends: ``close()`` gives up once writes have
 failed for ``CLOSE_STALL`` seconds in a row (or on a second Ctrl-C) and says in ``lost`` how
 many records did not make it; and an error that is not the database's (a bug, a bad setting)
@@ -22,12 +27,13 @@ ends the thread and is raised by ``check()`` in the collection loop, which then 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
+from flowscope.detect import Alert, Watch
 from flowscope.errors import FlowscopeError
 from flowscope.model import FlowRecord, NewFlow, PendingFlows, Sample
 from flowscope.store import Store, StoreError
@@ -37,12 +43,15 @@ CLOSE_STALL = 3.0
 """Seconds close() waits for a write to succeed before it gives up on the rest."""
 
 
-@dataclass(slots=True)
+@dataclasses.dataclass(slots=True)
 class _Tick:
     records: Sequence[FlowRecord]
     sample: Sample | None
     events: Sequence[NewFlow]
     pending: Sequence[PendingFlows] | None
+    alerts: Sequence[Alert] | None = None
+    """What the tick raised or changed, as written (None until the detector has seen it:
+    a write that fails and is retried must not feed the same events twice)."""
 
     @property
     def size(self) -> int:
@@ -101,6 +110,8 @@ class Writer:
         self.writes = 0
         self.write_seconds = 0.0
         self._unreported_drops = 0
+        self.watch = Watch()
+        """Scans and SYN floods in the events written (fed on the writer's thread)."""
         self._ticks: collections.deque[_Tick] = collections.deque()
         self._cond = threading.Condition()
         self._closing = False
@@ -246,9 +257,17 @@ class Writer:
     def _write(self, tick: _Tick) -> None:
         """Write the oldest tick; it leaves the queue only once committed."""
         drops = self._unreported_drops if tick.sample is not None else 0
+        if tick.alerts is None:
+            # copies: the detector goes on changing them while this tick waits for a retry
+            tick.alerts = [dataclasses.replace(a) for a in self.watch.feed(tick.events)]
         started = time.perf_counter()
         self.store.write_tick(
-            tick.records, tick.sample, tick.events, records_dropped=drops, pending=tick.pending
+            tick.records,
+            tick.sample,
+            tick.events,
+            records_dropped=drops,
+            pending=tick.pending,
+            alerts=tick.alerts,
         )
         elapsed = time.perf_counter() - started
         with self._cond:

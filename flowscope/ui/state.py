@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from flowscope import abi
 from flowscope.collector import Tick
-from flowscope.detect import Alert, Detector
+from flowscope.detect import Alert, Detector, Openings
 from flowscope.filter import Filter
 from flowscope.model import NewFlow, Sample
 from flowscope.ui.frame import FlowFrame
@@ -26,8 +26,6 @@ HISTORY = 300
 """Ticks of rate history kept (5 minutes at one tick a second)."""
 FEED = 500
 """New-flow events kept for the feed."""
-OPENED = 65_536
-"""Conversations remembered for telling a reply from a new connection."""
 LOSS_COUNTERS = ("map_full", "ringbuf_full", "malformed")
 """Kernel counters that mean flows or events were not seen; shown in a warning colour."""
 BEHIND_TICKS = 3
@@ -77,10 +75,8 @@ class LiveState:
     totals: collections.Counter[str] = field(default_factory=collections.Counter)
     row_history: dict[str, collections.deque[tuple[int, float]]] = field(default_factory=dict)
     interfaces: tuple[tuple[str, str], ...] = ()
-    replies: int = 0
-    """New-flow events left out of the feed because they answer a flow it already showed."""
-    opened: dict[tuple[object, ...], None] = field(default_factory=dict)
-    """The conversations the feed has shown (their opening direction), oldest first."""
+    openings: Openings = field(default_factory=Openings)
+    """Tells the feed's new connections from replies (which it counts, not lists)."""
     detector: Detector = field(default_factory=Detector)
     """Scans and SYN floods among the new connections; its alerts stay until acknowledged."""
     raised: list[Alert] = field(default_factory=list)
@@ -114,15 +110,15 @@ class LiveState:
         """One line per new connection: the first direction seen opens it; the other
         direction (a reply, a victim's RST to a scan) is counted, not listed. The feed reads
         newest first. True when ``ev`` opened a connection."""
-        k = ev.key
-        if (k.family, k.dst, k.src, k.dport, k.sport, k.proto, k.vlan) in self.opened:
-            self.replies += 1
+        if not self.openings.opens(ev):
             return False
-        self.opened[(k.family, k.src, k.dst, k.sport, k.dport, k.proto, k.vlan)] = None
-        if len(self.opened) > OPENED:
-            del self.opened[next(iter(self.opened))]
         self.feed.appendleft(ev)
         return True
+
+    @property
+    def replies(self) -> int:
+        """New-flow events left out of the feed because they answer a flow it already showed."""
+        return self.openings.replies
 
     def feed_matching(self, flt: Filter | None) -> Iterator[NewFlow]:
         """The feed, newest first, only what ``flt`` matches (the event's first packet)."""

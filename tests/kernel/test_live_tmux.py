@@ -4,6 +4,7 @@ the interface."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -25,6 +26,13 @@ pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux
 
 def tmux(*args: str) -> str:
     return subprocess.run(["tmux", *args], check=True, capture_output=True, text=True).stdout
+
+
+def tmux_alive(session: str) -> bool:
+    """The tmux session (and so the command in it) still runs."""
+    return (
+        subprocess.run(["tmux", "has-session", "-t", session], capture_output=True).returncode == 0
+    )
 
 
 @pytest.fixture
@@ -172,14 +180,16 @@ def test_at_80x24_group_filter_to_nothing_filter_again_resize_and_quit(
 
 
 def test_a_syn_scan_from_the_namespace_is_one_alert_still_listed_a_minute_later(
-    net: VethNamespace,
+    net: VethNamespace, tmp_path: Path
 ) -> None:
     """Issue #13: a SYN scan of 200 ports from the namespace, through the real program and
-    ring buffer, raises exactly one scan alert naming its source, listed 60 s later."""
+    ring buffer, raises exactly one scan alert naming its source, listed 60 s later; and
+    history holds that one alert (`flowscope alerts`) once the console has quit."""
     from scapy.layers.inet import TCP
 
     session = f"fslive{uuid.uuid4().hex[:8]}"
-    cmd = f"{PYTHON} -m flowscope live -i {net.host_if} --no-db"
+    db = tmp_path / "flows.db"
+    cmd = f"{PYTHON} -m flowscope live -i {net.host_if} --db {db}"
     tmux("new-session", "-d", "-s", session, "-x", "100", "-y", "30", cmd)
     try:
         _wait_for(session, "(generic")
@@ -201,5 +211,16 @@ def test_a_syn_scan_from_the_namespace_is_one_alert_still_listed_a_minute_later(
         row = next(line for line in screen.splitlines() if "port scan" in line)
         assert net.peer_ip4 in row and net.host_ip4 in row and " 200 " in f"{row} "
         tmux("send-keys", "-t", session, "q")
+        deadline = time.monotonic() + 20
+        while tmux_alive(session) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        out = subprocess.run(
+            [PYTHON, "-m", "flowscope", "alerts", "--db", str(db), "--format", "json"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        (alert,) = [json.loads(line) for line in out.splitlines()]
+        assert (alert["kind"], alert["source"], alert["target"], alert["flows"]) == (
+            "port scan", net.peer_ip4, net.host_ip4, 200
+        )  # fmt: skip
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)

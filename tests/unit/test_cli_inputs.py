@@ -107,6 +107,16 @@ def test_history_takes_any_text_without_a_traceback(db: Path, option: str, value
 @settings(
     max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
+@given(option=st.sampled_from(["--since", "--until", "--format"]), value=texts)
+@example("--since", "99999999999999d")
+@example("--until", "0001-01-01T00:00:00Z")
+def test_alerts_takes_any_text_without_a_traceback(db: Path, option: str, value: str) -> None:
+    check(["alerts", "--db", str(db), option, value])
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(query=texts, fmt=st.sampled_from(["table", "json", "csv"]))
 @example("SELECT x'00ff'", "json")
 def test_sql_takes_any_text_without_a_traceback(db: Path, query: str, fmt: str) -> None:

@@ -4,6 +4,8 @@ naming its source that stays listed."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -12,28 +14,36 @@ from flowscope import abi, detect
 from flowscope.model import FlowKey, NewFlow
 from flowscope.ui.sample import SCANNER, SERVER, scenario
 
-SOURCES = [f"198.18.1.{i}" for i in range(1, 7)]
+SOURCES = [f"198.18.1.{i}" for i in range(1, 5)]
 HOSTS = ["198.18.0.10", "198.18.0.11", "198.18.0.12"]
 
 
 @st.composite
 def streams(draw: st.DrawFn) -> list[NewFlow]:
-    """New flows in time order: few sources, hosts and ports, so that the small thresholds
-    below are crossed, missed, and crossed again after a window has passed."""
-    n = draw(st.integers(0, 60))
+    """New flows in time order, in bursts: one source to several targets (a scan in the
+    making), several sources to one target (a flood in the making) or anything; few sources,
+    hosts and ports, so that the small thresholds below are crossed, missed, and crossed again
+    after a window has passed (the gaps between bursts)."""
     t = 1_000.0
     out = []
-    for _ in range(n):
-        t += draw(st.sampled_from([0.0, 0.1, 0.5, 2.0, 6.0]))
-        key = FlowKey(
-            abi.AF_INET,
-            draw(st.sampled_from(SOURCES)),
-            draw(st.sampled_from(HOSTS)),
-            draw(st.integers(30000, 30003)),
-            draw(st.integers(1, 6)),
-            draw(st.sampled_from([6, 17, 1])),
-        )
-        out.append(NewFlow(t, key, "eth0", 60, False))
+    for _ in range(draw(st.integers(0, 8))):
+        kind = draw(st.sampled_from(["scan", "flood", "noise"]))
+        t += draw(st.sampled_from([0.0, 1.0, 12.0]))
+        step = draw(st.sampled_from([0.0, 0.1, 1.0, 3.0]))
+        src, dst, dport = (draw(st.sampled_from(SOURCES)), draw(st.sampled_from(HOSTS)),
+                           draw(st.integers(1, 6)))  # fmt: skip
+        proto = draw(st.sampled_from([6, 6, 17, 1]))
+        for _ in range(draw(st.integers(1, 12))):
+            t += step
+            key = FlowKey(
+                abi.AF_INET,
+                draw(st.sampled_from(SOURCES)) if kind != "scan" else src,
+                draw(st.sampled_from(HOSTS)) if kind != "flood" else dst,
+                draw(st.integers(30000, 30003)),
+                draw(st.integers(1, 6)) if kind != "flood" else dport,
+                proto if kind != "noise" else draw(st.sampled_from([6, 17, 1])),
+            )
+            out.append(NewFlow(t, key, "eth0", 60, False))
     return out
 
 
@@ -113,3 +123,78 @@ def test_the_scenarios_scan_is_one_alert_naming_its_source() -> None:
     (alert,) = state.detector.alerts
     assert (alert.kind, alert.source, alert.target) == ("port scan", SCANNER, SERVER)
     assert alert.count == 200 and alert.filter == f"src {SCANNER}"
+
+
+def reversed_key(k: FlowKey) -> FlowKey:
+    return FlowKey(k.family, k.dst, k.src, k.dport, k.sport, k.proto, k.vlan)
+
+
+@st.composite
+def conversations(draw: st.DrawFn) -> list[NewFlow]:
+    """A stream of new flows where some are the other direction of an earlier one (a reply)
+    and some repeat an earlier one (a flow that expired and came back)."""
+    out: list[NewFlow] = []
+    for ev in draw(streams()):
+        if out and draw(st.booleans()):
+            earlier = draw(st.sampled_from(out))
+            key = draw(st.sampled_from([earlier.key, reversed_key(earlier.key)]))
+            ev = NewFlow(ev.time, key, ev.iface, ev.length, False)
+        out.append(ev)
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=conversations())
+def test_openings_tell_replies_from_new_connections(events: list[NewFlow]) -> None:
+    """Against a model: an event opens a connection unless the other direction of the same
+    conversation opened one before it."""
+    openings = detect.Openings()
+    opened: list[FlowKey] = []
+    for ev in events:
+        expected = reversed_key(ev.key) not in opened
+        assert openings.opens(ev) == expected
+        if expected:
+            opened.append(ev.key)
+    assert openings.replies == len(events) - len(opened)
+
+
+def test_openings_forget_the_oldest_conversations_past_their_limit() -> None:
+    openings = detect.Openings(limit=2)
+    keys = [FlowKey(abi.AF_INET, SOURCES[0], HOSTS[0], 30000 + i, 22, 6) for i in range(3)]
+    for k in keys:
+        assert openings.opens(NewFlow(1.0, k, "eth0", 60, False))
+    # the first is forgotten: its reply now looks like a connection of its own
+    assert openings.opens(NewFlow(2.0, reversed_key(keys[0]), "eth0", 60, False))
+    assert not openings.opens(NewFlow(2.0, reversed_key(keys[2]), "eth0", 60, False))
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(events=conversations(), cuts=st.lists(st.integers(0, 60), max_size=4))
+def test_a_recordings_watch_writes_every_alert_as_it_ends_up(
+    small: None, events: list[NewFlow], cuts: list[int]
+) -> None:
+    """What the history writer stores: fold each tick's changed alerts into a table by id (an
+    upsert); at the end, the table holds every alert with its final state, the detections are
+    those the rules give for the new connections, and quiet alerts were let go."""
+    watch = detect.Watch()
+    table: dict[int, tuple[str, str, str, float, float, int]] = {}
+    raised: dict[int, detect.Alert] = {}
+    bounds = [0, *sorted(cuts), len(events)]
+    for lo, hi in itertools.pairwise(bounds):
+        for a in watch.feed(events[lo:hi]):
+            table[a.id] = (a.kind, a.source, a.target, a.start, a.last, a.count)
+            raised[a.id] = a
+    for a in raised.values():  # nothing changed without being handed to the writer
+        assert table[a.id] == (a.kind, a.source, a.target, a.start, a.last, a.count)
+    model_openings = detect.Openings()
+    opened = [ev for ev in events if model_openings.opens(ev)]
+    scans, floods = model(opened)
+    assert {s for k, s, *_ in table.values() if k.endswith("scan")} == scans
+    assert {t for k, _, t, *_ in table.values() if k == "SYN flood"} == {
+        f"{h}:{p}" for h, p in floods
+    }
+    if opened:
+        now = opened[-1].time
+        assert all(a.last >= now - detect.WINDOW for a in watch.detector.alerts)

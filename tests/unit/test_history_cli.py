@@ -453,3 +453,45 @@ def test_since_as_an_operator_types_it_in_the_local_zone(
     finally:
         monkeypatch.undo()
         when.local_zone()
+
+
+def test_alerts_lists_what_recordings_detected_in_every_format(tmp_path: Path) -> None:
+    """A recording that saw a 30-port scan (through the writer, as record and live write
+    it): `flowscope alerts` lists it once, as a table, JSON and CSV, and its filter shows the
+    scan's flows in `history`."""
+    from unittest import mock
+
+    from flowscope.model import NewFlow, Sample
+    from flowscope.writer import Writer
+
+    path = tmp_path / "flows.db"
+    t0 = NOW - 300
+    events = [
+        NewFlow(t0 + i * 0.1, FlowKey(abi.AF_INET, "198.18.9.9", IP, 50000, 1 + i, 6), "eth0",
+                60, False)
+        for i in range(30)
+    ]  # fmt: skip
+    w = Writer(path)
+    w.submit([rec("198.18.9.9", IP, 50000, 1 + i, 6, 1, 60, t0, t0) for i in range(30)],
+             Sample(t0 + 3, 1.0, 0.0, 0.0, 0, 30, {}), events)  # fmt: skip
+    assert w.close(timeout=10)
+    with mock.patch("flowscope.cli.time.time", return_value=NOW):
+        code, out, err = run("alerts", "--db", str(path), "--since", "10m")
+        assert code == 0, err
+        lines = out.splitlines()
+        assert lines[0] == "alerts; times UTC; rate: new flows per second while it went on"
+        assert lines[1].split() == [
+            "start", "last", "kind", "source", "target", "flows", "rate", "filter"
+        ]  # fmt: skip
+        start, last = store.iso_time(t0)[11:19], store.iso_time(t0 + 2.9)[11:19]
+        assert lines[2].split() == [start, last, "port", "scan", "198.18.9.9", IP, "30",
+                                    "10.3/s", "src", "198.18.9.9"]  # fmt: skip
+        code, out, _ = run("alerts", "--db", str(path), "--format", "json")
+        (row,) = [json.loads(x) for x in out.splitlines()]
+        assert row["kind"] == "port scan" and row["flows"] == 30 and row["rate"] == 10.3
+        code, out, _ = run("alerts", "--db", str(path), "--format", "csv")
+        assert out.splitlines()[0] == "start,last,kind,source,target,flows,sources,filter,rate"
+        code, out, _ = run("alerts", "--db", str(path), "--since", "1m")
+        assert (code, out) == (0, f"no alerts since {store.iso_time(NOW - 60)}\n")
+        flows = history_json(path, "--filter", row["filter"], "--top", "0")
+        assert len(flows) == 30

@@ -25,6 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flowscope import abi, store
+from flowscope.detect import Alert
 from flowscope.errors import FlowscopeError, UsageError
 from flowscope.model import (
     FlowBatch,
@@ -115,6 +116,11 @@ def test_schema_has_the_documented_tables_columns_and_indexes(db: Path) -> None:
     assert ("flows", ("last_seen",)) in indexed
     assert ("samples", ("time",)) in indexed
     assert ("events", ("time",)) in indexed
+    assert [c.name for c in d["alerts"].columns] == [
+        "session", "id", "kind", "source", "target", "start", "last", "flows", "sources", "filter"
+    ]  # fmt: skip
+    assert d["alerts"].pks == ["session", "id"]
+    assert ("alerts", ("last",)) in indexed
     assert ("flows_hourly", ("hour", *store.FLOW_KEY_COLUMNS)) in indexed
     for column in ("bytes", "packets", "records"):  # each hour's largest flows, for top N
         assert ("flows_hourly", ("hour", column)) in indexed
@@ -269,15 +275,21 @@ def test_parse_size_property(n: int, unit: str) -> None:
     assert store.parse_size(f"{n}{unit}") == n * factor
 
 
+def alert(n: int, start: float, last: float, count: int = 20) -> Alert:
+    return Alert(n, "port scan", "10.0.0.9", "10.0.0.1", start, last, count, "src 10.0.0.9")
+
+
 def test_prune_by_age_deletes_the_oldest_of_every_table(db: Path) -> None:
     with store.Store(db) as s:
         for day in range(5):
             t = T0 + day * 86400
-            s.write_tick([rec(first=t, last=t + 1)], sample(t), [event(t)])
+            s.write_tick(
+                [rec(first=t, last=t + 1)], sample(t), [event(t)], alerts=[alert(day, t, t + 1)]
+            )
         s.rollup()
         deleted = s.prune(retain_seconds=2.5 * 86400, max_bytes=None, now=T0 + 4 * 86400 + 2)
         assert deleted == 2
-        for table in ("flows", "samples", "events", "flows_hourly"):
+        for table in ("flows", "samples", "events", "flows_hourly", "alerts"):
             assert count(db, table) == 3, table
         oldest = s.conn.execute("SELECT min(last_seen) FROM flows").fetchone()[0]
         assert oldest == store.iso_time(T0 + 2 * 86400 + 1)
@@ -304,6 +316,100 @@ def test_prune_by_size_keeps_the_newest_and_shrinks_the_file(db: Path) -> None:
         s.prune(retain_seconds=None, max_bytes=1)
         s.write_tick([rec(nbytes=5, last=T0 + 99999)], None, [])
         assert s.rollup() == 1
+
+
+# --- alerts ---------------------------------------------------------------------------------
+
+
+def scan_events(start: float, ports: range, src: str = "10.0.0.9") -> list[NewFlow]:
+    """A SYN scan: one new flow per port from ``src`` to 10.0.0.1, 10 ms apart, each
+    answered by the scanned host (its RST: a reply, not a second scanner)."""
+    out = []
+    for i, port in enumerate(ports):
+        key = FlowKey(abi.AF_INET, src, "10.0.0.1", 50000, port, 6)
+        t = start + i * 0.01
+        out.append(NewFlow(t, key, "eth0", 60, False))
+        out.append(NewFlow(t + 0.001, FlowKey(abi.AF_INET, "10.0.0.1", src, port, 50000, 6),
+                           "eth0", 54, False))  # fmt: skip
+    return out
+
+
+def test_the_writer_keeps_a_scan_as_one_alert_up_to_date_even_across_failed_writes(
+    db: Path,
+) -> None:
+    """A 90-port scan over three ticks: one row naming the scanner, whose count ends at 90
+    new connections (the replies not counted); the second tick's write failed and was
+    retried, and still wrote its update (the detector sees each tick once)."""
+    s = store.Store(db)
+    s.conn.execute("PRAGMA busy_timeout = 20")
+    w = Writer(s, retry_interval=0.05)
+    w.submit([], sample(T0), scan_events(T0, range(1, 31)))
+    deadline = time.monotonic() + 5
+    while w.backlog and time.monotonic() < deadline:
+        time.sleep(0.01)
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        w.submit([], sample(T0 + 1), scan_events(T0 + 1, range(31, 61)))
+        while w.status is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert w.status is not None and "locked" in w.status
+        time.sleep(0.3)  # a few retries
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    while w.backlog and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with contextlib.closing(store.connect_readonly(db)) as c:
+        (row,) = store.alerts(c, None, T0 + 10)
+    assert row["flows"] == 60  # the retried tick wrote what it changed
+    w.submit([], sample(T0 + 2), scan_events(T0 + 2, range(61, 91)))
+    assert w.close(timeout=10)
+    with contextlib.closing(store.connect_readonly(db)) as c:
+        rows = store.alerts(c, None, T0 + 10)
+    assert rows == [
+        {
+            "start": store.iso_time(T0),
+            "last": store.iso_time(T0 + 2 + 29 * 0.01),
+            "kind": "port scan",
+            "source": "10.0.0.9",
+            "target": "10.0.0.1",
+            "flows": 90,
+            "sources": 0,
+            "filter": "src 10.0.0.9",
+        }
+    ]
+
+
+@given(
+    spans=st.lists(st.tuples(st.integers(0, 100), st.integers(0, 20)), max_size=8),
+    since=st.none() | st.integers(0, 130),
+    length=st.integers(0, 130),
+)
+def test_alerts_lists_exactly_those_going_on_in_the_range(
+    spans: list[tuple[int, int]], since: int | None, length: int
+) -> None:
+    """Against a model: an alert [start, last] is listed when it overlaps [since, until]."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "flows.db"
+        with store.Store(path) as s:
+            s.write_tick(
+                [],
+                None,
+                [],
+                alerts=[alert(i, T0 + a, T0 + a + d) for i, (a, d) in enumerate(spans)],
+            )
+        until = (since or 0) + length
+        with contextlib.closing(store.connect_readonly(path)) as c:
+            got = store.alerts(c, None if since is None else T0 + since, T0 + until)
+    expected = [  # oldest first, then in the order raised
+        (a, a + d)
+        for a, _, d in sorted((a, i, d) for i, (a, d) in enumerate(spans))
+        if a <= until and (since is None or a + d >= since)
+    ]
+    assert [(store.parse_iso(r["start"]) - T0, store.parse_iso(r["last"]) - T0) for r in got] == [
+        (float(a), float(b)) for a, b in expected
+    ]
 
 
 # --- the background writer --------------------------------------------------------------------
