@@ -820,7 +820,8 @@ def _range(
     type=click.Choice(["flow", "src", "dst", "pair", "sport", "dport", "proto", "iface", "vlan"]),
     default="flow",
     show_default=True,
-    help="Sum per flow, host, host pair (both directions), port, protocol, interface, VLAN.",
+    help="Sum per flow, host, host pair (both directions), port (received and sent apart: "
+    "↓tcp 443 is a service of ours, ↑tcp 50412 a peer's port), protocol, interface, VLAN.",
 )
 @click.option("--filter", "filter_text", default=None, metavar="EXPR", help="'dport 443 and tcp'")
 @_format_option

@@ -952,8 +952,10 @@ GROUPINGS: dict[str, tuple[tuple[str, str], ...]] = {
     "src": (("src", "src"),),
     "dst": (("dst", "dst"),),
     "pair": (("host_a", "min(src, dst)"), ("host_b", "max(src, dst)")),
-    "sport": (("sport", "sport"), ("proto", "proto")),
-    "dport": (("dport", "dport"), ("proto", "proto")),
+    # Ports per direction: received to our port 443 is a service of ours, sent to a peer's
+    # 50412 is its client port; summed together they would mean nothing.
+    "sport": (("sport", "sport"), ("proto", "proto"), ("direction", "direction")),
+    "dport": (("dport", "dport"), ("proto", "proto"), ("direction", "direction")),
     "proto": (("proto", "proto"),),
     "iface": (("iface", "iface"),),
     "vlan": (("vlan", "vlan"),),

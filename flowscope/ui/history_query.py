@@ -16,7 +16,6 @@ import numpy as np
 
 from flowscope import store, window
 from flowscope.errors import UsageError
-from flowscope.model import proto_name
 from flowscope.output import endpoint, human, human_bytes, human_rate, port_text, proto_text
 from flowscope.ui.cells import clip
 from flowscope.when import parse_when, share_zone
@@ -193,8 +192,8 @@ def key_cells(row: dict[str, Any], group_by: str) -> dict[str, str]:
         for col in ("sport", "dport"):
             if col in row:
                 cells[col] = port_text(row[col], row.get("proto"))
-        if "proto" in row:
-            cells["proto"] = proto_name(row["proto"])
+        if "proto" in row:  # a port grouping's ports are per direction: say which
+            cells["proto"] = proto_text(row["proto"], row.get("direction"))
     return cells
 
 

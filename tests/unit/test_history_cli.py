@@ -495,3 +495,36 @@ def test_alerts_lists_what_recordings_detected_in_every_format(tmp_path: Path) -
         assert (code, out) == (0, f"no alerts since {store.iso_time(NOW - 60)}\n")
         flows = history_json(path, "--filter", row["filter"], "--top", "0")
         assert len(flows) == 30
+
+
+def test_port_groupings_keep_our_services_apart_from_the_peers_ports(tmp_path: Path) -> None:
+    """A server's connection: received to its port 443 from a client's 50412, and its reply
+    sent to 50412. Grouped by destination port, 443 is a service of ours (↓) and 50412 a
+    peer's port (↑), two rows, never one mixed sum; the same for source ports."""
+    from unittest import mock
+
+    path = tmp_path / "flows.db"
+    t = NOW - 60
+    inbound = FlowKey(abi.AF_INET, "10.0.0.7", IP, 50412, 443, 6)
+    outbound = FlowKey(abi.AF_INET, IP, "10.0.0.7", 443, 50412, 6, direction=abi.DIR_EGRESS)
+    with store.Store(path) as s:
+        s.write_tick(
+            [
+                FlowRecord(inbound, "eth0", 10, 1000, 800, t - 10, t, 0, "idle"),
+                FlowRecord(outbound, "eth0", 20, 30000, 29600, t - 10, t, 0, "idle"),
+            ],
+            None,
+            [],
+        )
+    rows = history_json(path, "--group-by", "dport")
+    assert [(r["dport"], r["proto"], r["direction"], r["bytes"]) for r in rows] == [
+        (50412, "tcp", "egress", 30000),
+        (443, "tcp", "ingress", 1000),
+    ]
+    rows = history_json(path, "--group-by", "sport")
+    assert [(r["sport"], r["direction"]) for r in rows] == [(443, "egress"), (50412, "ingress")]
+    with mock.patch("flowscope.cli.time.time", return_value=NOW):
+        code, out, _ = run("history", "--db", str(path), "--group-by", "dport")
+    assert code == 0
+    lines = [line.split() for line in out.splitlines()[2:]]
+    assert [line[:2] for line in lines] == [["50412", "↑tcp"], ["443", "↓tcp"]]
