@@ -17,7 +17,7 @@ import numpy as np
 from flowscope import store, window
 from flowscope.errors import UsageError
 from flowscope.output import endpoint, human, human_bytes, human_rate, port_text, proto_text
-from flowscope.ui.cells import clip
+from flowscope.ui.cells import clip_column
 from flowscope.when import parse_when, share_zone
 
 # The preset ranges, by key: (label, seconds).
@@ -240,7 +240,11 @@ def fit_columns(
         given = min(need(c), spare // (len(text) - i))
         limits[c] = max(MIN_TEXT_COLUMN, given - 2 * padding)
         spare -= given
-    return cols, [{c: clip(row[c], limits.get(c, len(row[c]))) for c in cols} for row in cells]
+    fitted = [{c: row[c] for c in cols} for row in cells]
+    for c, limit in limits.items():  # cut in the middle, but different hosts never read the same
+        for row, clipped in zip(fitted, clip_column([r[c] for r in cells], limit), strict=True):
+            row[c] = clipped
+    return cols, fitted
 
 
 def row_key(row: dict[str, Any], group_by: str) -> str:
