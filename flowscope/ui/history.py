@@ -21,6 +21,7 @@ from typing import ClassVar
 
 from rich.text import Text
 from textual import on, work
+from textual.actions import SkipAction
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
@@ -90,9 +91,10 @@ class HistoryScreen(Screen[None]):
         Binding("1", "span('5m')", "5m/1h/24h", key_display="1-3"),
         Binding("2", "span('1h')", "last hour", show=False),
         Binding("3", "span('24h')", "last day", show=False),
-        Binding("r", "edit_range", "range"),
+        # priority, as the live screen's `/`: what is typed right after lands in the bar
+        Binding("r", "bar_key('range')", "range", priority=True),
         Binding("g", "cycle_group", "group"),
-        Binding("slash", "edit_filter", "filter", key_display="/"),
+        Binding("slash", "bar_key('filter')", "filter", key_display="/", priority=True),
         Binding("escape", "back", "back"),
         Binding("down", "table('cursor_down')", show=False),
         Binding("up", "table('cursor_up')", show=False),
@@ -355,11 +357,11 @@ class HistoryScreen(Screen[None]):
         self._refresh_labels()
         self._start_query()
 
-    def action_edit_filter(self) -> None:
-        self._open_bar("filter")
-
-    def action_edit_range(self) -> None:
-        self._open_bar("range")
+    def action_bar_key(self, which: str) -> None:
+        """`r` and `/` open their bar, unless typed into a bar (a range, a filter's net)."""
+        if isinstance(self.focused, Input):
+            raise SkipAction
+        self._open_bar(which)
 
     def action_table(self, action: str) -> None:
         getattr(self.query_one(DataTable), f"action_{action}")()
@@ -383,7 +385,7 @@ class HistoryScreen(Screen[None]):
         box = self.query_one(f"#{which}-input", Input)
         if which == "filter":
             box.value = self.filter.text
-        box.focus()
+        self.set_focus(box)  # now: keys typed in the same burst are queued already
         box.cursor_position = len(box.value)
 
     def _close_bars(self, refocus: bool = True) -> bool:

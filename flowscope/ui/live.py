@@ -8,6 +8,7 @@ import dataclasses
 from typing import TYPE_CHECKING, ClassVar
 
 from textual import on
+from textual.actions import SkipAction
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Container, Horizontal, Vertical
@@ -94,7 +95,9 @@ class LiveScreen(Screen[None]):
         Binding("f", "freeze", "freeze", show=False),
         Binding("g", "next_group(1)", "group"),
         Binding("G", "next_group(-1)", "group back", show=False),
-        Binding("slash", "open_filter", "filter"),
+        # priority: handled as the app reads the key, so that the keys typed after it in
+        # one burst already find the bar focused (see action_open_filter)
+        Binding("slash", "slash", "filter", key_display="/", priority=True),
         Binding("n", "names", "DNS", show=False),
         Binding("escape", "close_filter", "close", show=False),
         *[
@@ -278,13 +281,22 @@ class LiveScreen(Screen[None]):
         self.notify("reverse DNS on" if self.app.show_names else "addresses", timeout=2)
         self.redraw()
 
+    def action_slash(self) -> None:
+        """`/` opens the filter bar, unless it is typed into the bar (net 10.0.0.0/8)."""
+        if isinstance(self.focused, Input):
+            raise SkipAction
+        self.action_open_filter()
+
     def action_open_filter(self) -> None:
         bar = self.query_one(FilterBar)
         bar.add_class("-open")
         field = bar.query_one(Input)
         if self.spec.filter is not None and not field.value:
             field.value = self.spec.filter.text
-        field.focus()
+        # Focus now, not as field.focus() does (after the messages already queued): the keys
+        # typed in one burst with the `/` (or pasted) are queued already and must reach the
+        # bar, not the table, where `1` would sort.
+        self.set_focus(field)
 
     def action_close_filter(self) -> None:
         bar = self.query_one(FilterBar)

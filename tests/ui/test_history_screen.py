@@ -293,6 +293,28 @@ async def test_keys_typed_into_a_bar_are_text_not_commands(db: Path) -> None:
 
 
 @sync
+async def test_keys_typed_in_one_burst_with_the_bar_key_land_in_the_bar(db: Path) -> None:
+    """`r` and `/` and what follows them, queued at once (as a terminal delivers a burst or a
+    paste): every key lands in the bar, none is a command of the screen (`1` would pick the
+    last 5 minutes, `r` reopen the range)."""
+    from textual import events
+
+    names = {"/": "slash", " ": "space", ".": "full_stop", ":": "colon", "-": "minus",
+             "\r": "enter"}  # fmt: skip
+    async with app_for(db).run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        for ch in "r2026-11-22T02:25..2026-11-22T02:35\r":
+            pilot.app.post_message(events.Key(names.get(ch, ch), ch))
+        screen = await settle(pilot)
+        assert (screen.range.since, screen.range.until) == (NOW - 35 * 60, NOW - 25 * 60)
+        for ch in "/dport 1 or net 198.18.0.0/16":
+            pilot.app.post_message(events.Key(names.get(ch, ch), ch))
+        screen = await settle(pilot)
+        assert screen.query_one("#filter-input", Input).value == "dport 1 or net 198.18.0.0/16"
+        assert (screen.range.since, screen.range.until) == (NOW - 35 * 60, NOW - 25 * 60)
+
+
+@sync
 async def test_typed_range(db: Path) -> None:
     async with app_for(db).run_test(size=(80, 24)) as pilot:
         await settle(pilot)

@@ -575,3 +575,32 @@ async def test_a_scan_is_one_alert_that_stays_filters_the_table_and_can_be_ackno
         await pilot.press("a", "x", "escape")
         await pilot.pause()
         assert app.state.detector.alerts == [] and "ALERT" not in status_lines(app)[1]
+
+
+@synchronous
+async def test_keys_typed_right_after_slash_go_to_the_filter() -> None:
+    """An operator types `/port 1` and Enter in one burst (or pastes it): every key after `/`
+    lands in the filter bar, none reaches the table (where `1` would sort and `p` would not
+    be typed). The keys are queued together, as a terminal delivers a burst."""
+    from textual import events
+
+    app = console()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        sort = app.live.spec.sort
+        for ch in "/port 1":
+            name = {"/": "slash", " ": "space"}.get(ch, ch)
+            app.post_message(events.Key(name, ch))
+        app.post_message(events.Key("enter", "\r"))
+        await pilot.pause()
+        await pilot.pause()
+        assert app.live.spec.filter is not None and app.live.spec.filter.text == "port 1"
+        assert app.live.spec.sort == sort
+        # a "/" inside the filter is typed, not a second "open the filter"
+        for ch in "/net 198.18.0.0/16\r":
+            name = {"/": "slash", " ": "space", ".": "full_stop", "\r": "enter"}.get(ch, ch)
+            app.post_message(events.Key(name, ch))
+        await pilot.pause()
+        await pilot.pause()
+        assert app.live.spec.filter is not None
+        assert app.live.spec.filter.text == "net 198.18.0.0/16"
