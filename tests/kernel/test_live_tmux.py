@@ -126,18 +126,10 @@ def _wait_for(session: str, text: str, timeout: float = 30) -> str:
 
 
 def _filter(session: str, text: str) -> None:
-    """Open the filter bar, wait for it (keys typed before it has focus go to the table),
-    replace its text and submit."""
-    tmux("send-keys", "-t", session, "/")
-    _wait_for(session, "filter: ")
-    for _ in range(5):  # until the bar shows what was typed: it takes focus a moment later
-        tmux("send-keys", "-t", session, "C-u")
-        tmux("send-keys", "-t", session, "-l", text)
-        try:
-            _wait_for(session, f"filter: {text}", timeout=2)
-            break
-        except AssertionError:
-            continue
+    """Type `/`, the filter and Enter at once, without waiting for the bar to appear: as an
+    operator types (or pastes), every key after `/` must land in the bar. (The bar opens with
+    the filter in force selected, so typing replaces it.)"""
+    tmux("send-keys", "-t", session, "-l", f"/{text}")
     tmux("send-keys", "-t", session, "Enter")
 
 
