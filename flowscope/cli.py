@@ -547,6 +547,9 @@ def record(
         if writer.status:
             line += f"  [{writer.status}]"
         line += out.status()
+        for name, link in tick.links.items():  # as long as it lasts, not only when it changes
+            if link != "up":
+                line += f"  {name} {link.upper()}"
         sys.stderr.write("\r\033[K" + line)
         sys.stderr.flush()
 

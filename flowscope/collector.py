@@ -127,6 +127,9 @@ class Tick:
     pending: list[PendingFlows] = field(default_factory=list)
     """Per family, what the live flows hold that no record holds yet (what history keeps so
     that a crash loses at most one tick)."""
+    links: dict[str, str] = field(default_factory=dict)
+    """Each watched interface's state after the tick, 'up', 'down' or 'gone' (the recorder
+    fills it from its probe.links.LinkWatch; empty when nothing watches them)."""
 
 
 class Collector:

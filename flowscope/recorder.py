@@ -201,10 +201,13 @@ def _loop(
         summary.records += len(tick.records)
         summary.events += len(tick.events)
         summary.packets += tick.sample.counters.get("packets", 0)
+        changes = watch.changes() if watch is not None else []
         if on_tick is not None:
+            if watch is not None:  # a lasting state for status lines; the notice says it once
+                tick = dataclasses.replace(tick, links=dict(watch.states))
             on_tick(tick)
-        if watch is not None and on_notice is not None:
-            for text in watch.changes():
+        if on_notice is not None:
+            for text in changes:
                 on_notice(text)
         next_tick += interval
         if next_tick < time.monotonic():  # fell behind: do not try to catch up

@@ -75,6 +75,8 @@ class LiveState:
     totals: collections.Counter[str] = field(default_factory=collections.Counter)
     row_history: dict[str, collections.deque[tuple[int, float]]] = field(default_factory=dict)
     interfaces: tuple[tuple[str, str], ...] = ()
+    links: dict[str, str] = field(default_factory=dict)
+    """Each interface's state as of the last tick ('up', 'down', 'gone')."""
     openings: Openings = field(default_factory=Openings)
     """Tells the feed's new connections from replies (which it counts, not lists)."""
     detector: Detector = field(default_factory=Detector)
@@ -90,6 +92,7 @@ class LiveState:
         tick = msg.tick
         self.ticks += 1
         self.sample = tick.sample
+        self.links = tick.links
         self.writer = msg.writer
         self.backlogs.append(msg.writer.backlog if msg.writer is not None else 0)
         self.frame = FlowFrame.from_live(tick.live, msg.now_ns)

@@ -65,8 +65,13 @@ class StatusLine(Static):
     ) -> None:
         s = state.sample
         p: list[str | tuple[str, str]] = []
-        ifaces = " ".join(f"{n} ({m})" for n, m in state.interfaces) or "starting…"
-        p.append((ifaces, "bold"))
+        if not state.interfaces:
+            p.append(("starting…", "bold"))
+        for i, (name, mode) in enumerate(state.interfaces):
+            p.append(((" " if i else "") + f"{name} ({mode})", "bold"))
+            link = state.links.get(name, "up")
+            if link != "up":  # stays until it is up again: the notification said it once
+                p += [" ", (f" {link.upper()} ", "bold reverse $error")]
         up = int(state.uptime)
         p.append(f"  up {up // 3600}:{up % 3600 // 60:02d}:{up % 60:02d}")
         if s is not None:

@@ -216,3 +216,27 @@ def test_a_syn_scan_from_the_namespace_is_one_alert_still_listed_a_minute_later(
         )  # fmt: skip
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def test_an_interface_that_goes_down_is_on_the_status_line_while_it_is_down(
+    net: VethNamespace,
+) -> None:
+    """Issue #14: the console says an interface went down in a notification, and keeps
+    saying it on the status line for as long as it is down; up again, the mark goes."""
+    session = f"fslive{uuid.uuid4().hex[:8]}"
+    cmd = f"{PYTHON} -m flowscope live -i {net.host_if} --no-db"
+    tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd)
+    try:
+        _wait_for(session, "(generic")
+        subprocess.run(["ip", "link", "set", net.host_if, "down"], check=True)
+        _wait_for(session, f"{net.host_if} went down")
+        time.sleep(12)  # the notification has gone by now; the mark stays
+        screen = _wait_for(session, "(generic, egress)  DOWN")
+        assert "went down" not in screen
+        subprocess.run(["ip", "link", "set", net.host_if, "up"], check=True)
+        _wait_for(session, "is up again")
+        first = tmux("capture-pane", "-p", "-t", session).splitlines()[0]
+        assert "DOWN" not in first, first
+        tmux("send-keys", "-t", session, "q")
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)

@@ -604,3 +604,32 @@ async def test_keys_typed_right_after_slash_go_to_the_filter() -> None:
         await pilot.pause()
         assert app.live.spec.filter is not None
         assert app.live.spec.filter.text == "net 198.18.0.0/16"
+
+
+@synchronous
+async def test_an_interface_down_or_gone_stays_on_the_status_line_until_it_is_up() -> None:
+    """The notification says it once; the status line says it for as long as it lasts,
+    at 80 columns, before anything else on the first line."""
+
+    def with_links(ticks: list[TickArrived], states: list[str]) -> list[TickArrived]:
+        return [
+            TickArrived(dataclasses.replace(t.tick, links={"eth0": s}), t.now_ns, t.writer)
+            for t, s in zip(ticks, states, strict=True)
+        ]
+
+    for states, shown in [
+        (["up"] * 8 + ["down"] * 4, "eth0 (native)  DOWN"),
+        (["up"] * 8 + ["down"] * 2 + ["gone"] * 2, "eth0 (native)  GONE"),
+        (["up"] * 8 + ["down"] * 3 + ["up"], None),
+    ]:
+        app = console(with_links(scenario(12), states), preload=11)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            before = status_lines(app)[0]
+            app.source.step()
+            await pilot.pause()
+            line = status_lines(app)[0]
+            if shown is None:
+                assert "DOWN" not in line and "DOWN" in before
+            else:
+                assert line.startswith(f"{shown}   up ")
