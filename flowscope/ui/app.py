@@ -22,6 +22,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
 
+from flowscope.output import printable
 from flowscope.recorder import RecordSettings, Sink
 from flowscope.ui.cells import HEADERS
 from flowscope.ui.help import HelpScreen, filter_help
@@ -150,7 +151,7 @@ class FlowscopeApp(App[None]):
         self.notify(msg.error, title="collection stopped", severity="error", timeout=3600)
 
     def on_trouble(self, msg: Trouble) -> None:
-        self.notify(msg.text, severity="warning", timeout=10)
+        self.notify(printable(msg.text), severity="warning", timeout=10)
 
     def on_name_resolved(self, msg: NameResolved) -> None:
         self._names_dirty = True

@@ -23,7 +23,7 @@ from textual.widgets import Label, Sparkline, Static
 
 from flowscope.filter import Filter
 from flowscope.model import proto_name, tcp_flags_text
-from flowscope.output import endpoint, human, human_rate
+from flowscope.output import endpoint, human, human_rate, printable
 from flowscope.ui.cells import (
     HEADERS,
     IDENTITY,
@@ -68,7 +68,8 @@ class StatusLine(Static):
         if not state.interfaces:
             p.append(("starting…", "bold"))
         for i, (name, mode) in enumerate(state.interfaces):
-            p.append(((" " if i else "") + f"{name} ({mode})", "bold"))
+            # printable: Linux takes escape sequences in interface names
+            p.append(((" " if i else "") + f"{printable(name)} ({mode})", "bold"))
             link = state.links.get(name, "up")
             if link != "up":  # stays until it is up again: the notification said it once
                 p += [" ", (f" {link.upper()} ", "bold reverse $error")]

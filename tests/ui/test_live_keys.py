@@ -633,3 +633,14 @@ async def test_an_interface_down_or_gone_stays_on_the_status_line_until_it_is_up
                 assert "DOWN" not in line and "DOWN" in before
             else:
                 assert line.startswith(f"{shown}   up ")
+
+
+@synchronous
+async def test_control_characters_in_an_interface_name_are_shown_escaped() -> None:
+    """Linux takes almost any byte in an interface name (not "/", ":" or spaces): an escape
+    sequence in one is shown as text on the status line, never sent to the terminal."""
+    source = ReplaySource(scenario(3), interfaces=(("e\x1b[2Jx", "native"),))
+    app = make_app(source, clock=lambda: T0 - 1, lookup=lambda _: None)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert status_lines(app)[0].startswith("e\\x1b[2Jx (native)")
