@@ -948,7 +948,9 @@ def alerts(db: Path | None, since: str | None, until: str | None, utc: bool, fmt
         columns = [*store.ALERT_COLUMNS, "rate"]
         output.write_csv(columns, [[r[c] for c in columns] for r in rows])
     elif not rows:
-        click.echo("no alerts" + (f" since {store.iso_time(t_since)}" if t_since else ""))
+        since_text = f" since {store.iso_time(t_since)}" if t_since is not None else ""
+        until_text = f" until {store.iso_time(t_until)}" if t_until is not None else ""
+        click.echo(f"no alerts{since_text}{until_text}")
     else:
         days = len({r["start"][:10] for r in rows} | {r["last"][:10] for r in rows}) > 1
         output.write_table(
