@@ -127,7 +127,7 @@ class FlowscopeApp(App[None]):
     # --- messages from the collection thread ---------------------------------------------------
 
     def on_tick_arrived(self, msg: TickArrived) -> None:
-        tick = self.state.ingest(msg)
+        tick = self.state.ingest(msg.tick, msg.now_ns, msg.writer)
         self._report_trouble(msg)
         for alert in self.state.raised:
             self.notify(

@@ -11,18 +11,7 @@ from dataclasses import dataclass, field
 from textual.message import Message
 
 from flowscope.collector import Tick
-
-
-@dataclass(frozen=True, slots=True)
-class WriterState:
-    """What the history writer reports, read in the collection thread after each tick."""
-
-    backlog: int = 0
-    """Records waiting to be written."""
-    dropped: int = 0
-    """Records dropped since start because the backlog was full."""
-    status: str | None = None
-    """What is wrong with writing (None while all is well)."""
+from flowscope.ui.state import WriterState
 
 
 @dataclass

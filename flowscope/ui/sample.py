@@ -130,7 +130,7 @@ def _key(f: _Flow) -> FlowKey:
 def scenario(count: int = 90, *, writer_trouble_at: int | None = None) -> list[TickArrived]:
     """``count`` one-second ticks of the story above. ``writer_trouble_at``: from that tick on,
     the writer reports a full disk and dropped records (for the notification tests)."""
-    from flowscope.ui.messages import WriterState
+    from flowscope.ui.state import WriterState
 
     flows = _flows()
     packets = [0] * len(flows)

@@ -19,8 +19,9 @@ from textual.message import Message
 from flowscope.collector import Tick
 from flowscope.errors import FlowscopeError
 from flowscope.recorder import NullSink, RecordSettings, Sink
-from flowscope.ui.messages import Attached, CollectorFailed, TickArrived, Trouble, WriterState
+from flowscope.ui.messages import Attached, CollectorFailed, TickArrived, Trouble
 from flowscope.ui.sample import IFINDEX
+from flowscope.ui.state import WriterState
 
 if TYPE_CHECKING:
     from flowscope.exports import Exports

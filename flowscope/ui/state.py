@@ -3,7 +3,7 @@ feed and the running totals of the counters that mean lost visibility.
 
 Kept apart from the widgets so that it is plain Python (tested without a screen) and so that
 every screen (live, detail) reads the same state. Fed only on the UI thread, from TickArrived
-messages. No textual import here.
+messages. No textual import here (tests/unit/test_layers.py holds it to that).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from flowscope.detect import Alert, Detector, Openings
 from flowscope.filter import Filter
 from flowscope.model import NewFlow, Sample
 from flowscope.ui.frame import FlowFrame
-from flowscope.ui.messages import TickArrived, WriterState
 from flowscope.ui.view import Row
 
 HISTORY = 300
@@ -31,6 +30,18 @@ LOSS_COUNTERS = ("map_full", "ringbuf_full", "malformed")
 BEHIND_TICKS = 3
 """The writer is behind (a warning) when its backlog grew over this many ticks in a row: a
 backlog that is written away by the next tick is the ordinary pace of a busy second."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriterState:
+    """What the history writer reports, read in the collection thread after each tick."""
+
+    backlog: int = 0
+    """Records waiting to be written."""
+    dropped: int = 0
+    """Records dropped since start because the backlog was full."""
+    status: str | None = None
+    """What is wrong with writing (None while all is well)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,15 +98,14 @@ class LiveState:
         default_factory=lambda: collections.deque(maxlen=BEHIND_TICKS + 1)
     )
 
-    def ingest(self, msg: TickArrived) -> Tick:
-        """Take one tick in."""
-        tick = msg.tick
+    def ingest(self, tick: Tick, now_ns: int, writer: WriterState | None) -> Tick:
+        """Take one tick in (``now_ns``: the monotonic time it was taken, for flow ages)."""
         self.ticks += 1
         self.sample = tick.sample
         self.links = tick.links
-        self.writer = msg.writer
-        self.backlogs.append(msg.writer.backlog if msg.writer is not None else 0)
-        self.frame = FlowFrame.from_live(tick.live, msg.now_ns)
+        self.writer = writer
+        self.backlogs.append(writer.backlog if writer is not None else 0)
+        self.frame = FlowFrame.from_live(tick.live, now_ns)
         s = tick.sample
         self.bps.append(s.bps)
         self.new_flows.append(s.new_flows / s.interval if s.interval > 0 else 0.0)

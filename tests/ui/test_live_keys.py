@@ -14,9 +14,10 @@ from flowscope.ui.app import FlowscopeApp, make_app
 from flowscope.ui.detail import DetailScreen
 from flowscope.ui.help import HelpScreen
 from flowscope.ui.live import FilterBar
-from flowscope.ui.messages import TickArrived, WriterState
+from flowscope.ui.messages import TickArrived
 from flowscope.ui.sample import SCANNER, SERVER, T0, scenario
 from flowscope.ui.source import ReplaySource
+from flowscope.ui.state import WriterState
 from flowscope.ui.widgets import FlowTable, StatusLine
 from tests.ui.consoles import console, synchronous
 

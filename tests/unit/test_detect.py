@@ -119,7 +119,7 @@ def test_the_scenarios_scan_is_one_alert_naming_its_source() -> None:
 
     state = LiveState(clock_start=0.0)
     for msg in scenario(90):
-        state.ingest(msg)
+        state.ingest(msg.tick, msg.now_ns, msg.writer)
     (alert,) = state.detector.alerts
     assert (alert.kind, alert.source, alert.target) == ("port scan", SCANNER, SERVER)
     assert alert.count == 200 and alert.filter == f"src {SCANNER}"

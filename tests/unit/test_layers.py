@@ -19,6 +19,18 @@ CORE = [
     "flowscope.cli",
     "flowscope.capture",
     "flowscope.replay",
+    "flowscope.recorder",
+    "flowscope.detect",
+    "flowscope.filter",
+    "flowscope.store",
+    "flowscope.writer",
+    "flowscope.when",
+    # the console's plain-Python parts: its state and live query engine, tested headless
+    "flowscope.ui.state",
+    "flowscope.ui.view",
+    "flowscope.ui.frame",
+    "flowscope.ui.cells",
+    "flowscope.ui.history_query",
 ]
 
 
