@@ -320,66 +320,114 @@ def _try_connect(uri: str) -> sqlite3.Connection:
 # --- schema and migrations -----------------------------------------------------------------
 
 
+# The DDL of the released migrations, frozen as the text SQLite keeps (it was first built by
+# sqlite-utils' table.create(), whose output a new sqlite-utils may change): never edit.
+_MIGRATION_1_SQL = (
+    (
+        'CREATE TABLE "flows" (\n'
+        '   "id" INTEGER PRIMARY KEY,\n'
+        '   "iface" TEXT,\n'
+        "   \"direction\" TEXT NOT NULL DEFAULT 'ingress',\n"
+        '   "vlan" INTEGER,\n'
+        '   "family" INTEGER,\n'
+        '   "src" TEXT,\n'
+        '   "dst" TEXT,\n'
+        '   "sport" INTEGER,\n'
+        '   "dport" INTEGER,\n'
+        '   "proto" INTEGER,\n'
+        '   "first_seen" TEXT,\n'
+        '   "last_seen" TEXT,\n'
+        '   "packets" INTEGER,\n'
+        '   "bytes" INTEGER,\n'
+        '   "ip_bytes" INTEGER,\n'
+        '   "tcp_flags" INTEGER,\n'
+        '   "end_reason" TEXT\n'
+        ")"
+    ),
+    (
+        'CREATE TABLE "samples" (\n'
+        '   "time" TEXT,\n'
+        '   "interval" REAL,\n'
+        '   "bps" REAL,\n'
+        '   "pps" REAL,\n'
+        '   "active_flows" INTEGER,\n'
+        '   "new_flows" INTEGER,\n'
+        '   "packets" INTEGER,\n'
+        '   "flows_created" INTEGER,\n'
+        '   "non_ip" INTEGER,\n'
+        '   "malformed" INTEGER,\n'
+        '   "truncated" INTEGER,\n'
+        '   "map_full" INTEGER,\n'
+        '   "ringbuf_full" INTEGER,\n'
+        '   "records_dropped" INTEGER\n'
+        ")"
+    ),
+    (
+        'CREATE TABLE "events" (\n'
+        '   "time" TEXT,\n'
+        '   "iface" TEXT,\n'
+        '   "direction" TEXT,\n'
+        '   "vlan" INTEGER,\n'
+        '   "family" INTEGER,\n'
+        '   "src" TEXT,\n'
+        '   "dst" TEXT,\n'
+        '   "sport" INTEGER,\n'
+        '   "dport" INTEGER,\n'
+        '   "proto" INTEGER,\n'
+        '   "length" INTEGER,\n'
+        '   "map_full" INTEGER\n'
+        ")"
+    ),
+    ('CREATE INDEX "idx_flows_last_seen"\n    ON "flows" ("last_seen")'),
+    ('CREATE INDEX "idx_samples_time"\n    ON "samples" ("time")'),
+    ('CREATE INDEX "idx_events_time"\n    ON "events" ("time")'),
+)
+
+_MIGRATION_2_SQL = (
+    (
+        'CREATE TABLE "flows_hourly" (\n'
+        '   "hour" TEXT,\n'
+        '   "src" TEXT,\n'
+        '   "dst" TEXT,\n'
+        '   "sport" INTEGER,\n'
+        '   "dport" INTEGER,\n'
+        '   "proto" INTEGER,\n'
+        '   "iface" TEXT,\n'
+        '   "direction" TEXT,\n'
+        '   "vlan" INTEGER,\n'
+        '   "family" INTEGER,\n'
+        '   "packets" INTEGER,\n'
+        '   "bytes" INTEGER,\n'
+        '   "ip_bytes" INTEGER,\n'
+        '   "first_seen" TEXT,\n'
+        '   "last_seen" TEXT,\n'
+        '   "records" INTEGER\n'
+        ")"
+    ),
+    (
+        "CREATE UNIQUE INDEX "
+        '"idx_flows_hourly_hour_src_dst_sport_dport_proto_iface_direction_vlan_family"\n'
+        '    ON "flows_hourly" ("hour", "src", "dst", "sport", "dport", "proto", "iface", '
+        '"direction", "vlan", "family")'
+    ),
+    ('CREATE TABLE "rollup_state" (\n   "flows_id" INTEGER\n)'),
+)
+
+_MIGRATION_4_SQL = (
+    ('CREATE INDEX "idx_flows_hourly_hour_bytes"\n    ON "flows_hourly" ("hour", "bytes")'),
+    ('CREATE INDEX "idx_flows_hourly_hour_packets"\n    ON "flows_hourly" ("hour", "packets")'),
+    ('CREATE INDEX "idx_flows_hourly_hour_records"\n    ON "flows_hourly" ("hour", "records")'),
+)
+
+
 def _migration_1(db: sqlite_utils.Database) -> None:
-    """The three tables the collector writes, with indexes for time ranges."""
-    db.table("flows").create(
-        {
-            "id": int,
-            "iface": str,
-            "direction": str,
-            "vlan": int,
-            "family": int,
-            "src": str,
-            "dst": str,
-            "sport": int,
-            "dport": int,
-            "proto": int,
-            "first_seen": str,
-            "last_seen": str,
-            "packets": int,
-            "bytes": int,
-            "ip_bytes": int,
-            "tcp_flags": int,
-            "end_reason": str,
-        },
-        pk="id",
-        not_null={"direction"},
-        defaults={"direction": "ingress"},
-    )
-    db.table("samples").create(
-        {
-            "time": str,
-            "interval": float,
-            "bps": float,
-            "pps": float,
-            "active_flows": int,
-            "new_flows": int,
-            **dict.fromkeys(_COUNTER_COLUMNS_V1, int),
-            "records_dropped": int,
-        }
-    )
-    db.table("events").create(
-        {
-            "time": str,
-            "iface": str,
-            "direction": str,
-            "vlan": int,
-            "family": int,
-            "src": str,
-            "dst": str,
-            "sport": int,
-            "dport": int,
-            "proto": int,
-            "length": int,
-            "map_full": int,
-        }
-    )
-    # One index on flows: last_seen serves "since" ranges and pruning by age. Every index
-    # costs insert speed (a second one on first_seen took inserts from about 270,000 to
-    # 180,000 records per second here), and long ranges are read from flows_hourly anyway.
-    db.table("flows").create_index(["last_seen"])
-    db.table("samples").create_index(["time"])
-    db.table("events").create_index(["time"])
+    """The three tables the collector writes, with indexes for time ranges.
+
+    One index on flows: last_seen serves "since" ranges and pruning by age. Every index
+    costs insert speed (a second one on first_seen took inserts from about 270,000 to
+    180,000 records per second here), and long ranges are read from flows_hourly anyway."""
+    for statement in _MIGRATION_1_SQL:
+        db.execute(statement)
 
 
 _ROLLUP_SUMS = "packets, bytes, ip_bytes, first_seen, last_seen, records"
@@ -392,25 +440,10 @@ def _migration_2(db: sqlite_utils.Database) -> None:
     hour, so whole hours of a range are answered from here exactly. It is filled by
     Store.rollup() (the writer runs it every minute, off the insert path) up to the flows id
     kept in rollup_state; history reads newer records from flows itself. Backfilled here."""
-    db.table("flows_hourly").create(
-        {
-            "hour": str,
-            **{
-                c: (str if c in ("src", "dst", "iface", "direction") else int)
-                for c in FLOW_KEY_COLUMNS
-            },
-            "packets": int,
-            "bytes": int,
-            "ip_bytes": int,
-            "first_seen": str,
-            "last_seen": str,
-            "records": int,
-        }
-    )
     # The unique index is the upsert's conflict target and serves hour-range scans.
-    db.table("flows_hourly").create_index(["hour", *FLOW_KEY_COLUMNS], unique=True)
-    db.table("rollup_state").create({"flows_id": int})
-    db.table("rollup_state").insert({"flows_id": 0})
+    for statement in _MIGRATION_2_SQL:
+        db.execute(statement)
+    db.execute("INSERT INTO rollup_state (flows_id) VALUES (0)")
     _rollup(db.conn)
 
 
@@ -492,15 +525,15 @@ def _has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:
 def _migration_3(db: sqlite_utils.Database) -> None:
     """samples.evicted: flows the collector expired early in the tick because a kernel map
     passed its high-water mark (0 in rows written before the column existed)."""
-    db.table("samples").add_column("evicted", int, not_null_default=0)
+    db.execute('ALTER TABLE "samples" ADD COLUMN "evicted" INTEGER NOT NULL DEFAULT 0')
 
 
 def _migration_4(db: sqlite_utils.Database) -> None:
     """flows_hourly indexes on (hour, bytes), (hour, packets) and (hour, records): the
     largest flows of each hour, read from the top, for the threshold algorithm of history's
     top N (_top_flows)."""
-    for column in ("bytes", "packets", "records"):
-        db.table("flows_hourly").create_index(["hour", column])
+    for statement in _MIGRATION_4_SQL:
+        db.execute(statement)
 
 
 def _migration_5(db: sqlite_utils.Database) -> None:

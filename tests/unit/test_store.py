@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -124,6 +125,19 @@ def test_schema_has_the_documented_tables_columns_and_indexes(db: Path) -> None:
     assert ("flows_hourly", ("hour", *store.FLOW_KEY_COLUMNS)) in indexed
     for column in ("bytes", "packets", "records"):  # each hour's largest flows, for top N
         assert ("flows_hourly", ("hour", column)) in indexed
+
+
+def test_released_schema_is_frozen(db: Path) -> None:
+    """A new file's schema, as SQLite keeps it (sqlite_master, in creation order), is the one
+    recorded in frozen_schema.json when each migration was released: nothing a library
+    upgrade or an edit could change (issue #15). A new migration appends to the file."""
+    store.Store(db).close()
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        got = [
+            list(r) for r in c.execute("SELECT type, name, sql FROM sqlite_master ORDER BY rowid")
+        ]
+    frozen = json.loads((Path(__file__).parent / "frozen_schema.json").read_text())
+    assert got == frozen
 
 
 def test_times_are_fixed_width_iso_utc_text(db: Path) -> None:
