@@ -1253,27 +1253,11 @@ def replay(
 
 
 def _browse_replay(db: Path, first_ns: int | None, last_ns: int | None, records: int) -> None:
-    """The console's history screen on the replay's database, around the capture's time; a
-    table of the top flows when the console is not installed."""
+    """The console's history screen on the replay's database, around the capture's time."""
     if first_ns is None or last_ns is None:
         click.echo("the capture holds no frames")
         return
     first, last = first_ns / 1e9, last_ns / 1e9
-    try:
-        from flowscope.ui.history import HistoryApp
-    except ImportError:
-        from flowscope import store
-        from flowscope.output import write_table
+    from flowscope.ui.history import HistoryApp
 
-        conn = store.connect_readonly(db)
-        try:
-            query = store.HistoryQuery(since=first - 1, until=last + 1, top=20)
-            rows = store.history(conn, query, now=last + 1).rows
-        finally:
-            conn.close()
-        cells = [_history_cells(r, "flow", True) for r in rows]
-        if cells:
-            write_table(list(cells[0]), [list(c.values()) for c in cells])
-        click.echo(f"{records} flow records")
-        return
     HistoryApp(db, now=lambda: last + 1, span=_history_span(first, last)).run()

@@ -219,12 +219,10 @@ def settings_for(
     )
 
 
-def console() -> Callable[..., Any] | None:
-    """The console's entry point, when the console is installed."""
-    try:
-        from flowscope.ui.app import run_console
-    except ImportError:
-        return None
+def console() -> Callable[..., Any]:
+    """The console's entry point (imported only when wanted: --headless never loads Textual)."""
+    from flowscope.ui.app import run_console
+
     return run_console
 
 
@@ -273,8 +271,6 @@ def run(
             writer.close()
             raise
         run_console = None if headless else console()
-        if not headless and run_console is None:
-            note("the console is not available yet: recording headless instead (Ctrl-C stops)")
         note(
             f"demo: {demo.net.host_if} ({demo.net.host_ip4}, {demo.net.host_ip6}) <-> "
             f"namespace {demo.net.ns}; recording into {db_path}"

@@ -42,6 +42,7 @@ import sqlite_utils
 from flowscope import abi, window
 from flowscope.detect import Alert
 from flowscope.errors import FlowscopeError, UsageError
+from flowscope.filter import register_sql_functions
 from flowscope.model import FlowKey, FlowRecord, NewFlow, PendingFlows, Sample, pending_records
 from flowscope.when import parse_when
 
@@ -1707,10 +1708,7 @@ def read_sql(
     deadline = time.monotonic() + timeout
     conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
     try:
-        with contextlib.suppress(ImportError):
-            from flowscope.filter import register_sql_functions
-
-            register_sql_functions(conn)
+        register_sql_functions(conn)
         conn.set_authorizer(_authorizer(refused))
         try:
             cur = conn.execute(query)

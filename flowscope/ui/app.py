@@ -26,6 +26,7 @@ from flowscope.output import printable
 from flowscope.recorder import RecordSettings, Sink
 from flowscope.ui.cells import HEADERS
 from flowscope.ui.help import HelpScreen, filter_help
+from flowscope.ui.history import HistoryScreen
 from flowscope.ui.live import LiveScreen
 from flowscope.ui.messages import (
     Attached,
@@ -237,11 +238,6 @@ class FlowscopeApp(App[None]):
             self.notify(
                 "history needs a database (this console runs with --no-db)", severity="warning"
             )
-            return
-        try:
-            from flowscope.ui.history import HistoryScreen  # built alongside; may be absent
-        except ImportError:
-            self.notify("the history screen is not available in this version", severity="warning")
             return
         self.push_screen(HistoryScreen(self.db_path, self._filter_text(), self.live.spec.group))
 
