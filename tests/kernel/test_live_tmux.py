@@ -4,6 +4,7 @@ the interface."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -37,8 +38,24 @@ def tmux_alive(session: str) -> bool:
 
 @pytest.fixture
 def net() -> Iterator[VethNamespace]:
+    """A veth pair for one test; afterwards, once the session is killed (a hangup) and the
+    interface deleted, no flowscope started on it may still run (one once did, and ignored
+    SIGTERM: a console that outlives its terminal must never linger on a server)."""
     with veth_namespace() as n:
         yield n
+    pattern = f"flowscope live -i {n.host_if}"
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        pids = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
+        if not pids.split():
+            return
+        time.sleep(0.2)
+    stuck = []
+    for pid in pids.split():
+        with contextlib.suppress(OSError):
+            stuck.append(f"{pid}: {Path(f'/proc/{pid}/wchan').read_text()}")
+        subprocess.run(["kill", "-KILL", pid], capture_output=True)
+    pytest.fail(f"flowscope still ran 15 s after its terminal and interface went: {stuck}")
 
 
 def frames(net: VethNamespace, n: int) -> list[bytes]:
