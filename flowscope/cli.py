@@ -927,10 +927,12 @@ def alerts(db: Path | None, since: str | None, until: str | None, utc: bool, fmt
     Every recording (record, live, replay --db, demo) watches its new connections: one source
     reaching many ports or hosts within seconds is a scan, many sources opening connections
     to one port is a SYN flood. Each alert is one row, kept up to date while it goes on:
-    start, last new flow, source, target, the new flows counted and their rate, and the filter
-    that shows its flows (`flowscope history --filter ...`). Lists the alerts going on at some
-    time in [--since, --until] (default: all). Times printed are UTC, with their Z."""
+    source, target, its first and last new flow, the new flows counted and their rate, and
+    the filter that shows its flows (`flowscope history --filter ...`). Lists the alerts
+    going on at some time in [--since, --until] (default: all). Times printed are UTC, with
+    their Z."""
     from flowscope import output, store
+    from flowscope.detect import COLUMNS
 
     now = time.time()
     t_since, t_until = _range(since, until, utc, now)
@@ -954,22 +956,22 @@ def alerts(db: Path | None, since: str | None, until: str | None, utc: bool, fmt
     else:
         days = len({r["start"][:10] for r in rows} | {r["last"][:10] for r in rows}) > 1
         output.write_table(
-            ["start", "last", "kind", "source", "target", "flows", "rate", "filter"],
+            [*COLUMNS, "filter"],  # as the console's alerts screen has them
             [
                 [
-                    output.time_of_day(r["start"], days),
-                    output.time_of_day(r["last"], days),
                     r["kind"],
                     r["source"],
                     r["target"],
+                    output.time_of_day(r["start"], days),
+                    output.time_of_day(r["last"], days),
                     str(r["flows"]),
-                    f"{output.human(r['rate'])}/s",
+                    output.human(r["rate"]),
                     r["filter"],
                 ]
                 for r in rows
             ],
-            right=("flows", "rate"),
-            title="alerts; times UTC; rate: new flows per second while it went on",
+            right=("flows", "per s"),
+            title="alerts; times UTC; per s: new flows per second while it went on",
             droppable=("filter", "last"),
         )
 

@@ -37,6 +37,9 @@ FLOOD_FLOWS = 200
 FLOOD_SOURCES = 50
 MAX_TRACKED = 100_000
 """Events kept in the window at most (a flood must not grow the detector without bound)."""
+COLUMNS = ("kind", "source", "target", "since", "last", "flows", "per s")
+"""An alert's columns as every table shows them (the console's alerts screen, `flowscope
+alerts`): since and last are its first and last new flow, per s their rate."""
 OPENED = 65_536
 """Conversations remembered for telling a reply from a new connection."""
 

@@ -12,13 +12,11 @@ from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from flowscope.detect import Alert
+from flowscope.detect import COLUMNS, Alert
 from flowscope.output import human
 
 if TYPE_CHECKING:
     from flowscope.ui.app import FlowscopeApp
-
-COLUMNS = ("kind", "source", "target", "since", "last", "flows", "per s")
 
 
 class AlertsScreen(Screen[None]):

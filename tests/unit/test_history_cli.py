@@ -479,13 +479,13 @@ def test_alerts_lists_what_recordings_detected_in_every_format(tmp_path: Path) -
         code, out, err = run("alerts", "--db", str(path), "--since", "10m")
         assert code == 0, err
         lines = out.splitlines()
-        assert lines[0] == "alerts; times UTC; rate: new flows per second while it went on"
+        assert lines[0] == "alerts; times UTC; per s: new flows per second while it went on"
         assert lines[1].split() == [
-            "start", "last", "kind", "source", "target", "flows", "rate", "filter"
+            "kind", "source", "target", "since", "last", "flows", "per", "s", "filter"
         ]  # fmt: skip
         start, last = store.iso_time(t0)[11:19], store.iso_time(t0 + 2.9)[11:19]
-        assert lines[2].split() == [start, last, "port", "scan", "198.18.9.9", IP, "30",
-                                    "10.3/s", "src", "198.18.9.9"]  # fmt: skip
+        assert lines[2].split() == ["port", "scan", "198.18.9.9", IP, start, last, "30",
+                                    "10.3", "src", "198.18.9.9"]  # fmt: skip
         code, out, _ = run("alerts", "--db", str(path), "--format", "json")
         (row,) = [json.loads(x) for x in out.splitlines()]
         assert row["kind"] == "port scan" and row["flows"] == 30 and row["rate"] == 10.3
