@@ -66,7 +66,6 @@ COUNTERS: dict[str, tuple[str, str]] = {
         "Flows expired early because a kernel map passed its high-water mark.",
     ),
 }
-DIRECTIONS = {abi.DIR_INGRESS: "ingress", abi.DIR_EGRESS: "egress"}
 FAMILIES = {abi.AF_INET: "ipv4", abi.AF_INET6: "ipv6"}
 
 
@@ -133,7 +132,7 @@ class Metrics:
         """Add one tick's deltas (cheap: a few dict updates per interface and counter)."""
         with self._lock:
             for (iface, direction), (p, b) in tick.interfaces.items():
-                key = (iface, DIRECTIONS.get(direction, str(direction)))
+                key = (iface, abi.DIRECTION_NAMES.get(direction, str(direction)))
                 self._packets[key] = self._packets.get(key, 0) + p
                 self._bytes[key] = self._bytes.get(key, 0) + b
             for name, value in tick.sample.counters.items():

@@ -46,8 +46,6 @@ from flowscope.filter import register_sql_functions
 from flowscope.model import FlowKey, FlowRecord, NewFlow, PendingFlows, Sample, pending_records
 from flowscope.when import parse_when
 
-DIRECTIONS: dict[int, str] = {abi.DIR_INGRESS: "ingress", abi.DIR_EGRESS: "egress"}
-
 # Kernel counter deltas, one column each in `samples` (the names of abi.Counter in lower case).
 # The first seven are migration 1's columns, frozen; `bytes` came with migration 5.
 _COUNTER_COLUMNS_V1: tuple[str, ...] = (
@@ -631,7 +629,7 @@ _UPSERT_ALERT = (
 
 
 def _direction(key: FlowKey) -> str:
-    return DIRECTIONS.get(key.direction, str(key.direction))
+    return abi.DIRECTION_NAMES.get(key.direction, str(key.direction))
 
 
 def _flow_row(r: FlowRecord) -> tuple[Any, ...]:
