@@ -1011,7 +1011,8 @@ def sql(
     that change anything are refused; a statement runs at most --timeout seconds, uses at
     most --max-memory MiB and returns at most --max-rows rows."""
     from flowscope import output
-    from flowscope.store import default_db_path, read_sql
+    from flowscope.sandbox import read_sql
+    from flowscope.store import default_db_path
 
     columns, rows = read_sql(
         db or default_db_path(), query, timeout=timeout, max_rows=max_rows, max_memory=max_memory

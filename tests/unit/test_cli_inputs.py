@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from flowscope import store
+from flowscope import sandbox, store
 from flowscope.cli import main
 
 OPTIONS = [
@@ -138,7 +138,7 @@ def test_a_bug_is_one_line_naming_a_log_with_the_traceback(
     def boom(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(store, "read_sql", boom)
+    monkeypatch.setattr(sandbox, "read_sql", boom)
     result = CliRunner().invoke(main, ["sql", "SELECT 1"])
     assert result.exit_code == 1
     (line,) = result.stderr.splitlines()

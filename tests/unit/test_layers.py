@@ -23,6 +23,7 @@ CORE = [
     "flowscope.detect",
     "flowscope.filter",
     "flowscope.store",
+    "flowscope.sandbox",
     "flowscope.writer",
     "flowscope.when",
     # the console's plain-Python parts: its state and live query engine, tested headless

@@ -25,7 +25,7 @@ import sqlite_utils
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flowscope import abi, store
+from flowscope import abi, sandbox, store
 from flowscope.detect import Alert
 from flowscope.errors import FlowscopeError, UsageError
 from flowscope.model import (
@@ -564,10 +564,10 @@ def filled(db: Path) -> Path:
 )
 def test_sql_refuses_writes(filled: Path, query: str, word: str) -> None:
     with pytest.raises(UsageError) as e:
-        store.read_sql(filled, query)
+        sandbox.read_sql(filled, query)
     assert str(e.value) == f"sql: only reading is allowed ({word} refused)"
     assert count(filled, "flows") == 2
-    assert store.read_sql(filled, "PRAGMA user_version")[1] == [(store.SCHEMA_VERSION,)]
+    assert sandbox.read_sql(filled, "PRAGMA user_version")[1] == [(store.SCHEMA_VERSION,)]
 
 
 @pytest.mark.parametrize(
@@ -583,13 +583,13 @@ def test_sql_refuses_writes(filled: Path, query: str, word: str) -> None:
     ],
 )
 def test_sql_allows_reading(filled: Path, query: str) -> None:
-    columns, rows = store.read_sql(filled, query)
+    columns, rows = sandbox.read_sql(filled, query)
     assert columns and rows
 
 
 def test_sql_syntax_error_is_one_line(filled: Path) -> None:
     with pytest.raises(UsageError, match=r'^sql: near "SELEKT": syntax error$'):
-        store.read_sql(filled, "SELEKT 1")
+        sandbox.read_sql(filled, "SELEKT 1")
 
 
 def test_benchmark_hook_reports_a_rate(tmp_path: Path) -> None:
