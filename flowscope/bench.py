@@ -83,9 +83,11 @@ class Settings:
     history_records: int = 10_000_000
     """Flow records over 24 hours in the database history_top20 queries."""
     ringbuf_flows: int = 100_000
+    """New flows announced on the ring buffer before ringbuf_events drains them."""
     console_flows: int = 100_000
     """Live flows behind the console benchmarks."""
-    """New flows announced on the ring buffer before ringbuf_events drains them."""
+    detect_flows: int = 200_000
+    """New flows of the spoofed SYN flood detect_flood feeds the detector."""
 
 
 DEFAULT = Settings()
@@ -99,6 +101,7 @@ QUICK = Settings(
     history_records=100_000,
     ringbuf_flows=10_000,
     console_flows=10_000,
+    detect_flows=20_000,
 )
 """A smoke test of the whole command in a few seconds; its numbers are rougher."""
 
@@ -760,6 +763,45 @@ def ringbuf_events(lab: _Lab) -> Iterator[Result]:
     yield Result("ringbuf_events", rates[0], "events/s", "ringbuf_copy_only", rates[1])
 
 
+def detect_flood(lab: _Lab) -> Iterator[Result]:
+    """Scan and SYN-flood detection (detect.Watch: replies told apart, then the detector's
+    window), as the console and the history writer run it on every new-flow event, through a
+    spoofed SYN flood of settings.detect_flows new flows to one port (a new source each), in
+    events per second; it must raise exactly one flood alert. The baseline puts each event's
+    key in a dict: the least any per-event work in Python costs."""
+    import random
+    import time
+
+    from flowscope import detect
+    from flowscope.model import FlowKey, NewFlow
+
+    rng = random.Random(7)
+    n = lab.settings.detect_flows
+    events = [
+        NewFlow(
+            1_000.0 + i * 1e-5,
+            FlowKey(abi.AF_INET, f"10.{rng.randrange(256)}.{rng.randrange(256)}.{i % 256}",
+                    "198.18.0.1", 1024 + i % 60000, 80, 6),
+            "eth0",
+            60,
+            False,
+        )
+        for i in range(n)
+    ]  # fmt: skip
+    t = time.perf_counter()
+    seen: dict[tuple[str, str, int], None] = {}
+    for ev in events:
+        seen[(ev.key.src, ev.key.dst, ev.key.dport)] = None
+    floor = n / (time.perf_counter() - t)
+    watch = detect.Watch()
+    t = time.perf_counter()
+    alerts = watch.feed(events)
+    rate = n / (time.perf_counter() - t)
+    if [a.kind for a in alerts] != ["SYN flood"]:
+        raise BenchError(f"detect_flood: {[a.kind for a in alerts]} for one SYN flood")
+    yield Result("detect_flood", rate, "events/s", "dict_insert_floor", floor)
+
+
 def console(lab: _Lab) -> Iterator[Result]:
     """The console (issue 4), headless at 160x48 on synthetic ticks: process CPU time per tick
     with N live flows next to the same with 1,000 (how the cost grows with flows; the budget
@@ -856,6 +898,7 @@ BENCHMARKS: dict[str, Callable[[_Lab], Iterator[Result]]] = {
     "store_insert": store_insert,
     "history_top20_10m": history_top20,
     "ringbuf_events": ringbuf_events,
+    "detect_flood": detect_flood,
     "console": console,
     "replay_frames": replay_frames,
 }

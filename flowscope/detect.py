@@ -52,7 +52,9 @@ class Openings:
     def __init__(self, limit: int = OPENED) -> None:
         self.limit = limit
         self.replies = 0
-        self._seen: dict[tuple[object, ...], None] = {}
+        # OrderedDict: popping the oldest is O(1) (next(iter(dict)) after many deletions at
+        # its front is not: it walks the holes they leave)
+        self._seen: collections.OrderedDict[tuple[object, ...], None] = collections.OrderedDict()
         """The conversations opened so far (their opening direction), oldest first."""
 
     def opens(self, ev: NewFlow) -> bool:
@@ -63,7 +65,7 @@ class Openings:
             return False
         self._seen[(k.family, k.src, k.dst, k.sport, k.dport, k.proto, k.vlan)] = None
         if len(self._seen) > self.limit:
-            del self._seen[next(iter(self._seen))]
+            self._seen.popitem(last=False)
         return True
 
 
@@ -101,8 +103,16 @@ class Detector:
 
     def __init__(self) -> None:
         self.window: collections.deque[NewFlow] = collections.deque()
-        self.by_source: dict[str, collections.Counter[tuple[str, int]]] = {}
-        self.by_target: dict[tuple[str, int], collections.Counter[str]] = {}
+        self.by_source: dict[str, dict[tuple[str, int], int]] = {}
+        """Per source, its new flows in the window per target (host, port)."""
+        self.by_target: dict[tuple[str, int], dict[str, int]] = {}
+        """Per target, its new TCP flows in the window per source."""
+        # Kept up to date with the two above, so that a check costs the same whatever the
+        # window holds (a flood of 100,000 new flows must not be 100,000 sums per event):
+        self.target_flows: dict[tuple[str, int], int] = {}
+        """New TCP flows in the window per target (the sum of its by_target counter)."""
+        self.source_hosts: dict[str, dict[str, int]] = {}
+        """Per source, its distinct targets in the window per host (len: how many hosts)."""
         self.alerts: list[Alert] = []
         self._open: dict[tuple[str, str], Alert] = {}
         self._ids = itertools.count(1)
@@ -129,11 +139,25 @@ class Detector:
     # --- the window -------------------------------------------------------------------------
 
     def _add(self, ev: NewFlow) -> None:
+        # plain dicts, not Counters: a spoofed flood makes new ones for every event
         k = ev.key
         self.window.append(ev)
-        self.by_source.setdefault(k.src, collections.Counter())[(k.dst, k.dport)] += 1
+        aim = (k.dst, k.dport)
+        targets = self.by_source.get(k.src)
+        if targets is None:
+            targets = self.by_source[k.src] = {}
+            self.source_hosts[k.src] = {}
+        n = targets[aim] = targets.get(aim, 0) + 1
+        if n == 1:
+            hosts = self.source_hosts[k.src]
+            hosts[k.dst] = hosts.get(k.dst, 0) + 1
         if k.proto == 6:
-            self.by_target.setdefault((k.dst, k.dport), collections.Counter())[k.src] += 1
+            sources = self.by_target.get(aim)
+            if sources is None:
+                sources = self.by_target[aim] = {}
+                self.target_flows[aim] = 0
+            sources[k.src] = sources.get(k.src, 0) + 1
+            self.target_flows[aim] += 1
         while len(self.window) > MAX_TRACKED:
             self._drop(self.window.popleft())
 
@@ -143,35 +167,41 @@ class Detector:
 
     def _drop(self, ev: NewFlow) -> None:
         k = ev.key
+        aim = (k.dst, k.dport)
         if k.proto == 6:
-            sources = self.by_target.get((k.dst, k.dport))
-            if sources is not None:
-                sources[k.src] -= 1
-                if sources[k.src] <= 0:
-                    del sources[k.src]
-                if not sources:
-                    del self.by_target[(k.dst, k.dport)]
-        targets = self.by_source.get(k.src)
-        if targets is not None:
-            targets[(k.dst, k.dport)] -= 1
-            if targets[(k.dst, k.dport)] <= 0:
-                del targets[(k.dst, k.dport)]
-            if not targets:
-                del self.by_source[k.src]
+            sources = self.by_target[aim]
+            sources[k.src] -= 1
+            if not sources[k.src]:
+                del sources[k.src]
+            self.target_flows[aim] -= 1
+            if not sources:
+                del self.by_target[aim]
+                del self.target_flows[aim]
+        targets = self.by_source[k.src]
+        targets[aim] -= 1
+        if not targets[aim]:
+            del targets[aim]
+            hosts = self.source_hosts[k.src]
+            hosts[k.dst] -= 1
+            if not hosts[k.dst]:
+                del hosts[k.dst]
+        if not targets:
+            del self.by_source[k.src]
+            del self.source_hosts[k.src]
 
     # --- the rules --------------------------------------------------------------------------
 
     def _check(self, ev: NewFlow) -> list[Alert]:
         k = ev.key
         raised: list[Alert] = []
-        targets = self.by_source.get(k.src, collections.Counter())
+        targets = self.by_source[k.src]
         if len(targets) >= SCAN_TARGETS:
-            hosts = {h for h, _ in targets}
-            kind = "port scan" if len(hosts) <= max(1, len(targets) // 4) else "host scan"
+            hosts = len(self.source_hosts[k.src])
+            kind = "port scan" if hosts <= max(1, len(targets) // 4) else "host scan"
             alert = self._open.get(("scan", k.src))
             if alert is None:
                 first = min((e.time for e in self.window if e.key.src == k.src), default=ev.time)
-                target = k.dst if kind == "port scan" else f"{len(hosts)} hosts"
+                target = k.dst if kind == "port scan" else f"{hosts} hosts"
                 alert = Alert(
                     next(self._ids), kind, k.src, target, first, ev.time, 0, f"src {k.src}"
                 )
@@ -186,11 +216,8 @@ class Detector:
             alert.last = ev.time
         if k.proto == 6:
             sources = self.by_target.get((k.dst, k.dport))
-            if (
-                sources is not None
-                and sum(sources.values()) >= FLOOD_FLOWS
-                and len(sources) >= FLOOD_SOURCES
-            ):
+            flows = self.target_flows.get((k.dst, k.dport), 0)
+            if sources is not None and flows >= FLOOD_FLOWS and len(sources) >= FLOOD_SOURCES:
                 name = f"{k.dst}:{k.dport}" if ":" not in k.dst else f"[{k.dst}]:{k.dport}"
                 alert = self._open.get(("flood", name))
                 if alert is None:
@@ -206,7 +233,7 @@ class Detector:
                         name,
                         first,
                         ev.time,
-                        sum(sources.values()),
+                        flows,
                         f"tcp and dst host {k.dst} and dst port {k.dport}",
                         sources=len(sources),
                     )

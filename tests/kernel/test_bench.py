@@ -60,6 +60,8 @@ def test_every_benchmark_runs_and_reports_once() -> None:
     assert by_name["console_key_10k"]["baseline_name"] == "console_draw_10k"
     assert by_name["ringbuf_events"]["unit"] == "events/s"
     assert by_name["ringbuf_events"]["baseline_name"] == "ringbuf_copy_only"
+    assert by_name["detect_flood"]["unit"] == "events/s"
+    assert by_name["detect_flood"]["baseline_name"] == "dict_insert_floor"
     assert by_name["replay_frames"]["unit"] == "frames/s"
     assert by_name["replay_frames"]["baseline_name"] == "bare_test_run_calls"
     for o in objs:
