@@ -3,8 +3,9 @@ acknowledges it, instead of a rate that is orange for one tick.
 
 Fed with new-connection events (model.NewFlow, the first packet of each flow, as the ring
 buffer announces them; replies already left out, so a scanned host's RSTs are not a second
-scanner). Pure: no clock but the events' own times, no I/O; the console feeds it on its
-thread, and anything else (record, history) can feed it the same way.
+scanner). Pure: no clock but the events' own times, no I/O. Its work per event does not
+depend on what the window holds (running counts, no sums over it): a flood of new sources
+must not slow it down as it goes (bench: detect_flood).
 
 - **Scan**: one source opens new flows to at least SCAN_TARGETS distinct (host, port) targets
   of ours within WINDOW seconds: a port scan when they are mostly ports of one host, a host
