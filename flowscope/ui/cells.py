@@ -124,6 +124,33 @@ def port_text(port: int | None, proto: int | None, named: bool = True) -> str:
     return f"{text} {name}" if name else text
 
 
+ADDRESSES = ("src", "dst")
+
+
+def address_text(row: Row, column: str, name_of: Callable[[str], str | None] | None = None) -> str:
+    """A source or destination cell whole: the host's name when it has one, else its
+    address ("" for a grouping without it)."""
+    addr = row.src if column == "src" else row.dst
+    if addr is None:
+        return ""
+    name = name_of(addr) if name_of else None
+    return name or addr
+
+
+def column_texts(
+    rows: Sequence[Row],
+    column: str,
+    *,
+    width: int,
+    name_of: Callable[[str], str | None] | None = None,
+) -> list[str]:
+    """The cells of one column, fitted to ``width``: addresses with clip_column, so that
+    different hosts never read the same; every other column cell by cell."""
+    if column in ADDRESSES:
+        return clip_column([address_text(r, column, name_of) for r in rows], width)
+    return [cell(r, column, width=width, name_of=name_of) for r in rows]
+
+
 def cell(
     row: Row,
     column: str,
@@ -132,12 +159,8 @@ def cell(
     name_of: Callable[[str], str | None] | None = None,
 ) -> str:
     """The text of one cell, fitted to ``width``."""
-    if column in ("src", "dst"):
-        addr = row.src if column == "src" else row.dst
-        if addr is None:
-            return ""
-        name = name_of(addr) if name_of else None
-        return clip(name or addr, width)
+    if column in ADDRESSES:
+        return clip(address_text(row, column, name_of), width)
     if column == "sport":
         return "" if row.proto in (1, 58) else port_text(row.sport, row.proto, named=False)
     if column == "dport":

@@ -20,7 +20,7 @@ from textual.widgets import Footer, Input, Label, Static
 from flowscope.errors import FlowscopeError
 from flowscope.filter import FilterSyntaxError, parse
 from flowscope.ui import view as views
-from flowscope.ui.cells import HEADERS, cell, clip_column, widths
+from flowscope.ui.cells import HEADERS, column_texts, widths
 from flowscope.ui.messages import HeaderSelected, RowHighlighted, RowSelected
 from flowscope.ui.view import COLUMNS, DESCENDING, GROUPS, Row, View, ViewSpec
 from flowscope.ui.widgets import FlowTable, NewFlowsFeed, RateGraph, StatusLine
@@ -169,12 +169,8 @@ class LiveScreen(Screen[None]):
         cols = self.table.columns_shown
         w = widths(cols, self._table_width())
         name_of = self.app.name_of if self.app.show_names else None
-        texts = [[cell(r, c, width=w[c], name_of=name_of) for c in cols] for r in self.view.rows]
-        for j, c in enumerate(cols):
-            if c in ("src", "dst"):  # different hosts must not read the same once clipped
-                full = [cell(r, c, width=1 << 16, name_of=name_of) for r in self.view.rows]
-                for row_texts, text in zip(texts, clip_column(full, w[c]), strict=True):
-                    row_texts[j] = text
+        by_column = [column_texts(self.view.rows, c, width=w[c], name_of=name_of) for c in cols]
+        texts = [list(row) for row in zip(*by_column, strict=True)]
         self.table.apply(self.view.rows, texts, self.frozen)
         self.query_one(StatusLine).show(
             state, paused=self.app.paused, badges=self.badges(), alerts=len(state.detector.alerts)
