@@ -932,7 +932,7 @@ def alerts(db: Path | None, since: str | None, until: str | None, utc: bool, fmt
     going on at some time in [--since, --until] (default: all). Times printed are UTC, with
     their Z."""
     from flowscope import output, store
-    from flowscope.detect import COLUMNS
+    from flowscope.detect import COLUMNS, rate
 
     now = time.time()
     t_since, t_until = _range(since, until, utc, now)
@@ -942,8 +942,8 @@ def alerts(db: Path | None, since: str | None, until: str | None, utc: bool, fmt
     finally:
         conn.close()
     for row in rows:
-        span = max(store.parse_iso(row["last"]) - store.parse_iso(row["start"]), 1.0)
-        row["rate"] = round(row["flows"] / span, 1)
+        start, last = store.parse_iso(row["start"]), store.parse_iso(row["last"])
+        row["rate"] = round(rate(row["flows"], start, last), 1)
     if fmt == "json":
         output.write_json_lines(rows)
     elif fmt == "csv":

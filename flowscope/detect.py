@@ -95,7 +95,13 @@ class Alert:
     @property
     def rate(self) -> float:
         """New flows per second over its life so far."""
-        return self.count / max(self.last - self.start, 1.0)
+        return rate(self.count, self.start, self.last)
+
+
+def rate(count: int, start: float, last: float) -> float:
+    """An alert's new flows per second from its first to its last (over at least a second):
+    the console's live alert and a stored one say the same."""
+    return count / max(last - start, 1.0)
 
 
 class Detector:
