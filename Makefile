@@ -58,7 +58,7 @@ bench: setup ## benchmarks as JSON lines
 	$(VENV)/bin/flowscope bench --json
 
 screenshots: setup ## SVG and PNG of every console screen (80x24, 160x48, dark, light) into screenshots/
-	$(PY) -m flowscope.ui.screenshots screenshots
+	$(PY) -m tests.support.screenshots screenshots
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -21,13 +21,13 @@ import click
 
 from flowscope import abi
 from flowscope.errors import FlowscopeError
-from flowscope.output import endpoint, printable, proto_text
+from flowscope.vocab import endpoint, printable, proto_text
 
 if TYPE_CHECKING:
-    from flowscope.collector import Tick
-    from flowscope.exports import Exports, ExportSettings
-    from flowscope.ui.view import ViewSpec
-    from flowscope.writer import Writer
+    from flowscope.collect.collector import Tick
+    from flowscope.export.outputs import ExportSettings
+    from flowscope.pipeline import Pipeline
+    from flowscope.query.view import ViewSpec
 
 EXIT_INTERRUPTED = 130
 
@@ -73,7 +73,7 @@ def _write_crash_log() -> str:
     import tempfile
     import traceback
 
-    from flowscope.store import state_dir
+    from flowscope.history.store import state_dir
 
     text = f"flowscope {' '.join(sys.argv[1:])!r}\n{traceback.format_exc()}"
     for directory in (state_dir(), Path(tempfile.gettempdir())):
@@ -201,13 +201,13 @@ entries_option = click.option(
 
 
 def _ipfix_target(ctx: click.Context, param: click.Parameter, value: str | None) -> object:
-    from flowscope.ipfix import parse_target
+    from flowscope.export.ipfix import parse_target
 
     return parse_target(value) if value else None
 
 
 def _metrics_listen(ctx: click.Context, param: click.Parameter, value: str | None) -> object:
-    from flowscope.metrics import parse_listen
+    from flowscope.export.prometheus import parse_listen
 
     return parse_listen(value) if value else None
 
@@ -296,7 +296,7 @@ def expiry_options(f: Any) -> Any:
 
 def export_options(f: Any) -> Any:
     """Adds --ipfix, --ipfix-domain, --ipfix-mtu and --metrics to a collecting command, which
-    receives them as one ``exports: ExportSettings`` argument (see flowscope.exports)."""
+    receives them as one ``exports: ExportSettings`` argument (see flowscope.export.outputs)."""
     import functools
 
     @functools.wraps(f)
@@ -308,7 +308,7 @@ def export_options(f: Any) -> Any:
         metrics: Any,
         **kwargs: Any,
     ) -> Any:
-        from flowscope.exports import ExportSettings
+        from flowscope.export.outputs import ExportSettings
 
         exports = ExportSettings(
             ipfix=ipfix, ipfix_domain=ipfix_domain, ipfix_mtu=ipfix_mtu, metrics=metrics
@@ -343,8 +343,8 @@ def dump(
     """Attach, count, then print every flow in the kernel maps and the counters.
 
     The program is detached when the command ends, also on Ctrl-C, SIGTERM and SIGKILL."""
+    from flowscope.kernel.session import Probe
     from flowscope.model import proto_name, tcp_flags_text
-    from flowscope.probe.session import Probe
 
     with Probe(list(interfaces), mode=mode, force=force, flow_entries=flow_entries) as probe:
         names = probe.interface_names()
@@ -427,7 +427,7 @@ def bench(as_json: bool, only: tuple[str, ...], quick: bool) -> None:
     over the loads is reported, with the ratio. Informative lines compare the FS_PRECISE_CLOCK
     build with the default jiffies clock cache, and the bare program with bpf/floor.c, the
     per-CPU hash lookup and update alone."""
-    from flowscope import bench as bm
+    from flowscope.bench import suite as bm
 
     names = bm.select(only)
     settings = bm.QUICK if quick else bm.DEFAULT
@@ -498,18 +498,20 @@ def record(
     is happening (rates are the kernel's totals; MAP FULL when flows found no room). With
     --ipfix every record also goes to an IPFIX collector; --metrics serves Prometheus
     metrics."""
-    from flowscope.collector import CollectorSettings
-    from flowscope.exports import Exports
-    from flowscope.recorder import RecordSettings, run
-    from flowscope.store import parse_size
+    from flowscope.collect.collector import CollectorSettings
+    from flowscope.collect.recorder import RecordSettings
+    from flowscope.history.store import parse_size
+    from flowscope.kernel.attach import check_can_attach
+    from flowscope.pipeline import HistorySettings, Pipeline, PipelineSettings
     from flowscope.when import parse_duration
-    from flowscope.writer import Writer
 
-    retain_s = parse_duration(retain, "--retain") if retain else None
-    max_bytes = parse_size(max_db_size, "--max-db-size") if max_db_size else None
-    settings = RecordSettings(
-        interfaces=interfaces,
+    history = HistorySettings(
         db=db,
+        retain_seconds=parse_duration(retain, "--retain") if retain else None,
+        max_bytes=parse_size(max_db_size, "--max-db-size") if max_db_size else None,
+    )
+    record_settings = RecordSettings(
+        interfaces=interfaces,
         mode=mode,
         direction=direction,
         force=force,
@@ -522,67 +524,33 @@ def record(
             active_timeout=active_timeout,
         ),
     )
-    from flowscope.probe.attach import check_can_attach
-
     for name in interfaces:  # a wrong name or a taken interface fails before a database exists
         check_can_attach(name, force)
-    writer = Writer(db, retain_seconds=retain_s, max_bytes=max_bytes)
-    _say_recovered(writer)
+    settings = PipelineSettings(record_settings, history, exports)
     tty = sys.stderr.isatty()
+    with Pipeline(settings, notice=_notice) as pipeline:
+        _say_recovered(pipeline)
 
-    def status(tick: Tick) -> None:
-        s = tick.sample
-        line = (
-            f"{_human_rate(s.bps)}  {s.pps:.0f} pkt/s  {s.active_flows} flows  "
-            f"{s.new_flows} new  {writer.written} written"
-        )
-        unattributed = s.counters.get("map_full", 0)
-        if unattributed:
-            # the totals above include them; no flow record will
-            line += f"  MAP FULL {unattributed / s.interval:.0f} pkt/s"
-        if writer.backlog:
-            line += f"  {writer.backlog} waiting"
-        if writer.dropped:
-            line += f"  {writer.dropped} DROPPED"
-        if writer.status:
-            line += f"  [{writer.status}]"
-        line += out.status()
-        for name, link in tick.links.items():  # as long as it lasts, not only when it changes
-            if link != "up":
-                line += f"  {name} {link.upper()}"
-        sys.stderr.write("\r\033[K" + line)
-        sys.stderr.flush()
+        def status(tick: Tick) -> None:
+            sys.stderr.write("\r\033[K" + pipeline.status_line(tick))
+            sys.stderr.flush()
 
-    try:
-        out = Exports(exports, flow_entries=flow_entries, writer=writer, notice=_notice)
-    except BaseException:
-        writer.close()
-        raise
-    try:
-        with out:
-            summary = run(
-                settings,
-                out.sink(writer),
-                on_tick=out.on_tick(status if tty else None),
-                on_notice=_notice,
-            )
-    except FlowscopeError:
-        _discard_unused(writer)
-        raise
-    finally:
-        if tty:
-            sys.stderr.write("\n")
-        _say_export(out)
-        problem = writer.report()
-        if problem is not None and sys.exc_info()[0] is not None:
-            # a second Ctrl-C or SIGTERM, or an error: say what history lacks on the way out
-            click.echo(f"flowscope: error: {problem}", err=True)
+        try:
+            summary = pipeline.run(on_tick=status if tty else None, on_notice=_notice)
+        finally:
+            if tty:
+                sys.stderr.write("\n")
+            pipeline.close()
+            problem = _say_problems(pipeline)
+            if problem is not None and sys.exc_info()[0] is not None:
+                # a second Ctrl-C or SIGTERM, or an error: say what history lacks on the way out
+                click.echo(f"flowscope: error: {problem}", err=True)
     if problem is not None:
         raise FlowscopeError(problem)
     if tty:
         click.echo(
             f"recorded {summary.records} flow records and {summary.events} new-flow events "
-            f"into {writer.store.path}",
+            f"into {pipeline.db_path}",
             err=True,
         )
 
@@ -595,8 +563,8 @@ numpy to print its help)."""
 def _view_spec(filter_text: str | None, group: str, sort: str) -> ViewSpec:
     """The console's opening view from live's options; a bad one is a usage error naming what
     is accepted."""
-    from flowscope.filter import parse
-    from flowscope.ui.view import COLUMNS, ViewSpec
+    from flowscope.query.filter import parse
+    from flowscope.query.view import COLUMNS, ViewSpec
 
     if group not in COLUMNS:
         raise click.BadParameter(
@@ -612,21 +580,13 @@ def _view_spec(filter_text: str | None, group: str, sort: str) -> ViewSpec:
     return ViewSpec(group=group, sort=sort, filter=None if flt.matches_all else flt)
 
 
-def _discard_unused(writer: Writer | None) -> None:
-    """After a run that failed (an attach the kernel refused, a compile error): the database
-    it created goes again when nothing reached it."""
-    if writer is not None and writer.store.created:
-        writer.close()
-        from flowscope.store import remove_if_unused
-
-        remove_if_unused(writer.store.path)
-
-
-def _say_export(out: Exports) -> None:
-    """One warning when records did not reach the IPFIX collector (after the run)."""
-    problem = out.report()
-    if problem is not None:
-        click.echo(f"flowscope: warning: {printable(problem)}", err=True)
+def _say_problems(pipeline: Pipeline) -> str | None:
+    """After a run: one warning when records did not reach the IPFIX collector; returns what
+    history lacks (an error for the caller to raise), or None."""
+    export_problem, history_problem = pipeline.problems()
+    if export_problem is not None:
+        click.echo(f"flowscope: warning: {printable(export_problem)}", err=True)
+    return history_problem
 
 
 def _notice(text: str) -> None:
@@ -634,11 +594,11 @@ def _notice(text: str) -> None:
     click.echo(f"flowscope: {printable(text)}", err=True)
 
 
-def _say_recovered(writer: Writer | None) -> None:
+def _say_recovered(pipeline: Pipeline) -> None:
     """One line when the history database held what a killed run had not written."""
-    if writer is not None and writer.recovered:
+    if pipeline.recovered:
         click.echo(
-            f"flowscope: history: {writer.recovered} flow records of a run that ended without "
+            f"flowscope: history: {pipeline.recovered} flow records of a run that ended without "
             "shutting down were written with end reason 'crash'",
             err=True,
         )
@@ -694,45 +654,32 @@ def live(
 
     It keeps recording history while it is open (--no-db: nothing is kept). Quitting (q,
     Ctrl-C, SIGTERM) writes the live flows and detaches the program."""
-    from flowscope.collector import CollectorSettings
-    from flowscope.probe.attach import check_can_attach
-    from flowscope.recorder import RecordSettings
+    from flowscope.collect.collector import CollectorSettings
+    from flowscope.collect.recorder import RecordSettings
+    from flowscope.kernel.attach import check_can_attach
+    from flowscope.pipeline import HistorySettings, Pipeline, PipelineSettings
 
     if db is not None and no_db:
         raise click.UsageError("--db and --no-db exclude each other")
     spec = _view_spec(filter_text, group, sort)
     for name in interfaces:  # fails at once, not in a console stuck at "starting"
         check_can_attach(name, force)
-    settings = RecordSettings(
+    record_settings = RecordSettings(
         interfaces=interfaces,
-        db=db,
         mode=mode,
         direction=direction,
         force=force,
         flow_entries=flow_entries,
         collector=CollectorSettings(interval=interval),
     )
-    from flowscope.exports import Exports
-    from flowscope.writer import Writer
-
-    writer = None if no_db else Writer(db)
-    _say_recovered(writer)
-    try:
-        out = Exports(exports, flow_entries=flow_entries, writer=writer)
-    except BaseException:
-        if writer is not None:
-            writer.close()
-        raise
-    with out:
+    history = None if no_db else HistorySettings(db=db)
+    with Pipeline(PipelineSettings(record_settings, history, exports)) as pipeline:
+        _say_recovered(pipeline)
         from flowscope.ui.app import run_console  # the only command that imports textual
 
-        try:
-            run_console(settings, writer, exports=out, spec=spec)
-        except FlowscopeError:
-            _discard_unused(writer)
-            raise
-    _say_export(out)
-    problem = writer.report() if writer is not None else None
+        run_console(pipeline, spec=spec)
+        pipeline.close()
+        problem = _say_problems(pipeline)
     if problem is not None:
         raise FlowscopeError(problem)
 
@@ -755,8 +702,8 @@ def _history_cells(
     """The table cells of one history row: host:port pairs, the protocol after its
     direction's mark, first and last seen in the range (UTC; with the day when ``days``), human
     units; the interface only when the rows span several."""
-    from flowscope.output import human, human_bytes, human_rate, time_of_day
-    from flowscope.ui.history_query import key_cells
+    from flowscope.history.browse import key_cells
+    from flowscope.vocab import human, human_bytes, human_rate, time_of_day
 
     cells = key_cells(row, group_by)
     if group_by == "flow":  # the protocol first, as ss and nfdump have it
@@ -854,17 +801,19 @@ def history(
     active in the range (its first to last packet there, at least 1 s), not over the whole
     range. Times typed without a zone are local (TZ; --utc: UTC); times printed are UTC, with
     their Z."""
-    from flowscope import output, store
+    from flowscope import vocab as output
+    from flowscope.history import store
     from flowscope.model import proto_name
+    from flowscope.pipeline import db_path
 
     now = time.time()
     t_since, t_until = _range(since, until, utc, now)
     where: str | None = None
     params: list[object] = []
-    conn = store.connect_readonly(db or store.default_db_path())
+    conn = store.connect_readonly(db_path(db))
     try:
         if filter_text:
-            from flowscope.filter import parse, register_sql_functions
+            from flowscope.query.filter import parse, register_sql_functions
 
             flt = parse(filter_text)
             if not flt.matches_all:
@@ -931,12 +880,14 @@ def alerts(db: Path | None, since: str | None, until: str | None, utc: bool, fmt
     the filter that shows its flows (`flowscope history --filter ...`). Lists the alerts
     going on at some time in [--since, --until] (default: all). Times printed are UTC, with
     their Z."""
-    from flowscope import output, store
-    from flowscope.detect import COLUMNS, rate
+    from flowscope import vocab as output
+    from flowscope.collect.detect import COLUMNS, rate
+    from flowscope.history import store
+    from flowscope.pipeline import db_path
 
     now = time.time()
     t_since, t_until = _range(since, until, utc, now)
-    conn = store.connect_readonly(db or store.default_db_path())
+    conn = store.connect_readonly(db_path(db))
     try:
         rows = store.alerts(conn, t_since, now if t_until is None else t_until)
     finally:
@@ -1010,12 +961,12 @@ def sql(
     Tables: flows, samples, events, flows_hourly (see README). Writes, ATTACH and pragmas
     that change anything are refused; a statement runs at most --timeout seconds, uses at
     most --max-memory MiB and returns at most --max-rows rows."""
-    from flowscope import output
-    from flowscope.sandbox import read_sql
-    from flowscope.store import default_db_path
+    from flowscope import vocab as output
+    from flowscope.history.sandbox import read_sql
+    from flowscope.pipeline import db_path
 
     columns, rows = read_sql(
-        db or default_db_path(), query, timeout=timeout, max_rows=max_rows, max_memory=max_memory
+        db_path(db), query, timeout=timeout, max_rows=max_rows, max_memory=max_memory
     )
     if fmt == "json":
         output.write_json_lines([dict(zip(columns, r, strict=True)) for r in rows])
@@ -1077,7 +1028,7 @@ def demo(
     attaches to the host end, and runs TCP transfers, UDP, pings, short connections, a
     VLAN-tagged stream and a port scan every half minute from inside the namespace. Quitting
     removes everything; a demo killed with kill -9 is cleaned up by the next one."""
-    from flowscope import demo as demo_mod
+    from flowscope.demo import run as demo_mod
 
     tty = sys.stderr.isatty()
 
@@ -1185,12 +1136,9 @@ def replay(
     (flow times are the capture's); --metrics serves the replay's numbers while it runs."""
     import tempfile
 
-    from flowscope.collector import CollectorSettings
-    from flowscope.exports import Exports
-    from flowscope.recorder import Sink
-    from flowscope.replay import MAX_WRITER_BACKLOG, JsonSink, ReplaySettings, summary_json
-    from flowscope.replay import replay as run_replay
-    from flowscope.writer import Writer
+    from flowscope.collect.collector import CollectorSettings
+    from flowscope.collect.replay import MAX_WRITER_BACKLOG, JsonSink, ReplaySettings, summary_json
+    from flowscope.pipeline import HistorySettings, Pipeline, PipelineSettings
 
     settings = ReplaySettings(
         path=capture,
@@ -1209,29 +1157,17 @@ def replay(
         if browse:
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="flowscope-replay-"))
             db = Path(tmp) / "replay.db"
-        writer = Writer(db) if db is not None else None
-        try:
-            # the replay waits for the exporter as for the writer, so its queue may hold more
-            out = Exports(
-                exports, flow_entries=flow_entries, writer=writer, max_queue=2 * MAX_WRITER_BACKLOG
-            )
-        except BaseException:
-            if writer is not None:
-                writer.close()
-            raise
-        sink: Sink = out.sink(writer if writer is not None else JsonSink(sys.stdout.write))
-
-        def backlog() -> int:
-            return (writer.backlog if writer is not None else 0) + out.backlog()
-
-        with out, _replay_progress(capture) as progress:
-            try:
-                summary = run_replay(
-                    settings, sink, progress=progress, backlog=backlog, on_tick=out.on_tick()
-                )
-            finally:
-                sink.close()
-        _say_export(out)
+        history = HistorySettings(db=db) if db is not None else None
+        # the replay waits for the exporter as for the writer, so its queue may hold more
+        pipeline = Pipeline(
+            PipelineSettings(settings, history, exports),
+            fallback=JsonSink(sys.stdout.write),
+            max_queue=2 * MAX_WRITER_BACKLOG,
+        )
+        with pipeline, _replay_progress(capture) as progress:
+            summary = pipeline.replay(progress)
+        _say_problems(pipeline)
+        writer = pipeline.writer
         if as_json:
             sys.stdout.write(json.dumps(summary_json(summary, capture)) + "\n")
             sys.stdout.flush()

@@ -16,7 +16,7 @@ KERNEL_DIR = Path(__file__).parent / "kernel"
 @cache
 def bpf_unavailable() -> str | None:
     """Why this machine cannot run kernel tests, or None when it can."""
-    from flowscope.probe.privileges import missing_capabilities
+    from flowscope.kernel.privileges import missing_capabilities
 
     missing = missing_capabilities()
     if missing:
@@ -72,7 +72,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 @pytest.fixture(scope="session")
 def program_factory() -> Iterator[object]:
     """Compile FlowPrograms, closing them at the end of the session."""
-    from flowscope.probe.program import FlowProgram
+    from flowscope.kernel.program import FlowProgram
 
     made: list[FlowProgram] = []
 

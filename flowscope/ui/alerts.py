@@ -12,8 +12,8 @@ from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from flowscope.detect import COLUMNS, Alert
-from flowscope.output import human
+from flowscope.collect.detect import COLUMNS, Alert
+from flowscope.vocab import human
 
 if TYPE_CHECKING:
     from flowscope.ui.app import FlowscopeApp

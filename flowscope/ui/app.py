@@ -13,6 +13,7 @@ import asyncio
 import functools
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -22,14 +23,14 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
 
-from flowscope.output import printable
-from flowscope.recorder import RecordSettings, Sink
+from flowscope.query.view import COLUMNS, DESCENDING, GROUPS, ViewSpec
 from flowscope.ui.cells import HEADERS
 from flowscope.ui.help import HelpScreen, filter_help
 from flowscope.ui.history import HistoryScreen
 from flowscope.ui.live import LiveScreen
 from flowscope.ui.messages import (
     Attached,
+    CollectionEnded,
     CollectorFailed,
     NameResolved,
     TickArrived,
@@ -38,10 +39,10 @@ from flowscope.ui.messages import (
 from flowscope.ui.names import Lookup, Resolver, gethostbyaddr
 from flowscope.ui.source import RecorderSource, TickSource
 from flowscope.ui.state import LiveState
-from flowscope.ui.view import COLUMNS, DESCENDING, GROUPS, ViewSpec
+from flowscope.vocab import printable
 
 if TYPE_CHECKING:
-    from flowscope.exports import Exports
+    from flowscope.pipeline import Pipeline
 
 Clock = Callable[[], float]
 RINGBUF_NOTICE_TICKS = 30
@@ -147,6 +148,9 @@ class FlowscopeApp(App[None]):
         self.iface_names.update(msg.indexes)
         if not self.paused:
             self._redraw()
+
+    def on_collection_ended(self, msg: CollectionEnded) -> None:
+        self.exit()
 
     def on_collector_failed(self, msg: CollectorFailed) -> None:
         self.notify(msg.error, title="collection stopped", severity="error", timeout=3600)
@@ -311,24 +315,20 @@ def make_app(
 
 
 def run_console(
-    settings: RecordSettings,
-    sink: Sink | None,
+    pipeline: Pipeline,
     *,
     title: str | None = None,
-    exports: Exports | None = None,
     spec: ViewSpec | None = None,
+    stop: threading.Event | None = None,
 ) -> None:
-    """Collect (recorder.run in a thread, ticks into ``sink``; None keeps nothing; records
-    to the IPFIX exporter and ticks to the metrics of ``exports``, in that thread) and show
-    the console until the user quits. The collection thread is always stopped on the way out,
-    which writes the live flows and detaches the program. An error that stopped collection is
-    raised again after the console closed, for the CLI to report; so is an exception that
-    ended the console itself (a bug), which the CLI writes to its crash log."""
-    from flowscope.store import default_db_path
-
-    source = RecorderSource(settings, sink, exports=exports)
-    db = (settings.db or default_db_path()) if sink is not None else None
-    app = make_app(source, db_path=db, title=title, handle_signals=True, spec=spec)
+    """Collect (the pipeline's loop in a thread: records into its writer and IPFIX exporter,
+    ticks to its metrics) and show the console until the user quits. The collection thread is
+    always stopped on the way out, which writes the live flows and detaches the program. An
+    error that stopped collection is raised again after the console closed, for the CLI to
+    report; so is an exception that ended the console itself (a bug), which the CLI writes to
+    its crash log. ``stop`` set by the caller ends collection and closes the console."""
+    source = RecorderSource(pipeline, stop)
+    app = make_app(source, db_path=pipeline.db_path, title=title, handle_signals=True, spec=spec)
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         app.run()

@@ -4,13 +4,13 @@ columns), ages, ports with their service names, addresses cut in the middle. No 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 from flowscope.model import proto_name, tcp_flags_text
-from flowscope.output import DIRECTION_MARKS, ICMP, human
-from flowscope.output import port_text as number_text
+from flowscope.query.view import Row
 from flowscope.ui.names import service
-from flowscope.ui.view import Row
+from flowscope.vocab import DIRECTION_MARKS, ICMP, age_text, clip, clip_column, compact
+from flowscope.vocab import port_text as number_text
 
 HEADERS: dict[str, str] = {
     "src": "Source",
@@ -40,74 +40,6 @@ NUMERIC = frozenset(
 IDENTITY = frozenset({"src", "dst", "sport", "dport", "proto"})
 """Columns that say which flow or group a row is: the leading run of them stays on screen
 while the other columns scroll sideways."""
-
-
-def compact(value: float) -> str:
-    """A count in at most five characters: ``47.9M``, ``812k``, ``12``."""
-    return human(value).replace(" ", "")
-
-
-def age_text(seconds: float) -> str:
-    """``42s``, ``3m05``, ``2h10``, ``3d04``: the age of a flow, in five characters at most."""
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}"
-
-
-def clip(text: str, width: int) -> str:
-    """Cut the middle out of a too-long text (addresses and names keep both ends)."""
-    if len(text) <= width:
-        return text
-    if width < 4:
-        return text[:width]
-    head = (width - 1) // 2
-    return text[:head] + "…" + text[len(text) - (width - 1 - head) :]
-
-
-def clip_column(texts: Sequence[str], width: int) -> list[str]:
-    """Each text clipped to ``width`` (``clip``), except that texts that would then look the
-    same (four IPv6 hosts of one /64 are ``2001:db…::2`` alike) show, between ``…`` marks,
-    the part where they differ instead: rows that are different hosts never read the same."""
-    out = [clip(t, width) for t in texts]
-    if width < 4:
-        return out
-    _separate(texts, out, range(len(texts)), 0, width)
-    return out
-
-
-def _separate(
-    texts: Sequence[str], out: list[str], indexes: Iterable[int], start: int, width: int
-) -> None:
-    """Re-clip, in place, the texts of ``indexes`` whose clipped forms collide; each collision
-    group shows the window just before the first character its members do not all share,
-    from ``start`` on, and groups that agree on that window too are separated further on."""
-    groups: dict[str, list[int]] = {}
-    for i in indexes:
-        groups.setdefault(out[i], []).append(i)
-    for members in groups.values():
-        distinct = {texts[i] for i in members}
-        if len(distinct) < 2:
-            continue
-        lo, hi = min(distinct), max(distinct)  # the common prefix of all is theirs
-        common = next((k for k, (a, b) in enumerate(zip(lo, hi, strict=False)) if a != b), len(lo))
-        longest = max(len(t) for t in distinct)
-        window = width - 2  # "…" on both sides
-        begin = max(start, common - window // 2, 0)
-        if begin + window >= longest - 1:  # the rest fits after one "…": show the end whole
-            begin, window = max(longest - (width - 1), 0), width - 1
-        for i in members:
-            t = texts[i]
-            part = t[begin : begin + window]
-            head = "…" if begin > 0 else ""
-            tail = "…" if begin + window < len(t) else ""
-            out[i] = head + part + tail
-        if begin + window < longest:
-            _separate(texts, out, members, begin + window, width)
 
 
 def service_name(port: int, proto: int | None) -> str | None:

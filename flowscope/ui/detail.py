@@ -12,9 +12,9 @@ from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import Footer, Label, Sparkline, Static
 
-from flowscope.output import human_rate
-from flowscope.ui.view import Row, find, find_reverse, reverse_ident
+from flowscope.query.view import Row, find, find_reverse, reverse_ident
 from flowscope.ui.widgets import describe_row, padded
+from flowscope.vocab import human_rate
 
 if TYPE_CHECKING:
     from flowscope.ui.app import FlowscopeApp

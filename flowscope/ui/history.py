@@ -29,13 +29,9 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Label, Static
 
-from flowscope import store
 from flowscope.errors import FlowscopeError, UsageError
-from flowscope.filter import Filter, FilterSyntaxError, parse, register_sql_functions
-from flowscope.output import human_bytes, human_rate
-from flowscope.ui.help import HelpScreen, filter_help
-from flowscope.ui.history_graph import HistoryGraph
-from flowscope.ui.history_query import (
+from flowscope.history import store
+from flowscope.history.browse import (
     EMPTY_ROWS,
     GROUP_CYCLE,
     NUMERIC_COLUMNS,
@@ -52,7 +48,11 @@ from flowscope.ui.history_query import (
     row_cells,
     row_key,
 )
+from flowscope.query.filter import Filter, FilterSyntaxError, parse, register_sql_functions
+from flowscope.ui.help import HelpScreen, filter_help
+from flowscope.ui.history_graph import HistoryGraph
 from flowscope.ui.keys import HISTORY_KEYS
+from flowscope.vocab import human_bytes, human_rate
 
 __all__ = ["HistoryApp", "HistoryGraph", "HistoryScreen"]
 

@@ -12,7 +12,7 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from flowscope.ui.history_query import TimeRange, clock, duration_text
+from flowscope.history.browse import TimeRange, clock, duration_text
 
 _EIGHTHS = " ▁▂▃▄▅▆▇█"
 

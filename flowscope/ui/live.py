@@ -18,11 +18,11 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, Static
 
 from flowscope.errors import FlowscopeError
-from flowscope.filter import FilterSyntaxError, parse
-from flowscope.ui import view as views
+from flowscope.query import view as views
+from flowscope.query.filter import FilterSyntaxError, parse
+from flowscope.query.view import COLUMNS, DESCENDING, GROUPS, Row, View, ViewSpec
 from flowscope.ui.cells import HEADERS, column_texts, widths
 from flowscope.ui.messages import HeaderSelected, RowHighlighted, RowSelected
-from flowscope.ui.view import COLUMNS, DESCENDING, GROUPS, Row, View, ViewSpec
 from flowscope.ui.widgets import FlowTable, NewFlowsFeed, RateGraph, StatusLine
 
 if TYPE_CHECKING:

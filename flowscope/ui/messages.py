@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 from textual.message import Message
 
-from flowscope.collector import Tick
-from flowscope.ui.state import WriterState
+from flowscope.collect.collector import Tick
+from flowscope.history.writer import WriterState
 
 
 @dataclass
@@ -30,6 +30,12 @@ class Attached(Message):
     interfaces: tuple[tuple[str, str], ...]
     indexes: dict[int, str] = field(default_factory=dict)
     """ifindex -> name, for the filter's ``iface``."""
+
+
+@dataclass
+class CollectionEnded(Message):
+    """Collection ended because whoever started the console said so (the demo's traffic
+    generator died): the console closes."""
 
 
 @dataclass

@@ -14,12 +14,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from flowscope import abi
-from flowscope.collector import Tick
-from flowscope.detect import Alert, Detector, Openings
-from flowscope.filter import Filter
+from flowscope.collect.collector import Tick
+from flowscope.collect.detect import Alert, Detector, Openings
+from flowscope.history.writer import WriterState
 from flowscope.model import NewFlow, Sample
-from flowscope.ui.frame import FlowFrame
-from flowscope.ui.view import Row
+from flowscope.query.filter import Filter
+from flowscope.query.frame import FlowFrame
+from flowscope.query.view import Row
 
 HISTORY = 300
 """Ticks of rate history kept (5 minutes at one tick a second)."""
@@ -30,18 +31,6 @@ LOSS_COUNTERS = ("map_full", "ringbuf_full", "malformed")
 BEHIND_TICKS = 3
 """The writer is behind (a warning) when its backlog grew over this many ticks in a row: a
 backlog that is written away by the next tick is the ordinary pace of a busy second."""
-
-
-@dataclass(frozen=True, slots=True)
-class WriterState:
-    """What the history writer reports, read in the collection thread after each tick."""
-
-    backlog: int = 0
-    """Records waiting to be written."""
-    dropped: int = 0
-    """Records dropped since start because the backlog was full."""
-    status: str | None = None
-    """What is wrong with writing (None while all is well)."""
 
 
 @dataclass(frozen=True, slots=True)

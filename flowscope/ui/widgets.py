@@ -21,21 +21,20 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Label, Sparkline, Static
 
-from flowscope.filter import Filter
 from flowscope.model import proto_name, tcp_flags_text
-from flowscope.output import endpoint, human, human_rate, printable
+from flowscope.query.filter import Filter
+from flowscope.query.view import GROUPS, Row
 from flowscope.ui.cells import (
     HEADERS,
     IDENTITY,
     NUMERIC,
     PAIR_HEADERS,
-    age_text,
     port_text,
     service_name,
 )
 from flowscope.ui.messages import HeaderSelected, RowHighlighted, RowSelected
 from flowscope.ui.state import LOSS_COUNTERS, LiveState
-from flowscope.ui.view import GROUPS, Row
+from flowscope.vocab import age_text, endpoint, human, human_rate, printable
 
 
 def padded(values: Sequence[float], width: int) -> list[float]:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from flowscope import bench
+from flowscope.bench import suite as bench
 from flowscope.cli import main
 
 KEYS = ["name", "value", "unit", "baseline_name", "baseline", "ratio"]

@@ -41,7 +41,7 @@ def traffic_pids(owner: int) -> list[int]:
             args = (d / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"flowscope.demo_traffic" in args and str(owner).encode() in args:
+        if b"flowscope.demo.traffic" in args and str(owner).encode() in args:
             found.append(int(d.name))
     return found
 
@@ -313,7 +313,7 @@ def test_headless_demo_serves_metrics_that_history_confirms(tmp_path: Path) -> N
 def test_clean_up_touches_only_what_a_demo_made(tmp_path: Path) -> None:
     """State files naming someone else's namespace, interface, processes or a path outside
     the state directory are removed as files and nothing they name is touched."""
-    from flowscope import demo_net
+    from flowscope.demo import net as demo_net
     from tests.netns import veth_namespace
 
     outside = tmp_path / "victim.json"

@@ -23,16 +23,16 @@ import pytest
 
 from flowscope import abi
 from flowscope.errors import BpfError
-from flowscope.model import FlowKey, FlowStats
-from flowscope.probe import libbpf
-from flowscope.probe.egress import (
+from flowscope.kernel import libbpf
+from flowscope.kernel.egress import (
     TC_NAME,
     TcEgressAttachment,
     egress_attached,
     tcx_egress_programs,
 )
-from flowscope.probe.program import TC_ACT_UNSPEC, BareProgram, FlowProgram
-from flowscope.probe.session import Probe
+from flowscope.kernel.program import TC_ACT_UNSPEC, BareProgram, FlowProgram
+from flowscope.kernel.session import Probe
+from flowscope.model import FlowKey, FlowStats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -191,7 +191,7 @@ def test_direction_ingress_or_egress_alone(net: VethNamespace) -> None:
 
 HOLDER = """
 import sys, time
-from flowscope.probe.session import Probe
+from flowscope.kernel.session import Probe
 p = Probe([sys.argv[1]], mode="generic", direction="both")
 print(p.describe(), flush=True)
 time.sleep(120)
@@ -295,8 +295,8 @@ def test_clsact_fallback_counts_and_cleans_up(net: VethNamespace) -> None:
 
 CLSACT_HOLDER = """
 import sys, time
-from flowscope.probe.program import FlowProgram
-from flowscope.probe.egress import TcEgressAttachment
+from flowscope.kernel.program import FlowProgram
+from flowscope.kernel.egress import TcEgressAttachment
 p = FlowProgram(flow_entries=64)
 a = TcEgressAttachment(p.tc_prog_fd, sys.argv[1], tcx=False)
 print(a.how, flush=True)

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from flowscope.errors import CompileError, KernelHeadersError
-from flowscope.probe.program import FlowProgram
+from flowscope.kernel.program import FlowProgram
 from tests.netns import PYTHON, veth_namespace
 
 

@@ -9,8 +9,8 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from flowscope import abi
-from flowscope.collector import Collector, CollectorSettings
-from flowscope.probe.session import Probe
+from flowscope.collect.collector import Collector, CollectorSettings
+from flowscope.kernel.session import Probe
 from tests.netns import veth_namespace
 
 

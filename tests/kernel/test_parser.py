@@ -38,8 +38,8 @@ from scapy.packet import Packet, Raw
 
 from flowscope import abi
 from flowscope.errors import BpfError
+from flowscope.kernel.program import FlowProgram
 from flowscope.model import FlowEvent, FlowKey
-from flowscope.probe.program import FlowProgram
 
 XDP_PASS = 2
 LO = 1  # ingress ifindex BPF_PROG_TEST_RUN reports when no xdp_md context is given

@@ -18,7 +18,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from flowscope.probe.attach import interface_info
+from flowscope.kernel.attach import interface_info
 from tests.netns import PYTHON, VethNamespace, veth_namespace
 
 FLOWSCOPE = [PYTHON, "-m", "flowscope"]

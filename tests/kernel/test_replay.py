@@ -33,10 +33,10 @@ from scapy.layers.sctp import SCTP
 from scapy.packet import Packet, Raw
 from scapy.utils import PcapNgWriter, wrpcap
 
-from flowscope import store
 from flowscope.cli import main
-from flowscope.replay import iso_us
-from flowscope.ui import history_query
+from flowscope.collect.replay import iso_us
+from flowscope.history import browse as history_query
+from flowscope.history import store
 from tests.pcaps import T0, ng_epb, ng_idb, ng_shb, pcap_header, pcap_record
 
 A4, B4 = "10.0.0.1", "10.0.0.2"
@@ -545,9 +545,9 @@ def test_frames_out_of_time_order_keep_the_earliest_and_latest_time(tmp_path: Pa
 def test_metrics_follow_the_replay_ticks_to_the_last_record(tmp_path: Path) -> None:
     """--metrics on replay: the ticks on the capture's clock feed the metrics, and their sums
     are what the replay printed, the last partial tick and the shutdown records included."""
-    from flowscope.collector import Tick
-    from flowscope.metrics import Metrics
-    from flowscope.replay import JsonSink, ReplaySettings, replay
+    from flowscope.collect.collector import Tick
+    from flowscope.collect.replay import JsonSink, ReplaySettings, replay
+    from flowscope.export.prometheus import Metrics
 
     metrics = Metrics(flow_entries=1024)
     ticks: list[Tick] = []

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from flowscope import store
+from flowscope.history import store
 from tests.kernel.test_record import start_record, udp4, wait_detached
 from tests.netns import PacedSender, VethNamespace, veth_namespace
 

@@ -27,8 +27,8 @@ from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Packet, Raw
 
 from flowscope import abi
+from flowscope.kernel.session import Probe
 from flowscope.model import FlowEvent, FlowKey, FlowStats
-from flowscope.probe.session import Probe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from netns import VethNamespace, veth_namespace, xdp_prog_id

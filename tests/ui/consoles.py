@@ -1,4 +1,4 @@
-"""A console over the recorded scenario (flowscope.ui.sample), with a fixed clock and a fake
+"""A console over the recorded scenario (tests.support.scenario), with a fixed clock and a fake
 resolver: no kernel, no machine clock, no network."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Any
 
 from flowscope.ui.app import FlowscopeApp, make_app
 from flowscope.ui.messages import TickArrived
-from flowscope.ui.sample import T0, scenario
-from flowscope.ui.source import ReplaySource
+from flowscope.ui.source import ScriptedSource
+from tests.support.scenario import T0, scenario
 
 NAMES = {"198.18.0.10": "web1.example", "198.18.7.21": "client7.example"}
 
@@ -19,7 +19,7 @@ NAMES = {"198.18.0.10": "web1.example", "198.18.7.21": "client7.example"}
 def console(
     ticks: list[TickArrived] | None = None, *, preload: int | None = None, has_db: bool = False
 ) -> FlowscopeApp:
-    source = ReplaySource(
+    source = ScriptedSource(
         ticks if ticks is not None else scenario(), preload=preload, has_db=has_db
     )
     return make_app(source, clock=lambda: T0 - 1, lookup=NAMES.get)

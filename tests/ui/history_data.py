@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from flowscope import abi
+from flowscope.history.store import Store, parse_iso
 from flowscope.model import FlowKey, FlowRecord, Sample
-from flowscope.store import Store, parse_iso
 
 NOW = parse_iso("2026-11-22T03:00:00Z")
 

@@ -8,7 +8,7 @@ import ipaddress
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowscope.ui.cells import clip, clip_column
+from flowscope.vocab import clip, clip_column
 
 
 @st.composite

@@ -11,17 +11,18 @@ import pytest
 from click.testing import CliRunner
 
 from flowscope import cli
-from flowscope.recorder import RecordSettings
+from flowscope.collect.recorder import RecordSettings
+from flowscope.pipeline import Pipeline, PipelineSettings
 from flowscope.ui import app as app_module
 from flowscope.ui.live import LiveScreen
-from flowscope.ui.sample import scenario
-from flowscope.ui.source import Post, ReplaySource
+from flowscope.ui.source import Post, ScriptedSource
+from tests.support.scenario import scenario
 
 
-class Source(ReplaySource):
+class Source(ScriptedSource):
     """Delivers the scenario's first ticks; remembers whether it was stopped."""
 
-    def __init__(self, settings: RecordSettings, sink: object, **kwargs: object) -> None:
+    def __init__(self, pipeline: object, stop: object = None) -> None:
         super().__init__(scenario(3), preload=3, has_db=False)
         self.error = None
         SOURCES.append(self)
@@ -56,9 +57,9 @@ def broken_console(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_run_console_raises_the_bug_after_stopping_collection(
     broken_console: None, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    settings = RecordSettings(interfaces=("eth0",))
+    settings = PipelineSettings(RecordSettings(interfaces=("eth0",)), history=None)
     with pytest.raises(ZeroDivisionError, match="a bug in the view"):
-        app_module.run_console(settings, None)
+        app_module.run_console(Pipeline(settings))
     assert SOURCES and SOURCES[0].stopped
     out, err = capfd.readouterr()
     assert "Traceback" not in out + err and "ZeroDivisionError" not in out + err
@@ -68,7 +69,7 @@ def test_the_cli_says_one_line_and_keeps_the_traceback_in_a_log(
     broken_console: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
-    monkeypatch.setattr("flowscope.probe.attach.check_can_attach", lambda name, force: None)
+    monkeypatch.setattr("flowscope.kernel.attach.check_can_attach", lambda name, force: None)
     result = CliRunner().invoke(cli.main, ["live", "-i", "eth0", "--no-db"])
     assert result.exit_code == 1, result.output
     (line,) = result.stderr.splitlines()

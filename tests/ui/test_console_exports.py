@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 
-from flowscope import recorder
-from flowscope.collector import Tick
-from flowscope.exports import Exports, ExportSettings
-from flowscope.ipfix import parse_target
-from flowscope.metrics import Listen
-from flowscope.recorder import RecordSettings
+from flowscope.collect import recorder
+from flowscope.collect.collector import Tick
+from flowscope.collect.recorder import RecordSettings
+from flowscope.export.ipfix import parse_target
+from flowscope.export.outputs import ExportSettings
+from flowscope.export.prometheus import Listen
+from flowscope.pipeline import Pipeline, PipelineSettings
 from flowscope.ui.messages import TickArrived
 from flowscope.ui.source import RecorderSource
 from tests.unit.test_ipfix import rec4
@@ -43,7 +44,11 @@ def test_records_go_to_the_exporter_and_ticks_to_the_metrics_in_the_collection_t
             ipfix=parse_target(f"127.0.0.1:{collector.getsockname()[1]}"),
             metrics=Listen("127.0.0.1", 0),
         )
-        with Exports(settings, flow_entries=8) as out:
+        pipeline_settings = PipelineSettings(
+            RecordSettings(interfaces=("lo",), flow_entries=8), None, settings
+        )
+        with Pipeline(pipeline_settings) as pipeline:
+            out = pipeline.exports
             assert out.metrics is not None and out.exporter is not None
             metrics_on_tick = out.metrics.on_tick
 
@@ -53,7 +58,7 @@ def test_records_go_to_the_exporter_and_ticks_to_the_metrics_in_the_collection_t
 
             monkeypatch.setattr(out.metrics, "on_tick", spy)
             posted: list[object] = []
-            source = RecorderSource(RecordSettings(interfaces=("lo",)), None, exports=out)
+            source = RecorderSource(pipeline)
             source.start(posted.append)
             assert source.stop()
             assert source.error is None

@@ -27,15 +27,15 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from textual.pilot import Pilot
 from textual.widgets import Input
 
-from flowscope.collector import LiveFlows, Tick
+from flowscope.collect.collector import LiveFlows, Tick
 from flowscope.model import FlowBatch
-from flowscope.ui import view as views
+from flowscope.query import view as views
+from flowscope.query.frame import FlowFrame
 from flowscope.ui.app import FlowscopeApp, make_app
-from flowscope.ui.frame import FlowFrame
 from flowscope.ui.live import FilterBar, LiveScreen
 from flowscope.ui.messages import TickArrived
-from flowscope.ui.sample import T0, history_db, scenario
-from flowscope.ui.source import ReplaySource
+from flowscope.ui.source import ScriptedSource
+from tests.support.scenario import T0, history_db, scenario
 from tests.ui.consoles import NAMES
 
 Step = Callable[[Pilot[Any]], Awaitable[object]]
@@ -136,7 +136,7 @@ class ConsoleMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
-        source = ReplaySource([], preload=0, has_db=True)
+        source = ScriptedSource([], preload=0, has_db=True)
         self.app: FlowscopeApp = make_app(
             source, clock=lambda: T0 - 1, lookup=NAMES.get, db_path=HISTORY_DB
         )

@@ -20,11 +20,9 @@ from textual.app import App, ComposeResult
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Static
 
-from flowscope import store
 from flowscope.errors import UsageError
-from flowscope.filter import parse, register_sql_functions
-from flowscope.ui.history import HistoryApp, HistoryGraph, HistoryScreen
-from flowscope.ui.history_query import (
+from flowscope.history import store
+from flowscope.history.browse import (
     GROUP_CYCLE,
     TOP_ROWS,
     TimeRange,
@@ -34,7 +32,9 @@ from flowscope.ui.history_query import (
     parse_range,
     row_cells,
 )
-from flowscope.ui.sample import HISTORY_NOW, history_db
+from flowscope.query.filter import parse, register_sql_functions
+from flowscope.ui.history import HistoryApp, HistoryGraph, HistoryScreen
+from tests.support.scenario import HISTORY_NOW, history_db
 
 sys.path.insert(0, str(Path(__file__).parent))
 from history_data import NOW, make_db
@@ -474,7 +474,7 @@ async def test_a_slow_query_shows_loading_and_the_keys_still_work(
 
 
 def test_the_query_half_does_not_import_textual() -> None:
-    code = "import sys, flowscope.ui.history_query; print('textual' in sys.modules)"
+    code = "import sys, flowscope.history.browse; print('textual' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

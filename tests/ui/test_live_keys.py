@@ -15,10 +15,10 @@ from flowscope.ui.detail import DetailScreen
 from flowscope.ui.help import HelpScreen
 from flowscope.ui.live import FilterBar
 from flowscope.ui.messages import TickArrived
-from flowscope.ui.sample import SCANNER, SERVER, T0, scenario
-from flowscope.ui.source import ReplaySource
+from flowscope.ui.source import ScriptedSource
 from flowscope.ui.state import WriterState
 from flowscope.ui.widgets import FlowTable, StatusLine
+from tests.support.scenario import SCANNER, SERVER, T0, scenario
 from tests.ui.consoles import console, synchronous
 
 SIZE = (80, 24)
@@ -76,7 +76,7 @@ async def test_s_digits_and_r_sort() -> None:
 async def test_f_freezes_the_order_while_rates_change() -> None:
     app = console(preload=40)
     source = app.source
-    assert isinstance(source, ReplaySource)
+    assert isinstance(source, ScriptedSource)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         before = list(table(app).order)
@@ -163,7 +163,7 @@ async def test_n_shows_reverse_dns_names_from_the_background() -> None:
 async def test_space_pauses_the_display_not_the_collection() -> None:
     app = console(preload=30)
     source = app.source
-    assert isinstance(source, ReplaySource)
+    assert isinstance(source, ScriptedSource)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         frozen = column(app, "bps")
@@ -233,7 +233,7 @@ async def test_q_and_ctrl_c_quit_and_stop_the_source() -> None:
             await pilot.press(key)
             await pilot.pause()
         assert app.return_code == 0
-        assert isinstance(app.source, ReplaySource) and app.source.stopped
+        assert isinstance(app.source, ScriptedSource) and app.source.stopped
 
 
 @synchronous
@@ -328,7 +328,7 @@ async def test_arrows_move_the_selection_and_a_header_click_sorts() -> None:
 async def test_the_selected_flow_keeps_the_cursor_as_rows_move() -> None:
     app = console(preload=40)
     source = app.source
-    assert isinstance(source, ReplaySource)
+    assert isinstance(source, ScriptedSource)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         await pilot.press("down", "down", "down")
@@ -444,7 +444,7 @@ async def test_export_trouble_is_a_warning_notification() -> None:
 async def test_the_console_opens_with_the_view_live_was_given() -> None:
     from flowscope.cli import _view_spec
 
-    source = ReplaySource(scenario(), has_db=False)
+    source = ScriptedSource(scenario(), has_db=False)
     spec = _view_spec("tcp port 443", "src", "pps")
     app = make_app(source, clock=lambda: T0 - 1, spec=spec)
     async with app.run_test(size=SIZE) as pilot:
@@ -458,7 +458,7 @@ async def test_the_console_opens_with_the_view_live_was_given() -> None:
 
 def test_live_groupings_in_the_help_are_the_consoles() -> None:
     from flowscope.cli import LIVE_GROUPS
-    from flowscope.ui.view import GROUPS
+    from flowscope.query.view import GROUPS
 
     assert tuple(GROUPS) == LIVE_GROUPS
 
@@ -491,10 +491,10 @@ async def test_help_is_the_screens_own_and_the_filter_language_is_f1_away() -> N
 
     from flowscope.ui.history import HistoryScreen
     from flowscope.ui.keys import FILTER_SYNTAX, HISTORY_KEYS, KEYS
-    from flowscope.ui.sample import history_db
+    from tests.support.scenario import history_db
 
     db = history_db(Path(tempfile.mkdtemp(prefix="flowscope-help-")) / "flows.db")
-    source = ReplaySource(scenario(), has_db=True)
+    source = ScriptedSource(scenario(), has_db=True)
     app = make_app(source, clock=lambda: T0 - 1, db_path=db)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("question_mark")
@@ -555,7 +555,7 @@ async def test_a_scan_is_one_alert_that_stays_filters_the_table_and_can_be_ackno
 
     app = console(scenario(140), preload=76)
     source = app.source
-    assert isinstance(source, ReplaySource)
+    assert isinstance(source, ScriptedSource)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         assert [(s, m) for s, m in app.notices if m.startswith("port scan")] == [
@@ -640,7 +640,7 @@ async def test_an_interface_down_or_gone_stays_on_the_status_line_until_it_is_up
 async def test_control_characters_in_an_interface_name_are_shown_escaped() -> None:
     """Linux takes almost any byte in an interface name (not "/", ":" or spaces): an escape
     sequence in one is shown as text on the status line, never sent to the terminal."""
-    source = ReplaySource(scenario(3), interfaces=(("e\x1b[2Jx", "native"),))
+    source = ScriptedSource(scenario(3), interfaces=(("e\x1b[2Jx", "native"),))
     app = make_app(source, clock=lambda: T0 - 1, lookup=lambda _: None)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from flowscope.ui.screenshots import SCREENS, sample_app
+from tests.support.screenshots import SCREENS, sample_app
 
 SIZES = [(80, 24), (160, 48)]
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from flowscope.filter import parse
-from flowscope.ui.frame import FlowFrame, _RowView, filter_mask
-from flowscope.ui.sample import SCANNER, SERVER, scenario
-from flowscope.ui.view import GROUPS, ViewSpec, compute, find, reverse_ident
+from flowscope.query.filter import parse
+from flowscope.query.frame import FlowFrame, _RowView, filter_mask
+from flowscope.query.view import GROUPS, ViewSpec, compute, find, reverse_ident
+from tests.support.scenario import SCANNER, SERVER, scenario
 
 TICK = scenario(76)[75]
 FRAME = FlowFrame.from_live(TICK.tick.live, TICK.now_ns)
@@ -120,7 +120,7 @@ def test_filter_then_group() -> None:
 
 
 def _is(col, addr):  # type: ignore[no-untyped-def]
-    from flowscope.ui.frame import addr_bytes
+    from flowscope.query.frame import addr_bytes
 
     return (col == addr_bytes(addr)[1]).all(axis=1)
 

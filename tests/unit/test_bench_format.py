@@ -13,7 +13,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import Dot1Q, Ether
 
-from flowscope import bench
+from flowscope.bench import suite as bench
 from flowscope.cli import main
 
 KEYS = ["name", "value", "unit", "baseline_name", "baseline", "ratio"]

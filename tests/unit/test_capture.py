@@ -1,4 +1,4 @@
-"""flowscope/capture.py reads pcap and pcapng files into Ethernet frames with their metadata.
+"""collect/capture.py reads pcap and pcapng files into Ethernet frames with their metadata.
 
 Captures come from scapy (wrpcap, PcapNgWriter) where scapy can write them, and from a few
 lines of struct where a test needs what scapy will not write (a big-endian file, a damaged one,
@@ -19,7 +19,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import CookedLinuxV2
 from scapy.utils import PcapNgWriter, wrpcap
 
-from flowscope.capture import Capture, CaptureError, read_all
+from flowscope.collect.capture import Capture, CaptureError, read_all
 from tests.pcaps import (
     T0,
     ng_block,

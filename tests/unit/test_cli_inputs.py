@@ -21,8 +21,8 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from flowscope import sandbox, store
 from flowscope.cli import main
+from flowscope.history import sandbox, store
 
 OPTIONS = [
     "--interval", "--duration", "--idle-timeout", "--active-timeout", "--fin-timeout",
@@ -223,20 +223,20 @@ def test_a_run_that_fails_to_attach_leaves_no_empty_database(
     """Issue #14: a record that failed to attach left an empty database. The kernel's refusal
     is stood in for here (the real refusals are in tests/kernel); what is checked is that a
     database this run created goes again, and one that existed stays."""
-    from flowscope import recorder
+    from flowscope.collect import recorder
     from flowscope.errors import AttachError
 
     def refused(settings: object, sink: Any, **kwargs: object) -> None:
         sink.close()  # as recorder.run does on its way out
         raise AttachError("the kernel refused: Operation not supported")
 
-    monkeypatch.setattr("flowscope.probe.attach.check_can_attach", lambda name, force: None)
+    monkeypatch.setattr("flowscope.kernel.attach.check_can_attach", lambda name, force: None)
     monkeypatch.setattr(recorder, "run", refused)
     if command == "live":
         from flowscope.ui import app as app_module
 
-        def console(settings: object, sink: Any, **kwargs: object) -> None:
-            refused(settings, sink)
+        def console(pipeline: Any, **kwargs: object) -> None:
+            refused(pipeline.settings, pipeline.sink)
 
         monkeypatch.setattr(app_module, "run_console", console)
     db = tmp_path / "new.db"

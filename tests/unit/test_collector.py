@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from flowscope import abi
-from flowscope.collector import Collector, CollectorSettings, counter_delta
+from flowscope.collect.collector import Collector, CollectorSettings, counter_delta
 from flowscope.model import FlowBatch, FlowEvent, FlowKey
 
 SEC = 1_000_000_000

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from flowscope import abi
-from flowscope.collector import Collector, CollectorSettings
+from flowscope.collect.collector import Collector, CollectorSettings
 from flowscope.model import FlowBatch, FlowEvent, FlowKey
 
 SEC = 1_000_000_000

@@ -1,4 +1,4 @@
-"""Scan and SYN-flood detection (flowscope.detect) against a brute-force model of its rules,
+"""Scan and SYN-flood detection (flowscope.collect.detect) against a brute-force model of its rules,
 on generated streams of new flows; and the scenario's scan, which must raise exactly one alert
 naming its source that stays listed."""
 
@@ -10,9 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flowscope import abi, detect
+from flowscope import abi
+from flowscope.collect import detect
 from flowscope.model import FlowKey, NewFlow
-from flowscope.ui.sample import SCANNER, SERVER, scenario
+from tests.support.scenario import SCANNER, SERVER, scenario
 
 SOURCES = [f"198.18.1.{i}" for i in range(1, 5)]
 HOSTS = ["198.18.0.10", "198.18.0.11", "198.18.0.12"]

@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 from flowscope import doctor
 from flowscope.cli import main
-from flowscope.demo_net import names, owner_of
+from flowscope.demo.net import names, owner_of
 from flowscope.doctor import Check, Status
-from flowscope.probe.checks import InterfaceFacts
+from flowscope.kernel.checks import InterfaceFacts
 
 
 def facts(**kw: object) -> InterfaceFacts:

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flowscope.errors import UsageError
-from flowscope.filter import (
+from flowscope.query.filter import (
     And,
     Compare,
     Equals,
@@ -353,7 +353,7 @@ def test_iface_names_that_need_quotes_render_quoted() -> None:
 
 def test_module_stays_out_of_the_ui_and_kernel_layers() -> None:
     code = (
-        "import sys, flowscope.filter; "
+        "import sys, flowscope.query.filter; "
         "print([m for m in ('textual', 'bcc', 'pyroute2') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from flowscope import abi, store
+from flowscope import abi
 from flowscope.cli import main
+from flowscope.history import store
 from flowscope.model import FlowKey, FlowRecord
 
 H = 3600.0
@@ -221,7 +222,7 @@ def test_table_has_human_units_first_last_and_direction(db: Path) -> None:
 def test_on_an_80_column_terminal_the_table_leaves_out_columns_before_folding(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from flowscope import output
+    from flowscope import vocab as output
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
@@ -304,7 +305,7 @@ def test_history_and_sql_never_import_textual(db: Path) -> None:
         "assert r.exit_code == 0, r.output\n"
         f"r = CliRunner().invoke(main, ['sql', '--db', {str(db)!r}, 'SELECT 1'])\n"
         "assert r.exit_code == 0, r.output\n"
-        "import flowscope.writer\n"
+        "import flowscope.history.writer\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('textual', 'bcc', 'pyroute2')]\n"
         "assert not bad, bad\n"
     )
@@ -461,8 +462,8 @@ def test_alerts_lists_what_recordings_detected_in_every_format(tmp_path: Path) -
     scan's flows in `history`."""
     from unittest import mock
 
+    from flowscope.history.writer import Writer
     from flowscope.model import NewFlow, Sample
-    from flowscope.writer import Writer
 
     path = tmp_path / "flows.db"
     t0 = NOW - 300

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from flowscope import abi, ipfix
+from flowscope import abi
 from flowscope.cli import main
 from flowscope.errors import UsageError
+from flowscope.export import ipfix
 from flowscope.model import FlowKey, FlowRecord
 
 T0 = 1_790_000_000.123  # 2026-09-21T14:13:20.123Z

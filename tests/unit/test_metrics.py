@@ -7,9 +7,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from flowscope import abi
-from flowscope.collector import LiveFlows, Tick
+from flowscope.collect.collector import LiveFlows, Tick
 from flowscope.errors import UsageError
-from flowscope.metrics import Listen, Metrics, parse_listen
+from flowscope.export.prometheus import Listen, Metrics, parse_listen
 from flowscope.model import FlowBatch, Sample
 
 

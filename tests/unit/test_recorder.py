@@ -14,9 +14,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from flowscope import abi, recorder
-from flowscope.collector import CollectorSettings, Tick
-from flowscope.metrics import Metrics
+from flowscope import abi
+from flowscope.collect import recorder
+from flowscope.collect.collector import CollectorSettings, Tick
+from flowscope.export.prometheus import Metrics
 from flowscope.model import FlowRecord, NewFlow, Sample
 from tests.unit.test_collector import FakeSource
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from flowscope import abi, cli
+from flowscope.collect.replay import iso_us, record_json
 from flowscope.model import FlowKey, FlowRecord
-from flowscope.replay import iso_us, record_json
 
 
 def test_progress_bar_only_on_a_terminal_and_for_large_files(

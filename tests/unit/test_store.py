@@ -25,9 +25,11 @@ import sqlite_utils
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flowscope import abi, sandbox, store
-from flowscope.detect import Alert
+from flowscope import abi
+from flowscope.collect.detect import Alert
 from flowscope.errors import FlowscopeError, UsageError
+from flowscope.history import sandbox, store
+from flowscope.history.writer import CLOSE_STALL, Writer
 from flowscope.model import (
     FlowBatch,
     FlowKey,
@@ -38,7 +40,6 @@ from flowscope.model import (
     pending_records,
 )
 from flowscope.when import parse_duration
-from flowscope.writer import CLOSE_STALL, Writer
 
 T0 = 1_795_000_000.0  # 2026-11-18T...Z, a fixed clock
 
@@ -82,11 +83,13 @@ def db(tmp_path: Path) -> Path:
 
 
 def test_default_path_follows_xdg_state_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    from flowscope import pipeline
+
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
-    assert store.default_db_path() == tmp_path / "xdg" / "flowscope" / "flows.db"
+    assert pipeline.default_db_path() == tmp_path / "xdg" / "flowscope" / "flows.db"
     monkeypatch.delenv("XDG_STATE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert store.default_db_path() == tmp_path / "home/.local/state/flowscope/flows.db"
+    assert pipeline.default_db_path() == tmp_path / "home/.local/state/flowscope/flows.db"
 
 
 def test_new_database_is_private_wal_and_versioned(db: Path) -> None:
@@ -629,7 +632,7 @@ _KILLED_WRITER = """
 import os, signal, sys, time
 sys.path.insert(0, {root!r})
 from tests.unit.test_store import pending_of, rec
-from flowscope.writer import Writer
+from flowscope.history.writer import Writer
 w = Writer({db!r})
 w.submit([rec(sport=1)], None, [], [pending_of([5, 7, 9], [0, 7, 4])])
 while w.written < 1:

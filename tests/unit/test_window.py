@@ -1,5 +1,5 @@
 """Window semantics: a record's packets and bytes spread evenly over its interval, every range
-counting only its share, in whole numbers that add up exactly (flowscope/window.py).
+counting only its share, in whole numbers that add up exactly (flowscope/history/window.py).
 
 Properties over random records and random cuts: the shares of ranges that tile a record are
 the record; SQL (history) and numpy (the graph) give the same shares; the hourly sums and the
@@ -17,7 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flowscope import abi, store, window
+from flowscope import abi
+from flowscope.history import store, window
 from flowscope.model import FlowKey, FlowRecord
 
 BASE = 1_794_999_600_000  # ms, on an hour boundary

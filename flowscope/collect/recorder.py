@@ -1,0 +1,211 @@
+"""The collection loop shared by `record`, `live` and `demo`: probe, collector, writer.
+
+Between ticks it keeps draining the ring buffer, so a burst of new flows (a scan, a SYN flood)
+does not overflow it while the loop sleeps. Leaving the loop for any reason (the duration ran
+out, Ctrl-C, SIGTERM turned into SystemExit) writes every live flow with end reason
+'shutdown', flushes the writer, and detaches the program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from flowscope import abi
+from flowscope.collect.collector import Collector, CollectorSettings, Tick
+from flowscope.model import FlowRecord, NewFlow, PendingFlows, Sample
+
+if TYPE_CHECKING:
+    from flowscope.kernel.links import LinkWatch
+    from flowscope.kernel.session import Probe
+
+POLL_MS = 100
+
+
+class Sink(Protocol):
+    """Where ticks go: the SQLite writer, or nothing (--no-db).
+
+    ``pending`` is what the live flows hold that no record holds yet (None: unchanged; an
+    empty list: nothing, as after shutdown). ``check()`` raises, as a FlowscopeError, what
+    went wrong for good in the sink's own thread, so the loop stops instead of going on
+    without it."""
+
+    def submit(
+        self,
+        records: list[FlowRecord],
+        sample: Sample | None,
+        events: list[NewFlow],
+        pending: Sequence[PendingFlows] | None = None,
+    ) -> None: ...
+
+    def check(self) -> None: ...
+
+    def close(self) -> object: ...
+
+
+class NullSink:
+    """Keeps nothing."""
+
+    def submit(
+        self,
+        records: list[FlowRecord],
+        sample: Sample | None,
+        events: list[NewFlow],
+        pending: Sequence[PendingFlows] | None = None,
+    ) -> None:
+        pass
+
+    def check(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True, slots=True)
+class RecordSettings:
+    """Everything `flowscope record` is told (flags > FLOWSCOPE_* environment > defaults)."""
+
+    interfaces: tuple[str, ...]
+    """Interfaces to attach to."""
+    mode: str = "auto"
+    """XDP mode: auto, native or generic."""
+    force: bool = False
+    """Replace an XDP program already on an interface."""
+    direction: str = "both"
+    """What to watch: ingress (XDP), egress (TC) or both (ingress only when egress is refused)."""
+    flow_entries: int = abi.DEFAULT_FLOW_ENTRIES
+    """Size of each kernel flow map."""
+    duration: float | None = None
+    """Seconds to record; None: until stopped."""
+    collector: CollectorSettings = field(default_factory=CollectorSettings)
+    """Tick interval and expiry timeouts."""
+
+
+@dataclass(slots=True)
+class RecordSummary:
+    """What a recording did, for the last status line."""
+
+    ticks: int = 0
+    records: int = 0
+    events: int = 0
+    packets: int = 0
+    interrupted: bool = False
+    """Stopped by Ctrl-C or SIGTERM rather than by the duration or the caller."""
+
+
+def run(
+    settings: RecordSettings,
+    sink: Sink,
+    *,
+    on_tick: Callable[[Tick], None] | None = None,
+    stop: threading.Event | None = None,
+    on_notice: Callable[[str], None] | None = None,
+) -> RecordSummary:
+    """Collect until the duration ends or ``stop`` is set; every tick goes to ``sink``.
+    ``on_notice`` hears what the user should know about the attachments (egress refused)."""
+    from flowscope.kernel.session import Probe
+
+    stop = stop or threading.Event()
+    try:
+        return _run(settings, sink, on_tick, stop, Probe, on_notice)
+    finally:
+        sink.close()
+
+
+def _run(
+    settings: RecordSettings,
+    sink: Sink,
+    on_tick: Callable[[Tick], None] | None,
+    stop: threading.Event,
+    probe_class: type[Probe],
+    on_notice: Callable[[str], None] | None = None,
+) -> RecordSummary:
+    summary = RecordSummary()
+    with probe_class(
+        list(settings.interfaces),
+        mode=settings.mode,
+        force=settings.force,
+        flow_entries=settings.flow_entries,
+        direction=settings.direction,
+    ) as probe:
+        if on_notice is not None:
+            for text in probe.notices:
+                on_notice(text)
+        collector = Collector(
+            probe.program, settings.collector, iface_names=probe.interface_names()
+        )
+        from flowscope.kernel.links import LinkWatch
+
+        names = probe.interface_names()
+        watch = LinkWatch({name: index for index, name in names.items()})
+        try:
+            _loop(collector, probe, sink, settings, stop, on_tick, summary, watch, on_notice)
+        except (KeyboardInterrupt, SystemExit):
+            # Ctrl-C, or SIGTERM turned into SystemExit by the CLI: a normal way to stop
+            summary.interrupted = True
+        finally:
+            # the last partial tick, then every live flow, then the writer's backlog
+            tick = collector.tick()
+            sink.submit(tick.records, tick.sample, tick.events, tick.pending)
+            last = collector.shutdown()
+            sink.submit(last, None, [], [])
+            summary.records += len(tick.records) + len(last)
+            summary.events += len(tick.events)
+            summary.packets += tick.sample.counters.get("packets", 0)
+            if on_tick is not None:
+                # last, once everything is submitted: the hook (metrics, a status line) sees
+                # the final partial tick and the shutdown records too, so what it sums over
+                # the ticks is what the sink got
+                on_tick(dataclasses.replace(tick, records=[*tick.records, *last]))
+    return summary
+
+
+def _loop(
+    collector: Collector,
+    probe: Probe,
+    sink: Sink,
+    settings: RecordSettings,
+    stop: threading.Event,
+    on_tick: Callable[[Tick], None] | None,
+    summary: RecordSummary,
+    watch: LinkWatch | None = None,
+    on_notice: Callable[[str], None] | None = None,
+) -> None:
+    """Tick every interval until the duration ends or ``stop`` is set, draining the ring
+    buffer in between; after each tick, say when a watched interface went down, came back or
+    disappeared (collection goes on with the others)."""
+    interval = settings.collector.interval
+    start = time.monotonic()
+    end = start + settings.duration if settings.duration is not None else None
+    next_tick = start + interval
+    while not stop.is_set():
+        now = time.monotonic()
+        if end is not None and now >= end:
+            break
+        wake = min(next_tick, end) if end is not None else next_tick
+        if now < wake:
+            probe.program.poll_events(max(1, min(POLL_MS, int((wake - now) * 1000))))
+            continue
+        tick = collector.tick()
+        sink.submit(tick.records, tick.sample, tick.events, tick.pending)
+        sink.check()
+        summary.ticks += 1
+        summary.records += len(tick.records)
+        summary.events += len(tick.events)
+        summary.packets += tick.sample.counters.get("packets", 0)
+        changes = watch.changes() if watch is not None else []
+        if on_tick is not None:
+            if watch is not None:  # a lasting state for status lines; the notice says it once
+                tick = dataclasses.replace(tick, links=dict(watch.states))
+            on_tick(tick)
+        if on_notice is not None:
+            for text in changes:
+                on_notice(text)
+        next_tick += interval
+        if next_tick < time.monotonic():  # fell behind: do not try to catch up
+            next_tick = time.monotonic() + interval

@@ -1,0 +1,406 @@
+"""Compile the flow programs (XDP ingress, TC egress) with BCC and read what they collect.
+
+BCC compiles bpf/flowscope.c at run time against the running kernel's headers. Tunables go in
+as -D cflags, never by editing the source. Reading the flow maps uses BPF_MAP_LOOKUP_BATCH into
+numpy buffers that are reused between reads, so a drain costs a few syscalls and no Python
+object per flow; the per-CPU values are summed with numpy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flowscope import abi
+from flowscope.errors import (
+    CompileError,
+    KernelHeadersError,
+    PrivilegeError,
+    UnsupportedKernelError,
+)
+from flowscope.kernel import libbpf
+from flowscope.kernel.attach import FLOWSCOPE_XDP
+from flowscope.kernel.privileges import require_bpf_privileges
+from flowscope.model import FlowBatch, FlowEvent, events_from_records
+
+XDP_FUNCTION = FLOWSCOPE_XDP
+TC_FUNCTION = "flowscope_tc"
+TC_ACT_UNSPEC = -1
+"""The TC program's only verdict: none (tcx: run the next program, then the default)."""
+
+
+def bpf_dir() -> Path:
+    """Where the C sources are: inside the installed package, or the source tree's bpf/."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "bpf", here.parent / "bpf"):
+        if (candidate / "flowscope.c").is_file():
+            return candidate
+    raise CompileError("the BPF sources (flowscope.c) are missing from the installation")
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[Callable[[], str]]:
+    """BCC and the verifier print to fd 2; keep it so an error can quote the compiler."""
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+
+        def text() -> str:
+            tmp.seek(0)
+            return tmp.read().decode(errors="replace")
+
+        try:
+            yield text
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def kernel_headers() -> Path | None:
+    """The kernel headers BCC will compile against, or None when there are none. Checked
+    before compiling because BCC reports their absence only on stdout, which belongs to the
+    console while it runs."""
+    override = os.environ.get("BCC_KERNEL_SOURCE")
+    if override:
+        return Path(override) if Path(override).is_dir() else None
+    build = Path(f"/lib/modules/{os.uname().release}/build")
+    if build.is_dir():
+        return build
+    kheaders = Path("/sys/kernel/kheaders.tar.xz")
+    return kheaders if kheaders.exists() else None
+
+
+def _compile_error(log: str, what: str) -> Exception:
+    if "Unable to find kernel headers" in log or "linux/kconfig.h" in log:
+        return KernelHeadersError(
+            "no kernel headers for this kernel",
+            "run 'make setup', which installs Debian's linux-headers-amd64 and links them",
+        )
+    if "ringbuf" in log.lower() and ("invalid" in log.lower() or "unknown" in log.lower()):
+        return UnsupportedKernelError(
+            "this kernel has no BPF ring buffer", "flowscope needs Linux 5.8 or later"
+        )
+    errors = [ln for ln in log.splitlines() if "error:" in ln]
+    detail = errors[0].strip() if errors else (log.strip().splitlines() or [what])[-1]
+    return CompileError(f"{what}: {detail}")
+
+
+@dataclass
+class _BatchBuffers:
+    """Reusable buffers for one flow map."""
+
+    keys: np.ndarray
+    values: np.ndarray
+    token: ctypes.Array[ctypes.c_char] = field(
+        default_factory=lambda: ctypes.create_string_buffer(8)
+    )
+
+
+class FlowProgram:
+    """The compiled programs (XDP for ingress, TC for egress: one source, the same maps), the
+    maps, and the ways to read them.
+
+    Not attached to anything by itself: probe.attach does that, and BPF_PROG_TEST_RUN can run
+    them directly (tests, benchmarks, replay). The TC program is loaded on first use."""
+
+    def __init__(
+        self,
+        *,
+        flow_entries: int = abi.DEFAULT_FLOW_ENTRIES,
+        ringbuf_pages: int = abi.DEFAULT_RINGBUF_PAGES,
+        cflags: tuple[str, ...] = (),
+    ) -> None:
+        require_bpf_privileges()
+        if flow_entries < 1:
+            raise CompileError("--flow-entries must be at least 1")
+        if ringbuf_pages < 1 or ringbuf_pages & (ringbuf_pages - 1):
+            raise CompileError("the ring buffer size must be a power of two pages")
+        src = bpf_dir()
+        if kernel_headers() is None:
+            raise KernelHeadersError(
+                f"no kernel headers for this kernel ({os.uname().release})",
+                "run 'make setup', which installs Debian's linux-headers-amd64 and links them",
+            )
+        self.flow_entries = flow_entries
+        flags = [
+            f"-I{src}",
+            f"-DFLOW_ENTRIES={flow_entries}",
+            f"-DRINGBUF_PAGES={ringbuf_pages}",
+            *cflags,
+        ]
+        from bcc import BPF  # only the probe imports bcc
+
+        with _captured_stderr() as log:
+            try:
+                self._bpf = BPF(src_file=str(src / "flowscope.c").encode(), cflags=flags)
+            except Exception as e:
+                raise _compile_error(log(), "BCC could not compile bpf/flowscope.c") from e
+            try:
+                self._fn = self._bpf.load_func(XDP_FUNCTION.encode(), BPF.XDP)
+            except Exception as e:
+                text = log()
+                if "Operation not permitted" in str(e) or "Operation not permitted" in text:
+                    raise PrivilegeError(
+                        "the kernel refused to load the XDP program",
+                        "run as root or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON",
+                    ) from e
+                raise _compile_error(text, "the verifier refused the XDP program") from e
+        self.prog_fd: int = self._fn.fd
+        self._tc_fd: int | None = None
+        self.ncpus = libbpf.num_possible_cpus()
+        self._maps = {
+            abi.AF_INET: (self._bpf["flows4"].map_fd, abi.KEY4_DTYPE),
+            abi.AF_INET6: (self._bpf["flows6"].map_fd, abi.KEY6_DTYPE),
+        }
+        self._buffers: dict[int, _BatchBuffers] = {}
+        self._events_open = False
+        self._pending_events: list[bytes] = []
+        self._event_callback: Callable[[FlowEvent], None] | None = None
+        self._closed = False
+
+    @property
+    def tc_prog_fd(self) -> int:
+        """The egress (SCHED_CLS) program's fd, loaded (verified) on first use."""
+        if self._tc_fd is None:
+            from bcc import BPF
+
+            with _captured_stderr() as log:
+                try:
+                    fn = self._bpf.load_func(TC_FUNCTION.encode(), BPF.SCHED_CLS)
+                except Exception as e:
+                    text = log()
+                    if "Operation not permitted" in str(e) or "Operation not permitted" in text:
+                        raise PrivilegeError(
+                            "the kernel refused to load the TC program",
+                            "run as root or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON",
+                        ) from e
+                    raise _compile_error(text, "the verifier refused the TC program") from e
+            self._tc_fd = int(fn.fd)
+        return self._tc_fd
+
+    # -- flows ---------------------------------------------------------------------------
+
+    def map_fd(self, family: int) -> int:
+        """The fd of the flow map of one family (abi.AF_INET or abi.AF_INET6)."""
+        return int(self._maps[family][0])
+
+    def _buffers_for(self, family: int) -> _BatchBuffers:
+        buf = self._buffers.get(family)
+        if buf is None:
+            _, kdtype = self._maps[family]
+            cap = self.flow_entries
+            buf = _BatchBuffers(
+                keys=np.zeros(cap, dtype=kdtype),
+                values=np.zeros(cap * self.ncpus, dtype=abi.VALUE_DTYPE),
+            )
+            self._buffers[family] = buf
+        return buf
+
+    def read_flows(self, family: int) -> FlowBatch:
+        """Every flow of one family, per-CPU values summed. The arrays are fresh copies."""
+        fd, _ = self._maps[family]
+        buf = self._buffers_for(family)
+        cap = len(buf.keys)
+        n = 0
+        first = True
+        # A hash batch returns whole buckets; ask for what is left of the buffer each time.
+        chunk = max(1, min(cap, 16384))
+        while n < cap:
+            want = min(chunk, cap - n)
+            got, done = libbpf.map_lookup_batch(
+                fd,
+                buf.keys[n:].ctypes.data,
+                buf.values[n * self.ncpus :].ctypes.data,
+                want,
+                buf.token,
+                first,
+            )
+            first = False
+            n += got
+            if done:
+                break
+        values = buf.values[: n * self.ncpus].reshape(n, self.ncpus)
+        return FlowBatch.from_percpu(family, buf.keys[:n].copy(), values)
+
+    def read_all_flows(self) -> list[FlowBatch]:
+        """IPv4 and IPv6 flows."""
+        return [self.read_flows(abi.AF_INET), self.read_flows(abi.AF_INET6)]
+
+    def take_flows(self, family: int, keys: np.ndarray) -> tuple[np.ndarray, FlowBatch]:
+        """Remove flows from the kernel map and return their final counters, each with one
+        lookup-and-delete, so no packet counted after the last read is lost. Returns which keys
+        were found, and the final counters of those."""
+        fd, kdtype = self._maps[family]
+        kbuf = np.ascontiguousarray(keys, dtype=kdtype)
+        vbuf = np.zeros((len(kbuf), self.ncpus), dtype=abi.VALUE_DTYPE)
+        found = np.array(
+            libbpf.map_lookup_and_delete_many(
+                fd,
+                kbuf.ctypes.data,
+                kdtype.itemsize,
+                vbuf.ctypes.data,
+                self.ncpus * abi.VALUE_DTYPE.itemsize,
+                len(kbuf),
+            ),
+            dtype=bool,
+        )
+        return found, FlowBatch.from_percpu(family, kbuf[found], vbuf[found])
+
+    def put_flows(self, family: int, keys: np.ndarray) -> None:
+        """Insert flows from user space, one bpf_map_update_elem each, with one packet on the
+        first CPU. For benchmarks that need a map holding many flows: this fills 100,000 in a
+        fraction of a second, where running a frame per flow through the program takes
+        seconds. ``keys`` has the kernel key layout (abi.KEY4_DTYPE or KEY6_DTYPE)."""
+        fd, kdtype = self._maps[family]
+        kbuf = np.ascontiguousarray(keys, dtype=kdtype)
+        vbuf = np.zeros(self.ncpus, dtype=abi.VALUE_DTYPE)
+        vbuf[0]["packets"] = 1
+        vptr = vbuf.ctypes.data
+        base, size = kbuf.ctypes.data, kdtype.itemsize
+        for i in range(len(kbuf)):
+            libbpf.map_update(fd, base + i * size, vptr)
+
+    # -- counters ------------------------------------------------------------------------
+
+    def read_counters_by_direction(self) -> dict[int, dict[abi.Counter, int]]:
+        """The kernel counters of each direction (abi.DIR_INGRESS, abi.DIR_EGRESS), summed
+        over CPUs. Read with libbpf into abi.CpuState: bcc's own decoding of the leaf type
+        does not follow the two-dimensional counters array."""
+        zero = ctypes.c_uint32(0)
+        per_cpu = (abi.CpuState * self.ncpus)()
+        libbpf.map_lookup(self._bpf["cpu_state"].map_fd, ctypes.byref(zero), ctypes.byref(per_cpu))
+        return {
+            d: {c: int(sum(cpu.counters[d][c] for cpu in per_cpu)) for c in abi.Counter}
+            for d in range(abi.DIRECTIONS)
+        }
+
+    def read_counters(self) -> dict[abi.Counter, int]:
+        """The kernel counters, summed over CPUs and both directions."""
+        split = self.read_counters_by_direction()
+        return {c: sum(split[d][c] for d in split) for c in abi.Counter}
+
+    def clear(self) -> None:
+        """Delete every flow and zero the counters (and the clock cache) on every CPU.
+
+        For tests and benchmarks that run many cases through BPF_PROG_TEST_RUN: a fresh state
+        without the seconds a recompile costs. Not for a live attachment, which would lose the
+        packets counted between the read and the deletes."""
+        for family in self._maps:
+            self.take_flows(family, self.read_flows(family).keys)
+        zero = ctypes.c_uint32(0)
+        state = (abi.CpuState * self.ncpus)()
+        libbpf.map_update(self._bpf["cpu_state"].map_fd, ctypes.byref(zero), ctypes.byref(state))
+
+    # -- ring buffer ---------------------------------------------------------------------
+
+    def open_events(self, callback: Callable[[FlowEvent], None]) -> None:
+        """Deliver each ring buffer record, decoded, to ``callback`` during poll_events.
+
+        The ring buffer's own callback only copies each record out; poll_events decodes them
+        together afterwards (model.events_from_records), which keeps up with bursts of new
+        flows that a struct per record could not."""
+        pending: list[bytes] = []
+
+        def on_record(_ctx: Any, data: Any, size: int) -> int:
+            pending.append(ctypes.string_at(data, size))
+            return 0
+
+        self._bpf["events"].open_ring_buffer(on_record)
+        self._pending_events = pending
+        self._event_callback = callback
+        self._events_open = True
+
+    def poll_events(self, timeout_ms: int = 0) -> None:
+        """Wait up to timeout_ms for ring buffer records (0: take what is there)."""
+        if not self._events_open:
+            return
+        if timeout_ms <= 0:
+            self._bpf.ring_buffer_consume()
+        else:
+            self._bpf.ring_buffer_poll(timeout_ms)
+        records = self._pending_events[:]
+        self._pending_events.clear()
+        callback = self._event_callback
+        if callback is not None:
+            for event in events_from_records(records):
+                callback(event)
+
+    # -- running without an interface -----------------------------------------------------
+
+    def test_run(
+        self, frame: bytes, *, repeat: int = 1, ctx: libbpf.XdpMd | None = None
+    ) -> libbpf.TestRunResult:
+        """Run the program on one frame through BPF_PROG_TEST_RUN."""
+        return libbpf.prog_test_run(self.prog_fd, frame, repeat=repeat, ctx=ctx)
+
+    def test_run_egress(self, frame: bytes, *, repeat: int = 1) -> libbpf.TestRunResult:
+        """Run the egress (TC) program on one frame through BPF_PROG_TEST_RUN: the kernel
+        builds an skb from it, on the loopback device (ifindex 1)."""
+        return libbpf.prog_test_run(self.tc_prog_fd, frame, repeat=repeat)
+
+    def close(self) -> None:
+        """Free the program and its maps (an attachment holds its own reference)."""
+        if not self._closed:
+            self._closed = True
+            self._bpf.cleanup()
+
+    def __enter__(self) -> FlowProgram:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+BARE_KINDS = {
+    "xdp": ("bare.c", "bare_xdp"),
+    "tc": ("bare.c", "bare_tc"),
+    "hash_floor": ("floor.c", "hash_floor_xdp"),
+}
+"""The reference programs of flowscope bench: their source file and function."""
+
+
+class BareProgram:
+    """A reference program for flowscope bench. ``xdp``: bpf/bare.c's XDP program that only
+    returns XDP_PASS; ``tc``: its TC twin that only returns TC_ACT_UNSPEC. They are the floor
+    that benchmarks are measured against, since BPF_PROG_TEST_RUN itself costs a few tens of
+    nanoseconds per run. ``hash_floor``: bpf/floor.c, only the per-CPU hash lookup and update
+    flowscope.c does for a known flow, with the key read from fixed offsets."""
+
+    def __init__(self, kind: str = "xdp") -> None:
+        require_bpf_privileges()
+        src = bpf_dir()
+        from bcc import BPF
+
+        file, name = BARE_KINDS[kind]
+        prog_type = BPF.SCHED_CLS if kind == "tc" else BPF.XDP
+        with _captured_stderr() as log:
+            try:
+                self._bpf = BPF(src_file=str(src / file).encode(), cflags=[f"-I{src}"])
+                self.prog_fd: int = self._bpf.load_func(name.encode(), prog_type).fd
+            except Exception as e:
+                raise _compile_error(log(), f"BCC could not load bpf/{file}") from e
+        self._closed = False
+
+    def test_run(self, frame: bytes, *, repeat: int = 1) -> libbpf.TestRunResult:
+        """Run the program on one frame through BPF_PROG_TEST_RUN."""
+        return libbpf.prog_test_run(self.prog_fd, frame, repeat=repeat)
+
+    def close(self) -> None:
+        """Free the program."""
+        if not self._closed:
+            self._closed = True
+            self._bpf.cleanup()
+
+    def __enter__(self) -> BareProgram:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

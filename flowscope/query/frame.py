@@ -1,0 +1,247 @@
+"""All live flows of one tick as columns, and the filter language evaluated over them.
+
+The console redraws every tick over up to a million flows, so nothing here makes a Python
+object per flow: a tick's two LiveFlows batches (IPv4 and IPv6) become one FlowFrame of numpy
+columns (addresses as 16-byte rows, IPv4 in the first four bytes), and a parsed filter is
+compiled to a boolean mask over those columns. ``filter_mask`` decides exactly as
+``Filter.matches`` does (a test holds both to the same answers). No textual import here.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from flowscope import abi
+from flowscope.collect.collector import LiveFlows
+from flowscope.model import address_text
+from flowscope.query import filter as flt
+
+ADDR = 16  # bytes per address column row (IPv4 uses the first 4)
+
+
+@dataclass(frozen=True, slots=True)
+class FlowFrame:
+    """One tick's live flows, both families, one array per field (all the same length).
+
+    ``first_seen`` and ``last_seen`` are kernel CLOCK_MONOTONIC nanoseconds, like ``now_ns``,
+    the monotonic time of the tick, so ages need no clock of the console's own."""
+
+    family: np.ndarray
+    src: np.ndarray
+    dst: np.ndarray
+    sport: np.ndarray
+    dport: np.ndarray
+    proto: np.ndarray
+    vlan: np.ndarray
+    ifindex: np.ndarray
+    direction: np.ndarray
+    packets: np.ndarray
+    bytes: np.ndarray
+    first_seen: np.ndarray
+    last_seen: np.ndarray
+    tcp_flags: np.ndarray
+    bps: np.ndarray
+    pps: np.ndarray
+    now_ns: int = 0
+
+    def __len__(self) -> int:
+        return len(self.family)
+
+    @classmethod
+    def empty(cls) -> FlowFrame:
+        """No flows."""
+        return cls.from_live([], 0)
+
+    @classmethod
+    def from_live(cls, live: Sequence[LiveFlows], now_ns: int) -> FlowFrame:
+        """Concatenate the families' batches of a Tick."""
+        parts: dict[str, list[np.ndarray]] = {f: [] for f in _FIELDS}
+        for lf in live:
+            b = lf.batch
+            n = len(b)
+            k = b.keys
+            width = 4 if b.family == abi.AF_INET else 16
+            for side in ("src", "dst"):
+                raw = np.zeros((n, ADDR), np.uint8)
+                if n:
+                    name = "saddr" if side == "src" else "daddr"
+                    raw[:, :width] = np.ascontiguousarray(k[name]).view(np.uint8).reshape(n, width)
+                parts[side].append(raw)
+            parts["family"].append(np.full(n, b.family, np.uint8))
+            for name in ("sport", "dport", "proto", "vlan", "ifindex", "direction"):
+                parts[name].append(k[name].astype(_DTYPES[name]))
+            for name in ("packets", "bytes", "first_seen", "last_seen", "tcp_flags"):
+                parts[name].append(getattr(b, name).astype(_DTYPES[name]))
+            parts["bps"].append(np.asarray(lf.bps, np.float64))
+            parts["pps"].append(np.asarray(lf.pps, np.float64))
+        cols = {
+            f: np.concatenate(parts[f])
+            if parts[f]
+            else np.zeros((0, ADDR) if f in ("src", "dst") else 0, _DTYPES[f])
+            for f in _FIELDS
+        }
+        return cls(**cols, now_ns=now_ns)
+
+    def take(self, idx: np.ndarray) -> FlowFrame:
+        """The rows picked by an index array or boolean mask."""
+        return FlowFrame(**{f: getattr(self, f)[idx] for f in _FIELDS}, now_ns=self.now_ns)
+
+    def src_text(self, i: int) -> str:
+        """Source address of row i as text."""
+        return addr_text(int(self.family[i]), self.src[i].tobytes())
+
+    def dst_text(self, i: int) -> str:
+        """Destination address of row i as text."""
+        return addr_text(int(self.family[i]), self.dst[i].tobytes())
+
+
+_DTYPES: dict[str, type] = {
+    "family": np.uint8,
+    "src": np.uint8,
+    "dst": np.uint8,
+    "sport": np.int32,
+    "dport": np.int32,
+    "proto": np.int32,
+    "vlan": np.int32,
+    "ifindex": np.int64,
+    "direction": np.uint8,
+    "packets": np.uint64,
+    "bytes": np.uint64,
+    "first_seen": np.uint64,
+    "last_seen": np.uint64,
+    "tcp_flags": np.uint8,
+    "bps": np.float64,
+    "pps": np.float64,
+}
+_FIELDS = tuple(_DTYPES)
+
+
+@functools.lru_cache(maxsize=65536)
+def addr_text(family: int, raw: bytes) -> str:
+    """Printable address; cached because the same hosts come back every tick."""
+    return address_text(family, raw)
+
+
+def addr_bytes(text: str) -> tuple[int, np.ndarray]:
+    """(family, 16-byte row) of an address, the layout of FlowFrame.src and .dst."""
+    a = ipaddress.ip_address(text)
+    row = np.zeros(ADDR, np.uint8)
+    row[: len(a.packed)] = np.frombuffer(a.packed, np.uint8)
+    return (abi.AF_INET if a.version == 4 else abi.AF_INET6), row
+
+
+# --- the filter language over a frame ---------------------------------------------------------
+
+Mask = np.ndarray
+IfaceNames = Mapping[int, str]
+
+
+def filter_mask(
+    f: flt.Filter | flt.Expr, frame: FlowFrame, iface_names: IfaceNames | None = None
+) -> Mask:
+    """Which rows of ``frame`` pass the filter (a boolean array)."""
+    expr = f.expr if isinstance(f, flt.Filter) else f
+    return _mask(expr, frame, iface_names or {})
+
+
+def _mask(e: flt.Expr, fr: FlowFrame, names: IfaceNames) -> Mask:
+    n = len(fr)
+    if isinstance(e, flt.All):
+        return np.ones(n, bool)
+    if isinstance(e, flt.Not):
+        return ~_mask(e.operand, fr, names)
+    if isinstance(e, flt.And):
+        out = np.ones(n, bool)
+        for p in e.parts:
+            out &= _mask(p, fr, names)
+        return out
+    if isinstance(e, flt.Or):
+        out = np.zeros(n, bool)
+        for p in e.parts:
+            out |= _mask(p, fr, names)
+        return out
+    if isinstance(e, flt.Host):
+        fam, row = addr_bytes(e.address)
+        return _sides(e.side, fr, lambda col: (fr.family == fam) & (col == row).all(axis=1))
+    if isinstance(e, flt.Net):
+        fam = abi.AF_INET if e.network.version == 4 else abi.AF_INET6
+        net = np.zeros(ADDR, np.uint8)
+        net[: len(e.network.network_address.packed)] = np.frombuffer(
+            e.network.network_address.packed, np.uint8
+        )
+        netmask = np.zeros(ADDR, np.uint8)
+        netmask[: len(e.network.netmask.packed)] = np.frombuffer(e.network.netmask.packed, np.uint8)
+        return _sides(
+            e.side, fr, lambda col: (fr.family == fam) & ((col & netmask) == net).all(axis=1)
+        )
+    if isinstance(e, flt.Port):
+        if e.side == "src":
+            return _equal(fr.sport, e.port)
+        if e.side == "dst":
+            return _equal(fr.dport, e.port)
+        return np.asarray(_equal(fr.sport, e.port) | _equal(fr.dport, e.port), bool)
+    if isinstance(e, flt.Equals):
+        if e.column == "proto":
+            return _equal(fr.proto, e.value)
+        if e.column == "vlan":
+            return _equal(fr.vlan, e.value)
+        if e.column == "direction":
+            want = abi.DIR_INGRESS if e.value == "ingress" else abi.DIR_EGRESS
+            return _equal(fr.direction, want)
+        # iface: an index without a known name is matched by its number, as the collector
+        # names it
+        idx = [i for i in np.unique(fr.ifindex) if names.get(int(i), str(int(i))) == e.value]
+        return np.asarray(np.isin(fr.ifindex, idx), bool)
+    if isinstance(e, flt.Compare):
+        col = fr.bytes if e.column == "bytes" else fr.packets
+        return np.asarray(_ORDERINGS[e.op](col, np.uint64(e.value)), bool)
+    if isinstance(e, flt.Flags):
+        return _equal(fr.tcp_flags & e.mask, e.mask)
+    # a node this module does not know yet: ask it row by row (slow, but right)
+    return np.fromiter((e.matches(_RowView(fr, i, names)) for i in range(n)), bool, n)
+
+
+_ORDERINGS: dict[str, np.ufunc] = {
+    ">": np.greater,
+    ">=": np.greater_equal,
+    "<": np.less,
+    "<=": np.less_equal,
+    "=": np.equal,
+    "!=": np.not_equal,
+}
+"""flt.COMPARISONS over a column (the keys are the same)."""
+
+
+def _equal(col: np.ndarray, value: object) -> Mask:
+    """Where a column equals a value, as a boolean array."""
+    return np.asarray(col == value, bool)
+
+
+def _sides(side: str, fr: FlowFrame, test: Callable[[np.ndarray], Mask]) -> Mask:
+    if side == "src":
+        return test(fr.src)
+    if side == "dst":
+        return test(fr.dst)
+    return np.asarray(test(fr.src) | test(fr.dst), bool)
+
+
+class _RowView:
+    """One frame row seen as filter.FlowRow (for the fallback path only)."""
+
+    def __init__(self, fr: FlowFrame, i: int, names: IfaceNames) -> None:
+        self.src = fr.src_text(i)
+        self.dst = fr.dst_text(i)
+        self.sport = int(fr.sport[i])
+        self.dport = int(fr.dport[i])
+        self.proto = int(fr.proto[i])
+        self.vlan = int(fr.vlan[i])
+        self.iface = names.get(int(fr.ifindex[i]), str(int(fr.ifindex[i])))
+        self.packets = int(fr.packets[i])
+        self.bytes = int(fr.bytes[i])
+        self.tcp_flags = int(fr.tcp_flags[i])
+        self.direction = "ingress" if fr.direction[i] == abi.DIR_INGRESS else "egress"

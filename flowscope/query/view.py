@@ -1,0 +1,421 @@
+"""From a FlowFrame to the rows the table shows: filter, group, sort, keep the top N.
+
+Everything up to the top N happens on numpy arrays (a mask for the filter, ``np.unique`` for the
+groups, ``np.bincount`` for their sums, ``argpartition`` for the top N), so a tick over 100,000
+flows makes Python objects only for the N rows on screen. No textual import here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from flowscope import abi
+from flowscope.query import filter as flt
+from flowscope.query.frame import FlowFrame, addr_bytes, addr_text, filter_mask
+
+GROUPS: dict[str, str] = {
+    "flow": "flow",
+    "src": "source host",
+    "dst": "destination host",
+    "pair": "conversation",
+    "dport": "destination port",  # and direction: ↓ received (our services), ↑ sent
+    "proto": "protocol",
+}
+"""Group-by choices, in the order the toggle key cycles through them, with their labels."""
+
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "flow": (
+        "src",
+        "sport",
+        "dst",
+        "dport",
+        "proto",
+        "bps",
+        "pps",
+        "bytes",
+        "packets",
+        "age",
+        "vlan",
+        "flags",
+    ),
+    "src": ("src", "flows", "bps", "pps", "bytes", "packets", "age"),
+    "dst": ("dst", "flows", "bps", "pps", "bytes", "packets", "age"),
+    "pair": ("src", "dst", "flows", "bps", "pps", "bytes", "out", "in", "packets", "age"),
+    "dport": ("proto", "dport", "flows", "bps", "pps", "bytes", "packets", "age"),
+    "proto": ("proto", "flows", "bps", "pps", "bytes", "packets", "age"),
+}
+"""The table's columns for each grouping (also the sort keys it offers, in this order)."""
+
+DESCENDING = frozenset({"bps", "pps", "bytes", "packets", "flows", "out", "in", "age"})
+"""Sort keys whose natural order is largest first (the rest: smallest first)."""
+
+DEFAULT_TOP = 200
+
+
+@dataclass(frozen=True, slots=True)
+class ViewSpec:
+    """What the user chose: grouping, sort, filter, how many rows."""
+
+    group: str = "flow"
+    sort: str = "bps"
+    reverse: bool = False
+    filter: flt.Filter | None = None
+    top: int = DEFAULT_TOP
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One table row (a flow or a group). Fields a grouping does not have are None; for
+    'pair', src and dst are the two hosts (src the lower address), and the flows of both
+    directions are merged: ``out`` is the bytes the watched interfaces sent (egress flows),
+    ``in_`` the bytes they received (ingress flows)."""
+
+    ident: tuple[object, ...]
+    family: int
+    src: str | None
+    dst: str | None
+    sport: int | None
+    dport: int | None
+    proto: int | None
+    vlan: int | None
+    ifindex: int | None
+    direction: int | None
+    bps: float
+    pps: float
+    bytes: int
+    packets: int
+    age: float
+    tcp_flags: int
+    flows: int
+    out: int | None = None
+    in_: int | None = None
+    first_seen_ns: int = 0
+    last_seen_ns: int = 0
+
+    @property
+    def key(self) -> str:
+        """The table's row key: stable across ticks for the same flow or group."""
+        return "|".join(str(p) for p in self.ident)
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """The rows to show, and the totals they came from."""
+
+    rows: list[Row]
+    matched: int
+    """Flows that passed the filter."""
+    groups: int
+    """Rows before the top N was taken."""
+
+
+@dataclass(slots=True)
+class _Groups:
+    """Aggregates over groups of frame rows; ``rep`` is a frame row index in each group."""
+
+    rep: np.ndarray
+    src: np.ndarray
+    dst: np.ndarray
+    bps: np.ndarray
+    pps: np.ndarray
+    bytes: np.ndarray
+    packets: np.ndarray
+    flows: np.ndarray
+    first_seen: np.ndarray
+    last_seen: np.ndarray
+    tcp_flags: np.ndarray
+    out: np.ndarray | None = None
+    in_: np.ndarray | None = None
+
+
+def compute(frame: FlowFrame, spec: ViewSpec, iface_names: Mapping[int, str] | None = None) -> View:
+    """The rows of ``frame`` for ``spec``."""
+    if spec.filter is not None and not spec.filter.matches_all:
+        frame = frame.take(filter_mask(spec.filter, frame, iface_names))
+    g = _group(frame, spec.group)
+    order = _top(frame, g, spec)
+    return View(
+        rows=[_row(frame, g, int(i), spec.group) for i in order],
+        matched=len(frame),
+        groups=len(g.rep),
+    )
+
+
+def find(
+    frame: FlowFrame, group: str, ident: tuple[object, ...], iface_names: Mapping[int, str] | None
+) -> Row | None:
+    """The row with this identity in ``frame`` (even outside the top N), or None."""
+    mask = _members(frame, group, ident)
+    if mask is None or not mask.any():
+        return None
+    sub = frame.take(mask)
+    g = _group(sub, group)
+    return _row(sub, g, 0, group) if len(g.rep) else None
+
+
+def reverse_ident(
+    ident: tuple[object, ...], *, same_hook: bool = False
+) -> tuple[object, ...] | None:
+    """The identity of a flow's other direction (None for groups): on the same interface, the
+    replies to what it received are what it sent, so the direction flips too; ``same_hook``
+    keeps it (a mirror port, or a probe watching ingress only, sees both ways as ingress)."""
+    if not ident or ident[0] != "flow":
+        return None
+    _, fam, src, dst, sport, dport, proto, vlan, ifindex, direction = ident
+    if not same_hook:
+        direction = abi.DIR_INGRESS if direction == abi.DIR_EGRESS else abi.DIR_EGRESS
+    return ("flow", fam, dst, src, dport, sport, proto, vlan, ifindex, direction)
+
+
+def find_reverse(
+    frame: FlowFrame, ident: tuple[object, ...], iface_names: Mapping[int, str] | None
+) -> Row | None:
+    """The row of a flow's other direction: the flipped direction first, else the same."""
+    for same in (False, True):
+        rev = reverse_ident(ident, same_hook=same)
+        row = find(frame, "flow", rev, iface_names) if rev is not None else None
+        if row is not None:
+            return row
+    return None
+
+
+# --- grouping -----------------------------------------------------------------------------------
+
+
+def _as_bytes(*cols: np.ndarray) -> np.ndarray:
+    """Each row's columns side by side as one opaque byte string (a numpy void), so that
+    np.unique and argsort treat a multi-column key as one value."""
+    n = len(cols[0])
+    # the width from the dtype, not -1: numpy cannot infer it for zero rows (an empty view)
+    parts = [
+        np.ascontiguousarray(c)
+        .view(np.uint8)
+        .reshape(n, c.dtype.itemsize * int(np.prod(c.shape[1:])))
+        for c in cols
+    ]
+    mat = np.ascontiguousarray(np.hstack(parts)) if parts else np.zeros((n, 0), np.uint8)
+    return mat.view(np.dtype((np.void, mat.shape[1]))).ravel()
+
+
+def _pair_order(fr: FlowFrame) -> np.ndarray:
+    """True where src is the lower address of the pair (compared byte by byte)."""
+    diff = fr.src != fr.dst
+    first = diff.argmax(axis=1)
+    rows = np.arange(len(fr))
+    return np.asarray(fr.src[rows, first] < fr.dst[rows, first], bool)
+
+
+def _group(fr: FlowFrame, group: str) -> _Groups:
+    n = len(fr)
+    if group == "flow":
+        return _Groups(
+            rep=np.arange(n),
+            src=fr.src,
+            dst=fr.dst,
+            bps=fr.bps,
+            pps=fr.pps,
+            bytes=fr.bytes.astype(np.float64),
+            packets=fr.packets.astype(np.float64),
+            flows=np.ones(n, np.int64),
+            first_seen=fr.first_seen,
+            last_seen=fr.last_seen,
+            tcp_flags=fr.tcp_flags,
+        )
+    src, dst = fr.src, fr.dst
+    out_mask = None
+    if group == "src":
+        key = _as_bytes(fr.family, fr.src)
+    elif group == "dst":
+        key = _as_bytes(fr.family, fr.dst)
+    elif group == "pair":
+        out_mask = _pair_order(fr)
+        src = np.where(out_mask[:, None], fr.src, fr.dst)
+        dst = np.where(out_mask[:, None], fr.dst, fr.src)
+        key = _as_bytes(fr.family, src, dst)
+    elif group == "dport":
+        # by direction too: a sent flow's destination port is its peer's (a client's
+        # ephemeral port when this host serves), so received and sent stay apart
+        key = _as_bytes(fr.proto, fr.dport, fr.direction)
+    elif group == "proto":
+        key = _as_bytes(fr.proto)
+    else:
+        raise ValueError(f"unknown grouping {group!r}")
+    if n == 0:
+        rep = inv = np.zeros(0, np.intp)
+    else:
+        _, rep, inv = np.unique(key, return_index=True, return_inverse=True)
+    m = len(rep)
+
+    def total(w: np.ndarray) -> np.ndarray:
+        return np.bincount(inv, weights=w.astype(np.float64), minlength=m)
+
+    first = np.full(m, np.iinfo(np.uint64).max, np.uint64)
+    np.minimum.at(first, inv, fr.first_seen)
+    last = np.zeros(m, np.uint64)
+    np.maximum.at(last, inv, fr.last_seen)
+    flags = np.zeros(m, np.uint8)
+    np.bitwise_or.at(flags, inv, fr.tcp_flags)
+    g = _Groups(
+        rep=rep,
+        src=src[rep],
+        dst=dst[rep],
+        bps=total(fr.bps),
+        pps=total(fr.pps),
+        bytes=total(fr.bytes),
+        packets=total(fr.packets),
+        flows=np.bincount(inv, minlength=m),
+        first_seen=first,
+        last_seen=last,
+        tcp_flags=flags,
+    )
+    if out_mask is not None:
+        b = fr.bytes.astype(np.float64)
+        sent = fr.direction == abi.DIR_EGRESS
+        g.out = np.bincount(inv, weights=np.where(sent, b, 0.0), minlength=m)
+        g.in_ = np.bincount(inv, weights=np.where(sent, 0.0, b), minlength=m)
+    return g
+
+
+def _members(fr: FlowFrame, group: str, ident: tuple[object, ...]) -> np.ndarray | None:
+    """Which frame rows belong to the row with this identity."""
+    if not ident or ident[0] != group:
+        return None
+    try:
+        if group == "flow":
+            _, _fam, src, dst, sport, dport, proto, vlan, ifindex, direction = ident
+            m = _host(fr.src, fr, str(src)) & _host(fr.dst, fr, str(dst))
+            return np.asarray(
+                m
+                & (fr.sport == sport)
+                & (fr.dport == dport)
+                & (fr.proto == proto)
+                & (fr.vlan == vlan)
+                & (fr.ifindex == ifindex)
+                & (fr.direction == direction),
+                bool,
+            )
+        if group in ("src", "dst"):
+            return _host(fr.src if group == "src" else fr.dst, fr, str(ident[2]))
+        if group == "pair":
+            a, b = str(ident[2]), str(ident[3])
+            one_way = _host(fr.src, fr, a) & _host(fr.dst, fr, b)
+            return np.asarray(one_way | (_host(fr.src, fr, b) & _host(fr.dst, fr, a)), bool)
+        if group == "dport":
+            return np.asarray(
+                (fr.proto == ident[1]) & (fr.dport == ident[2]) & (fr.direction == ident[3]), bool
+            )
+        if group == "proto":
+            return np.asarray(fr.proto == ident[1], bool)
+    except ValueError:
+        return None
+    return None
+
+
+def _host(col: np.ndarray, fr: FlowFrame, text: str) -> np.ndarray:
+    fam, raw = addr_bytes(text)
+    return np.asarray((fr.family == fam) & (col == raw).all(axis=1), bool)
+
+
+# --- sorting ------------------------------------------------------------------------------------
+
+
+def _sort_values(fr: FlowFrame, g: _Groups, key: str) -> np.ndarray:
+    rep = g.rep
+    if key in ("src", "dst"):
+        col = g.src if key == "src" else g.dst
+        return _as_bytes(fr.family[rep], col)
+    simple = {
+        "bps": g.bps,
+        "pps": g.pps,
+        "bytes": g.bytes,
+        "packets": g.packets,
+        "flows": g.flows,
+        "flags": g.tcp_flags,
+    }
+    if key in simple:
+        return np.asarray(simple[key], np.float64)
+    if key == "age":
+        return (fr.now_ns - g.first_seen.astype(np.float64)).astype(np.float64)
+    if key in ("out", "in"):
+        arr = g.out if key == "out" else g.in_
+        return np.zeros(len(rep)) if arr is None else arr
+    if key in ("sport", "dport", "proto", "vlan"):
+        column: np.ndarray = getattr(fr, key)
+        return np.asarray(column[rep], np.float64)
+    raise ValueError(f"unknown sort key {key!r}")
+
+
+def _top(fr: FlowFrame, g: _Groups, spec: ViewSpec) -> np.ndarray:
+    """Group indices of the top N in display order (ties in a fixed order: by index)."""
+    m = len(g.rep)
+    values = _sort_values(fr, g, spec.sort)
+    descending = (spec.sort in DESCENDING) != spec.reverse
+    n = min(spec.top, m)
+    if values.dtype.kind == "V":
+        order = np.argsort(values, kind="stable")
+        return order[::-1][:n] if descending else order[:n]
+    v = -values if descending else values
+    if n < m:
+        cand = np.sort(np.argpartition(v, n - 1)[:n]) if n else np.zeros(0, np.intp)
+    else:
+        cand = np.arange(m)
+    return cand[np.argsort(v[cand], kind="stable")]
+
+
+def _row(fr: FlowFrame, g: _Groups, i: int, group: str) -> Row:
+    r = int(g.rep[i])
+    fam = int(fr.family[r])
+    first = int(g.first_seen[i])
+    src: str | None = addr_text(fam, g.src[i].tobytes())
+    dst: str | None = addr_text(fam, g.dst[i].tobytes())
+    sport = dport = proto = vlan = ifindex = direction = None
+    out = in_ = None
+    if group == "flow":
+        sport, dport = int(fr.sport[r]), int(fr.dport[r])
+        proto, vlan = int(fr.proto[r]), int(fr.vlan[r])
+        ifindex, direction = int(fr.ifindex[r]), int(fr.direction[r])
+        ident: tuple[object, ...] = (
+            "flow", fam, src, dst, sport, dport, proto, vlan, ifindex, direction
+        )  # fmt: skip
+    elif group == "src":
+        ident, dst = ("src", fam, src), None
+    elif group == "dst":
+        ident, src = ("dst", fam, dst), None
+    elif group == "pair":
+        assert g.out is not None and g.in_ is not None
+        ident = ("pair", fam, src, dst)
+        out, in_ = int(g.out[i]), int(g.in_[i])
+    else:
+        src = dst = None
+        proto = int(fr.proto[r])
+        if group == "dport":
+            dport, direction = int(fr.dport[r]), int(fr.direction[r])
+            ident = ("dport", proto, dport, direction)
+        else:
+            ident = ("proto", proto)
+    return Row(
+        ident=ident,
+        family=fam,
+        src=src,
+        dst=dst,
+        sport=sport,
+        dport=dport,
+        proto=proto,
+        vlan=vlan,
+        ifindex=ifindex,
+        direction=direction,
+        bps=float(g.bps[i]),
+        pps=float(g.pps[i]),
+        bytes=int(g.bytes[i]),
+        packets=int(g.packets[i]),
+        age=max((fr.now_ns - first) / 1e9, 0.0) if first else 0.0,
+        tcp_flags=int(g.tcp_flags[i]),
+        flows=int(g.flows[i]),
+        out=out,
+        in_=in_,
+        first_seen_ns=first,
+        last_seen_ns=int(g.last_seen[i]),
+    )

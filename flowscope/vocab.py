@@ -1,0 +1,236 @@
+"""Rows as a text table, JSON lines or CSV, for the headless commands (history, sql).
+
+Imports rich (installed with textual) but never textual itself.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from typing import IO, Any
+
+FORMATS = ("table", "json", "csv")
+WIDE = 100_000
+"""The table width when stdout is not a terminal: never wrapped, so grep and awk see one line
+per row and whole addresses."""
+
+
+DIRECTION_MARKS: dict[int | str, str] = {0: "↓", 1: "↑", "ingress": "↓", "egress": "↑"}
+"""Before a protocol: received (ingress) or sent (egress), in every table."""
+ICMP = (1, 58)
+
+
+def port_text(port: int, proto: int | None) -> str:
+    """A port as every table writes it: the number, or ``type/code`` for ICMP and ICMPv6
+    (whose flows carry type * 256 + code as destination port)."""
+    if proto in ICMP:
+        return f"{port >> 8}/{port & 0xFF}"
+    return str(port)
+
+
+def endpoint(addr: str, port: int, proto: int | None = None) -> str:
+    """``10.0.0.1:443``, ``[2001:db8::1]:443``, ``10.0.0.1:8/0`` (ICMP echo request)."""
+    text = port_text(port, proto)
+    return f"[{addr}]:{text}" if ":" in addr else f"{addr}:{text}"
+
+
+def proto_text(proto: int, direction: int | str | None = None) -> str:
+    """``↓tcp``: the protocol's name after its direction's mark (none when unknown)."""
+    from flowscope.model import proto_name
+
+    mark = DIRECTION_MARKS.get(direction, "") if direction is not None else ""
+    return mark + proto_name(proto)
+
+
+def time_of_day(iso: str, day: bool = False) -> str:
+    """``03:10:05`` (``11-22 03:10``: with the day) from history's
+    ``2026-11-22T03:10:05.123Z``, UTC as the table's title says."""
+    return f"{iso[5:10]} {iso[11:16]}" if day else iso[11:19]
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character (a newline, an escape sequence from a user's
+    input, a capture's interface name or a database value) written as its escape: one line,
+    and nothing a terminal obeys."""
+    return "".join(
+        c if c.isprintable() or c == " " else c.encode("unicode_escape").decode() for c in text
+    )
+
+
+def human(value: float, unit: str = "", base: float = 1000.0) -> str:
+    """``1234567`` -> ``1.2 M`` + unit: three significant figures at most, SI prefixes."""
+    for prefix in ("", "k", "M", "G", "T", "P"):
+        if abs(value) < base or prefix == "P":
+            if prefix == "":
+                text = f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
+            else:
+                text = f"{value:.1f}" if abs(value) < 100 else f"{value:.0f}"
+            return f"{text} {prefix}{unit}".rstrip()
+        value /= base
+    raise AssertionError("unreachable")
+
+
+def human_bytes(n: float) -> str:
+    """Bytes in SI units: ``1.2 MB``."""
+    return human(n, "B")
+
+
+def human_rate(bps: float) -> str:
+    """Bits per second: ``3.4 Mb/s``."""
+    return human(bps, "b/s")
+
+
+def compact(value: float) -> str:
+    """A count in at most five characters: ``47.9M``, ``812k``, ``12``."""
+    return human(value).replace(" ", "")
+
+
+def age_text(seconds: float) -> str:
+    """``42s``, ``3m05``, ``2h10``, ``3d04``: the age of a flow, in five characters at most."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}"
+
+
+def clip(text: str, width: int) -> str:
+    """Cut the middle out of a too-long text (addresses and names keep both ends)."""
+    if len(text) <= width:
+        return text
+    if width < 4:
+        return text[:width]
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head) :]
+
+
+def clip_column(texts: Sequence[str], width: int) -> list[str]:
+    """Each text clipped to ``width`` (``clip``), except that texts that would then look the
+    same (four IPv6 hosts of one /64 are ``2001:db…::2`` alike) show, between ``…`` marks,
+    the part where they differ instead: rows that are different hosts never read the same."""
+    out = [clip(t, width) for t in texts]
+    if width < 4:
+        return out
+    _separate(texts, out, range(len(texts)), 0, width)
+    return out
+
+
+def _separate(
+    texts: Sequence[str], out: list[str], indexes: Iterable[int], start: int, width: int
+) -> None:
+    """Re-clip, in place, the texts of ``indexes`` whose clipped forms collide; each collision
+    group shows the window just before the first character its members do not all share,
+    from ``start`` on, and groups that agree on that window too are separated further on."""
+    groups: dict[str, list[int]] = {}
+    for i in indexes:
+        groups.setdefault(out[i], []).append(i)
+    for members in groups.values():
+        distinct = {texts[i] for i in members}
+        if len(distinct) < 2:
+            continue
+        lo, hi = min(distinct), max(distinct)  # the common prefix of all is theirs
+        common = next((k for k, (a, b) in enumerate(zip(lo, hi, strict=False)) if a != b), len(lo))
+        longest = max(len(t) for t in distinct)
+        window = width - 2  # "…" on both sides
+        begin = max(start, common - window // 2, 0)
+        if begin + window >= longest - 1:  # the rest fits after one "…": show the end whole
+            begin, window = max(longest - (width - 1), 0), width - 1
+        for i in members:
+            t = texts[i]
+            part = t[begin : begin + window]
+            head = "…" if begin > 0 else ""
+            tail = "…" if begin + window < len(t) else ""
+            out[i] = head + part + tail
+        if begin + window < longest:
+            _separate(texts, out, members, begin + window, width)
+
+
+def write_json_lines(rows: Sequence[dict[str, Any]], out: IO[str] | None = None) -> None:
+    """One JSON object per line."""
+    out = out or sys.stdout
+    for row in rows:
+        out.write(json.dumps(row, default=_json_value) + "\n")
+
+
+def _json_value(value: Any) -> Any:
+    """What JSON has no type for: bytes (a BLOB from `sql`) as hex text."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def write_csv(
+    columns: Sequence[str], rows: Sequence[Sequence[Any]], out: IO[str] | None = None
+) -> None:
+    """A header line, then one line per row. To a terminal, control characters in values are
+    escaped (printable); to a file or a pipe they are written as they are."""
+    out = out or sys.stdout
+    w = csv.writer(out, lineterminator="\n")
+    if _isatty(out):
+        w.writerow([printable(c) for c in columns])
+        w.writerows([[printable(v) if isinstance(v, str) else v for v in r] for r in rows])
+        return
+    w.writerow(columns)
+    w.writerows(rows)
+
+
+def _isatty(out: IO[str]) -> bool:
+    try:
+        return out.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def write_table(
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    right: Sequence[str] = (),
+    title: str | None = None,
+    droppable: Sequence[str] = (),
+    out: IO[str] | None = None,
+) -> None:
+    """An aligned text table (rich, no rules: plain columns like ps or ss), under its title
+    line. On a terminal, as wide as it is: the ``droppable`` columns are left out, in that
+    order, while the table is wider, then long values fold. To a file or a pipe, never
+    wrapped. Control characters in values are always escaped (printable): a table is for
+    reading."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    out = out or sys.stdout
+    tty = _isatty(out)
+    console = Console(file=out, highlight=False, soft_wrap=False, width=None if tty else WIDE)
+    texts = [["" if v is None else printable(str(v)) for v in row] for row in rows]
+    keep = list(range(len(columns)))
+    if tty:
+
+        def width() -> int:
+            return sum(max([len(columns[i]), *(len(t[i]) for t in texts)]) + 1 for i in keep)
+
+        for name in droppable:
+            if width() <= console.width:
+                break
+            if name in columns:
+                keep.remove(list(columns).index(name))
+    table = Table(box=None, pad_edge=False, padding=(0, 1))
+    for i in keep:
+        c = columns[i]
+        table.add_column(
+            printable(c),
+            justify="right" if c in right else "left",
+            overflow="fold",
+            no_wrap=not tty,
+        )
+    for t in texts:
+        # Text, not markup: "[2001:db8::1]:443" must print as it is, not as a style tag
+        table.add_row(*(Text(t[i]) for i in keep))
+    if title:
+        console.print(Text(printable(title)), soft_wrap=True)
+    console.print(table)

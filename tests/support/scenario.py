@@ -1,0 +1,258 @@
+"""A made-up but plausible minute and a half of traffic, as collector ticks, for the console's
+tests and screenshots (and anything else that wants the console without a kernel).
+
+Everything is computed from the tick number: no randomness and no clock, so the same call gives
+the same ticks, byte for byte. The story: a web server (198.18.0.10) serving HTTPS downloads, a
+database conversation, SSH, DNS, some IPv6 and a VLAN-tagged backup; at tick 70 a SYN scan from
+198.19.66.6 opens dozens of flows per tick for five ticks, the burst the new-flows feed must
+show at a glance.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from flowscope import abi
+from flowscope.collect.collector import LiveFlows, Tick
+from flowscope.model import FlowBatch, FlowKey, FlowRecord, NewFlow, Sample
+from flowscope.query.frame import addr_bytes
+from flowscope.ui.messages import TickArrived
+
+T0 = 1_795_000_000.0
+"""Wall time of tick 0 (2026-11-18, UTC)."""
+MONO0 = 50_000 * 10**9
+"""Monotonic time of tick 0, in ns."""
+IFINDEX = 2
+IFACE = "eth0"
+LOCAL = frozenset({"198.18.0.10", "2001:db8:1::10"})
+"""The watched server's own addresses: what they send is egress, the rest ingress."""
+SCAN_TICK = 70
+SERVER = "198.18.0.10"
+SCANNER = "198.19.66.6"
+
+
+@dataclass(frozen=True, slots=True)
+class _Flow:
+    src: str
+    dst: str
+    sport: int
+    dport: int
+    proto: int
+    bps: float  # mean bits per second
+    size: int  # bytes per packet
+    start: int  # first tick
+    flags: int = 0
+    vlan: int = 0
+    end: int = 10**9  # last tick with traffic
+
+
+def _flows() -> list[_Flow]:
+    tcp, udp = 6, 17
+    fl = [
+        _Flow("198.18.0.10", "198.18.7.21", 443, 50412, tcp, 48e6, 1514, 0, 0x18),
+        _Flow("198.18.7.21", "198.18.0.10", 50412, 443, tcp, 1.1e6, 66, 0, 0x12),
+        _Flow("198.18.0.10", "198.18.9.4", 443, 61220, tcp, 12e6, 1514, 3, 0x18),
+        _Flow("198.18.9.4", "198.18.0.10", 61220, 443, tcp, 0.4e6, 66, 3, 0x12),
+        _Flow("198.18.0.10", "198.18.0.30", 41822, 5432, tcp, 3.2e6, 400, 0, 0x18),
+        _Flow("198.18.0.30", "198.18.0.10", 5432, 41822, tcp, 9.5e6, 1200, 0, 0x18),
+        _Flow("198.18.3.3", "198.18.0.10", 52110, 22, tcp, 64e3, 120, 0, 0x18),
+        _Flow("198.18.0.10", "198.18.3.3", 22, 52110, tcp, 210e3, 180, 0, 0x18),
+        _Flow("198.18.0.10", "198.18.0.53", 39001, 53, udp, 20e3, 80, 0),
+        _Flow("198.18.0.53", "198.18.0.10", 53, 39001, udp, 35e3, 140, 0),
+        _Flow("2001:db8:1::10", "2001:db8:7::21", 443, 40110, tcp, 6.5e6, 1294, 10, 0x18),
+        _Flow("2001:db8:7::21", "2001:db8:1::10", 40110, 443, tcp, 0.2e6, 86, 10, 0x12),
+        _Flow("198.18.0.10", "198.18.200.5", 873, 47000, tcp, 22e6, 1514, 20, 0x18, vlan=100),
+        _Flow("198.18.200.5", "198.18.0.10", 47000, 873, tcp, 0.6e6, 66, 20, 0x12, vlan=100),
+        _Flow("198.18.0.10", "198.18.0.123", 123, 123, udp, 1e3, 90, 0),
+        _Flow("198.18.5.77", "198.18.0.10", 0, 8 * 256, 1, 1.5e3, 98, 30),
+        _Flow("198.18.0.10", "198.18.5.77", 0, 0, 1, 1.5e3, 98, 30),
+        _Flow("198.18.0.10", "198.18.0.25", 44321, 25, tcp, 90e3, 600, 40, 0x1B, end=55),
+    ]
+    for i in range(5 * 40):  # the scan: 40 new flows per tick from SCAN_TICK, one SYN each
+        fl.append(
+            _Flow(SCANNER, SERVER, 40000 + i % 7, 1 + i, tcp, 0.0, 60, SCAN_TICK + i // 40, 0x02)
+        )
+    return fl
+
+
+def _rate(f: _Flow, t: int, i: int) -> float:
+    """Deterministic wobble around the mean: slow waves, different per flow."""
+    if t < f.start or t > f.end or f.bps == 0:
+        return 0.0
+    wave = 1.0 + 0.45 * math.sin(t / 6.0 + i) + 0.2 * math.sin(t / 1.7 + 2 * i)
+    return max(f.bps * wave, 0.0)
+
+
+def _batch(family: int, rows: list[tuple[_Flow, int, int, int, int]]) -> FlowBatch:
+    dtype = abi.KEY_DTYPES[family]
+    width = 4 if family == abi.AF_INET else 16
+    keys = np.zeros(len(rows), dtype)
+    for j, (f, *_rest) in enumerate(rows):
+        keys[j]["ifindex"] = IFINDEX
+        keys[j]["saddr"] = addr_bytes(f.src)[1][:width]
+        keys[j]["daddr"] = addr_bytes(f.dst)[1][:width]
+        keys[j]["sport"] = f.sport
+        keys[j]["dport"] = f.dport
+        keys[j]["vlan"] = f.vlan
+        keys[j]["proto"] = f.proto
+        keys[j]["direction"] = abi.DIR_EGRESS if f.src in LOCAL else abi.DIR_INGRESS
+    col = np.array([r[1:] for r in rows], np.uint64).reshape(len(rows), 4)
+    return FlowBatch(
+        family=family,
+        keys=keys,
+        packets=col[:, 0].copy(),
+        bytes=col[:, 1].copy(),
+        ip_bytes=col[:, 1].copy(),
+        first_seen=col[:, 2].copy(),
+        last_seen=col[:, 3].copy(),
+        tcp_flags=np.array([r[0].flags for r in rows], np.uint8),
+    )
+
+
+def _key(f: _Flow) -> FlowKey:
+    return FlowKey(
+        family=abi.AF_INET6 if ":" in f.src else abi.AF_INET,
+        src=f.src,
+        dst=f.dst,
+        sport=f.sport,
+        dport=f.dport,
+        proto=f.proto,
+        vlan=f.vlan,
+        ifindex=IFINDEX,
+        direction=abi.DIR_EGRESS if f.src in LOCAL else abi.DIR_INGRESS,
+    )
+
+
+def scenario(count: int = 90, *, writer_trouble_at: int | None = None) -> list[TickArrived]:
+    """``count`` one-second ticks of the story above. ``writer_trouble_at``: from that tick on,
+    the writer reports a full disk and dropped records (for the notification tests)."""
+    from flowscope.ui.state import WriterState
+
+    flows = _flows()
+    packets = [0] * len(flows)
+    nbytes = [0] * len(flows)
+    last = [0] * len(flows)
+    out: list[TickArrived] = []
+    for t in range(count):
+        now_ns = MONO0 + t * 10**9
+        rates: list[tuple[float, float]] = []
+        events: list[NewFlow] = []
+        for i, f in enumerate(flows):
+            if t < f.start:
+                rates.append((0.0, 0.0))
+                continue
+            bps = _rate(f, t, i)
+            dbytes = int(bps / 8) if f.bps else (f.size if t == f.start else 0)
+            dpk = max(dbytes // f.size, 1) if dbytes else 0
+            dbytes = dpk * f.size
+            if t == f.start:
+                events.append(
+                    NewFlow(
+                        time=T0 + t - 0.5 + (i % 40) / 100,
+                        key=_key(f),
+                        iface=IFACE,
+                        length=f.size,
+                        map_full=False,
+                    )
+                )
+            packets[i] += dpk
+            nbytes[i] += dbytes
+            if dpk:
+                last[i] = now_ns - 10**8
+            rates.append((dbytes * 8.0, float(dpk)))
+        live = []
+        for family in (abi.AF_INET, abi.AF_INET6):
+            idx = [
+                i
+                for i, f in enumerate(flows)
+                if t >= f.start and (":" in f.src) == (family == abi.AF_INET6)
+            ]
+            rows = [
+                (
+                    flows[i],
+                    packets[i],
+                    nbytes[i],
+                    MONO0 + flows[i].start * 10**9 - 5 * 10**8,
+                    last[i],
+                )
+                for i in idx
+            ]
+            live.append(
+                LiveFlows(
+                    batch=_batch(family, rows),
+                    bps=np.array([rates[i][0] for i in idx], np.float64),
+                    pps=np.array([rates[i][1] for i in idx], np.float64),
+                )
+            )
+        total_bps = sum(r[0] for r in rates)
+        total_pps = sum(r[1] for r in rates)
+        trouble = writer_trouble_at is not None and t >= writer_trouble_at
+        counters = {c.name.lower(): 0 for c in abi.Counter}
+        counters["packets"] = int(total_pps)
+        counters["flows_created"] = len(events)
+        if SCAN_TICK <= t < SCAN_TICK + 2:
+            counters["ringbuf_full"] = 3  # the burst overran the ring buffer a little
+        sample = Sample(
+            time=T0 + t,
+            interval=1.0,
+            bps=total_bps,
+            pps=total_pps,
+            active_flows=sum(len(lf.batch) for lf in live),
+            new_flows=len(events),
+            counters=counters | {"evicted": 0},
+        )
+        tick = Tick(sample=sample, records=[], events=events, live=live, evicted=0)
+        writer = WriterState(
+            backlog=1200 if trouble else 0,
+            dropped=(t - writer_trouble_at) * 50
+            if trouble and writer_trouble_at is not None
+            else 0,
+            status="database or disk is full; 1200 records waiting, retrying" if trouble else None,
+        )
+        out.append(TickArrived(tick, now_ns, writer))
+    return out
+
+
+HISTORY_NOW = T0 + 3600.0
+"""The "now" of the sample history database: an hour after the live scenario starts."""
+
+
+def _hkey(src: str, dst: str, sport: int, dport: int, proto: int) -> FlowKey:
+    family = abi.AF_INET6 if ":" in src else abi.AF_INET
+    return FlowKey(family, src, dst, sport, dport, proto, 0, IFINDEX)
+
+
+def history_db(path: Path) -> Path:
+    """A history database for screenshots of the history screen: the live scenario's kind of
+    traffic over the day before HISTORY_NOW, one record per flow per minute (active timeouts),
+    with a busy half hour in the last hour so the graph has a shape."""
+    from flowscope.history.store import Store
+
+    rng = np.random.default_rng(5)
+    talkers = [
+        (_hkey("198.18.7.21", "198.18.0.10", 50412, 443, 6), 8e6),
+        (_hkey("198.18.0.30", "198.18.0.10", 41822, 5432, 6), 2e6),
+        (_hkey("198.18.9.4", "198.18.0.10", 61220, 443, 6), 6e5),
+        (_hkey("2001:db8:7::21", "2001:db8:1::10", 40110, 443, 6), 4e5),
+        (_hkey("198.18.0.53", "198.18.0.10", 39001, 53, 17), 2e4),
+        (_hkey("198.18.200.5", "198.18.0.10", 47000, 873, 6), 3e6),
+    ]
+    with Store(path) as store:
+        for minute in range(24 * 60, 0, -1):
+            end = HISTORY_NOW - minute * 60
+            busy = 3.0 if 20 <= minute <= 50 else 1.0
+            records = []
+            for key, bps in talkers:
+                nbytes = int(bps / 8 * 60 * busy * rng.uniform(0.6, 1.4))
+                packets = max(1, nbytes // 1200)
+                records.append(
+                    FlowRecord(key, IFACE, packets, nbytes, nbytes - 14 * packets,
+                               end - 60, end, 0x18, "active")
+                )  # fmt: skip
+            store.write_tick(records, None, [])
+        store.rollup()
+    return path
