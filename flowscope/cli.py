@@ -73,7 +73,7 @@ def _write_crash_log() -> str:
     import tempfile
     import traceback
 
-    from flowscope.history.store import state_dir
+    from flowscope.history.files import state_dir
 
     text = f"flowscope {' '.join(sys.argv[1:])!r}\n{traceback.format_exc()}"
     for directory in (state_dir(), Path(tempfile.gettempdir())):
@@ -500,7 +500,7 @@ def record(
     metrics."""
     from flowscope.collect.collector import CollectorSettings
     from flowscope.collect.recorder import RecordSettings
-    from flowscope.history.store import parse_size
+    from flowscope.history.files import parse_size
     from flowscope.kernel.attach import check_can_attach
     from flowscope.pipeline import HistorySettings, Pipeline, PipelineSettings
     from flowscope.when import parse_duration
@@ -802,7 +802,7 @@ def history(
     range. Times typed without a zone are local (TZ; --utc: UTC); times printed are UTC, with
     their Z."""
     from flowscope import vocab as output
-    from flowscope.history import store
+    from flowscope.history import files, queries, schema
     from flowscope.model import proto_name
     from flowscope.pipeline import db_path
 
@@ -810,7 +810,7 @@ def history(
     t_since, t_until = _range(since, until, utc, now)
     where: str | None = None
     params: list[object] = []
-    conn = store.connect_readonly(db_path(db))
+    conn = files.connect_readonly(db_path(db))
     try:
         if filter_text:
             from flowscope.query.filter import parse, register_sql_functions
@@ -819,7 +819,7 @@ def history(
             if not flt.matches_all:
                 where, params = flt.to_sql()
             register_sql_functions(conn)
-        query = store.HistoryQuery(
+        query = queries.HistoryQuery(
             since=t_since,
             until=t_until,
             top=top or None,
@@ -829,7 +829,7 @@ def history(
             params=params,
             exact=exact,
         )
-        result = store.history(conn, query, now=now)
+        result = queries.history(conn, query, now=now)
     finally:
         conn.close()
     rows = result.rows
@@ -845,7 +845,7 @@ def history(
         output.write_csv(columns, [[r[c] for c in columns] for r in rows])
         return
     title = (
-        f"{store.iso_time(result.since)} to {store.iso_time(result.until)}; "
+        f"{schema.iso_time(result.since)} to {schema.iso_time(result.until)}; "
         "times UTC; rate: while active in the range"
     )
     if not rows:
@@ -882,27 +882,27 @@ def alerts(db: Path | None, since: str | None, until: str | None, utc: bool, fmt
     their Z."""
     from flowscope import vocab as output
     from flowscope.collect.detect import COLUMNS, rate
-    from flowscope.history import store
+    from flowscope.history import files, queries, schema
     from flowscope.pipeline import db_path
 
     now = time.time()
     t_since, t_until = _range(since, until, utc, now)
-    conn = store.connect_readonly(db_path(db))
+    conn = files.connect_readonly(db_path(db))
     try:
-        rows = store.alerts(conn, t_since, now if t_until is None else t_until)
+        rows = queries.alerts(conn, t_since, now if t_until is None else t_until)
     finally:
         conn.close()
     for row in rows:
-        start, last = store.parse_iso(row["start"]), store.parse_iso(row["last"])
+        start, last = schema.parse_iso(row["start"]), schema.parse_iso(row["last"])
         row["rate"] = round(rate(row["flows"], start, last), 1)
     if fmt == "json":
         output.write_json_lines(rows)
     elif fmt == "csv":
-        columns = [*store.ALERT_COLUMNS, "rate"]
+        columns = [*queries.ALERT_COLUMNS, "rate"]
         output.write_csv(columns, [[r[c] for c in columns] for r in rows])
     elif not rows:
-        since_text = f" since {store.iso_time(t_since)}" if t_since is not None else ""
-        until_text = f" until {store.iso_time(t_until)}" if t_until is not None else ""
+        since_text = f" since {schema.iso_time(t_since)}" if t_since is not None else ""
+        until_text = f" until {schema.iso_time(t_until)}" if t_until is not None else ""
         click.echo(f"no alerts{since_text}{until_text}")
     else:
         days = len({r["start"][:10] for r in rows} | {r["last"][:10] for r in rows}) > 1

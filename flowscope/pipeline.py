@@ -23,7 +23,7 @@ from flowscope.collect.recorder import NullSink, RecordSettings, RecordSummary, 
 from flowscope.collect.replay import ReplaySettings, ReplaySummary
 from flowscope.errors import FlowscopeError
 from flowscope.export.outputs import Exports, ExportSettings
-from flowscope.history.store import remove_if_unused, state_dir
+from flowscope.history.files import remove_if_unused, state_dir
 from flowscope.history.writer import Writer, WriterState
 from flowscope.vocab import human_rate
 

@@ -604,10 +604,11 @@ def store_insert(lab: _Lab) -> Iterator[Result]:
     import tempfile
     import time
 
-    from flowscope.history import store
+    from flowscope.bench import synthetic_history
+    from flowscope.history import schema, store
 
     n = lab.settings.insert_records
-    records = store.synthetic_records(n, flows=50_000)
+    records = synthetic_history.synthetic_records(n, flows=50_000)
     with tempfile.TemporaryDirectory() as tmp:
         with store.Store(Path(tmp) / "flows.db") as db:
             t = time.perf_counter()
@@ -619,15 +620,15 @@ def store_insert(lab: _Lab) -> Iterator[Result]:
             raise BenchError(f"store_insert: {written} of {n} records written")
         rows = [
             (r.iface, "ingress", r.key.vlan, r.key.family, r.key.src, r.key.dst, r.key.sport,
-             r.key.dport, r.key.proto, store.iso_time(r.first_seen), store.iso_time(r.last_seen),
+             r.key.dport, r.key.proto, schema.iso_time(r.first_seen), schema.iso_time(r.last_seen),
              r.packets, r.bytes, r.ip_bytes, r.tcp_flags, r.end_reason)
             for r in records
         ]  # fmt: skip
         conn = sqlite3.connect(Path(tmp) / "plain.db", isolation_level=None)
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute(f"CREATE TABLE flows ({', '.join(store.FLOW_COLUMNS)})")
-        insert = f"INSERT INTO flows VALUES ({', '.join('?' * len(store.FLOW_COLUMNS))})"
+        conn.execute(f"CREATE TABLE flows ({', '.join(schema.FLOW_COLUMNS)})")
+        insert = f"INSERT INTO flows VALUES ({', '.join('?' * len(schema.FLOW_COLUMNS))})"
         t = time.perf_counter()
         for i in range(0, n, STORE_TICK):
             conn.execute("BEGIN")
@@ -639,15 +640,16 @@ def store_insert(lab: _Lab) -> Iterator[Result]:
 
 
 def history_db(records: int) -> Path:
-    """A database of ``records`` flow records over 24 hours (store.make_bench_db). The 10 M
-    one takes a minute or two to build, so it is kept in $XDG_CACHE_HOME/flowscope and used
-    again while its schema version is current; smaller ones are rebuilt each time in the
-    temporary directory."""
+    """A database of ``records`` flow records over 24 hours (make_bench_db). The 10 M one
+    takes a minute or two to build, so it is kept in $XDG_CACHE_HOME/flowscope and used again
+    while its schema version is current; smaller ones are rebuilt each time in the temporary
+    directory."""
     import os
     import sqlite3
     import tempfile
 
-    from flowscope.history import store
+    from flowscope.bench import synthetic_history
+    from flowscope.history import schema
 
     if records < 1_000_000:
         path = Path(tempfile.mkdtemp(prefix="flowscope-bench-")) / "history.db"
@@ -657,7 +659,7 @@ def history_db(records: int) -> Path:
         if path.exists():
             try:
                 with contextlib.closing(sqlite3.connect(path)) as conn:
-                    current = store.schema_version(conn) == store.SCHEMA_VERSION and (
+                    current = schema.schema_version(conn) == schema.SCHEMA_VERSION and (
                         conn.execute("SELECT count(*) FROM flows").fetchone()[0] == records
                     )
             except sqlite3.Error:
@@ -666,7 +668,7 @@ def history_db(records: int) -> Path:
                 return path
             for stale in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
                 stale.unlink(missing_ok=True)
-    store.make_bench_db(path, records=records)
+    synthetic_history.make_bench_db(path, records=records)
     return path
 
 
@@ -678,24 +680,24 @@ def history_top20(lab: _Lab) -> Iterator[Result]:
     import shutil
     import time
 
-    from flowscope.history import store
+    from flowscope.history import files, queries, schema
 
     n = lab.settings.history_records
     path = history_db(n)
     try:
-        conn = store.connect_readonly(path)
+        conn = files.connect_readonly(path)
         try:
-            now = store.parse_iso(conn.execute("SELECT max(last_seen) FROM flows").fetchone()[0])
+            now = schema.parse_iso(conn.execute("SELECT max(last_seen) FROM flows").fetchone()[0])
             # on the hour, so the hourly sums and the records cover the same range
             since = now - 86_400 - now % 3600
             times: dict[bool, float] = {}
             keys: dict[bool, list[tuple[object, ...]]] = {}
             for exact in (False, True):
-                q = store.HistoryQuery(since=since, top=20, exact=exact)
+                q = queries.HistoryQuery(since=since, top=20, exact=exact)
                 best = math.inf
                 for _ in range(1 if exact else 3):
                     t = time.perf_counter()
-                    rows = store.history(conn, q, now=now).rows
+                    rows = queries.history(conn, q, now=now).rows
                     best = min(best, time.perf_counter() - t)
                 times[exact] = best * 1e3
                 keys[exact] = [(r["src"], r["dst"], r["sport"], r["bytes"]) for r in rows]

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from flowscope.errors import UsageError
-from flowscope.history import store, window
+from flowscope.history import files, queries, schema, window
 from flowscope.vocab import (
     clip_column,
     endpoint,
@@ -82,16 +82,16 @@ def bucket_bytes(
     n = max(1, -(-round(rng.duration * 1000) // round(step * 1000)))
     since_ms = round(rng.since * 1000)
     step_ms = round(step * 1000)
-    since_text, until_text = store.iso_time(rng.since), store.iso_time(rng.until)
-    with store.translate_errors("cannot read history from", "the database"):
+    since_text, until_text = schema.iso_time(rng.since), schema.iso_time(rng.until)
+    with files.translate_errors("cannot read history from", "the database"):
         rows: list[tuple[int, int, int]] = []
         if where is None:
-            rows = _sample_rows(conn, since_text, store.iso_time(rng.until + _MAX_TICK))
+            rows = _sample_rows(conn, since_text, schema.iso_time(rng.until + _MAX_TICK))
         if not rows:
             f, la = window.ms_sql("first_seen"), window.ms_sql("last_seen")
             tables = ["flows"]
-            if store.stage_pending(conn):  # the live flows count too, as in the table
-                tables.append(store.PENDING_TABLE)
+            if queries.stage_pending(conn):  # the live flows count too, as in the table
+                tables.append(queries.PENDING_TABLE)
             for table in tables:
                 rows += conn.execute(
                     f"SELECT {f}, {la}, bytes FROM {table} "
@@ -160,7 +160,7 @@ def parse_range(text: str, now: float) -> TimeRange:
     if since >= until:
         raise _column_error(
             UsageError(
-                f"since {store.iso_time(since)} is not before until {store.iso_time(until)}"
+                f"since {schema.iso_time(since)} is not before until {schema.iso_time(until)}"
             ),
             start_col,
         )
@@ -256,7 +256,7 @@ def fit_columns(
 
 def row_key(row: dict[str, Any], group_by: str) -> str:
     """A stable key for a row: its grouping values."""
-    return "|".join(str(row[name]) for name, _ in store.GROUPINGS[group_by])
+    return "|".join(str(row[name]) for name, _ in queries.GROUPINGS[group_by])
 
 
 def clock(t: float) -> str:
@@ -297,5 +297,5 @@ EMPTY_ROWS: dict[str, dict[str, Any]] = {
         "packets": 0,
         "records": 0,
     }
-    for g, cols in store.GROUPINGS.items()
+    for g, cols in queries.GROUPINGS.items()
 }

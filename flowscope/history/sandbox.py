@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from flowscope.errors import UsageError
-from flowscope.history.store import connect_readonly
+from flowscope.history.files import connect_readonly
 from flowscope.query.filter import register_sql_functions
 
 _READ_ACTIONS = {

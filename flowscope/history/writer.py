@@ -35,7 +35,8 @@ from pathlib import Path
 
 from flowscope.collect.detect import Alert, Watch
 from flowscope.errors import FlowscopeError
-from flowscope.history.store import Store, StoreError
+from flowscope.history.files import StoreError
+from flowscope.history.store import Store
 from flowscope.model import FlowRecord, NewFlow, PendingFlows, Sample
 
 DEFAULT_MAX_BACKLOG = 1_000_000

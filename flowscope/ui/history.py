@@ -5,7 +5,7 @@ grouping and filter as the live console over a chosen range (last 5 minutes, hou
 typed ``--since/--until`` range), and a bytes-per-bucket graph of that range in which a bucket
 can be chosen to narrow the range to it. Escape zooms back out, then leaves.
 
-Queries go through ``store.history`` (the same code as ``flowscope history``) in a worker
+Queries go through ``queries.history`` (the same code as ``flowscope history``) in a worker
 thread with its own read-only connection, so a slow query over a day of records never freezes
 the screen; the results come back as messages. Time comes from an injected ``now`` so that a
 replayed database and the tests see a fixed clock.
@@ -30,7 +30,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Label, Static
 
 from flowscope.errors import FlowscopeError, UsageError
-from flowscope.history import store
+from flowscope.history import files, queries
 from flowscope.history.browse import (
     EMPTY_ROWS,
     GROUP_CYCLE,
@@ -107,7 +107,7 @@ class HistoryScreen(Screen[None]):
         """A worker finished a query."""
 
         generation: int
-        result: store.HistoryResult
+        result: queries.HistoryResult
         buckets: list[int]
         rng: TimeRange
         step: float
@@ -131,7 +131,7 @@ class HistoryScreen(Screen[None]):
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
-        if group_by not in store.GROUPINGS:
+        if group_by not in queries.GROUPINGS:
             raise ValueError(f"unknown grouping {group_by!r}")
         if span not in SPANS:
             raise ValueError(f"unknown span {span!r}")
@@ -142,7 +142,7 @@ class HistoryScreen(Screen[None]):
         self._initial_filter = filter_text
         self.range = self._span_range(span)
         self.zoom_stack: list[TimeRange] = []
-        self.result: store.HistoryResult | None = None
+        self.result: queries.HistoryResult | None = None
         self.buckets: list[int] = []
         self.error: str | None = None  # what the message box says, if anything
         self._generation = 0
@@ -214,10 +214,10 @@ class HistoryScreen(Screen[None]):
     ) -> None:
         """Run the table's and the graph's queries on a connection of this thread's own."""
         try:
-            conn = store.connect_readonly(self.db_path)
+            conn = files.connect_readonly(self.db_path)
             try:
                 register_sql_functions(conn)
-                q = store.HistoryQuery(
+                q = queries.HistoryQuery(
                     since=rng.since,
                     until=rng.until,
                     top=TOP_ROWS,
@@ -225,7 +225,7 @@ class HistoryScreen(Screen[None]):
                     where=where,
                     params=params,
                 )
-                result = store.history(conn, q, now=rng.until)
+                result = queries.history(conn, q, now=rng.until)
                 buckets = bucket_bytes(conn, rng, step, where, params)
             finally:
                 conn.close()
@@ -268,7 +268,7 @@ class HistoryScreen(Screen[None]):
         graph.show([], self.range, 1.0, False)
         self._refresh_labels()
 
-    def _fill_table(self, result: store.HistoryResult, group_by: str) -> None:
+    def _fill_table(self, result: queries.HistoryResult, group_by: str) -> None:
         """Refill the table: a new query is a new set of rows (there are no ticks here). The
         columns are fitted to the screen (fit_columns), leaving room for a scrollbar."""
         table: DataTable[Text] = self.query_one(DataTable)

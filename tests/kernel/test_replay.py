@@ -36,7 +36,7 @@ from scapy.utils import PcapNgWriter, wrpcap
 from flowscope.cli import main
 from flowscope.collect.replay import iso_us
 from flowscope.history import browse as history_query
-from flowscope.history import store
+from flowscope.history import files, queries
 from tests.pcaps import T0, ng_epb, ng_idb, ng_shb, pcap_header, pcap_record
 
 A4, B4 = "10.0.0.1", "10.0.0.2"
@@ -600,12 +600,12 @@ def test_windows_count_what_was_sent_in_them(tmp_path: Path) -> None:
     with sqlite3.connect(db) as c:
         assert c.execute("SELECT count(*) FROM flows WHERE sport = 4444").fetchone()[0] >= 3
 
-    conn = store.connect_readonly(db)
+    conn = files.connect_readonly(db)
     try:
 
         def window(lo: float, hi: float) -> dict[str, Any]:
-            q = store.HistoryQuery(since=T0 + lo, until=T0 + hi, top=None, exact=True)
-            (row,) = store.history(conn, q, now=T0 + 300).rows
+            q = queries.HistoryQuery(since=T0 + lo, until=T0 + hi, top=None, exact=True)
+            (row,) = queries.history(conn, q, now=T0 + 300).rows
             return row
 
         for lo, hi, cut in ((10, 40, 1), (50, 80, 2), (0, 10, 1), (-100, 400, 0)):

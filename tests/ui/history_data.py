@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from flowscope import abi
-from flowscope.history.store import Store, parse_iso
+from flowscope.history.schema import parse_iso
+from flowscope.history.store import Store
 from flowscope.model import FlowKey, FlowRecord, Sample
 
 NOW = parse_iso("2026-11-22T03:00:00Z")

@@ -1,6 +1,6 @@
 """The history screen, driven by keys against a real SQLite file written at fixed times.
 
-Every number the table shows is checked against ``store.history`` for the same query, so the
+Every number the table shows is checked against ``queries.history`` for the same query, so the
 screen cannot drift from ``flowscope history``. The clock is injected (NOW), never the
 machine's."""
 
@@ -21,7 +21,7 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Static
 
 from flowscope.errors import UsageError
-from flowscope.history import store
+from flowscope.history import files, queries
 from flowscope.history.browse import (
     GROUP_CYCLE,
     TOP_ROWS,
@@ -59,17 +59,17 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def expected(
     db: Path, since: float, until: float, group_by: str = "flow", filter_text: str = ""
-) -> store.HistoryResult:
+) -> queries.HistoryResult:
     """What ``flowscope history`` answers for the same query."""
-    conn = store.connect_readonly(db)
+    conn = files.connect_readonly(db)
     try:
         register_sql_functions(conn)
         flt = parse(filter_text)
         where, params = (None, []) if flt.matches_all else flt.to_sql()
-        q = store.HistoryQuery(
+        q = queries.HistoryQuery(
             since=since, until=until, top=TOP_ROWS, group_by=group_by, where=where, params=params
         )
-        return store.history(conn, q, now=until)
+        return queries.history(conn, q, now=until)
     finally:
         conn.close()
 
@@ -94,8 +94,8 @@ def table_columns(screen: HistoryScreen) -> list[str]:
     return [str(c.label) for c in screen.query_one(DataTable).columns.values()]
 
 
-def assert_table_is(screen: HistoryScreen, want: store.HistoryResult, group_by: str) -> None:
-    """The screen's rows are store.history's, and the table shows exactly them, in order."""
+def assert_table_is(screen: HistoryScreen, want: queries.HistoryResult, group_by: str) -> None:
+    """The screen's rows are queries.history's, and the table shows exactly them, in order."""
     assert screen.result is not None
     assert screen.result.rows == want.rows
     assert (screen.result.since, screen.result.until) == (want.since, want.until)
@@ -146,7 +146,7 @@ def test_parse_range_errors_say_where(text: str, column: int) -> None:
 
 def test_graph_buckets_hold_every_byte_of_the_range(db: Path) -> None:
     rng = TimeRange(NOW - H, NOW, "1h")
-    conn = store.connect_readonly(db)
+    conn = files.connect_readonly(db)
     try:
         values = bucket_bytes(conn, rng, 60.0)
     finally:
@@ -161,7 +161,7 @@ def test_graph_buckets_hold_every_byte_of_the_range(db: Path) -> None:
     assert values[59] == 75_000
     assert values[58] == 75_000 + 30_000
     # a filter reads the flow records instead, with the same spreading
-    conn = store.connect_readonly(db)
+    conn = files.connect_readonly(db)
     try:
         flows_only = bucket_bytes(conn, rng, 60.0, "dport = ?", [443])
     finally:
@@ -450,16 +450,16 @@ async def test_a_slow_query_shows_loading_and_the_keys_still_work(
     db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     release = threading.Event()
-    real = store.history
+    real = queries.history
 
-    def slow(*args: Any, **kwargs: Any) -> store.HistoryResult:
+    def slow(*args: Any, **kwargs: Any) -> queries.HistoryResult:
         assert threading.current_thread() is not threading.main_thread()
         release.wait(10)
         return real(*args, **kwargs)
 
     async with app_for(db).run_test(size=(80, 24)) as pilot:
         screen = await settle(pilot)
-        monkeypatch.setattr(store, "history", slow)
+        monkeypatch.setattr(queries, "history", slow)
         await pilot.press("1")
         await pilot.pause()
         assert screen.query_one(DataTable).loading

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from flowscope import abi
 from flowscope.cli import main
-from flowscope.history import store
+from flowscope.history import queries, schema, store
 from flowscope.model import FlowKey, FlowRecord
 
 H = 3600.0
@@ -107,8 +107,8 @@ def test_flow_records_of_one_flow_are_summed(db: Path) -> None:
         "bytes": 7500,
         "ip_bytes": 7500 - 20 * 15,
         "records": 2,
-        "first_seen": store.iso_time(NOW - 660),
-        "last_seen": store.iso_time(NOW - 540),
+        "first_seen": schema.iso_time(NOW - 660),
+        "last_seen": schema.iso_time(NOW - 540),
         "bps": 0,
     }
     # over the 120 s the flow was active in the range, not the whole 30 min
@@ -123,7 +123,7 @@ def test_ranges_select_records_that_overlap_them(db: Path) -> None:
     # the 20 s of its 60 s that fall in the range, a third of its bytes
     rows = history_json(db, "--since", "570s", "--until", "550s")
     assert [(r["dport"], r["bytes"]) for r in rows] == [(443, 833)]
-    iso = store.iso_time(NOW - 2 * 86400 - 10)
+    iso = schema.iso_time(NOW - 2 * 86400 - 10)
     assert [r["dport"] for r in history_json(db, "--since", iso, "--until", "1d")] == [22]
     assert len(history_json(db)) == 4  # no --since: everything
 
@@ -155,8 +155,8 @@ def test_groupings(db: Path) -> None:
             "bytes": 27500,
             "ip_bytes": 27500 - 20 * 23,
             "records": 3,
-            "first_seen": store.iso_time(NOW - 660),
-            "last_seen": store.iso_time(NOW - 540),
+            "first_seen": schema.iso_time(NOW - 660),
+            "last_seen": schema.iso_time(NOW - 540),
             "bps": pytest.approx(27500 * 8 / 120),  # over the 2 minutes it was active
         }
     ]
@@ -321,7 +321,7 @@ def test_ipv6_endpoints_print_as_written(tmp_path: Path) -> None:
         s.write_tick(
             [FlowRecord(key, "eth0", 3, 300, 240, NOW - 60, NOW - 30, 0, "idle")], None, []
         )
-    since, until = store.iso_time(NOW - 600), store.iso_time(NOW)
+    since, until = schema.iso_time(NOW - 600), schema.iso_time(NOW)
     code, out, _ = run("history", "--db", str(path), "--since", since, "--until", until)
     assert code == 0
     assert "[2001:db8::1]:443" in out and "[2001:db8::2]:51000" in out
@@ -371,9 +371,9 @@ def test_top_n_of_a_day_equals_summing_every_record(
     day_db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     decided = []
-    top_flows = store._top_flows
-    monkeypatch.setattr(store, "_top_flows", lambda *a: decided.append(r := top_flows(*a)) or r)
-    since = store.iso_time(NOW - 0.5 * H - 24 * H)  # on the hour: exact and hourly agree
+    top_flows = queries._top_flows
+    monkeypatch.setattr(queries, "_top_flows", lambda *a: decided.append(r := top_flows(*a)) or r)
+    since = schema.iso_time(NOW - 0.5 * H - 24 * H)  # on the hour: exact and hourly agree
     for grouping in ("flow", "src", "pair", "dport"):
         for by in ("bytes", "packets", "flows", "bps"):
             for top in ("1", "5", "20"):
@@ -424,7 +424,7 @@ def test_piped_tables_never_wrap_a_row(tmp_path: Path) -> None:
     records.append(rec(IP, "10.0.0.2", 1, 2, 17, 1, 100, NOW - 60, NOW - 30, iface="eth0"))
     with store.Store(path) as s:
         s.write_tick(records, None, [])
-    since, until = store.iso_time(NOW - 600), store.iso_time(NOW)
+    since, until = schema.iso_time(NOW - 600), schema.iso_time(NOW)
     code, out, _ = run("history", "--db", str(path), "--since", since, "--until", until)
     assert code == 0
     rows = [line for line in out.splitlines() if f"[{a}]:" in line]
@@ -484,7 +484,7 @@ def test_alerts_lists_what_recordings_detected_in_every_format(tmp_path: Path) -
         assert lines[1].split() == [
             "kind", "source", "target", "since", "last", "flows", "per", "s", "filter"
         ]  # fmt: skip
-        start, last = store.iso_time(t0)[11:19], store.iso_time(t0 + 2.9)[11:19]
+        start, last = schema.iso_time(t0)[11:19], schema.iso_time(t0 + 2.9)[11:19]
         assert lines[2].split() == ["port", "scan", "198.18.9.9", IP, start, last, "30",
                                     "10.3", "src", "198.18.9.9"]  # fmt: skip
         code, out, _ = run("alerts", "--db", str(path), "--format", "json")
@@ -493,7 +493,7 @@ def test_alerts_lists_what_recordings_detected_in_every_format(tmp_path: Path) -
         code, out, _ = run("alerts", "--db", str(path), "--format", "csv")
         assert out.splitlines()[0] == "start,last,kind,source,target,flows,sources,filter,rate"
         code, out, _ = run("alerts", "--db", str(path), "--since", "1m")
-        assert (code, out) == (0, f"no alerts since {store.iso_time(NOW - 60)}\n")
+        assert (code, out) == (0, f"no alerts since {schema.iso_time(NOW - 60)}\n")
         flows = history_json(path, "--filter", row["filter"], "--top", "0")
         assert len(flows) == 30
 

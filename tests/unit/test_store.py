@@ -26,9 +26,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flowscope import abi
+from flowscope.bench import synthetic_history
 from flowscope.collect.detect import Alert
 from flowscope.errors import FlowscopeError, UsageError
-from flowscope.history import sandbox, store
+from flowscope.history import files, queries, sandbox, schema, store
 from flowscope.history.writer import CLOSE_STALL, Writer
 from flowscope.model import (
     FlowBatch,
@@ -61,7 +62,7 @@ def rec(
 
 
 def sample(t: float = T0, packets: int = 5) -> Sample:
-    counters = {c: 0 for c in store.COUNTER_COLUMNS} | {"packets": packets}
+    counters = {c: 0 for c in schema.COUNTER_COLUMNS} | {"packets": packets}
     return Sample(t, 1.0, 8000.0, 5.0, 3, 1, counters)
 
 
@@ -102,20 +103,20 @@ def test_new_database_is_private_wal_and_versioned(db: Path) -> None:
         assert s.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert s.conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     with contextlib.closing(sqlite3.connect(db)) as c:
-        assert store.schema_version(c) == store.SCHEMA_VERSION
+        assert schema.schema_version(c) == schema.SCHEMA_VERSION
 
 
 def test_schema_has_the_documented_tables_columns_and_indexes(db: Path) -> None:
     store.Store(db).close()
     d = sqlite_utils.Database(db)
     flows = d["flows"]
-    assert [c.name for c in flows.columns] == ["id", *store.FLOW_COLUMNS]
+    assert [c.name for c in flows.columns] == ["id", *schema.FLOW_COLUMNS]
     assert flows.pks == ["id"]
     direction = next(c for c in flows.columns if c.name == "direction")
     assert direction.notnull and direction.default_value == "'ingress'"
-    assert [c.name for c in d["samples"].columns] == list(store.SAMPLE_COLUMNS)
-    assert tuple(c.name.lower() for c in abi.Counter) == store.COUNTER_COLUMNS
-    assert [c.name for c in d["events"].columns] == list(store.EVENT_COLUMNS)
+    assert [c.name for c in d["samples"].columns] == list(schema.SAMPLE_COLUMNS)
+    assert tuple(c.name.lower() for c in abi.Counter) == schema.COUNTER_COLUMNS
+    assert [c.name for c in d["events"].columns] == list(schema.EVENT_COLUMNS)
     indexed = {(t, tuple(i.columns)) for t in d.table_names() for i in d[t].indexes}
     assert ("flows", ("last_seen",)) in indexed
     assert ("samples", ("time",)) in indexed
@@ -125,7 +126,7 @@ def test_schema_has_the_documented_tables_columns_and_indexes(db: Path) -> None:
     ]  # fmt: skip
     assert d["alerts"].pks == ["session", "id"]
     assert ("alerts", ("last",)) in indexed
-    assert ("flows_hourly", ("hour", *store.FLOW_KEY_COLUMNS)) in indexed
+    assert ("flows_hourly", ("hour", *schema.FLOW_KEY_COLUMNS)) in indexed
     for column in ("bytes", "packets", "records"):  # each hour's largest flows, for top N
         assert ("flows_hourly", ("hour", column)) in indexed
 
@@ -157,11 +158,11 @@ def test_times_are_fixed_width_iso_utc_text(db: Path) -> None:
 
 @given(st.floats(min_value=0, max_value=4e9), st.floats(min_value=0, max_value=4e9))
 def test_iso_time_is_fixed_width_and_sorts_as_time(a: float, b: float) -> None:
-    ta, tb = store.iso_time(a), store.iso_time(b)
+    ta, tb = schema.iso_time(a), schema.iso_time(b)
     assert len(ta) == len(tb) == 24 and ta.endswith("Z")
     if round(a * 1000) < round(b * 1000):
         assert ta < tb
-    assert abs(store.parse_iso(ta) - a) <= 0.0005 + 1e-6
+    assert abs(schema.parse_iso(ta) - a) <= 0.0005 + 1e-6
 
 
 # --- migrations -------------------------------------------------------------------------------
@@ -170,7 +171,7 @@ def test_iso_time_is_fixed_width_and_sorts_as_time(a: float, b: float) -> None:
 def test_an_old_version_file_is_upgraded_and_backfilled(db: Path) -> None:
     db.parent.mkdir(parents=True)
     conn = sqlite3.connect(db, isolation_level=None)
-    store.MIGRATIONS[0](sqlite_utils.Database(conn))
+    schema.MIGRATIONS[0](sqlite_utils.Database(conn))
     conn.execute("PRAGMA user_version = 1")
     conn.execute(
         "INSERT INTO flows (iface, direction, vlan, family, src, dst, sport, dport, proto, "
@@ -180,7 +181,7 @@ def test_an_old_version_file_is_upgraded_and_backfilled(db: Path) -> None:
     )
     conn.close()
     with store.Store(db) as s:
-        assert store.schema_version(s.conn) == store.SCHEMA_VERSION
+        assert schema.schema_version(s.conn) == schema.SCHEMA_VERSION
         row = s.conn.execute("SELECT hour, packets, bytes, records FROM flows_hourly").fetchone()
         assert row == ("2026-11-18T08:00:00.000Z", 3, 300, 1)
 
@@ -188,35 +189,35 @@ def test_an_old_version_file_is_upgraded_and_backfilled(db: Path) -> None:
 def test_a_version_2_file_gains_samples_evicted_and_stores_it(db: Path) -> None:
     db.parent.mkdir(parents=True)
     conn = sqlite3.connect(db, isolation_level=None)
-    for migration in store.MIGRATIONS[:2]:
+    for migration in schema.MIGRATIONS[:2]:
         migration(sqlite_utils.Database(conn))
     conn.execute("PRAGMA user_version = 2")
     conn.execute("INSERT INTO samples (time, packets) VALUES ('2026-11-18T08:00:00.000Z', 9)")
     conn.close()
     with store.Store(db) as s:
-        assert store.schema_version(s.conn) == store.SCHEMA_VERSION
+        assert schema.schema_version(s.conn) == schema.SCHEMA_VERSION
         # the row written before the column existed reads 0
         assert s.conn.execute("SELECT packets, evicted FROM samples").fetchall() == [(9, 0)]
         tick = sample(T0 + 1)
         s.write_tick([], dataclasses.replace(tick, counters=tick.counters | {"evicted": 5}), [])
         rows = s.conn.execute("SELECT time, evicted FROM samples ORDER BY time").fetchall()
-        assert rows[-1] == (store.iso_time(T0 + 1), 5)
+        assert rows[-1] == (schema.iso_time(T0 + 1), 5)
 
 
 def test_a_newer_version_file_is_refused_clearly(db: Path) -> None:
     store.Store(db).close()
     with contextlib.closing(sqlite3.connect(db)) as c:
-        c.execute(f"PRAGMA user_version = {store.SCHEMA_VERSION + 1}")
-    with pytest.raises(store.StoreError, match="newer than this flowscope knows"):
+        c.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION + 1}")
+    with pytest.raises(files.StoreError, match="newer than this flowscope knows"):
         store.Store(db)
-    with pytest.raises(store.StoreError, match="newer"):  # read commands refuse it too
-        store.history(store.connect_readonly(db), store.HistoryQuery())
+    with pytest.raises(files.StoreError, match="newer"):  # read commands refuse it too
+        queries.history(files.connect_readonly(db), queries.HistoryQuery())
 
 
 def test_a_file_that_is_not_a_database_is_a_store_error(db: Path) -> None:
     db.parent.mkdir(parents=True)
     db.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(store.StoreError, match="not a flowscope database"):
+    with pytest.raises(files.StoreError, match="not a flowscope database"):
         store.Store(db)
 
 
@@ -238,7 +239,7 @@ def test_write_tick_is_one_transaction(db: Path) -> None:
         s.conn.execute(
             "CREATE TRIGGER boom BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'boom'); END"
         )
-        with pytest.raises(store.StoreError, match="boom"):
+        with pytest.raises(files.StoreError, match="boom"):
             s.write_tick([rec(), rec(), rec()], sample(), [event()])
         assert count(db, "flows") == 1 and count(db, "samples") == 1
         assert not s.conn.in_transaction
@@ -251,7 +252,7 @@ def test_rollup_keeps_hourly_sums_exact(db: Path) -> None:
         s.write_tick([rec(nbytes=300, last=T0 + 5)], None, [])
         assert s.rollup() == 1 and s.rollup() == 0
         rows = s.conn.execute("SELECT bytes, records, last_seen FROM flows_hourly").fetchall()
-        assert rows == [(600, 3, store.iso_time(T0 + 5))]
+        assert rows == [(600, 3, schema.iso_time(T0 + 5))]
 
 
 # --- retention --------------------------------------------------------------------------------
@@ -270,7 +271,7 @@ def test_parse_duration(text: str, seconds: float) -> None:
     [("1GB", 10**9), ("500MB", 5 * 10**8), ("64kB", 64000), ("1GiB", 2**30), ("2 MiB", 2**21)],
 )
 def test_parse_size(text: str, size: int) -> None:
-    assert store.parse_size(text) == size
+    assert files.parse_size(text) == size
 
 
 @pytest.mark.parametrize("bad", ["", "7", "7y", "-1d", "0s", "d", "1e3s"])
@@ -283,13 +284,13 @@ def test_bad_durations_are_usage_errors(bad: str) -> None:
 @pytest.mark.parametrize("bad", ["", "1XB", "GB", "-5MB", "0GB", "1 G B"])
 def test_bad_sizes_are_usage_errors(bad: str) -> None:
     with pytest.raises(UsageError, match="--max-db-size"):
-        store.parse_size(bad)
+        files.parse_size(bad)
 
 
 @given(st.integers(min_value=1, max_value=10**6), st.sampled_from(["KiB", "MiB", "kB", "MB"]))
 def test_parse_size_property(n: int, unit: str) -> None:
     factor = {"KiB": 1024, "MiB": 1024**2, "kB": 1000, "MB": 1000**2}[unit]
-    assert store.parse_size(f"{n}{unit}") == n * factor
+    assert files.parse_size(f"{n}{unit}") == n * factor
 
 
 def alert(n: int, start: float, last: float, count: int = 20) -> Alert:
@@ -309,7 +310,7 @@ def test_prune_by_age_deletes_the_oldest_of_every_table(db: Path) -> None:
         for table in ("flows", "samples", "events", "flows_hourly", "alerts"):
             assert count(db, table) == 3, table
         oldest = s.conn.execute("SELECT min(last_seen) FROM flows").fetchone()[0]
-        assert oldest == store.iso_time(T0 + 2 * 86400 + 1)
+        assert oldest == schema.iso_time(T0 + 2 * 86400 + 1)
 
 
 def test_prune_by_size_keeps_the_newest_and_shrinks_the_file(db: Path) -> None:
@@ -327,7 +328,7 @@ def test_prune_by_size_keeps_the_newest_and_shrinks_the_file(db: Path) -> None:
         assert s.size_bytes() <= 400_000
         assert db.stat().st_size <= 400_000 < before
         newest = s.conn.execute("SELECT max(last_seen) FROM flows").fetchone()[0]
-        assert newest == store.iso_time(T0 + 39 * 60 + 1)
+        assert newest == schema.iso_time(T0 + 39 * 60 + 1)
         assert count(db, "flows") > 0
         # rows written after pruning are still rolled up (the rollup mark follows max(id))
         s.prune(retain_seconds=None, max_bytes=1)
@@ -377,17 +378,17 @@ def test_the_writer_keeps_a_scan_as_one_alert_up_to_date_even_across_failed_writ
         blocker.close()
     while w.backlog and time.monotonic() < deadline:
         time.sleep(0.01)
-    with contextlib.closing(store.connect_readonly(db)) as c:
-        (row,) = store.alerts(c, None, T0 + 10)
+    with contextlib.closing(files.connect_readonly(db)) as c:
+        (row,) = queries.alerts(c, None, T0 + 10)
     assert row["flows"] == 60  # the retried tick wrote what it changed
     w.submit([], sample(T0 + 2), scan_events(T0 + 2, range(61, 91)))
     assert w.close(timeout=10)
-    with contextlib.closing(store.connect_readonly(db)) as c:
-        rows = store.alerts(c, None, T0 + 10)
+    with contextlib.closing(files.connect_readonly(db)) as c:
+        rows = queries.alerts(c, None, T0 + 10)
     assert rows == [
         {
-            "start": store.iso_time(T0),
-            "last": store.iso_time(T0 + 2 + 29 * 0.01),
+            "start": schema.iso_time(T0),
+            "last": schema.iso_time(T0 + 2 + 29 * 0.01),
             "kind": "port scan",
             "source": "10.0.0.9",
             "target": "10.0.0.1",
@@ -417,14 +418,14 @@ def test_alerts_lists_exactly_those_going_on_in_the_range(
                 alerts=[alert(i, T0 + a, T0 + a + d) for i, (a, d) in enumerate(spans)],
             )
         until = (since or 0) + length
-        with contextlib.closing(store.connect_readonly(path)) as c:
-            got = store.alerts(c, None if since is None else T0 + since, T0 + until)
+        with contextlib.closing(files.connect_readonly(path)) as c:
+            got = queries.alerts(c, None if since is None else T0 + since, T0 + until)
     expected = [  # oldest first, then in the order raised
         (a, a + d)
         for a, _, d in sorted((a, i, d) for i, (a, d) in enumerate(spans))
         if a <= until and (since is None or a + d >= since)
     ]
-    assert [(store.parse_iso(r["start"]) - T0, store.parse_iso(r["last"]) - T0) for r in got] == [
+    assert [(schema.parse_iso(r["start"]) - T0, schema.parse_iso(r["last"]) - T0) for r in got] == [
         (float(a), float(b)) for a, b in expected
     ]
 
@@ -570,7 +571,7 @@ def test_sql_refuses_writes(filled: Path, query: str, word: str) -> None:
         sandbox.read_sql(filled, query)
     assert str(e.value) == f"sql: only reading is allowed ({word} refused)"
     assert count(filled, "flows") == 2
-    assert sandbox.read_sql(filled, "PRAGMA user_version")[1] == [(store.SCHEMA_VERSION,)]
+    assert sandbox.read_sql(filled, "PRAGMA user_version")[1] == [(schema.SCHEMA_VERSION,)]
 
 
 @pytest.mark.parametrize(
@@ -596,7 +597,7 @@ def test_sql_syntax_error_is_one_line(filled: Path) -> None:
 
 
 def test_benchmark_hook_reports_a_rate(tmp_path: Path) -> None:
-    result = store.insert_rate(2000, batch=500)
+    result = synthetic_history.insert_rate(2000, batch=500)
     assert result["records"] == 2000 and result["records_per_second"] > 0
 
 
@@ -662,8 +663,8 @@ def test_a_killed_writer_leaves_its_pending_flows_and_the_next_one_writes_them(d
         ).fetchall()
         assert c.execute("SELECT count(*) FROM pending").fetchone()[0] == 0
     assert rows == [
-        ("198.18.0.1", 5000, 5, 5000, store.iso_time(T0 + 2), store.iso_time(T0 + 10), "veth3"),
-        ("198.18.0.3", 5002, 5, 5000, store.iso_time(T0 + 2), store.iso_time(T0 + 10), "veth3"),
+        ("198.18.0.1", 5000, 5, 5000, schema.iso_time(T0 + 2), schema.iso_time(T0 + 10), "veth3"),
+        ("198.18.0.3", 5002, 5, 5000, schema.iso_time(T0 + 2), schema.iso_time(T0 + 10), "veth3"),
     ]
     assert Writer(db).recovered == 0  # once only
 
@@ -739,10 +740,10 @@ def test_history_counts_the_live_flows_of_a_running_recording(db: Path) -> None:
         deadline = time.monotonic() + 5
         while w.backlog and time.monotonic() < deadline:
             time.sleep(0.01)
-        conn = store.connect_readonly(db)
+        conn = files.connect_readonly(db)
         try:
-            q = store.HistoryQuery(top=None, group_by="src")
-            rows = {r["src"]: r["packets"] for r in store.history(conn, q, now=T0 + 60).rows}
+            q = queries.HistoryQuery(top=None, group_by="src")
+            rows = {r["src"]: r["packets"] for r in queries.history(conn, q, now=T0 + 60).rows}
         finally:
             conn.close()
         # 198.18.0.1 has 5 pending; 198.18.0.2 has nothing pending (7 of 7 written elsewhere)
@@ -759,12 +760,12 @@ def test_a_symlink_is_refused_and_its_target_is_never_created(tmp_path: Path) ->
     target = tmp_path / "elsewhere" / "victim"
     link = tmp_path / "flows.db"
     link.symlink_to(target)  # dangling
-    with pytest.raises(store.StoreError, match="is a symbolic link"):
+    with pytest.raises(files.StoreError, match="is a symbolic link"):
         store.Store(link)
     assert not target.exists()
     target.parent.mkdir()
     target.write_bytes(b"")
-    with pytest.raises(store.StoreError, match="is a symbolic link"):
+    with pytest.raises(files.StoreError, match="is a symbolic link"):
         store.Store(link)
     assert target.read_bytes() == b""
 
@@ -775,7 +776,7 @@ def test_another_applications_sqlite_file_is_refused_not_migrated(tmp_path: Path
         c.execute("CREATE TABLE accounts (name TEXT)")
         c.commit()
     before = path.read_bytes()
-    with pytest.raises(store.StoreError, match="another application"):
+    with pytest.raises(files.StoreError, match="another application"):
         store.Store(path)
     assert path.read_bytes() == before
     with contextlib.closing(sqlite3.connect(path)) as c:
@@ -839,7 +840,7 @@ def test_what_history_holds_after_any_committed_tick_is_never_more_than_was_coun
     def write_tick(*args: object, **kwargs: object) -> None:
         nonlocal committed
         if committed == 2:
-            raise store.StoreError("disk gone")
+            raise files.StoreError("disk gone")
         real(*args, **kwargs)  # type: ignore[arg-type]  # fails while the lock is held
         committed += 1
 

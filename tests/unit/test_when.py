@@ -10,7 +10,7 @@ import pytest
 from flowscope import when
 from flowscope.errors import UsageError
 from flowscope.history.browse import parse_range
-from flowscope.history.store import iso_time, parse_iso
+from flowscope.history.schema import iso_time, parse_iso
 
 NOW = parse_iso("2026-11-22T12:00:00Z")
 

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flowscope import abi
-from flowscope.history import store, window
+from flowscope.history import files, queries, schema, store, window
 from flowscope.model import FlowKey, FlowRecord
 
 BASE = 1_794_999_600_000  # ms, on an hour boundary
@@ -138,19 +138,21 @@ def test_hourly_sums_and_every_record_agree_on_any_range(
             s.write_tick([_rec(i, p, BASE + f, BASE + f + d)], None, [])
             if i + 1 == roll_after:
                 s.rollup()
-    conn = store.connect_readonly(db)
+    conn = files.connect_readonly(db)
     try:
         lo, hi = (BASE + since) / 1000, (BASE + since + width) / 1000
         for top in (None, 3):
-            q = store.HistoryQuery(since=lo, until=hi, top=top, group_by=group_by)
-            fast = store.history(conn, q, now=hi).rows
-            q_exact = store.HistoryQuery(since=lo, until=hi, top=top, group_by=group_by, exact=True)
-            exact = store.history(conn, q_exact, now=hi).rows
+            q = queries.HistoryQuery(since=lo, until=hi, top=top, group_by=group_by)
+            fast = queries.history(conn, q, now=hi).rows
+            q_exact = queries.HistoryQuery(
+                since=lo, until=hi, top=top, group_by=group_by, exact=True
+            )
+            exact = queries.history(conn, q_exact, now=hi).rows
             assert [(r["packets"], r["bytes"], r["records"]) for r in fast] == [
                 (r["packets"], r["bytes"], r["records"]) for r in exact
             ]
-        everything = store.history(
-            conn, store.HistoryQuery(top=None), now=(BASE + 40 * 3_600_000) / 1000
+        everything = queries.history(
+            conn, queries.HistoryQuery(top=None), now=(BASE + 40 * 3_600_000) / 1000
         ).rows
         assert sum(r["packets"] for r in everything) == sum(p for p, _, _ in recs)
     finally:
@@ -173,6 +175,6 @@ def test_ms_sql_reads_back_every_stored_millisecond(ms: int) -> None:
     """julianday() is a double: rounding must still give the exact stored millisecond, for
     any time history can hold (1970 to 9999)."""
     conn = sqlite3.connect(":memory:")
-    text = store.iso_time(ms / 1000)
+    text = schema.iso_time(ms / 1000)
     (got,) = conn.execute(f"SELECT {window.ms_sql('?')}", (text,)).fetchone()
     assert got == ms, text
