@@ -507,7 +507,7 @@ def test_db_gets_records_samples_and_events_with_live_expiry(tmp_path: Path) -> 
 def test_on_a_terminal_the_history_screen_opens_on_the_capture(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from flowscope import cli
+    from flowscope.cli import replay as cli
     from flowscope.ui import history
 
     opened: list[tuple[int, str, float, list[Any]]] = []

@@ -442,7 +442,7 @@ async def test_export_trouble_is_a_warning_notification() -> None:
 
 @synchronous
 async def test_the_console_opens_with_the_view_live_was_given() -> None:
-    from flowscope.cli import _view_spec
+    from flowscope.cli.collect import _view_spec
 
     source = ScriptedSource(scenario(), has_db=False)
     spec = _view_spec("tcp port 443", "src", "pps")
@@ -457,7 +457,7 @@ async def test_the_console_opens_with_the_view_live_was_given() -> None:
 
 
 def test_live_groupings_in_the_help_are_the_consoles() -> None:
-    from flowscope.cli import LIVE_GROUPS
+    from flowscope.cli.collect import LIVE_GROUPS
     from flowscope.query.view import GROUPS
 
     assert tuple(GROUPS) == LIVE_GROUPS

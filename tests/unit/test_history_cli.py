@@ -81,7 +81,7 @@ def run(*args: str) -> tuple[int, str, str]:
 def history_json(db: Path, *args: str) -> list[dict]:
     from unittest import mock
 
-    with mock.patch("flowscope.cli.time.time", return_value=NOW):
+    with mock.patch("flowscope.cli.history.time.time", return_value=NOW):
         code, out, err = run("history", "--db", str(db), "--format", "json", *args)
     assert code == 0, err
     return [json.loads(line) for line in out.splitlines()]
@@ -476,7 +476,7 @@ def test_alerts_lists_what_recordings_detected_in_every_format(tmp_path: Path) -
     w.submit([rec("198.18.9.9", IP, 50000, 1 + i, 6, 1, 60, t0, t0) for i in range(30)],
              Sample(t0 + 3, 1.0, 0.0, 0.0, 0, 30, {}), events)  # fmt: skip
     assert w.close(timeout=10)
-    with mock.patch("flowscope.cli.time.time", return_value=NOW):
+    with mock.patch("flowscope.cli.history.time.time", return_value=NOW):
         code, out, err = run("alerts", "--db", str(path), "--since", "10m")
         assert code == 0, err
         lines = out.splitlines()
@@ -524,7 +524,7 @@ def test_port_groupings_keep_our_services_apart_from_the_peers_ports(tmp_path: P
     ]
     rows = history_json(path, "--group-by", "sport")
     assert [(r["sport"], r["direction"]) for r in rows] == [(443, "egress"), (50412, "ingress")]
-    with mock.patch("flowscope.cli.time.time", return_value=NOW):
+    with mock.patch("flowscope.cli.history.time.time", return_value=NOW):
         code, out, _ = run("history", "--db", str(path), "--group-by", "dport")
     assert code == 0
     lines = [line.split() for line in out.splitlines()[2:]]

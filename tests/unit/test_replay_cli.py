@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from flowscope import abi, cli
+from flowscope import abi
+from flowscope.cli import replay as cli
 from flowscope.collect.replay import iso_us, record_json
 from flowscope.model import FlowKey, FlowRecord
 

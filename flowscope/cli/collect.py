@@ -1,0 +1,239 @@
+"""`record` and `live`: collect from interfaces into history, headless or in the console.
+The pipeline (flowscope.pipeline) builds and closes what they use; these say what they want and
+report how it went."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from flowscope.cli.main import Seconds, main, notice, say_problems, say_recovered
+from flowscope.cli.options import (
+    direction_option,
+    entries_option,
+    expiry_options,
+    export_options,
+    force_option,
+    history_db_option,
+    interfaces_option,
+    interval_option,
+    mode_option,
+)
+from flowscope.errors import FlowscopeError
+
+if TYPE_CHECKING:
+    from flowscope.collect.collector import Tick
+    from flowscope.export.outputs import ExportSettings
+    from flowscope.query.view import ViewSpec
+
+
+@main.command()
+@interfaces_option
+@history_db_option
+@click.option(
+    "--duration",
+    type=Seconds(0),
+    default=None,
+    help="Seconds to record (default: until Ctrl-C or SIGTERM).",
+)
+@interval_option
+@expiry_options
+@click.option("--retain", default=None, metavar="AGE", help="Prune history older than AGE (7d).")
+@click.option(
+    "--max-db-size", default=None, metavar="SIZE", help="Prune the oldest history above SIZE (1GB)."
+)
+@mode_option
+@direction_option
+@force_option
+@entries_option
+@export_options
+def record(
+    interfaces: tuple[str, ...],
+    db: Path | None,
+    duration: float | None,
+    interval: float,
+    idle_timeout: float,
+    fin_timeout: float,
+    active_timeout: float,
+    retain: str | None,
+    max_db_size: str | None,
+    mode: str,
+    direction: str,
+    force: bool,
+    flow_entries: int,
+    exports: ExportSettings,
+) -> None:
+    """Collect flows into the history database.
+
+    Every tick reads the kernel's flow maps; finished flows (idle, FIN/RST, evicted) and
+    long-lived ones (every active timeout) are written as records, with a sample of the totals
+    and the new-flow events. On Ctrl-C and SIGTERM every live flow is written with end reason
+    'shutdown'; after kill -9 or a crash the next start writes what the last tick had counted
+    with end reason 'crash'. If the database cannot be written, stopping still ends within
+    seconds and says how many records were lost. On a terminal a one-line status shows what
+    is happening (rates are the kernel's totals; MAP FULL when flows found no room). With
+    --ipfix every record also goes to an IPFIX collector; --metrics serves Prometheus
+    metrics."""
+    from flowscope.collect.collector import CollectorSettings
+    from flowscope.collect.recorder import RecordSettings
+    from flowscope.history.files import parse_size
+    from flowscope.kernel.attach import check_can_attach
+    from flowscope.pipeline import HistorySettings, Pipeline, PipelineSettings
+    from flowscope.when import parse_duration
+
+    history = HistorySettings(
+        db=db,
+        retain_seconds=parse_duration(retain, "--retain") if retain else None,
+        max_bytes=parse_size(max_db_size, "--max-db-size") if max_db_size else None,
+    )
+    record_settings = RecordSettings(
+        interfaces=interfaces,
+        mode=mode,
+        direction=direction,
+        force=force,
+        flow_entries=flow_entries,
+        duration=duration,
+        collector=CollectorSettings(
+            interval=interval,
+            idle_timeout=idle_timeout,
+            fin_timeout=fin_timeout,
+            active_timeout=active_timeout,
+        ),
+    )
+    for name in interfaces:  # a wrong name or a taken interface fails before a database exists
+        check_can_attach(name, force)
+    settings = PipelineSettings(record_settings, history, exports)
+    tty = sys.stderr.isatty()
+    with Pipeline(settings, notice=notice) as pipeline:
+        say_recovered(pipeline)
+
+        def status(tick: Tick) -> None:
+            sys.stderr.write("\r\033[K" + pipeline.status_line(tick))
+            sys.stderr.flush()
+
+        try:
+            summary = pipeline.run(on_tick=status if tty else None, on_notice=notice)
+        finally:
+            if tty:
+                sys.stderr.write("\n")
+            pipeline.close()
+            problem = say_problems(pipeline)
+            if problem is not None and sys.exc_info()[0] is not None:
+                # a second Ctrl-C or SIGTERM, or an error: say what history lacks on the way out
+                click.echo(f"flowscope: error: {problem}", err=True)
+    if problem is not None:
+        raise FlowscopeError(problem)
+    if tty:
+        click.echo(
+            f"recorded {summary.records} flow records and {summary.events} new-flow events "
+            f"into {pipeline.db_path}",
+            err=True,
+        )
+
+
+LIVE_GROUPS = ("flow", "src", "dst", "pair", "dport", "proto")
+"""The console's groupings (ui.view.GROUPS, which a test keeps equal: the CLI does not import
+numpy to print its help)."""
+
+
+def _view_spec(filter_text: str | None, group: str, sort: str) -> ViewSpec:
+    """The console's opening view from live's options; a bad one is a usage error naming what
+    is accepted."""
+    from flowscope.query.filter import parse
+    from flowscope.query.view import COLUMNS, ViewSpec
+
+    if group not in COLUMNS:
+        raise click.BadParameter(
+            f"{group!r} is not a grouping (one of {', '.join(COLUMNS)})", param_hint="--group-by"
+        )
+    if sort not in COLUMNS[group]:
+        raise click.BadParameter(
+            f"{sort!r} is not a column of the {group} grouping (one of "
+            f"{', '.join(COLUMNS[group])})",
+            param_hint="--sort",
+        )
+    flt = parse(filter_text or "")
+    return ViewSpec(group=group, sort=sort, filter=None if flt.matches_all else flt)
+
+
+# --- live: the console ------------------------------------------------------------------------
+
+
+@main.command()
+@interfaces_option
+@history_db_option
+@click.option("--no-db", is_flag=True, help="Keep no history: show live flows only.")
+@interval_option
+@mode_option
+@direction_option
+@force_option
+@entries_option
+@export_options
+@click.option(
+    "--filter", "filter_text", default=None, metavar="EXPR", help="Open with this filter ('/')."
+)
+@click.option(
+    "--group-by",
+    "group",
+    default="flow",
+    show_default=True,
+    metavar="G",
+    help=f"Open grouped ('g'): {', '.join(LIVE_GROUPS)}.",
+)
+@click.option(
+    "--sort",
+    default="bps",
+    show_default=True,
+    metavar="COL",
+    help="Open sorted by this column of the grouping ('s'): bps, pps, bytes, packets, flows, "
+    "age, src, dst, sport, dport, proto, ...",
+)
+def live(
+    interfaces: tuple[str, ...],
+    db: Path | None,
+    no_db: bool,
+    interval: float,
+    mode: str,
+    direction: str,
+    force: bool,
+    flow_entries: int,
+    exports: ExportSettings,
+    filter_text: str | None,
+    group: str,
+    sort: str,
+) -> None:
+    """The live console: top flows, new flows, rates, by keyboard (? for keys).
+
+    It keeps recording history while it is open (--no-db: nothing is kept). Quitting (q,
+    Ctrl-C, SIGTERM) writes the live flows and detaches the program."""
+    from flowscope.collect.collector import CollectorSettings
+    from flowscope.collect.recorder import RecordSettings
+    from flowscope.kernel.attach import check_can_attach
+    from flowscope.pipeline import HistorySettings, Pipeline, PipelineSettings
+
+    if db is not None and no_db:
+        raise click.UsageError("--db and --no-db exclude each other")
+    spec = _view_spec(filter_text, group, sort)
+    for name in interfaces:  # fails at once, not in a console stuck at "starting"
+        check_can_attach(name, force)
+    record_settings = RecordSettings(
+        interfaces=interfaces,
+        mode=mode,
+        direction=direction,
+        force=force,
+        flow_entries=flow_entries,
+        collector=CollectorSettings(interval=interval),
+    )
+    history = None if no_db else HistorySettings(db=db)
+    with Pipeline(PipelineSettings(record_settings, history, exports)) as pipeline:
+        say_recovered(pipeline)
+        from flowscope.ui.app import run_console  # the only command that imports textual
+
+        run_console(pipeline, spec=spec)
+        pipeline.close()
+        problem = say_problems(pipeline)
+    if problem is not None:
+        raise FlowscopeError(problem)

@@ -1,0 +1,169 @@
+"""Options that several commands share: interfaces, XDP mode, direction, map size, the history
+database, the tick interval, expiry timeouts and the exports (--ipfix, --metrics)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from flowscope import abi
+from flowscope.cli.main import InterfaceName, Seconds
+
+interfaces_option = click.option(
+    "-i",
+    "--interface",
+    "interfaces",
+    type=InterfaceName(),
+    multiple=True,
+    required=True,
+    metavar="IFACE",
+    help="Interface to watch (repeat for several).",
+)
+mode_option = click.option(
+    "--mode",
+    type=click.Choice(["auto", "native", "generic"]),
+    default="auto",
+    show_default=True,
+    help="XDP mode; auto picks generic on virtual devices and native where a driver has it.",
+)
+direction_option = click.option(
+    "--direction",
+    type=click.Choice(["ingress", "egress", "both"]),
+    envvar="FLOWSCOPE_DIRECTION",
+    default="both",
+    show_default=True,
+    help="Received (XDP), sent (TC egress) or both; both falls back to ingress, with a notice, "
+    "where the kernel refuses egress (env FLOWSCOPE_DIRECTION).",
+)
+force_option = click.option(
+    "--force", is_flag=True, help="Replace an XDP program that is already on the interface."
+)
+entries_option = click.option(
+    "--flow-entries",
+    type=click.IntRange(1, 1 << 26),
+    default=abi.DEFAULT_FLOW_ENTRIES,
+    show_default=True,
+    help="Size of each kernel flow map (IPv4 and IPv6).",
+)
+
+
+def _ipfix_target(ctx: click.Context, param: click.Parameter, value: str | None) -> object:
+    from flowscope.export.ipfix import parse_target
+
+    return parse_target(value) if value else None
+
+
+def _metrics_listen(ctx: click.Context, param: click.Parameter, value: str | None) -> object:
+    from flowscope.export.prometheus import parse_listen
+
+    return parse_listen(value) if value else None
+
+
+_EXPORT_OPTIONS = (
+    click.option(
+        "--ipfix",
+        callback=_ipfix_target,
+        envvar="FLOWSCOPE_IPFIX",
+        metavar="[tcp://]HOST:PORT",
+        help="Also export every flow record as IPFIX to this collector (UDP; tcp:// for TCP; "
+        "env FLOWSCOPE_IPFIX).",
+    ),
+    click.option(
+        "--ipfix-domain",
+        type=click.IntRange(0, 2**32 - 1),
+        default=0,
+        show_default=True,
+        help="IPFIX observation domain id.",
+    ),
+    click.option(
+        "--ipfix-mtu",
+        type=click.IntRange(min=576),
+        default=1400,
+        show_default=True,
+        help="Path MTU to the collector: no IPFIX message is larger.",
+    ),
+    click.option(
+        "--metrics",
+        callback=_metrics_listen,
+        envvar="FLOWSCOPE_METRICS",
+        metavar="[ADDR:]PORT",
+        help="Serve Prometheus metrics on http://ADDR:PORT/metrics (env FLOWSCOPE_METRICS).",
+    ),
+)
+
+
+history_db_option = click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="FLOWSCOPE_DB",
+    default=None,
+    help="History database (default: $XDG_STATE_HOME/flowscope/flows.db; env FLOWSCOPE_DB).",
+)
+interval_option = click.option(
+    "--interval",
+    type=Seconds(0.05, 3600.0, low_open=False),
+    envvar="FLOWSCOPE_INTERVAL",
+    default=1.0,
+    show_default=True,
+    help="Seconds between ticks (env FLOWSCOPE_INTERVAL; replay: seconds of capture time).",
+)
+
+
+def expiry_options(f: Any) -> Any:
+    """--idle-timeout, --fin-timeout and --active-timeout: when flows become records (NetFlow
+    semantics), for the commands that collect."""
+    for opt in reversed(
+        [
+            click.option(
+                "--idle-timeout",
+                type=Seconds(0, 30 * 86400.0),
+                default=15.0,
+                show_default=True,
+                help="A flow with no packet for this long is finished and written.",
+            ),
+            click.option(
+                "--fin-timeout",
+                type=Seconds(0, 30 * 86400.0),
+                default=2.0,
+                show_default=True,
+                help="The idle timeout after a FIN or RST was seen.",
+            ),
+            click.option(
+                "--active-timeout",
+                type=Seconds(0, 30 * 86400.0),
+                default=60.0,
+                show_default=True,
+                help="A long-lived flow is written as a record this often.",
+            ),
+        ]
+    ):
+        f = opt(f)
+    return f
+
+
+def export_options(f: Any) -> Any:
+    """Adds --ipfix, --ipfix-domain, --ipfix-mtu and --metrics to a collecting command, which
+    receives them as one ``exports: ExportSettings`` argument (see flowscope.export.outputs)."""
+    import functools
+
+    @functools.wraps(f)
+    def wrapper(
+        *args: Any,
+        ipfix: Any,
+        ipfix_domain: int,
+        ipfix_mtu: int,
+        metrics: Any,
+        **kwargs: Any,
+    ) -> Any:
+        from flowscope.export.outputs import ExportSettings
+
+        exports = ExportSettings(
+            ipfix=ipfix, ipfix_domain=ipfix_domain, ipfix_mtu=ipfix_mtu, metrics=metrics
+        )
+        return f(*args, exports=exports, **kwargs)
+
+    for option in reversed(_EXPORT_OPTIONS):
+        wrapper = option(wrapper)
+    return wrapper
