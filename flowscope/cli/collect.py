@@ -23,6 +23,7 @@ from flowscope.cli.options import (
     mode_option,
 )
 from flowscope.errors import FlowscopeError
+from flowscope.vocab import GROUPINGS
 
 if TYPE_CHECKING:
     from flowscope.collect.collector import Tick
@@ -134,9 +135,8 @@ def record(
         )
 
 
-LIVE_GROUPS = ("flow", "src", "dst", "pair", "dport", "proto")
-"""The console's groupings (ui.view.GROUPS, which a test keeps equal: the CLI does not import
-numpy to print its help)."""
+LIVE_GROUPS = tuple(GROUPINGS)
+"""The console's groupings, for --help without importing numpy."""
 
 
 def _view_spec(filter_text: str | None, group: str, sort: str) -> ViewSpec:

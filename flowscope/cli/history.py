@@ -10,9 +10,8 @@ from typing import Any
 import click
 
 from flowscope.cli.main import MAX_ROWS, Seconds, main
-from flowscope.cli.options import (
-    history_db_option,
-)
+from flowscope.cli.options import history_db_option
+from flowscope.vocab import GROUPINGS
 
 # --- history and sql: headless reads of the history database ----------------------------------
 
@@ -97,7 +96,7 @@ def _range(
 )
 @click.option(
     "--group-by",
-    type=click.Choice(["flow", "src", "dst", "pair", "sport", "dport", "proto", "iface", "vlan"]),
+    type=click.Choice(list(GROUPINGS)),
     default="flow",
     show_default=True,
     help="Sum per flow, host, host pair (both directions), port (received and sent apart: "
@@ -131,7 +130,7 @@ def history(
     active in the range (its first to last packet there, at least 1 s), not over the whole
     range. Times typed without a zone are local (TZ; --utc: UTC); times printed are UTC, with
     their Z."""
-    from flowscope import vocab as output
+    from flowscope.cli import output
     from flowscope.history import files, queries, schema
     from flowscope.model import proto_name
     from flowscope.pipeline import db_path
@@ -210,7 +209,8 @@ def alerts(db: Path | None, since: str | None, until: str | None, utc: bool, fmt
     the filter that shows its flows (`flowscope history --filter ...`). Lists the alerts
     going on at some time in [--since, --until] (default: all). Times printed are UTC, with
     their Z."""
-    from flowscope import vocab as output
+    from flowscope import vocab
+    from flowscope.cli import output
     from flowscope.collect.detect import COLUMNS, rate
     from flowscope.history import files, queries, schema
     from flowscope.pipeline import db_path
@@ -243,10 +243,10 @@ def alerts(db: Path | None, since: str | None, until: str | None, utc: bool, fmt
                     r["kind"],
                     r["source"],
                     r["target"],
-                    output.time_of_day(r["start"], days),
-                    output.time_of_day(r["last"], days),
+                    vocab.time_of_day(r["start"], days),
+                    vocab.time_of_day(r["last"], days),
                     str(r["flows"]),
-                    output.human(r["rate"]),
+                    vocab.human(r["rate"]),
                     r["filter"],
                 ]
                 for r in rows
@@ -291,7 +291,7 @@ def sql(
     Tables: flows, samples, events, flows_hourly (see README). Writes, ATTACH and pragmas
     that change anything are refused; a statement runs at most --timeout seconds, uses at
     most --max-memory MiB and returns at most --max-rows rows."""
-    from flowscope import vocab as output
+    from flowscope.cli import output
     from flowscope.history.sandbox import read_sql
     from flowscope.pipeline import db_path
 

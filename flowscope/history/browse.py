@@ -17,6 +17,7 @@ import numpy as np
 from flowscope.errors import UsageError
 from flowscope.history import files, queries, schema, window
 from flowscope.vocab import (
+    GROUPINGS,
     clip_column,
     endpoint,
     human,
@@ -34,7 +35,7 @@ SPANS: dict[str, tuple[str, float]] = {
     "24h": ("24h", 86400.0),
 }
 # What `g` cycles through: the live console's groupings.
-GROUP_CYCLE: tuple[str, ...] = ("flow", "src", "dst", "pair", "dport", "proto")
+GROUP_CYCLE: tuple[str, ...] = tuple(GROUPINGS)
 # Bucket widths the graph may use, in seconds: round numbers, so bucket edges read well.
 BUCKET_STEPS: tuple[float, ...] = (
     1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400,

@@ -15,16 +15,11 @@ import numpy as np
 from flowscope import abi
 from flowscope.query import filter as flt
 from flowscope.query.frame import FlowFrame, addr_bytes, addr_text, filter_mask
+from flowscope.vocab import GROUPINGS
 
-GROUPS: dict[str, str] = {
-    "flow": "flow",
-    "src": "source host",
-    "dst": "destination host",
-    "pair": "conversation",
-    "dport": "destination port",  # and direction: ↓ received (our services), ↑ sent
-    "proto": "protocol",
-}
-"""Group-by choices, in the order the toggle key cycles through them, with their labels."""
+GROUPS = GROUPINGS
+"""Group-by choices, in the order the toggle key cycles through them, with their labels
+(vocab.GROUPINGS: history has the same)."""
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     "flow": (
@@ -46,6 +41,9 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "pair": ("src", "dst", "flows", "bps", "pps", "bytes", "out", "in", "packets", "age"),
     "dport": ("proto", "dport", "flows", "bps", "pps", "bytes", "packets", "age"),
     "proto": ("proto", "flows", "bps", "pps", "bytes", "packets", "age"),
+    "sport": ("proto", "sport", "flows", "bps", "pps", "bytes", "packets", "age"),
+    "iface": ("iface", "flows", "bps", "pps", "bytes", "packets", "age"),
+    "vlan": ("vlan", "flows", "bps", "pps", "bytes", "packets", "age"),
 }
 """The table's columns for each grouping (also the sort keys it offers, in this order)."""
 
@@ -94,6 +92,8 @@ class Row:
     in_: int | None = None
     first_seen_ns: int = 0
     last_seen_ns: int = 0
+    iface: str | None = None
+    """The interface's name (None where the row has no single interface or it is unknown)."""
 
     @property
     def key(self) -> str:
@@ -138,7 +138,7 @@ def compute(frame: FlowFrame, spec: ViewSpec, iface_names: Mapping[int, str] | N
     g = _group(frame, spec.group)
     order = _top(frame, g, spec)
     return View(
-        rows=[_row(frame, g, int(i), spec.group) for i in order],
+        rows=[_row(frame, g, int(i), spec.group, iface_names) for i in order],
         matched=len(frame),
         groups=len(g.rep),
     )
@@ -153,7 +153,7 @@ def find(
         return None
     sub = frame.take(mask)
     g = _group(sub, group)
-    return _row(sub, g, 0, group) if len(g.rep) else None
+    return _row(sub, g, 0, group, iface_names) if len(g.rep) else None
 
 
 def reverse_ident(
@@ -239,8 +239,14 @@ def _group(fr: FlowFrame, group: str) -> _Groups:
         # by direction too: a sent flow's destination port is its peer's (a client's
         # ephemeral port when this host serves), so received and sent stay apart
         key = _as_bytes(fr.proto, fr.dport, fr.direction)
+    elif group == "sport":  # by direction too, as dport
+        key = _as_bytes(fr.proto, fr.sport, fr.direction)
     elif group == "proto":
         key = _as_bytes(fr.proto)
+    elif group == "iface":
+        key = _as_bytes(fr.ifindex)
+    elif group == "vlan":
+        key = _as_bytes(fr.vlan)
     else:
         raise ValueError(f"unknown grouping {group!r}")
     if n == 0:
@@ -307,8 +313,16 @@ def _members(fr: FlowFrame, group: str, ident: tuple[object, ...]) -> np.ndarray
             return np.asarray(
                 (fr.proto == ident[1]) & (fr.dport == ident[2]) & (fr.direction == ident[3]), bool
             )
+        if group == "sport":
+            return np.asarray(
+                (fr.proto == ident[1]) & (fr.sport == ident[2]) & (fr.direction == ident[3]), bool
+            )
         if group == "proto":
             return np.asarray(fr.proto == ident[1], bool)
+        if group == "iface":
+            return np.asarray(fr.ifindex == ident[1], bool)
+        if group == "vlan":
+            return np.asarray(fr.vlan == ident[1], bool)
     except ValueError:
         return None
     return None
@@ -342,8 +356,8 @@ def _sort_values(fr: FlowFrame, g: _Groups, key: str) -> np.ndarray:
     if key in ("out", "in"):
         arr = g.out if key == "out" else g.in_
         return np.zeros(len(rep)) if arr is None else arr
-    if key in ("sport", "dport", "proto", "vlan"):
-        column: np.ndarray = getattr(fr, key)
+    if key in ("sport", "dport", "proto", "vlan", "iface"):
+        column: np.ndarray = getattr(fr, "ifindex" if key == "iface" else key)
         return np.asarray(column[rep], np.float64)
     raise ValueError(f"unknown sort key {key!r}")
 
@@ -365,7 +379,9 @@ def _top(fr: FlowFrame, g: _Groups, spec: ViewSpec) -> np.ndarray:
     return cand[np.argsort(v[cand], kind="stable")]
 
 
-def _row(fr: FlowFrame, g: _Groups, i: int, group: str) -> Row:
+def _row(
+    fr: FlowFrame, g: _Groups, i: int, group: str, iface_names: Mapping[int, str] | None
+) -> Row:
     r = int(g.rep[i])
     fam = int(fr.family[r])
     first = int(g.first_seen[i])
@@ -388,12 +404,24 @@ def _row(fr: FlowFrame, g: _Groups, i: int, group: str) -> Row:
         assert g.out is not None and g.in_ is not None
         ident = ("pair", fam, src, dst)
         out, in_ = int(g.out[i]), int(g.in_[i])
+    elif group == "iface":
+        src = dst = None
+        ifindex = int(fr.ifindex[r])
+        ident = ("iface", ifindex)
+    elif group == "vlan":
+        src = dst = None
+        vlan = int(fr.vlan[r])
+        ident = ("vlan", vlan)
     else:
         src = dst = None
         proto = int(fr.proto[r])
-        if group == "dport":
-            dport, direction = int(fr.dport[r]), int(fr.direction[r])
-            ident = ("dport", proto, dport, direction)
+        if group in ("dport", "sport"):
+            port, direction = int(getattr(fr, group)[r]), int(fr.direction[r])
+            if group == "dport":
+                dport = port
+            else:
+                sport = port
+            ident = (group, proto, port, direction)
         else:
             ident = ("proto", proto)
     return Row(
@@ -418,4 +446,5 @@ def _row(fr: FlowFrame, g: _Groups, i: int, group: str) -> Row:
         in_=in_,
         first_seen_ns=first,
         last_seen_ns=int(g.last_seen[i]),
+        iface=iface_names.get(ifindex) if iface_names and ifindex is not None else None,
     )

@@ -28,6 +28,7 @@ HEADERS: dict[str, str] = {
     "flows": "Flows",
     "out": "Out",
     "in": "In",
+    "iface": "Iface",
 }
 """Column titles. For conversations Source and Destination are hosts A and B, Out and In the
 bytes sent (egress) and received (ingress). A flow's protocol cell starts with its direction:
@@ -37,7 +38,7 @@ NUMERIC = frozenset(
     {"sport", "bps", "pps", "bytes", "packets", "age", "vlan", "flows", "out", "in"}
 )
 """Right-aligned columns."""
-IDENTITY = frozenset({"src", "dst", "sport", "dport", "proto"})
+IDENTITY = frozenset({"src", "dst", "sport", "dport", "proto", "iface"})
 """Columns that say which flow or group a row is: the leading run of them stays on screen
 while the other columns scroll sideways."""
 
@@ -113,7 +114,12 @@ def cell(
     if column == "age":
         return age_text(row.age)
     if column == "vlan":
-        return str(row.vlan) if row.vlan else ""
+        if row.vlan:
+            return str(row.vlan)
+        return "-" if row.ident[:1] == ("vlan",) else ""  # the untagged group
+    if column == "iface":
+        text = row.iface or ("" if row.ifindex is None else f"#{row.ifindex}")
+        return clip(text, width)
     if column == "flags":
         return tcp_flags_text(row.tcp_flags) if row.proto == 6 else ""
     raise ValueError(column)
@@ -136,6 +142,7 @@ def widths(columns: tuple[str, ...], total: int) -> dict[str, int]:
         "flows": 5,
         "out": 6,
         "in": 6,
+        "iface": 10,
     }
     out = {c: fixed[c] for c in columns if c in fixed}
     if "dport" in out and total >= 120:

@@ -4,6 +4,8 @@ help fits in 80 columns."""
 
 from __future__ import annotations
 
+from flowscope.vocab import GROUPINGS
+
 KEYS: list[tuple[str, str]] = [
     ("↑ ↓ PgUp PgDn", "move the selection (its rate graph: under the total)"),
     ("← →", "scroll the columns right of the addresses (◂ ▸)"),
@@ -12,7 +14,7 @@ KEYS: list[tuple[str, str]] = [
     ("1 … 9, 0", "sort by column 1 … 10 (a header click too)"),
     ("r", "reverse the sort"),
     ("f", "freeze the order (new rows go to the end)"),
-    ("g / G", "group: flow, src, dst, conversation, dport, proto"),
+    ("g / G", "group: " + " ".join(GROUPINGS)),
     ("/", "filter (as history --filter); Enter applies"),
     ("F1", "in the filter bar: the filter language"),
     ("n", "reverse DNS names (looked up in the background)"),

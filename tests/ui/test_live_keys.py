@@ -113,7 +113,15 @@ async def test_g_cycles_groupings_and_sums() -> None:
         assert pair.out is not None and pair.in_ is not None
         assert pair.out + pair.in_ == pair.bytes
         await pilot.press("g", "g", "g")
+        assert app.live.spec.group == "sport"
+        await pilot.press("g", "g", "g")
         assert app.live.spec.group == "flow"
+        await pilot.press("G")
+        assert app.live.spec.group == "vlan"
+        assert table(app).columns_shown[:2] == ("vlan", "flows")
+        assert sum(r.bytes for r in shown_rows(app)) == total
+        await pilot.press("G", "G")
+        assert app.live.spec.group == "sport"
         await pilot.press("G")
         assert app.live.spec.group == "proto"
         assert column(app, "proto") == ["tcp", "udp", "icmp"]

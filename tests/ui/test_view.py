@@ -126,7 +126,7 @@ def _is(col, addr):  # type: ignore[no-untyped-def]
 
 
 def test_find_and_reverse() -> None:
-    top = compute(FRAME, ViewSpec(top=1)).rows[0]
+    top = compute(FRAME, ViewSpec(top=1), NAMES).rows[0]
     assert find(FRAME, "flow", top.ident, NAMES) == top
     back = find(FRAME, "flow", reverse_ident(top.ident) or (), NAMES)
     assert back is not None and (back.src, back.dst) == (top.dst, top.src)
@@ -155,3 +155,47 @@ def test_destination_ports_of_received_and_sent_flows_stay_apart() -> None:
     client = next(r for r in rows if r.dport == 50412)
     assert cell(client, "proto", width=6) == "↑tcp"
     assert find(FRAME, "dport", client.ident, NAMES) == client
+
+
+def _model_groups(group: str, names: dict[int, str]) -> dict[tuple[object, ...], tuple[int, int]]:
+    """Per group key, (flows, bytes), summed in plain Python over the frame's flows."""
+    out: dict[tuple[object, ...], tuple[int, int]] = {}
+    for i in range(len(FRAME)):
+        key: tuple[object, ...] = {
+            "sport": (int(FRAME.proto[i]), int(FRAME.sport[i]), int(FRAME.direction[i])),
+            "dport": (int(FRAME.proto[i]), int(FRAME.dport[i]), int(FRAME.direction[i])),
+            "iface": (names.get(int(FRAME.ifindex[i]), f"#{int(FRAME.ifindex[i])}"),),
+            "vlan": (int(FRAME.vlan[i]),),
+        }[group]
+        flows, nbytes = out.get(key, (0, 0))
+        out[key] = (flows + 1, nbytes + int(FRAME.bytes[i]))
+    return out
+
+
+@pytest.mark.parametrize("group", ["sport", "dport", "iface", "vlan"])
+def test_port_interface_and_vlan_groups_sum_as_a_plain_model(group: str) -> None:
+    """Live groups by source port, interface and VLAN as history does (issue 15): each row is
+    the flows of one key, ports per protocol and direction."""
+    view = compute(FRAME, ViewSpec(group=group, top=10_000), NAMES)
+    got: dict[tuple[object, ...], tuple[int, int]] = {}
+    for r in view.rows:
+        key: tuple[object, ...] = {
+            "sport": (r.proto, r.sport, r.direction),
+            "dport": (r.proto, r.dport, r.direction),
+            "iface": (r.iface or f"#{r.ifindex}",),
+            "vlan": (r.vlan,),
+        }[group]
+        got[key] = (r.flows, r.bytes)
+    assert got == _model_groups(group, NAMES)
+    assert len({r.key for r in view.rows}) == len(view.rows)
+    for r in view.rows:  # Enter finds the same group again, outside the top N too
+        again = find(FRAME, group, r.ident, NAMES)
+        assert again is not None and (again.flows, again.bytes) == (r.flows, r.bytes)
+
+
+def test_every_grouping_is_one_of_historys_and_the_reverse() -> None:
+    from flowscope.history.browse import GROUP_CYCLE
+    from flowscope.history.queries import GROUPINGS as HISTORY
+
+    assert set(GROUPS) == set(HISTORY)
+    assert tuple(GROUPS) == GROUP_CYCLE

@@ -222,7 +222,7 @@ def test_table_has_human_units_first_last_and_direction(db: Path) -> None:
 def test_on_an_80_column_terminal_the_table_leaves_out_columns_before_folding(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from flowscope import vocab as output
+    from flowscope.cli import output
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
