@@ -22,6 +22,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -102,13 +103,18 @@ def record(net: VethNamespace, db: Path, *extra: str) -> subprocess.Popen[str]:
 
 
 def nfdump_flows(nfdir: Path) -> list[tuple[object, ...]]:
-    """What nfcapd wrote into its one file in ``nfdir``, as `nfdump -o json` reads it: sorted
-    (src, dst, sport, dport, proto, packets, octets, first ms, last ms)."""
-    [capture] = [p for p in nfdir.iterdir() if p.name.startswith("nfcapd.2")]
-    out = subprocess.run(
-        ["nfdump", "-r", str(capture), "-o", "json"],
-        capture_output=True, text=True, check=True, env={**os.environ, "TZ": "UTC"},
-    ).stdout  # fmt: skip
+    """What nfcapd wrote into its files in ``nfdir`` (one, or two when the run crossed one of
+    its 5-minute rotations), as `nfdump -o json` reads them: sorted (src, dst, sport, dport,
+    proto, packets, octets, first ms, last ms)."""
+    captures = sorted(p for p in nfdir.iterdir() if p.name.startswith("nfcapd.2"))
+    assert captures, "nfcapd wrote no file"
+    flows: list[dict[str, Any]] = []
+    for capture in captures:
+        out = subprocess.run(
+            ["nfdump", "-r", str(capture), "-o", "json"],
+            capture_output=True, text=True, check=True, env={**os.environ, "TZ": "UTC"},
+        ).stdout  # fmt: skip
+        flows += json.loads(out) if out.strip() else []
     return sorted(
         (
             f.get("src4_addr") or f["src6_addr"],
@@ -121,7 +127,7 @@ def nfdump_flows(nfdir: Path) -> list[tuple[object, ...]]:
             ms(f["first"] + "Z"),
             ms(f["last"] + "Z"),
         )
-        for f in json.loads(out)
+        for f in flows
     )
 
 
