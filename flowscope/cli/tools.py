@@ -133,10 +133,11 @@ def bench(as_json: bool, only: tuple[str, ...], quick: bool) -> None:
     over the loads is reported, with the ratio. Informative lines compare the FS_PRECISE_CLOCK
     build with the default jiffies clock cache, and the bare program with bpf/floor.c, the
     per-CPU hash lookup and update alone."""
+    from flowscope.bench import harness
     from flowscope.bench import suite as bm
 
     names = bm.select(only)
-    settings = bm.QUICK if quick else bm.DEFAULT
+    settings = harness.QUICK if quick else harness.DEFAULT
     if not as_json:
         click.echo(bm.table_header())
     for result in bm.run(names, settings):

@@ -29,6 +29,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from flowscope import packets
+
 PR_SET_PDEATHSIG = 1
 
 # Ports the listeners try first (well known, so the console shows familiar numbers); when one
@@ -205,15 +207,6 @@ def udp_requests(addrs: list[str], port: int) -> Callable[[], None]:
     return run
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\x00"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def pings(addr4: str, addr6: str) -> Callable[[], None]:
     """ICMP and ICMPv6 echo requests twice a second (raw sockets; the kernel fills in the
     ICMPv6 checksum)."""
@@ -229,7 +222,7 @@ def pings(addr4: str, addr6: str) -> Callable[[], None]:
                 seq = (seq + 1) & 0xFFFF
                 payload = struct.pack("!d", time.time()) + b"flowscope-demo" * 3
                 head = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-                csum = _checksum(head + payload)
+                csum = packets.checksum(head + payload)
                 s4.sendto(struct.pack("!BBHHH", 8, 0, csum, ident, seq) + payload, (addr4, 0))
                 s6.sendto(struct.pack("!BBHHH", 128, 0, 0, ident, seq) + payload, (addr6, 0))
                 time.sleep(0.5)
@@ -253,25 +246,15 @@ def short_connections(addr: str, port: int, per_wave: int = 15) -> Callable[[], 
 
 
 def _vlan_frame(peer: Peer, vid: int, sport: int, payload: bytes) -> bytes:
-    """Ethernet + 802.1Q tag + IPv4 + UDP, checksummed (UDP checksum 0 is allowed on IPv4)."""
-    dst = bytes.fromhex(peer.host_mac.replace(":", ""))
-    src = bytes.fromhex(peer.peer_mac.replace(":", ""))
-    udp = struct.pack("!HHHH", sport, 4789, 8 + len(payload), 0) + payload
-    ip = struct.pack(
-        "!BBHHHBBH4s4s",
-        0x45,
-        0,
-        20 + len(udp),
-        random.getrandbits(16),
-        0x4000,
-        64,
-        socket.IPPROTO_UDP,
-        0,
-        socket.inet_aton(peer.src4),
-        socket.inet_aton(peer.ip4),
+    """Ethernet + 802.1Q tag + IPv4 + UDP (to port 4789), checksummed."""
+    datagram = packets.udp(peer.src4, peer.ip4, sport, 4789, payload)
+    return packets.ethernet(
+        packets.ETH_P_IP,
+        packets.ipv4(peer.src4, peer.ip4, packets.IPPROTO_UDP, datagram),
+        vlans=(vid,),
+        dst=bytes.fromhex(peer.host_mac.replace(":", "")),
+        src=bytes.fromhex(peer.peer_mac.replace(":", "")),
     )
-    ip = ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:]
-    return dst + src + struct.pack("!HH", 0x8100, vid) + struct.pack("!H", 0x0800) + ip + udp
 
 
 def vlan_stream(peer: Peer, per_second: int = 40) -> Callable[[], None]:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from flowscope import packets
 from flowscope.bench import suite as bench
 from flowscope.cli import main
 
@@ -72,7 +73,7 @@ def test_every_benchmark_runs_and_reports_once() -> None:
 def test_a_frame_that_misses_its_flow_is_an_error_not_a_number(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    arp = bench.ethernet(0x0806, bytes(28))
+    arp = packets.ethernet(0x0806, bytes(28))
     monkeypatch.setattr(bench, "hot_ipv4_tcp_frame", lambda: arp)
     result = CliRunner().invoke(main, ["bench", "--json", "--quick", "--only", "xdp_hot_ipv4_tcp"])
     assert result.exit_code == 1

@@ -13,26 +13,27 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import Dot1Q, Ether
 
+from flowscope.bench import harness, workload
 from flowscope.bench import suite as bench
 from flowscope.cli import main
 
 KEYS = ["name", "value", "unit", "baseline_name", "baseline", "ratio"]
 
 FAKE = [
-    bench.Result("xdp_hot_ipv4_tcp", 55, "ns/packet", "bare_xdp_pass", 22),
-    bench.Result("xdp_insert_100k", 1019.44, "ns/flow", "bare_xdp_pass", 124.81),
-    bench.Result("xdp_hot_ipv4_tcp_precise_clock", 85, "ns/packet", "xdp_hot_ipv4_tcp", 55, True),
+    harness.Result("xdp_hot_ipv4_tcp", 55, "ns/packet", "bare_xdp_pass", 22),
+    harness.Result("xdp_insert_100k", 1019.44, "ns/flow", "bare_xdp_pass", 124.81),
+    harness.Result("xdp_hot_ipv4_tcp_precise_clock", 85, "ns/packet", "xdp_hot_ipv4_tcp", 55, True),
 ]
 
 
 @pytest.fixture
-def fake_run(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[str], bench.Settings]]:
+def fake_run(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[str], harness.Settings]]:
     """Replace the kernel part of the bench with canned results, recording what was asked."""
-    calls: list[tuple[list[str], bench.Settings]] = []
+    calls: list[tuple[list[str], harness.Settings]] = []
 
     def run(
-        names: Sequence[str], settings: bench.Settings = bench.DEFAULT
-    ) -> Iterator[bench.Result]:
+        names: Sequence[str], settings: harness.Settings = harness.DEFAULT
+    ) -> Iterator[harness.Result]:
         calls.append((list(names), settings))
         return iter([r for r in FAKE if r.name in names])
 
@@ -41,7 +42,7 @@ def fake_run(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[str], bench.Set
 
 
 def test_json_lines_have_the_documented_keys(
-    fake_run: list[tuple[list[str], bench.Settings]],
+    fake_run: list[tuple[list[str], harness.Settings]],
 ) -> None:
     result = CliRunner().invoke(main, ["bench", "--json"])
     assert result.exit_code == 0, result.output
@@ -63,15 +64,15 @@ def test_json_lines_have_the_documented_keys(
     assert precise["baseline_name"] == "xdp_hot_ipv4_tcp"
     # the informative sentence goes to stderr, so stdout stays pure JSON lines
     assert "informative" in result.stderr
-    assert fake_run[0][1] == bench.DEFAULT
+    assert fake_run[0][1] == harness.DEFAULT
 
 
 def test_only_and_quick_select_a_fast_subset(
-    fake_run: list[tuple[list[str], bench.Settings]],
+    fake_run: list[tuple[list[str], harness.Settings]],
 ) -> None:
     result = CliRunner().invoke(main, ["bench", "--json", "--quick", "--only", "xdp_hot_ipv4_tcp"])
     assert result.exit_code == 0, result.output
-    assert fake_run == [(["xdp_hot_ipv4_tcp"], bench.QUICK)]
+    assert fake_run == [(["xdp_hot_ipv4_tcp"], harness.QUICK)]
     assert [json.loads(line)["name"] for line in result.stdout.splitlines()] == ["xdp_hot_ipv4_tcp"]
 
 
@@ -88,7 +89,7 @@ def test_only_takes_repeats_and_commas_in_the_usual_order() -> None:
 
 
 def test_unknown_name_is_a_one_line_usage_error(
-    fake_run: list[tuple[list[str], bench.Settings]],
+    fake_run: list[tuple[list[str], harness.Settings]],
 ) -> None:
     result = CliRunner().invoke(main, ["bench", "--only", "xdp_nope"])
     assert result.exit_code == 2
@@ -99,7 +100,7 @@ def test_unknown_name_is_a_one_line_usage_error(
 
 
 def test_table_is_aligned_and_explains_the_minimum(
-    fake_run: list[tuple[list[str], bench.Settings]],
+    fake_run: list[tuple[list[str], harness.Settings]],
 ) -> None:
     result = CliRunner().invoke(main, ["bench"])
     assert result.exit_code == 0, result.output
@@ -139,38 +140,38 @@ def _rebuilt(frame: bytes) -> bytes:
 
 
 def test_hot_ipv4_tcp_frame() -> None:
-    frame = bench.hot_ipv4_tcp_frame()
+    frame = workload.hot_ipv4_tcp_frame()
     pkt = Ether(frame)
     assert len(frame) == 60
-    assert (pkt[IP].src, pkt[IP].dst, pkt[TCP].sport, pkt[TCP].dport) == bench.HOT4
+    assert (pkt[IP].src, pkt[IP].dst, pkt[TCP].sport, pkt[TCP].dport) == workload.HOT4
     assert pkt[TCP].flags == "A"
     assert _rebuilt(frame) == frame
 
 
 def test_ipv6_frame_has_two_extension_headers_before_tcp() -> None:
-    frame = bench.ipv6_tcp_ext_frame()
+    frame = workload.ipv6_tcp_ext_frame()
     pkt = Ether(frame)
     assert IPv6ExtHdrHopByHop in pkt and IPv6ExtHdrDestOpt in pkt
     assert pkt[IPv6].nh == 0 and pkt[IPv6ExtHdrHopByHop].nh == 60
     assert pkt[IPv6ExtHdrDestOpt].nh == 6
-    assert (pkt[IPv6].src, pkt[IPv6].dst, pkt[TCP].sport, pkt[TCP].dport) == bench.V6
+    assert (pkt[IPv6].src, pkt[IPv6].dst, pkt[TCP].sport, pkt[TCP].dport) == workload.V6
     assert _rebuilt(frame) == frame
 
 
 def test_vlan_frame_is_tagged_ipv4_udp() -> None:
-    frame = bench.vlan_ipv4_udp_frame()
+    frame = workload.vlan_ipv4_udp_frame()
     pkt = Ether(frame)
-    assert pkt[Dot1Q].vlan == bench.VLAN_ID
-    assert (pkt[IP].src, pkt[IP].dst, pkt[UDP].sport, pkt[UDP].dport) == bench.VLAN4
+    assert pkt[Dot1Q].vlan == workload.VLAN_ID
+    assert (pkt[IP].src, pkt[IP].dst, pkt[UDP].sport, pkt[UDP].dport) == workload.VLAN4
     assert _rebuilt(frame) == frame
 
 
 def test_insert_frames_and_fill_keys_are_distinct_flows_apart_from_the_hot_one() -> None:
-    frames = bench.insert_frames(1000)
+    frames = workload.insert_frames(1000)
     tuples = {(Ether(f)[IP].src, Ether(f)[TCP].sport) for f in frames}
     assert len(tuples) == 1000
-    assert (bench.HOT4[0], bench.HOT4[2]) not in tuples
-    keys = bench.other_flow_keys(70_000)
+    assert (workload.HOT4[0], workload.HOT4[2]) not in tuples
+    keys = workload.other_flow_keys(70_000)
     assert len({k.tobytes() for k in keys}) == 70_000
     assert bytes(keys[1]["saddr"]) == bytes([172, 16, 0, 1])
     assert int(keys[0]["dport"]) == 443 and int(keys[0]["proto"]) == 6
@@ -181,4 +182,4 @@ def test_median_of_loads_is_the_median_of_each_loads_minimum() -> None:
     baseline: the program's number is the middle load, not its luckiest one."""
     durations = [iter([9, 5, 7]), iter([3, 8, 8]), iter([6, 6, 1]), iter([2, 4, 2])]
     runs = [functools.partial(next, it) for it in durations]
-    assert bench.median_of_loads([runs[:3], runs[3:]], 3) == [3.0, 2.0]
+    assert harness.median_of_loads([runs[:3], runs[3:]], 3) == [3.0, 2.0]

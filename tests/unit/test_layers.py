@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).parents[2] / "flowscope"
 
 LAYERS: list[list[str]] = [
     ["flowscope.abi", "flowscope.errors"],
-    ["flowscope.model", "flowscope.when"],
+    ["flowscope.model", "flowscope.when", "flowscope.packets"],
     ["flowscope.vocab"],
     ["flowscope.kernel"],
     ["flowscope.collect"],

@@ -1,0 +1,336 @@
+"""The user-space benchmarks: every stage past the kernel (collector tick, SQLite, history
+queries, the ring buffer consumer, detection, the console, replay), each beside the floor
+it is measured against."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from flowscope import abi
+from flowscope.bench.harness import BIG_FLOW_ENTRIES, QUICK, Lab, Result, count_label
+from flowscope.bench.workload import insert_frames, other_flow_keys, replay_capture
+from flowscope.errors import BenchError
+
+
+def collector_tick(lab: Lab) -> Iterator[Result]:
+    """One collector tick (batched read of both maps, per-CPU sums, matching with the previous
+    tick, rates, expiry decisions) with N flows in the map, next to the batched read alone. The
+    map is sized so N stays under the high-water mark and nothing expires: the steady state of
+    a busy server. Minimum of 3 ticks, in ms. An informative line gives what the tick's crash
+    safety costs the writer thread (turning its pending flows into the blob it writes), beside
+    the tick."""
+    import time
+
+    from flowscope.collect.collector import Collector, CollectorSettings
+    from flowscope.kernel.program import FlowProgram
+
+    for n in lab.settings.drain_flows:
+        prog = FlowProgram(flow_entries=int(n / 0.85) + 1)
+        try:
+            prog.put_flows(abi.AF_INET, other_flow_keys(n))
+            collector = Collector(prog, CollectorSettings(idle_timeout=1e9, active_timeout=1e9))
+            reads, ticks, snapshots = [], [], []
+            for _ in range(3):
+                t = time.perf_counter()
+                held = sum(len(b) for b in prog.read_all_flows())
+                reads.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                tick = collector.tick()
+                ticks.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                for p in tick.pending:
+                    p.to_bytes()
+                snapshots.append(time.perf_counter() - t)
+                if held != n or tick.sample.active_flows != n:
+                    raise BenchError(
+                        f"collector_tick: read {held} flows, ticked "
+                        f"{tick.sample.active_flows}, expected {n}"
+                    )
+        finally:
+            prog.close()
+        label = count_label(n)
+        yield Result(
+            f"collector_tick_{label}", min(ticks) * 1e3, "ms/tick", f"map_read_{label}",
+            min(reads) * 1e3,
+        )  # fmt: skip
+        yield Result(
+            f"pending_blob_{label}", min(snapshots) * 1e3, "ms/tick", f"collector_tick_{label}",
+            min(ticks) * 1e3, informative=True,
+        )  # fmt: skip
+
+
+STORE_TICK = 10_000
+"""Records per write_tick in store_insert: a busy second of a busy server."""
+
+
+def store_insert(lab: Lab) -> Iterator[Result]:
+    """Flow records per second through Store.write_tick (one transaction per tick of 10,000,
+    the flows schema with its index), next to a plain executemany of the same rows into a
+    table without indexes in one file of the same settings: the cost of flowscope's schema."""
+    import sqlite3
+    import tempfile
+    import time
+
+    from flowscope.bench import synthetic_history
+    from flowscope.history import schema, store
+
+    n = lab.settings.insert_records
+    records = synthetic_history.synthetic_records(n, flows=50_000)
+    with tempfile.TemporaryDirectory() as tmp:
+        with store.Store(Path(tmp) / "flows.db") as db:
+            t = time.perf_counter()
+            for i in range(0, n, STORE_TICK):
+                db.write_tick(records[i : i + STORE_TICK], None, [])
+            value = n / (time.perf_counter() - t)
+            written = db.conn.execute("SELECT count(*) FROM flows").fetchone()[0]
+        if written != n:
+            raise BenchError(f"store_insert: {written} of {n} records written")
+        rows = [
+            (r.iface, "ingress", r.key.vlan, r.key.family, r.key.src, r.key.dst, r.key.sport,
+             r.key.dport, r.key.proto, schema.iso_time(r.first_seen), schema.iso_time(r.last_seen),
+             r.packets, r.bytes, r.ip_bytes, r.tcp_flags, r.end_reason)
+            for r in records
+        ]  # fmt: skip
+        conn = sqlite3.connect(Path(tmp) / "plain.db", isolation_level=None)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"CREATE TABLE flows ({', '.join(schema.FLOW_COLUMNS)})")
+        insert = f"INSERT INTO flows VALUES ({', '.join('?' * len(schema.FLOW_COLUMNS))})"
+        t = time.perf_counter()
+        for i in range(0, n, STORE_TICK):
+            conn.execute("BEGIN")
+            conn.executemany(insert, rows[i : i + STORE_TICK])
+            conn.execute("COMMIT")
+        baseline = n / (time.perf_counter() - t)
+        conn.close()
+    yield Result("store_insert", value, "records/s", "sqlite_executemany", baseline)
+
+
+def history_db(records: int) -> Path:
+    """A database of ``records`` flow records over 24 hours (make_bench_db). The 10 M one
+    takes a minute or two to build, so it is kept in $XDG_CACHE_HOME/flowscope and used again
+    while its schema version is current; smaller ones are rebuilt each time in the temporary
+    directory."""
+    import os
+    import sqlite3
+    import tempfile
+
+    from flowscope.bench import synthetic_history
+    from flowscope.history import schema
+
+    if records < 1_000_000:
+        path = Path(tempfile.mkdtemp(prefix="flowscope-bench-")) / "history.db"
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        path = Path(base) / "flowscope" / f"bench-{count_label(records)}.db"
+        if path.exists():
+            try:
+                with contextlib.closing(sqlite3.connect(path)) as conn:
+                    current = schema.schema_version(conn) == schema.SCHEMA_VERSION and (
+                        conn.execute("SELECT count(*) FROM flows").fetchone()[0] == records
+                    )
+            except sqlite3.Error:
+                current = False
+            if current:
+                return path
+            for stale in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                stale.unlink(missing_ok=True)
+    synthetic_history.make_bench_db(path, records=records)
+    return path
+
+
+def history_top20(lab: Lab) -> Iterator[Result]:
+    """`flowscope history --top 20 --since 24h` over settings.history_records records, in ms
+    (best of 3), next to the same query with --exact (every record summed, no hourly sums).
+    "Now" is the database's newest record, so a cached file measures the same thing on any
+    day. Both must give the same flows."""
+    import shutil
+    import time
+
+    from flowscope.history import files, queries, schema
+
+    n = lab.settings.history_records
+    path = history_db(n)
+    try:
+        conn = files.connect_readonly(path)
+        try:
+            now = schema.parse_iso(conn.execute("SELECT max(last_seen) FROM flows").fetchone()[0])
+            # on the hour, so the hourly sums and the records cover the same range
+            since = now - 86_400 - now % 3600
+            times: dict[bool, float] = {}
+            keys: dict[bool, list[tuple[object, ...]]] = {}
+            for exact in (False, True):
+                q = queries.HistoryQuery(since=since, top=20, exact=exact)
+                best = math.inf
+                for _ in range(1 if exact else 3):
+                    t = time.perf_counter()
+                    rows = queries.history(conn, q, now=now).rows
+                    best = min(best, time.perf_counter() - t)
+                times[exact] = best * 1e3
+                keys[exact] = [(r["src"], r["dst"], r["sport"], r["bytes"]) for r in rows]
+        finally:
+            conn.close()
+    finally:
+        if n < 1_000_000:
+            shutil.rmtree(path.parent, ignore_errors=True)
+    if keys[False] != keys[True] or len(keys[False]) != 20:
+        raise BenchError("history_top20: the hourly sums and the records disagree")
+    label = count_label(n)
+    yield Result(f"history_top20_{label}", times[False], "ms", f"history_exact_{label}",
+                 times[True])  # fmt: skip
+
+
+RINGBUF_PAGES = 4096
+"""16 MiB: room for 100,000 events (72 bytes each with the ring's header) twice over."""
+
+
+def ringbuf_events(lab: Lab) -> Iterator[Result]:
+    """New-flow events consumed per second by user space (FlowProgram.poll_events, decoded,
+    through a callback), after settings.ringbuf_flows new flows were announced; none may be
+    lost. The baseline is the same drain with the decoder swapped for one that only counts:
+    the ring buffer and the copy out of it, what decoding is measured against."""
+    import time
+
+    from flowscope.kernel import program
+    from flowscope.model import FlowEvent
+
+    n = lab.settings.ringbuf_flows
+    frames = insert_frames(n)
+    rates = []
+    copied = [0]
+
+    def count_only(records: Sequence[bytes]) -> list[FlowEvent]:
+        copied[0] += len(records)
+        return []
+
+    for decode in (True, False):
+        prog = program.FlowProgram(flow_entries=BIG_FLOW_ENTRIES, ringbuf_pages=RINGBUF_PAGES)
+        try:
+            for frame in frames:
+                prog.test_run(frame)
+            events: list[object] = []
+            if decode:
+                prog.open_events(events.append)
+            else:
+                prog.open_events(events.append, decode=count_only)
+            t = time.perf_counter()
+            prog.poll_events(0)
+            seconds = time.perf_counter() - t
+            counters = prog.read_counters()
+        finally:
+            prog.close()
+        got = len(events) if decode else copied[0]
+        created = counters[abi.Counter.FLOWS_CREATED]
+        lost = counters[abi.Counter.RINGBUF_FULL]
+        if got != created or created != n or lost:
+            raise BenchError(
+                f"ringbuf_events: {got} events for {created} new flows of {n}, {lost} lost"
+            )
+        rates.append(n / seconds)
+    yield Result("ringbuf_events", rates[0], "events/s", "ringbuf_copy_only", rates[1])
+
+
+def detect_flood(lab: Lab) -> Iterator[Result]:
+    """Scan and SYN-flood detection (detect.Watch: replies told apart, then the detector's
+    window), as the console and the history writer run it on every new-flow event, through a
+    spoofed SYN flood of settings.detect_flows new flows to one port (a new source each), in
+    events per second; it must raise exactly one flood alert. The baseline puts each event's
+    key in a dict: the least any per-event work in Python costs."""
+    import random
+    import time
+
+    from flowscope.collect import detect
+    from flowscope.model import FlowKey, NewFlow
+
+    rng = random.Random(7)
+    n = lab.settings.detect_flows
+    events = [
+        NewFlow(
+            1_000.0 + i * 1e-5,
+            FlowKey(abi.AF_INET, f"10.{rng.randrange(256)}.{rng.randrange(256)}.{i % 256}",
+                    "198.18.0.1", 1024 + i % 60000, 80, 6),
+            "eth0",
+            60,
+            False,
+        )
+        for i in range(n)
+    ]  # fmt: skip
+    t = time.perf_counter()
+    seen: dict[tuple[str, str, int], None] = {}
+    for ev in events:
+        seen[(ev.key.src, ev.key.dst, ev.key.dport)] = None
+    floor = n / (time.perf_counter() - t)
+    watch = detect.Watch()
+    t = time.perf_counter()
+    alerts = watch.feed(events)
+    rate = n / (time.perf_counter() - t)
+    if [a.kind for a in alerts] != ["SYN flood"]:
+        raise BenchError(f"detect_flood: {[a.kind for a in alerts]} for one SYN flood")
+    yield Result("detect_flood", rate, "events/s", "dict_insert_floor", floor)
+
+
+def console(lab: Lab) -> Iterator[Result]:
+    """The console (issue 4), headless at 160x48 on synthetic ticks: process CPU time per tick
+    with N live flows next to the same with 1,000 (how the cost grows with flows; the budget
+    is 150 ms, 15 % of a core at one tick a second), and the time from a sort-key press to the
+    repainted table next to the time a tick takes to draw (target 100 ms)."""
+    from flowscope.bench.console import measure  # only flowscope/ui/ imports textual
+
+    ticks = 3 if lab.settings is QUICK else 10
+    big = measure(lab.settings.console_flows, ticks, 3)
+    small = measure(1_000, ticks, 1)
+    label = count_label(lab.settings.console_flows)
+    yield Result(
+        f"console_tick_{label}", big.cpu_ms_per_tick, "ms cpu/tick", "console_tick_1k",
+        small.cpu_ms_per_tick,
+    )  # fmt: skip
+    yield Result(
+        f"console_key_{label}", big.key_ms, "ms", f"console_draw_{label}", big.wall_ms_per_tick
+    )
+
+
+def replay_frames(lab: Lab) -> Iterator[Result]:
+    """`flowscope replay` on a capture of 1,000,000 frames (quick: 100,000): frames per second
+    of the replay loop (reading the file, one BPF_PROG_TEST_RUN per frame through the replay
+    build, the collector ticking on capture time), next to bare BPF_PROG_TEST_RUN calls from
+    Python on one prepared frame, the floor of one syscall per frame. Target 300,000 frames/s."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from flowscope.collect.recorder import NullSink
+    from flowscope.collect.replay import ReplaySettings, replay
+    from flowscope.kernel.testrun import ReplayRunner
+
+    n = 100_000 if lab.settings is QUICK else 1_000_000
+    with tempfile.TemporaryDirectory(prefix="flowscope-bench-") as tmp:
+        path = Path(tmp) / "replay.pcap"
+        path.write_bytes(replay_capture(n))
+        summary = replay(ReplaySettings(path), NullSink())
+    counted = summary.counters.get("packets", 0)
+    dirty = {c: v for c, v in summary.counters.items() if c in ("non_ip", "malformed", "map_full")}
+    if counted != n or any(dirty.values()) or summary.damage is not None:
+        raise BenchError(
+            f"replay_frames: {counted} of {n} frames counted ({dirty}, {summary.damage})",
+            "the capture reader, the replay build or the bench's frames changed",
+        )
+    runner = ReplayRunner(lab.bare())
+    frame = replay_capture(1)[24 + 16 :]
+    buf = ctypes.create_string_buffer(abi.REPLAY_META_SIZE + len(frame))
+    ctypes.memmove(ctypes.addressof(buf) + abi.REPLAY_META_SIZE, frame, len(frame))
+    addr = ctypes.addressof(buf) + abi.REPLAY_META_SIZE
+    pack, call, fd, opts, opts_size = runner.per_frame()
+    control = runner.control
+    m = abi.REPLAY_META_SIZE + len(frame)
+    start = time.perf_counter()
+    for _ in range(n):
+        pack(control, 4, m, opts_size, addr - abi.REPLAY_META_SIZE, m)
+        call(fd, opts)
+    floor = n / (time.perf_counter() - start)
+    yield Result(
+        "replay_frames", n / summary.loop_seconds, "frames/s", "bare_test_run_calls", floor
+    )
