@@ -142,7 +142,8 @@ def history(
     conn = files.connect_readonly(db_path(db))
     try:
         if filter_text:
-            from flowscope.query.filter import parse, register_sql_functions
+            from flowscope.query.filter import parse
+            from flowscope.query.nodes import register_sql_functions
 
             flt = parse(filter_text)
             if not flt.matches_all:

@@ -18,7 +18,7 @@ from typing import Any
 
 from flowscope.errors import UsageError
 from flowscope.history.files import connect_readonly
-from flowscope.query.filter import register_sql_functions
+from flowscope.query.nodes import register_sql_functions
 
 _READ_ACTIONS = {
     sqlite3.SQLITE_SELECT,

@@ -13,13 +13,14 @@ import functools
 import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from flowscope import abi
 from flowscope.collect.collector import LiveFlows
 from flowscope.model import address_text
-from flowscope.query import filter as flt
+from flowscope.query import nodes
 
 ADDR = 16  # bytes per address column row (IPv4 uses the first 4)
 
@@ -142,68 +143,102 @@ IfaceNames = Mapping[int, str]
 
 
 def filter_mask(
-    f: flt.Filter | flt.Expr, frame: FlowFrame, iface_names: IfaceNames | None = None
+    f: nodes.Filter | nodes.Expr, frame: FlowFrame, iface_names: IfaceNames | None = None
 ) -> Mask:
     """Which rows of ``frame`` pass the filter (a boolean array)."""
-    expr = f.expr if isinstance(f, flt.Filter) else f
+    expr = f.expr if isinstance(f, nodes.Filter) else f
     return _mask(expr, frame, iface_names or {})
 
 
-def _mask(e: flt.Expr, fr: FlowFrame, names: IfaceNames) -> Mask:
-    n = len(fr)
-    if isinstance(e, flt.All):
-        return np.ones(n, bool)
-    if isinstance(e, flt.Not):
-        return ~_mask(e.operand, fr, names)
-    if isinstance(e, flt.And):
-        out = np.ones(n, bool)
-        for p in e.parts:
-            out &= _mask(p, fr, names)
-        return out
-    if isinstance(e, flt.Or):
-        out = np.zeros(n, bool)
-        for p in e.parts:
-            out |= _mask(p, fr, names)
-        return out
-    if isinstance(e, flt.Host):
-        fam, row = addr_bytes(e.address)
-        return _sides(e.side, fr, lambda col: (fr.family == fam) & (col == row).all(axis=1))
-    if isinstance(e, flt.Net):
-        fam = abi.AF_INET if e.network.version == 4 else abi.AF_INET6
-        net = np.zeros(ADDR, np.uint8)
-        net[: len(e.network.network_address.packed)] = np.frombuffer(
-            e.network.network_address.packed, np.uint8
-        )
-        netmask = np.zeros(ADDR, np.uint8)
-        netmask[: len(e.network.netmask.packed)] = np.frombuffer(e.network.netmask.packed, np.uint8)
-        return _sides(
-            e.side, fr, lambda col: (fr.family == fam) & ((col & netmask) == net).all(axis=1)
-        )
-    if isinstance(e, flt.Port):
-        if e.side == "src":
-            return _equal(fr.sport, e.port)
-        if e.side == "dst":
-            return _equal(fr.dport, e.port)
-        return np.asarray(_equal(fr.sport, e.port) | _equal(fr.dport, e.port), bool)
-    if isinstance(e, flt.Equals):
-        if e.column == "proto":
-            return _equal(fr.proto, e.value)
-        if e.column == "vlan":
-            return _equal(fr.vlan, e.value)
-        if e.column == "direction":
-            want = abi.DIR_INGRESS if e.value == "ingress" else abi.DIR_EGRESS
-            return _equal(fr.direction, want)
-        # iface: an index without a known name is matched by its number, as the collector
-        # names it
-        idx = [i for i in np.unique(fr.ifindex) if names.get(int(i), str(int(i))) == e.value]
-        return np.asarray(np.isin(fr.ifindex, idx), bool)
-    if isinstance(e, flt.Compare):
-        col = fr.bytes if e.column == "bytes" else fr.packets
-        return np.asarray(_ORDERINGS[e.op](col, np.uint64(e.value)), bool)
-    if isinstance(e, flt.Flags):
-        return _equal(fr.tcp_flags & e.mask, e.mask)
-    # a node this module does not know yet: ask it row by row (slow, but right)
-    return np.fromiter((e.matches(_RowView(fr, i, names)) for i in range(n)), bool, n)
+def _mask(e: nodes.Expr, fr: FlowFrame, names: IfaceNames) -> Mask:
+    masker = MASKERS.get(type(e))
+    if masker is None:  # a test holds MASKERS to every node class: this is a bug, say so
+        raise TypeError(f"the live filter has no array form of {type(e).__name__}")
+    return masker(e, fr, names)
+
+
+def _all(e: nodes.All, fr: FlowFrame, names: IfaceNames) -> Mask:
+    return np.ones(len(fr), bool)
+
+
+def _not(e: nodes.Not, fr: FlowFrame, names: IfaceNames) -> Mask:
+    return ~_mask(e.operand, fr, names)
+
+
+def _and(e: nodes.And, fr: FlowFrame, names: IfaceNames) -> Mask:
+    out = np.ones(len(fr), bool)
+    for p in e.parts:
+        out &= _mask(p, fr, names)
+    return out
+
+
+def _or(e: nodes.Or, fr: FlowFrame, names: IfaceNames) -> Mask:
+    out = np.zeros(len(fr), bool)
+    for p in e.parts:
+        out |= _mask(p, fr, names)
+    return out
+
+
+def _host(e: nodes.Host, fr: FlowFrame, names: IfaceNames) -> Mask:
+    fam, row = addr_bytes(e.address)
+    return _sides(e.side, fr, lambda col: (fr.family == fam) & (col == row).all(axis=1))
+
+
+def _net(e: nodes.Net, fr: FlowFrame, names: IfaceNames) -> Mask:
+    fam = abi.AF_INET if e.network.version == 4 else abi.AF_INET6
+    net = np.zeros(ADDR, np.uint8)
+    net[: len(e.network.network_address.packed)] = np.frombuffer(
+        e.network.network_address.packed, np.uint8
+    )
+    netmask = np.zeros(ADDR, np.uint8)
+    netmask[: len(e.network.netmask.packed)] = np.frombuffer(e.network.netmask.packed, np.uint8)
+    return _sides(e.side, fr, lambda col: (fr.family == fam) & ((col & netmask) == net).all(axis=1))
+
+
+def _port(e: nodes.Port, fr: FlowFrame, names: IfaceNames) -> Mask:
+    if e.side == "src":
+        return _equal(fr.sport, e.port)
+    if e.side == "dst":
+        return _equal(fr.dport, e.port)
+    return np.asarray(_equal(fr.sport, e.port) | _equal(fr.dport, e.port), bool)
+
+
+def _equals(e: nodes.Equals, fr: FlowFrame, names: IfaceNames) -> Mask:
+    if e.column == "proto":
+        return _equal(fr.proto, e.value)
+    if e.column == "vlan":
+        return _equal(fr.vlan, e.value)
+    if e.column == "direction":
+        want = abi.DIR_INGRESS if e.value == "ingress" else abi.DIR_EGRESS
+        return _equal(fr.direction, want)
+    # iface: an index without a known name is matched by its number, as the collector names it
+    idx = [i for i in np.unique(fr.ifindex) if names.get(int(i), str(int(i))) == e.value]
+    return np.asarray(np.isin(fr.ifindex, idx), bool)
+
+
+def _compare(e: nodes.Compare, fr: FlowFrame, names: IfaceNames) -> Mask:
+    col = fr.bytes if e.column == "bytes" else fr.packets
+    return np.asarray(_ORDERINGS[e.op](col, np.uint64(e.value)), bool)
+
+
+def _flags(e: nodes.Flags, fr: FlowFrame, names: IfaceNames) -> Mask:
+    return _equal(fr.tcp_flags & e.mask, e.mask)
+
+
+MASKERS: dict[type[nodes.Expr], Callable[[Any, FlowFrame, IfaceNames], Mask]] = {
+    nodes.All: _all,
+    nodes.Not: _not,
+    nodes.And: _and,
+    nodes.Or: _or,
+    nodes.Host: _host,
+    nodes.Net: _net,
+    nodes.Port: _port,
+    nodes.Equals: _equals,
+    nodes.Compare: _compare,
+    nodes.Flags: _flags,
+}
+"""The numpy back end of each node class of the filter: every one, or the filter fails loudly
+(no silent row-by-row fallback)."""
 
 
 _ORDERINGS: dict[str, np.ufunc] = {
@@ -214,7 +249,7 @@ _ORDERINGS: dict[str, np.ufunc] = {
     "=": np.equal,
     "!=": np.not_equal,
 }
-"""flt.COMPARISONS over a column (the keys are the same)."""
+"""nodes.COMPARISONS over a column (the keys are the same)."""
 
 
 def _equal(col: np.ndarray, value: object) -> Mask:
@@ -230,8 +265,9 @@ def _sides(side: str, fr: FlowFrame, test: Callable[[np.ndarray], Mask]) -> Mask
     return np.asarray(test(fr.src) | test(fr.dst), bool)
 
 
-class _RowView:
-    """One frame row seen as filter.FlowRow (for the fallback path only)."""
+class RowView:
+    """One frame row seen as nodes.FlowRow, so that tests hold the array back end to the row
+    back end over the same frame."""
 
     def __init__(self, fr: FlowFrame, i: int, names: IfaceNames) -> None:
         self.src = fr.src_text(i)

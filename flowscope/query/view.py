@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from flowscope import abi
-from flowscope.query import filter as flt
+from flowscope.query import nodes
 from flowscope.query.frame import FlowFrame, addr_bytes, addr_text, filter_mask
 from flowscope.vocab import GROUPINGS
 
@@ -60,7 +60,7 @@ class ViewSpec:
     group: str = "flow"
     sort: str = "bps"
     reverse: bool = False
-    filter: flt.Filter | None = None
+    filter: nodes.Filter | None = None
     top: int = DEFAULT_TOP
 
 

@@ -48,7 +48,8 @@ from flowscope.history.browse import (
     row_cells,
     row_key,
 )
-from flowscope.query.filter import Filter, FilterSyntaxError, parse, register_sql_functions
+from flowscope.query.filter import FilterSyntaxError, parse
+from flowscope.query.nodes import Filter, register_sql_functions
 from flowscope.ui.help import HelpScreen, filter_help
 from flowscope.ui.history_graph import HistoryGraph
 from flowscope.ui.keys import HISTORY_KEYS

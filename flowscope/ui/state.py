@@ -18,8 +18,8 @@ from flowscope.collect.collector import Tick
 from flowscope.collect.detect import Alert, Detector, Openings
 from flowscope.history.writer import WriterState
 from flowscope.model import NewFlow, Sample
-from flowscope.query.filter import Filter
 from flowscope.query.frame import FlowFrame
+from flowscope.query.nodes import Filter
 from flowscope.query.view import Row
 
 HISTORY = 300

@@ -22,7 +22,7 @@ from textual.widget import Widget
 from textual.widgets import Label, Sparkline, Static
 
 from flowscope.model import proto_name, tcp_flags_text
-from flowscope.query.filter import Filter
+from flowscope.query.nodes import Filter
 from flowscope.query.view import GROUPS, Row
 from flowscope.ui.cells import (
     HEADERS,

@@ -32,7 +32,8 @@ from flowscope.history.browse import (
     parse_range,
     row_cells,
 )
-from flowscope.query.filter import parse, register_sql_functions
+from flowscope.query.filter import parse
+from flowscope.query.nodes import register_sql_functions
 from flowscope.ui.history import HistoryApp, HistoryGraph, HistoryScreen
 from tests.support.scenario import HISTORY_NOW, history_db
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flowscope.query.filter import parse
-from flowscope.query.frame import FlowFrame, _RowView, filter_mask
+from flowscope.query.frame import FlowFrame, RowView, filter_mask
 from flowscope.query.view import GROUPS, ViewSpec, compute, find, reverse_ident
 from tests.support.scenario import SCANNER, SERVER, scenario
 
@@ -41,7 +41,7 @@ FILTERS = [
 def test_array_filter_decides_as_the_filter_language(text: str) -> None:
     flt = parse(text)
     mask = filter_mask(flt, FRAME, NAMES)
-    expected = [flt.matches(_RowView(FRAME, i, NAMES)) for i in range(len(FRAME))]
+    expected = [flt.matches(RowView(FRAME, i, NAMES)) for i in range(len(FRAME))]
     assert mask.tolist() == expected
 
 
@@ -199,3 +199,17 @@ def test_every_grouping_is_one_of_historys_and_the_reverse() -> None:
 
     assert set(GROUPS) == set(HISTORY)
     assert tuple(GROUPS) == GROUP_CYCLE
+
+
+def test_the_array_back_end_knows_every_node_of_the_filter() -> None:
+    """No node falls back to row-by-row matching (issue 15): a new node class without its
+    numpy form fails here, not silently slow in the console."""
+    from flowscope.query import nodes
+    from flowscope.query.frame import MASKERS
+
+    def leaves(cls: type) -> set[type]:
+        # dataclass(slots=True) makes a new class: the one the module names is the live one
+        subs = {s for s in cls.__subclasses__() if getattr(nodes, s.__name__, None) is s}
+        return subs | {s for sub in subs for s in leaves(sub)}
+
+    assert leaves(nodes.Expr) == set(MASKERS)

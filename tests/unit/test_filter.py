@@ -17,20 +17,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flowscope.errors import UsageError
-from flowscope.query.filter import (
+from flowscope.query.filter import FilterSyntaxError, parse
+from flowscope.query.nodes import (
     And,
     Compare,
     Equals,
     Expr,
     Filter,
-    FilterSyntaxError,
     Flags,
     Host,
     Net,
     Not,
     Or,
     Port,
-    parse,
     register_sql_functions,
 )
 
