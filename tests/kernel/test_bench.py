@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from flowscope import packets
 from flowscope.bench import suite as bench
+from flowscope.bench import xdp
 from flowscope.cli import main
 
 KEYS = ["name", "value", "unit", "baseline_name", "baseline", "ratio"]
@@ -74,7 +75,7 @@ def test_a_frame_that_misses_its_flow_is_an_error_not_a_number(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     arp = packets.ethernet(0x0806, bytes(28))
-    monkeypatch.setattr(bench, "hot_ipv4_tcp_frame", lambda: arp)
+    monkeypatch.setattr(xdp, "hot_ipv4_tcp_frame", lambda: arp)
     result = CliRunner().invoke(main, ["bench", "--json", "--quick", "--only", "xdp_hot_ipv4_tcp"])
     assert result.exit_code == 1
     assert result.stdout == ""
