@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from flowscope.collect.sinks import tee
-from flowscope.export.ipfix import DEFAULT_MTU, Exporter, Target
+from flowscope.export.ipfix import Exporter, Target
+from flowscope.export.ipfix_records import DEFAULT_MTU
 
 if TYPE_CHECKING:
     from flowscope.collect.collector import Tick

@@ -13,7 +13,7 @@ integer totals stay exact for any range that covers the whole record, and hours,
 the edges of a range never gain or lose a packet between them. A record with first == last
 (one packet, or one tick) counts in full in the range that holds that instant.
 
-Times are whole milliseconds, as stored (``store.iso_time``). This module is pure: SQL text
+Times are whole milliseconds, as stored (``schema.iso_time``). This module is pure: SQL text
 for the store and numpy for the graph, no I/O.
 """
 

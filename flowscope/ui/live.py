@@ -22,8 +22,9 @@ from flowscope.query import view as views
 from flowscope.query.filter import FilterSyntaxError, parse
 from flowscope.query.view import COLUMNS, DESCENDING, GROUPS, Row, View, ViewSpec
 from flowscope.ui.cells import HEADERS, column_texts, widths
+from flowscope.ui.flowtable import FlowTable
 from flowscope.ui.messages import HeaderSelected, RowHighlighted, RowSelected
-from flowscope.ui.widgets import FlowTable, NewFlowsFeed, RateGraph, StatusLine
+from flowscope.ui.widgets import NewFlowsFeed, RateGraph, StatusLine
 
 if TYPE_CHECKING:
     from flowscope.ui.app import FlowscopeApp

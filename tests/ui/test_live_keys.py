@@ -12,12 +12,13 @@ from textual.widgets import Input
 from flowscope import abi
 from flowscope.ui.app import FlowscopeApp, make_app
 from flowscope.ui.detail import DetailScreen
+from flowscope.ui.flowtable import FlowTable
 from flowscope.ui.help import HelpScreen
 from flowscope.ui.live import FilterBar
 from flowscope.ui.messages import TickArrived
 from flowscope.ui.source import ScriptedSource
 from flowscope.ui.state import WriterState
-from flowscope.ui.widgets import FlowTable, StatusLine
+from flowscope.ui.widgets import StatusLine
 from tests.support.scenario import SCANNER, SERVER, T0, scenario
 from tests.ui.consoles import console, synchronous
 

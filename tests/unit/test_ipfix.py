@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from flowscope import abi
 from flowscope.cli import main
 from flowscope.errors import UsageError
-from flowscope.export import ipfix
+from flowscope.export import ipfix, ipfix_records
 from flowscope.model import FlowKey, FlowRecord
 
 T0 = 1_790_000_000.123  # 2026-09-21T14:13:20.123Z
@@ -120,18 +120,18 @@ DATA_MESSAGE = bytes.fromhex(
 
 
 def test_template_set_is_the_hand_checked_bytes() -> None:
-    assert ipfix.TEMPLATE_SET == TEMPLATE_SET
+    assert ipfix_records.TEMPLATE_SET == TEMPLATE_SET
 
 
 def test_data_message_is_the_hand_checked_bytes() -> None:
-    enc = ipfix.Encoder(domain_id=42)
+    enc = ipfix_records.Encoder(domain_id=42)
     [msg] = enc.pack([rec4(), rec6_icmp()], export_time=1790000002)
     assert msg.data == DATA_MESSAGE
     assert (msg.records, msg.sequence, enc.sequence) == (2, 0, 2)
 
 
 def test_templates_travel_first_when_asked() -> None:
-    enc = ipfix.Encoder(domain_id=42)
+    enc = ipfix_records.Encoder(domain_id=42)
     [msg] = enc.pack([rec4(), rec6_icmp()], export_time=1790000002, templates=True)
     # header with length 178 + 276 = 454, then the template set, then the same data sets
     assert msg.data[:16] == bytes.fromhex("000a 01c6 6ab13b82 00000000 0000002a")
@@ -140,13 +140,13 @@ def test_templates_travel_first_when_asked() -> None:
 
 
 def test_end_reasons_follow_rfc_5102() -> None:
-    codes = {r: struct.unpack_from("!B", ipfix.encode_record(rec4(0, r))[1], 62)[0]
+    codes = {r: struct.unpack_from("!B", ipfix_records.encode_record(rec4(0, r))[1], 62)[0]
              for r in ("idle", "active", "fin", "rst", "shutdown", "evicted")}  # fmt: skip
     assert codes == {"idle": 1, "active": 2, "fin": 3, "rst": 3, "shutdown": 4, "evicted": 5}
 
 
 def test_messages_stay_under_the_path_mtu_and_sequence_counts_records() -> None:
-    enc = ipfix.Encoder(mtu=1400)  # 1352 bytes of IPFIX: 1400 minus IPv6 and UDP headers
+    enc = ipfix_records.Encoder(mtu=1400)  # 1352 bytes of IPFIX: 1400 minus IPv6 and UDP headers
     msgs = enc.pack([rec4(i) for i in range(100)], export_time=0, templates=True)
     # 16 header + 276 templates + 4 set header + 16 * 65 = 1336; then 20 * 65 + 20 = 1320
     assert [m.records for m in msgs] == [16, 20, 20, 20, 20, 4]
@@ -154,12 +154,12 @@ def test_messages_stay_under_the_path_mtu_and_sequence_counts_records() -> None:
     assert [m.sequence for m in msgs] == [0, 16, 36, 56, 76, 96]
     assert [struct.unpack_from("!I", m.data, 8)[0] for m in msgs] == [0, 16, 36, 56, 76, 96]
     assert enc.sequence == 100
-    small = ipfix.Encoder(mtu=576).pack([rec4(i) for i in range(20)], export_time=0)
+    small = ipfix_records.Encoder(mtu=576).pack([rec4(i) for i in range(20)], export_time=0)
     assert max(len(m.data) for m in small) <= 576 - 48
 
 
 def test_sequence_wraps_at_2_to_the_32() -> None:
-    enc = ipfix.Encoder()
+    enc = ipfix_records.Encoder()
     enc.sequence = 2**32 - 1
     first, second = enc.pack([rec4(1)], 0), enc.pack([rec4(2)], 0)
     assert (first[0].sequence, second[0].sequence, enc.sequence) == (2**32 - 1, 0, 1)
@@ -219,21 +219,23 @@ def test_bad_flags_are_one_line_and_exit_2(args: list[str], message: str) -> Non
 
 def parse(data: bytes) -> tuple[tuple[int, ...], list[tuple[int, list[bytes]]]]:
     """(header fields, [(set id, [records])]) of one message; template sets as one blob."""
-    header = ipfix.HEADER.unpack_from(data)
+    header = ipfix_records.HEADER.unpack_from(data)
     assert header[0] == 10 and header[1] == len(data)
     sets = []
     pos = 16
     while pos < len(data):
-        set_id, length = ipfix.SET_HEADER.unpack_from(data, pos)
+        set_id, length = ipfix_records.SET_HEADER.unpack_from(data, pos)
         body = data[pos + 4 : pos + length]
-        size = {256: ipfix.RECORD_V4.size, 257: ipfix.RECORD_V6.size}.get(set_id, len(body))
+        size = {256: ipfix_records.RECORD_V4.size, 257: ipfix_records.RECORD_V6.size}.get(
+            set_id, len(body)
+        )
         sets.append((set_id, [body[i : i + size] for i in range(0, len(body), size)]))
         pos += length
     return header, sets
 
 
 def ports(sets: list[tuple[int, list[bytes]]]) -> list[int]:
-    return [ipfix.RECORD_V4.unpack(r)[2] for sid, rs in sets if sid == 256 for r in rs]
+    return [ipfix_records.RECORD_V4.unpack(r)[2] for sid, rs in sets if sid == 256 for r in rs]
 
 
 class FakeClock:
@@ -431,7 +433,7 @@ def test_tshark_decodes_sent_flows_with_egress_interface(tmp_path: Path) -> None
     records = [
         FlowRecord(k, "veth0", 3, 300, 258, T0, T0 + 1, 0, "idle") for k in (sent, sent6, received)
     ]
-    [msg] = ipfix.Encoder().pack(records, export_time=int(T0), templates=True)
+    [msg] = ipfix_records.Encoder().pack(records, export_time=int(T0), templates=True)
     frame = Ether() / IP(src="127.0.0.1", dst="127.0.0.1") / UDP(sport=40000, dport=4739)
     pcap = tmp_path / "ipfix.pcap"
     wrpcap(str(pcap), [frame / Raw(msg.data)])
