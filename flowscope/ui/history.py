@@ -9,6 +9,9 @@ Queries go through ``queries.history`` (the same code as ``flowscope history``) 
 thread with its own read-only connection, so a slow query over a day of records never freezes
 the screen; the results come back as messages. Time comes from an injected ``now`` so that a
 replayed database and the tests see a fixed clock.
+
+About 480 lines: one screen and its app; what it asks SQLite and how it words the answer are
+in history/browse.py already, what is left is keys, workers and widgets.
 """
 
 from __future__ import annotations
