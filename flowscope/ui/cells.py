@@ -142,7 +142,7 @@ def widths(columns: tuple[str, ...], total: int) -> dict[str, int]:
         "flows": 5,
         "out": 6,
         "in": 6,
-        "iface": 10,
+        "iface": 15,  # IFNAMSIZ - 1: a whole interface name
     }
     out = {c: fixed[c] for c in columns if c in fixed}
     if "dport" in out and total >= 120:
