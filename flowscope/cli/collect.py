@@ -12,21 +12,20 @@ import click
 
 from flowscope.cli.main import Seconds, main, notice, say_problems, say_recovered
 from flowscope.cli.options import (
+    collector_options,
     direction_option,
     entries_option,
-    expiry_options,
     export_options,
     force_option,
     history_db_option,
     interfaces_option,
-    interval_option,
     mode_option,
 )
 from flowscope.errors import FlowscopeError
 from flowscope.vocab import GROUPINGS
 
 if TYPE_CHECKING:
-    from flowscope.collect.collector import Tick
+    from flowscope.collect.collector import CollectorSettings, Tick
     from flowscope.export.outputs import ExportSettings
     from flowscope.query.view import ViewSpec
 
@@ -40,8 +39,7 @@ if TYPE_CHECKING:
     default=None,
     help="Seconds to record (default: until Ctrl-C or SIGTERM).",
 )
-@interval_option
-@expiry_options
+@collector_options()
 @click.option("--retain", default=None, metavar="AGE", help="Prune history older than AGE (7d).")
 @click.option(
     "--max-db-size", default=None, metavar="SIZE", help="Prune the oldest history above SIZE (1GB)."
@@ -55,10 +53,7 @@ def record(
     interfaces: tuple[str, ...],
     db: Path | None,
     duration: float | None,
-    interval: float,
-    idle_timeout: float,
-    fin_timeout: float,
-    active_timeout: float,
+    collector: CollectorSettings,
     retain: str | None,
     max_db_size: str | None,
     mode: str,
@@ -78,7 +73,6 @@ def record(
     is happening (rates are the kernel's totals; MAP FULL when flows found no room). With
     --ipfix every record also goes to an IPFIX collector; --metrics serves Prometheus
     metrics."""
-    from flowscope.collect.collector import CollectorSettings
     from flowscope.collect.recorder import RecordSettings
     from flowscope.history.files import parse_size
     from flowscope.kernel.attach import check_can_attach
@@ -97,12 +91,7 @@ def record(
         force=force,
         flow_entries=flow_entries,
         duration=duration,
-        collector=CollectorSettings(
-            interval=interval,
-            idle_timeout=idle_timeout,
-            fin_timeout=fin_timeout,
-            active_timeout=active_timeout,
-        ),
+        collector=collector,
     )
     for name in interfaces:  # a wrong name or a taken interface fails before a database exists
         check_can_attach(name, force)
@@ -166,7 +155,7 @@ def _view_spec(filter_text: str | None, group: str, sort: str) -> ViewSpec:
 @interfaces_option
 @history_db_option
 @click.option("--no-db", is_flag=True, help="Keep no history: show live flows only.")
-@interval_option
+@collector_options(expiry=False)
 @mode_option
 @direction_option
 @force_option
@@ -195,7 +184,7 @@ def live(
     interfaces: tuple[str, ...],
     db: Path | None,
     no_db: bool,
-    interval: float,
+    collector: CollectorSettings,
     mode: str,
     direction: str,
     force: bool,
@@ -209,7 +198,6 @@ def live(
 
     It keeps recording history while it is open (--no-db: nothing is kept). Quitting (q,
     Ctrl-C, SIGTERM) writes the live flows and detaches the program."""
-    from flowscope.collect.collector import CollectorSettings
     from flowscope.collect.recorder import RecordSettings
     from flowscope.kernel.attach import check_can_attach
     from flowscope.pipeline import HistorySettings, Pipeline, PipelineSettings
@@ -225,7 +213,7 @@ def live(
         direction=direction,
         force=force,
         flow_entries=flow_entries,
-        collector=CollectorSettings(interval=interval),
+        collector=collector,
     )
     history = None if no_db else HistorySettings(db=db)
     with Pipeline(PipelineSettings(record_settings, history, exports)) as pipeline:

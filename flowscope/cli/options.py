@@ -3,6 +3,8 @@ database, the tick interval, expiry timeouts and the exports (--ipfix, --metrics
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +103,7 @@ history_db_option = click.option(
     default=None,
     help="History database (default: $XDG_STATE_HOME/flowscope/flows.db; env FLOWSCOPE_DB).",
 )
-interval_option = click.option(
+_INTERVAL = click.option(
     "--interval",
     type=Seconds(0.05, 3600.0, low_open=False),
     envvar="FLOWSCOPE_INTERVAL",
@@ -109,44 +111,46 @@ interval_option = click.option(
     show_default=True,
     help="Seconds between ticks (env FLOWSCOPE_INTERVAL; replay: seconds of capture time).",
 )
+_EXPIRY = (
+    ("--idle-timeout", 15.0, "A flow with no packet for this long is finished and written."),
+    ("--fin-timeout", 2.0, "The idle timeout after a FIN or RST was seen."),
+    ("--active-timeout", 60.0, "A long-lived flow is written as a record this often."),
+)
+"""When flows become records (NetFlow semantics): option, default, help."""
 
 
-def expiry_options(f: Any) -> Any:
-    """--idle-timeout, --fin-timeout and --active-timeout: when flows become records (NetFlow
-    semantics), for the commands that collect."""
-    for opt in reversed(
-        [
-            click.option(
-                "--idle-timeout",
-                type=Seconds(0, 30 * 86400.0),
-                default=15.0,
-                show_default=True,
-                help="A flow with no packet for this long is finished and written.",
-            ),
-            click.option(
-                "--fin-timeout",
-                type=Seconds(0, 30 * 86400.0),
-                default=2.0,
-                show_default=True,
-                help="The idle timeout after a FIN or RST was seen.",
-            ),
-            click.option(
-                "--active-timeout",
-                type=Seconds(0, 30 * 86400.0),
-                default=60.0,
-                show_default=True,
-                help="A long-lived flow is written as a record this often.",
-            ),
-        ]
-    ):
-        f = opt(f)
-    return f
+def collector_options(*, expiry: bool = True) -> Callable[[Any], Any]:
+    """--interval and, with ``expiry``, --idle-timeout, --fin-timeout and --active-timeout: the
+    command receives them as one ``collector: CollectorSettings`` argument."""
+
+    def decorate(f: Any) -> Any:
+        @functools.wraps(f)
+        def wrapper(*args: Any, interval: float, **kwargs: Any) -> Any:
+            from flowscope.collect.collector import CollectorSettings
+
+            names = [name[2:].replace("-", "_") for name, _, _ in _EXPIRY] if expiry else []
+            timeouts = {n: kwargs.pop(n) for n in names}
+            return f(*args, collector=CollectorSettings(interval=interval, **timeouts), **kwargs)
+
+        options = [_INTERVAL]
+        if expiry:
+            options += [
+                click.option(
+                    name, type=Seconds(0, 30 * 86400.0), default=default, show_default=True,
+                    help=text,
+                )
+                for name, default, text in _EXPIRY
+            ]  # fmt: skip
+        for option in reversed(options):
+            wrapper = option(wrapper)
+        return wrapper
+
+    return decorate
 
 
 def export_options(f: Any) -> Any:
     """Adds --ipfix, --ipfix-domain, --ipfix-mtu and --metrics to a collecting command, which
     receives them as one ``exports: ExportSettings`` argument (see flowscope.export.outputs)."""
-    import functools
 
     @functools.wraps(f)
     def wrapper(

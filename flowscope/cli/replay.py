@@ -13,15 +13,15 @@ import click
 
 from flowscope.cli.main import main, say_problems
 from flowscope.cli.options import (
+    collector_options,
     entries_option,
-    expiry_options,
     export_options,
-    interval_option,
 )
 from flowscope.errors import FlowscopeError
 from flowscope.vocab import printable
 
 if TYPE_CHECKING:
+    from flowscope.collect.collector import CollectorSettings
     from flowscope.export.outputs import ExportSettings
 
 # --- replay: a capture file through the real program -------------------------------------------
@@ -77,18 +77,14 @@ def _replay_progress(path: Path) -> Iterator[Callable[[int, int], None] | None]:
     default=None,
     help="Write flows, samples and new-flow events into this history database.",
 )
-@interval_option
-@expiry_options
+@collector_options()
 @entries_option
 @export_options
 def replay(
     capture: Path,
     as_json: bool,
     db: Path | None,
-    interval: float,
-    idle_timeout: float,
-    fin_timeout: float,
-    active_timeout: float,
+    collector: CollectorSettings,
     flow_entries: int,
     exports: ExportSettings,
 ) -> None:
@@ -102,19 +98,13 @@ def replay(
     (flow times are the capture's); --metrics serves the replay's numbers while it runs."""
     import tempfile
 
-    from flowscope.collect.collector import CollectorSettings
     from flowscope.collect.replay import MAX_WRITER_BACKLOG, JsonSink, ReplaySettings, summary_json
     from flowscope.pipeline import HistorySettings, Pipeline, PipelineSettings
 
     settings = ReplaySettings(
         path=capture,
         flow_entries=flow_entries,
-        collector=CollectorSettings(
-            interval=interval,
-            idle_timeout=idle_timeout,
-            fin_timeout=fin_timeout,
-            active_timeout=active_timeout,
-        ),
+        collector=collector,
     )
     browse = not as_json and db is None and _stdout_is_terminal()
     if not as_json and db is None and not browse:
