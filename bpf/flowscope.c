@@ -2,10 +2,11 @@
  *
  * Both entry points (flowscope_xdp, flowscope_tc) call one parse_and_account with the
  * direction; the parser, the keys, the maps and the counters are shared, the key and the
- * counters carry the direction. Every frame is parsed (Ethernet, up to two VLAN tags, IPv4 or IPv6 with up to eight
- * extension headers, transport ports) and added to its flow in a per-CPU hash, one map per
- * family. A flow's first packet inserts it and announces it on the ring buffer; when the map is
- * full the packet is counted as CNT_MAP_FULL and its key is still announced. Frames that are not
+ * counters carry the direction. Every frame is parsed with the cursor helpers of parsing.h
+ * (Ethernet, up to two VLAN tags, IPv4 or IPv6 with up to eight extension headers, transport
+ * ports) and added to its flow in a per-CPU hash, one map per family. A flow's first packet
+ * inserts it and announces it on the ring buffer; when the map is full the packet is counted
+ * as CNT_MAP_FULL and its key is still announced. Frames that are not
  * IP or whose IP header is unusable only bump a counter. Neither program changes traffic: XDP
  * returns XDP_PASS, TC returns TC_ACT_UNSPEC (no verdict: the next program or the default).
  * Built with -DFS_REPLAY (flowscope replay) it takes each frame's time, original length and
@@ -18,35 +19,13 @@
 #include <linux/in.h>
 #include <linux/pkt_cls.h>
 #include "flowscope.h"
+#include "parsing.h"
 
 BPF_TABLE("percpu_hash", struct flow_key4, struct flow_value, flows4, FLOW_ENTRIES);
 BPF_TABLE("percpu_hash", struct flow_key6, struct flow_value, flows6, FLOW_ENTRIES);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 
 BPF_PERCPU_ARRAY(cpu_state, struct cpu_state, 1);
-
-#define IPPROTO_HOPOPTS_  0
-#define IPPROTO_ROUTING_  43
-#define IPPROTO_FRAGMENT_ 44
-#define IPPROTO_DSTOPTS_  60
-#define IPPROTO_ICMPV6_   58
-#define IPPROTO_UDPLITE_  136
-#define IPPROTO_SCTP_     132
-#define IPPROTO_DCCP_     33
-#define MAX_VLAN_TAGS     2
-#define MAX_EXT_HEADERS   8
-
-struct vlan_tag {
-    __be16 tci;
-    __be16 proto;
-};
-
-struct ext_header {
-    __u8 nexthdr;
-    __u8 len;           /* in 8-byte units, not counting the first 8 bytes */
-    __be16 frag_off;    /* fragment header only: offset << 3 | flags */
-    __u32 rest;
-};
 
 /* What the parsers learn about one packet besides its key. */
 struct packet_info {
@@ -91,36 +70,6 @@ static __always_inline __u64 now_ns(struct cpu_state *st, struct packet_info *pi
     }
     return st->clock_ns;
 #endif
-}
-
-/* Reads the ports (or ICMP type and code) of the transport header at pos. Returns 0 when they
- * were read or the protocol has none, -1 when the fixed part of the header is cut short (the
- * ports then stay 0). Each branch checks its own constant length: the verifier needs to see it. */
-static __always_inline int parse_ports(void *pos, void *end, __u8 proto, __u16 *sport,
-                                       __u16 *dport, __u8 *tcp_flags)
-{
-    if (proto == IPPROTO_TCP) {
-        if (pos + 20 > end)
-            return -1;
-        *tcp_flags = *(__u8 *)(pos + 13);
-    } else if (proto == IPPROTO_UDP || proto == IPPROTO_UDPLITE_) {
-        if (pos + 8 > end)
-            return -1;
-    } else if (proto == IPPROTO_SCTP_ || proto == IPPROTO_DCCP_) {
-        if (pos + 12 > end)
-            return -1;
-    } else if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6_) {
-        if (pos + 4 > end)
-            return -1;
-        /* type and code, read as one big-endian u16: type * 256 + code */
-        *dport = *(__u16 *)pos;
-        return 0;
-    } else {
-        return 0;
-    }
-    *sport = *(__u16 *)pos;
-    *dport = *(__u16 *)(pos + 2);
-    return 0;
 }
 
 static __always_inline void add_packet(struct flow_value *v, struct packet_info *pi, __u64 now)
@@ -244,16 +193,12 @@ static __always_inline void account6(struct cpu_state *st, __u8 dir, struct flow
     announce_new(st, dir, &ev, pi, now, err);
 }
 
-static __always_inline void handle_ipv4(struct cpu_state *st, __u8 dir, void *pos, void *end,
-                                        __u32 ifindex, __u16 vlan, struct packet_info *pi)
+static __always_inline void handle_ipv4(struct cpu_state *st, __u8 dir, struct hdr_cursor *nh,
+                                        void *end, __u32 ifindex, __u16 vlan,
+                                        struct packet_info *pi)
 {
-    struct iphdr *iph = pos;
-    if ((void *)(iph + 1) > end || iph->version != 4 || iph->ihl < 5) {
-        count_pkt(st, dir, CNT_MALFORMED, pi);
-        return;
-    }
-    __u32 hlen = iph->ihl * 4;
-    if (pos + hlen > end) {
+    struct iphdr *iph = parse_iphdr(nh, end);
+    if (!iph) {
         count_pkt(st, dir, CNT_MALFORMED, pi);
         return;
     }
@@ -267,17 +212,18 @@ static __always_inline void handle_ipv4(struct cpu_state *st, __u8 dir, void *po
     pi->ip_bytes = bpf_ntohs(iph->tot_len);
     /* a later fragment (offset != 0) has no transport header: ports stay 0 */
     if ((iph->frag_off & bpf_htons(0x1fff)) == 0) {
-        if (parse_ports(pos + hlen, end, key.proto, &key.sport, &key.dport, &pi->tcp_flags) < 0)
+        if (parse_ports(nh, end, key.proto, &key.sport, &key.dport, &pi->tcp_flags) < 0)
             count_pkt(st, dir, CNT_TRUNCATED, pi);
     }
     account4(st, dir, &key, pi);
 }
 
-static __always_inline void handle_ipv6(struct cpu_state *st, __u8 dir, void *pos, void *end,
-                                        __u32 ifindex, __u16 vlan, struct packet_info *pi)
+static __always_inline void handle_ipv6(struct cpu_state *st, __u8 dir, struct hdr_cursor *nh,
+                                        void *end, __u32 ifindex, __u16 vlan,
+                                        struct packet_info *pi)
 {
-    struct ipv6hdr *ip6h = pos;
-    if ((void *)(ip6h + 1) > end || ip6h->version != 6) {
+    struct ipv6hdr *ip6h = parse_ip6hdr(nh, end);
+    if (!ip6h) {
         count_pkt(st, dir, CNT_MALFORMED, pi);
         return;
     }
@@ -288,44 +234,14 @@ static __always_inline void handle_ipv6(struct cpu_state *st, __u8 dir, void *po
     __builtin_memcpy(key.daddr, &ip6h->daddr, 16);
     key.vlan = vlan;
     pi->ip_bytes = 40 + bpf_ntohs(ip6h->payload_len);
-
-    /* Walk the extension headers; the protocol is the first next-header that is not one of
-     * them. A chain cut short, or longer than MAX_EXT_HEADERS, stops the walk: the protocol is
-     * then the header where it stopped, with ports 0. */
-    __u8 nh = ip6h->nexthdr;
-    void *cur = (void *)(ip6h + 1);
-    int ports = 1;
-    int truncated = 0;
-#pragma unroll
-    for (int i = 0; i < MAX_EXT_HEADERS; i++) {
-        if (nh != IPPROTO_HOPOPTS_ && nh != IPPROTO_ROUTING_ && nh != IPPROTO_FRAGMENT_ &&
-            nh != IPPROTO_DSTOPTS_)
-            break;
-        struct ext_header *eh = cur;
-        if ((void *)(eh + 1) > end) {
-            truncated = 1;
-            break;
-        }
-        if (nh == IPPROTO_FRAGMENT_) {
-            nh = eh->nexthdr;
-            cur += 8;
-            if (eh->frag_off & bpf_htons(0xfff8)) {
-                ports = 0; /* a later fragment */
-                break;
-            }
-        } else {
-            nh = eh->nexthdr;
-            cur += (eh->len + 1) * 8;
-        }
-    }
-    if (nh == IPPROTO_HOPOPTS_ || nh == IPPROTO_ROUTING_ || nh == IPPROTO_FRAGMENT_ ||
-        nh == IPPROTO_DSTOPTS_)
-        ports = 0;
-    key.proto = nh;
-    if (truncated) {
+    /* The protocol is the first next-header that is not an extension header. A chain cut
+     * short, or longer than MAX_EXT_HEADERS, stops the walk: the protocol is then the header
+     * where it stopped, with ports 0. */
+    int ports;
+    if (skip_ip6hdrext(nh, end, ip6h->nexthdr, &key.proto, &ports) < 0) {
         count_pkt(st, dir, CNT_TRUNCATED, pi);
     } else if (ports) {
-        if (parse_ports(cur, end, nh, &key.sport, &key.dport, &pi->tcp_flags) < 0)
+        if (parse_ports(nh, end, key.proto, &key.sport, &key.dport, &pi->tcp_flags) < 0)
             count_pkt(st, dir, CNT_TRUNCATED, pi);
     }
     account6(st, dir, &key, pi);
@@ -340,33 +256,15 @@ static __always_inline void parse_and_account(struct cpu_state *st, void *data, 
 {
     count_pkt(st, dir, CNT_PACKETS, pi);
     st->counters[dir][CNT_BYTES] += pi->bytes;
-    struct ethhdr *eth = data;
-    if ((void *)(eth + 1) > end) {
+    struct hdr_cursor nh = { .pos = data };
+    __u16 vlan;
+    int proto = parse_ethhdr(&nh, end, hw_vlan, &vlan);
+    if (proto < 0)
         count_pkt(st, dir, CNT_MALFORMED, pi);
-        return;
-    }
-    void *pos = (void *)(eth + 1);
-    __be16 proto = eth->h_proto;
-    __u16 vlan = hw_vlan;
-#pragma unroll
-    for (int i = 0; i < MAX_VLAN_TAGS; i++) {
-        if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
-            break;
-        struct vlan_tag *tag = pos;
-        if ((void *)(tag + 1) > end) {
-            count_pkt(st, dir, CNT_MALFORMED, pi);
-            return;
-        }
-        if (i == 0 && !hw_vlan)
-            vlan = bpf_ntohs(tag->tci) & 0x0fff;
-        proto = tag->proto;
-        pos = (void *)(tag + 1);
-    }
-
-    if (proto == bpf_htons(ETH_P_IP))
-        handle_ipv4(st, dir, pos, end, ifindex, vlan, pi);
+    else if (proto == bpf_htons(ETH_P_IP))
+        handle_ipv4(st, dir, &nh, end, ifindex, vlan, pi);
     else if (proto == bpf_htons(ETH_P_IPV6))
-        handle_ipv6(st, dir, pos, end, ifindex, vlan, pi);
+        handle_ipv6(st, dir, &nh, end, ifindex, vlan, pi);
     else
         count_pkt(st, dir, CNT_NON_IP, pi);
 }
