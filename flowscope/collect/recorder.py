@@ -8,11 +8,14 @@ out, Ctrl-C, SIGTERM turned into SystemExit) writes every live flow with end rea
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
 from flowscope import abi
@@ -144,7 +147,8 @@ def _run(
         names = probe.interface_names()
         watch = LinkWatch({name: index for index, name in names.items()})
         try:
-            _loop(collector, probe, sink, settings, stop, on_tick, summary, watch, on_notice)
+            with _signals_stop(stop, summary):
+                _loop(collector, probe, sink, settings, stop, on_tick, summary, watch, on_notice)
         except (KeyboardInterrupt, SystemExit):
             # Ctrl-C, or SIGTERM turned into SystemExit by the CLI: a normal way to stop
             summary.interrupted = True
@@ -163,6 +167,33 @@ def _run(
                 # the ticks is what the sink got
                 on_tick(dataclasses.replace(tick, records=[*tick.records, *last]))
     return summary
+
+
+@contextlib.contextmanager
+def _signals_stop(stop: threading.Event, summary: RecordSummary) -> Iterator[None]:
+    """While the loop runs on the main thread, Ctrl-C and SIGTERM set ``stop`` instead of
+    raising. Raised, they can land in the ring buffer's ctypes callback, where Python handles
+    a pending signal, and ctypes swallows whatever a callback raises: the signal was lost and
+    collection went on. A handler that only sets an event cannot be lost. Handlers set to
+    ignore the signal (a background job's SIGINT) are left alone; all are restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # the console's collection thread: the app handles the signals
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        summary.interrupted = True
+        stop.set()
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s, old in saved.items():
+        if old is not signal.SIG_IGN:
+            signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, old in saved.items():
+            if old is not None:  # None: a handler set outside Python, not ours to restore
+                signal.signal(s, old)
 
 
 def _loop(

@@ -6,10 +6,14 @@ scrape just before exit matches history."""
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
 import threading
 import time
 from types import TracebackType
 
+import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -125,3 +129,64 @@ def test_the_last_partial_tick_and_the_shutdown_records_reach_the_hook() -> None
     assert got[("flowscope_bytes_total", (("direction", "ingress"), ("interface", "eth7")))] == 700
     assert got[("flowscope_flow_records_total", (("reason", "shutdown"),))] == 1
     assert got[("flowscope_tick_duration_seconds_count", ())] == 2
+
+
+class CallbackSource(FakeSource):
+    """Polls as bcc's ring buffer does: C code calls a Python callback for each record, and
+    the signal is handled while that callback runs."""
+
+    def __init__(self, sig: int) -> None:
+        super().__init__()
+        self.sig = sig
+        self.polls = 0
+        self.sent = False
+        callback_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
+        self._callback = callback_type(self._on_record)
+        # qsort is C that calls back: with two elements it calls the comparison once
+        self._qsort = ctypes.CDLL(None).qsort
+        self._items = (ctypes.c_int * 2)(2, 1)
+
+    def _on_record(self, _arg: int) -> int:
+        if self.polls == 3 and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.sig)  # handled right here, inside the callback
+        sum(range(100))
+        return 0
+
+    def poll_events(self, timeout_ms: int = 0) -> None:
+        self.polls += 1
+        compare = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)(
+            lambda a, b: self._on_record(0)
+        )
+        self._qsort(self._items, 2, ctypes.sizeof(ctypes.c_int), compare)
+        time.sleep(timeout_ms / 1000)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_the_ring_buffer_callback_still_stops_collection(sig: int) -> None:
+    """Ctrl-C or SIGTERM that Python handles inside the ring buffer's ctypes callback raised
+    there, and ctypes swallows what a callback raises: the demo went on collecting after its
+    SIGINT (a CI run caught it). The loop must stop, with the live flows written."""
+    from flowscope.cli.main import _sigterm
+
+    source = CallbackSource(sig)
+    FakeProbe.source = source
+    sink = ListSink()
+    settings = recorder.RecordSettings(
+        interfaces=("eth7",), duration=3.0, collector=CollectorSettings(interval=0.05)
+    )
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _sigterm)  # as the CLI sets it
+    try:
+        started = time.monotonic()
+        summary = recorder._run(  # type: ignore[arg-type]
+            settings, sink, None, threading.Event(), FakeProbe
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+    assert summary.interrupted
+    assert elapsed < 2.0, "the signal was lost: collection ran until its duration"
+    assert signal.getsignal(signal.SIGINT) is saved[signal.SIGINT]
