@@ -4,7 +4,7 @@ filters the live table to the selected one; ``x`` acknowledges it."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from textual import on
 from textual.app import ComposeResult
@@ -13,10 +13,8 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from flowscope.collect.detect import COLUMNS, Alert
+from flowscope.ui.context import ConsoleContext
 from flowscope.vocab import human
-
-if TYPE_CHECKING:
-    from flowscope.ui.app import FlowscopeApp
 
 
 class AlertsScreen(Screen[None]):
@@ -32,7 +30,9 @@ class AlertsScreen(Screen[None]):
         Binding("escape", "app.pop_screen", "back"),
     ]
 
-    app: FlowscopeApp
+    def __init__(self, context: ConsoleContext) -> None:
+        super().__init__()
+        self.context = context
 
     def compose(self) -> ComposeResult:
         yield Static(id="alerts-title")
@@ -45,7 +45,7 @@ class AlertsScreen(Screen[None]):
 
     @property
     def alerts(self) -> list[Alert]:
-        return list(reversed(self.app.state.detector.alerts))
+        return list(reversed(self.context.state.detector.alerts))
 
     def redraw(self) -> None:
         """The table again (called on every tick: counts and rates change)."""
@@ -80,7 +80,7 @@ class AlertsScreen(Screen[None]):
         if alert is None:
             return
         self.app.pop_screen()
-        self.app.live.apply_filter(alert.filter)
+        self.context.show_filter(alert.filter)
 
     @on(DataTable.RowSelected)
     def _row_selected(self) -> None:  # Enter on the table (it takes the key before the screen)
@@ -89,9 +89,9 @@ class AlertsScreen(Screen[None]):
     def action_acknowledge(self) -> None:
         alert = self._selected()
         if alert is not None:
-            self.app.state.detector.acknowledge(alert)
+            self.context.state.detector.acknowledge(alert)
             self.redraw()
-            self.app.live.redraw()
+            self.context.redraw_live()
 
 
 def _clock(t: float) -> str:

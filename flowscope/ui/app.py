@@ -25,6 +25,7 @@ from textual.screen import Screen
 
 from flowscope.query.view import COLUMNS, DESCENDING, GROUPS, ViewSpec
 from flowscope.ui.cells import HEADERS
+from flowscope.ui.context import ConsoleContext
 from flowscope.ui.help import HelpScreen, filter_help
 from flowscope.ui.history import HistoryScreen
 from flowscope.ui.live import LiveScreen
@@ -78,11 +79,9 @@ class FlowscopeApp(App[None]):
         if title:
             self.title = title
         self.source = source
-        self.state = LiveState(clock_start=clock())
+        self.context = ConsoleContext(LiveState(clock_start=clock()), name_of=self.name_of)
+        """What the screens share (they get it, never the app)."""
         self.db_path = db_path
-        self.paused = False
-        self.show_names = False
-        self.iface_names: dict[int, str] = {}
         self.notices: list[tuple[str, str]] = []
         """Every notification shown (severity, message): for tests and for the log."""
         self._lookup = lookup
@@ -92,9 +91,36 @@ class FlowscopeApp(App[None]):
         self._last_status: str | None = None
         self._last_dropped = 0
         self._last_ringbuf_notice = -RINGBUF_NOTICE_TICKS
-        self.live = LiveScreen(spec)
+        self.live = LiveScreen(self.context, spec)
+        self.context.show_filter = self.live.apply_filter
+        self.context.redraw_live = self.live.redraw
         self.crashed: BaseException | None = None
         """The exception that ended the app, if one did (run_console raises it again)."""
+
+    # The context's fields, as the app's own (tests read them here).
+    @property
+    def state(self) -> LiveState:
+        return self.context.state
+
+    @property
+    def iface_names(self) -> dict[int, str]:
+        return self.context.iface_names
+
+    @property
+    def paused(self) -> bool:
+        return self.context.paused
+
+    @paused.setter
+    def paused(self, value: bool) -> None:
+        self.context.paused = value
+
+    @property
+    def show_names(self) -> bool:
+        return self.context.show_names
+
+    @show_names.setter
+    def show_names(self, value: bool) -> None:
+        self.context.show_names = value
 
     # --- life cycle -----------------------------------------------------------------------------
 
@@ -235,7 +261,7 @@ class FlowscopeApp(App[None]):
         from flowscope.ui.alerts import AlertsScreen
 
         if not isinstance(self.screen, AlertsScreen):
-            self.push_screen(AlertsScreen())
+            self.push_screen(AlertsScreen(self.context))
 
     def action_history(self) -> None:
         if self.db_path is None or not self.source.has_db:

@@ -3,7 +3,7 @@ conversation, kept current tick by tick."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -13,11 +13,9 @@ from textual.screen import Screen
 from textual.widgets import Footer, Label, Sparkline, Static
 
 from flowscope.query.view import Row, find, find_reverse, reverse_ident
+from flowscope.ui.context import ConsoleContext
 from flowscope.ui.widgets import describe_row, padded
 from flowscope.vocab import human_rate
-
-if TYPE_CHECKING:
-    from flowscope.ui.app import FlowscopeApp
 
 
 def _fields(pairs: list[tuple[str, str]]) -> Content:
@@ -46,10 +44,9 @@ class DetailScreen(Screen[None]):
         Binding("backspace", "app.pop_screen", "back", show=False),
     ]
 
-    app: FlowscopeApp
-
-    def __init__(self, row: Row, group: str) -> None:
+    def __init__(self, context: ConsoleContext, row: Row, group: str) -> None:
         super().__init__()
+        self.context = context
         self.row = row
         self.group = group
 
@@ -71,8 +68,8 @@ class DetailScreen(Screen[None]):
 
     def redraw(self) -> None:
         """Refresh from the latest tick (the row may have left the top N: look it up)."""
-        state = self.app.state
-        now = find(state.frame, self.group, self.row.ident, self.app.iface_names)
+        state = self.context.state
+        now = find(state.frame, self.group, self.row.ident, self.context.iface_names)
         if now is not None:
             self.row = now
             state.record_rows([now])
@@ -100,7 +97,7 @@ class DetailScreen(Screen[None]):
                 else ""
             )
             return
-        back = find_reverse(state.frame, row.ident, self.app.iface_names)
+        back = find_reverse(state.frame, row.ident, self.context.iface_names)
         other_title.update("other direction")
         if back is None:
             other.update(Content.styled("no packets seen the other way", "$text-muted"))

@@ -5,7 +5,7 @@ app tells it a tick arrived."""
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from textual import on
 from textual.actions import SkipAction
@@ -22,12 +22,10 @@ from flowscope.query import view as views
 from flowscope.query.filter import FilterSyntaxError, parse
 from flowscope.query.view import COLUMNS, DESCENDING, GROUPS, Row, View, ViewSpec
 from flowscope.ui.cells import HEADERS, column_texts, widths
+from flowscope.ui.context import ConsoleContext
 from flowscope.ui.flowtable import FlowTable
 from flowscope.ui.messages import HeaderSelected, RowHighlighted, RowSelected
 from flowscope.ui.widgets import NewFlowsFeed, RateGraph, StatusLine
-
-if TYPE_CHECKING:
-    from flowscope.ui.app import FlowscopeApp
 
 WIDE = 140
 """From this many columns on, the feed goes to the right of the table."""
@@ -107,10 +105,9 @@ class LiveScreen(Screen[None]):
         ],
     ]
 
-    app: FlowscopeApp
-
-    def __init__(self, spec: ViewSpec | None = None) -> None:
+    def __init__(self, context: ConsoleContext, spec: ViewSpec | None = None) -> None:
         super().__init__()
+        self.context = context
         self.spec = spec or ViewSpec()
         self.frozen = False
         self.view = View([], 0, 0)
@@ -157,8 +154,8 @@ class LiveScreen(Screen[None]):
 
     def compute(self) -> View:
         """The rows for the latest tick (also remembered for the rows' own graphs)."""
-        state = self.app.state
-        self.view = views.compute(state.frame, self.spec, self.app.iface_names)
+        state = self.context.state
+        self.view = views.compute(state.frame, self.spec, self.context.iface_names)
         state.record_rows(self.view.rows)
         return self.view
 
@@ -166,15 +163,18 @@ class LiveScreen(Screen[None]):
         """Draw everything from the last computed view and the state."""
         if not self.is_mounted:
             return
-        state = self.app.state
+        state = self.context.state
         cols = self.table.columns_shown
         w = widths(cols, self._table_width())
-        name_of = self.app.name_of if self.app.show_names else None
+        name_of = self.context.name_of if self.context.show_names else None
         by_column = [column_texts(self.view.rows, c, width=w[c], name_of=name_of) for c in cols]
         texts = [list(row) for row in zip(*by_column, strict=True)]
         self.table.apply(self.view.rows, texts, self.frozen)
         self.query_one(StatusLine).show(
-            state, paused=self.app.paused, badges=self.badges(), alerts=len(state.detector.alerts)
+            state,
+            paused=self.context.paused,
+            badges=self.badges(),
+            alerts=len(state.detector.alerts),
         )
         selected = self.selected_row()
         self.query_one(RateGraph).show(state, selected, self._row_name(selected))
@@ -214,7 +214,7 @@ class LiveScreen(Screen[None]):
 
     @on(RowHighlighted)
     def _highlighted(self) -> None:
-        state = self.app.state
+        state = self.context.state
         selected = self.selected_row()
         self.query_one(RateGraph).show(state, selected, self._row_name(selected))
 
@@ -224,7 +224,7 @@ class LiveScreen(Screen[None]):
         if row is not None:
             from flowscope.ui.detail import DetailScreen
 
-            self.app.push_screen(DetailScreen(row, self.spec.group))
+            self.app.push_screen(DetailScreen(self.context, row, self.spec.group))
 
     @on(HeaderSelected)
     def _header(self, event: HeaderSelected) -> None:
@@ -274,8 +274,8 @@ class LiveScreen(Screen[None]):
         self.group_by(group)
 
     def action_names(self) -> None:
-        self.app.show_names = not self.app.show_names
-        self.notify("reverse DNS on" if self.app.show_names else "addresses", timeout=2)
+        self.context.show_names = not self.context.show_names
+        self.notify("reverse DNS on" if self.context.show_names else "addresses", timeout=2)
         self.redraw()
 
     def action_slash(self) -> None:
