@@ -12,6 +12,7 @@ import click
 
 from flowscope.cli.main import Seconds, main, notice, say_problems, say_recovered
 from flowscope.cli.options import (
+    as_record_settings,
     collector_options,
     direction_option,
     entries_option,
@@ -25,7 +26,8 @@ from flowscope.errors import FlowscopeError
 from flowscope.vocab import GROUPINGS
 
 if TYPE_CHECKING:
-    from flowscope.collect.collector import CollectorSettings, Tick
+    from flowscope.collect.collector import Tick
+    from flowscope.collect.recorder import RecordSettings
     from flowscope.export.outputs import ExportSettings
     from flowscope.query.view import ViewSpec
 
@@ -49,17 +51,12 @@ if TYPE_CHECKING:
 @force_option
 @entries_option
 @export_options
+@as_record_settings
 def record(
-    interfaces: tuple[str, ...],
+    source: RecordSettings,
     db: Path | None,
-    duration: float | None,
-    collector: CollectorSettings,
     retain: str | None,
     max_db_size: str | None,
-    mode: str,
-    direction: str,
-    force: bool,
-    flow_entries: int,
     exports: ExportSettings,
 ) -> None:
     """Collect flows into the history database.
@@ -73,7 +70,6 @@ def record(
     is happening (rates are the kernel's totals; MAP FULL when flows found no room). With
     --ipfix every record also goes to an IPFIX collector; --metrics serves Prometheus
     metrics."""
-    from flowscope.collect.recorder import RecordSettings
     from flowscope.history.files import parse_size
     from flowscope.kernel.attach import check_can_attach
     from flowscope.pipeline import HistorySettings, Pipeline, PipelineSettings
@@ -84,18 +80,9 @@ def record(
         retain_seconds=parse_duration(retain, "--retain") if retain else None,
         max_bytes=parse_size(max_db_size, "--max-db-size") if max_db_size else None,
     )
-    record_settings = RecordSettings(
-        interfaces=interfaces,
-        mode=mode,
-        direction=direction,
-        force=force,
-        flow_entries=flow_entries,
-        duration=duration,
-        collector=collector,
-    )
-    for name in interfaces:  # a wrong name or a taken interface fails before a database exists
-        check_can_attach(name, force)
-    settings = PipelineSettings(record_settings, history, exports)
+    for name in source.interfaces:  # a wrong name or a taken one fails before a database exists
+        check_can_attach(name, source.force)
+    settings = PipelineSettings(source, history, exports)
     tty = sys.stderr.isatty()
     with Pipeline(settings, notice=notice) as pipeline:
         say_recovered(pipeline)
@@ -180,15 +167,11 @@ def _view_spec(filter_text: str | None, group: str, sort: str) -> ViewSpec:
     help="Open sorted by this column of the grouping ('s'): bps, pps, bytes, packets, flows, "
     "age, src, dst, sport, dport, proto, ...",
 )
+@as_record_settings
 def live(
-    interfaces: tuple[str, ...],
+    source: RecordSettings,
     db: Path | None,
     no_db: bool,
-    collector: CollectorSettings,
-    mode: str,
-    direction: str,
-    force: bool,
-    flow_entries: int,
     exports: ExportSettings,
     filter_text: str | None,
     group: str,
@@ -198,25 +181,16 @@ def live(
 
     It keeps recording history while it is open (--no-db: nothing is kept). Quitting (q,
     Ctrl-C, SIGTERM) writes the live flows and detaches the program."""
-    from flowscope.collect.recorder import RecordSettings
     from flowscope.kernel.attach import check_can_attach
     from flowscope.pipeline import HistorySettings, Pipeline, PipelineSettings
 
     if db is not None and no_db:
         raise click.UsageError("--db and --no-db exclude each other")
     spec = _view_spec(filter_text, group, sort)
-    for name in interfaces:  # fails at once, not in a console stuck at "starting"
-        check_can_attach(name, force)
-    record_settings = RecordSettings(
-        interfaces=interfaces,
-        mode=mode,
-        direction=direction,
-        force=force,
-        flow_entries=flow_entries,
-        collector=collector,
-    )
+    for name in source.interfaces:  # fails at once, not in a console stuck at "starting"
+        check_can_attach(name, source.force)
     history = None if no_db else HistorySettings(db=db)
-    with Pipeline(PipelineSettings(record_settings, history, exports)) as pipeline:
+    with Pipeline(PipelineSettings(source, history, exports)) as pipeline:
         say_recovered(pipeline)
         from flowscope.ui.app import run_console  # the only command that imports textual
 

@@ -171,3 +171,35 @@ def export_options(f: Any) -> Any:
     for option in reversed(_EXPORT_OPTIONS):
         wrapper = option(wrapper)
     return wrapper
+
+
+def as_record_settings(f: Any) -> Any:
+    """Gathers what the attach options said (-i, --mode, --direction, --force, --flow-entries,
+    --duration where there is one, and collector_options) into one ``source: RecordSettings``
+    argument. Put it right above the command's function, under its options."""
+
+    @functools.wraps(f)
+    def wrapper(
+        *args: Any,
+        interfaces: tuple[str, ...],
+        mode: str,
+        direction: str,
+        force: bool,
+        flow_entries: int,
+        collector: Any,
+        **kwargs: Any,
+    ) -> Any:
+        from flowscope.collect.recorder import RecordSettings
+
+        source = RecordSettings(
+            interfaces=interfaces,
+            mode=mode,
+            direction=direction,
+            force=force,
+            flow_entries=flow_entries,
+            duration=kwargs.pop("duration", None),
+            collector=collector,
+        )
+        return f(*args, source=source, **kwargs)
+
+    return wrapper
