@@ -142,6 +142,12 @@ Mask = np.ndarray
 IfaceNames = Mapping[int, str]
 
 
+def iface_name(names: IfaceNames, ifindex: int) -> str:
+    """An interface's name, or its index as text when none is known: what the filter's
+    ``iface`` matches and what the tables show, so the text on screen can be typed back."""
+    return names.get(ifindex, str(ifindex))
+
+
 def filter_mask(
     f: nodes.Filter | nodes.Expr, frame: FlowFrame, iface_names: IfaceNames | None = None
 ) -> Mask:
@@ -212,7 +218,7 @@ def _equals(e: nodes.Equals, fr: FlowFrame, names: IfaceNames) -> Mask:
         want = abi.DIR_INGRESS if e.value == "ingress" else abi.DIR_EGRESS
         return _equal(fr.direction, want)
     # iface: an index without a known name is matched by its number, as the collector names it
-    idx = [i for i in np.unique(fr.ifindex) if names.get(int(i), str(int(i))) == e.value]
+    idx = [i for i in np.unique(fr.ifindex) if iface_name(names, int(i)) == e.value]
     return np.asarray(np.isin(fr.ifindex, idx), bool)
 
 
@@ -276,7 +282,7 @@ class RowView:
         self.dport = int(fr.dport[i])
         self.proto = int(fr.proto[i])
         self.vlan = int(fr.vlan[i])
-        self.iface = names.get(int(fr.ifindex[i]), str(int(fr.ifindex[i])))
+        self.iface = iface_name(names, int(fr.ifindex[i]))
         self.packets = int(fr.packets[i])
         self.bytes = int(fr.bytes[i])
         self.tcp_flags = int(fr.tcp_flags[i])

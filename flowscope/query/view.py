@@ -17,7 +17,7 @@ import numpy as np
 
 from flowscope import abi
 from flowscope.query import nodes
-from flowscope.query.frame import FlowFrame, addr_bytes, addr_text, filter_mask
+from flowscope.query.frame import FlowFrame, addr_bytes, addr_text, filter_mask, iface_name
 from flowscope.vocab import GROUPINGS
 
 GROUPS = GROUPINGS
@@ -96,7 +96,7 @@ class Row:
     first_seen_ns: int = 0
     last_seen_ns: int = 0
     iface: str | None = None
-    """The interface's name (None where the row has no single interface or it is unknown)."""
+    """The interface's name, or its index as text (None where the row has no one interface)."""
 
     @property
     def key(self) -> str:
@@ -449,5 +449,5 @@ def _row(
         in_=in_,
         first_seen_ns=first,
         last_seen_ns=int(g.last_seen[i]),
-        iface=iface_names.get(ifindex) if iface_names and ifindex is not None else None,
+        iface=None if ifindex is None else iface_name(iface_names or {}, ifindex),
     )

@@ -118,8 +118,7 @@ def cell(
             return str(row.vlan)
         return "-" if row.ident[:1] == ("vlan",) else ""  # the untagged group
     if column == "iface":
-        text = row.iface or ("" if row.ifindex is None else f"#{row.ifindex}")
-        return clip(text, width)
+        return clip(row.iface or "", width)
     if column == "flags":
         return tcp_flags_text(row.tcp_flags) if row.proto == 6 else ""
     raise ValueError(column)

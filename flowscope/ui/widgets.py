@@ -193,8 +193,8 @@ def describe_row(row: Row, group: str) -> list[tuple[str, str]]:
         out.append(("protocol", f"{proto_name(row.proto)} ({row.proto})"))
     if row.vlan is not None:
         out.append(("VLAN", str(row.vlan) if row.vlan else "untagged"))
-    if row.ifindex is not None:
-        out.append(("interface", row.iface or f"#{row.ifindex}"))
+    if row.iface is not None:
+        out.append(("interface", row.iface))
     if row.direction is not None:
         out.append(("direction", "ingress" if row.direction == 0 else "egress"))
     out += [

@@ -164,7 +164,7 @@ def _model_groups(group: str, names: dict[int, str]) -> dict[tuple[object, ...],
         key: tuple[object, ...] = {
             "sport": (int(FRAME.proto[i]), int(FRAME.sport[i]), int(FRAME.direction[i])),
             "dport": (int(FRAME.proto[i]), int(FRAME.dport[i]), int(FRAME.direction[i])),
-            "iface": (names.get(int(FRAME.ifindex[i]), f"#{int(FRAME.ifindex[i])}"),),
+            "iface": (names.get(int(FRAME.ifindex[i]), str(int(FRAME.ifindex[i]))),),
             "vlan": (int(FRAME.vlan[i]),),
         }[group]
         flows, nbytes = out.get(key, (0, 0))
@@ -182,7 +182,7 @@ def test_port_interface_and_vlan_groups_sum_as_a_plain_model(group: str) -> None
         key: tuple[object, ...] = {
             "sport": (r.proto, r.sport, r.direction),
             "dport": (r.proto, r.dport, r.direction),
-            "iface": (r.iface or f"#{r.ifindex}",),
+            "iface": (r.iface,),
             "vlan": (r.vlan,),
         }[group]
         got[key] = (r.flows, r.bytes)
