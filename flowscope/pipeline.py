@@ -31,8 +31,8 @@ Notice = Callable[[str], None]
 
 
 def default_db_path() -> Path:
-    """Where history is kept unless --db says otherwise: ``flows.db`` in the state directory
-    ($FLOWSCOPE_DB, else $XDG_STATE_HOME/flowscope)."""
+    """Where history is kept unless --db (or its $FLOWSCOPE_DB) says otherwise: ``flows.db``
+    in the state directory ($XDG_STATE_HOME/flowscope, else ~/.local/state/flowscope)."""
     return state_dir() / "flows.db"
 
 
