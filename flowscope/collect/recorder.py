@@ -2,8 +2,9 @@
 
 Between ticks it keeps draining the ring buffer, so a burst of new flows (a scan, a SYN flood)
 does not overflow it while the loop sleeps. Leaving the loop for any reason (the duration ran
-out, Ctrl-C, SIGTERM turned into SystemExit) writes every live flow with end reason
-'shutdown', flushes the writer, and detaches the program.
+out, the caller's stop event, Ctrl-C or SIGTERM, which set that event while the loop runs on
+the main thread) writes every live flow with end reason 'shutdown', flushes the writer, and
+detaches the program.
 """
 
 from __future__ import annotations
