@@ -13,7 +13,7 @@
 #ifndef FLOWSCOPE_H
 #define FLOWSCOPE_H
 
-/* Tunables, set with -D from Python (flowscope/probe/program.py). */
+/* Tunables, set with -D from Python (flowscope/kernel/program.py). */
 #ifndef FLOW_ENTRIES
 #define FLOW_ENTRIES 65536          /* entries of each flow map (IPv4 and IPv6) */
 #endif
@@ -119,6 +119,54 @@ struct replay_meta {
     __u64 timestamp;    /* capture time, ns since the Unix epoch: first/last seen, events */
     __u32 wire_len;     /* the frame's original length on the wire: bytes, even when cut */
     __u32 ifindex;      /* the capture's interface id + 1: the key's ifindex */
+};
+
+/* Sockets and their owners (bpf/owners.c, for `record` and `live`): one ring buffer record
+ * each time a local socket gets the addresses its flows will carry, with the process that
+ * created the socket, taken in that process's context (cgroup socket hooks and sock_ops on the
+ * cgroup v2 root), so even a connection that lives a millisecond has its owner. User space joins
+ * them with the flows (flowscope/collect/owners.py): 96 bytes. */
+#ifndef SOCK_RINGBUF_PAGES
+#define SOCK_RINGBUF_PAGES 64       /* the socket ring buffer, in pages (power of two) */
+#endif
+#ifndef SOCK_ENTRIES
+#define SOCK_ENTRIES 65536          /* sockets whose creator is remembered (LRU) */
+#endif
+
+#define FS_SOCK_CONNECT 1   /* a TCP connection a local process opened (4-tuple known) */
+#define FS_SOCK_LISTEN  2   /* a TCP port a local process listens on */
+#define FS_SOCK_BIND    3   /* a UDP (or TCP) port a local process bound: bind() or the
+                             * first sendto() of an unbound UDP socket */
+
+/* Who created a socket (the value of the owners map, keyed by socket cookie). */
+struct sock_owner {
+    __u64 cgroup_id;    /* the creator's cgroup v2 id (the cgroup directory's inode) */
+    __u32 pid;          /* the creator's process (thread group) id; 0: unknown */
+    __u32 uid;
+    char  comm[16];     /* the creating thread's command name, NUL padded */
+};
+
+struct sock_event {
+    __u64 timestamp;    /* bpf_ktime_get_ns() */
+    __u64 netns;        /* the socket's network namespace cookie (SO_NETNS_COOKIE) */
+    __u64 cookie;       /* the socket's cookie (SO_COOKIE) */
+    struct sock_owner owner;    /* pid 0 when the socket predates flowscope */
+    __u8  laddr[16];    /* local address, network order; IPv4: first four bytes */
+    __u8  raddr[16];    /* remote address; zero for LISTEN and BIND */
+    __u16 lport;        /* host order */
+    __u16 rport;        /* host order; zero for LISTEN and BIND */
+    __u8  family;       /* FS_AF_* of the socket (an IPv6 socket may carry IPv4-mapped ones) */
+    __u8  proto;        /* IP protocol */
+    __u8  kind;         /* FS_SOCK_* */
+    __u8  pad;
+};
+
+/* Indexes of the per-CPU array sock_counters. */
+enum fs_sock_counter {
+    SCNT_EVENTS = 0,        /* records written */
+    SCNT_RINGBUF_FULL = 1,  /* records lost: the ring buffer was full */
+    SCNT_NO_OWNER = 2,      /* records of sockets created before the hooks (pid 0) */
+    SCNT_MAX = 3,
 };
 
 #endif /* FLOWSCOPE_H */

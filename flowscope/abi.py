@@ -132,6 +132,53 @@ class ReplayMeta(ctypes.Structure):
     ]
 
 
+SOCK_CONNECT = 1
+"""FS_SOCK_CONNECT: a TCP connection a local process opened (4-tuple known)."""
+SOCK_LISTEN = 2
+"""FS_SOCK_LISTEN: a TCP port a local process listens on."""
+SOCK_BIND = 3
+"""FS_SOCK_BIND: a port a local process bound (bind(), or the first sendto() of UDP)."""
+
+
+class SockOwner(ctypes.Structure):
+    """struct sock_owner: who created a socket, 32 bytes."""
+
+    _fields_ = [
+        ("cgroup_id", ctypes.c_uint64),
+        ("pid", ctypes.c_uint32),
+        ("uid", ctypes.c_uint32),
+        ("comm", ctypes.c_char * 16),
+    ]
+
+
+class SockEvent(ctypes.Structure):
+    """struct sock_event: one record of the sock_events ring buffer (bpf/owners.c), 96 bytes.
+    Addresses in network order, ports in host order."""
+
+    _fields_ = [
+        ("timestamp", ctypes.c_uint64),
+        ("netns", ctypes.c_uint64),
+        ("cookie", ctypes.c_uint64),
+        ("owner", SockOwner),
+        ("laddr", ctypes.c_uint8 * 16),
+        ("raddr", ctypes.c_uint8 * 16),
+        ("lport", ctypes.c_uint16),
+        ("rport", ctypes.c_uint16),
+        ("family", ctypes.c_uint8),
+        ("proto", ctypes.c_uint8),
+        ("kind", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+    ]
+
+
+class SockCounter(enum.IntEnum):
+    """Indexes of the per-CPU array sock_counters (enum fs_sock_counter)."""
+
+    EVENTS = 0
+    RINGBUF_FULL = 1
+    NO_OWNER = 2
+
+
 REPLAY_META_SIZE = ctypes.sizeof(ReplayMeta)
 REPLAY_META_FORMAT = "<QII"
 """struct.pack format of ReplayMeta (little endian, as the kernels flowscope runs on)."""

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from socket import AF_INET, inet_ntop
+from socket import AF_INET, AF_INET6, inet_ntop
 
 import numpy as np
 
@@ -274,6 +275,108 @@ class FlowBatch:
             yield self.key(i), self.stats(i)
 
 
+_CONTAINER_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"docker[-/]([0-9a-f]{12})[0-9a-f]*(?:\.scope)?$"), "docker:"),
+    (re.compile(r"cri-containerd-([0-9a-f]{12})[0-9a-f]*\.scope$"), "containerd:"),
+    (re.compile(r"crio-([0-9a-f]{12})[0-9a-f]*\.scope$"), "crio:"),
+    (re.compile(r"libpod-([0-9a-f]{12})[0-9a-f]*\.scope$"), "podman:"),
+    (re.compile(r"kubepods.*/([0-9a-f]{12})[0-9a-f]{52}$"), "k8s:"),
+)
+
+
+def container_of(cgroup: str) -> str:
+    """The container or systemd unit a cgroup v2 path stands for, or "" when it is neither:
+    ``docker:0123456789ab``, ``containerd:...``, ``crio:...``, ``podman:...``, ``k8s:...``
+    (twelve hex digits of the container id, as ``docker ps`` shows them), else the innermost
+    ``*.service`` (``nginx.service``)."""
+    for pattern, prefix in _CONTAINER_PATTERNS:
+        m = pattern.search(cgroup)
+        if m:
+            return prefix + m.group(1)
+    for part in reversed(cgroup.split("/")):
+        if part.endswith(".service"):
+            return part
+    return ""
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """The process that owns a flow's local socket: the one that created the socket, as the
+    kernel saw it then (bpf/owners.c), or as /proc shows it for a socket older than flowscope.
+    ``cgroup`` is the cgroup v2 path (``/system.slice/nginx.service``), "" when unknown."""
+
+    pid: int
+    comm: str
+    uid: int
+    cgroup: str = ""
+
+    @property
+    def label(self) -> str:
+        """``comm[pid]``, as the console's process column shows it."""
+        return f"{self.comm}[{self.pid}]"
+
+    @property
+    def container(self) -> str:
+        """The container or systemd unit (container_of), "" when none."""
+        return container_of(self.cgroup)
+
+
+@dataclass(frozen=True, slots=True)
+class SocketEvent:
+    """A local socket and its owner: a struct sock_event (abi.SockEvent) decoded, or a socket
+    found by the start-up scan. Addresses are text, IPv4-mapped IPv6 ones as IPv4; ``kind``
+    is abi.SOCK_CONNECT (remote known), SOCK_LISTEN or SOCK_BIND (remote "" and 0);
+    ``owner`` is None when the kernel did not see the socket created (it predates the
+    hooks)."""
+
+    kind: int
+    family: int
+    proto: int
+    laddr: str
+    lport: int
+    raddr: str
+    rport: int
+    netns: int
+    owner: Owner | None
+    cgroup_id: int = 0
+
+
+def _socket_address(family: int, raw: bytes) -> tuple[int, str]:
+    """(family, text) of an address, an IPv4-mapped IPv6 one as IPv4; formatted by inet_ntop,
+    as collect.owners formats the flows it matches with them."""
+    if family == abi.AF_INET6 and raw[:12] == b"\0" * 10 + b"\xff\xff":
+        return abi.AF_INET, inet_ntop(AF_INET, raw[12:16])
+    if family == abi.AF_INET:
+        return family, inet_ntop(AF_INET, raw[:4])
+    return family, inet_ntop(AF_INET6, raw[:16])
+
+
+def socket_event_from_bytes(data: bytes) -> SocketEvent:
+    """Decode one record of the sock_events ring buffer. The owner's cgroup is left as its id
+    (``cgroup_id``): the path is looked up in user space (kernel.owners.CgroupPaths)."""
+    ev = abi.SockEvent.from_buffer_copy(data[: ctypes.sizeof(abi.SockEvent)])
+    family, laddr = _socket_address(ev.family, bytes(ev.laddr))
+    raddr = ""
+    if ev.kind == abi.SOCK_CONNECT:
+        _, raddr = _socket_address(ev.family, bytes(ev.raddr))
+    o = ev.owner
+    owner = None
+    if o.pid:
+        owner = Owner(int(o.pid), o.comm.decode(errors="replace"), int(o.uid))
+    return SocketEvent(
+        kind=int(ev.kind),
+        family=family,
+        proto=int(ev.proto),
+        laddr=laddr,
+        lport=int(ev.lport),
+        raddr=raddr,
+        rport=int(ev.rport),
+        netns=int(ev.netns),
+        owner=owner,
+        cgroup_id=int(o.cgroup_id),
+    )
+
+
 END_REASONS = ("idle", "active", "fin", "rst", "evicted", "shutdown", "crash")
 """Why a record was written. ``crash``: the part of a live flow that the last tick before the
 process died had counted and no record held yet, written at the next start (PendingFlows)."""
@@ -294,6 +397,8 @@ class FlowRecord:
     last_seen: float
     tcp_flags: int
     end_reason: str
+    owner: Owner | None = None
+    """The process of the flow's local socket; None when it is not local or not known."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,12 +22,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
 from flowscope import abi
-from flowscope.model import FlowBatch, FlowEvent, FlowRecord, NewFlow, PendingFlows, Sample
+from flowscope.collect.owners import OwnerTable
+from flowscope.model import (
+    FlowBatch,
+    FlowEvent,
+    FlowRecord,
+    NewFlow,
+    Owner,
+    PendingFlows,
+    Sample,
+)
 
 TCP_FIN = 0x01
 TCP_RST = 0x04
@@ -98,6 +107,10 @@ class _FamilyState:
     exp_bytes: np.ndarray = field(default_factory=lambda: np.zeros(0, U64))
     exp_ip_bytes: np.ndarray = field(default_factory=lambda: np.zeros(0, U64))
     record_start: np.ndarray = field(default_factory=lambda: np.zeros(0, U64))
+    owner: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
+    """Each flow's Owner or None (object array; all None without an OwnerTable)."""
+    owner_generation: int = -1
+    """OwnerTable.generation when the owners were last looked up."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +120,8 @@ class LiveFlows:
     batch: FlowBatch
     bps: np.ndarray
     pps: np.ndarray
+    owner: np.ndarray | None = None
+    """Each flow's Owner or None (an object array), None when processes are not watched."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,8 +161,11 @@ class Collector:
         iface_names: dict[int, str] | None = None,
         monotonic_ns: Callable[[], int] = time.monotonic_ns,
         wall_time: Callable[[], float] = time.time,
+        owners: OwnerTable | None = None,
     ) -> None:
         self.source = source
+        self.owners = owners
+        """Which process owns each flow's local socket (None: not watched)."""
         self.settings = settings or CollectorSettings()
         self.iface_names = iface_names or {}
         self._mono = monotonic_ns
@@ -174,6 +192,8 @@ class Collector:
         """Read the maps, compute rates, expire flows; returns what happened."""
         started = time.perf_counter()
         self.source.poll_events(0)
+        if self.owners is not None:
+            self.owners.refresh()
         now = self._mono()
         elapsed = max((now - self._last_tick_ns) / 1e9, 1e-9)
         self._last_tick_ns = now
@@ -245,12 +265,14 @@ class Collector:
         for family in (abi.AF_INET, abi.AF_INET6):
             batch = self.source.read_flows(family)
             st = self._state[family]
-            exp_p, exp_b, exp_ip, start = self._carry(
-                st, batch, *self._match(st, fingerprints(batch.keys))
-            )
+            pos, found = self._match(st, fingerprints(batch.keys))
+            exp_p, exp_b, exp_ip, start = self._carry(st, batch, pos, found)
+            owner = self._owners(st, batch, pos, found)
             idx = np.nonzero(batch.packets > exp_p)[0]
             records.extend(
-                self._record(batch, i, "shutdown", exp_p[i], exp_b[i], exp_ip[i], start[i])
+                self._record(
+                    batch, i, "shutdown", exp_p[i], exp_b[i], exp_ip[i], start[i], owner[i]
+                )
                 for i in idx
             )
         return records
@@ -284,6 +306,27 @@ class Collector:
             np.where(known, np.maximum(st.record_start[pos], batch.first_seen), batch.first_seen),
         )
 
+    def _owners(
+        self, st: _FamilyState, batch: FlowBatch, pos: np.ndarray, found: np.ndarray
+    ) -> np.ndarray:
+        """Each current flow's owner: carried from the previous tick, looked up for new flows,
+        and looked up again for flows without one when sockets were added since (a server
+        accepts, or a client's socket is announced, a moment after its first packet)."""
+        table = self.owners
+        if table is None:
+            return cast(np.ndarray, _NO_OWNERS)
+        owner = np.full(len(batch), None, dtype=object)
+        if len(st.owner) and found.any():
+            owner[found] = st.owner[pos[found]]
+        need = ~found
+        if table.generation != st.owner_generation:
+            need = need | np.array([o is None for o in owner.tolist()], dtype=bool)
+        idx = np.flatnonzero(need)
+        if len(idx):
+            owner[idx] = table.join(batch, idx)
+        st.owner_generation = table.generation
+        return owner
+
     def _record(
         self,
         batch: FlowBatch,
@@ -293,6 +336,7 @@ class Collector:
         exp_b: int,
         exp_ip: int,
         start: int,
+        owner: Owner | None = None,
     ) -> FlowRecord:
         """Row i of batch as a record of what was not yet written."""
         row = int(i)
@@ -307,6 +351,7 @@ class Collector:
             last_seen=self.wall(int(batch.last_seen[row])),
             tcp_flags=int(batch.tcp_flags[row]),
             end_reason=reason,
+            owner=owner,
         )
 
     def _tick_family(
@@ -336,6 +381,7 @@ class Collector:
         else:
             d_packets, d_bytes = batch.packets, batch.bytes
         exp_p, exp_b, exp_ip, start = self._carry(st, batch, pos, found)
+        owner = self._owners(st, batch, pos, found)
 
         # expiry decisions, on kernel (monotonic) times
         age = now - batch.last_seen.view(np.int64)
@@ -377,13 +423,15 @@ class Collector:
                 reason = "evicted" if evict[i] else _idle_reason(int(final.tcp_flags[j]))
                 if final.packets[j] > exp_p[i]:
                     records.append(
-                        self._record(final, j, reason, exp_p[i], exp_b[i], exp_ip[i], start[i])
+                        self._record(
+                            final, j, reason, exp_p[i], exp_b[i], exp_ip[i], start[i], owner[i]
+                        )
                     )
 
         # active-timeout records for long-lived flows
         for i in np.nonzero(active)[0]:
             records.append(
-                self._record(batch, i, "active", exp_p[i], exp_b[i], exp_ip[i], start[i])
+                self._record(batch, i, "active", exp_p[i], exp_b[i], exp_ip[i], start[i], owner[i])
             )
         exp_p[active] = batch.packets[active]
         exp_b[active] = batch.bytes[active]
@@ -399,6 +447,8 @@ class Collector:
         st.exp_bytes = exp_b[survivors]
         st.exp_ip_bytes = exp_ip[survivors]
         st.record_start = start[survivors]
+        if self.owners is not None:
+            st.owner = owner[survivors]
 
         rows: np.ndarray | slice = keep if len(taken) else slice(None)  # no copies if all stay
         return _FamilyTick(
@@ -406,6 +456,7 @@ class Collector:
                 batch=_select(batch, keep) if len(taken) else batch,
                 bps=d_bytes[rows].astype(np.float64) * 8 / elapsed,
                 pps=d_packets[rows].astype(np.float64) / elapsed,
+                owner=owner[rows] if self.owners is not None else None,
             ),
             delta_bytes=int(d_bytes.sum()) + extra_b,
             delta_packets=int(d_packets.sum()) + extra_p,
@@ -415,6 +466,16 @@ class Collector:
                 batch, rows, exp_p, exp_b, exp_ip, start, self._wall_offset, self.iface_names
             ),
         )
+
+
+class _NoOwners:
+    """The owners of every flow when processes are not watched: None, at no cost per flow."""
+
+    def __getitem__(self, _index: object) -> None:
+        return None
+
+
+_NO_OWNERS: Any = _NoOwners()
 
 
 @dataclass(frozen=True, slots=True)

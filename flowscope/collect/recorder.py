@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from flowscope import abi
 from flowscope.collect.collector import Collector, CollectorSettings, Tick
+from flowscope.collect.owners import ProcessWatch, watch_processes
 from flowscope.model import FlowRecord, NewFlow, PendingFlows, Sample
 
 if TYPE_CHECKING:
@@ -88,6 +89,8 @@ class RecordSettings:
     """Seconds to record; None: until stopped."""
     collector: CollectorSettings = field(default_factory=CollectorSettings)
     """Tick interval and expiry timeouts."""
+    processes: bool = True
+    """Attribute each local flow to its process (cgroup socket hooks, collect.owners)."""
 
 
 @dataclass(slots=True)
@@ -140,8 +143,9 @@ def _run(
         if on_notice is not None:
             for text in probe.notices:
                 on_notice(text)
+        table, processes = watch_processes() if settings.processes else (None, None)
         collector = Collector(
-            probe.program, settings.collector, iface_names=probe.interface_names()
+            probe.program, settings.collector, iface_names=probe.interface_names(), owners=table
         )
         from flowscope.kernel.links import LinkWatch
 
@@ -149,7 +153,18 @@ def _run(
         watch = LinkWatch({name: index for index, name in names.items()})
         try:
             with _signals_stop(stop, summary):
-                _loop(collector, probe, sink, settings, stop, on_tick, summary, watch, on_notice)
+                _loop(
+                    collector,
+                    probe,
+                    sink,
+                    settings,
+                    stop,
+                    on_tick,
+                    summary,
+                    watch,
+                    on_notice,
+                    processes,
+                )
         except (KeyboardInterrupt, SystemExit):
             # Ctrl-C, or SIGTERM turned into SystemExit by the CLI: a normal way to stop
             summary.interrupted = True
@@ -167,6 +182,8 @@ def _run(
                 # the final partial tick and the shutdown records too, so what it sums over
                 # the ticks is what the sink got
                 on_tick(dataclasses.replace(tick, records=[*tick.records, *last]))
+            if processes is not None:
+                processes.close()
     return summary
 
 
@@ -207,6 +224,7 @@ def _loop(
     summary: RecordSummary,
     watch: LinkWatch | None = None,
     on_notice: Callable[[str], None] | None = None,
+    processes: ProcessWatch | None = None,
 ) -> None:
     """Tick every interval until the duration ends or ``stop`` is set, draining the ring
     buffer in between; after each tick, say when a watched interface went down, came back or
@@ -215,6 +233,7 @@ def _loop(
     start = time.monotonic()
     end = start + settings.duration if settings.duration is not None else None
     next_tick = start + interval
+    problem_said = False
     while not stop.is_set():
         now = time.monotonic()
         if end is not None and now >= end:
@@ -222,6 +241,8 @@ def _loop(
         wake = min(next_tick, end) if end is not None else next_tick
         if now < wake:
             probe.program.poll_events(max(1, min(POLL_MS, int((wake - now) * 1000))))
+            if collector.owners is not None:  # the socket ring buffer too, between ticks
+                collector.owners.refresh()
             continue
         tick = collector.tick()
         sink.submit(tick.records, tick.sample, tick.events, tick.pending)
@@ -235,6 +256,9 @@ def _loop(
             if watch is not None:  # a lasting state for status lines; the notice says it once
                 tick = dataclasses.replace(tick, links=dict(watch.states))
             on_tick(tick)
+        if processes is not None and processes.problem and not problem_said:
+            changes.append(processes.problem)
+            problem_said = True
         if on_notice is not None:
             for text in changes:
                 on_notice(text)

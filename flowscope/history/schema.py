@@ -49,6 +49,7 @@ FLOW_COLUMNS: tuple[str, ...] = (
     "ip_bytes",
     "tcp_flags",
     "end_reason",
+    *(OWNER_COLUMNS := ("pid", "comm", "uid", "cgroup", "container")),
 )
 # What makes two records the same flow (also the key of flows_hourly, after `hour`).
 FLOW_KEY_COLUMNS: tuple[str, ...] = (
@@ -387,6 +388,20 @@ def _migration_7(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX alerts_last ON alerts (last)")
 
 
+def _migration_8(db: sqlite_utils.Database) -> None:
+    """flows: the process that owns the flow's local socket (collect.owners), NULL when the
+    flow is not local or its process is not known: pid, command, uid, cgroup v2 path and the
+    container or systemd unit that path names (model.container_of, "" when none)."""
+    for column, kind in (
+        ("pid", "INTEGER"),
+        ("comm", "TEXT"),
+        ("uid", "INTEGER"),
+        ("cgroup", "TEXT"),
+        ("container", "TEXT"),
+    ):
+        db.execute(f"ALTER TABLE flows ADD COLUMN {column} {kind}")
+
+
 # Each entry upgrades the schema from version i to i + 1; user_version holds how many ran.
 # Never edit an entry once released: add a new one.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
@@ -397,6 +412,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_5,
     _migration_6,
     _migration_7,
+    _migration_8,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -46,7 +46,15 @@ from flowscope.history.schema import (
     parse_iso,
     roll_up,
 )
-from flowscope.model import FlowKey, FlowRecord, NewFlow, PendingFlows, Sample, pending_records
+from flowscope.model import (
+    FlowKey,
+    FlowRecord,
+    NewFlow,
+    Owner,
+    PendingFlows,
+    Sample,
+    pending_records,
+)
 
 # --- the store -----------------------------------------------------------------------------
 
@@ -93,7 +101,15 @@ def flow_row(r: FlowRecord) -> tuple[Any, ...]:
         r.ip_bytes,
         r.tcp_flags,
         r.end_reason,
+        *_owner_values(r.owner),
     )
+
+
+def _owner_values(o: Owner | None) -> tuple[Any, ...]:
+    """The values of schema.OWNER_COLUMNS of a record's owner (NULLs for none)."""
+    if o is None:
+        return (None, None, None, None, None)
+    return (o.pid, o.comm, o.uid, o.cgroup, o.container)
 
 
 def _process_identity(pid: int) -> str | None:

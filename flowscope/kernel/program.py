@@ -47,7 +47,7 @@ def bpf_dir() -> Path:
 
 
 @contextlib.contextmanager
-def _captured_stderr() -> Iterator[Callable[[], str]]:
+def captured_stderr() -> Iterator[Callable[[], str]]:
     """BCC and the verifier print to fd 2; keep it so an error can quote the compiler."""
     with tempfile.TemporaryFile(mode="w+b") as tmp:
         saved = os.dup(2)
@@ -78,7 +78,7 @@ def kernel_headers() -> Path | None:
     return kheaders if kheaders.exists() else None
 
 
-def _compile_error(log: str, what: str) -> Exception:
+def compile_error(log: str, what: str) -> Exception:
     if "Unable to find kernel headers" in log or "linux/kconfig.h" in log:
         return KernelHeadersError(
             "no kernel headers for this kernel",
@@ -138,11 +138,11 @@ class FlowProgram:
         ]
         from bcc import BPF  # only the probe imports bcc
 
-        with _captured_stderr() as log:
+        with captured_stderr() as log:
             try:
                 self._bpf = BPF(src_file=str(src / "flowscope.c").encode(), cflags=flags)
             except Exception as e:
-                raise _compile_error(log(), "BCC could not compile bpf/flowscope.c") from e
+                raise compile_error(log(), "BCC could not compile bpf/flowscope.c") from e
             try:
                 self._fn = self._bpf.load_func(XDP_FUNCTION.encode(), BPF.XDP)
             except Exception as e:
@@ -152,7 +152,7 @@ class FlowProgram:
                         "the kernel refused to load the XDP program",
                         "run as root or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON",
                     ) from e
-                raise _compile_error(text, "the verifier refused the XDP program") from e
+                raise compile_error(text, "the verifier refused the XDP program") from e
         self.prog_fd: int = self._fn.fd
         self._tc_fd: int | None = None
         self.ncpus = libbpf.num_possible_cpus()
@@ -173,7 +173,7 @@ class FlowProgram:
         if self._tc_fd is None:
             from bcc import BPF
 
-            with _captured_stderr() as log:
+            with captured_stderr() as log:
                 try:
                     fn = self._bpf.load_func(TC_FUNCTION.encode(), BPF.SCHED_CLS)
                 except Exception as e:
@@ -183,7 +183,7 @@ class FlowProgram:
                             "the kernel refused to load the TC program",
                             "run as root or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON",
                         ) from e
-                    raise _compile_error(text, "the verifier refused the TC program") from e
+                    raise compile_error(text, "the verifier refused the TC program") from e
             self._tc_fd = int(fn.fd)
         return self._tc_fd
 
@@ -388,12 +388,12 @@ class BareProgram:
 
         file, name = BARE_KINDS[kind]
         prog_type = BPF.SCHED_CLS if kind == "tc" else BPF.XDP
-        with _captured_stderr() as log:
+        with captured_stderr() as log:
             try:
                 self._bpf = BPF(src_file=str(src / file).encode(), cflags=[f"-I{src}"])
                 self.prog_fd: int = self._bpf.load_func(name.encode(), prog_type).fd
             except Exception as e:
-                raise _compile_error(log(), f"BCC could not load bpf/{file}") from e
+                raise compile_error(log(), f"BCC could not load bpf/{file}") from e
         self._closed = False
 
     def test_run(self, frame: bytes, *, repeat: int = 1) -> libbpf.TestRunResult:

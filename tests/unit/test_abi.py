@@ -82,6 +82,24 @@ LAYOUT = {
     # counters[direction][counter]: ingress 0..55, egress 56..111
     "cpu_state": (abi.CpuState, 144, {"counters": 0, "clock_jiffies": 128, "clock_ns": 136}),
     "replay_meta": (abi.ReplayMeta, 16, {"timestamp": 0, "wire_len": 8, "ifindex": 12}),
+    "sock_owner": (abi.SockOwner, 32, {"cgroup_id": 0, "pid": 8, "uid": 12, "comm": 16}),
+    "sock_event": (
+        abi.SockEvent,
+        96,
+        {
+            "timestamp": 0,
+            "netns": 8,
+            "cookie": 16,
+            "owner": 24,
+            "laddr": 56,
+            "raddr": 72,
+            "lport": 88,
+            "rport": 90,
+            "family": 92,
+            "proto": 93,
+            "kind": 94,
+        },
+    ),
 }
 
 
@@ -118,6 +136,10 @@ def test_c_header_has_the_same_layout(tmp_path: Path) -> None:
     for c in abi.Counter:
         lines.append(f'printf("counter CNT_{c.name} %d\\n", CNT_{c.name});')
     lines.append('printf("counter CNT_MAX %d\\n", CNT_MAX);')
+    for c in abi.SockCounter:
+        lines.append(f'printf("counter SCNT_{c.name} %d\\n", SCNT_{c.name});')
+    for kind in ("CONNECT", "LISTEN", "BIND"):
+        lines.append(f'printf("counter FS_SOCK_{kind} %d\\n", FS_SOCK_{kind});')
     lines.append('printf("counter FS_DIRECTIONS %d\\n", FS_DIRECTIONS);')
     lines.append('printf("counter FS_DIR_EGRESS %d\\n", FS_DIR_EGRESS);')
     lines.append(
@@ -142,6 +164,11 @@ def test_c_header_has_the_same_layout(tmp_path: Path) -> None:
     for c in abi.Counter:
         assert seen[("counter", f"CNT_{c.name}")] == int(c)
     assert seen[("counter", "CNT_MAX")] == abi.COUNTER_COUNT
+    for sc in abi.SockCounter:
+        assert seen[("counter", f"SCNT_{sc.name}")] == int(sc)
+    assert seen[("counter", "FS_SOCK_CONNECT")] == abi.SOCK_CONNECT
+    assert seen[("counter", "FS_SOCK_LISTEN")] == abi.SOCK_LISTEN
+    assert seen[("counter", "FS_SOCK_BIND")] == abi.SOCK_BIND
     assert seen[("counter", "FS_DIRECTIONS")] == abi.DIRECTIONS
     assert seen[("counter", "FS_DIR_EGRESS")] == abi.DIR_EGRESS
     assert seen[("counter", "egress_packets")] == 8 * abi.COUNTER_COUNT * abi.DIR_EGRESS

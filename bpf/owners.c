@@ -1,0 +1,162 @@
+/* owners.c - who owns each local socket, compiled by BCC and attached to the cgroup v2 root.
+ *
+ * Attribution has to be taken in the owning process's context when the socket gets its
+ * addresses: a connection (and its process) may be gone long before a look at /proc. These
+ * programs run once per socket or per connection, never per packet, and the flow programs in
+ * flowscope.c do not change:
+ *   - owners_create (cgroup/sock_create): every socket a process creates; its cookie is
+ *     remembered with the process's pid, uid, command and cgroup in the LRU map `owners`;
+ *   - owners_sockops (sock_ops): TCP_CONNECT (the 4-tuple of a connection this host opens,
+ *     local port chosen) and TCP_LISTEN (a listening port; the connections it accepts and the
+ *     SYNs it answers are its own) are announced with their socket's owner;
+ *   - owners_post_bind4/6 (cgroup/post_bind): a port bound with bind();
+ *   - owners_sendmsg4/6 (cgroup/sendmsg, unconnected UDP): the port an unbound socket got on
+ *     its first sendto(), announced once per socket (the `announced` map).
+ * Cgroup hooks instead of kprobes or fentry: they run on kernels locked down against reading
+ * kernel memory (this one), they need no kernel headers, and bpf_link detaches them when the
+ * process dies. Each announcement is a struct sock_event on the ring buffer sock_events.
+ */
+#include <uapi/linux/bpf.h>
+#include <linux/socket.h>
+#include <linux/in.h>
+#include "flowscope.h"
+
+BPF_RINGBUF_OUTPUT(sock_events, SOCK_RINGBUF_PAGES);
+BPF_PERCPU_ARRAY(sock_counters, __u64, SCNT_MAX);
+BPF_TABLE("lru_hash", __u64, struct sock_owner, owners, SOCK_ENTRIES);
+BPF_TABLE("lru_hash", __u64, __u16, announced, SOCK_ENTRIES);
+
+static __always_inline void bump(__u32 idx)
+{
+    __u64 *c = sock_counters.lookup(&idx);
+    if (c)
+        *c += 1;
+}
+
+static __always_inline void current_owner(struct sock_owner *o)
+{
+    o->pid = bpf_get_current_pid_tgid() >> 32;
+    o->uid = (__u32)bpf_get_current_uid_gid();
+    o->cgroup_id = bpf_get_current_cgroup_id();
+    bpf_get_current_comm(o->comm, sizeof(o->comm));
+}
+
+static __always_inline void send_event(struct sock_event *ev, __u64 cookie, __u8 kind)
+{
+    struct sock_owner *o = owners.lookup(&cookie);
+    if (o)
+        __builtin_memcpy(&ev->owner, o, sizeof(*o));
+    else
+        bump(SCNT_NO_OWNER);
+    ev->cookie = cookie;
+    ev->kind = kind;
+    ev->timestamp = bpf_ktime_get_ns();
+    if (sock_events.ringbuf_output(ev, sizeof(*ev), 0) != 0)
+        bump(SCNT_RINGBUF_FULL);
+    else
+        bump(SCNT_EVENTS);
+}
+
+static __always_inline __u8 fs_family(__u32 family)
+{
+    return family == AF_INET ? FS_AF_INET : family == AF_INET6 ? FS_AF_INET6 : 0;
+}
+
+int owners_create(struct bpf_sock *sk)
+{
+    struct sock_owner o = {};
+    __u64 cookie = bpf_get_socket_cookie(sk);
+    current_owner(&o);
+    owners.update(&cookie, &o);
+    return 1;   /* allow: flowscope never changes what a program may do */
+}
+
+int owners_sockops(struct bpf_sock_ops *skops)
+{
+    __u32 op = skops->op;
+    __u8 kind;
+    if (op == BPF_SOCK_OPS_TCP_CONNECT_CB)
+        kind = FS_SOCK_CONNECT;
+    else if (op == BPF_SOCK_OPS_TCP_LISTEN_CB)
+        kind = FS_SOCK_LISTEN;
+    else
+        return 1;
+    struct sock_event ev = {};
+    ev.family = fs_family(skops->family);
+    if (!ev.family)
+        return 1;
+    ev.proto = IPPROTO_TCP;
+    ev.netns = bpf_get_netns_cookie(skops);
+    ev.lport = skops->local_port;
+    if (ev.family == FS_AF_INET) {
+        __u32 l = skops->local_ip4;
+        __builtin_memcpy(ev.laddr, &l, 4);
+    } else {
+        __u32 l6[4] = {skops->local_ip6[0], skops->local_ip6[1], skops->local_ip6[2],
+                       skops->local_ip6[3]};
+        __builtin_memcpy(ev.laddr, l6, 16);
+    }
+    if (kind == FS_SOCK_CONNECT) {
+        ev.rport = bpf_ntohl(skops->remote_port);
+        if (ev.family == FS_AF_INET) {
+            __u32 r = skops->remote_ip4;
+            __builtin_memcpy(ev.raddr, &r, 4);
+        } else {
+            __u32 r6[4] = {skops->remote_ip6[0], skops->remote_ip6[1], skops->remote_ip6[2],
+                           skops->remote_ip6[3]};
+            __builtin_memcpy(ev.raddr, r6, 16);
+        }
+    }
+    send_event(&ev, bpf_get_socket_cookie(skops), kind);
+    return 1;
+}
+
+/* v6: the IPv6 hook, the only one the verifier lets read src_ip6 (a constant after inlining) */
+static __always_inline int post_bind(struct bpf_sock *sk, const int v6)
+{
+    struct sock_event ev = {};
+    ev.family = v6 ? FS_AF_INET6 : FS_AF_INET;
+    ev.proto = sk->protocol;
+    ev.lport = sk->src_port;
+    if (!v6) {
+        __u32 l = sk->src_ip4;
+        __builtin_memcpy(ev.laddr, &l, 4);
+    } else {
+        __u32 l6[4] = {sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2], sk->src_ip6[3]};
+        __builtin_memcpy(ev.laddr, l6, 16);
+    }
+    ev.netns = bpf_get_netns_cookie(sk);
+    __u64 cookie = bpf_get_socket_cookie(sk);
+    __u16 port = ev.lport;
+    announced.update(&cookie, &port);
+    send_event(&ev, cookie, FS_SOCK_BIND);
+    return 1;
+}
+
+int owners_post_bind4(struct bpf_sock *sk) { return post_bind(sk, 0); }
+int owners_post_bind6(struct bpf_sock *sk) { return post_bind(sk, 1); }
+
+static __always_inline int sendmsg(struct bpf_sock_addr *ctx)
+{
+    struct bpf_sock *sk = ctx->sk;
+    if (!sk)
+        return 1;
+    __u64 cookie = bpf_get_socket_cookie(ctx);
+    __u16 port = sk->src_port;
+    __u16 *seen = announced.lookup(&cookie);
+    if (port == 0 || (seen && *seen == port))
+        return 1;
+    announced.update(&cookie, &port);
+    struct sock_event ev = {};
+    ev.family = fs_family(sk->family);
+    if (!ev.family)
+        return 1;
+    ev.proto = sk->protocol;
+    ev.lport = port;
+    ev.netns = bpf_get_netns_cookie(ctx);
+    send_event(&ev, cookie, FS_SOCK_BIND);
+    return 1;
+}
+
+int owners_sendmsg4(struct bpf_sock_addr *ctx) { return sendmsg(ctx); }
+int owners_sendmsg6(struct bpf_sock_addr *ctx) { return sendmsg(ctx); }

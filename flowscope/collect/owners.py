@@ -1,0 +1,242 @@
+"""Join flows with the processes that own their local sockets.
+
+The kernel announces sockets (kernel.owners.OwnerHooks), the start-up scan adds the older ones;
+this table keeps them and answers, for a flow, which process owns its local end:
+
+- which end is local follows from where the packets were seen: a flow received (ingress) is
+  for the socket of its destination, a flow sent (egress) is from the socket of its source;
+- a connection announced with its 4-tuple matches exactly; otherwise the socket bound to the
+  local port (a TCP listener, a UDP socket): on that address, or on the wildcard address when
+  the flow's local address is one of this host's. IPv4 flows also match an IPv6 wildcard
+  socket (dual stack);
+- only sockets of flowscope's own network namespace count: a flow the host only forwards,
+  between two other namespaces or hosts, has no local end and no owner (None, never a guess).
+
+Lookups cost a dictionary probe per new flow, after a vectorised check that its local port is
+one any known socket uses, so a flood of flows to ports nobody listens on costs one numpy pass.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from socket import AF_INET, AF_INET6, inet_ntop
+from typing import Protocol
+
+import numpy as np
+
+from flowscope import abi
+from flowscope.errors import FlowscopeError
+from flowscope.model import FlowBatch, Owner, SocketEvent
+
+WILDCARD = {abi.AF_INET: "0.0.0.0", abi.AF_INET6: "::"}
+LOCAL_REFRESH = 5.0
+"""Seconds between two reads of this host's addresses (for wildcard sockets)."""
+
+
+class SocketSource(Protocol):
+    """Where announced sockets come from (kernel.owners.OwnerHooks, or a test's list)."""
+
+    def poll(self) -> list[SocketEvent]: ...
+
+
+class OwnerTable:
+    """Sockets and their owners, and the join of flows with them."""
+
+    def __init__(
+        self,
+        netns: int,
+        *,
+        source: SocketSource | None = None,
+        local_addresses: Callable[[], set[str]] = set,
+        capacity: int = 1 << 18,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.netns = netns
+        self.source = source
+        self._local_addresses = local_addresses
+        self._local: set[str] = set()
+        self._local_at = -LOCAL_REFRESH
+        self._clock = clock
+        self.capacity = capacity
+        self._conn: dict[tuple[int, int, str, int, str, int], Owner] = {}
+        self._bound: dict[tuple[int, int, int], dict[str, Owner]] = {}
+        self._ports = np.zeros(0, np.uint16)
+        self.generation = 0
+        """Bumped whenever a socket is added: flows without an owner are worth a new look."""
+        self.foreign = 0
+        """Sockets of other network namespaces, ignored."""
+        self.unowned = 0
+        """Sockets announced without an owner (created before the hooks; the scan has them)."""
+        self._lock = threading.Lock()
+        self._incoming: list[SocketEvent] = []
+
+    # -- what is known -----------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Take what the source announced since the last call (and what another thread
+        handed over with ``hand_over``)."""
+        with self._lock:
+            incoming, self._incoming = self._incoming, []
+        if incoming:
+            self.add(incoming)
+        if self.source is not None:
+            self.add(self.source.poll())
+
+    def hand_over(self, source: SocketSource, events: list[SocketEvent]) -> None:
+        """From another thread: start taking ``source``'s sockets, and ``events`` (the sockets
+        that were there before it) at the next refresh."""
+        with self._lock:
+            self._incoming.extend(events)
+            self.source = source
+
+    def add(self, events: Iterable[SocketEvent]) -> None:
+        """Remember sockets; a later socket on the same address replaces an earlier one."""
+        added = False
+        for ev in events:
+            if ev.netns != self.netns:
+                self.foreign += 1
+                continue
+            if ev.owner is None:
+                self.unowned += 1
+                continue
+            if ev.kind == abi.SOCK_CONNECT:
+                key = (ev.family, ev.proto, ev.laddr, ev.lport, ev.raddr, ev.rport)
+                self._conn.pop(key, None)  # re-insert: the newest is the last to be dropped
+                self._conn[key] = ev.owner
+            else:
+                self._bound.setdefault((ev.family, ev.proto, ev.lport), {})[ev.laddr] = ev.owner
+            added = True
+        if added:
+            self.generation += 1
+            self._trim()
+            ports = {k[3] for k in self._conn} | {k[2] for k in self._bound}
+            self._ports = np.array(sorted(ports), np.uint16)
+
+    def _trim(self) -> None:
+        """Forget the oldest connections beyond the capacity (their flows ended long ago)."""
+        excess = len(self._conn) - self.capacity
+        if excess > 0:
+            for key in list(self._conn)[: excess + self.capacity // 4]:
+                del self._conn[key]
+
+    def __len__(self) -> int:
+        return len(self._conn) + sum(len(v) for v in self._bound.values())
+
+    # -- lookups -----------------------------------------------------------------------------
+
+    def local_addresses(self) -> set[str]:
+        """This host's addresses, read again every LOCAL_REFRESH seconds."""
+        now = self._clock()
+        if now - self._local_at >= LOCAL_REFRESH:
+            self._local = self._local_addresses()
+            self._local_at = now
+        return self._local
+
+    def lookup(
+        self, family: int, proto: int, laddr: str, lport: int, raddr: str, rport: int
+    ) -> Owner | None:
+        """The owner of the local socket of a flow, seen from its local end."""
+        found = self._conn.get((family, proto, laddr, lport, raddr, rport))
+        if found is not None:
+            return found
+        tries = [(family, proto, lport)]
+        if family == abi.AF_INET:
+            tries.append((abi.AF_INET6, proto, lport))
+        local: set[str] | None = None
+        for key in tries:
+            bound = self._bound.get(key)
+            if not bound:
+                continue
+            if key[0] == family and laddr in bound:
+                return bound[laddr]
+            wildcard = bound.get(WILDCARD[key[0]])
+            if wildcard is not None:
+                if local is None:
+                    local = self.local_addresses()
+                if laddr in local:
+                    return wildcard
+        return None
+
+    def join(self, batch: FlowBatch, rows: np.ndarray) -> np.ndarray:
+        """The owner of each flow of ``batch`` at ``rows`` (indexes), None where there is none,
+        as an object array of len(rows)."""
+        out = np.full(len(rows), None, dtype=object)
+        if not len(rows) or not len(self._ports):
+            return out
+        keys = batch.keys[rows]
+        egress = keys["direction"] == abi.DIR_EGRESS
+        lport = np.where(egress, keys["sport"], keys["dport"]).astype(np.uint16)
+        candidates = np.flatnonzero(np.isin(lport, self._ports))
+        if not len(candidates):
+            return out
+        family = batch.family
+        af = AF_INET if family == abi.AF_INET else AF_INET6
+        size = 4 if family == abi.AF_INET else 16
+        saddr = keys["saddr"].tobytes()
+        daddr = keys["daddr"].tobytes()
+        sport, dport, proto = keys["sport"], keys["dport"], keys["proto"]
+        for j in candidates.tolist():
+            s = inet_ntop(af, saddr[j * size : (j + 1) * size])
+            d = inet_ntop(af, daddr[j * size : (j + 1) * size])
+            if egress[j]:
+                owner = self.lookup(family, int(proto[j]), s, int(sport[j]), d, int(dport[j]))
+            else:
+                owner = self.lookup(family, int(proto[j]), d, int(dport[j]), s, int(sport[j]))
+            out[j] = owner
+        return out
+
+
+class ProcessWatch:
+    """The kernel hooks that announce sockets (kernel.owners), built on a thread of their own
+    so that compiling them (about a second) does not delay the first flows; then the sockets
+    older than the hooks, from the start-up scan. Flows seen before that have no owner unless
+    they are still there once it is done. ``problem`` says why processes are not attributed
+    when the hooks cannot run here (None while all is well)."""
+
+    def __init__(self, table: OwnerTable) -> None:
+        self.table = table
+        self.problem: str | None = None
+        self.ready = threading.Event()
+        self._closed = False
+        self._hooks: object | None = None
+        self._thread = threading.Thread(target=self._build, name="flowscope-owners", daemon=True)
+        self._thread.start()
+
+    def _build(self) -> None:
+        from flowscope.kernel.owners import OwnerHooks, scan_sockets
+
+        try:
+            hooks = OwnerHooks()
+        except FlowscopeError as e:
+            self.problem = f"processes are not attributed: {e.message}"
+            self.ready.set()
+            return
+        if self._closed:
+            hooks.close()
+            return
+        self._hooks = hooks
+        try:
+            older = scan_sockets(self.table.netns)
+        except FlowscopeError as e:
+            older = []
+            self.problem = f"sockets opened before start have no process: {e.message}"
+        self.table.hand_over(hooks, older)
+        self.ready.set()
+
+    def close(self) -> None:
+        """Detach the hooks (waiting for a build still under way)."""
+        self._closed = True
+        self._thread.join()
+        hooks, self._hooks = self._hooks, None
+        if hooks is not None:
+            hooks.close()  # type: ignore[attr-defined]
+
+
+def watch_processes() -> tuple[OwnerTable, ProcessWatch]:
+    """An OwnerTable for this network namespace, and the watch that feeds it."""
+    from flowscope.kernel.owners import local_addresses, netns_cookie
+
+    table = OwnerTable(netns_cookie(), local_addresses=local_addresses)
+    return table, ProcessWatch(table)

@@ -1,0 +1,303 @@
+"""Which process owns each local socket: bpf/owners.c on the cgroup v2 root, and a scan of the
+sockets that were there before it.
+
+The programs are attached with bpf_link to the root of the cgroup v2 hierarchy, so they see
+every process of every cgroup, and go away with flowscope (also after kill -9). They run where
+kprobes and fentry cannot: this machine's kernel is locked down and refuses both, while cgroup
+socket hooks only need CAP_BPF and CAP_NET_ADMIN. A socket that predates the hooks has no
+creator in the kernel's map: ``scan_sockets`` finds its process through sock_diag (pyroute2)
+and the ``socket:[inode]`` links under /proc, once, after the hooks are attached, so that
+every socket is seen by one or the other.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from flowscope import abi
+from flowscope.errors import FlowscopeError, UnsupportedKernelError
+from flowscope.kernel import libbpf
+from flowscope.kernel.privileges import require_bpf_privileges
+from flowscope.kernel.program import bpf_dir, captured_stderr, compile_error
+from flowscope.model import Owner, SocketEvent, socket_event_from_bytes
+
+# bpf_attach_type values (uapi/linux/bpf.h)
+BPF_CGROUP_INET_SOCK_CREATE = 2
+BPF_CGROUP_SOCK_OPS = 3
+BPF_CGROUP_INET4_POST_BIND = 12
+BPF_CGROUP_INET6_POST_BIND = 13
+BPF_CGROUP_UDP4_SENDMSG = 14
+BPF_CGROUP_UDP6_SENDMSG = 15
+# bpf_prog_type values
+_CGROUP_SOCK = 9
+_SOCK_OPS = 13
+_CGROUP_SOCK_ADDR = 18
+
+HOOKS: tuple[tuple[str, int, int], ...] = (
+    ("owners_create", _CGROUP_SOCK, BPF_CGROUP_INET_SOCK_CREATE),
+    ("owners_sockops", _SOCK_OPS, BPF_CGROUP_SOCK_OPS),
+    ("owners_post_bind4", _CGROUP_SOCK, BPF_CGROUP_INET4_POST_BIND),
+    ("owners_post_bind6", _CGROUP_SOCK, BPF_CGROUP_INET6_POST_BIND),
+    ("owners_sendmsg4", _CGROUP_SOCK_ADDR, BPF_CGROUP_UDP4_SENDMSG),
+    ("owners_sendmsg6", _CGROUP_SOCK_ADDR, BPF_CGROUP_UDP6_SENDMSG),
+)
+"""Each program of bpf/owners.c with its program type and cgroup attach point."""
+
+SO_NETNS_COOKIE = 71
+
+
+def cgroup2_root() -> Path | None:
+    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on
+    hybrid systems), None when it is not."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text()
+    except OSError:
+        return None
+    found = [line.split()[1] for line in mounts.splitlines() if line.split()[2:3] == ["cgroup2"]]
+    if not found:
+        return None
+    return Path(min(found, key=len))
+
+
+def netns_cookie() -> int:
+    """The cookie of this process's network namespace (what bpf_get_netns_cookie gives)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
+
+
+def local_addresses() -> set[str]:
+    """Every address of this network namespace's interfaces, as inet_ntop writes them."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        return {str(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr() if a.get_attr("IFA_ADDRESS")}
+
+
+class CgroupPaths:
+    """cgroup v2 ids (the directory's inode) to paths below the root, as ``/a/b``. Unknown
+    ids cause a new walk of the hierarchy, at most once a second."""
+
+    def __init__(self, root: Path | None) -> None:
+        self.root = root
+        self._paths: dict[int, str] = {}
+        self._walked = 0.0
+
+    def path(self, cgroup_id: int) -> str:
+        """The path of a cgroup id, "" if it is not (or no longer) there."""
+        found = self._paths.get(cgroup_id)
+        if found is None and self.root is not None and time.monotonic() - self._walked > 1.0:
+            self._walk()
+            found = self._paths.get(cgroup_id)
+        return found or ""
+
+    def _walk(self) -> None:
+        self._walked = time.monotonic()
+        root = self.root
+        if root is None:
+            return
+        for dirpath, _dirs, _files in os.walk(root):
+            try:
+                ino = os.stat(dirpath).st_ino
+            except OSError:
+                continue
+            rel = os.path.relpath(dirpath, root)
+            self._paths[ino] = "/" if rel == "." else "/" + rel
+
+
+class OwnerHooks:
+    """bpf/owners.c compiled and attached to the cgroup v2 root; ``poll`` returns the sockets
+    announced since the last call, owners' cgroups resolved to paths."""
+
+    def __init__(self, *, ringbuf_pages: int = 256) -> None:
+        require_bpf_privileges()
+        root = cgroup2_root()
+        if root is None:
+            raise UnsupportedKernelError(
+                "no cgroup v2 hierarchy is mounted: processes are not attributed",
+                "mount one (mount -t cgroup2 none /sys/fs/cgroup/unified) to see them",
+            )
+        src = bpf_dir()
+        from bcc import BPF  # only the kernel layer imports bcc
+
+        with captured_stderr() as log:
+            try:
+                self._bpf = BPF(
+                    src_file=str(src / "owners.c").encode(),
+                    cflags=[f"-I{src}", f"-DSOCK_RINGBUF_PAGES={ringbuf_pages}"],
+                )
+            except Exception as e:
+                raise compile_error(log(), "BCC could not compile bpf/owners.c") from e
+        self.cgroups = CgroupPaths(root)
+        self._links: list[int] = []
+        self._records: list[bytes] = []
+        try:
+            cg = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                for name, prog_type, attach_type in HOOKS:
+                    with captured_stderr() as log:
+                        try:
+                            fd = self._bpf.load_func(
+                                name.encode(), prog_type, attach_type=attach_type
+                            ).fd
+                        except Exception as e:
+                            raise compile_error(log(), f"the verifier refused {name}") from e
+                    self._links.append(libbpf.link_create(fd, cg, attach_type))
+            finally:
+                os.close(cg)
+
+            def on_record(_ctx: Any, data: Any, size: int) -> int:
+                self._records.append(ctypes.string_at(data, size))
+                return 0
+
+            self._bpf[b"sock_events"].open_ring_buffer(on_record)
+        except BaseException:
+            self.close()
+            raise
+
+    def poll(self) -> list[SocketEvent]:
+        """The sockets announced since the last call."""
+        self._bpf.ring_buffer_consume()
+        records, self._records = self._records, []
+        return [self._resolved(socket_event_from_bytes(r)) for r in records]
+
+    def _resolved(self, ev: SocketEvent) -> SocketEvent:
+        if ev.owner is None:
+            return ev
+        owner = dataclasses.replace(ev.owner, cgroup=self.cgroups.path(ev.cgroup_id))
+        return dataclasses.replace(ev, owner=owner)
+
+    def counters(self) -> dict[abi.SockCounter, int]:
+        """The programs' counters (events written, lost, without an owner), summed over CPUs."""
+        table = self._bpf[b"sock_counters"]
+        out = {}
+        for c in abi.SockCounter:
+            values = table[ctypes.c_int(int(c))]
+            out[c] = int(sum(values))
+        return out
+
+    def close(self) -> None:
+        """Detach every program (closing its link) and free them."""
+        for fd in self._links:
+            os.close(fd)
+        self._links.clear()
+        bpf = getattr(self, "_bpf", None)
+        if bpf is not None:
+            bpf.cleanup()
+            self._bpf = None
+
+    def __enter__(self) -> OwnerHooks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- sockets that predate the hooks ------------------------------------------------------------
+
+_TCP_LISTEN = 10
+
+
+def _socket_inodes() -> dict[int, int]:
+    """socket inode -> pid, from every process's /proc/PID/fd (the lowest pid of a shared one,
+    usually the parent that created it)."""
+    owners: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            fds = os.scandir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        with fds:
+            for fd in fds:
+                try:
+                    target = os.readlink(fd.path)
+                except OSError:
+                    continue
+                if target.startswith("socket:["):
+                    ino = int(target[8:-1])
+                    if ino not in owners or pid < owners[ino]:
+                        owners[ino] = pid
+    return owners
+
+
+def process_owner(pid: int) -> Owner | None:
+    """A running process as an Owner (command, real uid, cgroup v2 path), None if it is gone."""
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        uid = os.stat(f"/proc/{pid}").st_uid
+        cgroup = ""
+        for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+            if line.startswith("0::"):
+                cgroup = line[3:]
+    except OSError:
+        return None
+    return Owner(pid, comm, uid, cgroup)
+
+
+def _diag_sockets() -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """(family, proto, sock_diag message) of every TCP and UDP socket of this namespace."""
+    from pyroute2 import DiagSocket
+
+    with DiagSocket() as ds:
+        ds.bind()
+        for family, fs_family in ((socket.AF_INET, abi.AF_INET), (socket.AF_INET6, abi.AF_INET6)):
+            for proto in (socket.IPPROTO_TCP, socket.IPPROTO_UDP):
+                for msg in ds.get_sock_stats(family=family, protocol=proto):
+                    yield fs_family, proto, msg
+
+
+def scan_sockets(netns: int) -> list[SocketEvent]:
+    """Every TCP and UDP socket of this network namespace with the process holding it, as
+    the events the hooks would have sent had they seen it made: listeners and UDP sockets as
+    bound ports, connected TCP sockets with their 4-tuple. A socket no process holds (a
+    connection in TIME_WAIT) is left out."""
+    try:
+        diag = list(_diag_sockets())
+    except Exception as e:  # a kernel without sock_diag: the hooks still work
+        raise FlowscopeError(f"cannot list the sockets open before start: {e}") from e
+    inodes = _socket_inodes()
+    owners: dict[int, Owner | None] = {}
+    out = []
+    for family, proto, msg in diag:
+        pid = inodes.get(int(msg["idiag_inode"]))
+        if pid is None:
+            continue
+        if pid not in owners:
+            owners[pid] = process_owner(pid)
+        owner = owners[pid]
+        if owner is None:
+            continue
+        src, dst = str(msg["idiag_src"]), str(msg["idiag_dst"])
+        fam = family
+        if family == abi.AF_INET6 and src.startswith("::ffff:") and "." in src:
+            fam, src, dst = abi.AF_INET, src[7:], dst.removeprefix("::ffff:")
+        connected = proto == socket.IPPROTO_TCP and msg["idiag_state"] != _TCP_LISTEN
+        if proto == socket.IPPROTO_TCP and not connected:
+            kind = abi.SOCK_LISTEN
+        elif connected:
+            kind = abi.SOCK_CONNECT
+        else:
+            kind = abi.SOCK_BIND
+        out.append(
+            SocketEvent(
+                kind=kind,
+                family=fam,
+                proto=proto,
+                laddr=src,
+                lport=int(msg["idiag_sport"]),
+                raddr=dst if connected else "",
+                rport=int(msg["idiag_dport"]) if connected else 0,
+                netns=netns,
+                owner=owner,
+            )
+        )
+    return out
