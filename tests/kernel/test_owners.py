@@ -1,0 +1,271 @@
+"""Which process: every local flow attributed to its own process, against the pids the test
+started itself (issue #16).
+
+Real processes on a real veth pair: short-lived clients in the root namespace talk to a server
+in the test namespace (their flows are theirs, both the sent and the received side), clients in
+the test namespace talk to a server in the root namespace (those flows are the server's). The
+collector joins flows and owners only after every client has exited, so nothing here can come
+from /proc: it must have been taken in the kernel when the sockets were made."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+
+from flowscope import abi
+from flowscope.collect.collector import Collector, CollectorSettings
+from flowscope.collect.owners import watch_processes
+from flowscope.kernel.owners import cgroup2_root
+from flowscope.kernel.session import Probe
+from flowscope.model import FlowRecord
+from tests.netns import PYTHON, VethNamespace, veth_namespace
+
+TCP_PORT, UDP_PORT = 7001, 7002
+
+SERVER = """
+import socket, sys, threading
+open('/proc/self/comm', 'w').write(sys.argv[1])
+TCP_PORT, UDP_PORT = int(sys.argv[2]), int(sys.argv[3])
+
+def echo(c):
+    with c:
+        while (d := c.recv(4096)):
+            c.sendall(d)
+
+def tcp(family, addr):
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind((addr, TCP_PORT))
+    s.listen(512)
+    ready.release()
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=echo, args=(c,), daemon=True).start()
+
+def udp(family, addr):
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind((addr, UDP_PORT))
+    ready.release()
+    while True:
+        d, a = s.recvfrom(4096)
+        s.sendto(d, a)
+
+ready = threading.Semaphore(0)
+for f, a in ((socket.AF_INET, '0.0.0.0'), (socket.AF_INET6, '::')):
+    threading.Thread(target=tcp, args=(f, a), daemon=True).start()
+    threading.Thread(target=udp, args=(f, a), daemon=True).start()
+for _ in range(4):
+    ready.acquire()
+print('ready', flush=True)
+sys.stdin.read()
+"""
+
+CLIENT = """
+import os, socket, sys
+name, proto, host, port, cgroup = sys.argv[1:6]
+if cgroup:
+    open(cgroup + '/cgroup.procs', 'w').write(str(os.getpid()))
+open('/proc/self/comm', 'w').write(name)
+family = socket.AF_INET6 if ':' in host else socket.AF_INET
+if proto == 'tcp':
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect((host, int(port)))
+    s.sendall(b'hello')
+    s.recv(16)
+else:
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    s.sendto(b'hello', (host, int(port)))
+    s.recvfrom(16)
+print(s.getsockname()[1], flush=True)
+s.close()
+"""
+
+
+@pytest.fixture
+def net() -> Iterator[VethNamespace]:
+    with veth_namespace() as n:
+        yield n
+
+
+def start_server(argv: list[str], name: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [*argv, PYTHON, "-c", SERVER, name, str(TCP_PORT), str(UDP_PORT)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if line.strip() != "ready":
+        proc.kill()
+        raise AssertionError(f"server {name} did not start: {proc.communicate()}")
+    return proc
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    proc.kill()
+    proc.wait()
+
+
+def run_client(
+    argv: list[str], name: str, proto: str, host: str, cgroup: str = ""
+) -> tuple[int, int]:
+    """(pid, local port) of one client run to its end."""
+    port = str(TCP_PORT if proto == "tcp" else UDP_PORT)
+    proc = subprocess.Popen(
+        [*argv, PYTHON, "-c", CLIENT, name, proto, host, port, cgroup],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    return proc.pid, int(out)
+
+
+def test_short_lived_clients_and_servers_each_get_their_own_flows(net: VethNamespace) -> None:
+    ns = ["ip", "netns", "exec", net.ns]
+    with Probe([net.host_if]) as probe:
+        table, watch = watch_processes()
+        try:
+            assert watch.ready.wait(60) and watch.problem is None, watch.problem
+            collector = Collector(
+                probe.program,
+                CollectorSettings(idle_timeout=600, fin_timeout=600, active_timeout=600),
+                iface_names=probe.interface_names(),
+                owners=table,
+            )
+            far = start_server(ns, "fs-far-srv")
+            near = start_server([], "fs-near-srv")
+            try:
+                jobs = []
+                for i in range(200):
+                    proto = ("tcp", "udp")[i % 2]
+                    if i % 4 < 2:  # from the root namespace to the far server
+                        host = net.peer_ip4 if i % 8 < 4 else net.peer_ip6
+                        jobs.append(("root", [], f"fsc{i}", proto, host))
+                    else:  # from the test namespace to the near (root namespace) server
+                        host = net.host_ip4 if i % 8 < 4 else net.host_ip6
+                        jobs.append(("ns", ns, f"fsc{i}", proto, host))
+                with ThreadPoolExecutor(8) as pool:
+                    done = list(pool.map(lambda j: (j, run_client(j[1], j[2], j[3], j[4])), jobs))
+                collector.tick()
+                records = collector.shutdown()
+                near_pid, far_pid = near.pid, far.pid
+            finally:
+                stop(far)
+                stop(near)
+        finally:
+            watch.close()
+
+    # a client's flows: its address and port at one end (ports alone repeat across namespaces)
+    by_end: dict[tuple[int, str, int], list[FlowRecord]] = {}
+    for r in records:
+        by_end.setdefault((r.key.proto, r.key.src, r.key.sport), []).append(r)
+        by_end.setdefault((r.key.proto, r.key.dst, r.key.dport), []).append(r)
+    checked = 0
+    for (side, _argv, name, proto, host), (pid, port) in done:
+        number = socket.IPPROTO_TCP if proto == "tcp" else socket.IPPROTO_UDP
+        v6 = ":" in host
+        if side == "root":
+            addr = net.host_ip6 if v6 else net.host_ip4
+        else:
+            addr = net.peer_ip6 if v6 else net.peer_ip4
+        flows = by_end.get((number, addr, port), [])
+        directions = {r.key.direction for r in flows}
+        assert directions == {abi.DIR_INGRESS, abi.DIR_EGRESS}, (name, flows)
+        for r in flows:
+            assert r.owner is not None, (name, r)
+            if side == "root":  # the client's own socket, both what it sent and received
+                assert (r.owner.pid, r.owner.comm) == (pid, name), r
+            else:  # the near server's socket: its listener, or its bound UDP socket
+                assert (r.owner.pid, r.owner.comm) == (near_pid, "fs-near-srv"), r
+            checked += 1
+    assert checked >= 400
+    # the far server's sockets are in another namespace: no flow is its
+    assert not [r for r in records if r.owner is not None and r.owner.pid == far_pid]
+
+
+def test_a_flow_that_is_not_for_a_local_address_has_no_process(net: VethNamespace) -> None:
+    """Packets to the near server's port, but for an address this host does not have (what a
+    router forwards): nobody here owns them, whatever listens on that port."""
+    with Probe([net.host_if], direction="ingress") as probe:
+        table, watch = watch_processes()
+        near = start_server([], "fs-near-srv")
+        try:
+            assert watch.ready.wait(60) and watch.problem is None, watch.problem
+            collector = Collector(probe.program, CollectorSettings(idle_timeout=600), owners=table)
+            frames = [
+                bytes(
+                    Ether(src=net.peer_mac, dst=net.host_mac)
+                    / IP(src=net.peer_ip4, dst=dst)
+                    / TCP(sport=40000, dport=TCP_PORT, flags="S")
+                )
+                for dst in ("198.19.200.7", net.host_ip4)
+            ]
+            net.send_frames(frames)
+            time.sleep(0.2)
+            collector.tick()
+            records = collector.shutdown()
+        finally:
+            stop(near)
+            watch.close()
+    owners = {r.key.dst: r.owner for r in records if r.key.dport == TCP_PORT}
+    assert owners["198.19.200.7"] is None
+    assert owners[net.host_ip4] is not None and owners[net.host_ip4].pid == near.pid
+
+
+def test_a_child_cgroup_and_a_connection_older_than_flowscope(net: VethNamespace) -> None:
+    root = cgroup2_root()
+    assert root is not None, "no cgroup v2 hierarchy"
+    cgroup = root / f"fstest{os.getpid()}"
+    ns = ["ip", "netns", "exec", net.ns]
+    far = start_server(ns, "fs-far-srv")
+    # a long-lived connection opened before any hook exists
+    old = subprocess.Popen(
+        [PYTHON, "-c",
+         "import socket, sys, time\n"
+         "open('/proc/self/comm', 'w').write('fs-old')\n"
+         f"s = socket.create_connection(({net.peer_ip4!r}, {TCP_PORT}))\n"
+         "print(s.getsockname()[1], flush=True)\n"
+         "while True:\n    s.sendall(b'x'); s.recv(1); time.sleep(0.05)\n"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    cgroup.mkdir()
+    try:
+        assert old.stdout is not None
+        old_port = int(old.stdout.readline())
+        with Probe([net.host_if]) as probe:
+            table, watch = watch_processes()
+            try:
+                assert watch.ready.wait(60) and watch.problem is None, watch.problem
+                collector = Collector(
+                    probe.program, CollectorSettings(idle_timeout=600), owners=table
+                )
+                pid, port = run_client([], "fs-in-cg", "tcp", net.peer_ip4, str(cgroup))
+                time.sleep(0.3)
+                collector.tick()
+                records = collector.shutdown()
+            finally:
+                watch.close()
+    finally:
+        stop(old)
+        stop(far)
+        cgroup.rmdir()
+    mine = [r for r in records if port in (r.key.sport, r.key.dport)]
+    assert mine and all(r.owner is not None for r in mine)
+    assert {(r.owner.pid, r.owner.cgroup) for r in mine if r.owner} == {(pid, "/" + cgroup.name)}
+    older = [r for r in records if old_port in (r.key.sport, r.key.dport)]
+    assert {r.key.direction for r in older} == {abi.DIR_INGRESS, abi.DIR_EGRESS}
+    assert {(r.owner.pid, r.owner.comm) for r in older if r.owner} == {(old.pid, "fs-old")}
+    assert all(r.owner is not None for r in older)
