@@ -189,11 +189,11 @@ class OwnerTable:
 
 
 class ProcessWatch:
-    """The kernel hooks that announce sockets (kernel.owners), built on a thread of their own
-    so that compiling them (about a second) does not delay the first flows; then the sockets
-    older than the hooks, from the start-up scan. Flows seen before that have no owner unless
-    they are still there once it is done. ``problem`` says why processes are not attributed
-    when the hooks cannot run here (None while all is well)."""
+    """The kernel hooks that announce sockets (kernel.owners), then the sockets older than
+    the hooks, from the start-up scan. Built on the calling thread: compiling captures fd 2
+    (BCC and the verifier write there), which on another thread would swallow what the
+    console draws and what record says meanwhile. ``problem`` says why processes are not
+    attributed when the hooks cannot run here (None while all is well)."""
 
     def __init__(self, table: OwnerTable) -> None:
         self.table = table
@@ -201,8 +201,7 @@ class ProcessWatch:
         self.ready = threading.Event()
         self._closed = False
         self._hooks: object | None = None
-        self._thread = threading.Thread(target=self._build, name="flowscope-owners", daemon=True)
-        self._thread.start()
+        self._build()
 
     def _build(self) -> None:
         from flowscope.kernel.owners import OwnerHooks, scan_sockets
@@ -226,9 +225,8 @@ class ProcessWatch:
         self.ready.set()
 
     def close(self) -> None:
-        """Detach the hooks (waiting for a build still under way)."""
+        """Detach the hooks."""
         self._closed = True
-        self._thread.join()
         hooks, self._hooks = self._hooks, None
         if hooks is not None:
             hooks.close()  # type: ignore[attr-defined]

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from flowscope import abi
 from flowscope.collect.collector import Collector, CollectorSettings, Tick
-from flowscope.collect.owners import ProcessWatch, watch_processes
+from flowscope.collect.owners import OwnerTable, ProcessWatch, watch_processes
 from flowscope.model import FlowRecord, NewFlow, PendingFlows, Sample
 
 if TYPE_CHECKING:
@@ -133,6 +133,28 @@ def _run(
     on_notice: Callable[[str], None] | None = None,
 ) -> RecordSummary:
     summary = RecordSummary()
+    # The socket hooks first: they compile in about a second, and once the flow programs are
+    # attached the loop must tick at once (a caller that sees them attached starts sending).
+    table, processes = watch_processes() if settings.processes else (None, None)
+    with contextlib.ExitStack() as stack:
+        if processes is not None:
+            stack.callback(processes.close)
+        return _collect(
+            settings, sink, on_tick, stop, probe_class, on_notice, summary, table, processes
+        )
+
+
+def _collect(
+    settings: RecordSettings,
+    sink: Sink,
+    on_tick: Callable[[Tick], None] | None,
+    stop: threading.Event,
+    probe_class: type[Probe],
+    on_notice: Callable[[str], None] | None,
+    summary: RecordSummary,
+    table: OwnerTable | None,
+    processes: ProcessWatch | None,
+) -> RecordSummary:
     with probe_class(
         list(settings.interfaces),
         mode=settings.mode,
@@ -143,7 +165,6 @@ def _run(
         if on_notice is not None:
             for text in probe.notices:
                 on_notice(text)
-        table, processes = watch_processes() if settings.processes else (None, None)
         collector = Collector(
             probe.program, settings.collector, iface_names=probe.interface_names(), owners=table
         )
@@ -182,8 +203,6 @@ def _run(
                 # the final partial tick and the shutdown records too, so what it sums over
                 # the ticks is what the sink got
                 on_tick(dataclasses.replace(tick, records=[*tick.records, *last]))
-            if processes is not None:
-                processes.close()
     return summary
 
 
