@@ -1,4 +1,6 @@
-/* owners.c - who owns each local socket, compiled by BCC and attached to the cgroup v2 root.
+/* owners.c - who owns each local socket: programs for the cgroup v2 root, compiled after
+ * flowscope.c in one BCC module for record and live (FlowProgram(owners=True): BCC takes
+ * programs only from its main source, so the two files are joined as text), one compile.
  *
  * Attribution has to be taken in the owning process's context when the socket gets its
  * addresses: a connection (and its process) may be gone long before a look at /proc. These

@@ -15,10 +15,15 @@ import sqlite_utils
 from flowscope import abi
 from flowscope.history.files import StoreError, connect_readonly, create_private_file
 from flowscope.history.queries import HistoryQuery, history
-from flowscope.history.schema import iso_time, migration_1
-from flowscope.history.store import INSERT_FLOW, Store
+from flowscope.history.schema import FLOW_COLUMNS, OWNER_COLUMNS, iso_time, migration_1
+from flowscope.history.store import Store
 from flowscope.model import FlowKey, FlowRecord
 from flowscope.when import parse_when
+
+_V1_COLUMNS = [c for c in FLOW_COLUMNS if c not in OWNER_COLUMNS]
+_INSERT_V1 = (
+    f"INSERT INTO flows ({', '.join(_V1_COLUMNS)}) VALUES ({', '.join('?' * len(_V1_COLUMNS))})"
+)
 
 # --- benchmark hooks (flowscope bench) -----------------------------------------------------
 
@@ -108,7 +113,7 @@ def make_bench_db(
     # Pareto-like weights: flow i gets weight 1/(i+1).
     cum = list(itertools.accumulate(1.0 / (i + 1) for i in range(flows)))
     conn.execute("BEGIN")
-    migration_1(db)
+    migration_1(db)  # the version-1 flows table: the later migrations add to it on open
     conn.execute("DROP INDEX idx_flows_last_seen")  # built once, after the rows
     chunk = 200_000
     step = span / records
@@ -131,7 +136,7 @@ def make_bench_db(
                     "active",
                 )
             )
-        conn.executemany(INSERT_FLOW, rows)
+        conn.executemany(_INSERT_V1, rows)
     conn.execute("CREATE INDEX idx_flows_last_seen ON flows (last_seen)")
     conn.execute("PRAGMA user_version = 1")
     conn.execute("COMMIT")

@@ -18,17 +18,19 @@ one any known socket uses, so a flood of flows to ports nobody listens on costs 
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterable
 from socket import AF_INET, AF_INET6, inet_ntop
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from flowscope import abi
 from flowscope.errors import FlowscopeError
 from flowscope.model import FlowBatch, Owner, SocketEvent
+
+if TYPE_CHECKING:
+    from flowscope.kernel.program import FlowProgram
 
 WILDCARD = {abi.AF_INET: "0.0.0.0", abi.AF_INET6: "::"}
 LOCAL_REFRESH = 5.0
@@ -69,27 +71,13 @@ class OwnerTable:
         """Sockets of other network namespaces, ignored."""
         self.unowned = 0
         """Sockets announced without an owner (created before the hooks; the scan has them)."""
-        self._lock = threading.Lock()
-        self._incoming: list[SocketEvent] = []
 
     # -- what is known -----------------------------------------------------------------------
 
     def refresh(self) -> None:
-        """Take what the source announced since the last call (and what another thread
-        handed over with ``hand_over``)."""
-        with self._lock:
-            incoming, self._incoming = self._incoming, []
-        if incoming:
-            self.add(incoming)
+        """Take what the source announced since the last call."""
         if self.source is not None:
             self.add(self.source.poll())
-
-    def hand_over(self, source: SocketSource, events: list[SocketEvent]) -> None:
-        """From another thread: start taking ``source``'s sockets, and ``events`` (the sockets
-        that were there before it) at the next refresh."""
-        with self._lock:
-            self._incoming.extend(events)
-            self.source = source
 
     def add(self, events: Iterable[SocketEvent]) -> None:
         """Remember sockets; a later socket on the same address replaces an earlier one."""
@@ -189,52 +177,41 @@ class OwnerTable:
 
 
 class ProcessWatch:
-    """The kernel hooks that announce sockets (kernel.owners), then the sockets older than
-    the hooks, from the start-up scan. Built on the calling thread: compiling captures fd 2
-    (BCC and the verifier write there), which on another thread would swallow what the
-    console draws and what record says meanwhile. ``problem`` says why processes are not
+    """The kernel hooks that announce sockets (kernel.owners), attached from a FlowProgram
+    built with them, then the sockets older than the hooks, from the start-up scan (in that
+    order, so that no socket falls between the two). ``problem`` says why processes are not
     attributed when the hooks cannot run here (None while all is well)."""
 
-    def __init__(self, table: OwnerTable) -> None:
-        self.table = table
-        self.problem: str | None = None
-        self.ready = threading.Event()
-        self._closed = False
-        self._hooks: object | None = None
-        self._build()
-
-    def _build(self) -> None:
+    def __init__(self, table: OwnerTable, program: FlowProgram) -> None:
         from flowscope.kernel.owners import OwnerHooks, scan_sockets
 
+        self.table = table
+        self.problem: str | None = None
+        self._hooks: OwnerHooks | None = None
         try:
-            hooks = OwnerHooks()
+            self._hooks = OwnerHooks(program)
         except FlowscopeError as e:
             self.problem = f"processes are not attributed: {e.message}"
-            self.ready.set()
             return
-        if self._closed:
-            hooks.close()
-            return
-        self._hooks = hooks
         try:
-            older = scan_sockets(self.table.netns)
+            older = scan_sockets(table.netns)
         except FlowscopeError as e:
             older = []
             self.problem = f"sockets opened before start have no process: {e.message}"
-        self.table.hand_over(hooks, older)
-        self.ready.set()
+        table.source = self._hooks
+        table.add(older)
 
     def close(self) -> None:
         """Detach the hooks."""
-        self._closed = True
         hooks, self._hooks = self._hooks, None
         if hooks is not None:
-            hooks.close()  # type: ignore[attr-defined]
+            hooks.close()
 
 
-def watch_processes() -> tuple[OwnerTable, ProcessWatch]:
-    """An OwnerTable for this network namespace, and the watch that feeds it."""
+def watch_processes(program: FlowProgram) -> tuple[OwnerTable, ProcessWatch]:
+    """An OwnerTable for this network namespace, and the watch that feeds it from
+    ``program``'s socket hooks (a FlowProgram built with them: Probe(owners=True))."""
     from flowscope.kernel.owners import local_addresses, netns_cookie
 
     table = OwnerTable(netns_cookie(), local_addresses=local_addresses)
-    return table, ProcessWatch(table)
+    return table, ProcessWatch(table, program)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from flowscope import abi
 from flowscope.collect.collector import Collector, CollectorSettings, Tick
-from flowscope.collect.owners import OwnerTable, ProcessWatch, watch_processes
+from flowscope.collect.owners import ProcessWatch, watch_processes
 from flowscope.model import FlowRecord, NewFlow, PendingFlows, Sample
 
 if TYPE_CHECKING:
@@ -133,35 +133,20 @@ def _run(
     on_notice: Callable[[str], None] | None = None,
 ) -> RecordSummary:
     summary = RecordSummary()
-    # The socket hooks first: they compile in about a second, and once the flow programs are
-    # attached the loop must tick at once (a caller that sees them attached starts sending).
-    table, processes = watch_processes() if settings.processes else (None, None)
-    with contextlib.ExitStack() as stack:
+    with (
+        probe_class(
+            list(settings.interfaces),
+            mode=settings.mode,
+            force=settings.force,
+            flow_entries=settings.flow_entries,
+            direction=settings.direction,
+            owners=settings.processes,
+        ) as probe,
+        contextlib.ExitStack() as stack,
+    ):
+        table, processes = watch_processes(probe.program) if settings.processes else (None, None)
         if processes is not None:
             stack.callback(processes.close)
-        return _collect(
-            settings, sink, on_tick, stop, probe_class, on_notice, summary, table, processes
-        )
-
-
-def _collect(
-    settings: RecordSettings,
-    sink: Sink,
-    on_tick: Callable[[Tick], None] | None,
-    stop: threading.Event,
-    probe_class: type[Probe],
-    on_notice: Callable[[str], None] | None,
-    summary: RecordSummary,
-    table: OwnerTable | None,
-    processes: ProcessWatch | None,
-) -> RecordSummary:
-    with probe_class(
-        list(settings.interfaces),
-        mode=settings.mode,
-        force=settings.force,
-        flow_entries=settings.flow_entries,
-        direction=settings.direction,
-    ) as probe:
         if on_notice is not None:
             for text in probe.notices:
                 on_notice(text)

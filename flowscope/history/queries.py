@@ -27,6 +27,8 @@ from flowscope.history.schema import (
     HOUR,
     KEYS_SQL,
     LAST_MS_SQL,
+    OWNER_COLUMNS,
+    OWNER_VERSION,
     check_version,
     hour_text,
     iso_time,
@@ -59,13 +61,19 @@ GROUPINGS: dict[str, tuple[tuple[str, str], ...]] = {
     "proto": (("proto", "proto"),),
     "iface": (("iface", "iface"),),
     "vlan": (("vlan", "vlan"),),
+    "process": (("pid", "pid"), ("comm", "comm")),
+    "user": (("uid", "uid"),),
+    "container": (("container", "container"),),
 }
+OWNER_GROUPINGS = frozenset({"process", "user", "container"})
+"""Groupings by the flow's process: flows_hourly does not keep it, so they read flows."""
 ORDERINGS = {"bytes": "bytes", "packets": "packets", "flows": "records", "bps": "bytes"}
 
 # A filter that names one of these columns is about single records: the hourly sums cannot
 # answer it, so such a query reads the flows table.
 _PER_RECORD_COLUMNS = re.compile(
-    r"\b(packets|bytes|ip_bytes|tcp_flags|first_seen|last_seen|end_reason|id)\b"
+    r"\b(packets|bytes|ip_bytes|tcp_flags|first_seen|last_seen|end_reason|id|"
+    r"pid|comm|uid|cgroup|container)\b"
 )
 # Ranges at least this long read their whole hours from flows_hourly (the edges from flows).
 ROLLUP_MIN_RANGE = 3 * HOUR
@@ -100,7 +108,12 @@ def _has_table(conn: sqlite3.Connection, name: str) -> bool:
     return row.fetchone() is not None
 
 
-_SOURCE_COLUMNS = f"{KEYS_SQL}, packets, bytes, ip_bytes, first_seen, last_seen"
+OWNER_SQL = ", ".join(OWNER_COLUMNS)
+_NO_OWNER = ", ".join(f"NULL AS {c}" for c in OWNER_COLUMNS)
+_COUNTS = "packets, bytes, ip_bytes, first_seen, last_seen"
+_SOURCE_COLUMNS = f"{KEYS_SQL}, {{owners}}, {_COUNTS}"
+"""The columns a source row is read with; ``owners`` is OWNER_SQL, or _NO_OWNER for tables
+without them (flows_hourly, and flows of files older than OWNER_VERSION)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +131,8 @@ class _Window:
     max_span: int = 0
     live: bool = False
     """Whether live flows were staged (stage_pending) and count too."""
+    owners: str = OWNER_SQL
+    """How flows rows give their OWNER_COLUMNS: the columns, or NULLs on older files."""
 
     @property
     def hourly(self) -> bool:
@@ -144,7 +159,13 @@ def _window(conn: sqlite3.Connection, since: float | None, until: float, rollup:
 
 
 def _share_select(
-    lo: int | None, hi: int, cond: str, where: str, records: str = "1", table: str = "flows"
+    lo: int | None,
+    hi: int,
+    cond: str,
+    where: str,
+    records: str = "1",
+    table: str = "flows",
+    owners: str = OWNER_SQL,
 ) -> str:
     """Flows rows (of ``table``: flows, or the staged live flows) that meet ``cond``, each with
     the share of its counts in [lo, hi) and its times clipped to that range; rows that get
@@ -156,9 +177,10 @@ def _share_select(
     )
     lo_text = "first_seen" if lo is None else f"max(first_seen, '{_ms_text(lo)}')"
     return (
-        f"SELECT * FROM (SELECT {KEYS_SQL}, {shares}, {lo_text} AS first_seen, "
+        f"SELECT * FROM (SELECT {KEYS_SQL}, {OWNER_SQL}, {shares}, {lo_text} AS first_seen, "
         f"min(last_seen, '{_ms_text(hi)}') AS last_seen, {records} AS records "
-        f"FROM (SELECT {_SOURCE_COLUMNS}, {f} AS f_ms, {la} AS l_ms FROM {table} "
+        f"FROM (SELECT {_SOURCE_COLUMNS.format(owners=owners)}, {f} AS f_ms, {la} AS l_ms "
+        f"FROM {table} "
         f"WHERE {cond}{where}{window.NO_FLATTEN})) WHERE packets > 0 OR bytes > 0"
     )
 
@@ -176,11 +198,12 @@ def _flow_parts(w: _Window, where: str, fparams: list[Any]) -> list[tuple[str, l
             (_share_select(w.since_ms, w.until_ms, overlap, where, table=PENDING_TABLE), fparams)
         )
     if not w.hourly:
-        return [(_share_select(w.since_ms, w.until_ms, overlap, where), fparams), *live]
+        whole = _share_select(w.since_ms, w.until_ms, overlap, where, owners=w.owners)
+        return [(whole, fparams), *live]
     assert w.hour_hi is not None
     # records not rolled up yet: all of their share
     recent = f"id > {w.done} AND {overlap}"
-    parts = [(_share_select(w.since_ms, w.until_ms, recent, where), fparams)]
+    parts = [(_share_select(w.since_ms, w.until_ms, recent, where, owners=w.owners), fparams)]
     span = w.max_span + 1
     if w.hour_lo is not None and w.since_ms is not None and w.since_ms < w.hour_lo:
         # rolled up, before the first whole hour: they count in records only if they also
@@ -191,14 +214,16 @@ def _flow_parts(w: _Window, where: str, fparams: list[Any]) -> list[tuple[str, l
             f"AND last_seen < '{_ms_text(w.hour_lo + span)}' AND first_seen < '{lo_text}'"
         )
         records = f"({LAST_MS_SQL.format(f='f_ms', l='l_ms')} < {w.hour_lo})"
-        parts.append((_share_select(w.since_ms, w.hour_lo, cond, where, records), fparams))
+        sql = _share_select(w.since_ms, w.hour_lo, cond, where, records, owners=w.owners)
+        parts.append((sql, fparams))
     if w.hour_hi < w.until_ms:
         cond = (
             f"id <= {w.done} AND last_seen >= '{_ms_text(w.hour_hi)}' "
             f"AND last_seen < '{_ms_text(w.until_ms + span)}' AND first_seen < '{u_text}'"
         )
         records = f"({LAST_MS_SQL.format(f='f_ms', l='l_ms')} >= {w.hour_hi})"
-        parts.append((_share_select(w.hour_hi, w.until_ms, cond, where, records), fparams))
+        sql = _share_select(w.hour_hi, w.until_ms, cond, where, records, owners=w.owners)
+        parts.append((sql, fparams))
     return [*parts, *live]
 
 
@@ -216,7 +241,7 @@ def _source(w: _Window, where: str, fparams: list[Any]) -> tuple[str, list[Any]]
         parts.insert(
             0,
             (
-                f"SELECT {_SOURCE_COLUMNS}, records FROM flows_hourly "
+                f"SELECT {_SOURCE_COLUMNS.format(owners=_NO_OWNER)}, records FROM flows_hourly "
                 f"WHERE {_hourly_cond(w)}{where}",
                 fparams,
             ),
@@ -339,9 +364,11 @@ def _top_flows(
         conn.executemany(f"INSERT INTO {_HOURS} VALUES (?)", [(h,) for h in hours])
         # IS, not =: GROUP BY takes NULLs as equal, so the join must too.
         same = " AND ".join(f"{{t}}.{c} IS c.{c}" for c in FLOW_KEY_COLUMNS)
-        columns = _SOURCE_COLUMNS.split(", ")
+        columns = f"{KEYS_SQL}, {_COUNTS}".split(", ")
         source = (
-            f"SELECT {', '.join(f'h.{c}' for c in columns)}, h.records "
+            f"SELECT {', '.join(f'h.{c}' for c in columns[: len(FLOW_KEY_COLUMNS)])}, "
+            f"{_NO_OWNER}, {', '.join(f'h.{c}' for c in columns[len(FLOW_KEY_COLUMNS) :])}, "
+            "h.records "
             f"FROM {_HOURS} x CROSS JOIN {_CANDIDATES} c "
             f"CROSS JOIN flows_hourly h ON h.hour = x.hour AND {same.format(t='h')}"
         )
@@ -430,6 +457,7 @@ def history(conn: sqlite3.Connection, q: HistoryQuery, now: float | None = None)
         version = check_version(conn, "the database")
         use_rollup = (
             not q.exact
+            and q.group_by not in OWNER_GROUPINGS
             and not (q.where and _PER_RECORD_COLUMNS.search(q.where))
             and (since is None or until - since >= ROLLUP_MIN_RANGE)
             and _has_table(conn, "flows_hourly")
@@ -437,7 +465,10 @@ def history(conn: sqlite3.Connection, q: HistoryQuery, now: float | None = None)
         )
         with _read_transaction(conn):
             live = stage_pending(conn) > 0
-            w = dataclasses.replace(_window(conn, since, until, use_rollup), live=live)
+            owners = OWNER_SQL if version >= OWNER_VERSION else _NO_OWNER
+            w = dataclasses.replace(
+                _window(conn, since, until, use_rollup), live=live, owners=owners
+            )
             rows: list[dict[str, Any]] | None = None
             if w.hourly and (
                 q.group_by == "flow"

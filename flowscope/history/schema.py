@@ -32,6 +32,10 @@ COUNTER_COLUMNS_V1: tuple[str, ...] = (
 )
 COUNTER_COLUMNS: tuple[str, ...] = (*COUNTER_COLUMNS_V1, "bytes")
 
+OWNER_COLUMNS: tuple[str, ...] = ("pid", "comm", "uid", "cgroup", "container")
+"""The process of a flow's local socket (migration 8); NULL when none is known."""
+OWNER_VERSION = 8
+"""The schema version that has OWNER_COLUMNS in flows."""
 FLOW_COLUMNS: tuple[str, ...] = (
     "iface",
     "direction",
@@ -49,7 +53,7 @@ FLOW_COLUMNS: tuple[str, ...] = (
     "ip_bytes",
     "tcp_flags",
     "end_reason",
-    *(OWNER_COLUMNS := ("pid", "comm", "uid", "cgroup", "container")),
+    *OWNER_COLUMNS,
 )
 # What makes two records the same flow (also the key of flows_hourly, after `hour`).
 FLOW_KEY_COLUMNS: tuple[str, ...] = (

@@ -1,13 +1,14 @@
 """Which process owns each local socket: bpf/owners.c on the cgroup v2 root, and a scan of the
 sockets that were there before it.
 
-The programs are attached with bpf_link to the root of the cgroup v2 hierarchy, so they see
-every process of every cgroup, and go away with flowscope (also after kill -9). They run where
-kprobes and fentry cannot: this machine's kernel is locked down and refuses both, while cgroup
-socket hooks only need CAP_BPF and CAP_NET_ADMIN. A socket that predates the hooks has no
-creator in the kernel's map: ``scan_sockets`` finds its process through sock_diag (pyroute2)
-and the ``socket:[inode]`` links under /proc, once, after the hooks are attached, so that
-every socket is seen by one or the other.
+bpf/owners.c is compiled into the flow programs' module (FlowProgram(owners=True): one BCC
+compile); its programs are attached with bpf_link to the root of the cgroup v2 hierarchy, so
+they see every process of every cgroup, and go away with flowscope (also after kill -9). They
+run where kprobes and fentry cannot: this machine's kernel is locked down and refuses both,
+while cgroup socket hooks only need CAP_BPF and CAP_NET_ADMIN. A socket that predates the
+hooks has no creator in the kernel's map: ``scan_sockets`` finds its process through sock_diag
+(pyroute2) and the ``socket:[inode]`` links under /proc, once, after the hooks are attached, so
+that every socket is seen by one or the other.
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ from typing import Any
 from flowscope import abi
 from flowscope.errors import FlowscopeError, UnsupportedKernelError
 from flowscope.kernel import libbpf
-from flowscope.kernel.privileges import require_bpf_privileges
-from flowscope.kernel.program import bpf_dir, captured_stderr, compile_error
+from flowscope.kernel.program import FlowProgram, captured_stderr, compile_error
 from flowscope.model import Owner, SocketEvent, socket_event_from_bytes
 
 # bpf_attach_type values (uapi/linux/bpf.h)
@@ -112,28 +112,19 @@ class CgroupPaths:
 
 
 class OwnerHooks:
-    """bpf/owners.c compiled and attached to the cgroup v2 root; ``poll`` returns the sockets
-    announced since the last call, owners' cgroups resolved to paths."""
+    """The socket hooks of a FlowProgram built with ``owners`` (bpf/owners.c is compiled
+    into it), attached to the cgroup v2 root; ``poll`` returns the sockets announced since the
+    last call, owners' cgroups resolved to paths. The program owns the module; this owns the
+    attachments."""
 
-    def __init__(self, *, ringbuf_pages: int = 256) -> None:
-        require_bpf_privileges()
+    def __init__(self, program: FlowProgram) -> None:
         root = cgroup2_root()
         if root is None:
             raise UnsupportedKernelError(
                 "no cgroup v2 hierarchy is mounted: processes are not attributed",
                 "mount one (mount -t cgroup2 none /sys/fs/cgroup/unified) to see them",
             )
-        src = bpf_dir()
-        from bcc import BPF  # only the kernel layer imports bcc
-
-        with captured_stderr() as log:
-            try:
-                self._bpf = BPF(
-                    src_file=str(src / "owners.c").encode(),
-                    cflags=[f"-I{src}", f"-DSOCK_RINGBUF_PAGES={ringbuf_pages}"],
-                )
-            except Exception as e:
-                raise compile_error(log(), "BCC could not compile bpf/owners.c") from e
+        self._bpf: Any = program.module
         self.cgroups = CgroupPaths(root)
         self._links: list[int] = []
         self._records: list[bytes] = []
@@ -147,7 +138,7 @@ class OwnerHooks:
                                 name.encode(), prog_type, attach_type=attach_type
                             ).fd
                         except Exception as e:
-                            raise compile_error(log(), f"the verifier refused {name}") from e
+                            raise compile_error(log(), f"the kernel refused {name}") from e
                     self._links.append(libbpf.link_create(fd, cg, attach_type))
             finally:
                 os.close(cg)
@@ -183,14 +174,10 @@ class OwnerHooks:
         return out
 
     def close(self) -> None:
-        """Detach every program (closing its link) and free them."""
+        """Detach every program (closing its link); the FlowProgram frees them."""
         for fd in self._links:
             os.close(fd)
         self._links.clear()
-        bpf = getattr(self, "_bpf", None)
-        if bpf is not None:
-            bpf.cleanup()
-            self._bpf = None
 
     def __enter__(self) -> OwnerHooks:
         return self

@@ -117,6 +117,7 @@ class FlowProgram:
         flow_entries: int = abi.DEFAULT_FLOW_ENTRIES,
         ringbuf_pages: int = abi.DEFAULT_RINGBUF_PAGES,
         cflags: tuple[str, ...] = (),
+        owners: bool = False,
     ) -> None:
         require_bpf_privileges()
         if flow_entries < 1:
@@ -140,7 +141,11 @@ class FlowProgram:
 
         with captured_stderr() as log:
             try:
-                self._bpf = BPF(src_file=str(src / "flowscope.c").encode(), cflags=flags)
+                if owners:  # BCC takes programs from its main source only: join the two
+                    text = (src / "flowscope.c").read_text() + (src / "owners.c").read_text()
+                    self._bpf = BPF(text=text.encode(), cflags=flags)
+                else:
+                    self._bpf = BPF(src_file=str(src / "flowscope.c").encode(), cflags=flags)
             except Exception as e:
                 raise compile_error(log(), "BCC could not compile bpf/flowscope.c") from e
             try:
@@ -166,6 +171,12 @@ class FlowProgram:
         self._event_callback: Callable[[FlowEvent], None] | None = None
         self._decode: Callable[[Sequence[bytes]], Sequence[FlowEvent]] = events_from_records
         self._closed = False
+
+    @property
+    def module(self) -> Any:
+        """The compiled BCC module, for programs built into it beside the flow programs
+        (kernel.owners' socket hooks, with ``owners``)."""
+        return self._bpf
 
     @property
     def tc_prog_fd(self) -> int:

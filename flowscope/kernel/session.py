@@ -32,6 +32,7 @@ class Probe:
         flow_entries: int = abi.DEFAULT_FLOW_ENTRIES,
         cflags: tuple[str, ...] = (),
         direction: str = "both",
+        owners: bool = False,
     ) -> None:
         if direction not in DIRECTIONS:
             raise UsageError(
@@ -39,7 +40,8 @@ class Probe:
             )
         for name in interfaces:  # a wrong name fails before the seconds of compiling
             interface_info(name)
-        self.program = FlowProgram(flow_entries=flow_entries, cflags=cflags)
+        # owners: the socket hooks (kernel.owners), compiled with the flow programs
+        self.program = FlowProgram(flow_entries=flow_entries, cflags=cflags, owners=owners)
         self.attachments: list[XdpAttachment] = []
         self.egress: list[TcEgressAttachment] = []
         self.notices: list[str] = []

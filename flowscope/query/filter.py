@@ -19,6 +19,8 @@ Grammar (keywords are case-insensitive; precedence ``not`` > ``and`` > ``or``)::
              | "vlan" 0-4095 | "iface" (WORD | STRING)
              | ("bytes" | "packets") (">" | ">=" | "<" | "<=" | "=" | "!=") COUNT
              | "flags" LETTERS | "ingress" | "egress"
+             | "proc" (WORD | STRING) | "pid" PID | "user" (NAME | UID)
+             | "container" (WORD | STRING)
 
 A protocol followed by a host, net or port term is both, in tcpdump's qualifier order:
 ``tcp port 443`` is ``tcp and port 443``, ``udp dst port 53`` is ``udp and dst port 53``.
@@ -27,12 +29,17 @@ COUNT is a whole number with an optional k, M or G suffix (powers of 1000: ``1.5
 1500000). LETTERS are TCP flags from FSRPAUEC; ``flags SA`` means SYN and ACK were both seen.
 STRING is double-quoted, with ``\\"`` and ``\\\\`` as the only escapes; it is how an interface
 name with characters outside ``[A-Za-z0-9_.:/-]`` is written (``iface "odd name"``).
+``proc``, ``pid``, ``user`` and ``container`` are those of the flow's local socket (its
+process's command, pid, user and container or systemd unit): ``proc nginx``, ``user www-data``,
+``container docker:0123456789ab``, ``container nginx.service``, ``container ""`` (a process in
+no container or unit). A user name is looked up on this host when the filter is read.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
+import pwd
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -57,6 +64,7 @@ from flowscope.query.nodes import (
     Network,
     Not,
     Or,
+    Owned,
     Port,
 )
 
@@ -129,7 +137,7 @@ def _tokenize(text: str) -> Iterator[Token]:
 
 QUALIFIED = frozenset({"host", "src", "dst", "net", "port", "sport", "dport"})
 """Terms a protocol may qualify, as in tcpdump (``tcp port 443``)."""
-TERMS = "a filter term (host, src, dst, net, port, proto, vlan, iface, bytes, flags, ...)"
+TERMS = "a filter term (host, src, dst, net, port, proto, vlan, iface, bytes, flags, proc, ...)"
 PORT = "a port number (0-65535)"
 ADDRESS = "an IPv4 or IPv6 address"
 NETWORK = "a network such as 10.0.0.0/8 or 2001:db8::/32"
@@ -257,6 +265,14 @@ class _Parser:
                 return Flags(self.flags())
             case "ingress" | "egress":
                 return Equals("direction", word)
+            case "proc":
+                return Owned("comm", self.name("a command name"))
+            case "container":
+                return Owned("container", self.name("a container or unit name", empty=True))
+            case "pid":
+                return Owned("pid", self.number("a process id", 2**22))
+            case "user":
+                return self.user()
         self.fail(TERMS, token)
 
     def sided(self, side: Literal["src", "dst"]) -> Expr:
@@ -309,6 +325,30 @@ class _Parser:
         if token.text.lower() not in PROTO_ALIASES:
             self.fail(expected, token)
         return PROTO_ALIASES[token.text.lower()]
+
+    def name(self, expected: str, *, empty: bool = False) -> str:
+        """A word or a quoted string; ``empty``: "" too."""
+        token = self.take()
+        if token.kind not in ("word", "string") or not (token.value or empty):
+            self.fail(f'{expected} (double-quote it if it has odd characters: "...")', token)
+        try:
+            token.value.encode()
+        except UnicodeEncodeError:
+            self.fail(f"{expected} in valid Unicode", token)
+        return token.value
+
+    def user(self) -> Expr:
+        expected = "a user name or uid"
+        token = self.value(expected)
+        if token.text.isdecimal():
+            if len(token.text) > 10 or int(token.text) > 2**32 - 1:
+                self.fail(expected, token)
+            return Owned("uid", int(token.text))
+        try:
+            uid = pwd.getpwnam(token.text).pw_uid
+        except (KeyError, ValueError):
+            self.fail("a user name this host knows, or a uid", token)
+        return Owned("uid", uid, token.text)
 
     def iface(self) -> str:
         token = self.take()

@@ -48,6 +48,8 @@ class FlowFrame:
     tcp_flags: np.ndarray
     bps: np.ndarray
     pps: np.ndarray
+    owner: np.ndarray
+    """Each flow's model.Owner, or None (an object array): the process of its local socket."""
     now_ns: int = 0
 
     def __len__(self) -> int:
@@ -80,6 +82,9 @@ class FlowFrame:
                 parts[name].append(getattr(b, name).astype(_DTYPES[name]))
             parts["bps"].append(np.asarray(lf.bps, np.float64))
             parts["pps"].append(np.asarray(lf.pps, np.float64))
+            parts["owner"].append(
+                np.full(n, None, object) if lf.owner is None else np.asarray(lf.owner, object)
+            )
         cols = {
             f: np.concatenate(parts[f])
             if parts[f]
@@ -118,8 +123,20 @@ _DTYPES: dict[str, type] = {
     "tcp_flags": np.uint8,
     "bps": np.float64,
     "pps": np.float64,
+    "owner": object,
 }
 _FIELDS = tuple(_DTYPES)
+
+
+def owner_values(fr: FlowFrame, attr: str, missing: object) -> np.ndarray:
+    """One attribute of each flow's owner (``pid``, ``comm``, ``uid``, ``container``), or
+    ``missing`` for flows without one: a Python call per flow, so only when a grouping or a
+    filter asks for it."""
+    get = np.frompyfunc(lambda o: missing if o is None else getattr(o, attr), 1, 1)
+    out = get(fr.owner) if len(fr) else np.zeros(0, object)
+    if isinstance(missing, int):
+        return np.asarray(out, np.int64)
+    return np.asarray(out, str)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -231,6 +248,13 @@ def _flags(e: nodes.Flags, fr: FlowFrame, names: IfaceNames) -> Mask:
     return _equal(fr.tcp_flags & e.mask, e.mask)
 
 
+def _owned(e: nodes.Owned, fr: FlowFrame, names: IfaceNames) -> Mask:
+    # a flow without an owner matches nothing, as Owned.matches decides
+    column, value = e.column, e.value
+    test = np.frompyfunc(lambda o: o is not None and getattr(o, column) == value, 1, 1)
+    return np.asarray(test(fr.owner), bool) if len(fr) else np.zeros(0, bool)
+
+
 MASKERS: dict[type[nodes.Expr], Callable[[Any, FlowFrame, IfaceNames], Mask]] = {
     nodes.All: _all,
     nodes.Not: _not,
@@ -242,6 +266,7 @@ MASKERS: dict[type[nodes.Expr], Callable[[Any, FlowFrame, IfaceNames], Mask]] = 
     nodes.Equals: _equals,
     nodes.Compare: _compare,
     nodes.Flags: _flags,
+    nodes.Owned: _owned,
 }
 """The numpy back end of each node class of the filter: every one, or the filter fails loudly
 (no silent row-by-row fallback)."""
@@ -287,3 +312,4 @@ class RowView:
         self.bytes = int(fr.bytes[i])
         self.tcp_flags = int(fr.tcp_flags[i])
         self.direction = "ingress" if fr.direction[i] == abi.DIR_INGRESS else "egress"
+        self.owner = fr.owner[i]

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from flowscope.model import TCP_FLAG_LETTERS, proto_name
+from flowscope.model import TCP_FLAG_LETTERS, Owner, proto_name
 
 Side = Literal["src", "dst", "any"]
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -36,7 +36,7 @@ PROTO_SHORTHANDS = ("tcp", "udp", "icmp", "icmp6")
 WORD_RE = re.compile(r"[A-Za-z0-9_.:/\-]+")
 KEYWORDS = frozenset(
     "and or not host src dst net port sport dport proto vlan iface bytes packets flags "  # noqa: SIM905
-    "ingress egress".split()
+    "ingress egress proc pid user container".split()
 ) | frozenset(PROTO_SHORTHANDS)
 
 
@@ -74,6 +74,8 @@ class FlowRow(Protocol):
     def tcp_flags(self) -> int: ...
     @property
     def direction(self) -> str: ...
+    @property
+    def owner(self) -> Owner | None: ...
 
 
 # --- network matching, shared by matches() and the SQL function --------------------------------
@@ -299,6 +301,39 @@ class Flags(Expr):
 
     def matches(self, row: FlowRow) -> bool:
         return row.tcp_flags & self.mask == self.mask
+
+
+OWNER_WORDS = {"comm": "proc", "pid": "pid", "uid": "user", "container": "container"}
+"""The filter word of each owner column (history's column names, model.Owner's attributes)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Owned(Expr):
+    """The process of the flow's local socket (collect.owners): its command (``proc``), pid,
+    user (a uid; ``name`` keeps the user name as typed) or container. A flow without a known
+    process matches none of them."""
+
+    column: Literal["comm", "pid", "uid", "container"]
+    value: int | str
+    name: str = field(default="", compare=False)
+
+    def render(self) -> str:
+        word = OWNER_WORDS[self.column]
+        if self.column == "uid" and self.name:
+            return f"{word} {quote_name(self.name)}"
+        if isinstance(self.value, str):
+            return f"{word} {quote_name(self.value)}"
+        return f"{word} {self.value}"
+
+    def sql(self, params: list[object]) -> str:
+        params.append(self.value)
+        # IS, not =: these columns are NULL for flows without a process, and NOT of a NULL
+        # comparison would drop them where matches() keeps them
+        return f"{self.column} IS ?"  # one of four fixed names, never user text
+
+    def matches(self, row: FlowRow) -> bool:
+        owner = row.owner
+        return owner is not None and getattr(owner, self.column) == self.value
 
 
 @dataclass(frozen=True, slots=True)

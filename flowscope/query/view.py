@@ -10,14 +10,24 @@ About 450 lines: each grouping is a key, a membership test and a row in three sm
 
 from __future__ import annotations
 
+import functools
+import pwd
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from flowscope import abi
+from flowscope.model import Owner
 from flowscope.query import nodes
-from flowscope.query.frame import FlowFrame, addr_bytes, addr_text, filter_mask, iface_name
+from flowscope.query.frame import (
+    FlowFrame,
+    addr_bytes,
+    addr_text,
+    filter_mask,
+    iface_name,
+    owner_values,
+)
 from flowscope.vocab import GROUPINGS
 
 GROUPS = GROUPINGS
@@ -38,6 +48,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "age",
         "vlan",
         "flags",
+        "process",
     ),
     "src": ("src", "flows", "bps", "pps", "bytes", "packets", "age"),
     "dst": ("dst", "flows", "bps", "pps", "bytes", "packets", "age"),
@@ -47,6 +58,9 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "sport": ("proto", "sport", "flows", "bps", "pps", "bytes", "packets", "age"),
     "iface": ("iface", "flows", "bps", "pps", "bytes", "packets", "age"),
     "vlan": ("vlan", "flows", "bps", "pps", "bytes", "packets", "age"),
+    "process": ("process", "flows", "bps", "pps", "bytes", "packets", "age", "user"),
+    "user": ("user", "flows", "bps", "pps", "bytes", "packets", "age"),
+    "container": ("container", "flows", "bps", "pps", "bytes", "packets", "age"),
 }
 """The table's columns for each grouping (also the sort keys it offers, in this order)."""
 
@@ -97,6 +111,9 @@ class Row:
     last_seen_ns: int = 0
     iface: str | None = None
     """The interface's name, or its index as text (None where the row has no one interface)."""
+    owner: Owner | None = None
+    """The process of a flow's local socket; for a process, user or container group, the
+    process of one of its flows (None: not local, or not known: the ``-`` group)."""
 
     @property
     def key(self) -> str:
@@ -250,6 +267,8 @@ def _group(fr: FlowFrame, group: str) -> _Groups:
         key = _as_bytes(fr.ifindex)
     elif group == "vlan":
         key = _as_bytes(fr.vlan)
+    elif group in OWNER_KEYS:
+        key = _owner_key(fr, group)
     else:
         raise ValueError(f"unknown grouping {group!r}")
     if n == 0:
@@ -286,6 +305,21 @@ def _group(fr: FlowFrame, group: str) -> _Groups:
         g.out = np.bincount(inv, weights=np.where(sent, b, 0.0), minlength=m)
         g.in_ = np.bincount(inv, weights=np.where(sent, 0.0, b), minlength=m)
     return g
+
+
+OWNER_KEYS: dict[str, tuple[str, object]] = {
+    "process": ("pid", -1),
+    "user": ("uid", -1),
+    "container": ("container", ""),
+}
+"""The owner attribute each owner grouping sums by, and its value for flows without one:
+those make one group (``-``); a container grouping also puts processes outside any
+container there."""
+
+
+def _owner_key(fr: FlowFrame, group: str) -> np.ndarray:
+    attr, missing = OWNER_KEYS[group]
+    return owner_values(fr, attr, missing)
 
 
 def _members(fr: FlowFrame, group: str, ident: tuple[object, ...]) -> np.ndarray | None:
@@ -326,6 +360,8 @@ def _members(fr: FlowFrame, group: str, ident: tuple[object, ...]) -> np.ndarray
             return np.asarray(fr.ifindex == ident[1], bool)
         if group == "vlan":
             return np.asarray(fr.vlan == ident[1], bool)
+        if group in OWNER_KEYS:
+            return np.asarray(_owner_key(fr, group) == ident[1], bool)
     except ValueError:
         return None
     return None
@@ -362,7 +398,29 @@ def _sort_values(fr: FlowFrame, g: _Groups, key: str) -> np.ndarray:
     if key in ("sport", "dport", "proto", "vlan", "iface"):
         column: np.ndarray = getattr(fr, "ifindex" if key == "iface" else key)
         return np.asarray(column[rep], np.float64)
+    if key in ("process", "user", "container"):
+        return np.asarray([owner_text(fr.owner[r], key) for r in rep.tolist()], str)
     raise ValueError(f"unknown sort key {key!r}")
+
+
+def owner_text(owner: Owner | None, key: str) -> str:
+    """What the table shows of an owner in a process, user or container column."""
+    if owner is None:
+        return "-"
+    if key == "process":
+        return owner.label
+    if key == "user":
+        return user_name(owner.uid)
+    return owner.container or "-"
+
+
+@functools.lru_cache(maxsize=4096)
+def user_name(uid: int) -> str:
+    """A uid's name on this host (as ps and htop show it), or the number when it has none."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def _top(fr: FlowFrame, g: _Groups, spec: ViewSpec) -> np.ndarray:
@@ -371,7 +429,7 @@ def _top(fr: FlowFrame, g: _Groups, spec: ViewSpec) -> np.ndarray:
     values = _sort_values(fr, g, spec.sort)
     descending = (spec.sort in DESCENDING) != spec.reverse
     n = min(spec.top, m)
-    if values.dtype.kind == "V":
+    if values.dtype.kind in "VU":
         order = np.argsort(values, kind="stable")
         return order[::-1][:n] if descending else order[:n]
     v = -values if descending else values
@@ -415,6 +473,9 @@ def _row(
         src = dst = None
         vlan = int(fr.vlan[r])
         ident = ("vlan", vlan)
+    elif group in OWNER_KEYS:
+        src = dst = None
+        ident = (group, _owner_key(fr.take(np.array([r])), group)[0].item())
     else:
         src = dst = None
         proto = int(fr.proto[r])
@@ -450,4 +511,5 @@ def _row(
         first_seen_ns=first,
         last_seen_ns=int(g.last_seen[i]),
         iface=None if ifindex is None else iface_name(iface_names or {}, ifindex),
+        owner=fr.owner[r],
     )

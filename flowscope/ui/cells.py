@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from flowscope.model import proto_name, tcp_flags_text
-from flowscope.query.view import Row
+from flowscope.query.view import Row, owner_text
 from flowscope.ui.names import service
 from flowscope.vocab import DIRECTION_MARKS, ICMP, age_text, clip, clip_column, compact
 from flowscope.vocab import port_text as number_text
@@ -29,6 +29,9 @@ HEADERS: dict[str, str] = {
     "out": "Out",
     "in": "In",
     "iface": "Iface",
+    "process": "Process",
+    "user": "User",
+    "container": "Container",
 }
 """Column titles. For conversations Source and Destination are hosts A and B, Out and In the
 bytes sent (egress) and received (ingress). A flow's protocol cell starts with its direction:
@@ -38,7 +41,9 @@ NUMERIC = frozenset(
     {"sport", "bps", "pps", "bytes", "packets", "age", "vlan", "flows", "out", "in"}
 )
 """Right-aligned columns."""
-IDENTITY = frozenset({"src", "dst", "sport", "dport", "proto", "iface"})
+IDENTITY = frozenset(
+    {"src", "dst", "sport", "dport", "proto", "iface", "process", "user", "container"}
+)
 """Columns that say which flow or group a row is: the leading run of them stays on screen
 while the other columns scroll sideways."""
 
@@ -121,6 +126,8 @@ def cell(
         return clip(row.iface or "", width)
     if column == "flags":
         return tcp_flags_text(row.tcp_flags) if row.proto == 6 else ""
+    if column in ("process", "user", "container"):
+        return clip(owner_text(row.owner, column), width)
     raise ValueError(column)
 
 
@@ -142,6 +149,9 @@ def widths(columns: tuple[str, ...], total: int) -> dict[str, int]:
         "out": 6,
         "in": 6,
         "iface": 15,  # IFNAMSIZ - 1: a whole interface name
+        "process": 22,  # a whole command name (15) and a pid of up to 7 digits
+        "user": 10,
+        "container": 24,
     }
     out = {c: fixed[c] for c in columns if c in fixed}
     if "dport" in out and total >= 120:

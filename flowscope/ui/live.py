@@ -20,6 +20,7 @@ from textual.widgets import Footer, Input, Label, Static
 from flowscope.errors import FlowscopeError
 from flowscope.query import view as views
 from flowscope.query.filter import FilterSyntaxError, parse
+from flowscope.query.nodes import Owned
 from flowscope.query.view import COLUMNS, DESCENDING, GROUPS, Row, View, ViewSpec
 from flowscope.ui.cells import HEADERS, column_texts, widths
 from flowscope.ui.context import ConsoleContext
@@ -221,6 +222,14 @@ class LiveScreen(Screen[None]):
     @on(RowSelected)
     def _selected(self, event: RowSelected) -> None:
         row = next((r for r in self.view.rows if r.key == event.key), None)
+        term = owner_term(row) if row is not None else None
+        if term is not None:
+            # a process, user or container: its flows (as k9s shows a pod's containers)
+            old = self.spec.filter
+            text = f"({old.text}) and {term}" if old is not None else term
+            self.apply_filter(text)
+            self.group_by("flow")
+            return
         if row is not None:
             from flowscope.ui.detail import DetailScreen
 
@@ -326,3 +335,16 @@ class LiveScreen(Screen[None]):
         bar.show_error(None)
         self.action_close_filter()
         self._show(dataclasses.replace(self.spec, filter=None if flt.matches_all else flt))
+
+
+def owner_term(row: Row) -> str | None:
+    """The filter term of a process, user or container row (``pid 812``, ``user 33``,
+    ``container nginx.service``); None for other rows and for the group without a process."""
+    group, value = row.ident[0], row.ident[1] if len(row.ident) > 1 else None
+    if group == "process" and isinstance(value, int) and value >= 0:
+        return Owned("pid", value).render()
+    if group == "user" and isinstance(value, int) and value >= 0:
+        return Owned("uid", value).render()
+    if group == "container" and isinstance(value, str) and value:
+        return Owned("container", value).render()
+    return None

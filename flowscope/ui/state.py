@@ -17,7 +17,7 @@ from flowscope import abi
 from flowscope.collect.collector import Tick
 from flowscope.collect.detect import Alert, Detector, Openings
 from flowscope.history.writer import WriterState
-from flowscope.model import NewFlow, Sample
+from flowscope.model import NewFlow, Owner, Sample
 from flowscope.query.frame import FlowFrame
 from flowscope.query.nodes import Filter
 from flowscope.query.view import Row
@@ -49,6 +49,8 @@ class EventRow:
     bytes: int
     tcp_flags: int
     direction: str
+    owner: Owner | None = None
+    """Not known yet when a flow is announced: the tick that first counts it joins it."""
 
     @classmethod
     def of(cls, ev: NewFlow) -> EventRow:

@@ -15,7 +15,7 @@ from textual.widgets import Label, Sparkline, Static
 
 from flowscope.model import proto_name, tcp_flags_text
 from flowscope.query.nodes import Filter
-from flowscope.query.view import GROUPS, Row
+from flowscope.query.view import GROUPS, Row, owner_text
 from flowscope.ui.cells import (
     port_text,
     service_name,
@@ -211,4 +211,13 @@ def describe_row(row: Row, group: str) -> list[tuple[str, str]]:
         out.append(("bytes out (sent)", f"{row.out:,}"))
     if row.in_ is not None:
         out.append(("bytes in (received)", f"{row.in_:,}"))
+    if group in ("flow", "process", "user", "container"):
+        o = row.owner
+        if o is None:
+            out.append(("process", "- (not local, or not known)"))
+        else:
+            if group != "user":
+                out.append(("process", o.label))
+            out.append(("user", f"{owner_text(o, 'user')} ({o.uid})"))
+            out.append(("container", o.container or "-"))
     return out

@@ -135,10 +135,10 @@ def run_client(
 
 def test_short_lived_clients_and_servers_each_get_their_own_flows(net: VethNamespace) -> None:
     ns = ["ip", "netns", "exec", net.ns]
-    with Probe([net.host_if]) as probe:
-        table, watch = watch_processes()
+    with Probe([net.host_if], owners=True) as probe:
+        table, watch = watch_processes(probe.program)
         try:
-            assert watch.ready.wait(60) and watch.problem is None, watch.problem
+            assert watch.problem is None, watch.problem
             collector = Collector(
                 probe.program,
                 CollectorSettings(idle_timeout=600, fin_timeout=600, active_timeout=600),
@@ -199,11 +199,11 @@ def test_short_lived_clients_and_servers_each_get_their_own_flows(net: VethNames
 def test_a_flow_that_is_not_for_a_local_address_has_no_process(net: VethNamespace) -> None:
     """Packets to the near server's port, but for an address this host does not have (what a
     router forwards): nobody here owns them, whatever listens on that port."""
-    with Probe([net.host_if], direction="ingress") as probe:
-        table, watch = watch_processes()
+    with Probe([net.host_if], direction="ingress", owners=True) as probe:
+        table, watch = watch_processes(probe.program)
         near = start_server([], "fs-near-srv")
         try:
-            assert watch.ready.wait(60) and watch.problem is None, watch.problem
+            assert watch.problem is None, watch.problem
             collector = Collector(probe.program, CollectorSettings(idle_timeout=600), owners=table)
             frames = [
                 bytes(
@@ -245,10 +245,10 @@ def test_a_child_cgroup_and_a_connection_older_than_flowscope(net: VethNamespace
     try:
         assert old.stdout is not None
         old_port = int(old.stdout.readline())
-        with Probe([net.host_if]) as probe:
-            table, watch = watch_processes()
+        with Probe([net.host_if], owners=True) as probe:
+            table, watch = watch_processes(probe.program)
             try:
-                assert watch.ready.wait(60) and watch.problem is None, watch.problem
+                assert watch.problem is None, watch.problem
                 collector = Collector(
                     probe.program, CollectorSettings(idle_timeout=600), owners=table
                 )

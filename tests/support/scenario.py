@@ -18,7 +18,7 @@ import numpy as np
 
 from flowscope import abi
 from flowscope.collect.collector import LiveFlows, Tick
-from flowscope.model import FlowBatch, FlowKey, FlowRecord, NewFlow, Sample
+from flowscope.model import FlowBatch, FlowKey, FlowRecord, NewFlow, Owner, Sample
 from flowscope.query.frame import addr_bytes
 from flowscope.ui.messages import TickArrived
 
@@ -77,6 +77,34 @@ def _flows() -> list[_Flow]:
             _Flow(SCANNER, SERVER, 40000 + i % 7, 1 + i, tcp, 0.0, 60, SCAN_TICK + i // 40, 0x02)
         )
     return fl
+
+
+_NGINX = Owner(812, "nginx", 33, "/system.slice/nginx.service")
+_API = Owner(2210, "api-worker", 2100, "/system.slice/docker-4f1c2a9be07d" + "0" * 52 + ".scope")
+_SSHD = Owner(640, "sshd", 0, "/system.slice/ssh.service")
+_RESOLVED = Owner(401, "systemd-resolve", 2101, "/system.slice/systemd-resolved.service")
+_RSYNC = Owner(3120, "rsync", 0, "/user.slice/user-0.slice/session-4.scope")
+_CHRONY = Owner(520, "chronyd", 2102, "/system.slice/chrony.service")
+_POSTFIX = Owner(1480, "smtp", 2103, "/system.slice/postfix.service")
+_OWNERS_BY_PORT = {
+    (6, 443): _NGINX,
+    (6, 41822): _API,
+    (6, 22): _SSHD,
+    (17, 39001): _RESOLVED,
+    (6, 873): _RSYNC,
+    (17, 123): _CHRONY,
+    (6, 44321): _POSTFIX,
+}
+"""Who owns the server's sockets: by the local end's protocol and port. Users are root and
+www-data (every Debian has them) or uids no system account has, so that screenshots do not
+depend on the machine's /etc/passwd. The scan's SYNs go to
+ports nobody listens on, and ICMP has no socket: those flows have no process."""
+
+
+def _owner(f: _Flow) -> Owner | None:
+    """The process of the flow's local socket, as collect.owners would find it."""
+    local_port = f.sport if f.src in LOCAL else f.dport
+    return _OWNERS_BY_PORT.get((f.proto, local_port))
 
 
 def _rate(f: _Flow, t: int, i: int) -> float:
@@ -186,6 +214,7 @@ def scenario(count: int = 90, *, writer_trouble_at: int | None = None) -> list[T
                     batch=_batch(family, rows),
                     bps=np.array([rates[i][0] for i in idx], np.float64),
                     pps=np.array([rates[i][1] for i in idx], np.float64),
+                    owner=np.array([_owner(flows[i]) for i in idx] or [], object),
                 )
             )
         total_bps = sum(r[0] for r in rates)

@@ -45,6 +45,7 @@ SCREENS: dict[str, tuple[tuple[str, ...], int | None]] = {
     "burst": ((), 72),
     "columns": (("right", "right", "right", "right"), None),
     "conversations": (("g", "g", "g"), None),
+    "processes": (("G", "G", "G"), None),
     "filter-error": (("slash", *"port abc", "enter"), None),
     "detail": (("enter",), None),
     "help": (("question_mark",), None),

@@ -116,8 +116,12 @@ async def test_g_cycles_groupings_and_sums() -> None:
         await pilot.press("g", "g", "g")
         assert app.live.spec.group == "sport"
         await pilot.press("g", "g", "g")
+        assert app.live.spec.group == "process"
+        await pilot.press("g", "g", "g")
         assert app.live.spec.group == "flow"
         await pilot.press("G")
+        assert app.live.spec.group == "container"
+        await pilot.press("G", "G", "G")
         assert app.live.spec.group == "vlan"
         assert table(app).columns_shown[:2] == ("vlan", "flows")
         assert sum(r.bytes for r in shown_rows(app)) == total
@@ -283,14 +287,18 @@ async def test_left_right_scroll_the_columns_at_80_and_all_fit_at_160() -> None:
         head = screen_line(app, 0)
         assert "Source" in head and "bit/s▼" in head and "Flags" not in head
         assert head.rstrip().endswith("▸")  # more columns to the right
-        await pilot.press("right", "right", "right", "right", "right", "right")
+        await pilot.press("right", "right", "right", "right")
         head = screen_line(app, 0)
         assert "Flags" in head and "VLAN" in head and "Age" in head and "◂" in head
         assert "Source" in head and "Destination" in head and "Dport" in head  # pinned
-        assert "bit/s" not in head and not head.rstrip().endswith("▸")
+        assert "bit/s" not in head and head.rstrip().endswith("▸")  # the process is next
         assert "...AP..." in screen_line(app, 1)  # the top flow's TCP flags
         assert "198.18.0.10" in screen_line(app, 1)
-        await pilot.press("left", "left", "left", "left", "left", "left")
+        await pilot.press("right", "right", "right")
+        head = screen_line(app, 0)
+        assert "Process" in head and not head.rstrip().endswith("▸")
+        assert "nginx[812]" in screen_line(app, 1)
+        await pilot.press("left", "left", "left", "left", "left", "left", "left")
         assert "bit/s▼" in screen_line(app, 0) and "◂" not in screen_line(app, 0)
     app = console()
     async with app.run_test(size=(160, 48)) as pilot:
@@ -300,7 +308,8 @@ async def test_left_right_scroll_the_columns_at_80_and_all_fit_at_160() -> None:
             assert title in head
         for title in ("Bytes", "Pkts", "Age", "VLAN", "Flags"):
             assert title in head
-        assert "◂" not in head and "▸" not in head
+        # the process column is last, as htop's command: beside the feed, one step right
+        assert "◂" not in head and head.rstrip().endswith("▸")
         assert "...AP..." in screen_line(app, 1)
 
 
@@ -654,3 +663,30 @@ async def test_control_characters_in_an_interface_name_are_shown_escaped() -> No
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         assert status_lines(app)[0].startswith("e\\x1b[2Jx (native)")
+
+
+@synchronous
+async def test_a_process_group_and_enter_shows_its_flows() -> None:
+    """Grouped by process (G from flows: container, user, process), the top row is the web
+    server; Enter on it filters its flows (``pid 812``), every one of them nginx's, and the
+    flow table's process column says so."""
+    app = console()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        await pilot.press("G", "G", "G")
+        assert app.live.spec.group == "process"
+        assert table(app).columns_shown[:2] == ("process", "flows")
+        assert column(app, "process")[0] == "nginx[812]"
+        assert "-" in column(app, "process")  # the flows without a process: one row
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.live.spec.group == "flow"
+        assert app.live.spec.filter is not None and str(app.live.spec.filter) == "pid 812"
+        rows = shown_rows(app)
+        assert len(rows) == 6 and all(r.owner and r.owner.comm == "nginx" for r in rows)
+        assert set(column(app, "process")) == {"nginx[812]"}
+        await pilot.press("/")
+        await pilot.press(*"proc sshd or user 0", "enter")
+        await pilot.pause()
+        names = {r.owner.comm for r in shown_rows(app) if r.owner}
+        assert names == {"sshd", "rsync"}

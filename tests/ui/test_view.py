@@ -34,6 +34,13 @@ FILTERS = [
     "flags S",
     "flags PA and not (src host 198.18.7.21 or dst 198.18.9.4)",
     "proto 58 || proto icmp",
+    "proc nginx",
+    "pid 640",
+    "user 33",
+    "user root",
+    'container ""',
+    "container nginx.service",
+    "not proc sshd and tcp",
 ]
 
 
@@ -213,3 +220,30 @@ def test_the_array_back_end_knows_every_node_of_the_filter() -> None:
         return subs | {s for sub in subs for s in leaves(sub)}
 
     assert leaves(nodes.Expr) == set(MASKERS)
+
+
+@pytest.mark.parametrize(
+    ("group", "attr"), [("process", "pid"), ("user", "uid"), ("container", "container")]
+)
+def test_owner_groupings_are_the_sums_of_their_flows_processes(group: str, attr: str) -> None:
+    """Grouped by process, user or container: each row is the plain sum of the flows whose
+    owner has that value; flows without a process are one row (the ``-`` group)."""
+    expected: dict[object, list[int]] = {}
+    for i, owner in enumerate(FRAME.owner.tolist()):
+        value = None if owner is None else getattr(owner, attr)
+        if group == "container" and value == "":
+            value = None  # outside any container: with the flows that have no process
+        sums = expected.setdefault(value, [0, 0])
+        sums[0] += int(FRAME.bytes[i])
+        sums[1] += 1
+    rows = compute(FRAME, ViewSpec(group=group, top=10_000)).rows
+    got = {}
+    for r in rows:
+        value = r.ident[1]
+        got[None if value in (-1, "") else value] = [r.bytes, r.flows]
+    assert got == expected
+    assert len(expected) > 3
+    nginx = find(
+        FRAME, group, next(r.ident for r in rows if r.owner and r.owner.comm == "nginx"), NAMES
+    )
+    assert nginx is not None and nginx.owner is not None and nginx.owner.comm == "nginx"

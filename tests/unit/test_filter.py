@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flowscope.errors import UsageError
+from flowscope.model import Owner
 from flowscope.query.filter import FilterSyntaxError, parse
 from flowscope.query.nodes import (
     And,
@@ -29,6 +30,7 @@ from flowscope.query.nodes import (
     Net,
     Not,
     Or,
+    Owned,
     Port,
     register_sql_functions,
 )
@@ -52,6 +54,24 @@ class Row:
     ip_bytes: int
     tcp_flags: int
     direction: str
+    pid: int | None = None
+    comm: str | None = None
+    uid: int | None = None
+    container: str | None = None
+
+    @property
+    def owner(self) -> Owner | None:
+        """The process of the flow's local socket, from the columns history keeps."""
+        if self.pid is None:
+            return None
+        assert self.comm is not None and self.uid is not None
+        cgroup = f"/system.slice/{self.container}" if self.container else "/user.slice"
+        return Owner(self.pid, self.comm, self.uid, cgroup)
+
+
+NGINX = (812, "nginx", 33, "nginx.service")
+SSHD = (640, "sshd", 0, "ssh.service")
+SHELL = (4410, "curl", 1000, "")
 
 
 F, S, R, P, A = 1, 2, 4, 8, 16  # TCP flag bits FIN SYN RST PSH ACK
@@ -71,6 +91,7 @@ def flow(
     bytes: int,
     tcp_flags: int,
     direction: str,
+    owner: tuple[int, str, int, str] | None = None,
 ) -> Row:
     """A Row with family taken from the address and ip_bytes that do not matter here."""
     family = 6 if ":" in src else 4
@@ -89,16 +110,19 @@ def flow(
         bytes,
         tcp_flags,
         direction,
+        *(owner or (None, None, None, None)),
     )
 
 
 ROWS = [
-    flow(1, "eth0", 0, "10.0.0.1", "192.168.1.10", 51000, 443, 6, 10, 1500, S | A, "ingress"),
-    flow(2, "eth0", 0, "192.168.1.10", "10.0.0.1", 443, 51000, 6, 8, 12000, F | A | P, "egress"),
+    flow(1, "eth0", 0, "10.0.0.1", "192.168.1.10", 51000, 443, 6, 10, 1500, S | A, "ingress",
+         NGINX),
+    flow(2, "eth0", 0, "192.168.1.10", "10.0.0.1", 443, 51000, 6, 8, 12000, F | A | P, "egress",
+         NGINX),
     flow(3, "eth1", 100, "10.1.2.3", "8.8.8.8", 5353, 53, 17, 1, 80, 0, "egress"),
     flow(4, "eth1", 100, "2001:db8::1", "2001:db8:1::2", 0, 128 * 256, 58, 3, 312, 0, "egress"),
     flow(5, "we'ird; if", 4095, "fe80::1", "ff02::1", 546, 547, 17, 900, 2 * M, 0, "ingress"),
-    flow(6, "wg0", 0, "172.16.0.5", "10.0.0.200", 22, 60000, 6, 5000, 3 * G, S | R, "egress"),
+    flow(6, "wg0", 0, "172.16.0.5", "10.0.0.200", 22, 60000, 6, 5000, 3 * G, S | R, "egress", SSHD),
     flow(7, "eth0", 7, "10.0.0.1", "10.0.0.2", 2905, 2905, 132, 2, 200, 0, "ingress"),
 ]  # fmt: skip
 
@@ -106,7 +130,7 @@ SCHEMA = """CREATE TABLE flows (id INTEGER PRIMARY KEY, iface TEXT NOT NULL, vla
     family INTEGER NOT NULL, src TEXT NOT NULL, dst TEXT NOT NULL, sport INTEGER NOT NULL,
     dport INTEGER NOT NULL, proto INTEGER NOT NULL, packets INTEGER NOT NULL,
     bytes INTEGER NOT NULL, ip_bytes INTEGER NOT NULL, tcp_flags INTEGER NOT NULL,
-    direction TEXT NOT NULL)"""
+    direction TEXT NOT NULL, pid INTEGER, comm TEXT, uid INTEGER, container TEXT)"""
 
 
 def make_db(rows: Sequence[Row]) -> sqlite3.Connection:
@@ -226,6 +250,18 @@ EXAMPLES = [
     ("udp net 10.0.0.0/8", {3}),
     ("not tcp port 443", EVERY - {1, 2}),
     ("udp port 53 or tcp port 443", {1, 2, 3}),
+    # the process of the flow's local socket; flows without one match none of these
+    ("proc nginx", {1, 2}),
+    ('proc "nginx"', {1, 2}),
+    ("proc nginx-x", set()),
+    ("pid 640", {6}),
+    ("pid 1", set()),
+    ("user 33", {1, 2}),
+    ("user root", {6}),
+    ("user 0", {6}),
+    ("container nginx.service", {1, 2}),
+    ("not proc nginx", EVERY - {1, 2}),  # NOT of NULL: SQL and memory agree (never a match)
+    ("proc sshd or proc nginx", {1, 2, 6}),
 ]
 
 
@@ -293,9 +329,9 @@ ERRORS = [
     ("(tcp udp)", 6, "expected 'and', 'or' or ')', found 'udp'"),
     ("tcp)", 4, "expected 'and', 'or' or end of filter, found ')'"),
     ("()", 2, "expected a filter term (host, src, dst, net, port, proto, vlan, iface, bytes, "
-     "flags, ...), found ')'"),
+     "flags, proc, ...), found ')'"),
     ("tcp and", 8, "expected a filter term (host, src, dst, net, port, proto, vlan, iface, bytes, "
-     "flags, ...), found end of filter"),
+     "flags, proc, ...), found end of filter"),
     ("tcp & udp", 5, "expected 'and', 'or' or end of filter, found '&'"),
     ("bytes 5", 7, "expected a comparison (>, >=, <, <=, =, !=), found '5'"),
     ("bytes > lots", 9, "expected a whole number, optionally with k, M or G (like 1500, 64k, "
@@ -314,7 +350,7 @@ ERRORS = [
     ("iface ;", 7, 'expected an interface name (double-quote it if it has odd characters: "..."), '
      "found ';'"),
     ("ingres", 1, "expected a filter term (host, src, dst, net, port, proto, vlan, iface, bytes, "
-     "flags, ...), found 'ingres'"),
+     "flags, proc, ...), found 'ingres'"),
     ("host\n10.0.0.1 and port\t\tx", 25, "expected a port number (0-65535), found 'x'"),
 ]  # fmt: skip
 
@@ -377,6 +413,8 @@ ports = st.sampled_from([0, 22, 53, 443, 65535]) | st.integers(0, 65535)
 counts = st.sampled_from([0, 1, 1000, 1500, 10**6]) | st.integers(0, 2**63 - 1)
 sides = st.sampled_from(["src", "dst", "any"])
 ifaces = st.sampled_from(IFACES) | st.text(st.characters(codec="utf-8"), max_size=16)
+names = st.text(st.characters(codec="utf-8"), min_size=1, max_size=16)
+owners = st.none() | st.sampled_from([NGINX, SSHD, SHELL])
 
 
 @st.composite
@@ -401,6 +439,10 @@ leaves: st.SearchStrategy[Expr] = st.one_of(
         counts,
     ),
     st.builds(Flags, st.integers(1, 255)),
+    st.builds(Owned, st.just("comm"), st.sampled_from(["nginx", "sshd", "curl"]) | names),
+    st.builds(Owned, st.just("pid"), st.sampled_from([812, 640, 4410]) | st.integers(0, 2**22)),
+    st.builds(Owned, st.just("uid"), st.sampled_from([0, 33, 1000]) | st.integers(0, 2**32 - 1)),
+    st.builds(Owned, st.just("container"), st.sampled_from(["nginx.service", ""]) | names),
 )
 trees: st.SearchStrategy[Expr] = st.recursive(
     leaves,
@@ -431,6 +473,7 @@ def rows(draw: st.DrawFn, id: int) -> Row:
         ip_bytes=0,
         tcp_flags=draw(st.integers(0, 255)),
         direction=draw(st.sampled_from(["ingress", "egress"])),
+        **dict(zip(("pid", "comm", "uid", "container"), draw(owners) or (None,) * 4, strict=True)),
     )
 
 

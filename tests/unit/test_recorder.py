@@ -108,6 +108,7 @@ def test_the_last_partial_tick_and_the_shutdown_records_reach_the_hook() -> None
     settings = recorder.RecordSettings(
         interfaces=("eth7",),
         collector=CollectorSettings(interval=0.05, idle_timeout=3600, active_timeout=3600),
+        processes=False,  # a fake program has no socket hooks
     )
     summary = recorder._run(settings, sink, on_tick, stop, FakeProbe)  # type: ignore[arg-type]
 
@@ -173,7 +174,10 @@ def test_a_signal_during_the_ring_buffer_callback_still_stops_collection(sig: in
     FakeProbe.source = source
     sink = ListSink()
     settings = recorder.RecordSettings(
-        interfaces=("eth7",), duration=3.0, collector=CollectorSettings(interval=0.05)
+        interfaces=("eth7",),
+        duration=3.0,
+        collector=CollectorSettings(interval=0.05),
+        processes=False,  # a fake program has no socket hooks
     )
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGINT, signal.default_int_handler)
