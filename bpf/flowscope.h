@@ -127,7 +127,8 @@ struct replay_meta {
  * cgroup v2 root), so even a connection that lives a millisecond has its owner. User space joins
  * them with the flows (flowscope/collect/owners.py): 96 bytes. */
 #ifndef SOCK_RINGBUF_PAGES
-#define SOCK_RINGBUF_PAGES 64       /* the socket ring buffer, in pages (power of two) */
+#define SOCK_RINGBUF_PAGES 256      /* the socket ring buffer, in pages (power of two): 1 MiB, *
+                                     * about 10,000 sockets between two reads */
 #endif
 #ifndef SOCK_ENTRIES
 #define SOCK_ENTRIES 65536          /* sockets whose creator is remembered (LRU) */

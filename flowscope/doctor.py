@@ -205,6 +205,18 @@ def capabilities_check(missing: Sequence[str]) -> Check:
 # -- interface decisions (pure) -----------------------------------------------------------------
 
 
+def processes_check(cgroup2: Path | None) -> Check:
+    """Where the socket hooks that name each flow's process attach (kernel.owners)."""
+    name = "processes"
+    if cgroup2 is None:
+        return warn(
+            name,
+            "no cgroup v2 hierarchy is mounted: flows will have no process",
+            "mount -t cgroup2 none /sys/fs/cgroup/unified",
+        )
+    return ok(name, f"socket hooks on the cgroup v2 root {cgroup2} (sock_create, sock_ops, ...)")
+
+
 def driver_has_native_xdp(driver: str | None) -> bool:
     """True when the driver is one known to implement native XDP (ndo_bpf)."""
     return driver is not None and driver in NATIVE_XDP_DRIVERS
@@ -341,6 +353,9 @@ def machine_checks() -> Iterator[Check]:
 
     yield _guard("bcc", bcc, "make setup (installs python3-bpfcc, links it into .venv)")
     yield headers_check(release)
+    from flowscope.kernel.owners import cgroup2_root
+
+    yield processes_check(cgroup2_root())
     yield from _veth_checks()
     yield sqlite_check()
 

@@ -7,7 +7,13 @@ No numpy, no textual: `flowscope --help` and the headless commands import it che
 
 from __future__ import annotations
 
+import functools
+import pwd
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flowscope.model import Owner
 
 GROUPINGS: dict[str, str] = {
     "flow": "flow",
@@ -161,3 +167,23 @@ def _separate(
             out[i] = head + part + tail
         if begin + window < longest:
             _separate(texts, out, members, begin + window, width)
+
+
+def owner_text(owner: Owner | None, key: str) -> str:
+    """What the table shows of an owner in a process, user or container column."""
+    if owner is None:
+        return "-"
+    if key == "process":
+        return owner.label
+    if key == "user":
+        return user_name(owner.uid)
+    return owner.container or "-"
+
+
+@functools.lru_cache(maxsize=4096)
+def user_name(uid: int) -> str:
+    """A uid's name on this host (as ps and htop show it), or the number when it has none."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)

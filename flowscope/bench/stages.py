@@ -89,12 +89,7 @@ def store_insert(lab: Lab) -> Iterator[Result]:
             written = db.conn.execute("SELECT count(*) FROM flows").fetchone()[0]
         if written != n:
             raise BenchError(f"store_insert: {written} of {n} records written")
-        rows = [
-            (r.iface, "ingress", r.key.vlan, r.key.family, r.key.src, r.key.dst, r.key.sport,
-             r.key.dport, r.key.proto, schema.iso_time(r.first_seen), schema.iso_time(r.last_seen),
-             r.packets, r.bytes, r.ip_bytes, r.tcp_flags, r.end_reason)
-            for r in records
-        ]  # fmt: skip
+        rows = [store.flow_row(r) for r in records]  # the same values, made the same way
         conn = sqlite3.connect(Path(tmp) / "plain.db", isolation_level=None)
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")

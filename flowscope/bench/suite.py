@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from flowscope.bench.harness import BARE_NAME, BARE_TC_NAME, DEFAULT, Lab, Result, Settings
+from flowscope.bench.owners import owner_hooks
 from flowscope.bench.stages import (
     collector_tick,
     console,
@@ -66,6 +67,7 @@ BENCHMARKS: dict[str, Callable[[Lab], Iterator[Result]]] = {
     "detect_flood": detect_flood,
     "console": console,
     "replay_frames": replay_frames,
+    "owner_hooks_connection": owner_hooks,
 }
 NAMES = tuple(BENCHMARKS)
 

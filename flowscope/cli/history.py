@@ -100,7 +100,9 @@ def _range(
     default="flow",
     show_default=True,
     help="Sum per flow, host, host pair (both directions), port (received and sent apart: "
-    "↓tcp 443 is a service of ours, ↑tcp 50412 a peer's port), protocol, interface, VLAN.",
+    "↓tcp 443 is a service of ours, ↑tcp 50412 a peer's port), protocol, interface, VLAN, "
+    "or the process, user or container of the flow's local socket (read from flows, never the "
+    "hourly rollup).",
 )
 @click.option("--filter", "filter_text", default=None, metavar="EXPR", help="'dport 443 and tcp'")
 @_format_option

@@ -25,6 +25,7 @@ from flowscope.vocab import (
     human_rate,
     port_text,
     proto_text,
+    user_name,
 )
 from flowscope.when import parse_when, share_zone
 
@@ -202,6 +203,13 @@ def key_cells(row: dict[str, Any], group_by: str) -> dict[str, str]:
                 cells[col] = port_text(row[col], row.get("proto"))
         if "proto" in row:  # a port grouping's ports are per direction: say which
             cells["proto"] = proto_text(row["proto"], row.get("direction"))
+        if group_by == "process":  # flows without a known process: one row, "-"
+            known = row.get("pid") is not None
+            cells["process"] = f"{row['comm']}[{row['pid']}]" if known else "-"
+        elif group_by == "user":
+            cells["user"] = "-" if row.get("uid") is None else user_name(int(row["uid"]))
+        elif group_by == "container":
+            cells["container"] = row.get("container") or "-"
     return cells
 
 

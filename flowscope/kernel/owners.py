@@ -125,29 +125,37 @@ class OwnerHooks:
                 "mount one (mount -t cgroup2 none /sys/fs/cgroup/unified) to see them",
             )
         self._bpf: Any = program.module
+        self.root = root
         self.cgroups = CgroupPaths(root)
         self._links: list[int] = []
         self._records: list[bytes] = []
+        self._fds: list[int] = []
+        for name, prog_type, attach_type in HOOKS:
+            with captured_stderr() as log:
+                try:
+                    fn = self._bpf.load_func(name.encode(), prog_type, attach_type=attach_type)
+                except Exception as e:
+                    raise compile_error(log(), f"the kernel refused {name}") from e
+            self._fds.append(int(fn.fd))
+
+        def on_record(_ctx: Any, data: Any, size: int) -> int:
+            self._records.append(ctypes.string_at(data, size))
+            return 0
+
+        self._bpf[b"sock_events"].open_ring_buffer(on_record)
+        self.attach()
+
+    def attach(self) -> None:
+        """Link every hook to the cgroup v2 root (again, after close())."""
+        if self._links:
+            return
         try:
-            cg = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+            cg = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
             try:
-                for name, prog_type, attach_type in HOOKS:
-                    with captured_stderr() as log:
-                        try:
-                            fd = self._bpf.load_func(
-                                name.encode(), prog_type, attach_type=attach_type
-                            ).fd
-                        except Exception as e:
-                            raise compile_error(log(), f"the kernel refused {name}") from e
+                for fd, (_name, _type, attach_type) in zip(self._fds, HOOKS, strict=True):
                     self._links.append(libbpf.link_create(fd, cg, attach_type))
             finally:
                 os.close(cg)
-
-            def on_record(_ctx: Any, data: Any, size: int) -> int:
-                self._records.append(ctypes.string_at(data, size))
-                return 0
-
-            self._bpf[b"sock_events"].open_ring_buffer(on_record)
         except BaseException:
             self.close()
             raise
@@ -174,7 +182,8 @@ class OwnerHooks:
         return out
 
     def close(self) -> None:
-        """Detach every program (closing its link); the FlowProgram frees them."""
+        """Detach every program (closing its link); the FlowProgram frees them. attach()
+        links them again."""
         for fd in self._links:
             os.close(fd)
         self._links.clear()

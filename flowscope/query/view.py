@@ -10,8 +10,6 @@ About 450 lines: each grouping is a key, a membership test and a row in three sm
 
 from __future__ import annotations
 
-import functools
-import pwd
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -28,7 +26,7 @@ from flowscope.query.frame import (
     iface_name,
     owner_values,
 )
-from flowscope.vocab import GROUPINGS
+from flowscope.vocab import GROUPINGS, owner_text
 
 GROUPS = GROUPINGS
 """Group-by choices, in the order the toggle key cycles through them, with their labels
@@ -401,26 +399,6 @@ def _sort_values(fr: FlowFrame, g: _Groups, key: str) -> np.ndarray:
     if key in ("process", "user", "container"):
         return np.asarray([owner_text(fr.owner[r], key) for r in rep.tolist()], str)
     raise ValueError(f"unknown sort key {key!r}")
-
-
-def owner_text(owner: Owner | None, key: str) -> str:
-    """What the table shows of an owner in a process, user or container column."""
-    if owner is None:
-        return "-"
-    if key == "process":
-        return owner.label
-    if key == "user":
-        return user_name(owner.uid)
-    return owner.container or "-"
-
-
-@functools.lru_cache(maxsize=4096)
-def user_name(uid: int) -> str:
-    """A uid's name on this host (as ps and htop show it), or the number when it has none."""
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
 
 
 def _top(fr: FlowFrame, g: _Groups, spec: ViewSpec) -> np.ndarray:

@@ -7,9 +7,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from flowscope.model import proto_name, tcp_flags_text
-from flowscope.query.view import Row, owner_text
+from flowscope.query.view import Row
 from flowscope.ui.names import service
-from flowscope.vocab import DIRECTION_MARKS, ICMP, age_text, clip, clip_column, compact
+from flowscope.vocab import (
+    DIRECTION_MARKS,
+    ICMP,
+    age_text,
+    clip,
+    clip_column,
+    compact,
+    owner_text,
+)
 from flowscope.vocab import port_text as number_text
 
 HEADERS: dict[str, str] = {

@@ -15,13 +15,13 @@ from textual.widgets import Label, Sparkline, Static
 
 from flowscope.model import proto_name, tcp_flags_text
 from flowscope.query.nodes import Filter
-from flowscope.query.view import GROUPS, Row, owner_text
+from flowscope.query.view import GROUPS, Row
 from flowscope.ui.cells import (
     port_text,
     service_name,
 )
 from flowscope.ui.state import LOSS_COUNTERS, LiveState
-from flowscope.vocab import age_text, endpoint, human, human_rate, printable
+from flowscope.vocab import age_text, endpoint, human, human_rate, owner_text, printable
 
 
 def padded(values: Sequence[float], width: int) -> list[float]:

@@ -179,3 +179,14 @@ def test_demo_names_fit_and_map_back() -> None:
     assert max(len(ns), len(host), len(peer)) <= 15
     assert owner_of(ns) == owner_of(host) == owner_of(peer) == 4194304
     assert owner_of("fsns123") is None and owner_of("fsdemox") is None
+
+
+def test_processes_need_a_cgroup_v2_hierarchy() -> None:
+    from pathlib import Path
+
+    from flowscope.doctor import Status, processes_check
+
+    assert processes_check(Path("/sys/fs/cgroup")).status is Status.OK
+    missing = processes_check(None)
+    assert missing.status is Status.WARN and "no process" in missing.detail
+    assert missing.fix and "cgroup2" in missing.fix

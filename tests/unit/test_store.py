@@ -36,6 +36,7 @@ from flowscope.model import (
     FlowKey,
     FlowRecord,
     NewFlow,
+    Owner,
     PendingFlows,
     Sample,
     pending_records,
@@ -863,3 +864,76 @@ def test_what_history_holds_after_any_committed_tick_is_never_more_than_was_coun
             for r in pending_records(family, data, {})
         ]
     assert recorded + sum(left) == 8
+
+
+OWNERS = [
+    None,
+    Owner(812, "nginx", 33, "/system.slice/nginx.service"),
+    Owner(640, "sshd", 0, "/system.slice/ssh.service"),
+    Owner(2210, "api", 33, "/system.slice/docker-" + "ab" * 32 + ".scope"),
+]
+
+
+@given(
+    picks=st.lists(
+        st.tuples(st.integers(0, len(OWNERS) - 1), st.integers(1, 10_000), st.integers(0, 7200)),
+        min_size=1,
+        max_size=40,
+    ),
+    group=st.sampled_from(["process", "user", "container"]),
+    hours=st.sampled_from([2.5, 5]),
+)
+def test_history_by_process_user_and_container_is_the_plain_sum(
+    picks: list[tuple[int, int, int]], group: str, hours: float
+) -> None:
+    """Each record keeps its process; grouped by process, user or container, history gives
+    the plain sum per owner (records without one: one NULL group), over short ranges and over
+    the long ones that otherwise read the hourly rollup (which has no process)."""
+    with tempfile.TemporaryDirectory() as d:
+        db = Path(d) / "h.db"
+        records = []
+        for i, (which, nbytes, offset) in enumerate(picks):
+            r = rec(sport=1000 + i, nbytes=nbytes, first=T0 + offset, last=T0 + offset)
+            records.append(dataclasses.replace(r, owner=OWNERS[which]))
+        with store.Store(db) as s:
+            s.write_tick(records, sample(T0 + 7200), [])
+            s.rollup()
+        key = {"process": "pid", "user": "uid", "container": "container"}[group]
+        expected: dict[object, int] = {}
+        for r in records:
+            o = r.owner
+            value = None if o is None else (o.container if key == "container" else getattr(o, key))
+            expected[value] = expected.get(value, 0) + r.bytes
+        q = queries.HistoryQuery(
+            since=T0 + 7201 - hours * 3600, until=T0 + 7201, top=None, group_by=group
+        )
+        with contextlib.closing(files.connect_readonly(db)) as conn:
+            rows = queries.history(conn, q, now=T0 + 7201).rows
+        assert {r[key]: r["bytes"] for r in rows} == expected
+
+
+def test_a_file_from_before_processes_still_answers(db: Path) -> None:
+    """A schema 7 file (no process columns), read without migrating: every query works, and
+    by process all of it is the group without one."""
+    db.parent.mkdir()
+    conn = sqlite3.connect(db)
+    sdb = sqlite_utils.Database(conn)
+    for migration in schema.MIGRATIONS[:7]:
+        migration(sdb)
+    conn.execute("PRAGMA user_version = 7")
+    columns = [c for c in schema.FLOW_COLUMNS if c not in schema.OWNER_COLUMNS]
+    key = FlowKey(abi.AF_INET, "10.0.0.1", "10.0.0.2", 4000, 443, 6)
+    conn.execute(
+        f"INSERT INTO flows ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+        ("eth0", "ingress", 0, 4, key.src, key.dst, 4000, 443, 6, schema.iso_time(T0),
+         schema.iso_time(T0 + 1), 3, 300, 260, 0x12, "idle"),
+    )  # fmt: skip
+    conn.commit()
+    conn.close()
+    with contextlib.closing(files.connect_readonly(db)) as ro:
+        for group in ("flow", "process", "container"):
+            q = queries.HistoryQuery(since=T0 - 60, until=T0 + 60, group_by=group)
+            rows = queries.history(ro, q, now=T0 + 60).rows
+            assert [r["bytes"] for r in rows] == [300]
+        q = queries.HistoryQuery(since=T0 - 60, until=T0 + 60, group_by="process")
+        assert queries.history(ro, q, now=T0 + 60).rows[0]["pid"] is None
