@@ -67,10 +67,6 @@ class OwnerTable:
         self._ports = np.zeros(0, np.uint16)
         self.generation = 0
         """Bumped whenever a socket is added: flows without an owner are worth a new look."""
-        self.foreign = 0
-        """Sockets of other network namespaces, ignored."""
-        self.unowned = 0
-        """Sockets announced without an owner (created before the hooks; the scan has them)."""
 
     # -- what is known -----------------------------------------------------------------------
 
@@ -83,11 +79,8 @@ class OwnerTable:
         """Remember sockets; a later socket on the same address replaces an earlier one."""
         added = False
         for ev in events:
-            if ev.netns != self.netns:
-                self.foreign += 1
-                continue
-            if ev.owner is None:
-                self.unowned += 1
+            # other namespaces' sockets, and those made before the hooks (the scan has them)
+            if ev.netns != self.netns or ev.owner is None:
                 continue
             if ev.kind == abi.SOCK_CONNECT:
                 key = (ev.family, ev.proto, ev.laddr, ev.lport, ev.raddr, ev.rport)
@@ -108,9 +101,6 @@ class OwnerTable:
         if excess > 0:
             for key in list(self._conn)[: excess + self.capacity // 4]:
                 del self._conn[key]
-
-    def __len__(self) -> int:
-        return len(self._conn) + sum(len(v) for v in self._bound.values())
 
     # -- lookups -----------------------------------------------------------------------------
 
