@@ -12,6 +12,7 @@ from ipaddress import ip_address
 from flowscope import abi
 from flowscope.errors import UsageError
 from flowscope.model import FlowRecord
+from flowscope.vocab import user_name
 
 VERSION = 10
 DEFAULT_MTU = 1400
@@ -25,6 +26,7 @@ TEMPLATE_V6 = 257
 TEMPLATE_V4_EGRESS = 258
 TEMPLATE_V6_EGRESS = 259
 _U32 = 1 << 32
+VARIABLE = 65535  # a template field length that means "variable length" (RFC 7011 section 7)
 
 # IANA IPFIX information elements: (name, id, length in the templates)
 IE = tuple[str, int, int]
@@ -45,17 +47,25 @@ _COMMON_HEAD: tuple[IE, ...] = (
     ("flowDirection", 61, 1),
     ("flowEndReason", 136, 1),
 )
+_OWNER: tuple[IE, ...] = (
+    ("applicationName", 96, VARIABLE),  # the process's command name (comm), "" when none
+    ("userName", 371, VARIABLE),  # its user's name on this host, "" when no process
+)
+"""The owning process in the only IANA elements that can carry it; IANA has none for a pid
+or a container, and flowscope has no enterprise number to define its own."""
 FIELDS_V4: tuple[IE, ...] = (
     ("sourceIPv4Address", 8, 4),
     ("destinationIPv4Address", 12, 4),
     *_COMMON_HEAD,
     ("icmpTypeCodeIPv4", 32, 2),
+    *_OWNER,
 )
 FIELDS_V6: tuple[IE, ...] = (
     ("sourceIPv6Address", 27, 16),
     ("destinationIPv6Address", 28, 16),
     *_COMMON_HEAD,
     ("icmpTypeCodeIPv6", 139, 2),
+    *_OWNER,
 )
 FIELDS_V4_EGRESS = tuple(EGRESS_INTERFACE if f == INGRESS_INTERFACE else f for f in FIELDS_V4)
 FIELDS_V6_EGRESS = tuple(EGRESS_INTERFACE if f == INGRESS_INTERFACE else f for f in FIELDS_V6)
@@ -70,8 +80,8 @@ record layout serves both directions."""
 _TAIL = "HHBHQQQQQHIBBH"
 RECORD_V4 = struct.Struct("!4s4s" + _TAIL)
 RECORD_V6 = struct.Struct("!16s16s" + _TAIL)
-assert RECORD_V4.size == sum(f[2] for f in FIELDS_V4)
-assert RECORD_V6.size == sum(f[2] for f in FIELDS_V6)
+assert RECORD_V4.size == sum(f[2] for f in FIELDS_V4 if f[2] != VARIABLE)
+assert RECORD_V6.size == sum(f[2] for f in FIELDS_V6 if f[2] != VARIABLE)
 
 # flowEndReason (RFC 5102 section 5.11.3)
 END_REASON_CODES = {
@@ -103,6 +113,15 @@ def millis(t: float) -> int:
     return round(t * 1000)
 
 
+def variable(text: str) -> bytes:
+    """A string field of variable length: UTF-8 after a one-byte length, or after 255 and a
+    two-byte length from 255 bytes on (RFC 7011 section 7)."""
+    data = text.encode("utf-8", "replace")[: VARIABLE - 1]
+    if len(data) < 255:
+        return bytes((len(data),)) + data
+    return b"\xff" + struct.pack("!H", len(data)) + data
+
+
 def encode_record(r: FlowRecord) -> tuple[int, bytes]:
     """(template id, data record bytes) of one flow record."""
     k = r.key
@@ -125,9 +144,15 @@ def encode_record(r: FlowRecord) -> tuple[int, bytes]:
     )
     src, dst = ip_address(k.src).packed, ip_address(k.dst).packed
     egress = k.direction == abi.DIR_EGRESS
+    owner = r.owner
+    names = (
+        variable(owner.comm) + variable(user_name(owner.uid)) if owner is not None else b"\x00\x00"
+    )
     if k.family == abi.AF_INET:
-        return TEMPLATE_V4_EGRESS if egress else TEMPLATE_V4, RECORD_V4.pack(src, dst, *tail)
-    return TEMPLATE_V6_EGRESS if egress else TEMPLATE_V6, RECORD_V6.pack(src, dst, *tail)
+        tid = TEMPLATE_V4_EGRESS if egress else TEMPLATE_V4
+        return tid, RECORD_V4.pack(src, dst, *tail) + names
+    tid = TEMPLATE_V6_EGRESS if egress else TEMPLATE_V6
+    return tid, RECORD_V6.pack(src, dst, *tail) + names
 
 
 @dataclass(frozen=True, slots=True)

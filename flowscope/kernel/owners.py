@@ -239,6 +239,22 @@ def process_owner(pid: int) -> Owner | None:
     return Owner(pid, comm, uid, cgroup)
 
 
+def running_command(owner: Owner) -> str | None:
+    """The full command line of a flow's process while it still runs (``ps -o args``; a
+    kernel thread's as ``[comm]``), read from /proc when the console asks, never while flows
+    are collected. None when the pid is gone or now names another command: a reused pid
+    is not the flow's process."""
+    try:
+        comm = Path(f"/proc/{owner.pid}/comm").read_text().strip()
+        raw = Path(f"/proc/{owner.pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    if comm != owner.comm:
+        return None
+    args = [a.decode("utf-8", "replace") for a in raw.rstrip(b"\0").split(b"\0") if a]
+    return " ".join(args) if args else f"[{comm}]"
+
+
 def _diag_sockets() -> Iterator[tuple[int, int, dict[str, Any]]]:
     """(family, proto, sock_diag message) of every TCP and UDP socket of this namespace."""
     from pyroute2 import DiagSocket

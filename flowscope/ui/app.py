@@ -23,6 +23,8 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
 
+from flowscope.kernel.owners import running_command
+from flowscope.model import Owner
 from flowscope.query.view import COLUMNS, DESCENDING, GROUPS, ViewSpec
 from flowscope.ui.cells import HEADERS
 from flowscope.ui.context import ConsoleContext
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
     from flowscope.pipeline import Pipeline
 
 Clock = Callable[[], float]
+CommandLine = Callable[[Owner], str | None]
 RINGBUF_NOTICE_TICKS = 30
 """At most one 'ring buffer full' notification per this many ticks."""
 
@@ -70,6 +73,7 @@ class FlowscopeApp(App[None]):
         *,
         clock: Clock = time.time,
         lookup: Lookup = gethostbyaddr,
+        command_line: CommandLine = running_command,
         db_path: Path | None = None,
         title: str | None = None,
         handle_signals: bool = False,
@@ -79,7 +83,9 @@ class FlowscopeApp(App[None]):
         if title:
             self.title = title
         self.source = source
-        self.context = ConsoleContext(LiveState(clock_start=clock()), name_of=self.name_of)
+        self.context = ConsoleContext(
+            LiveState(clock_start=clock()), name_of=self.name_of, command_line=command_line
+        )
         """What the screens share (they get it, never the app)."""
         self.db_path = db_path
         self.notices: list[tuple[str, str]] = []
@@ -321,6 +327,7 @@ def make_app(
     *,
     clock: Clock = time.time,
     lookup: Lookup = gethostbyaddr,
+    command_line: CommandLine = running_command,
     db_path: Path | None = None,
     title: str | None = None,
     handle_signals: bool = False,
@@ -328,11 +335,13 @@ def make_app(
 ) -> FlowscopeApp:
     """The console over a tick source. ``clock`` gives the wall time the console starts at
     (uptime is measured on the ticks' own times from there); ``lookup`` does reverse DNS;
+    ``command_line`` gives a process's command line for the detail view;
     ``spec`` is the view it opens with (live --filter, --group-by, --sort)."""
     return FlowscopeApp(
         source,
         clock=clock,
         lookup=lookup,
+        command_line=command_line,
         db_path=db_path,
         title=title,
         handle_signals=handle_signals,

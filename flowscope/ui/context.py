@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from flowscope.model import Owner
 from flowscope.ui.state import LiveState
 
 
@@ -32,6 +33,8 @@ class ConsoleContext:
     """Addresses are shown as their reverse DNS names where known."""
     name_of: Callable[[str], str | None] = lambda address: None
     """The name of an address (None until the resolver has it)."""
+    command_line: Callable[[Owner], str | None] = lambda owner: None
+    """A flow's process's full command line while it runs (None when it is gone)."""
     show_filter: Callable[[str], None] = _nothing
     """Back to the live table with this filter applied (an alert's Enter)."""
     redraw_live: Callable[[], None] = _nothing

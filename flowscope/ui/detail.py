@@ -49,6 +49,7 @@ class DetailScreen(Screen[None]):
         self.context = context
         self.row = row
         self.group = group
+        self._command: str | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(id="title")
@@ -85,7 +86,12 @@ class DetailScreen(Screen[None]):
         self.query_one("#graph-label", Label).update(
             f"bit rate {human_rate(row.bps)}, last {min(state.ticks, state.history)} ticks"
         )
-        self.query_one("#this", Static).update(_fields(describe_row(row, self.group)))
+        fields = describe_row(row, self.group)
+        if row.owner is not None and self.group in ("flow", "process"):
+            if self._command is None:  # once per screen: /proc is read on demand only
+                self._command = self.context.command_line(row.owner) or "- (no longer running)"
+            fields.append(("command", self._command))
+        self.query_one("#this", Static).update(_fields(fields))
         other_title = self.query_one("#other-title", Label)
         other = self.query_one("#other", Static)
         rev = reverse_ident(row.ident)

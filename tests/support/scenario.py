@@ -86,6 +86,20 @@ _RESOLVED = Owner(401, "systemd-resolve", 2101, "/system.slice/systemd-resolved.
 _RSYNC = Owner(3120, "rsync", 0, "/user.slice/user-0.slice/session-4.scope")
 _CHRONY = Owner(520, "chronyd", 2102, "/system.slice/chrony.service")
 _POSTFIX = Owner(1480, "smtp", 2103, "/system.slice/postfix.service")
+COMMAND_LINES = {
+    812: "nginx: worker process",
+    2210: "/usr/local/bin/api-worker --listen :8080 --upstream 198.18.0.10:443",
+    640: "sshd: root@pts/0",
+    3120: "rsync -az /srv/backup/ backup@198.18.7.21::daily",
+}
+"""What the scenario's processes would show in /proc while they run (the others are gone)."""
+
+
+def command_line(owner: Owner) -> str | None:
+    """The console's command_line for the scenario: no /proc."""
+    return COMMAND_LINES.get(owner.pid)
+
+
 _OWNERS_BY_PORT = {
     (6, 443): _NGINX,
     (6, 41822): _API,

@@ -22,7 +22,7 @@ from textual.pilot import Pilot
 
 from flowscope.ui.app import FlowscopeApp, make_app
 from flowscope.ui.source import ScriptedSource
-from tests.support.scenario import HISTORY_NOW, T0, history_db, scenario
+from tests.support.scenario import HISTORY_NOW, T0, command_line, history_db, scenario
 
 NAMES = {"198.18.0.10": "web1.example.net", "198.18.7.21": "client7.example.net"}
 Steps = Callable[[Pilot[None]], Awaitable[None]]
@@ -31,7 +31,7 @@ Steps = Callable[[Pilot[None]], Awaitable[None]]
 def sample_app(*, preload: int | None = None, has_db: bool = False) -> FlowscopeApp:
     """The console over the scenario, fixed clock, fake reverse DNS."""
     source = ScriptedSource(scenario(), preload=preload, has_db=has_db)
-    return make_app(source, clock=lambda: T0 - 1, lookup=NAMES.get)
+    return make_app(source, clock=lambda: T0 - 1, lookup=NAMES.get, command_line=command_line)
 
 
 async def _press(pilot: Pilot[None], *keys: str) -> None:

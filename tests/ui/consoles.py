@@ -11,7 +11,7 @@ from typing import Any
 from flowscope.ui.app import FlowscopeApp, make_app
 from flowscope.ui.messages import TickArrived
 from flowscope.ui.source import ScriptedSource
-from tests.support.scenario import T0, scenario
+from tests.support.scenario import T0, command_line, scenario
 
 NAMES = {"198.18.0.10": "web1.example", "198.18.7.21": "client7.example"}
 
@@ -22,7 +22,7 @@ def console(
     source = ScriptedSource(
         ticks if ticks is not None else scenario(), preload=preload, has_db=has_db
     )
-    return make_app(source, clock=lambda: T0 - 1, lookup=NAMES.get)
+    return make_app(source, clock=lambda: T0 - 1, lookup=NAMES.get, command_line=command_line)
 
 
 def synchronous(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:

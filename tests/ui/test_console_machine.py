@@ -35,7 +35,7 @@ from flowscope.ui.app import FlowscopeApp, make_app
 from flowscope.ui.live import FilterBar, LiveScreen
 from flowscope.ui.messages import TickArrived
 from flowscope.ui.source import ScriptedSource
-from tests.support.scenario import T0, history_db, scenario
+from tests.support.scenario import T0, command_line, history_db, scenario
 from tests.ui.consoles import NAMES
 
 Step = Callable[[Pilot[Any]], Awaitable[object]]
@@ -138,7 +138,11 @@ class ConsoleMachine(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         source = ScriptedSource([], preload=0, has_db=True)
         self.app: FlowscopeApp = make_app(
-            source, clock=lambda: T0 - 1, lookup=NAMES.get, db_path=HISTORY_DB
+            source,
+            clock=lambda: T0 - 1,
+            lookup=NAMES.get,
+            command_line=command_line,
+            db_path=HISTORY_DB,
         )
         self.steps: asyncio.Queue[tuple[Step, asyncio.Future[None]] | None] = asyncio.Queue()
         self.driver = self.loop.create_task(self._drive())

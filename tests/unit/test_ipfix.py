@@ -19,7 +19,7 @@ from flowscope import abi
 from flowscope.cli import main
 from flowscope.errors import UsageError
 from flowscope.export import ipfix, ipfix_records
-from flowscope.model import FlowKey, FlowRecord
+from flowscope.model import FlowKey, FlowRecord, Owner
 
 T0 = 1_790_000_000.123  # 2026-09-21T14:13:20.123Z
 
@@ -36,10 +36,10 @@ def rec6_icmp() -> FlowRecord:
 
 
 TEMPLATE_SET = bytes.fromhex(
-    # set header: set id 2 (template set), length 4 + 4 * 68 = 276
-    "0002 0114"
-    # template record: id 256 (IPv4), 16 fields; each field: IE id, length
-    "0100 0010"
+    # set header: set id 2 (template set), length 4 + 4 * 76 = 308
+    "0002 0134"
+    # template record: id 256 (IPv4), 18 fields; each field: IE id, length
+    "0100 0012"
     "0008 0004"  # sourceIPv4Address (8), 4
     "000c 0004"  # destinationIPv4Address (12), 4
     "0007 0002"  # sourceTransportPort (7), 2
@@ -56,8 +56,10 @@ TEMPLATE_SET = bytes.fromhex(
     "003d 0001"  # flowDirection (61), 1
     "0088 0001"  # flowEndReason (136), 1
     "0020 0002"  # icmpTypeCodeIPv4 (32), 2
-    # template record: id 257 (IPv6), 16 fields
-    "0101 0010"
+    "0060 ffff"  # applicationName (96), variable length: the process's comm
+    "0173 ffff"  # userName (371), variable length
+    # template record: id 257 (IPv6), 18 fields
+    "0101 0012"
     "001b 0010"  # sourceIPv6Address (27), 16
     "001c 0010"  # destinationIPv6Address (28), 16
     "0007 0002 000b 0002 0004 0001 0006 0002"  # ports, protocol, TCP flags (as above)
@@ -65,30 +67,31 @@ TEMPLATE_SET = bytes.fromhex(
     "0098 0008 0099 0008"  # start, end
     "003a 0002 000a 0004 003d 0001 0088 0001"  # VLAN, interface, direction, end reason
     "008b 0002"  # icmpTypeCodeIPv6 (139), 2
+    "0060 ffff 0173 ffff"  # applicationName, userName
     # template record: id 258 (IPv4, sent), as 256 but egressInterface (14) for the interface
-    "0102 0010"
+    "0102 0012"
     "0008 0004 000c 0004"
     "0007 0002 000b 0002 0004 0001 0006 0002"
     "0001 0008 0160 0008 0002 0008"
     "0098 0008 0099 0008"
     "003a 0002 000e 0004 003d 0001 0088 0001"  # VLAN, egressInterface (14), 4, ...
-    "0020 0002"
+    "0020 0002 0060 ffff 0173 ffff"
     # template record: id 259 (IPv6, sent), as 257 but egressInterface (14)
-    "0103 0010"
+    "0103 0012"
     "001b 0010 001c 0010"
     "0007 0002 000b 0002 0004 0001 0006 0002"
     "0001 0008 0160 0008 0002 0008"
     "0098 0008 0099 0008"
     "003a 0002 000e 0004 003d 0001 0088 0001"
-    "008b 0002"
+    "008b 0002 0060 ffff 0173 ffff"
 )
 
 DATA_MESSAGE = bytes.fromhex(
-    # message header: version 10, length 16 + 69 + 93 = 178, export time 1790000002
+    # message header: version 10, length 16 + 71 + 95 = 182, export time 1790000002
     # (0x6ab13b82), sequence 0 (no data record sent before), observation domain 42
-    "000a 00b2 6ab13b82 00000000 0000002a"
-    # data set for template 256, length 4 + 65
-    "0100 0045"
+    "000a 00b6 6ab13b82 00000000 0000002a"
+    # data set for template 256, length 4 + 67
+    "0100 0047"
     "c6120002"  # 198.18.0.2
     "c6120001"  # 198.18.0.1
     "0fa0"  # source port 4000
@@ -105,8 +108,9 @@ DATA_MESSAGE = bytes.fromhex(
     "00"  # flowDirection ingress
     "01"  # flowEndReason idle timeout
     "0000"  # not ICMP
-    # data set for template 259 (IPv6, sent: the record's direction is egress), length 4 + 89
-    "0103 005d"
+    "00 00"  # no process: an empty applicationName and userName
+    # data set for template 259 (IPv6, sent: the record's direction is egress), length 4 + 91
+    "0103 005f"
     "20010db8000000000000000000000002"  # 2001:db8::2
     "20010db8000000000000000000000001"  # 2001:db8::1
     "0000 8000 3a 0000"  # ports 0 and type*256+code, ICMPv6, no TCP flags
@@ -116,6 +120,7 @@ DATA_MESSAGE = bytes.fromhex(
     "000001a0c4506cfa"  # 1790000000250
     "000001a0c4506eee"  # 1790000000750
     "0000 00000003 01 04 8000"  # untagged, ifindex 3, egress, forced end, echo request 128/0
+    "00 00"  # no process
 )
 
 
@@ -133,10 +138,10 @@ def test_data_message_is_the_hand_checked_bytes() -> None:
 def test_templates_travel_first_when_asked() -> None:
     enc = ipfix_records.Encoder(domain_id=42)
     [msg] = enc.pack([rec4(), rec6_icmp()], export_time=1790000002, templates=True)
-    # header with length 178 + 276 = 454, then the template set, then the same data sets
-    assert msg.data[:16] == bytes.fromhex("000a 01c6 6ab13b82 00000000 0000002a")
-    assert msg.data[16:292] == TEMPLATE_SET
-    assert msg.data[292:] == DATA_MESSAGE[16:]
+    # header with length 182 + 308 = 490, then the template set, then the same data sets
+    assert msg.data[:16] == bytes.fromhex("000a 01ea 6ab13b82 00000000 0000002a")
+    assert msg.data[16:324] == TEMPLATE_SET
+    assert msg.data[324:] == DATA_MESSAGE[16:]
 
 
 def test_end_reasons_follow_rfc_5102() -> None:
@@ -148,11 +153,11 @@ def test_end_reasons_follow_rfc_5102() -> None:
 def test_messages_stay_under_the_path_mtu_and_sequence_counts_records() -> None:
     enc = ipfix_records.Encoder(mtu=1400)  # 1352 bytes of IPFIX: 1400 minus IPv6 and UDP headers
     msgs = enc.pack([rec4(i) for i in range(100)], export_time=0, templates=True)
-    # 16 header + 276 templates + 4 set header + 16 * 65 = 1336; then 20 * 65 + 20 = 1320
-    assert [m.records for m in msgs] == [16, 20, 20, 20, 20, 4]
-    assert [len(m.data) for m in msgs] == [1336, 1320, 1320, 1320, 1320, 280]
-    assert [m.sequence for m in msgs] == [0, 16, 36, 56, 76, 96]
-    assert [struct.unpack_from("!I", m.data, 8)[0] for m in msgs] == [0, 16, 36, 56, 76, 96]
+    # 16 header + 308 templates + 4 set header + 15 * 67 = 1333; then 20 + 19 * 67 = 1293
+    assert [m.records for m in msgs] == [15, 19, 19, 19, 19, 9]
+    assert [len(m.data) for m in msgs] == [1333, 1293, 1293, 1293, 1293, 623]
+    assert [m.sequence for m in msgs] == [0, 15, 34, 53, 72, 91]
+    assert [struct.unpack_from("!I", m.data, 8)[0] for m in msgs] == [0, 15, 34, 53, 72, 91]
     assert enc.sequence == 100
     small = ipfix_records.Encoder(mtu=576).pack([rec4(i) for i in range(20)], export_time=0)
     assert max(len(m.data) for m in small) <= 576 - 48
@@ -218,7 +223,8 @@ def test_bad_flags_are_one_line_and_exit_2(args: list[str], message: str) -> Non
 
 
 def parse(data: bytes) -> tuple[tuple[int, ...], list[tuple[int, list[bytes]]]]:
-    """(header fields, [(set id, [records])]) of one message; template sets as one blob."""
+    """(header fields, [(set id, [records])]) of one message; template sets as one blob.
+    The records have no process: each ends in two empty strings (two bytes)."""
     header = ipfix_records.HEADER.unpack_from(data)
     assert header[0] == 10 and header[1] == len(data)
     sets = []
@@ -226,7 +232,7 @@ def parse(data: bytes) -> tuple[tuple[int, ...], list[tuple[int, list[bytes]]]]:
     while pos < len(data):
         set_id, length = ipfix_records.SET_HEADER.unpack_from(data, pos)
         body = data[pos + 4 : pos + length]
-        size = {256: ipfix_records.RECORD_V4.size, 257: ipfix_records.RECORD_V6.size}.get(
+        size = {256: ipfix_records.RECORD_V4.size + 2, 257: ipfix_records.RECORD_V6.size + 2}.get(
             set_id, len(body)
         )
         sets.append((set_id, [body[i : i + size] for i in range(0, len(body), size)]))
@@ -235,7 +241,7 @@ def parse(data: bytes) -> tuple[tuple[int, ...], list[tuple[int, list[bytes]]]]:
 
 
 def ports(sets: list[tuple[int, list[bytes]]]) -> list[int]:
-    return [ipfix_records.RECORD_V4.unpack(r)[2] for sid, rs in sets if sid == 256 for r in rs]
+    return [ipfix_records.RECORD_V4.unpack_from(r)[2] for sid, rs in sets if sid == 256 for r in rs]
 
 
 class FakeClock:
@@ -447,3 +453,44 @@ def test_tshark_decodes_sent_flows_with_egress_interface(tmp_path: Path) -> None
     assert inputs == ["7"]  # only the received flow names an input interface
     assert sorted(outputs) == ["64", "65"]
     assert sorted(directions) == ["0", "1", "1"]
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="needs tshark (make setup)")
+def test_tshark_reads_the_process_and_user_of_each_flow(tmp_path: Path) -> None:
+    """Issue #16: the owning process travels as applicationName (IE 96) and its user as
+    userName (IE 371), variable-length strings; a flow without a process has empty ones and
+    the records around it still decode."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.packet import Raw
+    from scapy.utils import wrpcap
+
+    key = FlowKey(abi.AF_INET, "198.18.0.1", "198.18.0.2", 443, 5000, 6, 0, 7, abi.DIR_EGRESS)
+    key6 = FlowKey(abi.AF_INET6, "2001:db8::2", "2001:db8::1", 5001, 22, 6, 0, 7, 0)
+    records = [
+        FlowRecord(key, "veth0", 3, 300, 258, T0, T0 + 1, 0, "idle", Owner(812, "nginx", 0)),
+        FlowRecord(key6, "veth0", 3, 300, 258, T0, T0 + 1, 0, "idle"),
+        FlowRecord(key6, "veth0", 3, 300, 258, T0, T0 + 1, 0, "idle", Owner(9, "sshd", 0)),
+    ]
+    [msg] = ipfix_records.Encoder().pack(records, export_time=int(T0), templates=True)
+    frame = Ether() / IP(src="127.0.0.1", dst="127.0.0.1") / UDP(sport=40000, dport=4739)
+    pcap = tmp_path / "ipfix.pcap"
+    wrpcap(str(pcap), [frame / Raw(msg.data)])
+    out = subprocess.run(
+        ["tshark", "-r", str(pcap), "-d", "udp.port==4739,cflow", "-T", "fields",
+         "-E", "occurrence=a", "-E", "aggregator=|",
+         "-e", "cflow.appl_name", "-e", "cflow.user_name", "-e", "cflow.srcport"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    names, users, sports = (f.split("|") for f in out.split("\t"))
+    assert names == ["nginx", "sshd"]  # tshark lists no empty string
+    assert users == ["root", "root"]
+    assert sports == ["443", "5001", "5001"]  # all three records, in order
+
+
+def test_long_strings_take_the_three_byte_length() -> None:
+    """RFC 7011 section 7: below 255 bytes one length byte, from 255 on 255 and two bytes."""
+    assert ipfix_records.variable("") == b"\x00"
+    assert ipfix_records.variable("ab") == b"\x02ab"
+    assert ipfix_records.variable("x" * 254)[:1] == b"\xfe"
+    assert ipfix_records.variable("x" * 300)[:3] == b"\xff\x01\x2c"

@@ -185,3 +185,30 @@ def test_the_join_is_the_rule_over_everything_announced(
             mine = [k for k in keys if k.family == family]
             got = table.join(batch_of(mine, family), np.arange(len(mine)))
             assert list(got) == [model(seen, k) for k in mine]
+
+
+def test_the_command_line_is_the_running_process_s_own() -> None:
+    """The detail view's command line comes from /proc while the process runs, as ps shows
+    it; a pid that exited, or that now runs another command, gives none."""
+    import subprocess
+    import sys
+
+    from flowscope.kernel.owners import running_command
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)", "two words"],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        comm = open(f"/proc/{child.pid}/comm").read().strip()
+        ps = subprocess.run(
+            ["ps", "-o", "args=", "-p", str(child.pid)], capture_output=True, text=True
+        ).stdout.strip()
+        assert running_command(Owner(child.pid, comm, 0)) == ps
+        assert ps.endswith("time.sleep(30) two words")
+        assert running_command(Owner(child.pid, "not-" + comm, 0)) is None
+    finally:
+        child.kill()
+        child.wait()
+    assert running_command(Owner(child.pid, comm, 0)) is None
+    assert running_command(Owner(2, "kthreadd", 0)) == "[kthreadd]"
