@@ -187,6 +187,8 @@ class Pipeline:
         unattributed = s.counters.get("map_full", 0)
         if unattributed:  # the totals above include them; no flow record will
             line += f"  MAP FULL {unattributed / s.interval:.0f} pkt/s"
+        if s.counters.get("sockets_lost", 0):  # their flows will have no process
+            line += f"  {s.counters['sockets_lost']} SOCKETS LOST"
         if w is not None:
             if w.backlog:
                 line += f"  {w.backlog} waiting"

@@ -60,6 +60,8 @@ class Settings:
     """Live flows behind the console benchmarks."""
     detect_flows: int = 200_000
     """New flows of the spoofed SYN flood detect_flood feeds the detector."""
+    churn_seconds: float = 5.0
+    """Seconds of 1,000 new connections a second in owner_churn."""
 
 
 DEFAULT = Settings()
@@ -74,6 +76,7 @@ QUICK = Settings(
     ringbuf_flows=10_000,
     console_flows=10_000,
     detect_flows=20_000,
+    churn_seconds=1.0,
 )
 """A smoke test of the whole command in a few seconds; its numbers are rougher."""
 

@@ -174,6 +174,7 @@ class Collector:
         self._wall_offset = wall_time() - monotonic_ns() / 1e9
         self._state = {abi.AF_INET: _FamilyState(), abi.AF_INET6: _FamilyState()}
         self._counters = source.read_counters()
+        self._sockets_lost = owners.lost if owners is not None else 0
         self._last_tick_ns = monotonic_ns()
         self._events: list[FlowEvent] = []
         source.open_events(self._events.append)
@@ -221,6 +222,10 @@ class Collector:
             for c in abi.Counter
         }
         self._counters = counters
+        if self.owners is not None:
+            # sockets whose announcement the kernel lost: their flows have no process
+            deltas["sockets_lost"] = counter_delta(self.owners.lost, self._sockets_lost)
+            self._sockets_lost = self.owners.lost
         events = [
             NewFlow(
                 time=self.wall(e.timestamp),

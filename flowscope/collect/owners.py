@@ -42,6 +42,10 @@ class SocketSource(Protocol):
 
     def poll(self) -> list[SocketEvent]: ...
 
+    def lost(self) -> int:
+        """Announcements lost so far (the ring buffer was full): sockets without an owner."""
+        ...
+
 
 class OwnerTable:
     """Sockets and their owners, and the join of flows with them."""
@@ -67,6 +71,8 @@ class OwnerTable:
         self._ports = np.zeros(0, np.uint16)
         self.generation = 0
         """Bumped whenever a socket is added: flows without an owner are worth a new look."""
+        self.lost = 0
+        """Socket announcements the kernel could not deliver, as of the last refresh."""
 
     # -- what is known -----------------------------------------------------------------------
 
@@ -74,6 +80,7 @@ class OwnerTable:
         """Take what the source announced since the last call."""
         if self.source is not None:
             self.add(self.source.poll())
+            self.lost = self.source.lost()
 
     def add(self, events: Iterable[SocketEvent]) -> None:
         """Remember sockets; a later socket on the same address replaces an earlier one."""

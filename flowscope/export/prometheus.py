@@ -61,6 +61,10 @@ COUNTERS: dict[str, tuple[str, str]] = {
         "flowscope_ringbuf_lost_events_total",
         "New-flow records lost because the ring buffer was full.",
     ),
+    "sockets_lost": (
+        "flowscope_socket_events_lost_total",
+        "Socket announcements lost to a full ring buffer (their flows have no process).",
+    ),
     "evicted": (
         "flowscope_evicted_flows_total",
         "Flows expired early because a kernel map passed its high-water mark.",

@@ -181,6 +181,10 @@ class OwnerHooks:
             out[c] = int(sum(values))
         return out
 
+    def lost(self) -> int:
+        """Announcements the ring buffer had no room for, since the programs were loaded."""
+        return self.counters()[abi.SockCounter.RINGBUF_FULL]
+
     def close(self) -> None:
         """Detach every program (closing its link); the FlowProgram frees them. attach()
         links them again."""

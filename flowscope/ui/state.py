@@ -26,7 +26,7 @@ HISTORY = 300
 """Ticks of rate history kept (5 minutes at one tick a second)."""
 FEED = 500
 """New-flow events kept for the feed."""
-LOSS_COUNTERS = ("map_full", "ringbuf_full", "malformed")
+LOSS_COUNTERS = ("map_full", "ringbuf_full", "malformed", "sockets_lost")
 """Kernel counters that mean flows or events were not seen; shown in a warning colour."""
 BEHIND_TICKS = 3
 """The writer is behind (a warning) when its backlog grew over this many ticks in a row: a

@@ -43,6 +43,7 @@ def test_every_benchmark_runs_and_reports_once() -> None:
         "collector_tick": ["collector_tick_10k", "pending_blob_10k"],
         "history_top20_10m": ["history_top20_100k"],
         "console": ["console_tick_10k", "console_key_10k"],
+        "owner_churn": ["owner_churn_coverage", "owner_churn_rate"],
     }
     expected = [line for n in bench.NAMES for line in quick.get(n, [n])]
     assert [o["name"] for o in objs] == expected
@@ -66,6 +67,8 @@ def test_every_benchmark_runs_and_reports_once() -> None:
     assert by_name["detect_flood"]["baseline_name"] == "dict_insert_floor"
     assert by_name["replay_frames"]["unit"] == "frames/s"
     assert by_name["replay_frames"]["baseline_name"] == "bare_test_run_calls"
+    # every flow of 1,000 connections a second carries its process
+    assert by_name["owner_churn_coverage"]["ratio"] == 1.0
     for o in objs:
         assert list(o) == KEYS
         assert float(o["value"]) > 0 and float(o["baseline"]) > 0

@@ -269,3 +269,41 @@ def test_a_child_cgroup_and_a_connection_older_than_flowscope(net: VethNamespace
     assert {r.key.direction for r in older} == {abi.DIR_INGRESS, abi.DIR_EGRESS}
     assert {(r.owner.pid, r.owner.comm) for r in older if r.owner} == {(old.pid, "fs-old")}
     assert all(r.owner is not None for r in older)
+
+
+def test_announcements_the_ring_buffer_cannot_hold_are_counted(net: VethNamespace) -> None:
+    """A socket ring buffer of one page (4 KiB: 39 announcements of 104 bytes with their
+    headers) and 300 sockets bound before the collector polls: the kernel's own count of what
+    it could not write is what the tick reports as sockets_lost (the status line and
+    Prometheus show it), and nothing written is lost on the way."""
+    from flowscope.kernel.owners import OwnerHooks
+
+    with Probe([net.host_if], owners=True, cflags=("-DSOCK_RINGBUF_PAGES=1",)) as probe:
+        table, watch = watch_processes(probe.program)
+        try:
+            assert watch.problem is None, watch.problem
+            hooks = table.source
+            assert isinstance(hooks, OwnerHooks)
+            collector = Collector(probe.program, CollectorSettings(), owners=table)
+            before = hooks.counters()
+            delivered: list[object] = []
+            poll = hooks.poll
+            hooks.poll = lambda: delivered.extend(got := poll()) or got  # type: ignore[method-assign]
+            socks = []
+            try:
+                for _ in range(300):
+                    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    s.bind((net.host_ip4, 0))
+                    socks.append(s)
+                mid = hooks.counters()  # other processes may make sockets meanwhile: bounds
+                tick = collector.tick()
+                after = hooks.counters()
+            finally:
+                for s in socks:
+                    s.close()
+        finally:
+            watch.close()
+    full, events = abi.SockCounter.RINGBUF_FULL, abi.SockCounter.EVENTS
+    assert mid[full] - before[full] >= 300 - 4096 // 104, (mid, before)
+    assert mid[full] <= tick.sample.counters["sockets_lost"] <= after[full]
+    assert mid[events] - before[events] <= len(delivered) <= after[events] - before[events]

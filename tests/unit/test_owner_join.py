@@ -3,6 +3,8 @@ the decoding of what the socket hooks send."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -200,7 +202,7 @@ def test_the_command_line_is_the_running_process_s_own() -> None:
         stdin=subprocess.DEVNULL,
     )
     try:
-        comm = open(f"/proc/{child.pid}/comm").read().strip()
+        comm = Path(f"/proc/{child.pid}/comm").read_text().strip()
         ps = subprocess.run(
             ["ps", "-o", "args=", "-p", str(child.pid)], capture_output=True, text=True
         ).stdout.strip()
