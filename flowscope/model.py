@@ -437,8 +437,34 @@ _PENDING_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 
-def _pending_row_size(family: int) -> int:
-    return abi.KEY_DTYPES[family].itemsize + sum(np.dtype(t).itemsize for _, t in _PENDING_COLUMNS)
+_PENDING_OWNER = "<i4"
+"""The column after those when the flows' processes are known: an index into the blob's list
+of owners, -1 for a flow without one."""
+
+
+def _pending_row_size(family: int, owners: bool = False) -> int:
+    size = abi.KEY_DTYPES[family].itemsize + sum(np.dtype(t).itemsize for _, t in _PENDING_COLUMNS)
+    return size + (np.dtype(_PENDING_OWNER).itemsize if owners else 0)
+
+
+def _factorize(owners: np.ndarray) -> tuple[np.ndarray, list[Owner]]:
+    """(index of each row's owner in the list, -1 for None; the distinct owners). The owners
+    of a tick are a few processes shared by many flows, one object per socket: they are told
+    apart by identity first (vectorised), then by value."""
+    ids = np.frompyfunc(id, 1, 1)(owners).astype(np.int64) if len(owners) else np.zeros(0, np.int64)
+    uniq, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    table: list[Owner] = []
+    slot: dict[Owner, int] = {}
+    remap = np.empty(len(uniq), np.int32)
+    for u, i in enumerate(first.tolist()):
+        o = owners[i]
+        if o is None:
+            remap[u] = -1
+        else:
+            remap[u] = slot.setdefault(o, len(table))
+            if remap[u] == len(table):
+                table.append(o)
+    return remap[inverse].astype(np.int32), table
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,12 +489,20 @@ class PendingFlows:
     """Unix seconds minus kernel seconds (kernel times are CLOCK_MONOTONIC)."""
     iface_names: dict[int, str]
     """Interface names by index, for the records a crash turns these into."""
+    owner: np.ndarray | None = None
+    """Each flow's process (an object array aligned with ``batch``), None when not watched."""
 
     def to_bytes(self) -> bytes:
+        """The blob of ``encode`` (what a run without processes stores)."""
+        return self.encode()[0]
+
+    def encode(self) -> tuple[bytes, list[Owner] | None]:
         """The flows with something pending, stored column after column: the kernel keys as
         they are, then packets, bytes and IP bytes not yet in a record (u64), the record's
-        start and the last packet as Unix seconds (f64), and the TCP flags (u8). Columns, not
-        a structured array: numpy copies whole rows of plain types far faster than fields."""
+        start and the last packet as Unix seconds (f64), and the TCP flags (u8); when the
+        processes are known, each flow's index into the owners returned beside (i32, -1 for
+        none). Columns, not a structured array: numpy copies whole rows of plain types far
+        faster than fields."""
         b = self.batch
         has = b.packets > self.exp_packets
         if not isinstance(self.rows, slice):
@@ -477,7 +511,7 @@ class PendingFlows:
         # the usual case, every live flow has something pending: no gathers at all
         idx: np.ndarray | slice = slice(None) if len(found) == len(has) else found
         raw_keys = b.keys.view(np.dtype((np.void, b.keys.dtype.itemsize)))
-        columns = (
+        columns: list[np.ndarray] = [
             raw_keys[idx],
             b.packets[idx] - self.exp_packets[idx],
             b.bytes[idx] - self.exp_bytes[idx],
@@ -485,16 +519,25 @@ class PendingFlows:
             self.start[idx] / 1e9 + self.wall_offset,
             b.last_seen[idx] / 1e9 + self.wall_offset,
             b.tcp_flags[idx],
-        )
-        return b"".join(np.ascontiguousarray(c).tobytes() for c in columns)
+        ]
+        owners: list[Owner] | None = None
+        if self.owner is not None:
+            index, owners = _factorize(self.owner[idx])
+            columns.append(index)
+        return b"".join(np.ascontiguousarray(c).tobytes() for c in columns), owners
 
 
 def pending_records(
-    family: int, data: bytes, iface_names: dict[int, str], reason: str = "crash"
+    family: int,
+    data: bytes,
+    iface_names: dict[int, str],
+    reason: str = "crash",
+    owners: Sequence[Owner] | None = None,
 ) -> list[FlowRecord]:
-    """The records a stored PendingFlows blob stands for (``reason`` as their end reason)."""
+    """The records a stored PendingFlows blob stands for (``reason`` as their end reason);
+    ``owners`` is the list stored beside a blob that has the owner column (None: it has not)."""
     kd = abi.KEY_DTYPES[family]
-    n, rest = divmod(len(data), _pending_row_size(family))
+    n, rest = divmod(len(data), _pending_row_size(family, owners is not None))
     if rest:
         raise ValueError(f"a pending blob of {len(data)} bytes is not whole rows")
     keys = np.frombuffer(data, kd, count=n)
@@ -503,6 +546,13 @@ def pending_records(
     for name, t in _PENDING_COLUMNS:
         cols[name] = np.frombuffer(data, t, count=n, offset=offset)
         offset += n * np.dtype(t).itemsize
+    index = (
+        np.frombuffer(data, _PENDING_OWNER, count=n, offset=offset).tolist()
+        if owners is not None
+        else [-1] * n
+    )
+    if owners is not None and n and not -1 <= min(index) <= max(index) < len(owners):
+        raise ValueError("a pending blob names an owner its list does not have")
     out = []
     for i in range(n):
         key = key_from_row(family, keys[i])
@@ -517,6 +567,7 @@ def pending_records(
                 last_seen=float(cols["last_seen"][i]),
                 tcp_flags=int(cols["tcp_flags"][i]),
                 end_reason=reason,
+                owner=owners[index[i]] if owners is not None and index[i] >= 0 else None,
             )
         )
     return out

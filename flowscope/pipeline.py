@@ -25,6 +25,8 @@ from flowscope.errors import FlowscopeError
 from flowscope.export.outputs import Exports, ExportSettings
 from flowscope.history.files import remove_if_unused, state_dir
 from flowscope.history.writer import Writer, WriterState
+from flowscope.kernel.owners import running_command
+from flowscope.model import Owner
 from flowscope.vocab import human_rate
 
 Notice = Callable[[str], None]
@@ -167,6 +169,12 @@ class Pipeline:
             )
         finally:
             self.sink.close()
+
+    @staticmethod
+    def command_line(owner: Owner) -> str | None:
+        """A flow's process's full command line while it runs, for the console's detail view
+        (read from /proc only when asked)."""
+        return running_command(owner)
 
     def writer_state(self) -> WriterState | None:
         """What the writer reports now (None without history)."""

@@ -267,6 +267,8 @@ class Collector:
         """Every live flow as a record with end reason 'shutdown' (the maps are left as they
         are: detaching the program frees them)."""
         records: list[FlowRecord] = []
+        if self.owners is not None:  # sockets of the last moments: their flows are here too
+            self.owners.refresh()
         for family in (abi.AF_INET, abi.AF_INET6):
             batch = self.source.read_flows(family)
             st = self._state[family]
@@ -330,7 +332,6 @@ class Collector:
         idx = np.flatnonzero(need)
         if len(idx):
             owner[idx] = table.join(batch, idx)
-        st.owner_generation = table.generation
         return owner
 
     def _record(
@@ -455,6 +456,7 @@ class Collector:
         st.record_start = start[survivors]
         if self.owners is not None:
             st.owner = owner[survivors]
+            st.owner_generation = self.owners.generation
 
         rows: np.ndarray | slice = keep if len(taken) else slice(None)  # no copies if all stay
         return _FamilyTick(
@@ -469,7 +471,15 @@ class Collector:
             evicted=int(evict.sum()),
             interfaces=_per_interface(batch.keys, d_packets_all, d_bytes_all),
             pending=PendingFlows(
-                batch, rows, exp_p, exp_b, exp_ip, start, self._wall_offset, self.iface_names
+                batch,
+                rows,
+                exp_p,
+                exp_b,
+                exp_ip,
+                start,
+                self._wall_offset,
+                self.iface_names,
+                owner if self.owners is not None else None,
             ),
         )
 

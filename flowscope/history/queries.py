@@ -29,10 +29,12 @@ from flowscope.history.schema import (
     LAST_MS_SQL,
     OWNER_COLUMNS,
     OWNER_VERSION,
+    PENDING_OWNER_VERSION,
     check_version,
     hour_text,
     iso_time,
     parse_iso,
+    schema_version,
 )
 from flowscope.history.store import flow_row, pending_rows_records
 
@@ -263,7 +265,8 @@ def stage_pending(conn: sqlite3.Connection) -> int:
         return 0
     conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS flowscope_pending ({', '.join(FLOW_COLUMNS)})")
     conn.execute(f"DELETE FROM {PENDING_TABLE}")
-    rows = conn.execute("SELECT family, ifaces, flows FROM pending").fetchall()
+    owners = "owners" if schema_version(conn) >= PENDING_OWNER_VERSION else "NULL"
+    rows = conn.execute(f"SELECT family, ifaces, flows, {owners} FROM pending").fetchall()
     records = pending_rows_records(rows, "live")
     conn.executemany(
         f"INSERT INTO {PENDING_TABLE} VALUES ({', '.join('?' * len(FLOW_COLUMNS))})",

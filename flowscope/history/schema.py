@@ -36,6 +36,8 @@ OWNER_COLUMNS: tuple[str, ...] = ("pid", "comm", "uid", "cgroup", "container")
 """The process of a flow's local socket (migration 8); NULL when none is known."""
 OWNER_VERSION = 8
 """The schema version that has OWNER_COLUMNS in flows."""
+PENDING_OWNER_VERSION = 9
+"""The schema version whose pending table has the processes of the pending flows."""
 FLOW_COLUMNS: tuple[str, ...] = (
     "iface",
     "direction",
@@ -406,6 +408,14 @@ def _migration_8(db: sqlite_utils.Database) -> None:
         db.execute(f"ALTER TABLE flows ADD COLUMN {column} {kind}")
 
 
+def _migration_9(db: sqlite_utils.Database) -> None:
+    """pending.owners: the processes of the pending flows (a JSON list of [pid, comm, uid,
+    cgroup]), NULL when the writer did not know them; when set, the blob has one more column,
+    each flow's index in that list (model.PendingFlows.encode). Live and crash-recovered
+    flows then keep their process, as the records written before them do."""
+    db.execute("ALTER TABLE pending ADD COLUMN owners TEXT")
+
+
 # Each entry upgrades the schema from version i to i + 1; user_version holds how many ran.
 # Never edit an entry once released: add a new one.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
@@ -417,6 +427,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_6,
     _migration_7,
     _migration_8,
+    _migration_9,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -131,12 +131,27 @@ def new_session() -> str:
     return f"{_process_identity(os.getpid())}:{os.urandom(4).hex()}"
 
 
-def pending_rows_records(rows: Sequence[tuple[int, str, bytes]], reason: str) -> list[FlowRecord]:
-    """The records that pending rows (family, interface names as JSON, blob) stand for."""
+def owners_json(owners: Sequence[Owner] | None) -> str | None:
+    """pending.owners: the processes of a pending blob, in its order (None: none known)."""
+    if owners is None:
+        return None
+    return json.dumps([[o.pid, o.comm, o.uid, o.cgroup] for o in owners])
+
+
+def pending_rows_records(
+    rows: Sequence[tuple[int, str, bytes, str | None]], reason: str
+) -> list[FlowRecord]:
+    """The records that pending rows (family, interface names as JSON, blob, owners as JSON
+    or None) stand for."""
     records: list[FlowRecord] = []
-    for family, ifaces, data in rows:
+    for family, ifaces, data, owners_text in rows:
         names = {int(k): v for k, v in json.loads(ifaces).items()}
-        records.extend(pending_records(family, data, names, reason))
+        owners = (
+            [Owner(int(p), str(c), int(u), str(g)) for p, c, u, g in json.loads(owners_text)]
+            if owners_text is not None
+            else None
+        )
+        records.extend(pending_records(family, data, names, reason, owners))
     return records
 
 
@@ -255,8 +270,9 @@ class Store:
         writer's pending rows: with the records of the same tick, history then holds every
         packet the kernel had counted at that tick, whatever happens next."""
         pending_rows = [
-            (self.session, p.batch.family, json.dumps(p.iface_names), p.to_bytes())
+            (self.session, p.batch.family, json.dumps(p.iface_names), data, owners_json(owners))
             for p in pending or ()
+            for data, owners in (p.encode(),)
         ]
         event_rows = [
             (
@@ -322,13 +338,14 @@ class Store:
             self.conn.executemany(INSERT_FLOW, [flow_row(r) for r in records])
 
     def _replace_pending(
-        self, rows: list[tuple[str, int, str, bytes]], sample: Sample | None
+        self, rows: list[tuple[str, int, str, bytes, str | None]], sample: Sample | None
     ) -> None:
         self.conn.execute("DELETE FROM pending WHERE session = ?", (self.session,))
         at = iso_time(sample.time if sample is not None else time.time())
         self.conn.executemany(
-            "INSERT INTO pending (session, family, time, ifaces, flows) VALUES (?, ?, ?, ?, ?)",
-            [(s, f, at, names, data) for s, f, names, data in rows if data],
+            "INSERT INTO pending (session, family, time, ifaces, flows, owners) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(s, f, at, names, data, owners) for s, f, names, data, owners in rows if data],
         )
 
     def recover(self) -> int:
@@ -336,7 +353,7 @@ class Store:
         records with end reason ``crash``, in one transaction; how many records that made."""
         with translate_errors("cannot recover pending flows in", self.path):
             rows = self.conn.execute(
-                "SELECT session, family, ifaces, flows FROM pending"
+                "SELECT session, family, ifaces, flows, owners FROM pending"
             ).fetchall()
             dead = [r for r in rows if not session_alive(r[0])]
             if not dead:

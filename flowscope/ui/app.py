@@ -23,7 +23,6 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
 
-from flowscope.kernel.owners import running_command
 from flowscope.model import Owner
 from flowscope.query.view import COLUMNS, DESCENDING, GROUPS, ViewSpec
 from flowscope.ui.cells import HEADERS
@@ -49,6 +48,12 @@ if TYPE_CHECKING:
 
 Clock = Callable[[], float]
 CommandLine = Callable[[Owner], str | None]
+
+
+def _no_command_line(_owner: Owner) -> str | None:
+    return None
+
+
 RINGBUF_NOTICE_TICKS = 30
 """At most one 'ring buffer full' notification per this many ticks."""
 
@@ -73,7 +78,7 @@ class FlowscopeApp(App[None]):
         *,
         clock: Clock = time.time,
         lookup: Lookup = gethostbyaddr,
-        command_line: CommandLine = running_command,
+        command_line: CommandLine = _no_command_line,
         db_path: Path | None = None,
         title: str | None = None,
         handle_signals: bool = False,
@@ -327,7 +332,7 @@ def make_app(
     *,
     clock: Clock = time.time,
     lookup: Lookup = gethostbyaddr,
-    command_line: CommandLine = running_command,
+    command_line: CommandLine = _no_command_line,
     db_path: Path | None = None,
     title: str | None = None,
     handle_signals: bool = False,
@@ -363,7 +368,14 @@ def run_console(
     report; so is an exception that ended the console itself (a bug), which the CLI writes to
     its crash log. ``stop`` set by the caller ends collection and closes the console."""
     source = RecorderSource(pipeline, stop)
-    app = make_app(source, db_path=pipeline.db_path, title=title, handle_signals=True, spec=spec)
+    app = make_app(
+        source,
+        command_line=pipeline.command_line,
+        db_path=pipeline.db_path,
+        title=title,
+        handle_signals=True,
+        spec=spec,
+    )
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         app.run()

@@ -6,7 +6,9 @@ frames written from inside the namespace, so every packet and byte is known."""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import time
@@ -18,6 +20,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
+from flowscope.history.store import Store
 from flowscope.kernel.attach import interface_info
 from tests.netns import PYTHON, VethNamespace, veth_namespace
 
@@ -151,18 +154,30 @@ def test_record_then_history_gives_exact_counts_and_expiry(
 
 def test_kill_9_keeps_the_database_whole_and_detaches(net: VethNamespace, tmp_path: Path) -> None:
     """SIGKILL loses at most the last tick: the file passes integrity_check, the samples of
-    the ticks before are there, and the kernel removed the program with the process."""
+    the ticks before are there, and the kernel removed the program with the process. The
+    next writer turns the flow still live at the kill into a crash record, with every packet
+    and the process whose socket received them (this one's)."""
     db = tmp_path / "flows.db"
     proc = start_record(net, db, "--interval", "0.2")
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
+        listener.bind((net.host_ip4, 80))
         net.send_frames([udp4(net, 4100, 80, 64)] * 20)
         time.sleep(1.5)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
     finally:
+        listener.close()
         if proc.poll() is None:
             proc.kill()
     wait_detached(net.host_if)
+    with Store(db) as recovering:
+        assert recovering.recover() >= 1  # the host may have sent something too (IPv6 ND)
+    with sqlite3.connect(db) as conn:
+        crashed = conn.execute(
+            "SELECT packets, end_reason, pid FROM flows WHERE sport = 4100"
+        ).fetchall()
+    assert crashed == [(20, "crash", os.getpid())]
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     samples = conn.execute("SELECT count(*), sum(packets) FROM samples").fetchone()

@@ -24,7 +24,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from flowscope import abi
 from flowscope.collect.collector import Collector, CollectorSettings
-from flowscope.model import FlowBatch, FlowEvent, FlowKey
+from flowscope.collect.owners import OwnerTable
+from flowscope.model import FlowBatch, FlowEvent, FlowKey, Owner, SocketEvent, pending_records
 
 SEC = 1_000_000_000
 NCPU = 2
@@ -245,6 +246,131 @@ class CollectorMachine(RuleBasedStateMachine):
 TestCollectorModel = CollectorMachine.TestCase
 TestCollectorModel.settings = settings(
     max_examples=300,
+    stateful_step_count=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+# --- which process: the owner each flow carries ---------------------------------------------
+
+NETNS = 77
+PROCS = [Owner(100 + i, f"p{i}", i) for i in range(3)]
+LOCAL_ADDR = {abi.AF_INET: "198.19.0.1", abi.AF_INET6: "2001:db8::ffff"}
+
+
+def _remote(i: int) -> str:
+    return f"198.18.0.{i + 1}" if i % 2 == 0 else f"2001:db8::{i + 1:x}"
+
+
+class _Announced:
+    """The socket hooks as a list the test appends to (collect.owners.SocketSource)."""
+
+    def __init__(self) -> None:
+        self.queue: list[SocketEvent] = []
+
+    def poll(self) -> list[SocketEvent]:
+        out, self.queue = self.queue, []
+        return out
+
+    def lost(self) -> int:
+        return 0
+
+
+class OwnedCollectorMachine(CollectorMachine):
+    """The same traffic, with sockets announced at any moment: a connection (its exact
+    4-tuple) or a listener on the flows' local address. Model: each flow, from the tick the
+    collector first reads it until it leaves the map, has the owner known at that tick (a
+    connection's before a listener's, the latest of each), or, while it has none, the first
+    owner known at a later tick; it then keeps it (a socket announced later on the same
+    address is another socket's). Every record, the live flows and the pending blob carry it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.source = _Announced()
+        self.table = OwnerTable(NETNS, source=self.source, local_addresses=lambda: set())
+        self.collector = Collector(
+            self.kernel,
+            CollectorSettings(idle_timeout=5.0, fin_timeout=1.0, active_timeout=3.0),
+            iface_names={7: "veth7"},
+            monotonic_ns=lambda: self.kernel.now,
+            wall_time=lambda: 1_700_000_000.0 + self.kernel.now / SEC,
+            owners=self.table,
+        )
+        self.conn: dict[int, Owner] = {}
+        self.listener: dict[int, Owner] = {}
+        self.owner_of: dict[bytes, Owner | None] = {}  # flows in the map the collector has read
+        self.pending_conn: list[tuple[int, Owner]] = []  # announced, not yet taken in
+        self.pending_listen: list[tuple[int, Owner]] = []
+
+    @rule(i=st.integers(0, FLOWS - 1), p=st.integers(0, len(PROCS) - 1))
+    def connection(self, i: int, p: int) -> None:
+        family = KEYS[i][0]
+        self.source.queue.append(
+            SocketEvent(abi.SOCK_CONNECT, family, 6, LOCAL_ADDR[family], 80, _remote(i), 1000 + i,
+                        NETNS, PROCS[p])
+        )  # fmt: skip
+        self.pending_conn.append((i, PROCS[p]))
+
+    @rule(family=st.sampled_from([abi.AF_INET, abi.AF_INET6]), p=st.integers(0, len(PROCS) - 1))
+    def listener_socket(self, family: int, p: int) -> None:
+        self.source.queue.append(
+            SocketEvent(abi.SOCK_LISTEN, family, 6, LOCAL_ADDR[family], 80, "", 0, NETNS, PROCS[p])
+        )
+        self.pending_listen.append((family, PROCS[p]))
+
+    def _lookup(self, i: int) -> Owner | None:
+        return self.conn.get(i) or self.listener.get(KEYS[i][0])
+
+    def _expected(self) -> dict[bytes, Owner | None]:
+        """Each flow in the map as the collector will see it next: what the refresh takes in,
+        then its carried owner or, without one, the lookup."""
+        for i, o in self.pending_conn:
+            self.conn[i] = o
+        for family, o in self.pending_listen:
+            self.listener[family] = o
+        self.pending_conn, self.pending_listen = [], []
+        index = {raw: i for i, (_, raw) in enumerate(KEYS)}
+        out = {raw: self.owner_of.get(raw) for f in (abi.AF_INET, abi.AF_INET6)
+               for raw in self.kernel.maps[f]}  # fmt: skip
+        for raw in out:
+            if out[raw] is None:
+                out[raw] = self._lookup(index[raw])
+        return out
+
+    @rule()
+    def tick(self) -> None:
+        before = self._expected()
+        self.kernel.now += SEC // 10
+        t = self.collector.tick()
+        counters = self.kernel.read_counters()
+        self.counters = counters
+        self._take(t.records)
+        for r in t.records:
+            assert r.owner == before[_raw(r.key)], r
+        live: dict[bytes, Owner | None] = {}
+        for lf in t.live:
+            for j in range(len(lf.batch)):
+                raw = lf.batch.keys[j].tobytes()
+                live[raw] = lf.owner[j] if lf.owner is not None else None
+                assert live[raw] == before[raw]
+        for p in t.pending:
+            data, owners = p.encode()
+            for r in pending_records(p.batch.family, data, {}, "live", owners):
+                assert r.owner == live[_raw(r.key)], r
+        self.owner_of = live
+
+    @rule()
+    def shutdown_is_exact(self) -> None:
+        """shutdown() takes in the last sockets too, and changes nothing for the next tick."""
+        expected = self._expected()
+        for r in self.collector.shutdown():
+            assert r.owner == expected[_raw(r.key)], r
+
+
+TestOwnedCollectorModel = OwnedCollectorMachine.TestCase
+TestOwnedCollectorModel.settings = settings(
+    max_examples=150,
     stateful_step_count=60,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

@@ -605,9 +605,15 @@ def test_benchmark_hook_reports_a_rate(tmp_path: Path) -> None:
 # --- crash safety and bounded shutdown ----------------------------------------------------------
 
 
-def pending_of(packets: list[int], exported: list[int], t0: float = T0) -> PendingFlows:
+def pending_of(
+    packets: list[int],
+    exported: list[int],
+    t0: float = T0,
+    owners: list[Owner | None] | None = None,
+) -> PendingFlows:
     """IPv4 flows 198.18.0.(i+1) -> 198.19.0.1 that counted ``packets`` of which ``exported``
-    are in records already (1000 bytes a packet); kernel times are seconds since 0."""
+    are in records already (1000 bytes a packet); kernel times are seconds since 0; their
+    processes when ``owners`` is given."""
     n = len(packets)
     keys = np.zeros(n, abi.KEY4_DTYPE)
     for i in range(n):
@@ -627,16 +633,22 @@ def pending_of(packets: list[int], exported: list[int], t0: float = T0) -> Pendi
         np.zeros(n, np.uint8),
     )  # fmt: skip
     start = np.full(n, 12 * 10**9, np.uint64)
-    return PendingFlows(batch, slice(None), e, e * 1000, e * 980, start, t0 - 10, {3: "veth3"})
+    owner = None
+    if owners is not None:
+        owner = np.empty(n, object)
+        owner[:] = owners
+    return PendingFlows(
+        batch, slice(None), e, e * 1000, e * 980, start, t0 - 10, {3: "veth3"}, owner
+    )
 
 
 _KILLED_WRITER = """
 import os, signal, sys, time
 sys.path.insert(0, {root!r})
-from tests.unit.test_store import pending_of, rec
+from tests.unit.test_store import OWNERS, pending_of, rec
 from flowscope.history.writer import Writer
 w = Writer({db!r})
-w.submit([rec(sport=1)], None, [], [pending_of([5, 7, 9], [0, 7, 4])])
+w.submit([rec(sport=1)], None, [], [pending_of([5, 7, 9], [0, 7, 4], owners=OWNERS[1:])])
 while w.written < 1:
     time.sleep(0.01)
 time.sleep(0.2)
@@ -646,7 +658,8 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 def test_a_killed_writer_leaves_its_pending_flows_and_the_next_one_writes_them(db: Path) -> None:
     """kill -9 after a tick was written: the next writer turns the tick's pending part of each
-    live flow into a 'crash' record (what was exported already is not written twice)."""
+    live flow into a 'crash' record (what was exported already is not written twice), with
+    the flow's process."""
     root = str(Path(__file__).resolve().parents[2])
     proc = subprocess.run(
         [sys.executable, "-c", _KILLED_WRITER.format(root=root, db=str(db))],
@@ -659,13 +672,14 @@ def test_a_killed_writer_leaves_its_pending_flows_and_the_next_one_writes_them(d
     assert w.close(timeout=10)
     with contextlib.closing(sqlite3.connect(db)) as c:
         rows = c.execute(
-            "SELECT src, sport, packets, bytes, first_seen, last_seen, iface FROM flows "
-            "WHERE end_reason = 'crash' ORDER BY sport"
+            "SELECT src, sport, packets, bytes, first_seen, last_seen, iface, pid, comm, "
+            "container FROM flows WHERE end_reason = 'crash' ORDER BY sport"
         ).fetchall()
         assert c.execute("SELECT count(*) FROM pending").fetchone()[0] == 0
+    first, last = schema.iso_time(T0 + 2), schema.iso_time(T0 + 10)
     assert rows == [
-        ("198.18.0.1", 5000, 5, 5000, schema.iso_time(T0 + 2), schema.iso_time(T0 + 10), "veth3"),
-        ("198.18.0.3", 5002, 5, 5000, schema.iso_time(T0 + 2), schema.iso_time(T0 + 10), "veth3"),
+        ("198.18.0.1", 5000, 5, 5000, first, last, "veth3", 812, "nginx", "nginx.service"),
+        ("198.18.0.3", 5002, 5, 5000, first, last, "veth3", 2210, "api", "docker:abababababab"),
     ]
     assert Writer(db).recovered == 0  # once only
 
@@ -910,6 +924,45 @@ def test_history_by_process_user_and_container_is_the_plain_sum(
         with contextlib.closing(files.connect_readonly(db)) as conn:
             rows = queries.history(conn, q, now=T0 + 7201).rows
         assert {r[key]: r["bytes"] for r in rows} == expected
+
+
+@given(
+    picks=st.lists(st.tuples(st.integers(0, len(OWNERS) - 1), st.booleans()), max_size=30),
+)
+def test_pending_flows_keep_their_processes(picks: list[tuple[int, bool]]) -> None:
+    """A pending blob and its list of owners give each flow back its own process, through the
+    JSON the pending table stores; owners shared by many flows (one object per socket) or
+    equal but distinct objects are stored once."""
+    owners = [
+        dataclasses.replace(OWNERS[i]) if copy and OWNERS[i] is not None else OWNERS[i]
+        for i, copy in picks
+    ]
+    p = pending_of([5] * len(owners), [0] * len(owners), owners=owners)
+    data, table = p.encode()
+    assert table is not None and len(table) == len({o for o in owners if o is not None})
+    got = store.pending_rows_records([(abi.AF_INET, "{}", data, store.owners_json(table))], "x")
+    assert [r.owner for r in got] == owners
+    # a blob of a writer without processes has no owner column
+    plain = dataclasses.replace(p, owner=None)
+    assert [r.owner for r in pending_records(abi.AF_INET, plain.to_bytes(), {})] == [None] * len(
+        owners
+    )
+
+
+def test_history_counts_the_live_flows_of_a_process_under_it(db: Path) -> None:
+    """What a running writer holds pending (the live part of each flow) is counted under the
+    flow's process by `history --group-by process`, not under no process."""
+    w = Writer(db)
+    w.submit([], sample(T0 + 10), [], [pending_of([5, 3], [0, 0], owners=OWNERS[1:3])])
+    deadline = time.monotonic() + 5
+    while not w.writes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    q = queries.HistoryQuery(since=T0 - 60, until=T0 + 60, group_by="process")
+    with contextlib.closing(files.connect_readonly(db)) as conn:
+        rows = queries.history(conn, q, now=T0 + 60).rows
+    w.submit([], None, [], [])
+    assert w.close(timeout=10)
+    assert {r["pid"]: r["bytes"] for r in rows} == {812: 5000, 640: 3000}
 
 
 def test_a_file_from_before_processes_still_answers(db: Path) -> None:
