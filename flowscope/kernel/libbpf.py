@@ -45,7 +45,7 @@ class _QueryOpts(ctypes.Structure):
 
 
 class _ProgInfo(ctypes.Structure):
-    # the leading fields of struct bpf_prog_info, up to the name; the kernel takes a shorter
+    # the leading fields of struct bpf_prog_info, up to run_cnt; the kernel takes a shorter
     # info_len and fills what fits
     _fields_ = [
         ("type", ctypes.c_uint32),
@@ -60,7 +60,32 @@ class _ProgInfo(ctypes.Structure):
         ("nr_map_ids", ctypes.c_uint32),
         ("map_ids", ctypes.c_uint64),
         ("name", ctypes.c_char * 16),
+        ("ifindex", ctypes.c_uint32),
+        ("gpl_compatible", ctypes.c_uint32),
+        ("netns_dev", ctypes.c_uint64),
+        ("netns_ino", ctypes.c_uint64),
+        ("nr_jited_ksyms", ctypes.c_uint32),
+        ("nr_jited_func_lens", ctypes.c_uint32),
+        ("jited_ksyms", ctypes.c_uint64),
+        ("jited_func_lens", ctypes.c_uint64),
+        ("btf_id", ctypes.c_uint32),
+        ("func_info_rec_size", ctypes.c_uint32),
+        ("func_info", ctypes.c_uint64),
+        ("nr_func_info", ctypes.c_uint32),
+        ("nr_line_info", ctypes.c_uint32),
+        ("line_info", ctypes.c_uint64),
+        ("jited_line_info", ctypes.c_uint64),
+        ("nr_jited_line_info", ctypes.c_uint32),
+        ("line_info_rec_size", ctypes.c_uint32),
+        ("jited_line_info_rec_size", ctypes.c_uint32),
+        ("nr_prog_tags", ctypes.c_uint32),
+        ("prog_tags", ctypes.c_uint64),
+        ("run_time_ns", ctypes.c_uint64),
+        ("run_cnt", ctypes.c_uint64),
     ]
+
+
+assert _ProgInfo.run_cnt.offset == 200  # as in uapi/linux/bpf.h
 
 
 class _TestRunOpts(ctypes.Structure):
@@ -137,6 +162,7 @@ def _libbpf() -> ctypes.CDLL:
         lib.bpf_prog_get_fd_by_id.argtypes = [ctypes.c_uint32]
         lib.bpf_prog_query_opts.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
         lib.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+        lib.bpf_enable_stats.argtypes = [ctypes.c_int]
         _lib = lib
     return _lib
 
@@ -194,14 +220,33 @@ def prog_name(prog_id: int) -> str | None:
             return None
         raise _raise("BPF_PROG_GET_FD_BY_ID", err)
     try:
-        info = _ProgInfo()
-        size = ctypes.c_uint32(ctypes.sizeof(info))
-        ret = int(_libbpf().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)))
-        if ret < 0:
-            raise _raise("BPF_OBJ_GET_INFO_BY_FD", _errno(ret))
-        return bytes(info.name).decode(errors="replace")
+        return bytes(_prog_info(fd).name).decode(errors="replace")
     finally:
         os.close(fd)
+
+
+def _prog_info(fd: int) -> _ProgInfo:
+    info = _ProgInfo()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    ret = int(_libbpf().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)))
+    if ret < 0:
+        raise _raise("BPF_OBJ_GET_INFO_BY_FD", _errno(ret))
+    return info
+
+
+def enable_run_stats() -> int:
+    """An fd that keeps the kernel timing every BPF program run (BPF_ENABLE_STATS) until it
+    is closed: the sysctl kernel.bpf_stats_enabled is left as it was."""
+    fd = int(_libbpf().bpf_enable_stats(0))  # BPF_STATS_RUN_TIME
+    if fd < 0:
+        raise _raise("BPF_ENABLE_STATS", _errno(fd))
+    return fd
+
+
+def prog_run_stats(prog_fd: int) -> tuple[int, int]:
+    """(nanoseconds, runs) the kernel timed a program for while run stats were enabled."""
+    info = _prog_info(prog_fd)
+    return int(info.run_time_ns), int(info.run_cnt)
 
 
 @dataclass(frozen=True, slots=True)

@@ -181,6 +181,12 @@ class OwnerHooks:
             out[c] = int(sum(values))
         return out
 
+    def run_stats(self) -> tuple[int, int]:
+        """(nanoseconds, runs) of all the hooks together, as the kernel timed them while run
+        stats were enabled (libbpf.enable_run_stats)."""
+        stats = [libbpf.prog_run_stats(fd) for fd in self._fds]
+        return sum(ns for ns, _ in stats), sum(n for _, n in stats)
+
     def lost(self) -> int:
         """Announcements the ring buffer had no room for, since the programs were loaded."""
         return self.counters()[abi.SockCounter.RINGBUF_FULL]
