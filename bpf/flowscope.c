@@ -38,7 +38,15 @@ struct packet_info {
 #ifdef FS_REPLAY
     __u64 time;         /* the capture's timestamp (struct replay_meta) */
 #endif
+#ifdef FS_OWNERS
+    void *ctx;          /* egress: the skb, whose socket owns a flow sent from this host */
+#endif
 };
+
+#ifdef FS_OWNERS
+/* owners.c (joined after this file): announce the socket that sent a new flow */
+static __always_inline void owners_flow_sent(void *ctx, struct flow_event *ev);
+#endif
 
 /* The direction is a constant in each entry point, so after inlining the counter's address
  * is too: per-direction counters cost the XDP hot path nothing. */
@@ -114,6 +122,10 @@ static __always_inline void announce_new(struct cpu_state *st, __u8 dir, struct 
     if (err == 0) {
         count(st, dir, CNT_FLOWS_CREATED);
         announce(st, dir, ev, pi, now, 0);
+#ifdef FS_OWNERS
+        if (dir == FS_DIR_EGRESS)   /* a constant: the XDP program has no such branch */
+            owners_flow_sent(pi->ctx, ev);
+#endif
     } else {
         count_pkt(st, dir, CNT_MAP_FULL, pi);
         announce(st, dir, ev, pi, now, FS_EVENT_MAP_FULL);
@@ -319,6 +331,9 @@ int flowscope_tc(struct __sk_buff *skb)
     pi.segs = segs > 1 ? segs : 1;
 #ifdef FS_REPLAY
     pi.time = bpf_ktime_get_ns();
+#endif
+#ifdef FS_OWNERS
+    pi.ctx = skb;
 #endif
     __u16 hw_vlan = skb->vlan_present ? (skb->vlan_tci & 0x0fff) : 0;
     parse_and_account(st, data, end, skb->ifindex, FS_DIR_EGRESS, hw_vlan, &pi);

@@ -13,7 +13,11 @@
  *     SYNs it answers are its own) are announced with their socket's owner;
  *   - owners_post_bind4/6 (cgroup/post_bind): a port bound with bind();
  *   - owners_sendmsg4/6 (cgroup/sendmsg, unconnected UDP): the port an unbound socket got on
- *     its first sendto(), announced once per socket (the `announced` map).
+ *     its first sendto(), announced once per socket (the `announced` map);
+ *   - owners_flow_sent, called by flowscope.c's TC program (built with FS_OWNERS) for each new
+ *     flow it sends, never per packet: a UDP or ICMP flow whose socket no hook above announced
+ *     (a UDP socket that connect()s and send()s, a ping or raw socket) is announced with its
+ *     4-tuple, from the socket of the packet itself.
  * Cgroup hooks instead of kprobes or fentry: they run on kernels locked down against reading
  * kernel memory (this one), they need no kernel headers, and bpf_link detaches them when the
  * process dies. Each announcement is a struct sock_event on the ring buffer sock_events.
@@ -162,3 +166,29 @@ static __always_inline int sendmsg(struct bpf_sock_addr *ctx)
 
 int owners_sendmsg4(struct bpf_sock_addr *ctx) { return sendmsg(ctx); }
 int owners_sendmsg6(struct bpf_sock_addr *ctx) { return sendmsg(ctx); }
+
+/* A new flow sent from this host (flowscope.c, TC egress, once per flow): UDP and ICMP flows
+ * whose socket did not announce this port (TCP connections and listeners have sock_ops, bound
+ * and sendto() ports the hooks above) are announced with the flow's 4-tuple. A packet without
+ * a socket (forwarded) or from a socket older than the hooks is left alone. */
+static __always_inline void owners_flow_sent(void *ctx, struct flow_event *fev)
+{
+    if (fev->proto != IPPROTO_UDP && fev->proto != IPPROTO_ICMP && fev->proto != 58 /* ICMPv6 */)
+        return;
+    __u64 cookie = bpf_get_socket_cookie(ctx);
+    if (!cookie || !owners.lookup(&cookie))
+        return;
+    __u16 port = bpf_ntohs(fev->sport);
+    __u16 *seen = announced.lookup(&cookie);
+    if (seen && *seen == port && fev->proto == IPPROTO_UDP)
+        return;     /* its port is known: bound, or announced by its first sendto() */
+    struct sock_event ev = {};
+    ev.family = fev->family;
+    ev.proto = fev->proto;
+    ev.netns = bpf_get_netns_cookie(ctx);
+    __builtin_memcpy(ev.laddr, fev->saddr, 16);
+    __builtin_memcpy(ev.raddr, fev->daddr, 16);
+    ev.lport = port;
+    ev.rport = bpf_ntohs(fev->dport);
+    send_event(&ev, cookie, FS_SOCK_CONNECT);
+}

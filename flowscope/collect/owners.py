@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from flowscope.kernel.program import FlowProgram
 
 WILDCARD = {abi.AF_INET: "0.0.0.0", abi.AF_INET6: "::"}
+ICMP = (1, 58)
+"""ICMP and ICMPv6: a flow's "ports" are the message's type and code, which differ between a
+request and its reply, so their sockets are matched on the two addresses alone."""
 LOCAL_REFRESH = 5.0
 """Seconds between two reads of this host's addresses (for wildcard sockets)."""
 
@@ -69,6 +72,7 @@ class OwnerTable:
         self._conn: dict[tuple[int, int, str, int, str, int], Owner] = {}
         self._bound: dict[tuple[int, int, int], dict[str, Owner]] = {}
         self._ports = np.zeros(0, np.uint16)
+        self._icmp = False
         self.generation = 0
         """Bumped whenever a socket is added: flows without an owner are worth a new look."""
         self.lost = 0
@@ -90,7 +94,8 @@ class OwnerTable:
             if ev.netns != self.netns or ev.owner is None:
                 continue
             if ev.kind == abi.SOCK_CONNECT:
-                key = (ev.family, ev.proto, ev.laddr, ev.lport, ev.raddr, ev.rport)
+                lport, rport = (0, 0) if ev.proto in ICMP else (ev.lport, ev.rport)
+                key = (ev.family, ev.proto, ev.laddr, lport, ev.raddr, rport)
                 self._conn.pop(key, None)  # re-insert: the newest is the last to be dropped
                 self._conn[key] = ev.owner
             else:
@@ -101,6 +106,7 @@ class OwnerTable:
             self._trim()
             ports = {k[3] for k in self._conn} | {k[2] for k in self._bound}
             self._ports = np.array(sorted(ports), np.uint16)
+            self._icmp = any(k[1] in ICMP for k in self._conn)
 
     def _trim(self) -> None:
         """Forget the oldest connections beyond the capacity (their flows ended long ago)."""
@@ -123,6 +129,8 @@ class OwnerTable:
         self, family: int, proto: int, laddr: str, lport: int, raddr: str, rport: int
     ) -> Owner | None:
         """The owner of the local socket of a flow, seen from its local end."""
+        if proto in ICMP:
+            return self._conn.get((family, proto, laddr, 0, raddr, 0))
         found = self._conn.get((family, proto, laddr, lport, raddr, rport))
         if found is not None:
             return found
@@ -153,7 +161,10 @@ class OwnerTable:
         keys = batch.keys[rows]
         egress = keys["direction"] == abi.DIR_EGRESS
         lport = np.where(egress, keys["sport"], keys["dport"]).astype(np.uint16)
-        candidates = np.flatnonzero(np.isin(lport, self._ports))
+        wanted = np.isin(lport, self._ports)
+        if self._icmp:
+            wanted |= np.isin(keys["proto"], ICMP)
+        candidates = np.flatnonzero(wanted)
         if not len(candidates):
             return out
         family = batch.family

@@ -143,7 +143,7 @@ class FlowProgram:
             try:
                 if owners:  # BCC takes programs from its main source only: join the two
                     text = (src / "flowscope.c").read_text() + (src / "owners.c").read_text()
-                    self._bpf = BPF(text=text.encode(), cflags=flags)
+                    self._bpf = BPF(text=text.encode(), cflags=[*flags, "-DFS_OWNERS"])
                 else:
                     self._bpf = BPF(src_file=str(src / "flowscope.c").encode(), cflags=flags)
             except Exception as e:

@@ -307,3 +307,81 @@ def test_announcements_the_ring_buffer_cannot_hold_are_counted(net: VethNamespac
     assert mid[full] - before[full] >= 300 - 4096 // 104, (mid, before)
     assert mid[full] <= tick.sample.counters["sockets_lost"] <= after[full]
     assert mid[events] - before[events] <= len(delivered) <= after[events] - before[events]
+
+
+CONNECTED = """
+import socket, sys
+name, kind, host, port = sys.argv[1:5]
+open('/proc/self/comm', 'w').write(name)
+family = socket.AF_INET6 if ':' in host else socket.AF_INET
+if kind == 'udp':  # connect() then send(): no bind, no sendto (the glibc resolver's way)
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    s.connect((host, int(port)))
+    s.send(b'hello')
+    s.recv(16)
+    print(s.getsockname()[1], flush=True)
+else:  # an echo request from a raw socket, as ping does without ping sockets
+    proto = socket.IPPROTO_ICMPV6 if family == socket.AF_INET6 else socket.IPPROTO_ICMP
+    s = socket.socket(family, socket.SOCK_RAW, proto)
+    s.settimeout(5)
+    s.sendto(bytes.fromhex(sys.argv[5]), (host, 0))
+    s.recv(256)
+    print(0, flush=True)
+s.close()
+"""
+
+
+def test_connected_udp_and_icmp_sockets_are_attributed_by_the_packets_they_send(
+    net: VethNamespace,
+) -> None:
+    """Sockets no bind, listen, connect or sendto hook names: a UDP socket that connect()s and
+    send()s (its port is chosen after the connect hook), and a raw ICMP socket. The TC program
+    names them from the socket of their first packet sent: both directions of each flow carry
+    the client's own pid."""
+    from scapy.layers.inet import ICMP
+    from scapy.layers.inet6 import ICMPv6EchoRequest
+
+    ns = ["ip", "netns", "exec", net.ns]
+    echo = {
+        net.peer_ip4: bytes(ICMP(type=8, id=0x4242, seq=1) / b"fs").hex(),
+        net.peer_ip6: bytes(ICMPv6EchoRequest(id=0x4242, seq=1, cksum=0) / b"fs").hex(),
+    }
+    with Probe([net.host_if], owners=True) as probe:
+        table, watch = watch_processes(probe.program)
+        try:
+            assert watch.problem is None, watch.problem
+            collector = Collector(probe.program, CollectorSettings(idle_timeout=600), owners=table)
+            far = start_server(ns, "fs-far-srv")
+            try:
+                done = []
+                # ICMP flows are keyed by type and code: a second pinger of the same host
+                # would only add to the first one's flow, so one of each family
+                clients = [("udp", net.peer_ip4), ("udp", net.peer_ip6)] * 3 + [
+                    ("icmp", net.peer_ip4),
+                    ("icmp", net.peer_ip6),
+                ]
+                for i, (kind, host) in enumerate(clients):
+                    proc = subprocess.Popen(
+                        [PYTHON, "-c", CONNECTED, f"fsk{i}", kind, host, str(UDP_PORT),
+                         echo[host]],
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                    )  # fmt: skip
+                    out, err = proc.communicate(timeout=30)
+                    assert proc.returncode == 0, err
+                    done.append((kind, host, proc.pid, f"fsk{i}", int(out)))
+                records = collector.tick().records + collector.shutdown()
+            finally:
+                stop(far)
+        finally:
+            watch.close()
+    for kind, host, pid, name, port in done:
+        if kind == "udp":
+            mine = [r for r in records if r.key.proto == 17 and port in (r.key.sport, r.key.dport)
+                    and host in (r.key.src, r.key.dst)]  # fmt: skip
+        else:  # the request out and the reply in
+            mine = [r for r in records if r.key.proto in (1, 58) and host in (r.key.src, r.key.dst)
+                    and r.key.dport >> 8 in (0, 8, 128, 129)]  # fmt: skip
+        assert {r.key.direction for r in mine} == {abi.DIR_INGRESS, abi.DIR_EGRESS}, (name, mine)
+        for r in mine:
+            assert r.owner is not None and (r.owner.pid, r.owner.comm) == (pid, name), r

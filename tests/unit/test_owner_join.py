@@ -95,7 +95,7 @@ def socket_events(draw: st.DrawFn) -> SocketEvent:
     return SocketEvent(
         kind=kind,
         family=family,
-        proto=draw(st.sampled_from([6, 17])),
+        proto=draw(st.sampled_from([6, 17, 1 if family == abi.AF_INET else 58])),
         laddr=laddr,
         lport=draw(st.sampled_from([80, 443, 50000])),
         raddr=draw(st.sampled_from(ADDRS[family])) if connected else "",
@@ -114,7 +114,7 @@ def flow_keys(draw: st.DrawFn) -> FlowKey:
         draw(st.sampled_from(ADDRS[family])),
         draw(st.sampled_from([80, 443, 50000])),
         draw(st.sampled_from([80, 443, 50000])),
-        draw(st.sampled_from([6, 17])),
+        draw(st.sampled_from([6, 17, 1 if family == abi.AF_INET else 58])),
         direction=draw(st.sampled_from([abi.DIR_INGRESS, abi.DIR_EGRESS])),
     )
 
@@ -130,6 +130,14 @@ def model(events: list[SocketEvent], key: FlowKey) -> Owner | None:
     else:
         laddr, lport, raddr, rport = key.dst, key.dport, key.src, key.sport
     usable = [e for e in events if e.netns == NETNS and e.owner is not None]
+    if key.proto in (1, 58):  # ICMP: type and code in the ports differ between request and
+        # reply; a socket that sent to this address pair owns both directions
+        icmp = [
+            e for e in usable
+            if e.kind == abi.SOCK_CONNECT
+            and (e.family, e.proto, e.laddr, e.raddr) == (key.family, key.proto, laddr, raddr)
+        ]  # fmt: skip
+        return icmp[-1].owner if icmp else None
     exact = [
         e for e in usable
         if e.kind == abi.SOCK_CONNECT
