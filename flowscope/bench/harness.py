@@ -191,9 +191,9 @@ class Lab:
         return self.bares()[0]
 
     def programs(self, role: str) -> list[FlowProgram]:
-        """settings.loads loads of the flow program for one role: default (as flowscope runs
-        by default), precise (FS_PRECISE_CLOCK), filled (a large map holding settings.flows other
-        flows)."""
+        """settings.loads loads of the flow program for one role: default (without the socket
+        hooks), processes (with them, as record and live run), precise (FS_PRECISE_CLOCK),
+        filled (a large map holding settings.flows other flows)."""
         progs = self._programs.get(role)
         if progs is None:
             progs = self._programs[role] = [self._load(role) for _ in range(self.settings.loads)]
@@ -214,6 +214,8 @@ class Lab:
             return FlowProgram()
         if role == "precise":
             return FlowProgram(cflags=("-DFS_PRECISE_CLOCK",))
+        if role == "processes":
+            return FlowProgram(owners=True)
         if role == "filled":
             prog = FlowProgram(flow_entries=BIG_FLOW_ENTRIES)
             prog.put_flows(abi.AF_INET, other_flow_keys(self.settings.flows))

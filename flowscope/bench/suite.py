@@ -39,6 +39,7 @@ from flowscope.bench.xdp import (
     insert_100k,
     ipv6_tcp_ext,
     precise_clock,
+    processes_hot,
     tc_hot_ipv4_tcp,
     vlan_ipv4_udp,
 )
@@ -59,6 +60,7 @@ BENCHMARKS: dict[str, Callable[[Lab], Iterator[Result]]] = {
     "xdp_vlan_ipv4_udp": vlan_ipv4_udp,
     "xdp_insert_100k": insert_100k,
     "xdp_hot_ipv4_tcp_precise_clock": precise_clock,
+    "hot_ipv4_tcp_processes": processes_hot,
     "xdp_hash_floor": hash_floor,
     "collector_tick": collector_tick,
     "store_insert": store_insert,

@@ -131,3 +131,24 @@ def precise_clock(lab: Lab) -> Iterator[Result]:
         cached,
         informative=True,
     )
+
+
+def processes_hot(lab: Lab) -> Iterator[Result]:
+    """The hot flow through the build record and live run by default, with the socket hooks
+    compiled in (FS_OWNERS: the TC program names the socket of each new flow it sends), next
+    to the build without them, XDP and TC: the hot path must not change."""
+    default, owned = lab.programs("default"), lab.programs("processes")
+    for name, run, base_name in (
+        ("xdp_hot_ipv4_tcp_processes", "test_run", "xdp_hot_ipv4_tcp"),
+        ("tc_hot_ipv4_tcp_processes", "test_run_egress", "tc_hot_ipv4_tcp"),
+    ):
+        value, base = side_by_side(
+            lab.settings,
+            [getattr(p, run) for p in owned],
+            [getattr(p, run) for p in default],
+            hot_ipv4_tcp_frame(),
+        )
+        direction = abi.DIR_EGRESS if run == "test_run_egress" else abi.DIR_INGRESS
+        for prog in owned:
+            check_counted(name, prog, HOT4, IPPROTO_TCP, direction=direction)
+        yield Result(name, value, "ns/packet", base_name, base)

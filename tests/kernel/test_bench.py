@@ -44,6 +44,7 @@ def test_every_benchmark_runs_and_reports_once() -> None:
         "history_top20_10m": ["history_top20_100k"],
         "console": ["console_tick_10k", "console_key_10k"],
         "owner_churn": ["owner_churn_coverage", "owner_churn_rate"],
+        "hot_ipv4_tcp_processes": ["xdp_hot_ipv4_tcp_processes", "tc_hot_ipv4_tcp_processes"],
     }
     expected = [line for n in bench.NAMES for line in quick.get(n, [n])]
     assert [o["name"] for o in objs] == expected
