@@ -212,7 +212,8 @@ def processes_check(cgroup2: Path | None) -> Check:
         return warn(
             name,
             "no cgroup v2 hierarchy is mounted: flows will have no process",
-            "mount -t cgroup2 none /sys/fs/cgroup/unified",
+            "mount -t cgroup2 none /sys/fs/cgroup/unified (under ip netns exec, which mounts a"
+            " /sys of its own, use nsenter --net=/run/netns/NAME instead)",
         )
     return ok(name, f"socket hooks on the cgroup v2 root {cgroup2} (sock_create, sock_ops, ...)")
 

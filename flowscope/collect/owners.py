@@ -199,7 +199,7 @@ class ProcessWatch:
         try:
             self._hooks = OwnerHooks(program)
         except FlowscopeError as e:
-            self.problem = f"processes are not attributed: {e.message}"
+            self.problem = f"processes are not attributed: {e}"
             return
         try:
             older = scan_sockets(table.netns)

@@ -121,8 +121,9 @@ class OwnerHooks:
         root = cgroup2_root()
         if root is None:
             raise UnsupportedKernelError(
-                "no cgroup v2 hierarchy is mounted: processes are not attributed",
-                "mount one (mount -t cgroup2 none /sys/fs/cgroup/unified) to see them",
+                "no cgroup v2 hierarchy is mounted",
+                "mount -t cgroup2 none /sys/fs/cgroup/unified; under ip netns exec, which"
+                " mounts a /sys of its own, use nsenter --net instead",
             )
         self._bpf: Any = program.module
         self.root = root

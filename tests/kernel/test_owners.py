@@ -9,12 +9,14 @@ from /proc: it must have been taken in the kernel when the sockets were made."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, TCP
@@ -385,3 +387,108 @@ def test_connected_udp_and_icmp_sockets_are_attributed_by_the_packets_they_send(
         assert {r.key.direction for r in mine} == {abi.DIR_INGRESS, abi.DIR_EGRESS}, (name, mine)
         for r in mine:
             assert r.owner is not None and (r.owner.pid, r.owner.comm) == (pid, name), r
+
+
+ROUTER = """
+import json, os, socket, sys, threading, time
+from flowscope.collect.collector import Collector, CollectorSettings
+from flowscope.collect.owners import watch_processes
+from flowscope.kernel.session import Probe
+
+far, port = sys.argv[1], int(sys.argv[2])
+with Probe(["fsra", "fsrb"], owners=True) as probe:
+    table, watch = watch_processes(probe.program)
+    assert watch.problem is None, watch.problem
+    collector = Collector(probe.program, CollectorSettings(idle_timeout=600), owners=table)
+    # a listener of the router's own on the port the forwarded connection goes to
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", port))
+    srv.listen()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    # and a connection of its own to the far end, through the same interfaces
+    c = socket.create_connection((far, port), timeout=5)
+    c.sendall(b"hello")
+    c.recv(16)
+    c.close()
+    time.sleep(0.3)
+    collector.tick()
+    for r in collector.shutdown():
+        k = r.key
+        print(json.dumps([k.proto, k.src, k.dst, k.sport, k.dport, k.direction,
+                          r.owner.pid if r.owner else None]), flush=True)
+    watch.close()
+"""
+
+
+def test_a_flow_the_host_only_forwards_has_no_process() -> None:
+    """Three namespaces, A - R - B, R forwarding (its own sysctl; nothing of the machine's is
+    touched) and flowscope recording in R on both of its interfaces: a connection from A to B
+    crosses R and has no process there, though a process of R listens on the same port;
+    R's own connection to B, over the same interfaces, is R's process's."""
+    tag = f"{os.getpid()}x{time.monotonic_ns() % 10**6}"
+    a, r, b = f"fsns{tag}a", f"fsns{tag}r", f"fsns{tag}b"
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True)
+
+    try:
+        for ns in (a, r, b):
+            ip("netns", "add", ns)
+            ip("-n", ns, "link", "set", "lo", "up")
+        ip("-n", r, "link", "add", "fsra", "type", "veth", "peer", "name", "fsar", "netns", a)
+        ip("-n", r, "link", "add", "fsrb", "type", "veth", "peer", "name", "fsbr", "netns", b)
+        for ns, dev, addr in (
+            (r, "fsra", "198.18.100.1"),
+            (a, "fsar", "198.18.100.2"),
+            (r, "fsrb", "198.18.101.1"),
+            (b, "fsbr", "198.18.101.2"),
+        ):
+            ip("-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+            ip("-n", ns, "link", "set", dev, "up")  # fmt: skip
+        ip("-n", a, "route", "add", "default", "via", "198.18.100.1")
+        ip("-n", b, "route", "add", "default", "via", "198.18.101.1")
+        subprocess.run(["ip", "netns", "exec", r, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"],
+                       check=True)  # fmt: skip
+        server = start_server(["ip", "netns", "exec", b], "fs-b-srv")
+        router = subprocess.Popen(
+            # nsenter, not ip netns exec: that one mounts a /sys without the cgroup hierarchy
+            ["nsenter", f"--net=/run/netns/{r}", PYTHON, "-c", ROUTER, "198.18.101.2",
+             str(TCP_PORT)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=str(Path(__file__).resolve().parents[2]),
+        )  # fmt: skip
+        try:
+            assert router.stdout is not None and router.stdin is not None
+            line = router.stdout.readline()
+            assert line.strip() == "ready", (line, router.stderr.read() if router.stderr else "")
+            client_pid, _ = run_client(
+                ["ip", "netns", "exec", a], "fs-a-cli", "tcp", "198.18.101.2"
+            )
+            router.stdin.write("go\n")
+            router.stdin.flush()
+            out, err = router.communicate(timeout=60)
+            assert router.returncode == 0, err
+        finally:
+            if router.poll() is None:
+                router.kill()
+                router.wait()
+            stop(server)
+    finally:
+        for ns in (a, r, b):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    rows = [json.loads(line) for line in out.splitlines()]
+    forwarded = [x for x in rows if "198.18.100.2" in (x[1], x[2]) and x[0] == 6]
+    own = [x for x in rows if x[0] == 6 and "198.18.101.1" in (x[1], x[2])]
+    # the forwarded connection, both directions on both of R's interfaces: no process
+    assert {(x[1], x[5]) for x in forwarded} == {
+        ("198.18.100.2", abi.DIR_INGRESS),  # A -> B arriving from A
+        ("198.18.100.2", abi.DIR_EGRESS),  # A -> B leaving towards B
+        ("198.18.101.2", abi.DIR_INGRESS),  # B -> A arriving from B
+        ("198.18.101.2", abi.DIR_EGRESS),  # B -> A leaving towards A
+    }, rows
+    assert [x for x in forwarded if x[6] is not None] == [], forwarded
+    # R's own connection to B: sent and received, R's process (nsenter execs it)
+    assert {x[5] for x in own} == {abi.DIR_INGRESS, abi.DIR_EGRESS}, rows
+    assert {x[6] for x in own} == {router.pid} != {client_pid}, own
