@@ -162,6 +162,29 @@ struct sock_event {
     __u8  pad;
 };
 
+/* The health of a local TCP connection as its own socket sees it (bpf/owners.c, sock_ops),
+ * the value of the LRU map tcp_health keyed by socket cookie: written when the connection is
+ * established, then on each retransmission, RTT sample and state change. The same numbers
+ * `ss -ti` gives (retrans total, rtt, minrtt). User space joins them with the connection's
+ * two flows by 4-tuple: 64 bytes. */
+#ifndef HEALTH_ENTRIES
+#define HEALTH_ENTRIES 65536        /* TCP connections followed (LRU) */
+#endif
+
+struct tcp_health {
+    __u64 netns;        /* the socket's network namespace cookie */
+    __u8  laddr[16];    /* local address, network order; IPv4: first four bytes */
+    __u8  raddr[16];
+    __u16 lport;        /* host order */
+    __u16 rport;        /* host order */
+    __u8  family;       /* FS_AF_* of the socket (an IPv6 socket may carry IPv4-mapped ones) */
+    __u8  pad[3];
+    __u32 retrans;      /* segments retransmitted over the connection's life (total_retrans) */
+    __u32 srtt_us;      /* smoothed round-trip time, microseconds */
+    __u32 rtt_min_us;   /* the smallest round-trip time seen, microseconds */
+    __u32 pad2;
+};
+
 /* Indexes of the per-CPU array sock_counters. */
 enum fs_sock_counter {
     SCNT_EVENTS = 0,        /* records written */

@@ -10,7 +10,10 @@
  *     remembered with the process's pid, uid, command and cgroup in the LRU map `owners`;
  *   - owners_sockops (sock_ops): TCP_CONNECT (the 4-tuple of a connection this host opens,
  *     local port chosen) and TCP_LISTEN (a listening port; the connections it accepts and the
- *     SYNs it answers are its own) are announced with their socket's owner;
+ *     SYNs it answers are its own) are announced with their socket's owner; and each
+ *     established connection's health (retransmissions, RTT, as `ss -ti` shows them) is kept
+ *     in the map tcp_health, updated by the socket's own RETRANS, RTT and STATE callbacks
+ *     (per retransmission or RTT sample, never per packet received);
  *   - owners_post_bind4/6 (cgroup/post_bind): a port bound with bind();
  *   - owners_sendmsg4/6 (cgroup/sendmsg, unconnected UDP): the port an unbound socket got on
  *     its first sendto(), announced once per socket (the `announced` map);
@@ -31,6 +34,7 @@ BPF_RINGBUF_OUTPUT(sock_events, SOCK_RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(sock_counters, __u64, SCNT_MAX);
 BPF_TABLE("lru_hash", __u64, struct sock_owner, owners, SOCK_ENTRIES);
 BPF_TABLE("lru_hash", __u64, __u16, announced, SOCK_ENTRIES);
+BPF_TABLE("lru_hash", __u64, struct tcp_health, tcp_health, HEALTH_ENTRIES);
 
 static __always_inline void bump(__u32 idx)
 {
@@ -77,10 +81,67 @@ int owners_create(struct bpf_sock *sk)
     return 1;   /* allow: flowscope never changes what a program may do */
 }
 
+/* An established connection: its 4-tuple, and from now on the callbacks that keep its health
+ * current (each retransmission, RTT sample and state change of this socket only). */
+static __always_inline void health_start(struct bpf_sock_ops *skops)
+{
+    struct tcp_health h = {};
+    h.family = fs_family(skops->family);
+    if (!h.family)
+        return;
+    bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_RETRANS_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG |
+                                         BPF_SOCK_OPS_STATE_CB_FLAG);
+    h.netns = bpf_get_netns_cookie(skops);
+    h.lport = skops->local_port;
+    h.rport = bpf_ntohl(skops->remote_port);
+    if (h.family == FS_AF_INET) {
+        __u32 l = skops->local_ip4, r = skops->remote_ip4;
+        __builtin_memcpy(h.laddr, &l, 4);
+        __builtin_memcpy(h.raddr, &r, 4);
+    } else {
+        __u32 l6[4] = {skops->local_ip6[0], skops->local_ip6[1], skops->local_ip6[2],
+                       skops->local_ip6[3]};
+        __u32 r6[4] = {skops->remote_ip6[0], skops->remote_ip6[1], skops->remote_ip6[2],
+                       skops->remote_ip6[3]};
+        __builtin_memcpy(h.laddr, l6, 16);
+        __builtin_memcpy(h.raddr, r6, 16);
+    }
+    h.retrans = skops->total_retrans;
+    h.srtt_us = skops->srtt_us >> 3;
+    h.rtt_min_us = skops->rtt_min;
+    __u64 cookie = bpf_get_socket_cookie(skops);
+    tcp_health.update(&cookie, &h);
+}
+
+static __always_inline void health_update(struct bpf_sock_ops *skops, __u32 op)
+{
+    __u64 cookie = bpf_get_socket_cookie(skops);
+    struct tcp_health *h = tcp_health.lookup(&cookie);
+    if (!h)
+        return;
+    h->retrans = skops->total_retrans;
+    /* The RTT callback comes once per round trip (when a window's data is acknowledged),
+     * before the socket stores the new smoothed RTT, which it passes as args[1] (8 times
+     * microseconds, as srtt_us) since Linux 6.10; earlier kernels pass 0 and the socket's
+     * previous value stands in. Between two callbacks the socket's RTT moves with each ACK:
+     * what flowscope shows is at most one round trip old. */
+    __u32 srtt = op == BPF_SOCK_OPS_RTT_CB ? skops->args[1] : 0;
+    h->srtt_us = (srtt ? srtt : skops->srtt_us) >> 3;
+    h->rtt_min_us = skops->rtt_min;
+}
+
 int owners_sockops(struct bpf_sock_ops *skops)
 {
     __u32 op = skops->op;
     __u8 kind;
+    if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) {
+        health_start(skops);
+        return 1;
+    }
+    if (op == BPF_SOCK_OPS_RETRANS_CB || op == BPF_SOCK_OPS_RTT_CB || op == BPF_SOCK_OPS_STATE_CB) {
+        health_update(skops, op);
+        return 1;
+    }
     if (op == BPF_SOCK_OPS_TCP_CONNECT_CB)
         kind = FS_SOCK_CONNECT;
     else if (op == BPF_SOCK_OPS_TCP_LISTEN_CB)

@@ -171,6 +171,26 @@ class SockEvent(ctypes.Structure):
     ]
 
 
+class TcpHealth(ctypes.Structure):
+    """struct tcp_health: a local TCP connection's retransmissions and RTT as its socket sees
+    them (the value of the map tcp_health, keyed by socket cookie), 64 bytes. Addresses in
+    network order, ports in host order."""
+
+    _fields_ = [
+        ("netns", ctypes.c_uint64),
+        ("laddr", ctypes.c_uint8 * 16),
+        ("raddr", ctypes.c_uint8 * 16),
+        ("lport", ctypes.c_uint16),
+        ("rport", ctypes.c_uint16),
+        ("family", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+        ("retrans", ctypes.c_uint32),
+        ("srtt_us", ctypes.c_uint32),
+        ("rtt_min_us", ctypes.c_uint32),
+        ("pad2", ctypes.c_uint32),
+    ]
+
+
 class SockCounter(enum.IntEnum):
     """Indexes of the per-CPU array sock_counters (enum fs_sock_counter)."""
 
@@ -219,4 +239,5 @@ KEY6_DTYPE = _dtype(FlowKey6, PORTS, keep_pad=True)
 KEY_DTYPES = {AF_INET: KEY4_DTYPE, AF_INET6: KEY6_DTYPE}
 """The kernel key layout of each family's flow map."""
 VALUE_DTYPE = _dtype(FlowValue)
+HEALTH_DTYPE = _dtype(TcpHealth)
 EVENT_DTYPE = _dtype(FlowEvent, PORTS)

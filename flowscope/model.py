@@ -299,6 +299,10 @@ def container_of(cgroup: str) -> str:
     return ""
 
 
+NO_TCP = -1
+"""The TCP health fields of a flow that is not a local TCP connection flowscope follows."""
+
+
 @dataclass(frozen=True, slots=True)
 class Owner:
     """The process that owns a flow's local socket: the one that created the socket, as the
@@ -399,6 +403,13 @@ class FlowRecord:
     end_reason: str
     owner: Owner | None = None
     """The process of the flow's local socket; None when it is not local or not known."""
+    retrans: int = NO_TCP
+    """TCP segments the flow's connection sent again during the record (its sent flow; 0 on
+    the received one); NO_TCP when the flow is not a local TCP connection flowscope follows."""
+    rtt_us: int = NO_TCP
+    """The connection's smoothed round-trip time at the record's end, microseconds."""
+    rtt_min_us: int = NO_TCP
+    """The smallest round-trip time the connection has seen, microseconds."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,8 +27,10 @@ from typing import Any, Protocol, cast
 import numpy as np
 
 from flowscope import abi
+from flowscope.collect.health import HealthTable
 from flowscope.collect.owners import OwnerTable
 from flowscope.model import (
+    NO_TCP,
     FlowBatch,
     FlowEvent,
     FlowRecord,
@@ -111,6 +113,8 @@ class _FamilyState:
     """Each flow's Owner or None (object array; all None without an OwnerTable)."""
     owner_generation: int = -1
     """OwnerTable.generation when the owners were last looked up."""
+    exp_retrans: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    """Retransmissions of each flow's connection already written in records."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +126,11 @@ class LiveFlows:
     pps: np.ndarray
     owner: np.ndarray | None = None
     """Each flow's Owner or None (an object array), None when processes are not watched."""
+    retrans: np.ndarray | None = None
+    """Each flow's connection's retransmitted segments so far (NO_TCP where none; the received
+    flow 0), None when TCP health is not followed."""
+    rtt_us: np.ndarray | None = None
+    """Each flow's connection's smoothed RTT in microseconds (NO_TCP where none)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,10 +171,13 @@ class Collector:
         monotonic_ns: Callable[[], int] = time.monotonic_ns,
         wall_time: Callable[[], float] = time.time,
         owners: OwnerTable | None = None,
+        health: HealthTable | None = None,
     ) -> None:
         self.source = source
         self.owners = owners
         """Which process owns each flow's local socket (None: not watched)."""
+        self.health = health
+        """The retransmissions and RTT of each local TCP connection (None: not followed)."""
         self.settings = settings or CollectorSettings()
         self.iface_names = iface_names or {}
         self._mono = monotonic_ns
@@ -195,6 +207,8 @@ class Collector:
         self.source.poll_events(0)
         if self.owners is not None:
             self.owners.refresh()
+        if self.health is not None:
+            self.health.refresh()
         now = self._mono()
         elapsed = max((now - self._last_tick_ns) / 1e9, 1e-9)
         self._last_tick_ns = now
@@ -269,19 +283,23 @@ class Collector:
         records: list[FlowRecord] = []
         if self.owners is not None:  # sockets of the last moments: their flows are here too
             self.owners.refresh()
+        if self.health is not None:
+            self.health.refresh()
         for family in (abi.AF_INET, abi.AF_INET6):
             batch = self.source.read_flows(family)
             st = self._state[family]
             pos, found = self._match(st, fingerprints(batch.keys))
             exp_p, exp_b, exp_ip, start = self._carry(st, batch, pos, found)
             owner = self._owners(st, batch, pos, found)
+            tcp = self._tcp(st, batch, pos, found)
             idx = np.nonzero(batch.packets > exp_p)[0]
             records.extend(
                 self._record(
-                    batch, i, "shutdown", exp_p[i], exp_b[i], exp_ip[i], start[i], owner[i]
+                    batch, i, "shutdown", exp_p[i], exp_b[i], exp_ip[i], start[i], owner[i],
+                    _tcp_of(tcp, i),
                 )
                 for i in idx
-            )
+            )  # fmt: skip
         return records
 
     # -- internals -----------------------------------------------------------------------
@@ -334,6 +352,19 @@ class Collector:
             owner[idx] = table.join(batch, idx)
         return owner
 
+    def _tcp(
+        self, st: _FamilyState, batch: FlowBatch, pos: np.ndarray, found: np.ndarray
+    ) -> TcpArrays | None:
+        """Each current flow's connection health, and the retransmissions its records hold
+        (carried; a new flow's connection was established after the hooks: none before)."""
+        if self.health is None:
+            return None
+        retrans, srtt, rtt_min = self.health.join(batch)
+        exp_r = np.zeros(len(batch), np.int64)
+        if len(st.exp_retrans) and found.any():
+            exp_r[found] = st.exp_retrans[pos[found]]
+        return retrans, srtt, rtt_min, np.minimum(exp_r, np.maximum(retrans, 0))
+
     def _record(
         self,
         batch: FlowBatch,
@@ -344,8 +375,10 @@ class Collector:
         exp_ip: int,
         start: int,
         owner: Owner | None = None,
+        tcp: tuple[int, int, int] = (NO_TCP, NO_TCP, NO_TCP),
     ) -> FlowRecord:
-        """Row i of batch as a record of what was not yet written."""
+        """Row i of batch as a record of what was not yet written; ``tcp`` is the connection's
+        (retransmissions not yet written, RTT, minimum RTT)."""
         row = int(i)
         key = batch.key(row)
         return FlowRecord(
@@ -359,6 +392,9 @@ class Collector:
             tcp_flags=int(batch.tcp_flags[row]),
             end_reason=reason,
             owner=owner,
+            retrans=tcp[0],
+            rtt_us=tcp[1],
+            rtt_min_us=tcp[2],
         )
 
     def _tick_family(
@@ -389,6 +425,7 @@ class Collector:
             d_packets, d_bytes = batch.packets, batch.bytes
         exp_p, exp_b, exp_ip, start = self._carry(st, batch, pos, found)
         owner = self._owners(st, batch, pos, found)
+        tcp = self._tcp(st, batch, pos, found)
 
         # expiry decisions, on kernel (monotonic) times
         age = now - batch.last_seen.view(np.int64)
@@ -431,15 +468,22 @@ class Collector:
                 if final.packets[j] > exp_p[i]:
                     records.append(
                         self._record(
-                            final, j, reason, exp_p[i], exp_b[i], exp_ip[i], start[i], owner[i]
+                            final, j, reason, exp_p[i], exp_b[i], exp_ip[i], start[i], owner[i],
+                            _tcp_of(tcp, i),
                         )
-                    )
+                    )  # fmt: skip
 
         # active-timeout records for long-lived flows
         for i in np.nonzero(active)[0]:
             records.append(
-                self._record(batch, i, "active", exp_p[i], exp_b[i], exp_ip[i], start[i], owner[i])
-            )
+                self._record(
+                    batch, i, "active", exp_p[i], exp_b[i], exp_ip[i], start[i], owner[i],
+                    _tcp_of(tcp, i),
+                )
+            )  # fmt: skip
+        if tcp is not None:
+            retrans, _, _, exp_r = tcp
+            exp_r[active] = np.maximum(retrans[active], exp_r[active])
         exp_p[active] = batch.packets[active]
         exp_b[active] = batch.bytes[active]
         exp_ip[active] = batch.ip_bytes[active]
@@ -457,6 +501,8 @@ class Collector:
         if self.owners is not None:
             st.owner = owner[survivors]
             st.owner_generation = self.owners.generation
+        if tcp is not None:
+            st.exp_retrans = tcp[3][survivors]
 
         rows: np.ndarray | slice = keep if len(taken) else slice(None)  # no copies if all stay
         return _FamilyTick(
@@ -465,6 +511,8 @@ class Collector:
                 bps=d_bytes[rows].astype(np.float64) * 8 / elapsed,
                 pps=d_packets[rows].astype(np.float64) / elapsed,
                 owner=owner[rows] if self.owners is not None else None,
+                retrans=tcp[0][rows] if tcp is not None else None,
+                rtt_us=tcp[1][rows] if tcp is not None else None,
             ),
             delta_bytes=int(d_bytes.sum()) + extra_b,
             delta_packets=int(d_packets.sum()) + extra_p,
@@ -482,6 +530,20 @@ class Collector:
                 owner if self.owners is not None else None,
             ),
         )
+
+
+TcpArrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+"""Per flow: the connection's retransmissions so far, RTT, minimum RTT (NO_TCP where none),
+and the retransmissions already written."""
+
+
+def _tcp_of(tcp: TcpArrays | None, i: int | np.integer[Any]) -> tuple[int, int, int]:
+    """Flow i's (retransmissions not yet written, RTT, minimum RTT) for its record."""
+    if tcp is None:
+        return (NO_TCP, NO_TCP, NO_TCP)
+    retrans, srtt, rtt_min, exp_r = tcp
+    total = int(retrans[i])
+    return (total - int(exp_r[i]) if total >= 0 else NO_TCP, int(srtt[i]), int(rtt_min[i]))
 
 
 class _NoOwners:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from flowscope import abi
+from flowscope.collect.health import HealthTable
 from flowscope.errors import FlowscopeError
 from flowscope.model import FlowBatch, Owner, SocketEvent
 
@@ -195,6 +196,9 @@ class ProcessWatch:
 
         self.table = table
         self.problem: str | None = None
+        self.health: HealthTable | None = None
+        """The TCP health of local connections, from the same hooks (None when they cannot
+        run)."""
         self._hooks: OwnerHooks | None = None
         try:
             self._hooks = OwnerHooks(program)
@@ -208,6 +212,7 @@ class ProcessWatch:
             self.problem = f"sockets opened before start have no process: {e.message}"
         table.source = self._hooks
         table.add(older)
+        self.health = HealthTable(table.netns, source=self._hooks)
 
     def close(self) -> None:
         """Detach the hooks."""

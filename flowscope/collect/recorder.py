@@ -151,7 +151,11 @@ def _run(
             for text in probe.notices:
                 on_notice(text)
         collector = Collector(
-            probe.program, settings.collector, iface_names=probe.interface_names(), owners=table
+            probe.program,
+            settings.collector,
+            iface_names=probe.interface_names(),
+            owners=table,
+            health=processes.health if processes is not None else None,
         )
         from flowscope.kernel.links import LinkWatch
 

@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from flowscope import abi
 from flowscope.errors import FlowscopeError, UnsupportedKernelError
 from flowscope.kernel import libbpf
@@ -131,6 +133,7 @@ class OwnerHooks:
         self._links: list[int] = []
         self._records: list[bytes] = []
         self._fds: list[int] = []
+        self._health: tuple[np.ndarray, np.ndarray] | None = None
         for name, prog_type, attach_type in HOOKS:
             with captured_stderr() as log:
                 try:
@@ -181,6 +184,31 @@ class OwnerHooks:
             values = table[ctypes.c_int(int(c))]
             out[c] = int(sum(values))
         return out
+
+    def tcp_health(self) -> np.ndarray:
+        """Every followed TCP connection's health (abi.HEALTH_DTYPE rows, a fresh copy), read
+        with batched lookups: the kernel's numbers as of now."""
+        table = self._bpf[b"tcp_health"]
+        if self._health is None:
+            cap = int(table.max_entries)
+            self._health = (np.zeros(cap, np.uint64), np.zeros(cap, abi.HEALTH_DTYPE))
+        keys, values = self._health
+        cap, n, first = len(keys), 0, True
+        token = ctypes.create_string_buffer(8)
+        while n < cap:
+            got, done = libbpf.map_lookup_batch(
+                int(table.map_fd),
+                keys[n:].ctypes.data,
+                values[n:].ctypes.data,
+                min(4096, cap - n),
+                token,
+                first,
+            )
+            first = False
+            n += got
+            if done:
+                break
+        return values[:n].copy()
 
     def run_stats(self) -> tuple[int, int]:
         """(nanoseconds, runs) of all the hooks together, as the kernel timed them while run

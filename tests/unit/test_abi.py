@@ -100,6 +100,21 @@ LAYOUT = {
             "kind": 94,
         },
     ),
+    "tcp_health": (
+        abi.TcpHealth,
+        64,
+        {
+            "netns": 0,
+            "laddr": 8,
+            "raddr": 24,
+            "lport": 40,
+            "rport": 42,
+            "family": 44,
+            "retrans": 48,
+            "srtt_us": 52,
+            "rtt_min_us": 56,
+        },
+    ),
 }
 
 

@@ -1,0 +1,119 @@
+"""The join of flows with their TCP connections' health (collect.health), against a
+brute-force rule over every connection the kernel reported."""
+
+from __future__ import annotations
+
+from ipaddress import ip_address
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flowscope import abi
+from flowscope.collect.health import NONE, HealthTable
+from flowscope.model import FlowKey
+from tests.unit.test_owner_join import batch_of
+
+NETNS = 4242
+ADDRS = {
+    abi.AF_INET: ["198.18.0.1", "198.18.0.2", "198.18.9.9"],
+    abi.AF_INET6: ["2001:db8::1", "2001:db8::2"],
+}
+PORTS = [80, 443, 50000]
+
+
+@st.composite
+def connections(draw: st.DrawFn) -> tuple[int, str, int, str, int, int, int, int, int]:
+    """(family, local, lport, remote, rport, netns, retrans, srtt, rtt_min); an IPv4 one may
+    come from a dual-stack IPv6 socket (IPv4-mapped addresses)."""
+    family = draw(st.sampled_from([abi.AF_INET, abi.AF_INET6]))
+    return (
+        family,
+        draw(st.sampled_from(ADDRS[family])),
+        draw(st.sampled_from(PORTS)),
+        draw(st.sampled_from(ADDRS[family])),
+        draw(st.sampled_from(PORTS)),
+        draw(st.sampled_from([NETNS, NETNS, 9])),
+        draw(st.integers(0, 1000)),
+        draw(st.integers(1, 10**6)),
+        draw(st.integers(1, 10**6)),
+    )
+
+
+def rows_of(
+    conns: list[tuple[int, str, int, str, int, int, int, int, int]], mapped: list[bool]
+) -> np.ndarray:
+    rows = np.zeros(len(conns), abi.HEALTH_DTYPE)
+    for i, (family, local, lport, remote, rport, netns, retrans, srtt, rtt_min) in enumerate(conns):
+        if family == abi.AF_INET and mapped[i]:
+            fam, la, ra = abi.AF_INET6, b"\0" * 10 + b"\xff\xff", b"\0" * 10 + b"\xff\xff"
+        else:
+            fam, la, ra = family, b"", b""
+        la += ip_address(local).packed
+        ra += ip_address(remote).packed
+        rows[i]["laddr"][: len(la)] = np.frombuffer(la, np.uint8)
+        rows[i]["raddr"][: len(ra)] = np.frombuffer(ra, np.uint8)
+        rows[i]["family"], rows[i]["netns"] = fam, netns
+        rows[i]["lport"], rows[i]["rport"] = lport, rport
+        rows[i]["retrans"], rows[i]["srtt_us"], rows[i]["rtt_min_us"] = retrans, srtt, rtt_min
+    return rows
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    conns=st.lists(connections(), max_size=8, unique_by=lambda c: c[:5]),
+    mapped=st.lists(st.booleans(), min_size=8, max_size=8),
+    flows=st.lists(
+        st.tuples(
+            st.sampled_from([abi.AF_INET, abi.AF_INET6]),
+            st.integers(0, 2), st.integers(0, 2), st.sampled_from(PORTS), st.sampled_from(PORTS),
+            st.sampled_from([6, 17]), st.sampled_from([abi.DIR_INGRESS, abi.DIR_EGRESS]),
+            st.one_of(st.none(), st.integers(0, 7)),
+        ),
+        min_size=1, max_size=12,
+    ),
+)  # fmt: skip
+def test_each_flow_gets_its_own_connections_health(
+    conns: list[tuple[int, str, int, str, int, int, int, int, int]],
+    mapped: list[bool],
+    flows: list[tuple[int, int, int, int, int, int, int, int | None]],
+) -> None:
+    """A TCP flow whose local end (its destination when received, its source when sent) and
+    remote end are a connection of this namespace has that connection's RTTs; its
+    retransmissions only when it is the sent flow (0 on the received one); any other flow has
+    none (NONE)."""
+    table = HealthTable(NETNS)
+    table.add(rows_of(conns, mapped))
+    for family in (abi.AF_INET, abi.AF_INET6):
+        addrs = ADDRS[family]
+        keys = []
+        for f, a, b, sp, dp, proto, d, pick in flows:
+            if pick is not None and conns:  # a flow of a connection, either way
+                c = conns[pick % len(conns)]
+                if c[0] != family:
+                    continue
+                ends = (c[1], c[3], c[2], c[4]) if d == abi.DIR_EGRESS else (c[3], c[1], c[4], c[2])
+                keys.append(FlowKey(family, *ends, proto, direction=d))
+            elif f == family:
+                keys.append(
+                    FlowKey(
+                        f, addrs[a % len(addrs)], addrs[b % len(addrs)], sp, dp, proto, direction=d
+                    )
+                )
+        if not keys:
+            continue
+        retrans, srtt, rtt_min = table.join(batch_of(keys, family))
+        for i, k in enumerate(keys):
+            egress = k.direction == abi.DIR_EGRESS
+            local = (k.src, k.sport) if egress else (k.dst, k.dport)
+            remote = (k.dst, k.dport) if egress else (k.src, k.sport)
+            match = [
+                c for c in conns
+                if c[5] == NETNS and k.proto == 6 and c[0] == family
+                and (c[1], c[2]) == local and (c[3], c[4]) == remote
+            ]  # fmt: skip
+            if not match:
+                assert (retrans[i], srtt[i], rtt_min[i]) == (NONE, NONE, NONE), k
+            else:
+                c = match[0]
+                assert (retrans[i], srtt[i], rtt_min[i]) == (c[6] if egress else 0, c[7], c[8])
