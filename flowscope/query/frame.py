@@ -19,7 +19,7 @@ import numpy as np
 
 from flowscope import abi
 from flowscope.collect.collector import LiveFlows
-from flowscope.model import address_text
+from flowscope.model import NO_TCP, address_text
 from flowscope.query import nodes
 
 ADDR = 16  # bytes per address column row (IPv4 uses the first 4)
@@ -50,6 +50,11 @@ class FlowFrame:
     pps: np.ndarray
     owner: np.ndarray
     """Each flow's model.Owner, or None (an object array): the process of its local socket."""
+    retrans: np.ndarray
+    """Each flow's TCP connection's retransmitted segments so far (its sent flow; 0 on the
+    received one), model.NO_TCP where the flow is not a followed local TCP connection."""
+    rtt_us: np.ndarray
+    """Each flow's TCP connection's smoothed RTT in microseconds (model.NO_TCP: none)."""
     now_ns: int = 0
 
     def __len__(self) -> int:
@@ -85,6 +90,11 @@ class FlowFrame:
             parts["owner"].append(
                 np.full(n, None, object) if lf.owner is None else np.asarray(lf.owner, object)
             )
+            for name in ("retrans", "rtt_us"):
+                got = getattr(lf, name)
+                parts[name].append(
+                    np.full(n, NO_TCP, np.int64) if got is None else np.asarray(got, np.int64)
+                )
         cols = {
             f: np.concatenate(parts[f])
             if parts[f]
@@ -124,6 +134,8 @@ _DTYPES: dict[str, type] = {
     "bps": np.float64,
     "pps": np.float64,
     "owner": object,
+    "retrans": np.int64,
+    "rtt_us": np.int64,
 }
 _FIELDS = tuple(_DTYPES)
 

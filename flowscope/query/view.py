@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from flowscope import abi
-from flowscope.model import Owner
+from flowscope.model import NO_TCP, Owner
 from flowscope.query import nodes
 from flowscope.query.frame import (
     FlowFrame,
@@ -46,6 +46,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "age",
         "vlan",
         "flags",
+        "retrans",
+        "rtt",
         "process",
     ),
     "src": ("src", "flows", "bps", "pps", "bytes", "packets", "age"),
@@ -62,7 +64,9 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 }
 """The table's columns for each grouping (also the sort keys it offers, in this order)."""
 
-DESCENDING = frozenset({"bps", "pps", "bytes", "packets", "flows", "out", "in", "age"})
+DESCENDING = frozenset(
+    {"bps", "pps", "bytes", "packets", "flows", "out", "in", "age", "retrans", "rtt"}
+)
 """Sort keys whose natural order is largest first (the rest: smallest first)."""
 
 DEFAULT_TOP = 200
@@ -112,6 +116,11 @@ class Row:
     owner: Owner | None = None
     """The process of a flow's local socket; for a process, user or container group, the
     process of one of its flows (None: not local, or not known: the ``-`` group)."""
+    retrans: int = NO_TCP
+    """A flow's TCP connection's retransmitted segments so far (on its sent flow; NO_TCP
+    when it is not a followed local TCP connection, and for groups)."""
+    rtt_us: int = NO_TCP
+    """A flow's TCP connection's smoothed RTT, microseconds (NO_TCP: none)."""
 
     @property
     def key(self) -> str:
@@ -398,6 +407,8 @@ def _sort_values(fr: FlowFrame, g: _Groups, key: str) -> np.ndarray:
         return np.asarray(column[rep], np.float64)
     if key in ("process", "user", "container"):
         return np.asarray([owner_text(fr.owner[r], key) for r in rep.tolist()], str)
+    if key in ("retrans", "rtt"):  # flows without a followed connection (-1) sort last
+        return np.asarray((fr.retrans if key == "retrans" else fr.rtt_us)[rep], np.float64)
     raise ValueError(f"unknown sort key {key!r}")
 
 
@@ -490,4 +501,6 @@ def _row(
         last_seen_ns=int(g.last_seen[i]),
         iface=None if ifindex is None else iface_name(iface_names or {}, ifindex),
         owner=fr.owner[r],
+        retrans=int(fr.retrans[r]) if group == "flow" else NO_TCP,
+        rtt_us=int(fr.rtt_us[r]) if group == "flow" else NO_TCP,
     )

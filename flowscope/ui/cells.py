@@ -17,6 +17,7 @@ from flowscope.vocab import (
     clip_column,
     compact,
     owner_text,
+    rtt_text,
 )
 from flowscope.vocab import port_text as number_text
 
@@ -37,6 +38,8 @@ HEADERS: dict[str, str] = {
     "out": "Out",
     "in": "In",
     "iface": "Iface",
+    "retrans": "Retr",
+    "rtt": "RTT",
     "process": "Process",
     "user": "User",
     "container": "Container",
@@ -46,7 +49,20 @@ bytes sent (egress) and received (ingress). A flow's protocol cell starts with i
 ↓ received (ingress), ↑ sent (egress)."""
 PAIR_HEADERS = {"src": "Host A", "dst": "Host B"}
 NUMERIC = frozenset(
-    {"sport", "bps", "pps", "bytes", "packets", "age", "vlan", "flows", "out", "in"}
+    {
+        "sport",
+        "bps",
+        "pps",
+        "bytes",
+        "packets",
+        "age",
+        "vlan",
+        "flows",
+        "out",
+        "in",
+        "retrans",
+        "rtt",
+    }
 )
 """Right-aligned columns."""
 IDENTITY = frozenset(
@@ -136,6 +152,10 @@ def cell(
         return tcp_flags_text(row.tcp_flags) if row.proto == 6 else ""
     if column in ("process", "user", "container"):
         return clip(owner_text(row.owner, column), width)
+    if column == "retrans":
+        return "-" if row.retrans < 0 else compact(row.retrans)
+    if column == "rtt":
+        return "-" if row.rtt_us < 0 else rtt_text(row.rtt_us)
     raise ValueError(column)
 
 
@@ -153,6 +173,8 @@ def widths(columns: tuple[str, ...], total: int) -> dict[str, int]:
         "age": 5,
         "vlan": 4,
         "flags": 8,
+        "retrans": 5,
+        "rtt": 7,
         "flows": 5,
         "out": 6,
         "in": 6,

@@ -21,7 +21,15 @@ from flowscope.ui.cells import (
     service_name,
 )
 from flowscope.ui.state import LOSS_COUNTERS, LiveState
-from flowscope.vocab import age_text, endpoint, human, human_rate, owner_text, printable
+from flowscope.vocab import (
+    age_text,
+    endpoint,
+    human,
+    human_rate,
+    owner_text,
+    printable,
+    rtt_text,
+)
 
 
 def padded(values: Sequence[float], width: int) -> list[float]:
@@ -220,4 +228,7 @@ def describe_row(row: Row, group: str) -> list[tuple[str, str]]:
                 out.append(("process", o.label))
             out.append(("user", f"{owner_text(o, 'user')} ({o.uid})"))
             out.append(("container", o.container or "-"))
+    if row.rtt_us >= 0:  # a local TCP connection flowscope follows (its socket's numbers)
+        out.append(("retransmitted", f"{row.retrans:,} segments"))
+        out.append(("round trip", rtt_text(row.rtt_us)))
     return out

@@ -18,7 +18,7 @@ import numpy as np
 
 from flowscope import abi
 from flowscope.collect.collector import LiveFlows, Tick
-from flowscope.model import FlowBatch, FlowKey, FlowRecord, NewFlow, Owner, Sample
+from flowscope.model import NO_TCP, FlowBatch, FlowKey, FlowRecord, NewFlow, Owner, Sample
 from flowscope.query.frame import addr_bytes
 from flowscope.ui.messages import TickArrived
 
@@ -119,6 +119,18 @@ def _owner(f: _Flow) -> Owner | None:
     """The process of the flow's local socket, as collect.owners would find it."""
     local_port = f.sport if f.src in LOCAL else f.dport
     return _OWNERS_BY_PORT.get((f.proto, local_port))
+
+
+def _health(f: _Flow, t: int) -> tuple[int, int]:
+    """(retransmissions so far, RTT us) of a local TCP connection's flow, as collect.health
+    would give them; NO_TCP for the rest. A few retransmissions on the busiest sent flows."""
+    if f.proto != 6 or _owner(f) is None or f.flags == 0x02:  # a scan's SYN: no connection
+        return NO_TCP, NO_TCP
+    sent = f.src in LOCAL
+    low, high = sorted((f.sport, f.dport))  # one connection, one RTT: both directions
+    rtt = 180 + (low * 37 + high * 11) % 42_000
+    retrans = (max(t - f.start, 0) * int(f.bps // 10**7)) // 9 if sent else 0
+    return retrans, rtt
 
 
 def _rate(f: _Flow, t: int, i: int) -> float:
@@ -229,6 +241,8 @@ def scenario(count: int = 90, *, writer_trouble_at: int | None = None) -> list[T
                     bps=np.array([rates[i][0] for i in idx], np.float64),
                     pps=np.array([rates[i][1] for i in idx], np.float64),
                     owner=np.array([_owner(flows[i]) for i in idx] or [], object),
+                    retrans=np.array([_health(flows[i], t)[0] for i in idx], np.int64),
+                    rtt_us=np.array([_health(flows[i], t)[1] for i in idx], np.int64),
                 )
             )
         total_bps = sum(r[0] for r in rates)

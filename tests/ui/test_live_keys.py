@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 
 import pytest
 from textual.command import CommandPalette
@@ -296,9 +297,14 @@ async def test_left_right_scroll_the_columns_at_80_and_all_fit_at_160() -> None:
         assert "198.18.0.10" in screen_line(app, 1)
         await pilot.press("right", "right", "right")
         head = screen_line(app, 0)
+        # the connection's retransmissions and RTT (a sent flow of nginx's)
+        assert "Retr" in head and "RTT" in head and head.rstrip().endswith("▸")
+        assert re.search(r"\d+\s+\d+(\.\d)?(us|ms)", screen_line(app, 1)), screen_line(app, 1)
+        await pilot.press("right", "right")
+        head = screen_line(app, 0)
         assert "Process" in head and not head.rstrip().endswith("▸")
         assert "nginx[812]" in screen_line(app, 1)
-        await pilot.press("left", "left", "left", "left", "left", "left", "left")
+        await pilot.press(*["left"] * 9)
         assert "bit/s▼" in screen_line(app, 0) and "◂" not in screen_line(app, 0)
     app = console()
     async with app.run_test(size=(160, 48)) as pilot:
