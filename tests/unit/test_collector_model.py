@@ -158,16 +158,21 @@ class CollectorMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.kernel = FakeKernel(ENTRIES)
-        self.collector = Collector(
+        self.collector = self.make_collector()
+        self.written: dict[bytes, list[int]] = defaultdict(lambda: [0, 0])
+        self.last_end: dict[bytes, float] = {}
+        self.counters = self.kernel.read_counters()
+
+    def make_collector(self, owners: OwnerTable | None = None) -> Collector:
+        """The real collector over the fake kernel, on its clock."""
+        return Collector(
             self.kernel,
             CollectorSettings(idle_timeout=5.0, fin_timeout=1.0, active_timeout=3.0),
             iface_names={7: "veth7"},
             monotonic_ns=lambda: self.kernel.now,
             wall_time=lambda: 1_700_000_000.0 + self.kernel.now / SEC,
+            owners=owners,
         )
-        self.written: dict[bytes, list[int]] = defaultdict(lambda: [0, 0])
-        self.last_end: dict[bytes, float] = {}
-        self.counters = self.kernel.read_counters()
 
     @rule(
         i=st.integers(0, FLOWS - 1),
@@ -289,14 +294,7 @@ class OwnedCollectorMachine(CollectorMachine):
         super().__init__()
         self.source = _Announced()
         self.table = OwnerTable(NETNS, source=self.source, local_addresses=lambda: set())
-        self.collector = Collector(
-            self.kernel,
-            CollectorSettings(idle_timeout=5.0, fin_timeout=1.0, active_timeout=3.0),
-            iface_names={7: "veth7"},
-            monotonic_ns=lambda: self.kernel.now,
-            wall_time=lambda: 1_700_000_000.0 + self.kernel.now / SEC,
-            owners=self.table,
-        )
+        self.collector = self.make_collector(self.table)
         self.conn: dict[int, Owner] = {}
         self.listener: dict[int, Owner] = {}
         self.owner_of: dict[bytes, Owner | None] = {}  # flows in the map the collector has read

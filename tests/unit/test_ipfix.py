@@ -423,22 +423,15 @@ def test_every_collecting_command_takes_the_export_flags(
         assert message in result.output
 
 
-@pytest.mark.skipif(shutil.which("tshark") is None, reason="needs tshark (make setup)")
-def test_tshark_decodes_sent_flows_with_egress_interface(tmp_path: Path) -> None:
-    """Issue #14: an egress record was exported with its interface as ingressInterface (IE
-    10); tshark read it as `InputInt: 64, Direction: Egress`. Now sent flows travel in their
-    own templates with egressInterface (IE 14), received flows keep ingressInterface."""
+def tshark_fields(tmp_path: Path, records: list[FlowRecord], *fields: str) -> list[list[str]]:
+    """The records exported in one message (with the templates), sent in a UDP datagram
+    written to a capture, as tshark's IPFIX dissector reads them: for each field, its values
+    over the whole message (tshark leaves out empty strings)."""
     from scapy.layers.inet import IP, UDP
     from scapy.layers.l2 import Ether
     from scapy.packet import Raw
     from scapy.utils import wrpcap
 
-    sent = FlowKey(abi.AF_INET, "198.18.0.1", "198.18.0.2", 53, 4000, 17, 0, 64, abi.DIR_EGRESS)
-    sent6 = FlowKey(abi.AF_INET6, "2001:db8::1", "2001:db8::2", 443, 5000, 6, 0, 65, 1)
-    received = FlowKey(abi.AF_INET, "198.18.0.2", "198.18.0.1", 4000, 53, 17, 0, 7, 0)
-    records = [
-        FlowRecord(k, "veth0", 3, 300, 258, T0, T0 + 1, 0, "idle") for k in (sent, sent6, received)
-    ]
     [msg] = ipfix_records.Encoder().pack(records, export_time=int(T0), templates=True)
     frame = Ether() / IP(src="127.0.0.1", dst="127.0.0.1") / UDP(sport=40000, dport=4739)
     pcap = tmp_path / "ipfix.pcap"
@@ -446,10 +439,26 @@ def test_tshark_decodes_sent_flows_with_egress_interface(tmp_path: Path) -> None
     out = subprocess.run(
         ["tshark", "-r", str(pcap), "-d", "udp.port==4739,cflow", "-T", "fields",
          "-E", "occurrence=a", "-E", "aggregator=|",
-         "-e", "cflow.inputint", "-e", "cflow.outputint", "-e", "cflow.direction"],
+         *[arg for f in fields for arg in ("-e", f)]],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
-    inputs, outputs, directions = (f.split("|") for f in out.split("\t"))
+    return [f.split("|") for f in out.split("\t")]
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="needs tshark (make setup)")
+def test_tshark_decodes_sent_flows_with_egress_interface(tmp_path: Path) -> None:
+    """Issue #14: an egress record was exported with its interface as ingressInterface (IE
+    10); tshark read it as `InputInt: 64, Direction: Egress`. Now sent flows travel in their
+    own templates with egressInterface (IE 14), received flows keep ingressInterface."""
+    sent = FlowKey(abi.AF_INET, "198.18.0.1", "198.18.0.2", 53, 4000, 17, 0, 64, abi.DIR_EGRESS)
+    sent6 = FlowKey(abi.AF_INET6, "2001:db8::1", "2001:db8::2", 443, 5000, 6, 0, 65, 1)
+    received = FlowKey(abi.AF_INET, "198.18.0.2", "198.18.0.1", 4000, 53, 17, 0, 7, 0)
+    records = [
+        FlowRecord(k, "veth0", 3, 300, 258, T0, T0 + 1, 0, "idle") for k in (sent, sent6, received)
+    ]
+    inputs, outputs, directions = tshark_fields(
+        tmp_path, records, "cflow.inputint", "cflow.outputint", "cflow.direction"
+    )
     assert inputs == ["7"]  # only the received flow names an input interface
     assert sorted(outputs) == ["64", "65"]
     assert sorted(directions) == ["0", "1", "1"]
@@ -460,11 +469,6 @@ def test_tshark_reads_the_process_and_user_of_each_flow(tmp_path: Path) -> None:
     """Issue #16: the owning process travels as applicationName (IE 96) and its user as
     userName (IE 371), variable-length strings; a flow without a process has empty ones and
     the records around it still decode."""
-    from scapy.layers.inet import IP, UDP
-    from scapy.layers.l2 import Ether
-    from scapy.packet import Raw
-    from scapy.utils import wrpcap
-
     key = FlowKey(abi.AF_INET, "198.18.0.1", "198.18.0.2", 443, 5000, 6, 0, 7, abi.DIR_EGRESS)
     key6 = FlowKey(abi.AF_INET6, "2001:db8::2", "2001:db8::1", 5001, 22, 6, 0, 7, 0)
     records = [
@@ -472,17 +476,9 @@ def test_tshark_reads_the_process_and_user_of_each_flow(tmp_path: Path) -> None:
         FlowRecord(key6, "veth0", 3, 300, 258, T0, T0 + 1, 0, "idle"),
         FlowRecord(key6, "veth0", 3, 300, 258, T0, T0 + 1, 0, "idle", Owner(9, "sshd", 0)),
     ]
-    [msg] = ipfix_records.Encoder().pack(records, export_time=int(T0), templates=True)
-    frame = Ether() / IP(src="127.0.0.1", dst="127.0.0.1") / UDP(sport=40000, dport=4739)
-    pcap = tmp_path / "ipfix.pcap"
-    wrpcap(str(pcap), [frame / Raw(msg.data)])
-    out = subprocess.run(
-        ["tshark", "-r", str(pcap), "-d", "udp.port==4739,cflow", "-T", "fields",
-         "-E", "occurrence=a", "-E", "aggregator=|",
-         "-e", "cflow.appl_name", "-e", "cflow.user_name", "-e", "cflow.srcport"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    names, users, sports = (f.split("|") for f in out.split("\t"))
+    names, users, sports = tshark_fields(
+        tmp_path, records, "cflow.appl_name", "cflow.user_name", "cflow.srcport"
+    )
     assert names == ["nginx", "sshd"]  # tshark lists no empty string
     assert users == ["root", "root"]
     assert sports == ["443", "5001", "5001"]  # all three records, in order
