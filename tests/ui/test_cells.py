@@ -1,14 +1,15 @@
 """Addresses clipped to a column's width: different hosts never read the same, and what is
-shown is the host's own text."""
+shown is the host's own text. Round-trip times fit their column."""
 
 from __future__ import annotations
 
 import ipaddress
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowscope.vocab import clip, clip_column
+from flowscope.vocab import clip, clip_column, rtt_text
 
 
 @st.composite
@@ -48,3 +49,13 @@ def test_hosts_of_one_prefix_show_where_they_differ() -> None:
     hosts = [f"2001:db8:{i}aaa:1::2" for i in (1, 2, 3, 4)]
     assert {clip(h, 12) for h in hosts} == {"2001:…a:1::2"}  # cut in the middle: four alike
     assert clip_column(hosts, 12) == [f"…:db8:{i}aaa:…" for i in (1, 2, 3, 4)]
+
+
+@pytest.mark.parametrize(
+    ("us", "text"),
+    [(0, "0us"), (850, "850us"), (999, "999us"), (1000, "1.0ms"), (12_449, "12.4ms"),
+     (99_999, "100.0ms"), (100_000, "100ms"), (999_999, "999ms"), (1_200_000, "1.20s")],
+)  # fmt: skip
+def test_round_trip_times_read_as_ss_and_ping_write_them(us: int, text: str) -> None:
+    assert rtt_text(us) == text
+    assert len(text) <= 7  # the RTT column's width
