@@ -113,8 +113,6 @@ class _FamilyState:
     """Each flow's Owner or None (object array; all None without an OwnerTable)."""
     owner_generation: int = -1
     """OwnerTable.generation when the owners were last looked up."""
-    exp_retrans: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    """Retransmissions of each flow's connection already written in records."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,12 +289,12 @@ class Collector:
             pos, found = self._match(st, fingerprints(batch.keys))
             exp_p, exp_b, exp_ip, start = self._carry(st, batch, pos, found)
             owner = self._owners(st, batch, pos, found)
-            tcp = self._tcp(st, batch, pos, found)
+            tcp = self._tcp(batch)
             idx = np.nonzero(batch.packets > exp_p)[0]
             records.extend(
                 self._record(
                     batch, i, "shutdown", exp_p[i], exp_b[i], exp_ip[i], start[i], owner[i],
-                    _tcp_of(tcp, i),
+                    self._tcp_of(tcp, i),
                 )
                 for i in idx
             )  # fmt: skip
@@ -352,18 +350,23 @@ class Collector:
             owner[idx] = table.join(batch, idx)
         return owner
 
-    def _tcp(
-        self, st: _FamilyState, batch: FlowBatch, pos: np.ndarray, found: np.ndarray
-    ) -> TcpArrays | None:
-        """Each current flow's connection health, and the retransmissions its records hold
-        (carried; a new flow's connection was established after the hooks: none before)."""
-        if self.health is None:
-            return None
-        retrans, srtt, rtt_min = self.health.join(batch)
-        exp_r = np.zeros(len(batch), np.int64)
-        if len(st.exp_retrans) and found.any():
-            exp_r[found] = st.exp_retrans[pos[found]]
-        return retrans, srtt, rtt_min, np.minimum(exp_r, np.maximum(retrans, 0))
+    def _tcp(self, batch: FlowBatch) -> TcpArrays | None:
+        """Each current flow's connection: retransmissions so far, RTT, minimum RTT, socket
+        cookie (None when TCP health is not followed)."""
+        return None if self.health is None else self.health.join(batch)
+
+    def _tcp_of(self, tcp: TcpArrays | None, i: int | np.integer[Any]) -> tuple[int, int, int]:
+        """Flow i's (retransmissions no record holds yet, RTT, minimum RTT) for a record it
+        gets now. What is written is counted per connection (HealthTable.take), not per flow:
+        a connection idle past the timeout loses its flow, and the flow that comes back with
+        its next packets must not write the same retransmissions again."""
+        if tcp is None or self.health is None:
+            return (NO_TCP, NO_TCP, NO_TCP)
+        retrans, srtt, rtt_min, cookie = tcp
+        total = int(retrans[i])
+        if total < 0:
+            return (NO_TCP, int(srtt[i]), int(rtt_min[i]))
+        return (self.health.take(int(cookie[i]), total), int(srtt[i]), int(rtt_min[i]))
 
     def _record(
         self,
@@ -425,7 +428,7 @@ class Collector:
             d_packets, d_bytes = batch.packets, batch.bytes
         exp_p, exp_b, exp_ip, start = self._carry(st, batch, pos, found)
         owner = self._owners(st, batch, pos, found)
-        tcp = self._tcp(st, batch, pos, found)
+        tcp = self._tcp(batch)
 
         # expiry decisions, on kernel (monotonic) times
         age = now - batch.last_seen.view(np.int64)
@@ -469,7 +472,7 @@ class Collector:
                     records.append(
                         self._record(
                             final, j, reason, exp_p[i], exp_b[i], exp_ip[i], start[i], owner[i],
-                            _tcp_of(tcp, i),
+                            self._tcp_of(tcp, i),
                         )
                     )  # fmt: skip
 
@@ -478,12 +481,9 @@ class Collector:
             records.append(
                 self._record(
                     batch, i, "active", exp_p[i], exp_b[i], exp_ip[i], start[i], owner[i],
-                    _tcp_of(tcp, i),
+                    self._tcp_of(tcp, i),
                 )
             )  # fmt: skip
-        if tcp is not None:
-            retrans, _, _, exp_r = tcp
-            exp_r[active] = np.maximum(retrans[active], exp_r[active])
         exp_p[active] = batch.packets[active]
         exp_b[active] = batch.bytes[active]
         exp_ip[active] = batch.ip_bytes[active]
@@ -501,8 +501,6 @@ class Collector:
         if self.owners is not None:
             st.owner = owner[survivors]
             st.owner_generation = self.owners.generation
-        if tcp is not None:
-            st.exp_retrans = tcp[3][survivors]
 
         rows: np.ndarray | slice = keep if len(taken) else slice(None)  # no copies if all stay
         return _FamilyTick(
@@ -533,17 +531,8 @@ class Collector:
 
 
 TcpArrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-"""Per flow: the connection's retransmissions so far, RTT, minimum RTT (NO_TCP where none),
-and the retransmissions already written."""
-
-
-def _tcp_of(tcp: TcpArrays | None, i: int | np.integer[Any]) -> tuple[int, int, int]:
-    """Flow i's (retransmissions not yet written, RTT, minimum RTT) for its record."""
-    if tcp is None:
-        return (NO_TCP, NO_TCP, NO_TCP)
-    retrans, srtt, rtt_min, exp_r = tcp
-    total = int(retrans[i])
-    return (total - int(exp_r[i]) if total >= 0 else NO_TCP, int(srtt[i]), int(rtt_min[i]))
+"""Per flow: its connection's retransmissions so far (its sent flow; 0 on the received one),
+RTT, minimum RTT (NO_TCP where none), and the connection's socket cookie."""
 
 
 class _NoOwners:

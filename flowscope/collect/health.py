@@ -31,9 +31,10 @@ _MAPPED = np.array([0] * 10 + [0xFF, 0xFF], np.uint8)
 
 
 class HealthSource(Protocol):
-    """Where the connections' health comes from (kernel.owners.OwnerHooks, or a test's)."""
+    """Where the connections' health comes from (kernel.owners.OwnerHooks, or a test's):
+    socket cookies and abi.HEALTH_DTYPE rows, in the same order."""
 
-    def tcp_health(self) -> np.ndarray: ...
+    def tcp_health(self) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 def _key_dtype(width: int) -> np.dtype:
@@ -55,18 +56,35 @@ class HealthTable:
     def __init__(self, netns: int, source: HealthSource | None = None) -> None:
         self.netns = netns
         self.source = source
-        # per family: sorted byte keys, and retrans, srtt, rtt_min in the same order
-        self._sorted: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        # per family: sorted byte keys, and retrans, srtt, rtt_min, cookie in the same order
+        self._sorted: dict[int, tuple[np.ndarray, ...]] = {}
+        self.written: dict[int, int] = {}
+        """Per connection (socket cookie): retransmissions records hold already."""
         self.add(np.zeros(0, abi.HEALTH_DTYPE))
 
     def refresh(self) -> None:
         """Read the kernel's numbers again."""
         if self.source is not None:
-            self.add(self.source.tcp_health())
+            cookies, rows = self.source.tcp_health()
+            self.add(rows, cookies)
 
-    def add(self, rows: np.ndarray) -> None:
-        """Replace what is known with ``rows`` (abi.HEALTH_DTYPE)."""
-        rows = rows[rows["netns"] == self.netns]
+    def take(self, cookie: int, total: int) -> int:
+        """The retransmissions of a connection (``total`` so far) that no record holds yet,
+        now counted as written."""
+        done = self.written.get(cookie, 0)
+        self.written[cookie] = max(total, done)
+        return max(total - done, 0)
+
+    def add(self, rows: np.ndarray, cookies: np.ndarray | None = None) -> None:
+        """Replace what is known with ``rows`` (abi.HEALTH_DTYPE) and their socket cookies
+        (by default 1, 2, ...). Connections the kernel no longer reports are forgotten."""
+        if cookies is None:
+            cookies = np.arange(1, len(rows) + 1, dtype=np.uint64)
+        if self.written:
+            alive = set(cookies.tolist())
+            self.written = {c: w for c, w in self.written.items() if c in alive}
+        mine = rows["netns"] == self.netns
+        rows, cookies = rows[mine], cookies[mine]
         family = rows["family"].copy()
         laddr, raddr = rows["laddr"].copy(), rows["raddr"].copy()
         # an IPv6 socket talking IPv4 (dual stack) carries IPv4-mapped addresses: its flows
@@ -87,16 +105,19 @@ class HealthTable:
                 rows["retrans"][sel][order].astype(np.int64),
                 rows["srtt_us"][sel][order].astype(np.int64),
                 rows["rtt_min_us"][sel][order].astype(np.int64),
+                cookies[sel][order].astype(np.uint64),
             )
 
-    def join(self, batch: FlowBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(retransmitted segments, smoothed RTT us, minimum RTT us) of each flow's connection
-        (int64 arrays; NONE where there is none). Retransmissions only on the sent flow."""
+    def join(self, batch: FlowBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(retransmitted segments, smoothed RTT us, minimum RTT us, socket cookie) of each
+        flow's connection (int64 arrays; NONE, and cookie 0, where there is none).
+        Retransmissions only on the sent flow."""
         n = len(batch)
         retrans, srtt, rtt_min = (np.full(n, NONE, np.int64) for _ in range(3))
-        known, k_retrans, k_srtt, k_min = self._sorted[batch.family]
+        cookie = np.zeros(n, np.uint64)
+        known, k_retrans, k_srtt, k_min, k_cookie = self._sorted[batch.family]
         if not n or not len(known):
-            return retrans, srtt, rtt_min
+            return retrans, srtt, rtt_min, cookie
         k = batch.keys
         egress = k["direction"] == abi.DIR_EGRESS
         keys = np.zeros(n, _KEY[batch.family])
@@ -111,4 +132,5 @@ class HealthTable:
         retrans[hit] = np.where(egress[hit], k_retrans[pos[hit]], 0)
         srtt[hit] = k_srtt[pos[hit]]
         rtt_min[hit] = k_min[pos[hit]]
-        return retrans, srtt, rtt_min
+        cookie[hit] = k_cookie[pos[hit]]
+        return retrans, srtt, rtt_min, cookie

@@ -185,9 +185,9 @@ class OwnerHooks:
             out[c] = int(sum(values))
         return out
 
-    def tcp_health(self) -> np.ndarray:
-        """Every followed TCP connection's health (abi.HEALTH_DTYPE rows, a fresh copy), read
-        with batched lookups: the kernel's numbers as of now."""
+    def tcp_health(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every followed TCP connection: socket cookies and their health (abi.HEALTH_DTYPE
+        rows), fresh copies read with batched lookups: the kernel's numbers as of now."""
         table = self._bpf[b"tcp_health"]
         if self._health is None:
             cap = int(table.max_entries)
@@ -208,7 +208,7 @@ class OwnerHooks:
             n += got
             if done:
                 break
-        return values[:n].copy()
+        return keys[:n].copy(), values[:n].copy()
 
     def run_stats(self) -> tuple[int, int]:
         """(nanoseconds, runs) of all the hooks together, as the kernel timed them while run

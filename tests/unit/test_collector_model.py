@@ -24,6 +24,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from flowscope import abi
 from flowscope.collect.collector import Collector, CollectorSettings
+from flowscope.collect.health import HealthTable
 from flowscope.collect.owners import OwnerTable
 from flowscope.model import FlowBatch, FlowEvent, FlowKey, Owner, SocketEvent, pending_records
 
@@ -34,7 +35,7 @@ FLOWS = 40  # distinct 5-tuples the traffic is drawn from: more than the map hol
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 
 
-def _key(i: int) -> tuple[int, bytes]:
+def _key(i: int, direction: int = abi.DIR_INGRESS) -> tuple[int, bytes]:
     """Flow i as (family, kernel key bytes): even flows IPv4, odd ones IPv6."""
     if i % 2 == 0:
         k = np.zeros(1, abi.KEY4_DTYPE)
@@ -47,16 +48,20 @@ def _key(i: int) -> tuple[int, bytes]:
         k[0]["daddr"] = np.frombuffer(ipaddress.ip_address("2001:db8::ffff").packed, np.uint8)
         family = abi.AF_INET6
     k[0]["sport"], k[0]["dport"], k[0]["proto"], k[0]["ifindex"] = 1000 + i, 80, 6, 7
+    k[0]["direction"] = direction
     return family, k.tobytes()
 
 
 KEYS = [_key(i) for i in range(FLOWS)]
+SENT_KEYS = [_key(i, abi.DIR_EGRESS) for i in range(FLOWS)]
+"""The same flows as sent by this host (its TCP connections' sent flows)."""
 
 
 class FakeKernel:
     """Per-CPU hash maps and counters that behave like bpf/flowscope.c's, with a clock."""
 
-    def __init__(self, entries: int) -> None:
+    def __init__(self, entries: int, keys: list[tuple[int, bytes]] = KEYS) -> None:
+        self.keys = keys
         self.flow_entries = entries
         self.now = 1000 * SEC
         # family -> key bytes -> per-CPU rows [packets, bytes, ip_bytes, first, last, flags]
@@ -66,7 +71,7 @@ class FakeKernel:
         self.attributed: dict[bytes, list[int]] = defaultdict(lambda: [0, 0])
 
     def send(self, i: int, packets: int, size: int, cpu: int, flags: int) -> None:
-        family, key = KEYS[i]
+        family, key = self.keys[i]
         m = self.maps[family]
         self.counters[abi.Counter.PACKETS] += packets
         self.counters[abi.Counter.BYTES] += packets * size
@@ -140,9 +145,9 @@ class FakeKernel:
         pass
 
 
-def _raw(key: FlowKey) -> bytes:
+def _raw(key: FlowKey, keys: list[tuple[int, bytes]] = KEYS) -> bytes:
     """The kernel key bytes of a record's key."""
-    for family, raw in KEYS:
+    for family, raw in keys:
         if family != key.family:
             continue
         dtype = abi.KEY4_DTYPE if family == abi.AF_INET else abi.KEY6_DTYPE
@@ -163,7 +168,9 @@ class CollectorMachine(RuleBasedStateMachine):
         self.last_end: dict[bytes, float] = {}
         self.counters = self.kernel.read_counters()
 
-    def make_collector(self, owners: OwnerTable | None = None) -> Collector:
+    def make_collector(
+        self, owners: OwnerTable | None = None, health: HealthTable | None = None
+    ) -> Collector:
         """The real collector over the fake kernel, on its clock."""
         return Collector(
             self.kernel,
@@ -172,6 +179,7 @@ class CollectorMachine(RuleBasedStateMachine):
             monotonic_ns=lambda: self.kernel.now,
             wall_time=lambda: 1_700_000_000.0 + self.kernel.now / SEC,
             owners=owners,
+            health=health,
         )
 
     @rule(
@@ -219,7 +227,7 @@ class CollectorMachine(RuleBasedStateMachine):
 
     def _take(self, records: list) -> None:  # type: ignore[type-arg]
         for r in records:
-            raw = _raw(r.key)
+            raw = _raw(r.key, self.kernel.keys)
             assert r.packets > 0
             assert r.first_seen <= r.last_seen
             # a record that begins before the previous one of its flow ended counts packets twice
@@ -240,7 +248,7 @@ class CollectorMachine(RuleBasedStateMachine):
         """What shutdown() would write, with everything written so far, is every packet."""
         written = {k: list(v) for k, v in self.written.items()}
         for r in self.collector.shutdown():
-            raw = _raw(r.key)
+            raw = _raw(r.key, self.kernel.keys)
             written.setdefault(raw, [0, 0])
             written[raw][0] += r.packets
             written[raw][1] += r.bytes
@@ -368,6 +376,85 @@ class OwnedCollectorMachine(CollectorMachine):
 
 TestOwnedCollectorModel = OwnedCollectorMachine.TestCase
 TestOwnedCollectorModel.settings = settings(
+    max_examples=150,
+    stateful_step_count=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+# --- TCP health: the retransmissions each record carries -------------------------------------
+
+
+class _Connections:
+    """tcp_health as the kernel keeps it: one connection per flow (socket cookie i + 1), from
+    the flow's sent side, whose total only grows."""
+
+    def __init__(self) -> None:
+        self.total = [0] * FLOWS
+
+    def tcp_health(self) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.zeros(FLOWS, abi.HEALTH_DTYPE)
+        for i, (family, raw) in enumerate(SENT_KEYS):
+            k = np.frombuffer(raw, abi.KEY_DTYPES[family])[0]
+            width = 4 if family == abi.AF_INET else 16
+            rows[i]["laddr"][:width] = k["saddr"]
+            rows[i]["raddr"][:width] = k["daddr"]
+            rows[i]["lport"], rows[i]["rport"] = int(k["sport"]), int(k["dport"])
+            rows[i]["family"], rows[i]["netns"] = family, NETNS
+            rows[i]["retrans"], rows[i]["srtt_us"] = self.total[i], 1000 + i
+        return np.arange(1, FLOWS + 1, dtype=np.uint64), rows
+
+
+class HealthCollectorMachine(CollectorMachine):
+    """The same traffic as sent flows of TCP connections that retransmit now and then (the
+    retransmissions leave as packets of the flow). Model: the records of a connection never
+    hold more retransmissions than it made, whatever its flow went through (idle expiry and
+    a new flow for the same connection, eviction, a full map), and once its flow is in the map
+    at shutdown they hold all of them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kernel = FakeKernel(ENTRIES, SENT_KEYS)
+        self.conns = _Connections()
+        self.health = HealthTable(NETNS, source=self.conns)
+        self.collector = self.make_collector(health=self.health)
+        self.counters = self.kernel.read_counters()
+        self.retrans_written = [0] * FLOWS
+
+    @rule(i=st.integers(0, FLOWS - 1), n=st.integers(1, 5), cpu=st.integers(0, NCPU - 1))
+    def retransmit(self, i: int, n: int, cpu: int) -> None:
+        self.conns.total[i] += n
+        self.kernel.send(i, n, 1500, cpu, ACK)
+
+    def _take(self, records: list) -> None:  # type: ignore[type-arg]
+        super()._take(records)
+        for r in records:
+            self.retrans_written[r.key.sport - 1000] += r.retrans
+
+    @invariant()
+    def never_more_retransmissions_than_made(self) -> None:
+        for i in range(FLOWS):
+            assert self.retrans_written[i] <= self.conns.total[i], i
+
+    @rule()
+    def shutdown_is_exact(self) -> None:
+        """shutdown() is the end: what it writes is counted here, then the machine goes on as
+        if it had not run (the connections' written counts put back)."""
+        saved = dict(self.health.written)
+        written = list(self.retrans_written)
+        in_map = {raw for m in self.kernel.maps.values() for raw in m}
+        for r in self.collector.shutdown():
+            written[r.key.sport - 1000] += r.retrans
+        self.health.written = saved
+        for i, (_, raw) in enumerate(SENT_KEYS):
+            assert written[i] <= self.conns.total[i], i
+            if raw in in_map:
+                assert written[i] == self.conns.total[i], (i, written[i], self.conns.total[i])
+
+
+TestHealthCollectorModel = HealthCollectorMachine.TestCase
+TestHealthCollectorModel.settings = settings(
     max_examples=150,
     stateful_step_count=60,
     deadline=None,

@@ -102,7 +102,7 @@ def test_each_flow_gets_its_own_connections_health(
                 )
         if not keys:
             continue
-        retrans, srtt, rtt_min = table.join(batch_of(keys, family))
+        retrans, srtt, rtt_min, _ = table.join(batch_of(keys, family))
         for i, k in enumerate(keys):
             egress = k.direction == abi.DIR_EGRESS
             local = (k.src, k.sport) if egress else (k.dst, k.dport)
