@@ -133,7 +133,11 @@ def _run(
     on_notice: Callable[[str], None] | None = None,
 ) -> RecordSummary:
     summary = RecordSummary()
+    # Ctrl-C and SIGTERM stop collection from the moment the program may be attached: one
+    # that came while the socket hooks were being set up (their start-up scan reads sock_diag
+    # through pyroute2) was raised there and lost, and the run went on.
     with (
+        _signals_stop(stop, summary),
         probe_class(
             list(settings.interfaces),
             mode=settings.mode,
@@ -162,19 +166,18 @@ def _run(
         names = probe.interface_names()
         watch = LinkWatch({name: index for index, name in names.items()})
         try:
-            with _signals_stop(stop, summary):
-                _loop(
-                    collector,
-                    probe,
-                    sink,
-                    settings,
-                    stop,
-                    on_tick,
-                    summary,
-                    watch,
-                    on_notice,
-                    processes,
-                )
+            _loop(
+                collector,
+                probe,
+                sink,
+                settings,
+                stop,
+                on_tick,
+                summary,
+                watch,
+                on_notice,
+                processes,
+            )
         except (KeyboardInterrupt, SystemExit):
             # Ctrl-C, or SIGTERM turned into SystemExit by the CLI: a normal way to stop
             summary.interrupted = True
