@@ -313,6 +313,32 @@ def map_lookup_batch(
     return count.value, False
 
 
+def map_lookup_all(
+    map_fd: int, keys: Any, values: Any, per_key: int, token: Any, chunk: int = 16384
+) -> int:
+    """Every entry of a hash map into caller-owned numpy buffers (``keys``, and ``values``
+    with ``per_key`` values for each key: the possible CPUs of a per-CPU map, else 1), by
+    BPF_MAP_LOOKUP_BATCH calls of at most ``chunk`` entries; how many entries were read. A
+    hash batch returns whole buckets: each call asks for what is left of the buffers."""
+    cap = len(keys)
+    n = 0
+    first = True
+    while n < cap:
+        got, done = map_lookup_batch(
+            map_fd,
+            keys[n:].ctypes.data,
+            values[n * per_key :].ctypes.data,
+            min(chunk, cap - n),
+            token,
+            first,
+        )
+        first = False
+        n += got
+        if done:
+            break
+    return n
+
+
 def map_lookup_and_delete_many(
     map_fd: int, keys: int, key_size: int, values: int, value_size: int, count: int
 ) -> list[bool]:

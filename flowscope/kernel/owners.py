@@ -193,21 +193,8 @@ class OwnerHooks:
             cap = int(table.max_entries)
             self._health = (np.zeros(cap, np.uint64), np.zeros(cap, abi.HEALTH_DTYPE))
         keys, values = self._health
-        cap, n, first = len(keys), 0, True
         token = ctypes.create_string_buffer(8)
-        while n < cap:
-            got, done = libbpf.map_lookup_batch(
-                int(table.map_fd),
-                keys[n:].ctypes.data,
-                values[n:].ctypes.data,
-                min(4096, cap - n),
-                token,
-                first,
-            )
-            first = False
-            n += got
-            if done:
-                break
+        n = libbpf.map_lookup_all(int(table.map_fd), keys, values, 1, token, chunk=4096)
         return keys[:n].copy(), values[:n].copy()
 
     def run_stats(self) -> tuple[int, int]:

@@ -220,25 +220,7 @@ class FlowProgram:
         """Every flow of one family, per-CPU values summed. The arrays are fresh copies."""
         fd, _ = self._maps[family]
         buf = self._buffers_for(family)
-        cap = len(buf.keys)
-        n = 0
-        first = True
-        # A hash batch returns whole buckets; ask for what is left of the buffer each time.
-        chunk = max(1, min(cap, 16384))
-        while n < cap:
-            want = min(chunk, cap - n)
-            got, done = libbpf.map_lookup_batch(
-                fd,
-                buf.keys[n:].ctypes.data,
-                buf.values[n * self.ncpus :].ctypes.data,
-                want,
-                buf.token,
-                first,
-            )
-            first = False
-            n += got
-            if done:
-                break
+        n = libbpf.map_lookup_all(fd, buf.keys, buf.values, self.ncpus, buf.token)
         values = buf.values[: n * self.ncpus].reshape(n, self.ncpus)
         return FlowBatch.from_percpu(family, buf.keys[:n].copy(), values)
 
