@@ -185,6 +185,29 @@ struct tcp_health {
     __u32 pad2;
 };
 
+/* Packets the kernel dropped (bpf/drops.c, a raw tracepoint on skb:kfree_skb), counted per
+ * flow and drop reason in the per-CPU LRU map `drops`, and per reason alone in the per-CPU
+ * array `drop_totals` (also drops of packets that are not IP). The key holds the packet's own
+ * addresses and ports as it travelled, so it names the flow the flow programs counted it in:
+ * user space joins the two (flowscope/collect/drops.py). 48 bytes. */
+#ifndef DROP_ENTRIES
+#define DROP_ENTRIES 16384          /* (flow, reason) pairs remembered (LRU) */
+#endif
+#define DROP_REASON_SLOTS 256       /* reasons counted alone; a larger value (a subsystem's
+                                     * reasons) counts in the last slot */
+
+struct drop_key {
+    __u8  saddr[16];    /* network order; IPv4: first four bytes */
+    __u8  daddr[16];
+    __u32 ifindex;      /* the device the packet was on, 0 without one */
+    __u32 reason;       /* the running kernel's enum skb_drop_reason */
+    __u16 sport;        /* network order; 0 when the protocol has none */
+    __u16 dport;        /* network order; ICMP: type * 256 + code */
+    __u8  proto;
+    __u8  family;       /* FS_AF_* */
+    __u8  pad[2];
+};
+
 /* Indexes of the per-CPU array sock_counters. */
 enum fs_sock_counter {
     SCNT_EVENTS = 0,        /* records written */

@@ -191,6 +191,29 @@ class TcpHealth(ctypes.Structure):
     ]
 
 
+class DropKey(ctypes.Structure):
+    """struct drop_key: a packet the kernel dropped, by its addresses and ports as it travelled
+    (the flow it was counted in), device and drop reason (the key of the per-CPU LRU map
+    drops), 48 bytes. Addresses and ports in network order."""
+
+    _fields_ = [
+        ("saddr", ctypes.c_uint8 * 16),
+        ("daddr", ctypes.c_uint8 * 16),
+        ("ifindex", ctypes.c_uint32),
+        ("reason", ctypes.c_uint32),
+        ("sport", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("family", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 2),
+    ]
+
+
+DROP_REASON_SLOTS = 256
+"""Reasons the per-CPU array drop_totals counts alone; larger values count in the last."""
+DEFAULT_DROP_ENTRIES = 16384
+
+
 class SockCounter(enum.IntEnum):
     """Indexes of the per-CPU array sock_counters (enum fs_sock_counter)."""
 
@@ -240,4 +263,5 @@ KEY_DTYPES = {AF_INET: KEY4_DTYPE, AF_INET6: KEY6_DTYPE}
 """The kernel key layout of each family's flow map."""
 VALUE_DTYPE = _dtype(FlowValue)
 HEALTH_DTYPE = _dtype(TcpHealth)
+DROP_KEY_DTYPE = _dtype(DropKey, PORTS, keep_pad=True)
 EVENT_DTYPE = _dtype(FlowEvent, PORTS)

@@ -301,6 +301,8 @@ def container_of(cgroup: str) -> str:
 
 NO_TCP = -1
 """The TCP health fields of a flow that is not a local TCP connection flowscope follows."""
+NO_DROPS = -1
+"""The drops of a flow when kernel drops are not followed (no BTF, or not asked for)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,6 +412,12 @@ class FlowRecord:
     """The connection's smoothed round-trip time at the record's end, microseconds."""
     rtt_min_us: int = NO_TCP
     """The smallest round-trip time the connection has seen, microseconds."""
+    drops: int = NO_DROPS
+    """Packets of the flow the kernel dropped during the record (skb:kfree_skb, any reason);
+    NO_DROPS when drops are not followed."""
+    drop_reason: str = ""
+    """The kernel's reason for most of those drops (enum skb_drop_reason, without its
+    SKB_DROP_REASON_ prefix); empty without drops."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,11 +26,12 @@ _format_option = click.option(
 
 
 def _history_cells(
-    row: dict[str, Any], group_by: str, iface: bool, days: bool = False
+    row: dict[str, Any], group_by: str, iface: bool, days: bool = False, health: bool = False
 ) -> dict[str, str]:
     """The table cells of one history row: host:port pairs, the protocol after its
     direction's mark, first and last seen in the range (UTC; with the day when ``days``), human
-    units; the interface only when the rows span several."""
+    units; the interface only when the rows span several; with ``health``, retransmitted
+    segments and kernel drops ("-" where not followed)."""
     from flowscope.history.browse import key_cells
     from flowscope.vocab import human, human_bytes, human_rate, time_of_day
 
@@ -46,6 +47,9 @@ def _history_cells(
     cells["bytes"] = human_bytes(row["bytes"])
     cells["rate"] = human_rate(row["bps"])
     cells["recs"] = str(row["records"])
+    if health:
+        for name, col in (("retr", "retrans"), ("drops", "drops")):
+            cells[name] = "-" if row.get(col) is None else human(row[col])
     return cells
 
 
@@ -89,20 +93,21 @@ def _range(
 )
 @click.option(
     "--by",
-    type=click.Choice(["bytes", "packets", "flows", "bps"]),
+    type=click.Choice(["bytes", "packets", "flows", "bps", "retrans", "drops"]),
     default="bytes",
     show_default=True,
-    help="What to rank by (flows: flow records; bps: the rate while active).",
+    help="What to rank by (flows: flow records; bps: the rate while active; retrans: TCP "
+    "segments sent again; drops: packets the kernel dropped).",
 )
 @click.option(
     "--group-by",
-    type=click.Choice(list(GROUPINGS)),
+    type=click.Choice([*GROUPINGS, "drop_reason"]),
     default="flow",
     show_default=True,
     help="Sum per flow, host, host pair (both directions), port (received and sent apart: "
     "↓tcp 443 is a service of ours, ↑tcp 50412 a peer's port), protocol, interface, VLAN, "
-    "or the process, user or container of the flow's local socket (read from flows, never the "
-    "hourly rollup).",
+    "the process, user or container of the flow's local socket, or the kernel's main reason "
+    "for a flow's drops (these read flows, never the hourly rollup).",
 )
 @click.option("--filter", "filter_text", default=None, metavar="EXPR", help="'dport 443 and tcp'")
 @_format_option
@@ -185,12 +190,18 @@ def history(
         return
     several = len({(r.get("iface"), r.get("vlan"), r.get("direction")) for r in rows}) > 1
     days = result.until - result.since > 86400
-    cells = [_history_cells(r, group_by, several, days) for r in rows]
+    # retransmissions and drops where a row has them (or they are what is asked for)
+    health = (
+        by in ("retrans", "drops")
+        or group_by == "drop_reason"
+        or any(r.get("retrans") is not None or r.get("drops") is not None for r in rows)
+    )
+    cells = [_history_cells(r, group_by, several, days, health) for r in rows]
     columns = list(cells[0])
     output.write_table(
         columns,
         [[c[k] for k in columns] for c in cells],
-        right=("pkts", "bytes", "rate", "recs", "sport", "dport", "vlan"),
+        right=("pkts", "bytes", "rate", "recs", "retr", "drops", "sport", "dport", "vlan"),
         title=title,
         droppable=("recs", "first", "last"),
     )

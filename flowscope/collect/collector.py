@@ -27,9 +27,11 @@ from typing import Any, Protocol, cast
 import numpy as np
 
 from flowscope import abi
+from flowscope.collect.drops import DropTable
 from flowscope.collect.health import HealthTable
 from flowscope.collect.owners import OwnerTable
 from flowscope.model import (
+    NO_DROPS,
     NO_TCP,
     FlowBatch,
     FlowEvent,
@@ -129,6 +131,9 @@ class LiveFlows:
     flow 0), None when TCP health is not followed."""
     rtt_us: np.ndarray | None = None
     """Each flow's connection's smoothed RTT in microseconds (NO_TCP where none)."""
+    drops: np.ndarray | None = None
+    """Each flow's packets the kernel dropped since flowscope started, None when drops are
+    not followed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +160,9 @@ class Tick:
     links: dict[str, str] = field(default_factory=dict)
     """Each watched interface's state after the tick, 'up', 'down' or 'gone' (the recorder
     fills it from its probe.links.LinkWatch; empty when nothing watches them)."""
+    drops: dict[str, int] = field(default_factory=dict)
+    """Packets the kernel dropped in flowscope's network namespace this tick, per reason
+    (empty when drops are not followed)."""
 
 
 class Collector:
@@ -170,12 +178,18 @@ class Collector:
         wall_time: Callable[[], float] = time.time,
         owners: OwnerTable | None = None,
         health: HealthTable | None = None,
+        drops: DropTable | None = None,
     ) -> None:
         self.source = source
         self.owners = owners
         """Which process owns each flow's local socket (None: not watched)."""
         self.health = health
         """The retransmissions and RTT of each local TCP connection (None: not followed)."""
+        self.drops = drops
+        """What the kernel dropped, per flow and reason (None: not followed)."""
+        if drops is not None:
+            drops.refresh()
+            drops.reason_deltas()  # the baseline: a tick counts what it saw dropped
         self.settings = settings or CollectorSettings()
         self.iface_names = iface_names or {}
         self._mono = monotonic_ns
@@ -207,6 +221,8 @@ class Collector:
             self.owners.refresh()
         if self.health is not None:
             self.health.refresh()
+        if self.drops is not None:
+            self.drops.refresh()
         now = self._mono()
         elapsed = max((now - self._last_tick_ns) / 1e9, 1e-9)
         self._last_tick_ns = now
@@ -238,6 +254,9 @@ class Collector:
             # sockets whose announcement the kernel lost: their flows have no process
             deltas["sockets_lost"] = counter_delta(self.owners.lost, self._sockets_lost)
             self._sockets_lost = self.owners.lost
+        dropped = self.drops.reason_deltas() if self.drops is not None else {}
+        if self.drops is not None:
+            deltas["drops"] = sum(dropped.values())
         events = [
             NewFlow(
                 time=self.wall(e.timestamp),
@@ -273,6 +292,7 @@ class Collector:
             flow_packets=total_packets,
             flow_bytes=total_bytes,
             pending=pending,
+            drops=dropped,
         )
 
     def shutdown(self) -> list[FlowRecord]:
@@ -283,6 +303,8 @@ class Collector:
             self.owners.refresh()
         if self.health is not None:
             self.health.refresh()
+        if self.drops is not None:
+            self.drops.refresh()
         for family in (abi.AF_INET, abi.AF_INET6):
             batch = self.source.read_flows(family)
             st = self._state[family]
@@ -294,7 +316,7 @@ class Collector:
             records.extend(
                 self._record(
                     batch, i, "shutdown", exp_p[i], exp_b[i], exp_ip[i], start[i], owner[i],
-                    self._tcp_of(tcp, i),
+                    self._tcp_of(tcp, i), self._drops_of(batch, i),
                 )
                 for i in idx
             )  # fmt: skip
@@ -368,6 +390,13 @@ class Collector:
             return (NO_TCP, int(srtt[i]), int(rtt_min[i]))
         return (self.health.take(int(cookie[i]), total), int(srtt[i]), int(rtt_min[i]))
 
+    def _drops_of(self, batch: FlowBatch, i: int | np.integer[Any]) -> tuple[int, str]:
+        """Flow i's drops no record holds yet and their main reason, for a record it gets now
+        (counted as written per flow and reason: DropTable.take)."""
+        if self.drops is None:
+            return (NO_DROPS, "")
+        return self.drops.take(batch, int(i))
+
     def _record(
         self,
         batch: FlowBatch,
@@ -379,6 +408,7 @@ class Collector:
         start: int,
         owner: Owner | None = None,
         tcp: tuple[int, int, int] = (NO_TCP, NO_TCP, NO_TCP),
+        drops: tuple[int, str] = (NO_DROPS, ""),
     ) -> FlowRecord:
         """Row i of batch as a record of what was not yet written; ``tcp`` is the connection's
         (retransmissions not yet written, RTT, minimum RTT)."""
@@ -398,6 +428,8 @@ class Collector:
             retrans=tcp[0],
             rtt_us=tcp[1],
             rtt_min_us=tcp[2],
+            drops=drops[0],
+            drop_reason=drops[1],
         )
 
     def _tick_family(
@@ -429,6 +461,7 @@ class Collector:
         exp_p, exp_b, exp_ip, start = self._carry(st, batch, pos, found)
         owner = self._owners(st, batch, pos, found)
         tcp = self._tcp(batch)
+        dropped = self.drops.join(batch) if self.drops is not None else None
 
         # expiry decisions, on kernel (monotonic) times
         age = now - batch.last_seen.view(np.int64)
@@ -472,7 +505,7 @@ class Collector:
                     records.append(
                         self._record(
                             final, j, reason, exp_p[i], exp_b[i], exp_ip[i], start[i], owner[i],
-                            self._tcp_of(tcp, i),
+                            self._tcp_of(tcp, i), self._drops_of(batch, i),
                         )
                     )  # fmt: skip
 
@@ -481,7 +514,7 @@ class Collector:
             records.append(
                 self._record(
                     batch, i, "active", exp_p[i], exp_b[i], exp_ip[i], start[i], owner[i],
-                    self._tcp_of(tcp, i),
+                    self._tcp_of(tcp, i), self._drops_of(batch, i),
                 )
             )  # fmt: skip
         exp_p[active] = batch.packets[active]
@@ -511,6 +544,7 @@ class Collector:
                 owner=owner[rows] if self.owners is not None else None,
                 retrans=tcp[0][rows] if tcp is not None else None,
                 rtt_us=tcp[1][rows] if tcp is not None else None,
+                drops=dropped[rows] if dropped is not None else None,
             ),
             delta_bytes=int(d_bytes.sum()) + extra_b,
             delta_packets=int(d_packets.sum()) + extra_p,

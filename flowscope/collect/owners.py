@@ -26,11 +26,13 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from flowscope import abi
+from flowscope.collect.drops import DropTable
 from flowscope.collect.health import HealthTable
 from flowscope.errors import FlowscopeError
 from flowscope.model import FlowBatch, Owner, SocketEvent
 
 if TYPE_CHECKING:
+    from flowscope.kernel.drops import DropHooks
     from flowscope.kernel.program import FlowProgram
 
 WILDCARD = {abi.AF_INET: "0.0.0.0", abi.AF_INET6: "::"}
@@ -192,6 +194,7 @@ class ProcessWatch:
     attributed when the hooks cannot run here (None while all is well)."""
 
     def __init__(self, table: OwnerTable, program: FlowProgram) -> None:
+        from flowscope.kernel.drops import DropHooks
         from flowscope.kernel.owners import OwnerHooks, scan_sockets
 
         self.table = table
@@ -199,7 +202,17 @@ class ProcessWatch:
         self.health: HealthTable | None = None
         """The TCP health of local connections, from the same hooks (None when they cannot
         run)."""
+        self.drops: DropTable | None = None
+        """What the kernel drops, per flow and reason, from the drop hook compiled into the
+        same program (None when it cannot run; ``drops_problem`` says why)."""
+        self.drops_problem: str | None = None
+        self._drop_hooks: DropHooks | None = None
         self._hooks: OwnerHooks | None = None
+        try:
+            self._drop_hooks = DropHooks(program)
+            self.drops = DropTable(self._drop_hooks)
+        except FlowscopeError as e:
+            self.drops_problem = f"kernel drops are not counted: {e}"
         try:
             self._hooks = OwnerHooks(program)
         except FlowscopeError as e:
@@ -216,6 +229,9 @@ class ProcessWatch:
 
     def close(self) -> None:
         """Detach the hooks."""
+        drop_hooks, self._drop_hooks = self._drop_hooks, None
+        if drop_hooks is not None:
+            drop_hooks.close()
         hooks, self._hooks = self._hooks, None
         if hooks is not None:
             hooks.close()

@@ -160,6 +160,7 @@ def _run(
             iface_names=probe.interface_names(),
             owners=table,
             health=processes.health if processes is not None else None,
+            drops=processes.drops if processes is not None else None,
         )
         from flowscope.kernel.links import LinkWatch
 
@@ -267,8 +268,8 @@ def _loop(
             if watch is not None:  # a lasting state for status lines; the notice says it once
                 tick = dataclasses.replace(tick, links=dict(watch.states))
             on_tick(tick)
-        if processes is not None and processes.problem and not problem_said:
-            changes.append(processes.problem)
+        if processes is not None and not problem_said:
+            changes += [p for p in (processes.problem, processes.drops_problem) if p]
             problem_said = True
         if on_notice is not None:
             for text in changes:

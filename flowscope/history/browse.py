@@ -210,6 +210,8 @@ def key_cells(row: dict[str, Any], group_by: str) -> dict[str, str]:
             cells["user"] = "-" if row.get("uid") is None else user_name(int(row["uid"]))
         elif group_by == "container":
             cells["container"] = row.get("container") or "-"
+        elif group_by == "drop_reason":  # flows without drops, or not followed: "-"
+            cells["drop reason"] = row.get("drop_reason") or "-"
     return cells
 
 

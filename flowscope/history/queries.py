@@ -24,12 +24,14 @@ from flowscope.history.files import translate_errors
 from flowscope.history.schema import (
     FLOW_COLUMNS,
     FLOW_KEY_COLUMNS,
+    HEALTH_VERSION,
     HOUR,
     KEYS_SQL,
     LAST_MS_SQL,
     OWNER_COLUMNS,
     OWNER_VERSION,
     PENDING_OWNER_VERSION,
+    SHARED_COLUMNS,
     check_version,
     hour_text,
     iso_time,
@@ -66,16 +68,25 @@ GROUPINGS: dict[str, tuple[tuple[str, str], ...]] = {
     "process": (("pid", "pid"), ("comm", "comm")),
     "user": (("uid", "uid"),),
     "container": (("container", "container"),),
+    "drop_reason": (("drop_reason", "drop_reason"),),
 }
-OWNER_GROUPINGS = frozenset({"process", "user", "container"})
-"""Groupings by the flow's process: flows_hourly does not keep it, so they read flows."""
-ORDERINGS = {"bytes": "bytes", "packets": "packets", "flows": "records", "bps": "bytes"}
+OWNER_GROUPINGS = frozenset({"process", "user", "container", "drop_reason"})
+"""Groupings by what only flow records keep (the flow's process, its drops' main reason):
+flows_hourly does not, so they read flows."""
+ORDERINGS = {
+    "bytes": "bytes",
+    "packets": "packets",
+    "flows": "records",
+    "bps": "bytes",
+    "retrans": "retrans",
+    "drops": "drops",
+}
 
 # A filter that names one of these columns is about single records: the hourly sums cannot
 # answer it, so such a query reads the flows table.
 _PER_RECORD_COLUMNS = re.compile(
     r"\b(packets|bytes|ip_bytes|tcp_flags|first_seen|last_seen|end_reason|id|"
-    r"pid|comm|uid|cgroup|container)\b"
+    r"pid|comm|uid|cgroup|container|retrans|rtt_us|rtt_min_us|drops|drop_reason)\b"
 )
 # Ranges at least this long read their whole hours from flows_hourly (the edges from flows).
 ROLLUP_MIN_RANGE = 3 * HOUR
@@ -112,10 +123,18 @@ def _has_table(conn: sqlite3.Connection, name: str) -> bool:
 
 OWNER_SQL = ", ".join(OWNER_COLUMNS)
 _NO_OWNER = ", ".join(f"NULL AS {c}" for c in OWNER_COLUMNS)
+HEALTH_SQL = "retrans, drops"
+_NULLABLE = ("retrans", "drops")
+_NO_HEALTH = "NULL AS retrans, NULL AS drops"
+_NO_REASON = "NULL AS drop_reason"
 _COUNTS = "packets, bytes, ip_bytes, first_seen, last_seen"
-_SOURCE_COLUMNS = f"{KEYS_SQL}, {{owners}}, {_COUNTS}"
+_SOURCE_COLUMNS = (
+    f"{KEYS_SQL}, {{owners}}, {{reason}}, packets, bytes, ip_bytes, {{health}}, first_seen, "
+    "last_seen"
+)
 """The columns a source row is read with; ``owners`` is OWNER_SQL, or _NO_OWNER for tables
-without them (flows_hourly, and flows of files older than OWNER_VERSION)."""
+without them (flows_hourly, and flows of files older than OWNER_VERSION); ``reason`` is
+drop_reason or _NO_REASON, ``health`` HEALTH_SQL or _NO_HEALTH (before HEALTH_VERSION)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +154,18 @@ class _Window:
     """Whether live flows were staged (stage_pending) and count too."""
     owners: str = OWNER_SQL
     """How flows rows give their OWNER_COLUMNS: the columns, or NULLs on older files."""
+    health: bool = True
+    """Whether flows (and flows_hourly) have retrans, drops and drop_reason (HEALTH_VERSION)."""
+
+    def columns(self, table: str = "flows") -> str:
+        """_SOURCE_COLUMNS as rows of ``table`` give them in this file."""
+        if table == "flows_hourly":
+            owners, reason = _NO_OWNER, _NO_REASON
+        else:
+            owners = self.owners if table == "flows" else OWNER_SQL
+            reason = "drop_reason" if self.health or table != "flows" else _NO_REASON
+        health = HEALTH_SQL if self.health or table == PENDING_TABLE else _NO_HEALTH
+        return _SOURCE_COLUMNS.format(owners=owners, reason=reason, health=health)
 
     @property
     def hourly(self) -> bool:
@@ -165,24 +196,25 @@ def _share_select(
     hi: int,
     cond: str,
     where: str,
-    records: str = "1",
-    table: str = "flows",
-    owners: str = OWNER_SQL,
+    records: str,
+    table: str,
+    columns: str,
 ) -> str:
     """Flows rows (of ``table``: flows, or the staged live flows) that meet ``cond``, each with
     the share of its counts in [lo, hi) and its times clipped to that range; rows that get
-    nothing are left out."""
+    nothing are left out. ``columns``: how the table gives _SOURCE_COLUMNS (_Window.columns)."""
     f, la = window.ms_sql("first_seen"), window.ms_sql("last_seen")
     shares = ", ".join(
-        f"{window.share_sql(c, 'f_ms', 'l_ms', lo, hi)} AS {c}"
-        for c in ("packets", "bytes", "ip_bytes")
+        f"{window.share_sql(c, 'f_ms', 'l_ms', lo, hi, nullable=c in _NULLABLE)} AS {c}"
+        for c in SHARED_COLUMNS
     )
     lo_text = "first_seen" if lo is None else f"max(first_seen, '{_ms_text(lo)}')"
     return (
-        f"SELECT * FROM (SELECT {KEYS_SQL}, {OWNER_SQL}, {shares}, {lo_text} AS first_seen, "
+        f"SELECT * FROM (SELECT {KEYS_SQL}, {OWNER_SQL}, drop_reason, {shares}, "
+        f"{lo_text} AS first_seen, "
         f"min(last_seen, '{_ms_text(hi)}') AS last_seen, {records} AS records "
-        f"FROM (SELECT {_SOURCE_COLUMNS.format(owners=owners)}, {f} AS f_ms, {la} AS l_ms "
-        f"FROM {table} "
+        f"FROM (SELECT {columns}, {f} AS f_ms, "
+        f"{la} AS l_ms FROM {table} "
         f"WHERE {cond}{where}{window.NO_FLATTEN})) WHERE packets > 0 OR bytes > 0"
     )
 
@@ -196,16 +228,18 @@ def _flow_parts(w: _Window, where: str, fparams: list[Any]) -> list[tuple[str, l
         overlap = f"last_seen >= '{_ms_text(w.since_ms)}' AND {overlap}"
     live = []
     if w.live:  # what the writers hold now: never rolled up, all of its share counts
-        live.append(
-            (_share_select(w.since_ms, w.until_ms, overlap, where, table=PENDING_TABLE), fparams)
-        )
+        columns = w.columns(PENDING_TABLE)
+        sql = _share_select(w.since_ms, w.until_ms, overlap, where, "1", PENDING_TABLE, columns)
+        live.append((sql, fparams))
     if not w.hourly:
-        whole = _share_select(w.since_ms, w.until_ms, overlap, where, owners=w.owners)
+        whole = _share_select(w.since_ms, w.until_ms, overlap, where, "1", "flows", w.columns())
         return [(whole, fparams), *live]
     assert w.hour_hi is not None
     # records not rolled up yet: all of their share
     recent = f"id > {w.done} AND {overlap}"
-    parts = [(_share_select(w.since_ms, w.until_ms, recent, where, owners=w.owners), fparams)]
+    parts = [
+        (_share_select(w.since_ms, w.until_ms, recent, where, "1", "flows", w.columns()), fparams)
+    ]
     span = w.max_span + 1
     if w.hour_lo is not None and w.since_ms is not None and w.since_ms < w.hour_lo:
         # rolled up, before the first whole hour: they count in records only if they also
@@ -216,7 +250,7 @@ def _flow_parts(w: _Window, where: str, fparams: list[Any]) -> list[tuple[str, l
             f"AND last_seen < '{_ms_text(w.hour_lo + span)}' AND first_seen < '{lo_text}'"
         )
         records = f"({LAST_MS_SQL.format(f='f_ms', l='l_ms')} < {w.hour_lo})"
-        sql = _share_select(w.since_ms, w.hour_lo, cond, where, records, owners=w.owners)
+        sql = _share_select(w.since_ms, w.hour_lo, cond, where, records, "flows", w.columns())
         parts.append((sql, fparams))
     if w.hour_hi < w.until_ms:
         cond = (
@@ -224,7 +258,7 @@ def _flow_parts(w: _Window, where: str, fparams: list[Any]) -> list[tuple[str, l
             f"AND last_seen < '{_ms_text(w.until_ms + span)}' AND first_seen < '{u_text}'"
         )
         records = f"({LAST_MS_SQL.format(f='f_ms', l='l_ms')} >= {w.hour_hi})"
-        sql = _share_select(w.hour_hi, w.until_ms, cond, where, records, owners=w.owners)
+        sql = _share_select(w.hour_hi, w.until_ms, cond, where, records, "flows", w.columns())
         parts.append((sql, fparams))
     return [*parts, *live]
 
@@ -243,7 +277,7 @@ def _source(w: _Window, where: str, fparams: list[Any]) -> tuple[str, list[Any]]
         parts.insert(
             0,
             (
-                f"SELECT {_SOURCE_COLUMNS.format(owners=_NO_OWNER)}, records FROM flows_hourly "
+                f"SELECT {w.columns('flows_hourly')}, records FROM flows_hourly "
                 f"WHERE {_hourly_cond(w)}{where}",
                 fparams,
             ),
@@ -295,6 +329,7 @@ def _aggregate(
     sql = (
         f"SELECT {select_group}, sum(packets) AS packets, sum(bytes) AS bytes, "
         f"sum(ip_bytes) AS ip_bytes, sum(records) AS records, "
+        f"sum(retrans) AS retrans, sum(drops) AS drops, "
         f"min(first_seen) AS first_seen, max(last_seen) AS last_seen, "
         f"{_ACTIVE_MS} AS active_ms "
         f"FROM ({source}) GROUP BY {group_cols} "
@@ -367,11 +402,11 @@ def _top_flows(
         conn.executemany(f"INSERT INTO {_HOURS} VALUES (?)", [(h,) for h in hours])
         # IS, not =: GROUP BY takes NULLs as equal, so the join must too.
         same = " AND ".join(f"{{t}}.{c} IS c.{c}" for c in FLOW_KEY_COLUMNS)
-        columns = f"{KEYS_SQL}, {_COUNTS}".split(", ")
+        hourly = ", ".join(
+            c if " AS " in c else f"h.{c}" for c in w.columns("flows_hourly").split(", ")
+        )
         source = (
-            f"SELECT {', '.join(f'h.{c}' for c in columns[: len(FLOW_KEY_COLUMNS)])}, "
-            f"{_NO_OWNER}, {', '.join(f'h.{c}' for c in columns[len(FLOW_KEY_COLUMNS) :])}, "
-            "h.records "
+            f"SELECT {hourly}, h.records "
             f"FROM {_HOURS} x CROSS JOIN {_CANDIDATES} c "
             f"CROSS JOIN flows_hourly h ON h.hour = x.hour AND {same.format(t='h')}"
         )
@@ -470,7 +505,10 @@ def history(conn: sqlite3.Connection, q: HistoryQuery, now: float | None = None)
             live = stage_pending(conn) > 0
             owners = OWNER_SQL if version >= OWNER_VERSION else _NO_OWNER
             w = dataclasses.replace(
-                _window(conn, since, until, use_rollup), live=live, owners=owners
+                _window(conn, since, until, use_rollup),
+                live=live,
+                owners=owners,
+                health=version >= HEALTH_VERSION,
             )
             rows: list[dict[str, Any]] | None = None
             if w.hourly and (

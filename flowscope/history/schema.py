@@ -38,6 +38,16 @@ OWNER_VERSION = 8
 """The schema version that has OWNER_COLUMNS in flows."""
 PENDING_OWNER_VERSION = 9
 """The schema version whose pending table has the processes of the pending flows."""
+HEALTH_COLUMNS: tuple[str, ...] = ("retrans", "rtt_us", "rtt_min_us", "drops", "drop_reason")
+"""A flow's TCP health and kernel drops during the record (migration 10): retransmitted
+segments, smoothed and minimum RTT (microseconds), packets the kernel dropped and their main
+reason; NULL when not followed (not a local TCP connection; drops not followed)."""
+HEALTH_VERSION = 10
+"""The schema version that has HEALTH_COLUMNS in flows, and retrans and drops in
+flows_hourly."""
+SHARED_COLUMNS: tuple[str, ...] = ("packets", "bytes", "ip_bytes", "retrans", "drops")
+"""The counts of a record that are spread over its time (window.share_sql); RTTs are not
+counts, and are kept per record only."""
 FLOW_COLUMNS: tuple[str, ...] = (
     "iface",
     "direction",
@@ -56,6 +66,7 @@ FLOW_COLUMNS: tuple[str, ...] = (
     "tcp_flags",
     "end_reason",
     *OWNER_COLUMNS,
+    *HEALTH_COLUMNS,
 )
 # What makes two records the same flow (also the key of flows_hourly, after `hour`).
 FLOW_KEY_COLUMNS: tuple[str, ...] = (
@@ -80,6 +91,7 @@ SAMPLE_COLUMNS: tuple[str, ...] = (
     "records_dropped",
     "evicted",
     "bytes",
+    "drops",
 )
 EVENT_COLUMNS: tuple[str, ...] = (
     "time",
@@ -249,6 +261,7 @@ def migration_1(db: sqlite_utils.Database) -> None:
 
 
 _ROLLUP_SUMS = "packets, bytes, ip_bytes, first_seen, last_seen, records"
+_ROLLUP_HEALTH = "retrans, drops"
 
 
 def _migration_2(db: sqlite_utils.Database) -> None:
@@ -274,28 +287,36 @@ _HOUR_MS = window.HOUR_MS
 LAST_MS_SQL = "(CASE WHEN {l} > {f} THEN {l} - 1 ELSE {l} END)"
 
 
-def _rollup_sql(span_hours: int) -> str:
+def _rollup_sql(span_hours: int, health: bool = True) -> str:
     """Add flows rows ``id`` in (?, ?] to flows_hourly, each record's packets and bytes shared
     out over the hours it overlaps (window.share_sql), so that whole hours of sums are exact
     for any range; a record counts in ``records`` of the hour of its LAST_MS_SQL, the last
     hour in which it has a share (it is not paired with the hour its last_seen only touches).
-    ``span_hours``: the most hour boundaries one of these records crosses."""
+    ``span_hours``: the most hour boundaries one of these records crosses; ``health``: the
+    tables have retrans and drops (HEALTH_VERSION), shared out as packets are (NULL, not 0,
+    where no record of the hour followed them)."""
     f, la = "x.f_ms", "x.l_ms"
     h0, h1 = "x.h_ms", f"(x.h_ms + {_HOUR_MS})"
+    counts = SHARED_COLUMNS if health else SHARED_COLUMNS[:3]
     shares = ", ".join(
-        f"sum({window.share_sql(f'x.{c}', f, la, h0, h1)})"
-        for c in ("packets", "bytes", "ip_bytes")
+        f"sum({window.share_sql(f'x.{c}', f, la, h0, h1, nullable=c in _ROLLUP_HEALTH)})"
+        for c in counts
+    )
+    sums = f"{', '.join(counts)}, first_seen, last_seen, records"
+    add = "".join(
+        f"{c} = CASE WHEN {c} IS NULL THEN excluded.{c} ELSE {c} + coalesce(excluded.{c}, 0) END, "
+        for c in (_ROLLUP_HEALTH.split(", ") if health else ())
     )
     offsets = " UNION ALL ".join(f"SELECT {n} AS n" for n in range(span_hours + 1))
     hour_text = f"strftime('%Y-%m-%dT%H:00:00.000Z', {h0} / 1000, 'unixepoch')"
     end_text = f"strftime('%Y-%m-%dT%H:00:00.000Z', {h1} / 1000, 'unixepoch')"
     keys = ", ".join(f"x.{c}" for c in FLOW_KEY_COLUMNS)
     return (
-        f"WITH r AS MATERIALIZED (SELECT {KEYS_SQL}, packets, bytes, ip_bytes, first_seen, "
+        f"WITH r AS MATERIALIZED (SELECT {KEYS_SQL}, {', '.join(counts)}, first_seen, "
         f"last_seen, "
         f"{window.ms_sql('first_seen')} AS f_ms, {window.ms_sql('last_seen')} AS l_ms "
         f"FROM flows WHERE id > ? AND id <= ?), k AS ({offsets}) "
-        f"INSERT INTO flows_hourly (hour, {KEYS_SQL}, {_ROLLUP_SUMS}) "
+        f"INSERT INTO flows_hourly (hour, {KEYS_SQL}, {sums}) "
         # max(min(first), hour) is min(max(first, hour)), with one strftime per group
         f"SELECT {hour_text}, {keys}, {shares}, max(min(x.first_seen), {hour_text}), "
         f"min(max(x.last_seen), {end_text}), "
@@ -306,7 +327,7 @@ def _rollup_sql(span_hours: int) -> str:
         f"GROUP BY x.h_ms, {keys} "
         f"ON CONFLICT (hour, {KEYS_SQL}) DO UPDATE SET "
         "packets = packets + excluded.packets, bytes = bytes + excluded.bytes, "
-        "ip_bytes = ip_bytes + excluded.ip_bytes, "
+        f"ip_bytes = ip_bytes + excluded.ip_bytes, {add}"
         "first_seen = min(first_seen, excluded.first_seen), "
         "last_seen = max(last_seen, excluded.last_seen), records = records + excluded.records"
     )
@@ -325,7 +346,8 @@ def roll_up(conn: sqlite3.Connection) -> int:
         "WHERE id > ? AND id <= ?",
         (done, top),
     ).fetchone()
-    conn.execute(_rollup_sql(max(int(spans[0] or 0), 0)), (done, top))
+    health = _has_column(conn, "flows_hourly", "retrans")
+    conn.execute(_rollup_sql(max(int(spans[0] or 0), 0), health), (done, top))
     if _has_column(conn, "rollup_state", "max_span_ms"):
         conn.execute(
             "UPDATE rollup_state SET flows_id = ?, max_span_ms = max(max_span_ms, ?)",
@@ -416,6 +438,24 @@ def _migration_9(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE pending ADD COLUMN owners TEXT")
 
 
+def _migration_10(db: sqlite_utils.Database) -> None:
+    """flows: HEALTH_COLUMNS, a flow's TCP retransmissions and RTT and its kernel drops
+    (NULL in rows written before, and where not followed); flows_hourly: retrans and drops,
+    shared out over the hours as packets are; samples.drops: packets the kernel dropped in the
+    recorder's network namespace during the tick (0 where not followed)."""
+    for column, kind in (
+        ("retrans", "INTEGER"),
+        ("rtt_us", "INTEGER"),
+        ("rtt_min_us", "INTEGER"),
+        ("drops", "INTEGER"),
+        ("drop_reason", "TEXT"),
+    ):
+        db.execute(f"ALTER TABLE flows ADD COLUMN {column} {kind}")
+    db.execute("ALTER TABLE flows_hourly ADD COLUMN retrans INTEGER")
+    db.execute("ALTER TABLE flows_hourly ADD COLUMN drops INTEGER")
+    db.execute("ALTER TABLE samples ADD COLUMN drops INTEGER NOT NULL DEFAULT 0")
+
+
 # Each entry upgrades the schema from version i to i + 1; user_version holds how many ran.
 # Never edit an entry once released: add a new one.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
@@ -428,6 +468,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_7,
     _migration_8,
     _migration_9,
+    _migration_10,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

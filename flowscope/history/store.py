@@ -102,6 +102,23 @@ def flow_row(r: FlowRecord) -> tuple[Any, ...]:
         r.tcp_flags,
         r.end_reason,
         *_owner_values(r.owner),
+        *_health_values(r),
+    )
+
+
+def _health_values(r: FlowRecord) -> tuple[Any, ...]:
+    """The values of schema.HEALTH_COLUMNS of a record (NULL where not followed: -1)."""
+
+    def known(v: int) -> int | None:
+        return None if v < 0 else v
+
+    drops = known(r.drops)
+    return (
+        known(r.retrans),
+        known(r.rtt_us),
+        known(r.rtt_min_us),
+        drops,
+        (r.drop_reason or None) if drops else None,
     )
 
 
@@ -307,6 +324,7 @@ class Store:
                         records_dropped,
                         sample.counters.get("evicted", 0),
                         sample.counters.get("bytes", 0),
+                        sample.counters.get("drops", 0),
                     ),
                 )
             if event_rows:

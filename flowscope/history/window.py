@@ -38,20 +38,28 @@ the outer query and compute each time again wherever the shares use it (five tim
 
 
 def share_sql(
-    value: str, first: str, last: str, since_ms: int | str | None, until_ms: int | str
+    value: str,
+    first: str,
+    last: str,
+    since_ms: int | str | None,
+    until_ms: int | str,
+    *,
+    nullable: bool = False,
 ) -> str:
     """SQL for the integer share of ``value`` (a column) whose record spans the milliseconds
     ``first``..``last`` (SQL expressions) that falls in [since_ms, until_ms); None: from the
     beginning. Integer bounds are ours (never user text), so they are written into the SQL;
-    a string bound is an SQL expression."""
+    a string bound is an SQL expression. ``nullable``: a NULL value (not known) has a NULL
+    share, not 0, wherever the record lies."""
     lo = "-9223372036854775807" if since_ms is None else str(since_ms)
     hi = str(until_ms)
 
     def cum(t: str) -> str:
         return f"(({value}) * (min(max({t}, {first}), {last}) - {first})) / ({last} - {first})"
 
+    known = f"WHEN ({value}) IS NULL THEN NULL " if nullable else ""
     return (
-        f"(CASE WHEN {last} > {first} THEN {cum(hi)} - {cum(lo)} "
+        f"(CASE {known}WHEN {last} > {first} THEN {cum(hi)} - {cum(lo)} "
         f"WHEN {first} >= {lo} AND {first} < {hi} THEN ({value}) ELSE 0 END)"
     )
 

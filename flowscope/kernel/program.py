@@ -26,7 +26,7 @@ from flowscope.errors import (
     PrivilegeError,
     UnsupportedKernelError,
 )
-from flowscope.kernel import libbpf
+from flowscope.kernel import btf, libbpf
 from flowscope.kernel.attach import FLOWSCOPE_XDP
 from flowscope.kernel.privileges import require_bpf_privileges
 from flowscope.model import FlowBatch, FlowEvent, events_from_records
@@ -137,13 +137,26 @@ class FlowProgram:
             f"-DRINGBUF_PAGES={ringbuf_pages}",
             *cflags,
         ]
+        # the drop hook (bpf/drops.c) reads kernel structs at offsets from the kernel's BTF;
+        # without it the rest still works, and drops_reason says why there are no drops
+        drop_flags: list[str] = []
+        self.drops_reason: str | None = "not asked for"
+        if owners:
+            try:
+                drop_flags = btf.drop_cflags()
+                self.drops_reason = None
+            except UnsupportedKernelError as e:
+                self.drops_reason = e.message
+        self.drops = bool(drop_flags)
+        """Whether bpf/drops.c is compiled in (kernel.drops.DropHooks attaches it)."""
         from bcc import BPF  # only the probe imports bcc
 
         with captured_stderr() as log:
             try:
-                if owners:  # BCC takes programs from its main source only: join the two
-                    text = (src / "flowscope.c").read_text() + (src / "owners.c").read_text()
-                    self._bpf = BPF(text=text.encode(), cflags=[*flags, "-DFS_OWNERS"])
+                if owners:  # BCC takes programs from its main source only: join them
+                    files = ["flowscope.c", "owners.c"] + (["drops.c"] if drop_flags else [])
+                    text = "".join((src / f).read_text() for f in files)
+                    self._bpf = BPF(text=text.encode(), cflags=[*flags, "-DFS_OWNERS", *drop_flags])
                 else:
                     self._bpf = BPF(src_file=str(src / "flowscope.c").encode(), cflags=flags)
             except Exception as e:

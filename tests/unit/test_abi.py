@@ -115,6 +115,20 @@ LAYOUT = {
             "rtt_min_us": 56,
         },
     ),
+    "drop_key": (
+        abi.DropKey,
+        48,
+        {
+            "saddr": 0,
+            "daddr": 16,
+            "ifindex": 32,
+            "reason": 36,
+            "sport": 40,
+            "dport": 42,
+            "proto": 44,
+            "family": 45,
+        },
+    ),
 }
 
 
@@ -156,6 +170,7 @@ def test_c_header_has_the_same_layout(tmp_path: Path) -> None:
     for kind in ("CONNECT", "LISTEN", "BIND"):
         lines.append(f'printf("counter FS_SOCK_{kind} %d\\n", FS_SOCK_{kind});')
     lines.append('printf("counter FS_DIRECTIONS %d\\n", FS_DIRECTIONS);')
+    lines.append('printf("counter DROP_REASON_SLOTS %d\\n", DROP_REASON_SLOTS);')
     lines.append('printf("counter FS_DIR_EGRESS %d\\n", FS_DIR_EGRESS);')
     lines.append(
         'printf("counter egress_packets %zu\\n", '
@@ -185,6 +200,7 @@ def test_c_header_has_the_same_layout(tmp_path: Path) -> None:
     assert seen[("counter", "FS_SOCK_LISTEN")] == abi.SOCK_LISTEN
     assert seen[("counter", "FS_SOCK_BIND")] == abi.SOCK_BIND
     assert seen[("counter", "FS_DIRECTIONS")] == abi.DIRECTIONS
+    assert seen[("counter", "DROP_REASON_SLOTS")] == abi.DROP_REASON_SLOTS
     assert seen[("counter", "FS_DIR_EGRESS")] == abi.DIR_EGRESS
     assert seen[("counter", "egress_packets")] == 8 * abi.COUNTER_COUNT * abi.DIR_EGRESS
 

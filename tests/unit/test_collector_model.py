@@ -24,6 +24,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from flowscope import abi
 from flowscope.collect.collector import Collector, CollectorSettings
+from flowscope.collect.drops import DropTable
 from flowscope.collect.health import HealthTable
 from flowscope.collect.owners import OwnerTable
 from flowscope.model import FlowBatch, FlowEvent, FlowKey, Owner, SocketEvent, pending_records
@@ -169,7 +170,10 @@ class CollectorMachine(RuleBasedStateMachine):
         self.counters = self.kernel.read_counters()
 
     def make_collector(
-        self, owners: OwnerTable | None = None, health: HealthTable | None = None
+        self,
+        owners: OwnerTable | None = None,
+        health: HealthTable | None = None,
+        drops: DropTable | None = None,
     ) -> Collector:
         """The real collector over the fake kernel, on its clock."""
         return Collector(
@@ -180,6 +184,7 @@ class CollectorMachine(RuleBasedStateMachine):
             wall_time=lambda: 1_700_000_000.0 + self.kernel.now / SEC,
             owners=owners,
             health=health,
+            drops=drops,
         )
 
     @rule(
@@ -452,6 +457,108 @@ class HealthCollectorMachine(CollectorMachine):
             if raw in in_map:
                 assert written[i] == self.conns.total[i], (i, written[i], self.conns.total[i])
 
+
+class _Drops:
+    """bpf/drops.c's maps as the kernel keeps them: per (flow, reason) a total that only
+    grows, until the LRU forgets the entry (then it counts from zero again)."""
+
+    REASONS = (3, 77)
+
+    def __init__(self) -> None:
+        self.count: dict[tuple[int, int], int] = {}
+
+    def read(self) -> tuple[np.ndarray, np.ndarray]:
+        keys = np.zeros(len(self.count), abi.DROP_KEY_DTYPE)
+        counts = np.zeros(len(self.count), np.int64)
+        for j, ((i, reason), n) in enumerate(sorted(self.count.items())):
+            family, raw = _key(i)
+            k = np.frombuffer(raw, abi.KEY_DTYPES[family])[0]
+            width = 4 if family == abi.AF_INET else 16
+            keys[j]["saddr"][:width] = np.frombuffer(k["saddr"].tobytes(), np.uint8)
+            keys[j]["daddr"][:width] = np.frombuffer(k["daddr"].tobytes(), np.uint8)
+            keys[j]["sport"], keys[j]["dport"] = k["sport"], k["dport"]
+            keys[j]["proto"], keys[j]["ifindex"] = k["proto"], k["ifindex"]
+            keys[j]["family"], keys[j]["reason"] = family, reason
+            counts[j] = n
+        return keys, counts
+
+    def by_reason(self) -> dict[int, int]:
+        return {}
+
+    def name(self, reason: int) -> str:
+        return f"R{reason}"
+
+
+class DropsCollectorMachine(CollectorMachine):
+    """The same traffic, and the kernel drops some of each flow's received packets (after
+    the flow program counted them), for one reason or another; the drops map may forget an
+    entry (LRU). Model: the records of a flow never hold more drops than it had, whatever its
+    flow went through (idle expiry and a new flow, eviction, a full map), each record's main
+    reason is one its drops had, and a flow whose entries were never forgotten and which is in
+    the map at shutdown has all of them written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drops = _Drops()
+        self.table = DropTable(self.drops)
+        self.collector = self.make_collector(drops=self.table)
+        self.made = [0] * FLOWS
+        self.dropped_written = [0] * FLOWS
+        self.forgot = [False] * FLOWS
+
+    @rule(
+        i=st.integers(0, FLOWS - 1),
+        n=st.integers(1, 5),
+        reason=st.sampled_from(_Drops.REASONS),
+        cpu=st.integers(0, NCPU - 1),
+    )
+    def drop(self, i: int, n: int, reason: int, cpu: int) -> None:
+        self.kernel.send(i, n, 100, cpu, ACK)
+        self.drops.count[(i, reason)] = self.drops.count.get((i, reason), 0) + n
+        self.made[i] += n
+
+    @rule(i=st.integers(0, FLOWS - 1), reason=st.sampled_from(_Drops.REASONS))
+    def lru_forgets(self, i: int, reason: int) -> None:
+        if self.drops.count.pop((i, reason), 0):
+            self.forgot[i] = True
+
+    def _take(self, records: list) -> None:  # type: ignore[type-arg]
+        super()._take(records)
+        for r in records:
+            i = r.key.sport - 1000
+            assert r.drops >= 0
+            self.dropped_written[i] += r.drops
+            if r.drops:
+                assert r.drop_reason in {f"R{x}" for x in _Drops.REASONS}, r
+            else:
+                assert r.drop_reason == "", r
+
+    @invariant()
+    def never_more_drops_than_made(self) -> None:
+        for i in range(FLOWS):
+            assert self.dropped_written[i] <= self.made[i], i
+
+    @rule()
+    def shutdown_is_exact(self) -> None:
+        saved = dict(self.table.written)
+        written = list(self.dropped_written)
+        in_map = {raw for m in self.kernel.maps.values() for raw in m}
+        for r in self.collector.shutdown():
+            written[r.key.sport - 1000] += r.drops
+        self.table.written = saved
+        for i, (_, raw) in enumerate(KEYS):
+            assert written[i] <= self.made[i], i
+            if raw in in_map and not self.forgot[i]:
+                assert written[i] == self.made[i], (i, written[i], self.made[i])
+
+
+TestDropsCollectorModel = DropsCollectorMachine.TestCase
+TestDropsCollectorModel.settings = settings(
+    max_examples=150,
+    stateful_step_count=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 TestHealthCollectorModel = HealthCollectorMachine.TestCase
 TestHealthCollectorModel.settings = settings(

@@ -107,6 +107,8 @@ def test_flow_records_of_one_flow_are_summed(db: Path) -> None:
         "bytes": 7500,
         "ip_bytes": 7500 - 20 * 15,
         "records": 2,
+        "retrans": None,
+        "drops": None,
         "first_seen": schema.iso_time(NOW - 660),
         "last_seen": schema.iso_time(NOW - 540),
         "bps": 0,
@@ -155,6 +157,8 @@ def test_groupings(db: Path) -> None:
             "bytes": 27500,
             "ip_bytes": 27500 - 20 * 23,
             "records": 3,
+            "retrans": None,
+            "drops": None,
             "first_seen": schema.iso_time(NOW - 660),
             "last_seen": schema.iso_time(NOW - 540),
             "bps": pytest.approx(27500 * 8 / 120),  # over the 2 minutes it was active
@@ -529,3 +533,51 @@ def test_port_groupings_keep_our_services_apart_from_the_peers_ports(tmp_path: P
     assert code == 0
     lines = [line.split() for line in out.splitlines()[2:]]
     assert [line[:2] for line in lines] == [["50412", "↑tcp"], ["443", "↓tcp"]]
+
+
+def test_retransmissions_and_drops_rank_and_group(tmp_path: Path) -> None:
+    """--by retrans and --by drops rank by what the records hold (flows not followed last,
+    "-" in the table), and --group-by drop_reason sums drops per the kernel's reason."""
+    path = tmp_path / "flows.db"
+    t = NOW - 300
+
+    def r(dport: int, retrans: int, drops: int, reason: str) -> FlowRecord:
+        key = FlowKey(abi.AF_INET, IP, "10.0.0.2", 40000, dport, 6)
+        return FlowRecord(
+            key, "eth0", 100, 10000, 8000, t, t + 10, 0x18, "idle",
+            retrans=retrans, drops=drops, drop_reason=reason,
+        )  # fmt: skip
+
+    with store.Store(path) as s:
+        s.write_tick(
+            [
+                r(443, 7, 0, ""),
+                r(8080, 2, 30, "TC_INGRESS"),
+                r(22, 0, 5, "NO_SOCKET"),
+                r(25, -1, -1, ""),  # neither followed
+                r(8443, 1, 4, "TC_INGRESS"),
+            ],
+            None,
+            [],
+        )
+    rows = history_json(path, "--by", "retrans")
+    assert [(x["dport"], x["retrans"]) for x in rows] == [
+        (443, 7), (8080, 2), (8443, 1), (22, 0), (25, None)
+    ]  # fmt: skip
+    rows = history_json(path, "--by", "drops")
+    assert [(x["dport"], x["drops"]) for x in rows][:3] == [(8080, 30), (22, 5), (8443, 4)]
+    rows = history_json(path, "--group-by", "drop_reason", "--by", "drops")
+    assert [(x["drop_reason"], x["drops"]) for x in rows] == [
+        ("TC_INGRESS", 34), ("NO_SOCKET", 5), (None, 0)
+    ]  # fmt: skip
+    from unittest import mock
+
+    with mock.patch("flowscope.cli.history.time.time", return_value=NOW):
+        code, out, err = run("history", "--db", str(path), "--by", "drops", "--since", "1h")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert "retr" in lines[1] and "drops" in lines[1], out
+    assert lines[2].split()[-2:] == ["2", "30"], out  # the dport 8080 flow first
+    assert lines[-1].split()[-2:] == ["-", "-"], out  # the flow not followed
+    code, out, err = run("history", "--db", str(path), "--group-by", "drop_reason")
+    assert code == 0 and "TC_INGRESS" in out, (out, err)

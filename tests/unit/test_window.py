@@ -100,10 +100,14 @@ def test_graph_buckets_are_the_shares_of_their_ranges(
 
 
 def _rec(i: int, packets: int, first_ms: int, last_ms: int) -> FlowRecord:
+    """Record i; every third one's flow is not a followed connection (retrans and drops -1:
+    NULL in history), the others retransmitted and lost a share of their packets."""
     key = FlowKey(abi.AF_INET, f"198.18.0.{i % 5 + 1}", "198.19.0.1", 1000 + i % 7, 443, 6)
+    followed = i % 3 != 0
     return FlowRecord(
         key, "veth0", packets, packets * 1000, packets * 980, first_ms / 1000, last_ms / 1000, 0,
-        "active",
+        "active", retrans=packets // 7 if followed else -1, drops=packets // 5 if followed else -1,
+        drop_reason="NO_SOCKET" if followed and packets >= 5 else "",
     )  # fmt: skip
 
 
@@ -148,13 +152,26 @@ def test_hourly_sums_and_every_record_agree_on_any_range(
                 since=lo, until=hi, top=top, group_by=group_by, exact=True
             )
             exact = queries.history(conn, q_exact, now=hi).rows
-            assert [(r["packets"], r["bytes"], r["records"]) for r in fast] == [
-                (r["packets"], r["bytes"], r["records"]) for r in exact
+            counts = ("packets", "bytes", "records", "retrans", "drops")
+            assert [tuple(r[c] for c in counts) for r in fast] == [
+                tuple(r[c] for c in counts) for r in exact
             ]
         everything = queries.history(
             conn, queries.HistoryQuery(top=None), now=(BASE + 40 * 3_600_000) / 1000
         ).rows
         assert sum(r["packets"] for r in everything) == sum(p for p, _, _ in recs)
+        # retransmissions and drops: every one counted, where followed; NULL (not 0) for a
+        # group whose records were none of them followed
+        assert sum(r["retrans"] or 0 for r in everything) == sum(
+            p // 7 for i, (p, _, _) in enumerate(recs) if i % 3
+        )
+        assert sum(r["drops"] or 0 for r in everything) == sum(
+            p // 5 for i, (p, _, _) in enumerate(recs) if i % 3
+        )
+        followed = {_rec(i, 1, 0, 0).key for i in range(len(recs)) if i % 3}
+        for r in everything:
+            key = FlowKey(abi.AF_INET, r["src"], r["dst"], r["sport"], r["dport"], 6)
+            assert (r["retrans"] is None) == (key not in followed), r
     finally:
         conn.close()
 

@@ -1,0 +1,163 @@
+"""Packets the kernel dropped, per flow and per reason (bpf/drops.c's maps), joined with the
+flows the flow programs counted them in.
+
+A dropped packet is keyed by its own addresses, ports and device, as it travelled; the flow
+programs key it the same way (a received packet in its received flow on the device it came
+in on, a sent one in its sent flow), so the join is exact on (device, addresses, ports,
+protocol). A drop the flow programs never saw (a device flowscope does not watch, a packet
+dropped before XDP) joins no flow and counts in the per-reason totals only.
+
+The kernel's counts are totals since the hook was loaded; a record carries the drops of its
+flow that no earlier record holds, counted per (flow, reason) key as retransmissions are per
+connection, so a flow that expires and comes back does not write its drops twice.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from flowscope import abi
+from flowscope.model import FlowBatch
+
+
+class DropSource(Protocol):
+    """Where the drops come from (kernel.drops.DropHooks, or a test's)."""
+
+    def read(self) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def by_reason(self) -> dict[int, int]: ...
+
+    def name(self, reason: int) -> str: ...
+
+
+def _join_dtype(width: int) -> np.dtype:
+    return np.dtype(
+        [
+            ("ifindex", "<u4"),
+            ("s", np.uint8, (width,)),
+            ("d", np.uint8, (width,)),
+            ("sp", ">u2"),
+            ("dp", ">u2"),
+            ("p", "u1"),
+        ]
+    )
+
+
+_JOIN = {abi.AF_INET: _join_dtype(4), abi.AF_INET6: _join_dtype(16)}
+
+
+def _void(keys: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(keys).view(np.dtype((np.void, keys.dtype.itemsize)))
+
+
+def _address_bytes(column: np.ndarray, width: int) -> np.ndarray:
+    """A flow key's address column as (n, width) bytes in network order (IPv4 addresses are
+    u32 fields holding the packet's bytes)."""
+    if column.ndim == 1:
+        return np.ascontiguousarray(column).view(np.uint8).reshape(-1, width)
+    return np.asarray(column, np.uint8)
+
+
+class DropTable:
+    """What the kernel dropped, as of the last refresh, per flow and per reason."""
+
+    def __init__(self, source: DropSource | None = None) -> None:
+        self.source = source
+        self.written: dict[bytes, int] = {}
+        """Per (flow, reason) drop key: packets records hold already."""
+        self._by_reason: dict[int, int] = {}
+        self._last_by_reason: dict[int, int] | None = None
+        # per family: sorted join keys of each (flow, reason), their drop keys, reasons, counts
+        self._sorted: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.add(np.zeros(0, abi.DROP_KEY_DTYPE), np.zeros(0, np.int64))
+
+    def name(self, reason: int) -> str:
+        return self.source.name(reason) if self.source is not None else str(reason)
+
+    def refresh(self) -> None:
+        """Read the kernel's numbers again."""
+        if self.source is not None:
+            keys, counts = self.source.read()
+            self.add(keys, counts)
+            self._by_reason = self.source.by_reason()
+
+    def add(self, keys: np.ndarray, counts: np.ndarray) -> None:
+        """Replace what is known with ``keys`` (abi.DROP_KEY_DTYPE) and their counts."""
+        raw = [bytes(k) for k in _void(keys)] if self.written else []
+        if raw:
+            alive = set(raw)
+            self.written = {k: w for k, w in self.written.items() if k in alive}
+        for fam, width in ((abi.AF_INET, 4), (abi.AF_INET6, 16)):
+            sel = keys["family"] == fam
+            k = keys[sel]
+            join = np.zeros(len(k), _JOIN[fam])
+            join["ifindex"] = k["ifindex"]
+            join["s"], join["d"] = k["saddr"][:, :width], k["daddr"][:, :width]
+            join["sp"], join["dp"], join["p"] = k["sport"], k["dport"], k["proto"]
+            void = _void(join)
+            order = np.argsort(void, kind="stable")
+            self._sorted[fam] = (
+                void[order],
+                k[order],
+                k["reason"][order].astype(np.int64),
+                counts[sel][order].astype(np.int64),
+            )
+
+    @staticmethod
+    def _rows(family: int, k: np.ndarray) -> np.ndarray:
+        """Each flow key's join key."""
+        width = 4 if family == abi.AF_INET else 16
+        join = np.zeros(len(k), _JOIN[family])
+        join["ifindex"] = k["ifindex"]
+        join["s"] = _address_bytes(k["saddr"], width)
+        join["d"] = _address_bytes(k["daddr"], width)
+        join["sp"], join["dp"], join["p"] = k["sport"], k["dport"], k["proto"]
+        return _void(join)
+
+    def join(self, batch: FlowBatch) -> np.ndarray:
+        """Each flow's packets the kernel dropped so far (all reasons; int64)."""
+        known, _, _, counts = self._sorted[batch.family]
+        out = np.zeros(len(batch), np.int64)
+        if not len(batch) or not len(known):
+            return out
+        rows = self._rows(batch.family, batch.keys)
+        lo = np.searchsorted(known, rows, side="left")
+        hi = np.searchsorted(known, rows, side="right")
+        cum = np.concatenate(([0], np.cumsum(counts)))
+        return cum[hi] - cum[lo]
+
+    def take(self, batch: FlowBatch, i: int) -> tuple[int, str]:
+        """Flow i's drops that no record holds yet, now counted as written, and the reason
+        most of them had ('' without drops)."""
+        known, dkeys, reasons, counts = self._sorted[batch.family]
+        if not len(known):
+            return 0, ""
+        row = self._rows(batch.family, batch.keys[i : i + 1])
+        lo = int(np.searchsorted(known, row, side="left")[0])
+        hi = int(np.searchsorted(known, row, side="right")[0])
+        total, best, best_n = 0, "", 0
+        for j in range(lo, hi):
+            raw = bytes(_void(dkeys[j : j + 1])[0])
+            done = self.written.get(raw, 0)
+            now = int(counts[j])
+            new = now - done if now >= done else now  # the LRU forgot and counts again
+            self.written[raw] = now
+            total += new
+            if new > best_n:
+                best, best_n = self.name(int(reasons[j])), new
+        return total, best
+
+    def reason_deltas(self) -> dict[str, int]:
+        """Packets dropped in this namespace per reason name since the last call (the first
+        call: since the hook was loaded, which the caller treats as a baseline)."""
+        now = self._by_reason
+        before = self._last_by_reason if self._last_by_reason is not None else now
+        self._last_by_reason = dict(now)
+        out: dict[str, int] = {}
+        for reason, n in now.items():
+            d = n - before.get(reason, 0)
+            if d > 0:
+                out[self.name(reason)] = out.get(self.name(reason), 0) + d
+        return out

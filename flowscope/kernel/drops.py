@@ -1,0 +1,95 @@
+"""Packets the kernel dropped: bpf/drops.c on the raw tracepoint skb:kfree_skb, and the names of
+the running kernel's drop reasons.
+
+The program is compiled into the flow programs' module (FlowProgram(owners=True)) when the
+kernel's BTF gives the struct offsets it needs; this attaches it and reads its two maps. A raw
+tracepoint needs no tracefs (not mounted here), and its attachment is an fd: it goes away with
+flowscope, after kill -9 too.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+import numpy as np
+
+from flowscope import abi
+from flowscope.errors import UnsupportedKernelError
+from flowscope.kernel import btf, libbpf
+from flowscope.kernel.program import FlowProgram, captured_stderr
+
+TRACEPOINT = b"kfree_skb"
+FUNCTION = b"drops_kfree_skb"
+
+
+class DropHooks:
+    """The drop hook of a FlowProgram built with ``owners`` (and the kernel's BTF), attached;
+    ``read`` gives what it counted so far. The program owns the module; this owns the
+    attachment."""
+
+    def __init__(self, program: FlowProgram) -> None:
+        if not program.drops:
+            raise UnsupportedKernelError(f"kernel drops are not followed ({program.drops_reason})")
+        self._bpf: Any = program.module
+        self.ncpus = program.ncpus
+        self.reasons = btf.drop_reason_names()
+        """The running kernel's drop reasons by value (enum skb_drop_reason)."""
+        with captured_stderr() as log:
+            try:
+                self._bpf.attach_raw_tracepoint(tp=TRACEPOINT, fn_name=FUNCTION)
+            except Exception as e:
+                raise UnsupportedKernelError(
+                    "the kernel refused the drop hook (raw tracepoint kfree_skb)",
+                    log().strip().splitlines()[-1] if log().strip() else str(e),
+                ) from e
+        self._attached = True
+        table = self._bpf[b"drops"]
+        cap = int(table.max_entries)
+        self._fd = int(table.map_fd)
+        self._keys = np.zeros(cap, abi.DROP_KEY_DTYPE)
+        self._values = np.zeros(cap * self.ncpus, np.uint64)
+        slots = self._bpf[b"drop_totals"]
+        self._slots_fd = int(slots.map_fd)
+        self._slot_keys = np.zeros(abi.DROP_REASON_SLOTS, np.uint32)
+        self._slot_values = np.zeros(abi.DROP_REASON_SLOTS * self.ncpus, np.uint64)
+
+    @property
+    def prog_fd(self) -> int:
+        """The program's fd (for its run statistics)."""
+        return int(self._bpf.funcs[FUNCTION].fd)
+
+    def read(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every (flow, reason) the kernel dropped packets of: abi.DROP_KEY_DTYPE keys and
+        their packet counts summed over CPUs (fresh copies; counts since the hook was loaded,
+        until the LRU map forgets an entry)."""
+        token = ctypes.create_string_buffer(8)
+        n = libbpf.map_lookup_all(self._fd, self._keys, self._values, self.ncpus, token)
+        counts = self._values[: n * self.ncpus].reshape(n, self.ncpus).sum(axis=1)
+        return self._keys[:n].copy(), counts.astype(np.int64)
+
+    def by_reason(self) -> dict[int, int]:
+        """Packets dropped in flowscope's network namespace since the hook was loaded, per
+        reason (IP or not; reasons past abi.DROP_REASON_SLOTS - 1 add up in that slot)."""
+        token = ctypes.create_string_buffer(8)
+        n = libbpf.map_lookup_all(
+            self._slots_fd, self._slot_keys, self._slot_values, self.ncpus, token
+        )
+        totals = self._slot_values[: n * self.ncpus].reshape(n, self.ncpus).sum(axis=1)
+        return {int(k): int(v) for k, v in zip(self._slot_keys[:n], totals, strict=True) if v}
+
+    def name(self, reason: int) -> str:
+        """A drop reason's name (its number when this kernel has no such reason)."""
+        return self.reasons.get(reason, str(reason))
+
+    def close(self) -> None:
+        """Detach the hook; the FlowProgram frees it."""
+        if self._attached:
+            self._bpf.detach_raw_tracepoint(tp=TRACEPOINT)
+            self._attached = False
+
+    def __enter__(self) -> DropHooks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
