@@ -1,0 +1,267 @@
+"""Loss made on purpose (issue #17): a tc-bpf program on the receiving side's ingress drops
+every EVERY-th TCP data segment of one port, and counts what it dropped. Against that truth
+and the kernel's own view of the sockets:
+
+- a connection this host opens, whose segments the peer's side loses: the retransmissions
+  flowscope reports for its sent flow equal `ss -ti`'s total for the socket, exactly;
+- a connection into this host, whose segments this side loses: the drops flowscope reports
+  for its received flow equal what the loss program dropped, with the reason the kernel gave
+  (TC_INGRESS: a tc program's verdict), and nothing else of the host is blamed on the flow;
+- a connection to a closed port: one reset received on the client's flow, one sent on the
+  server's side (ss cannot see these: the TCP flags of the flows are the truth).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from flowscope import abi
+from flowscope.collect.collector import Collector, CollectorSettings
+from flowscope.collect.owners import watch_processes
+from flowscope.kernel.session import Probe
+from tests.kernel.test_tcp_health import ss_info
+from tests.netns import PYTHON, VethNamespace, veth_namespace
+
+OUT_PORT = 7411  # the host's connection to the namespace: lost on the namespace's side
+IN_PORT = 7412  # the namespace's connection to the host: lost on the host's side
+EVERY = 25
+
+LOSS = r"""
+import json, sys
+from bcc import BPF
+ifname, port, every = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+b = BPF(text='''
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/tcp.h>
+BPF_ARRAY(count, u64, 2);   /* 0: data segments seen, 1: dropped */
+int lose(struct __sk_buff *skb) {
+    void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > end || eth->h_proto != htons(ETH_P_IP))
+        return TC_ACT_OK;
+    struct iphdr *ip = (void *)(eth + 1);
+    if ((void *)(ip + 1) > end || ip->protocol != IPPROTO_TCP || ip->ihl != 5)
+        return TC_ACT_OK;
+    struct tcphdr *tcp = (void *)(ip + 1);
+    if ((void *)(tcp + 1) > end || tcp->dest != htons(PORT))
+        return TC_ACT_OK;
+    if (ntohs(ip->tot_len) <= 20 + tcp->doff * 4)
+        return TC_ACT_OK;   /* no data: SYN, pure ACK, FIN */
+    int k = 0;
+    u64 *seen = count.lookup(&k);
+    if (!seen)
+        return TC_ACT_OK;
+    *seen += 1;
+    if (*seen % EVERY)
+        return TC_ACT_OK;
+    k = 1;
+    u64 *dropped = count.lookup(&k);
+    if (dropped)
+        *dropped += 1;
+    return TC_ACT_SHOT;
+}
+''', cflags=[f"-DPORT={port}", f"-DEVERY={every}"])
+fn = b.load_func(b"lose", BPF.SCHED_CLS)
+import ctypes, socket
+lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
+lib.bpf_link_create.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+link = lib.bpf_link_create(fn.fd, socket.if_nametoindex(ifname), 46, None)  # BPF_TCX_INGRESS
+assert link >= 0, ctypes.get_errno()
+print("ready", flush=True)
+sys.stdin.read()
+c = b["count"]
+print(json.dumps({"seen": c[ctypes.c_int(0)].value, "dropped": c[ctypes.c_int(1)].value}))
+"""
+
+SINK = """
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', int(sys.argv[1])))
+s.listen()
+print('ready', flush=True)
+c, _ = s.accept()
+while c.recv(1 << 16):
+    pass
+"""
+
+SEND = """
+import socket, sys, time
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+end = time.monotonic() + float(sys.argv[3])
+data = b'y' * 65536
+while time.monotonic() < end:
+    c.sendall(data)
+c.shutdown(socket.SHUT_WR)
+c.recv(1)
+"""
+
+
+class Loss:
+    """The loss program on one interface's ingress (in the root namespace, or a test's)."""
+
+    def __init__(self, ifname: str, port: int, netns: str | None = None) -> None:
+        prefix = ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
+        self.proc = subprocess.Popen(
+            [*prefix, PYTHON, "-c", LOSS, ifname, str(port), str(EVERY)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def counts(self) -> dict[str, int]:
+        """What it saw and dropped; detaches it."""
+        out, _ = self.proc.communicate(timeout=30)
+        return dict(json.loads(out.strip().splitlines()[-1]))
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def net() -> Iterator[VethNamespace]:
+    with veth_namespace() as n:
+        yield n
+
+
+def test_loss_on_the_receiving_side_is_retransmitted_and_dropped(net: VethNamespace) -> None:
+    procs: list[subprocess.Popen[str]] = []
+    losses: list[Loss] = []
+    try:
+        out_sink = subprocess.Popen(
+            net.command(PYTHON, "-c", SINK, str(OUT_PORT)), stdout=subprocess.PIPE, text=True
+        )
+        in_sink = subprocess.Popen(
+            [PYTHON, "-c", SINK, str(IN_PORT)], stdout=subprocess.PIPE, text=True
+        )
+        procs += [out_sink, in_sink]
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        out_loss = Loss(net.peer_if, OUT_PORT, net.ns)  # the peer loses what we send
+        in_loss = Loss(net.host_if, IN_PORT)  # we lose what the peer sends
+        losses += [out_loss, in_loss]
+        with Probe([net.host_if], owners=True) as probe:
+            table, watch = watch_processes(probe.program)
+            try:
+                assert watch.problem is None and watch.health is not None, watch.problem
+                assert watch.drops is not None, watch.drops_problem
+                collector = Collector(
+                    probe.program,
+                    CollectorSettings(idle_timeout=600, active_timeout=1.0),
+                    owners=table,
+                    health=watch.health,
+                    drops=watch.drops,
+                )
+                conn = socket.create_connection((net.peer_ip4, OUT_PORT))
+                lport = conn.getsockname()[1]
+                stop = threading.Event()
+
+                def send() -> None:
+                    data = b"x" * 65536
+                    while not stop.is_set():
+                        conn.sendall(data)
+
+                sender = threading.Thread(target=send, daemon=True)
+                sender.start()
+                peer = subprocess.Popen(
+                    net.command(PYTHON, "-c", SEND, net.host_ip4, str(IN_PORT), "2.5"),
+                    stdout=subprocess.PIPE, text=True,
+                )  # fmt: skip
+                procs.append(peer)
+                records = []
+                ticks = []
+                for _ in range(4):
+                    time.sleep(0.7)
+                    tick = collector.tick()
+                    records += tick.records
+                    ticks.append(tick)
+                stop.set()
+                sender.join(timeout=10)
+                peer.wait(timeout=30)
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:  # everything acknowledged: final counts
+                    now = ss_info(net.peer_ip4, lport)
+                    if not now["unacked"] and now.get("sendq") == 0:
+                        break
+                    time.sleep(0.1)
+                final = ss_info(net.peer_ip4, lport)
+                lost_out = out_loss.counts()
+                lost_in = in_loss.counts()
+                tick = collector.tick()
+                ticks.append(tick)
+                records += tick.records + collector.shutdown()
+                conn.close()
+            finally:
+                watch.close()
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        for loss in losses:
+            loss.kill()
+    assert lost_out["dropped"] > 0 and lost_in["dropped"] > 0, (lost_out, lost_in)
+    # what we sent and the peer lost: retransmitted, as many as the socket says
+    mine = [r for r in records if lport in (r.key.sport, r.key.dport)]
+    sent = [r for r in mine if r.key.direction == abi.DIR_EGRESS]
+    assert final["retrans"] >= lost_out["dropped"] > 0, (final, lost_out)
+    assert sum(r.retrans for r in sent) == final["retrans"], (sent, final)
+    # ... and not dropped here: the peer's namespace dropped it
+    assert sum(r.drops for r in mine) == 0
+    # what the peer sent and we lost: every drop on its received flow, with the kernel's reason
+    theirs = [r for r in records if r.key.dport == IN_PORT and r.key.direction == abi.DIR_INGRESS]
+    assert sum(r.drops for r in theirs) == lost_in["dropped"], (theirs, lost_in)
+    assert {r.drop_reason for r in theirs if r.drops} == {"TC_INGRESS"}
+    # the peer's replies (ACKs) to it were not dropped; its sent side has no drops here
+    acks = [r for r in records if r.key.sport == IN_PORT and r.key.direction == abi.DIR_EGRESS]
+    assert acks and sum(r.drops for r in acks) == 0
+    # the host's drops per tick, per reason, hold at least those
+    per_reason: dict[str, int] = {}
+    for t in ticks:
+        for name, n in t.drops.items():
+            per_reason[name] = per_reason.get(name, 0) + n
+    assert per_reason.get("TC_INGRESS", 0) >= lost_in["dropped"], per_reason
+
+
+CLOSED_PORT = 7413
+
+
+def test_a_connection_to_a_closed_port_is_one_reset_each_way(net: VethNamespace) -> None:
+    """The host connects to a port nothing listens on in the namespace, and the namespace to
+    one on the host: the client's received flow is the one RST it got, the server's sent flow
+    the one RST it sent (nothing else of either flow)."""
+    with Probe([net.host_if]) as probe:
+        collector = Collector(probe.program, CollectorSettings(idle_timeout=600))
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((net.peer_ip4, CLOSED_PORT), timeout=5)
+        refused = net.python(
+            "import socket, sys\n"
+            "try:\n"
+            "    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)\n"
+            "except ConnectionRefusedError:\n"
+            "    print('refused')\n",
+            net.host_ip4,
+            str(CLOSED_PORT),
+        )
+        assert refused.strip() == "refused"
+        time.sleep(0.2)
+        collector.tick()
+        records = collector.shutdown()
+    rst = 0x04
+    # the host as client: it sent a SYN and received one RST
+    received = [r for r in records if r.key.sport == CLOSED_PORT and r.key.direction == 0]
+    assert [(r.packets, r.tcp_flags & rst) for r in received] == [(1, rst)], received
+    # the host as server: it received a SYN and sent one RST
+    sent = [r for r in records if r.key.sport == CLOSED_PORT and r.key.direction == 1]
+    assert [(r.packets, r.tcp_flags & rst) for r in sent] == [(1, rst)], sent
