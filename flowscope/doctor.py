@@ -147,7 +147,8 @@ def btf_check(present: bool) -> Check:
         return ok(name, "/sys/kernel/btf/vmlinux")
     return warn(
         name,
-        "/sys/kernel/btf/vmlinux is missing (BCC does without; bpftool cannot show map layouts)",
+        "/sys/kernel/btf/vmlinux is missing: no kernel drops per flow (their offsets and reason"
+        " names come from it); the rest works",
         "a kernel built with CONFIG_DEBUG_INFO_BTF=y",
     )
 

@@ -197,6 +197,9 @@ class Pipeline:
             line += f"  MAP FULL {unattributed / s.interval:.0f} pkt/s"
         if s.counters.get("sockets_lost", 0):  # their flows will have no process
             line += f"  {s.counters['sockets_lost']} SOCKETS LOST"
+        if tick.drops:  # what the kernel dropped, and why mostly
+            top = max(sorted(tick.drops), key=lambda name: tick.drops[name])
+            line += f"  drops {sum(tick.drops.values()) / s.interval:.0f}/s {top}"
         if w is not None:
             if w.backlog:
                 line += f"  {w.backlog} waiting"

@@ -165,7 +165,7 @@ def _view_spec(filter_text: str | None, group: str, sort: str) -> ViewSpec:
     show_default=True,
     metavar="COL",
     help="Open sorted by this column of the grouping ('s'): bps, pps, bytes, packets, flows, "
-    "age, retrans, rtt, src, dst, sport, dport, proto, ...",
+    "age, retrans, rtt, drops, src, dst, sport, dport, proto, ...",
 )
 @as_record_settings
 def live(

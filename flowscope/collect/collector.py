@@ -134,6 +134,8 @@ class LiveFlows:
     drops: np.ndarray | None = None
     """Each flow's packets the kernel dropped since flowscope started, None when drops are
     not followed."""
+    drop_reason: np.ndarray | None = None
+    """Each flow's drops' main reason (an object array: str, or None without drops)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +256,8 @@ class Collector:
             # sockets whose announcement the kernel lost: their flows have no process
             deltas["sockets_lost"] = counter_delta(self.owners.lost, self._sockets_lost)
             self._sockets_lost = self.owners.lost
+        if self.health is not None:  # the host's retransmissions this tick
+            deltas["retrans"] = self.health.retrans_delta
         dropped = self.drops.reason_deltas() if self.drops is not None else {}
         if self.drops is not None:
             deltas["drops"] = sum(dropped.values())
@@ -461,7 +465,7 @@ class Collector:
         exp_p, exp_b, exp_ip, start = self._carry(st, batch, pos, found)
         owner = self._owners(st, batch, pos, found)
         tcp = self._tcp(batch)
-        dropped = self.drops.join(batch) if self.drops is not None else None
+        dropped, reasons = self.drops.join(batch) if self.drops is not None else (None, None)
 
         # expiry decisions, on kernel (monotonic) times
         age = now - batch.last_seen.view(np.int64)
@@ -545,6 +549,7 @@ class Collector:
                 retrans=tcp[0][rows] if tcp is not None else None,
                 rtt_us=tcp[1][rows] if tcp is not None else None,
                 drops=dropped[rows] if dropped is not None else None,
+                drop_reason=reasons[rows] if reasons is not None else None,
             ),
             delta_bytes=int(d_bytes.sum()) + extra_b,
             delta_packets=int(d_packets.sum()) + extra_p,

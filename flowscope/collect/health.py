@@ -60,6 +60,10 @@ class HealthTable:
         self._sorted: dict[int, tuple[np.ndarray, ...]] = {}
         self.written: dict[int, int] = {}
         """Per connection (socket cookie): retransmissions records hold already."""
+        self.retrans_delta = 0
+        """Retransmissions the connections made between the last two refreshes (all of a
+        connection's the first time it is seen: it is followed from its start)."""
+        self._seen = (np.zeros(0, np.uint64), np.zeros(0, np.int64))
         self.add(np.zeros(0, abi.HEALTH_DTYPE))
 
     def refresh(self) -> None:
@@ -85,6 +89,7 @@ class HealthTable:
             self.written = {c: w for c, w in self.written.items() if c in alive}
         mine = rows["netns"] == self.netns
         rows, cookies = rows[mine], cookies[mine]
+        self._count_delta(cookies, rows["retrans"].astype(np.int64))
         family = rows["family"].copy()
         laddr, raddr = rows["laddr"].copy(), rows["raddr"].copy()
         # an IPv6 socket talking IPv4 (dual stack) carries IPv4-mapped addresses: its flows
@@ -107,6 +112,16 @@ class HealthTable:
                 rows["rtt_min_us"][sel][order].astype(np.int64),
                 cookies[sel][order].astype(np.uint64),
             )
+
+    def _count_delta(self, cookies: np.ndarray, retrans: np.ndarray) -> None:
+        """retrans_delta: what each connection added since the last refresh."""
+        before_cookies, before = self._seen
+        pos = np.minimum(np.searchsorted(before_cookies, cookies), max(len(before) - 1, 0))
+        known = (before_cookies[pos] == cookies) if len(before) else np.zeros(len(cookies), bool)
+        prior = np.where(known, before[pos] if len(before) else 0, 0)
+        self.retrans_delta = int(np.maximum(retrans - prior, 0).sum())
+        order = np.argsort(cookies)
+        self._seen = (cookies[order].astype(np.uint64), retrans[order])
 
     def join(self, batch: FlowBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(retransmitted segments, smoothed RTT us, minimum RTT us, socket cookie) of each

@@ -65,6 +65,10 @@ COUNTERS: dict[str, tuple[str, str]] = {
         "flowscope_socket_events_lost_total",
         "Socket announcements lost to a full ring buffer (their flows have no process).",
     ),
+    "retrans": (
+        "flowscope_tcp_retransmits_total",
+        "TCP segments this host's connections retransmitted (those established since start).",
+    ),
     "evicted": (
         "flowscope_evicted_flows_total",
         "Flows expired early because a kernel map passed its high-water mark.",
@@ -126,6 +130,7 @@ class Metrics:
         self._bytes: dict[tuple[str, str], int] = {}
         self._counters: dict[str, int] = {}
         self._records: dict[str, int] = {}
+        self._drops: dict[str, int] = {}
         self._new_flows = 0
         self._active = 0
         self._fill: dict[str, float] = {}
@@ -143,6 +148,8 @@ class Metrics:
                 self._counters[name] = self._counters.get(name, 0) + value
             for r in tick.records:
                 self._records[r.end_reason] = self._records.get(r.end_reason, 0) + 1
+            for reason, n in tick.drops.items():
+                self._drops[reason] = self._drops.get(reason, 0) + n
             self._new_flows += tick.sample.new_flows
             self._active = tick.sample.active_flows
             for live in tick.live:
@@ -161,6 +168,7 @@ class Metrics:
         with self._lock:
             packets, nbytes = dict(self._packets), dict(self._bytes)
             counters, records = dict(self._counters), dict(self._records)
+            drops = dict(self._drops)
             new_flows, active, fill = self._new_flows, self._active, dict(self._fill)
             ticks, tick_seconds = self._ticks, self._tick_seconds
         labels = ["interface", "direction"]
@@ -180,6 +188,8 @@ class Metrics:
         yield b
         yield p
         for name in sorted(set(COUNTERS) | set(counters)):
+            if name == "drops":  # by reason, below
+                continue
             metric, text = COUNTERS.get(
                 name, (f"flowscope_kernel_{name}_total", f"Kernel counter {name}.")
             )
@@ -187,6 +197,15 @@ class Metrics:
         yield CounterMetricFamily(
             "flowscope_new_flows_total", "New flows announced by the kernel.", value=new_flows
         )
+        d = CounterMetricFamily(
+            "flowscope_kernel_drops_total",
+            "Packets the kernel dropped in flowscope's network namespace, by drop reason "
+            "(skb:kfree_skb; the running kernel's enum skb_drop_reason).",
+            labels=["reason"],
+        )
+        for reason in sorted(drops):
+            d.add_metric([reason], drops[reason])
+        yield d
         rec = CounterMetricFamily(
             "flowscope_flow_records_total",
             "Flow records produced, by end reason (idle, active, fin, rst, evicted, shutdown).",

@@ -21,6 +21,8 @@ Grammar (keywords are case-insensitive; precedence ``not`` > ``and`` > ``or``)::
              | "flags" LETTERS | "ingress" | "egress"
              | "proc" (WORD | STRING) | "pid" PID | "user" (NAME | UID)
              | "container" (WORD | STRING)
+             | ("retrans" | "drops") OP COUNT | "rtt" OP DURATION
+             | "drop" "reason" (WORD | STRING)
 
 A protocol followed by a host, net or port term is both, in tcpdump's qualifier order:
 ``tcp port 443`` is ``tcp and port 443``, ``udp dst port 53`` is ``udp and dst port 53``.
@@ -33,6 +35,11 @@ name with characters outside ``[A-Za-z0-9_.:/-]`` is written (``iface "odd name"
 process's command, pid, user and container or systemd unit): ``proc nginx``, ``user www-data``,
 ``container docker:0123456789ab``, ``container nginx.service``, ``container ""`` (a process in
 no container or unit). A user name is looked up on this host when the filter is read.
+
+``retrans``, ``rtt`` and ``drops`` are a local TCP connection's retransmitted segments and
+smoothed round-trip time, and the packets of the flow the kernel dropped (``drop reason
+NO_SOCKET``: most of them for that reason); a flow where they are not followed matches none
+of them. DURATION is a number with us, ms or s: ``rtt > 50ms``.
 """
 
 from __future__ import annotations
@@ -55,10 +62,12 @@ from flowscope.query.nodes import (
     All,
     And,
     Compare,
+    DropReason,
     Equals,
     Expr,
     Filter,
     Flags,
+    Health,
     Host,
     Net,
     Network,
@@ -273,6 +282,14 @@ class _Parser:
                 return Owned("pid", self.number("a process id", 2**22))
             case "user":
                 return self.user()
+            case "retrans" | "drops":
+                return Health(word, self.op(), self.count())
+            case "rtt":
+                return Health("rtt_us", self.op(), self.duration())
+            case "drop":
+                if not self.at("reason"):
+                    self.fail("'reason'", self.peek())
+                return DropReason(self.name("a drop reason (NO_SOCKET, TC_INGRESS, ...)"))
         self.fail(TERMS, token)
 
     def sided(self, side: Literal["src", "dst"]) -> Expr:
@@ -361,11 +378,28 @@ class _Parser:
         return token.value
 
     def compare(self, column: Literal["bytes", "packets"]) -> Expr:
+        return Compare(column, self.op(), self.count())
+
+    def op(self) -> str:
         token = self.take()
         op = "=" if token.text == "==" else token.text
         if token.kind != "op" or op not in COMPARISONS:
             self.fail("a comparison (>, >=, <, <=, =, !=)", token)
-        return Compare(column, op, self.count())
+        return op
+
+    def duration(self) -> int:
+        """A duration in whole microseconds."""
+        expected = "a duration with us, ms or s (like 800us, 50ms, 1.5s)"
+        token = self.value(expected)
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)(us|ms|s)", token.text.lower())
+        try:
+            scale = {"us": 1, "ms": 1000, "s": 1_000_000}
+            value = Decimal(m.group(1)) * scale[m.group(2)] if m else None
+        except InvalidOperation:
+            value = None
+        if value is None or value != value.to_integral_value() or value > INT64_MAX:
+            self.fail(expected, token)
+        return int(value)
 
     def count(self) -> int:
         expected = "a whole number, optionally with k, M or G (like 1500, 64k, 1.5M)"

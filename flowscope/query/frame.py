@@ -19,7 +19,7 @@ import numpy as np
 
 from flowscope import abi
 from flowscope.collect.collector import LiveFlows
-from flowscope.model import NO_TCP, address_text
+from flowscope.model import NO_DROPS, NO_TCP, address_text
 from flowscope.query import nodes
 
 ADDR = 16  # bytes per address column row (IPv4 uses the first 4)
@@ -55,6 +55,11 @@ class FlowFrame:
     received one), model.NO_TCP where the flow is not a followed local TCP connection."""
     rtt_us: np.ndarray
     """Each flow's TCP connection's smoothed RTT in microseconds (model.NO_TCP: none)."""
+    drops: np.ndarray
+    """Each flow's packets the kernel dropped since flowscope started (model.NO_DROPS where
+    drops are not followed)."""
+    drop_reason: np.ndarray
+    """Each flow's drops' main reason, or None (an object array)."""
     now_ns: int = 0
 
     def __len__(self) -> int:
@@ -87,13 +92,15 @@ class FlowFrame:
                 parts[name].append(getattr(b, name).astype(_DTYPES[name]))
             parts["bps"].append(np.asarray(lf.bps, np.float64))
             parts["pps"].append(np.asarray(lf.pps, np.float64))
-            parts["owner"].append(
-                np.full(n, None, object) if lf.owner is None else np.asarray(lf.owner, object)
-            )
-            for name in ("retrans", "rtt_us"):
+            for name in ("owner", "drop_reason"):
                 got = getattr(lf, name)
                 parts[name].append(
-                    np.full(n, NO_TCP, np.int64) if got is None else np.asarray(got, np.int64)
+                    np.full(n, None, object) if got is None else np.asarray(got, object)
+                )
+            for name, none in (("retrans", NO_TCP), ("rtt_us", NO_TCP), ("drops", NO_DROPS)):
+                got = getattr(lf, name)
+                parts[name].append(
+                    np.full(n, none, np.int64) if got is None else np.asarray(got, np.int64)
                 )
         cols = {
             f: np.concatenate(parts[f])
@@ -136,6 +143,8 @@ _DTYPES: dict[str, type] = {
     "owner": object,
     "retrans": np.int64,
     "rtt_us": np.int64,
+    "drops": np.int64,
+    "drop_reason": object,
 }
 _FIELDS = tuple(_DTYPES)
 
@@ -267,6 +276,18 @@ def _owned(e: nodes.Owned, fr: FlowFrame, names: IfaceNames) -> Mask:
     return np.asarray(test(fr.owner), bool) if len(fr) else np.zeros(0, bool)
 
 
+def _health(e: nodes.Health, fr: FlowFrame, names: IfaceNames) -> Mask:
+    col: np.ndarray = getattr(fr, e.column)
+    # not followed (-1) matches nothing, as Health.matches decides
+    return np.asarray((col >= 0) & _ORDERINGS[e.op](col, e.value), bool)
+
+
+def _drop_reason(e: nodes.DropReason, fr: FlowFrame, names: IfaceNames) -> Mask:
+    want = nodes.fold_case(e.name)
+    test = np.frompyfunc(lambda r: isinstance(r, str) and nodes.fold_case(r) == want, 1, 1)
+    return np.asarray(test(fr.drop_reason), bool) if len(fr) else np.zeros(0, bool)
+
+
 MASKERS: dict[type[nodes.Expr], Callable[[Any, FlowFrame, IfaceNames], Mask]] = {
     nodes.All: _all,
     nodes.Not: _not,
@@ -279,6 +300,8 @@ MASKERS: dict[type[nodes.Expr], Callable[[Any, FlowFrame, IfaceNames], Mask]] = 
     nodes.Compare: _compare,
     nodes.Flags: _flags,
     nodes.Owned: _owned,
+    nodes.Health: _health,
+    nodes.DropReason: _drop_reason,
 }
 """The numpy back end of each node class of the filter: every one, or the filter fails loudly
 (no silent row-by-row fallback)."""
@@ -325,3 +348,7 @@ class RowView:
         self.tcp_flags = int(fr.tcp_flags[i])
         self.direction = "ingress" if fr.direction[i] == abi.DIR_INGRESS else "egress"
         self.owner = fr.owner[i]
+        self.retrans = int(fr.retrans[i])
+        self.rtt_us = int(fr.rtt_us[i])
+        self.drops = int(fr.drops[i])
+        self.drop_reason = fr.drop_reason[i]

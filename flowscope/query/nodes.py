@@ -36,7 +36,7 @@ PROTO_SHORTHANDS = ("tcp", "udp", "icmp", "icmp6")
 WORD_RE = re.compile(r"[A-Za-z0-9_.:/\-]+")
 KEYWORDS = frozenset(
     "and or not host src dst net port sport dport proto vlan iface bytes packets flags "  # noqa: SIM905
-    "ingress egress proc pid user container".split()
+    "ingress egress proc pid user container retrans rtt drops drop".split()
 ) | frozenset(PROTO_SHORTHANDS)
 
 
@@ -301,6 +301,73 @@ class Flags(Expr):
 
     def matches(self, row: FlowRow) -> bool:
         return row.tcp_flags & self.mask == self.mask
+
+
+HEALTH_WORDS = {"retrans": "retrans", "rtt_us": "rtt", "drops": "drops"}
+"""The filter word of each health column (history's column names, the live frame's)."""
+
+
+def duration_text(us: int) -> str:
+    """Microseconds as the filter reads them back: ``50ms``, ``1500us``, ``2s``."""
+    if us and us % 1_000_000 == 0:
+        return f"{us // 1_000_000}s"
+    if us and us % 1000 == 0:
+        return f"{us // 1000}ms"
+    return f"{us}us"
+
+
+@dataclass(frozen=True, slots=True)
+class Health(Expr):
+    """A flow's TCP health or kernel drops compared with a number: retransmitted segments,
+    smoothed RTT (microseconds), packets the kernel dropped. Live, a connection's totals so
+    far; in history, what one record holds (its retransmissions and drops during the record,
+    its RTT at the end). A flow where they are not followed (not a local TCP connection;
+    drops not followed) matches none of them."""
+
+    column: Literal["retrans", "rtt_us", "drops"]
+    op: str  # a key of COMPARISONS
+    value: int
+
+    def render(self) -> str:
+        value = duration_text(self.value) if self.column == "rtt_us" else str(self.value)
+        return f"{HEALTH_WORDS[self.column]} {self.op} {value}"
+
+    def sql(self, params: list[object]) -> str:
+        params.append(self.value)
+        # NULL (not followed) is false here, and NOT of it true, as matches() has it
+        return f"coalesce({self.column} {self.op} ?, 0)"  # fixed sets, never user text
+
+    def matches(self, row: FlowRow) -> bool:
+        value = getattr(row, self.column, None)  # rows of new flows have none
+        return value is not None and value >= 0 and COMPARISONS[self.op](value, self.value)
+
+
+_ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def fold_case(text: str) -> str:
+    """ASCII letters in upper case, the rest as it is: what SQLite's NOCASE compares."""
+    return text.translate(_ASCII_UPPER)
+
+
+@dataclass(frozen=True, slots=True)
+class DropReason(Expr):
+    """The kernel's main reason for a flow's drops (enum skb_drop_reason's name without its
+    prefix, as dropwatch shows it: ``NO_SOCKET``, ``TC_INGRESS``). Case-insensitive in ASCII
+    letters, as SQLite's NOCASE."""
+
+    name: str
+
+    def render(self) -> str:
+        return f"drop reason {quote_name(self.name)}"
+
+    def sql(self, params: list[object]) -> str:
+        params.append(self.name)
+        return "coalesce(drop_reason = ? COLLATE NOCASE, 0)"
+
+    def matches(self, row: FlowRow) -> bool:
+        reason = getattr(row, "drop_reason", None)
+        return isinstance(reason, str) and fold_case(reason) == fold_case(self.name)
 
 
 OWNER_WORDS = {"comm": "proc", "pid": "pid", "uid": "user", "container": "container"}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from flowscope import abi
-from flowscope.model import NO_TCP, Owner
+from flowscope.model import NO_DROPS, NO_TCP, Owner
 from flowscope.query import nodes
 from flowscope.query.frame import (
     FlowFrame,
@@ -48,6 +48,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "flags",
         "retrans",
         "rtt",
+        "drops",
         "process",
     ),
     "src": ("src", "flows", "bps", "pps", "bytes", "packets", "age"),
@@ -65,7 +66,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 """The table's columns for each grouping (also the sort keys it offers, in this order)."""
 
 DESCENDING = frozenset(
-    {"bps", "pps", "bytes", "packets", "flows", "out", "in", "age", "retrans", "rtt"}
+    {"bps", "pps", "bytes", "packets", "flows", "out", "in", "age", "retrans", "rtt", "drops"}
 )
 """Sort keys whose natural order is largest first (the rest: smallest first)."""
 
@@ -121,6 +122,11 @@ class Row:
     when it is not a followed local TCP connection, and for groups)."""
     rtt_us: int = NO_TCP
     """A flow's TCP connection's smoothed RTT, microseconds (NO_TCP: none)."""
+    drops: int = NO_DROPS
+    """A flow's packets the kernel dropped since flowscope started (NO_DROPS when drops are
+    not followed, and for groups)."""
+    drop_reason: str | None = None
+    """The main reason of a flow's drops (None: none)."""
 
     @property
     def key(self) -> str:
@@ -407,8 +413,9 @@ def _sort_values(fr: FlowFrame, g: _Groups, key: str) -> np.ndarray:
         return np.asarray(column[rep], np.float64)
     if key in ("process", "user", "container"):
         return np.asarray([owner_text(fr.owner[r], key) for r in rep.tolist()], str)
-    if key in ("retrans", "rtt"):  # flows without a followed connection (-1) sort last
-        return np.asarray((fr.retrans if key == "retrans" else fr.rtt_us)[rep], np.float64)
+    if key in ("retrans", "rtt", "drops"):  # flows not followed (-1) sort last
+        column = {"retrans": fr.retrans, "rtt": fr.rtt_us, "drops": fr.drops}[key]
+        return np.asarray(column[rep], np.float64)
     raise ValueError(f"unknown sort key {key!r}")
 
 
@@ -503,4 +510,6 @@ def _row(
         owner=fr.owner[r],
         retrans=int(fr.retrans[r]) if group == "flow" else NO_TCP,
         rtt_us=int(fr.rtt_us[r]) if group == "flow" else NO_TCP,
+        drops=int(fr.drops[r]) if group == "flow" else NO_DROPS,
+        drop_reason=fr.drop_reason[r] if group == "flow" else None,
     )

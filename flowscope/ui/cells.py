@@ -40,6 +40,7 @@ HEADERS: dict[str, str] = {
     "iface": "Iface",
     "retrans": "Retr",
     "rtt": "RTT",
+    "drops": "Drops",
     "process": "Process",
     "user": "User",
     "container": "Container",
@@ -62,6 +63,7 @@ NUMERIC = frozenset(
         "in",
         "retrans",
         "rtt",
+        "drops",
     }
 )
 """Right-aligned columns."""
@@ -156,6 +158,8 @@ def cell(
         return "-" if row.retrans < 0 else compact(row.retrans)
     if column == "rtt":
         return "-" if row.rtt_us < 0 else rtt_text(row.rtt_us)
+    if column == "drops":
+        return "-" if row.drops < 0 else compact(row.drops)
     raise ValueError(column)
 
 
@@ -175,6 +179,7 @@ def widths(columns: tuple[str, ...], total: int) -> dict[str, int]:
         "flags": 8,
         "retrans": 5,
         "rtt": 7,
+        "drops": 5,
         "flows": 5,
         "out": 6,
         "in": 6,

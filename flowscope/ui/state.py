@@ -88,12 +88,16 @@ class LiveState:
     backlogs: collections.deque[int] = field(
         default_factory=lambda: collections.deque(maxlen=BEHIND_TICKS + 1)
     )
+    drops: dict[str, int] = field(default_factory=dict)
+    """Packets the kernel dropped in the last tick, per reason (empty: none, or not
+    followed)."""
 
     def ingest(self, tick: Tick, now_ns: int, writer: WriterState | None) -> Tick:
         """Take one tick in (``now_ns``: the monotonic time it was taken, for flow ages)."""
         self.ticks += 1
         self.sample = tick.sample
         self.links = tick.links
+        self.drops = tick.drops
         self.writer = writer
         self.backlogs.append(writer.backlog if writer is not None else 0)
         self.frame = FlowFrame.from_live(tick.live, now_ns)
@@ -134,6 +138,13 @@ class LiveState:
     def uptime(self) -> float:
         """Seconds since the console started, on the ticks' own clock."""
         return max(self.sample.time - self.clock_start, 0.0) if self.sample else 0.0
+
+    def drops_per_second(self) -> tuple[float, str]:
+        """The kernel's drops per second in the last tick and the reason most of them had."""
+        if not self.drops or self.sample is None or self.sample.interval <= 0:
+            return 0.0, ""
+        top = max(sorted(self.drops), key=lambda name: self.drops[name])
+        return sum(self.drops.values()) / self.sample.interval, top
 
     @property
     def new_per_second(self) -> float:

@@ -99,6 +99,9 @@ class StatusLine(Static):
             p.append((f"history writing {w.backlog:,}", "$text-muted"))
         else:
             p.append(("history ok", "$text-muted"))
+        drops, reason = state.drops_per_second()
+        if drops:  # what the kernel threw away, as dropwatch says it (last: it may be cut)
+            p += ["  ", (f"drops {human(drops)}/s {reason}", "bold $warning")]
         self.update(Content.assemble(*p))
 
 
@@ -231,4 +234,7 @@ def describe_row(row: Row, group: str) -> list[tuple[str, str]]:
     if row.rtt_us >= 0:  # a local TCP connection flowscope follows (its socket's numbers)
         out.append(("retransmitted", f"{row.retrans:,} segments"))
         out.append(("round trip", rtt_text(row.rtt_us)))
+    if row.drops > 0:  # what the kernel dropped of it, since flowscope started
+        reason = f" (mostly {row.drop_reason})" if row.drop_reason else ""
+        out.append(("dropped by the kernel", f"{row.drops:,} packets{reason}"))
     return out

@@ -121,6 +121,15 @@ def _owner(f: _Flow) -> Owner | None:
     return _OWNERS_BY_PORT.get((f.proto, local_port))
 
 
+def _drops(f: _Flow, packets: int) -> tuple[int, str | None]:
+    """(packets dropped so far, main reason), as collect.drops would give them: what is
+    received for a port nobody listens on (the scan's SYNs) is dropped, every packet
+    (NO_SOCKET)."""
+    if f.proto in (6, 17) and f.dst in LOCAL and _owner(f) is None:
+        return packets, "NO_SOCKET"
+    return 0, None
+
+
 def _health(f: _Flow, t: int) -> tuple[int, int]:
     """(retransmissions so far, RTT us) of a local TCP connection's flow, as collect.health
     would give them; NO_TCP for the rest. A few retransmissions on the busiest sent flows."""
@@ -195,6 +204,7 @@ def scenario(count: int = 90, *, writer_trouble_at: int | None = None) -> list[T
         now_ns = MONO0 + t * 10**9
         rates: list[tuple[float, float]] = []
         events: list[NewFlow] = []
+        dropped = 0
         for i, f in enumerate(flows):
             if t < f.start:
                 rates.append((0.0, 0.0))
@@ -215,6 +225,7 @@ def scenario(count: int = 90, *, writer_trouble_at: int | None = None) -> list[T
                 )
             packets[i] += dpk
             nbytes[i] += dbytes
+            dropped += _drops(f, dpk)[0]
             if dpk:
                 last[i] = now_ns - 10**8
             rates.append((dbytes * 8.0, float(dpk)))
@@ -243,6 +254,10 @@ def scenario(count: int = 90, *, writer_trouble_at: int | None = None) -> list[T
                     owner=np.array([_owner(flows[i]) for i in idx] or [], object),
                     retrans=np.array([_health(flows[i], t)[0] for i in idx], np.int64),
                     rtt_us=np.array([_health(flows[i], t)[1] for i in idx], np.int64),
+                    drops=np.array([_drops(flows[i], int(packets[i]))[0] for i in idx], np.int64),
+                    drop_reason=np.array(
+                        [_drops(flows[i], int(packets[i]))[1] for i in idx] or [], object
+                    ),
                 )
             )
         total_bps = sum(r[0] for r in rates)
@@ -262,7 +277,14 @@ def scenario(count: int = 90, *, writer_trouble_at: int | None = None) -> list[T
             new_flows=len(events),
             counters=counters | {"evicted": 0},
         )
-        tick = Tick(sample=sample, records=[], events=events, live=live, evicted=0)
+        tick = Tick(
+            sample=sample,
+            records=[],
+            events=events,
+            live=live,
+            evicted=0,
+            drops={"NO_SOCKET": dropped} if dropped else {},
+        )
         writer = WriterState(
             backlog=1200 if trouble else 0,
             dropped=(t - writer_trouble_at) * 50

@@ -302,9 +302,12 @@ async def test_left_right_scroll_the_columns_at_80_and_all_fit_at_160() -> None:
         assert re.search(r"\d+\s+\d+(\.\d)?(us|ms)", screen_line(app, 1)), screen_line(app, 1)
         await pilot.press("right", "right")
         head = screen_line(app, 0)
+        assert "Drops" in head and head.rstrip().endswith("▸")  # the kernel's drops next
+        await pilot.press("right")
+        head = screen_line(app, 0)
         assert "Process" in head and not head.rstrip().endswith("▸")
         assert "nginx[812]" in screen_line(app, 1)
-        await pilot.press(*["left"] * 9)
+        await pilot.press(*["left"] * 10)
         assert "bit/s▼" in screen_line(app, 0) and "◂" not in screen_line(app, 0)
     app = console()
     async with app.run_test(size=(160, 48)) as pilot:

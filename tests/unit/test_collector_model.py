@@ -426,6 +426,7 @@ class HealthCollectorMachine(CollectorMachine):
         self.collector = self.make_collector(health=self.health)
         self.counters = self.kernel.read_counters()
         self.retrans_written = [0] * FLOWS
+        self.retrans_counted = 0
 
     @rule(i=st.integers(0, FLOWS - 1), n=st.integers(1, 5), cpu=st.integers(0, NCPU - 1))
     def retransmit(self, i: int, n: int, cpu: int) -> None:
@@ -443,15 +444,23 @@ class HealthCollectorMachine(CollectorMachine):
             assert self.retrans_written[i] <= self.conns.total[i], i
 
     @rule()
+    def tick(self) -> None:
+        """The ticks' retransmission counters (the host's rate, the metrics) add up to what
+        the connections made, as of each tick."""
+        super().tick()
+        self.retrans_counted += self.collector.health.retrans_delta if self.collector.health else 0
+        assert self.retrans_counted == sum(self.conns.total)
+
+    @rule()
     def shutdown_is_exact(self) -> None:
         """shutdown() is the end: what it writes is counted here, then the machine goes on as
         if it had not run (the connections' written counts put back)."""
-        saved = dict(self.health.written)
+        saved, seen = dict(self.health.written), self.health._seen
         written = list(self.retrans_written)
         in_map = {raw for m in self.kernel.maps.values() for raw in m}
         for r in self.collector.shutdown():
             written[r.key.sport - 1000] += r.retrans
-        self.health.written = saved
+        self.health.written, self.health._seen = saved, seen
         for i, (_, raw) in enumerate(SENT_KEYS):
             assert written[i] <= self.conns.total[i], i
             if raw in in_map:

@@ -10,7 +10,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import astuple, dataclass, fields
+from dataclasses import astuple, dataclass, fields, replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,10 +22,12 @@ from flowscope.query.filter import FilterSyntaxError, parse
 from flowscope.query.nodes import (
     And,
     Compare,
+    DropReason,
     Equals,
     Expr,
     Filter,
     Flags,
+    Health,
     Host,
     Net,
     Not,
@@ -58,6 +60,10 @@ class Row:
     comm: str | None = None
     uid: int | None = None
     container: str | None = None
+    retrans: int | None = None
+    rtt_us: int | None = None
+    drops: int | None = None
+    drop_reason: str | None = None
 
     @property
     def owner(self) -> Owner | None:
@@ -126,11 +132,17 @@ ROWS = [
     flow(7, "eth0", 7, "10.0.0.1", "10.0.0.2", 2905, 2905, 132, 2, 200, 0, "ingress"),
 ]  # fmt: skip
 
+# flows 1-3 are followed: a local TCP connection (1, 2) and a flow the kernel dropped (2, 3)
+ROWS[0] = replace(ROWS[0], retrans=3, rtt_us=42_000, drops=0)
+ROWS[1] = replace(ROWS[1], retrans=0, rtt_us=42_000, drops=2, drop_reason="TC_INGRESS")
+ROWS[2] = replace(ROWS[2], drops=5, drop_reason="NO_SOCKET")
+
 SCHEMA = """CREATE TABLE flows (id INTEGER PRIMARY KEY, iface TEXT NOT NULL, vlan INTEGER NOT NULL,
     family INTEGER NOT NULL, src TEXT NOT NULL, dst TEXT NOT NULL, sport INTEGER NOT NULL,
     dport INTEGER NOT NULL, proto INTEGER NOT NULL, packets INTEGER NOT NULL,
     bytes INTEGER NOT NULL, ip_bytes INTEGER NOT NULL, tcp_flags INTEGER NOT NULL,
-    direction TEXT NOT NULL, pid INTEGER, comm TEXT, uid INTEGER, container TEXT)"""
+    direction TEXT NOT NULL, pid INTEGER, comm TEXT, uid INTEGER, container TEXT,
+    retrans INTEGER, rtt_us INTEGER, drops INTEGER, drop_reason TEXT)"""
 
 
 def make_db(rows: Sequence[Row]) -> sqlite3.Connection:
@@ -178,6 +190,18 @@ EXAMPLES = [
     ("net fe80::/10 or net ff00::/8", {5}),
     ("net 0.0.0.0/0", {1, 2, 3, 6, 7}),  # an IPv4 net never holds IPv6 addresses
     ("net ::/0", {4, 5}),
+    ("retrans > 0", {1}),
+    ("retrans = 0", {2}),
+    ("not retrans > 0", EVERY - {1}),  # not followed is not "more than 0"
+    ("rtt > 40ms", {1, 2}),
+    ("rtt > 42ms", set()),
+    ("rtt >= 42000us", {1, 2}),
+    ("rtt < 0.5s", {1, 2}),
+    ("drops > 0", {2, 3}),
+    ("drops >= 0", {1, 2, 3}),
+    ("drop reason no_socket", {3}),
+    ("not drop reason NO_SOCKET", EVERY - {3}),
+    ('tcp and drops > 0 or drop reason "NO_SOCKET"', {2, 3}),
     ("net 8.8.8.8", {3}),  # a bare address is a /32
     ("port 443", {1, 2}),
     ("sport 443", {2}),
@@ -352,6 +376,16 @@ ERRORS = [
     ("ingres", 1, "expected a filter term (host, src, dst, net, port, proto, vlan, iface, bytes, "
      "flags, proc, ...), found 'ingres'"),
     ("host\n10.0.0.1 and port\t\tx", 25, "expected a port number (0-65535), found 'x'"),
+    ("rtt > 50", 7, "expected a duration with us, ms or s (like 800us, 50ms, 1.5s), found '50'"),
+    ("rtt > 5h", 7, "expected a duration with us, ms or s (like 800us, 50ms, 1.5s), found '5h'"),
+    ("rtt > 0.5us", 7, "expected a duration with us, ms or s (like 800us, 50ms, 1.5s), "
+     "found '0.5us'"),
+    ("retrans 3", 9, "expected a comparison (>, >=, <, <=, =, !=), found '3'"),
+    ("drops > many", 9, "expected a whole number, optionally with k, M or G (like 1500, 64k, "
+     "1.5M), found 'many'"),
+    ("drop NO_SOCKET", 6, "expected 'reason', found 'NO_SOCKET'"),
+    ("drop reason", 12, "expected a drop reason (NO_SOCKET, TC_INGRESS, ...) (double-quote it if "
+     'it has odd characters: "..."), found end of filter'),
 ]  # fmt: skip
 
 
@@ -443,6 +477,13 @@ leaves: st.SearchStrategy[Expr] = st.one_of(
     st.builds(Owned, st.just("pid"), st.sampled_from([812, 640, 4410]) | st.integers(0, 2**22)),
     st.builds(Owned, st.just("uid"), st.sampled_from([0, 33, 1000]) | st.integers(0, 2**32 - 1)),
     st.builds(Owned, st.just("container"), st.sampled_from(["nginx.service", ""]) | names),
+    st.builds(
+        Health,
+        st.sampled_from(["retrans", "rtt_us", "drops"]),
+        st.sampled_from([">", ">=", "<", "<=", "=", "!="]),
+        st.sampled_from([0, 1, 3, 1000, 50_000]) | st.integers(0, 2**40),
+    ),
+    st.builds(DropReason, st.sampled_from(["NO_SOCKET", "tc_ingress", "ß", "É"]) | names),
 )
 trees: st.SearchStrategy[Expr] = st.recursive(
     leaves,
@@ -474,6 +515,12 @@ def rows(draw: st.DrawFn, id: int) -> Row:
         tcp_flags=draw(st.integers(0, 255)),
         direction=draw(st.sampled_from(["ingress", "egress"])),
         **dict(zip(("pid", "comm", "uid", "container"), draw(owners) or (None,) * 4, strict=True)),
+        retrans=draw(st.none() | st.sampled_from([0, 1, 3]) | st.integers(0, 2**31)),
+        rtt_us=draw(st.none() | st.sampled_from([999, 1000, 50_000]) | st.integers(0, 2**31)),
+        drops=draw(st.none() | st.sampled_from([0, 1, 3]) | st.integers(0, 2**31)),
+        drop_reason=draw(
+            st.none() | st.sampled_from(["NO_SOCKET", "TC_INGRESS", "SS", "é"]) | names
+        ),
     )
 
 
@@ -539,7 +586,8 @@ VOCABULARY = [
     "icmp6", "vlan", "iface", "bytes", "packets", "flags", "ingress", "egress", "and", "or",
     "not", "&&", "||", "!", "(", ")", ">", ">=", "<", "<=", "=", "!=", "==", "10.0.0.1",
     "10.0.0.0/8", "2001:DB8::1", "::/0", "80", "65536", "1.5M", "10k", "SA", "x", '"', '"a b"',
-    "\\", "'", ";", "-1", "4095", "99999999999999999999999",
+    "\\", "'", ";", "-1", "4095", "99999999999999999999999", "retrans", "rtt", "drops", "drop",
+    "reason", "50ms", "1.5s", "800us", "9e9s", "NO_SOCKET",
 ]  # fmt: skip
 
 

@@ -63,3 +63,23 @@ def test_counters_sum_the_ticks() -> None:
         "# TYPE flowscope_packets_total counter",
     ):
         assert line in text.splitlines()
+
+
+def test_drops_by_reason_and_retransmissions_sum_the_ticks() -> None:
+    import dataclasses
+
+    m = Metrics(flow_entries=8)
+    for drops, retrans in (({"NO_SOCKET": 3, "TC_INGRESS": 1}, 2), ({"NO_SOCKET": 4}, 5)):
+        t = tick(10, 1000, 2)
+        sample = dataclasses.replace(
+            t.sample,
+            counters=t.sample.counters | {"retrans": retrans, "drops": sum(drops.values())},
+        )
+        m.on_tick(dataclasses.replace(t, sample=sample, drops=drops))
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(m)
+    lines = generate_latest(registry).decode().splitlines()
+    assert 'flowscope_kernel_drops_total{reason="NO_SOCKET"} 7.0' in lines
+    assert 'flowscope_kernel_drops_total{reason="TC_INGRESS"} 1.0' in lines
+    assert "flowscope_tcp_retransmits_total 7.0" in lines
+    assert not any(line.startswith("flowscope_kernel_drops_total ") for line in lines)
