@@ -58,6 +58,7 @@ FIELDS_V4: tuple[IE, ...] = (
     ("destinationIPv4Address", 12, 4),
     *_COMMON_HEAD,
     ("icmpTypeCodeIPv4", 32, 2),
+    ("droppedPacketDeltaCount", 133, 8),  # what the kernel dropped of it (0: none, or unknown)
     *_OWNER,
 )
 FIELDS_V6: tuple[IE, ...] = (
@@ -65,6 +66,7 @@ FIELDS_V6: tuple[IE, ...] = (
     ("destinationIPv6Address", 28, 16),
     *_COMMON_HEAD,
     ("icmpTypeCodeIPv6", 139, 2),
+    ("droppedPacketDeltaCount", 133, 8),
     *_OWNER,
 )
 FIELDS_V4_EGRESS = tuple(EGRESS_INTERFACE if f == INGRESS_INTERFACE else f for f in FIELDS_V4)
@@ -77,7 +79,7 @@ TEMPLATES: dict[int, tuple[IE, ...]] = {
 }
 """Template id -> fields; an egress template differs only in the interface's element, so one
 record layout serves both directions."""
-_TAIL = "HHBHQQQQQHIBBH"
+_TAIL = "HHBHQQQQQHIBBHQ"
 RECORD_V4 = struct.Struct("!4s4s" + _TAIL)
 RECORD_V6 = struct.Struct("!16s16s" + _TAIL)
 assert RECORD_V4.size == sum(f[2] for f in FIELDS_V4 if f[2] != VARIABLE)
@@ -141,6 +143,7 @@ def encode_record(r: FlowRecord) -> tuple[int, bytes]:
         k.direction,
         END_REASON_CODES.get(r.end_reason, 0),
         icmp,
+        max(r.drops, 0),
     )
     src, dst = ip_address(k.src).packed, ip_address(k.dst).packed
     egress = k.direction == abi.DIR_EGRESS

@@ -26,7 +26,7 @@ T0 = 1_790_000_000.123  # 2026-09-21T14:13:20.123Z
 
 def rec4(n: int = 0, reason: str = "idle") -> FlowRecord:
     key = FlowKey(abi.AF_INET, "198.18.0.2", "198.18.0.1", 4000 + n, 53, 17, 100, 7, 0)
-    return FlowRecord(key, "veth0", 5, 710, 640, T0, T0 + 1.5, 0x12, reason)
+    return FlowRecord(key, "veth0", 5, 710, 640, T0, T0 + 1.5, 0x12, reason, drops=3)
 
 
 def rec6_icmp() -> FlowRecord:
@@ -36,10 +36,10 @@ def rec6_icmp() -> FlowRecord:
 
 
 TEMPLATE_SET = bytes.fromhex(
-    # set header: set id 2 (template set), length 4 + 4 * 76 = 308
-    "0002 0134"
-    # template record: id 256 (IPv4), 18 fields; each field: IE id, length
-    "0100 0012"
+    # set header: set id 2 (template set), length 4 + 4 * 80 = 324
+    "0002 0144"
+    # template record: id 256 (IPv4), 19 fields; each field: IE id, length
+    "0100 0013"
     "0008 0004"  # sourceIPv4Address (8), 4
     "000c 0004"  # destinationIPv4Address (12), 4
     "0007 0002"  # sourceTransportPort (7), 2
@@ -56,10 +56,11 @@ TEMPLATE_SET = bytes.fromhex(
     "003d 0001"  # flowDirection (61), 1
     "0088 0001"  # flowEndReason (136), 1
     "0020 0002"  # icmpTypeCodeIPv4 (32), 2
+    "0085 0008"  # droppedPacketDeltaCount (133), 8: packets the kernel dropped
     "0060 ffff"  # applicationName (96), variable length: the process's comm
     "0173 ffff"  # userName (371), variable length
-    # template record: id 257 (IPv6), 18 fields
-    "0101 0012"
+    # template record: id 257 (IPv6), 19 fields
+    "0101 0013"
     "001b 0010"  # sourceIPv6Address (27), 16
     "001c 0010"  # destinationIPv6Address (28), 16
     "0007 0002 000b 0002 0004 0001 0006 0002"  # ports, protocol, TCP flags (as above)
@@ -67,31 +68,32 @@ TEMPLATE_SET = bytes.fromhex(
     "0098 0008 0099 0008"  # start, end
     "003a 0002 000a 0004 003d 0001 0088 0001"  # VLAN, interface, direction, end reason
     "008b 0002"  # icmpTypeCodeIPv6 (139), 2
+    "0085 0008"  # droppedPacketDeltaCount (133), 8
     "0060 ffff 0173 ffff"  # applicationName, userName
     # template record: id 258 (IPv4, sent), as 256 but egressInterface (14) for the interface
-    "0102 0012"
+    "0102 0013"
     "0008 0004 000c 0004"
     "0007 0002 000b 0002 0004 0001 0006 0002"
     "0001 0008 0160 0008 0002 0008"
     "0098 0008 0099 0008"
     "003a 0002 000e 0004 003d 0001 0088 0001"  # VLAN, egressInterface (14), 4, ...
-    "0020 0002 0060 ffff 0173 ffff"
+    "0020 0002 0085 0008 0060 ffff 0173 ffff"
     # template record: id 259 (IPv6, sent), as 257 but egressInterface (14)
-    "0103 0012"
+    "0103 0013"
     "001b 0010 001c 0010"
     "0007 0002 000b 0002 0004 0001 0006 0002"
     "0001 0008 0160 0008 0002 0008"
     "0098 0008 0099 0008"
     "003a 0002 000e 0004 003d 0001 0088 0001"
-    "008b 0002 0060 ffff 0173 ffff"
+    "008b 0002 0085 0008 0060 ffff 0173 ffff"
 )
 
 DATA_MESSAGE = bytes.fromhex(
-    # message header: version 10, length 16 + 71 + 95 = 182, export time 1790000002
+    # message header: version 10, length 16 + 79 + 103 = 198, export time 1790000002
     # (0x6ab13b82), sequence 0 (no data record sent before), observation domain 42
-    "000a 00b6 6ab13b82 00000000 0000002a"
-    # data set for template 256, length 4 + 67
-    "0100 0047"
+    "000a 00c6 6ab13b82 00000000 0000002a"
+    # data set for template 256, length 4 + 75
+    "0100 004f"
     "c6120002"  # 198.18.0.2
     "c6120001"  # 198.18.0.1
     "0fa0"  # source port 4000
@@ -108,9 +110,10 @@ DATA_MESSAGE = bytes.fromhex(
     "00"  # flowDirection ingress
     "01"  # flowEndReason idle timeout
     "0000"  # not ICMP
+    "0000000000000003"  # 3 packets dropped by the kernel
     "00 00"  # no process: an empty applicationName and userName
-    # data set for template 259 (IPv6, sent: the record's direction is egress), length 4 + 91
-    "0103 005f"
+    # data set for template 259 (IPv6, sent: the record's direction is egress), length 4 + 99
+    "0103 0067"
     "20010db8000000000000000000000002"  # 2001:db8::2
     "20010db8000000000000000000000001"  # 2001:db8::1
     "0000 8000 3a 0000"  # ports 0 and type*256+code, ICMPv6, no TCP flags
@@ -120,6 +123,7 @@ DATA_MESSAGE = bytes.fromhex(
     "000001a0c4506cfa"  # 1790000000250
     "000001a0c4506eee"  # 1790000000750
     "0000 00000003 01 04 8000"  # untagged, ifindex 3, egress, forced end, echo request 128/0
+    "0000000000000000"  # drops not followed (-1): 0
     "00 00"  # no process
 )
 
@@ -138,10 +142,10 @@ def test_data_message_is_the_hand_checked_bytes() -> None:
 def test_templates_travel_first_when_asked() -> None:
     enc = ipfix_records.Encoder(domain_id=42)
     [msg] = enc.pack([rec4(), rec6_icmp()], export_time=1790000002, templates=True)
-    # header with length 182 + 308 = 490, then the template set, then the same data sets
-    assert msg.data[:16] == bytes.fromhex("000a 01ea 6ab13b82 00000000 0000002a")
-    assert msg.data[16:324] == TEMPLATE_SET
-    assert msg.data[324:] == DATA_MESSAGE[16:]
+    # header with length 198 + 324 = 522, then the template set, then the same data sets
+    assert msg.data[:16] == bytes.fromhex("000a 020a 6ab13b82 00000000 0000002a")
+    assert msg.data[16:340] == TEMPLATE_SET
+    assert msg.data[340:] == DATA_MESSAGE[16:]
 
 
 def test_end_reasons_follow_rfc_5102() -> None:
@@ -153,11 +157,11 @@ def test_end_reasons_follow_rfc_5102() -> None:
 def test_messages_stay_under_the_path_mtu_and_sequence_counts_records() -> None:
     enc = ipfix_records.Encoder(mtu=1400)  # 1352 bytes of IPFIX: 1400 minus IPv6 and UDP headers
     msgs = enc.pack([rec4(i) for i in range(100)], export_time=0, templates=True)
-    # 16 header + 308 templates + 4 set header + 15 * 67 = 1333; then 20 + 19 * 67 = 1293
-    assert [m.records for m in msgs] == [15, 19, 19, 19, 19, 9]
-    assert [len(m.data) for m in msgs] == [1333, 1293, 1293, 1293, 1293, 623]
-    assert [m.sequence for m in msgs] == [0, 15, 34, 53, 72, 91]
-    assert [struct.unpack_from("!I", m.data, 8)[0] for m in msgs] == [0, 15, 34, 53, 72, 91]
+    # 16 header + 324 templates + 4 set header + 13 * 75 = 1319; then 20 + 17 * 75 = 1295
+    assert [m.records for m in msgs] == [13, 17, 17, 17, 17, 17, 2]
+    assert [len(m.data) for m in msgs] == [1319, 1295, 1295, 1295, 1295, 1295, 170]
+    assert [m.sequence for m in msgs] == [0, 13, 30, 47, 64, 81, 98]
+    assert [struct.unpack_from("!I", m.data, 8)[0] for m in msgs] == [0, 13, 30, 47, 64, 81, 98]
     assert enc.sequence == 100
     small = ipfix_records.Encoder(mtu=576).pack([rec4(i) for i in range(20)], export_time=0)
     assert max(len(m.data) for m in small) <= 576 - 48
@@ -482,6 +486,20 @@ def test_tshark_reads_the_process_and_user_of_each_flow(tmp_path: Path) -> None:
     assert names == ["nginx", "sshd"]  # tshark lists no empty string
     assert users == ["root", "root"]
     assert sports == ["443", "5001", "5001"]  # all three records, in order
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="needs tshark (make setup)")
+def test_tshark_reads_the_drops_of_each_flow(tmp_path: Path) -> None:
+    """Issue #17: the packets of a flow the kernel dropped travel as droppedPacketDeltaCount
+    (IE 133); a flow whose drops are not followed says 0."""
+    key = FlowKey(abi.AF_INET, "198.18.0.2", "198.18.0.1", 4000, 443, 6, 0, 7, 0)
+    key6 = FlowKey(abi.AF_INET6, "2001:db8::2", "2001:db8::1", 5001, 22, 6, 0, 7, 0)
+    records = [
+        FlowRecord(key, "veth0", 30, 3000, 2580, T0, T0 + 1, 0, "idle", drops=12),
+        FlowRecord(key6, "veth0", 3, 300, 258, T0, T0 + 1, 0, "idle"),
+    ]
+    (dropped,) = tshark_fields(tmp_path, records, "cflow.drop_packets")
+    assert dropped == ["12", "0"]
 
 
 def test_long_strings_take_the_three_byte_length() -> None:
