@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from flowscope.bench.harness import BARE_NAME, BARE_TC_NAME, DEFAULT, Lab, Result, Settings
+from flowscope.bench.health import health_bulk
 from flowscope.bench.owners import owner_churn, owner_hooks
 from flowscope.bench.stages import (
     collector_tick,
@@ -71,6 +72,7 @@ BENCHMARKS: dict[str, Callable[[Lab], Iterator[Result]]] = {
     "replay_frames": replay_frames,
     "owner_hooks_connection": owner_hooks,
     "owner_churn": owner_churn,
+    "health_hooks_bulk": health_bulk,
 }
 NAMES = tuple(BENCHMARKS)
 

@@ -15,12 +15,12 @@ import sqlite_utils
 from flowscope import abi
 from flowscope.history.files import StoreError, connect_readonly, create_private_file
 from flowscope.history.queries import HistoryQuery, history
-from flowscope.history.schema import FLOW_COLUMNS, OWNER_COLUMNS, iso_time, migration_1
+from flowscope.history.schema import FLOW_COLUMNS_V1, iso_time, migration_1
 from flowscope.history.store import Store
 from flowscope.model import FlowKey, FlowRecord
 from flowscope.when import parse_when
 
-_V1_COLUMNS = [c for c in FLOW_COLUMNS if c not in OWNER_COLUMNS]
+_V1_COLUMNS = FLOW_COLUMNS_V1
 _INSERT_V1 = (
     f"INSERT INTO flows ({', '.join(_V1_COLUMNS)}) VALUES ({', '.join('?' * len(_V1_COLUMNS))})"
 )

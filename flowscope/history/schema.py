@@ -68,6 +68,10 @@ FLOW_COLUMNS: tuple[str, ...] = (
     *OWNER_COLUMNS,
     *HEALTH_COLUMNS,
 )
+FLOW_COLUMNS_V1: tuple[str, ...] = tuple(
+    c for c in FLOW_COLUMNS if c not in (*OWNER_COLUMNS, *HEALTH_COLUMNS)
+)
+"""The columns of migration 1's flows table (the later ones came with migrations 8 and 10)."""
 # What makes two records the same flow (also the key of flows_hourly, after `hour`).
 FLOW_KEY_COLUMNS: tuple[str, ...] = (
     "src",

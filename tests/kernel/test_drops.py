@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 
@@ -26,11 +25,9 @@ from flowscope import abi
 from flowscope.collect.collector import Collector, CollectorSettings
 from flowscope.collect.owners import watch_processes
 from flowscope.kernel.session import Probe
-from tests.kernel.test_tcp_health import ss_info
+from tests.kernel.test_tcp_health import BulkSender
 from tests.netns import PYTHON, VethNamespace, veth_namespace
 
-OUT_PORT = 7411  # the host's connection to the namespace: lost on the namespace's side
-IN_PORT = 7412  # the namespace's connection to the host: lost on the host's side
 EVERY = 25
 
 LOSS = r"""
@@ -87,9 +84,9 @@ SINK = """
 import socket, sys
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('0.0.0.0', int(sys.argv[1])))
+s.bind(('0.0.0.0', 0))
 s.listen()
-print('ready', flush=True)
+print(s.getsockname()[1], flush=True)
 c, _ = s.accept()
 while c.recv(1 << 16):
     pass
@@ -140,17 +137,16 @@ def test_loss_on_the_receiving_side_is_retransmitted_and_dropped(net: VethNamesp
     procs: list[subprocess.Popen[str]] = []
     losses: list[Loss] = []
     try:
+        # the host's connection to the namespace, lost on the namespace's side; the
+        # namespace's connection to the host, lost on the host's side (ports the sinks drew)
         out_sink = subprocess.Popen(
-            net.command(PYTHON, "-c", SINK, str(OUT_PORT)), stdout=subprocess.PIPE, text=True
+            net.command(PYTHON, "-c", SINK), stdout=subprocess.PIPE, text=True
         )
-        in_sink = subprocess.Popen(
-            [PYTHON, "-c", SINK, str(IN_PORT)], stdout=subprocess.PIPE, text=True
-        )
+        in_sink = subprocess.Popen([PYTHON, "-c", SINK], stdout=subprocess.PIPE, text=True)
         procs += [out_sink, in_sink]
-        for p in procs:
-            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-        out_loss = Loss(net.peer_if, OUT_PORT, net.ns)  # the peer loses what we send
-        in_loss = Loss(net.host_if, IN_PORT)  # we lose what the peer sends
+        out_port, in_port = (int(p.stdout.readline()) for p in procs if p.stdout is not None)
+        out_loss = Loss(net.peer_if, out_port, net.ns)  # the peer loses what we send
+        in_loss = Loss(net.host_if, in_port)  # we lose what the peer sends
         losses += [out_loss, in_loss]
         with Probe([net.host_if], owners=True) as probe:
             table, watch = watch_processes(probe.program)
@@ -164,19 +160,11 @@ def test_loss_on_the_receiving_side_is_retransmitted_and_dropped(net: VethNamesp
                     health=watch.health,
                     drops=watch.drops,
                 )
-                conn = socket.create_connection((net.peer_ip4, OUT_PORT))
+                conn = socket.create_connection((net.peer_ip4, out_port))
                 lport = conn.getsockname()[1]
-                stop = threading.Event()
-
-                def send() -> None:
-                    data = b"x" * 65536
-                    while not stop.is_set():
-                        conn.sendall(data)
-
-                sender = threading.Thread(target=send, daemon=True)
-                sender.start()
+                sender = BulkSender(conn)
                 peer = subprocess.Popen(
-                    net.command(PYTHON, "-c", SEND, net.host_ip4, str(IN_PORT), "2.5"),
+                    net.command(PYTHON, "-c", SEND, net.host_ip4, str(in_port), "2.5"),
                     stdout=subprocess.PIPE, text=True,
                 )  # fmt: skip
                 procs.append(peer)
@@ -187,16 +175,8 @@ def test_loss_on_the_receiving_side_is_retransmitted_and_dropped(net: VethNamesp
                     tick = collector.tick()
                     records += tick.records
                     ticks.append(tick)
-                stop.set()
-                sender.join(timeout=10)
+                final = sender.stop(net.peer_ip4)  # everything acknowledged: final counts
                 peer.wait(timeout=30)
-                deadline = time.monotonic() + 20
-                while time.monotonic() < deadline:  # everything acknowledged: final counts
-                    now = ss_info(net.peer_ip4, lport)
-                    if not now["unacked"] and now.get("sendq") == 0:
-                        break
-                    time.sleep(0.1)
-                final = ss_info(net.peer_ip4, lport)
                 lost_out = out_loss.counts()
                 lost_in = in_loss.counts()
                 tick = collector.tick()
@@ -220,11 +200,11 @@ def test_loss_on_the_receiving_side_is_retransmitted_and_dropped(net: VethNamesp
     # ... and not dropped here: the peer's namespace dropped it
     assert sum(r.drops for r in mine) == 0
     # what the peer sent and we lost: every drop on its received flow, with the kernel's reason
-    theirs = [r for r in records if r.key.dport == IN_PORT and r.key.direction == abi.DIR_INGRESS]
+    theirs = [r for r in records if r.key.dport == in_port and r.key.direction == abi.DIR_INGRESS]
     assert sum(r.drops for r in theirs) == lost_in["dropped"], (theirs, lost_in)
     assert {r.drop_reason for r in theirs if r.drops} == {"TC_INGRESS"}
     # the peer's replies (ACKs) to it were not dropped; its sent side has no drops here
-    acks = [r for r in records if r.key.sport == IN_PORT and r.key.direction == abi.DIR_EGRESS]
+    acks = [r for r in records if r.key.sport == in_port and r.key.direction == abi.DIR_EGRESS]
     assert acks and sum(r.drops for r in acks) == 0
     # the host's drops per tick, per reason, hold at least those
     per_reason: dict[str, int] = {}
@@ -234,17 +214,18 @@ def test_loss_on_the_receiving_side_is_retransmitted_and_dropped(net: VethNamesp
     assert per_reason.get("TC_INGRESS", 0) >= lost_in["dropped"], per_reason
 
 
-CLOSED_PORT = 7413
-
-
 def test_a_connection_to_a_closed_port_is_one_reset_each_way(net: VethNamespace) -> None:
     """The host connects to a port nothing listens on in the namespace, and the namespace to
     one on the host: the client's received flow is the one RST it got, the server's sent flow
     the one RST it sent (nothing else of either flow)."""
-    with Probe([net.host_if]) as probe:
+    # a port of the host nobody listens on: bound (so nothing else takes it), never listening
+    closed = socket.socket()
+    closed.bind(("0.0.0.0", 0))
+    closed_port = closed.getsockname()[1]
+    with closed, Probe([net.host_if]) as probe:
         collector = Collector(probe.program, CollectorSettings(idle_timeout=600))
         with pytest.raises(ConnectionRefusedError):
-            socket.create_connection((net.peer_ip4, CLOSED_PORT), timeout=5)
+            socket.create_connection((net.peer_ip4, closed_port), timeout=5)
         refused = net.python(
             "import socket, sys\n"
             "try:\n"
@@ -252,7 +233,7 @@ def test_a_connection_to_a_closed_port_is_one_reset_each_way(net: VethNamespace)
             "except ConnectionRefusedError:\n"
             "    print('refused')\n",
             net.host_ip4,
-            str(CLOSED_PORT),
+            str(closed_port),
         )
         assert refused.strip() == "refused"
         time.sleep(0.2)
@@ -260,8 +241,8 @@ def test_a_connection_to_a_closed_port_is_one_reset_each_way(net: VethNamespace)
         records = collector.shutdown()
     rst = 0x04
     # the host as client: it sent a SYN and received one RST
-    received = [r for r in records if r.key.sport == CLOSED_PORT and r.key.direction == 0]
+    received = [r for r in records if r.key.sport == closed_port and r.key.direction == 0]
     assert [(r.packets, r.tcp_flags & rst) for r in received] == [(1, rst)], received
     # the host as server: it received a SYN and sent one RST
-    sent = [r for r in records if r.key.sport == CLOSED_PORT and r.key.direction == 1]
+    sent = [r for r in records if r.key.sport == closed_port and r.key.direction == 1]
     assert [(r.packets, r.tcp_flags & rst) for r in sent] == [(1, rst)], sent

@@ -64,6 +64,35 @@ def ss_info(peer: str, lport: int) -> dict[str, float]:
     return info
 
 
+class BulkSender:
+    """Sends on a connected socket as fast as it can, from a thread, until stopped."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._send, daemon=True)
+        self._thread.start()
+
+    def _send(self) -> None:
+        data = b"x" * 65536
+        while not self._stop.is_set():
+            self.conn.sendall(data)
+
+    def stop(self, peer: str) -> dict[str, float]:
+        """Stop sending, wait until every byte is acknowledged (the socket's retransmission
+        count and RTT are then final), and return `ss -ti`'s view of the socket."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+        lport = self.conn.getsockname()[1]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            now = ss_info(peer, lport)
+            if not now["unacked"] and now.get("sendq") == 0:
+                break
+            time.sleep(0.1)
+        return ss_info(peer, lport)
+
+
 def test_retransmits_and_rtt_are_the_sockets_own(net: VethNamespace) -> None:
     subprocess.run(
         ["tc", "qdisc", "add", "dev", net.host_if, "root", "tbf", "rate", "20mbit",
@@ -85,29 +114,12 @@ def test_retransmits_and_rtt_are_the_sockets_own(net: VethNamespace) -> None:
                 )
                 conn = socket.create_connection((net.peer_ip4, PORT))
                 lport = conn.getsockname()[1]
-                stop = threading.Event()
-
-                def send() -> None:
-                    data = b"x" * 65536
-                    while not stop.is_set():
-                        conn.sendall(data)
-
-                sender = threading.Thread(target=send, daemon=True)
-                sender.start()
+                sender = BulkSender(conn)
                 records = []
                 for _ in range(4):
                     time.sleep(0.7)
                     records += collector.tick().records
-                stop.set()
-                sender.join(timeout=10)
-                # every byte acknowledged: the socket's count and RTT are final
-                deadline = time.monotonic() + 20
-                while time.monotonic() < deadline:
-                    now = ss_info(net.peer_ip4, lport)
-                    if not now["unacked"] and now.get("sendq") == 0:
-                        break
-                    time.sleep(0.1)
-                final = ss_info(net.peer_ip4, lport)
+                final = sender.stop(net.peer_ip4)
                 tick = collector.tick()
                 live: dict[int, tuple[int, float]] = {}
                 for lf in tick.live:

@@ -974,8 +974,7 @@ def test_a_file_from_before_processes_still_answers(db: Path) -> None:
     for migration in schema.MIGRATIONS[:7]:
         migration(sdb)
     conn.execute("PRAGMA user_version = 7")
-    later = (*schema.OWNER_COLUMNS, *schema.HEALTH_COLUMNS)
-    columns = [c for c in schema.FLOW_COLUMNS if c not in later]
+    columns = schema.FLOW_COLUMNS_V1
     key = FlowKey(abi.AF_INET, "10.0.0.1", "10.0.0.2", 4000, 443, 6)
     conn.execute(
         f"INSERT INTO flows ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
