@@ -28,12 +28,14 @@ GROUPINGS: dict[str, str] = {
     "process": "process",
     "user": "user",
     "container": "container",
+    "drop_reason": "drop reason",
 }
 """What flows can be summed by, live and in history, in the order `g` cycles through them,
 with their labels. Ports are summed per protocol and direction: received on our port 443 is a
 service of ours, sent to a peer's 50412 is its client port (↓tcp 443, ↑tcp 50412). Process,
 user and container are those of the flow's local socket (collect.owners); flows without one
-(forwarded, or not known) are one group, ``-``."""
+(forwarded, or not known) are one group, ``-``. A drop reason is the kernel's for most of a
+flow's drops (collect.drops); flows without drops are one group, ``-``."""
 
 
 DIRECTION_MARKS: dict[int | str, str] = {0: "↓", 1: "↑", "ingress": "↓", "egress": "↑"}

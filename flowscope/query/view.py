@@ -57,11 +57,12 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "dport": ("proto", "dport", "flows", "bps", "pps", "bytes", "packets", "age"),
     "proto": ("proto", "flows", "bps", "pps", "bytes", "packets", "age"),
     "sport": ("proto", "sport", "flows", "bps", "pps", "bytes", "packets", "age"),
-    "iface": ("iface", "flows", "bps", "pps", "bytes", "packets", "age"),
+    "iface": ("iface", "flows", "bps", "pps", "bytes", "packets", "drops", "age"),
     "vlan": ("vlan", "flows", "bps", "pps", "bytes", "packets", "age"),
     "process": ("process", "flows", "bps", "pps", "bytes", "packets", "age", "user"),
     "user": ("user", "flows", "bps", "pps", "bytes", "packets", "age"),
     "container": ("container", "flows", "bps", "pps", "bytes", "packets", "age"),
+    "drop_reason": ("reason", "drops", "flows", "bps", "pps", "bytes", "packets", "age"),
 }
 """The table's columns for each grouping (also the sort keys it offers, in this order)."""
 
@@ -160,6 +161,8 @@ class _Groups:
     first_seen: np.ndarray
     last_seen: np.ndarray
     tcp_flags: np.ndarray
+    drops: np.ndarray
+    """Packets the kernel dropped of the group's flows (NO_DROPS where none was followed)."""
     out: np.ndarray | None = None
     in_: np.ndarray | None = None
 
@@ -256,6 +259,7 @@ def _group(fr: FlowFrame, group: str) -> _Groups:
             first_seen=fr.first_seen,
             last_seen=fr.last_seen,
             tcp_flags=fr.tcp_flags,
+            drops=fr.drops,
         )
     src, dst = fr.src, fr.dst
     out_mask = None
@@ -282,6 +286,8 @@ def _group(fr: FlowFrame, group: str) -> _Groups:
         key = _as_bytes(fr.vlan)
     elif group in OWNER_KEYS:
         key = _owner_key(fr, group)
+    elif group == "drop_reason":
+        key = _reason_key(fr)
     else:
         raise ValueError(f"unknown grouping {group!r}")
     if n == 0:
@@ -299,6 +305,10 @@ def _group(fr: FlowFrame, group: str) -> _Groups:
     np.maximum.at(last, inv, fr.last_seen)
     flags = np.zeros(m, np.uint8)
     np.bitwise_or.at(flags, inv, fr.tcp_flags)
+    # drops: the followed flows' sum; NO_DROPS where no flow of the group was followed
+    followed = fr.drops >= 0
+    drops = np.bincount(inv, weights=np.where(followed, fr.drops, 0), minlength=m)
+    any_followed = np.bincount(inv, weights=followed, minlength=m) > 0
     g = _Groups(
         rep=rep,
         src=src[rep],
@@ -311,6 +321,7 @@ def _group(fr: FlowFrame, group: str) -> _Groups:
         first_seen=first,
         last_seen=last,
         tcp_flags=flags,
+        drops=np.where(any_followed, drops, NO_DROPS).astype(np.int64),
     )
     if out_mask is not None:
         b = fr.bytes.astype(np.float64)
@@ -333,6 +344,14 @@ container there."""
 def _owner_key(fr: FlowFrame, group: str) -> np.ndarray:
     attr, missing = OWNER_KEYS[group]
     return owner_values(fr, attr, missing)
+
+
+def _reason_key(fr: FlowFrame) -> np.ndarray:
+    """Each flow's main drop reason, "" for flows without drops (one group, ``-``)."""
+    if not len(fr):
+        return np.zeros(0, str)
+    get = np.frompyfunc(lambda r: r if isinstance(r, str) else "", 1, 1)
+    return np.asarray(get(fr.drop_reason), str)
 
 
 def _members(fr: FlowFrame, group: str, ident: tuple[object, ...]) -> np.ndarray | None:
@@ -375,6 +394,8 @@ def _members(fr: FlowFrame, group: str, ident: tuple[object, ...]) -> np.ndarray
             return np.asarray(fr.vlan == ident[1], bool)
         if group in OWNER_KEYS:
             return np.asarray(_owner_key(fr, group) == ident[1], bool)
+        if group == "drop_reason":
+            return np.asarray(_reason_key(fr) == ident[1], bool)
     except ValueError:
         return None
     return None
@@ -413,8 +434,12 @@ def _sort_values(fr: FlowFrame, g: _Groups, key: str) -> np.ndarray:
         return np.asarray(column[rep], np.float64)
     if key in ("process", "user", "container"):
         return np.asarray([owner_text(fr.owner[r], key) for r in rep.tolist()], str)
-    if key in ("retrans", "rtt", "drops"):  # flows not followed (-1) sort last
-        column = {"retrans": fr.retrans, "rtt": fr.rtt_us, "drops": fr.drops}[key]
+    if key == "drops":  # groups of flows not followed (-1) sort last
+        return np.asarray(g.drops, np.float64)
+    if key == "reason":
+        return np.asarray(_reason_key(fr)[rep])
+    if key in ("retrans", "rtt"):  # flows not followed (-1) sort last
+        column = fr.retrans if key == "retrans" else fr.rtt_us
         return np.asarray(column[rep], np.float64)
     raise ValueError(f"unknown sort key {key!r}")
 
@@ -472,6 +497,9 @@ def _row(
     elif group in OWNER_KEYS:
         src = dst = None
         ident = (group, _owner_key(fr.take(np.array([r])), group)[0].item())
+    elif group == "drop_reason":
+        src = dst = None
+        ident = (group, _reason_key(fr.take(np.array([r])))[0].item())
     else:
         src = dst = None
         proto = int(fr.proto[r])
@@ -510,6 +538,6 @@ def _row(
         owner=fr.owner[r],
         retrans=int(fr.retrans[r]) if group == "flow" else NO_TCP,
         rtt_us=int(fr.rtt_us[r]) if group == "flow" else NO_TCP,
-        drops=int(fr.drops[r]) if group == "flow" else NO_DROPS,
-        drop_reason=fr.drop_reason[r] if group == "flow" else None,
+        drops=int(g.drops[i]),
+        drop_reason=fr.drop_reason[r] if group in ("flow", "drop_reason") else None,
     )

@@ -41,6 +41,7 @@ HEADERS: dict[str, str] = {
     "retrans": "Retr",
     "rtt": "RTT",
     "drops": "Drops",
+    "reason": "Drop reason",
     "process": "Process",
     "user": "User",
     "container": "Container",
@@ -68,7 +69,7 @@ NUMERIC = frozenset(
 )
 """Right-aligned columns."""
 IDENTITY = frozenset(
-    {"src", "dst", "sport", "dport", "proto", "iface", "process", "user", "container"}
+    {"src", "dst", "sport", "dport", "proto", "iface", "process", "user", "container", "reason"}
 )
 """Columns that say which flow or group a row is: the leading run of them stays on screen
 while the other columns scroll sideways."""
@@ -160,6 +161,8 @@ def cell(
         return "-" if row.rtt_us < 0 else rtt_text(row.rtt_us)
     if column == "drops":
         return "-" if row.drops < 0 else compact(row.drops)
+    if column == "reason":
+        return clip(row.drop_reason or "-", width)
     raise ValueError(column)
 
 
@@ -187,6 +190,7 @@ def widths(columns: tuple[str, ...], total: int) -> dict[str, int]:
         "process": 22,  # a whole command name (15) and a pid of up to 7 digits
         "user": 10,
         "container": 24,
+        "reason": 24,  # most of the kernel's names, whole (NETFILTER_DROP, TCP_OFO_QUEUE_PRUNE)
     }
     out = {c: fixed[c] for c in columns if c in fixed}
     if "dport" in out and total >= 120:

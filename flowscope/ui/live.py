@@ -20,7 +20,7 @@ from textual.widgets import Footer, Input, Label, Static
 from flowscope.errors import FlowscopeError
 from flowscope.query import view as views
 from flowscope.query.filter import FilterSyntaxError, parse
-from flowscope.query.nodes import Owned
+from flowscope.query.nodes import DropReason, Owned
 from flowscope.query.view import COLUMNS, DESCENDING, GROUPS, Row, View, ViewSpec
 from flowscope.ui.cells import HEADERS, column_texts, widths
 from flowscope.ui.context import ConsoleContext
@@ -250,8 +250,11 @@ class LiveScreen(Screen[None]):
         self.refresh_view()
 
     def group_by(self, group: str) -> None:
-        """Group the table by ``group`` (keeping the sort when the grouping has its column)."""
+        """Group the table by ``group`` (keeping the sort when the grouping has its column);
+        the drops view opens sorted by drops, what it is for."""
         sort = self.spec.sort if self.spec.sort in COLUMNS[group] else "bps"
+        if group == "drop_reason" and self.spec.group != group:
+            sort = "drops"
         self._show(dataclasses.replace(self.spec, group=group, sort=sort))
 
     def sort_by(self, column: str) -> None:
@@ -338,8 +341,9 @@ class LiveScreen(Screen[None]):
 
 
 def owner_term(row: Row) -> str | None:
-    """The filter term of a process, user or container row (``pid 812``, ``user 33``,
-    ``container nginx.service``); None for other rows and for the group without a process."""
+    """The filter term of a process, user, container or drop reason row (``pid 812``,
+    ``user 33``, ``container nginx.service``, ``drop reason NO_SOCKET``); None for other rows
+    and for the group without one."""
     group, value = row.ident[0], row.ident[1] if len(row.ident) > 1 else None
     if group == "process" and isinstance(value, int) and value >= 0:
         return Owned("pid", value).render()
@@ -347,4 +351,6 @@ def owner_term(row: Row) -> str | None:
         return Owned("uid", value).render()
     if group == "container" and isinstance(value, str) and value:
         return Owned("container", value).render()
+    if group == "drop_reason" and isinstance(value, str) and value:
+        return DropReason(value).render()
     return None

@@ -119,8 +119,12 @@ async def test_g_cycles_groupings_and_sums() -> None:
         await pilot.press("g", "g", "g")
         assert app.live.spec.group == "process"
         await pilot.press("g", "g", "g")
+        assert app.live.spec.group == "drop_reason"  # the drops view
+        assert table(app).columns_shown[:2] == ("reason", "drops")
+        assert column(app, "reason")[0] == "NO_SOCKET"  # the scan's SYNs to closed ports
+        await pilot.press("g")
         assert app.live.spec.group == "flow"
-        await pilot.press("G")
+        await pilot.press("G", "G")
         assert app.live.spec.group == "container"
         await pilot.press("G", "G", "G")
         assert app.live.spec.group == "vlan"
@@ -676,13 +680,13 @@ async def test_control_characters_in_an_interface_name_are_shown_escaped() -> No
 
 @synchronous
 async def test_a_process_group_and_enter_shows_its_flows() -> None:
-    """Grouped by process (G from flows: container, user, process), the top row is the web
-    server; Enter on it filters its flows (``pid 812``), every one of them nginx's, and the
-    flow table's process column says so."""
+    """Grouped by process (G from flows: drop reason, container, user, process), the top row
+    is the web server; Enter on it filters its flows (``pid 812``), every one of them nginx's,
+    and the flow table's process column says so."""
     app = console()
     async with app.run_test(size=(160, 48)) as pilot:
         await pilot.pause()
-        await pilot.press("G", "G", "G")
+        await pilot.press("G", "G", "G", "G")
         assert app.live.spec.group == "process"
         assert table(app).columns_shown[:2] == ("process", "flows")
         assert column(app, "process")[0] == "nginx[812]"

@@ -14,7 +14,8 @@ SIZES = [(80, 24), (160, 48)]
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize(
-    "name", ["live", "columns", "burst", "filter-error", "detail", "help", "alerts", "processes"]
+    "name",
+    ["live", "columns", "burst", "filter-error", "detail", "help", "alerts", "processes", "drops"],
 )
 def test_screen(snap_compare: Any, name: str, size: tuple[int, int]) -> None:
     keys, preload = SCREENS[name]

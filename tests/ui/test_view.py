@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from flowscope.query.filter import parse
@@ -146,7 +147,6 @@ def test_find_and_reverse() -> None:
 
 
 def test_a_hundred_thousand_flows_make_only_top_n_rows() -> None:
-    import numpy as np
 
     big = FRAME.take(np.resize(np.arange(len(FRAME)), 100_000))
     view = compute(big, ViewSpec(top=50, filter=parse("tcp")))
@@ -209,8 +209,7 @@ def test_every_grouping_is_one_of_historys_and_the_reverse() -> None:
     from flowscope.history.browse import GROUP_CYCLE
     from flowscope.history.queries import GROUPINGS as HISTORY
 
-    # the drops' reason is known per record only: a history grouping
-    assert set(GROUPS) == set(HISTORY) - {"drop_reason"}
+    assert set(GROUPS) == set(HISTORY)
     assert tuple(GROUPS) == GROUP_CYCLE
 
 
@@ -253,3 +252,35 @@ def test_owner_groupings_are_the_sums_of_their_flows_processes(group: str, attr:
         FRAME, group, next(r.ident for r in rows if r.owner and r.owner.comm == "nginx"), NAMES
     )
     assert nginx is not None and nginx.owner is not None and nginx.owner.comm == "nginx"
+
+
+def test_drops_view_sums_each_reason_as_a_plain_model() -> None:
+    """Issue #17's drops view: grouped by drop reason, each row is the flows whose drops were
+    mostly for that reason, with the sum of their drops; flows without drops are one row,
+    "-"; Enter finds the group again, and its filter term selects the same flows."""
+    from flowscope.ui.cells import cell
+    from flowscope.ui.live import owner_term
+
+    view = compute(FRAME, ViewSpec(group="drop_reason", sort="drops", top=10_000), NAMES)
+    model: dict[str, tuple[int, int]] = {}
+    for i in range(len(FRAME)):
+        reason = FRAME.drop_reason[i] or ""
+        flows, drops = model.get(reason, (0, 0))
+        model[reason] = (flows + 1, drops + max(int(FRAME.drops[i]), 0))
+    got = {r.ident[1]: (r.flows, r.drops) for r in view.rows}
+    assert got == model and model["NO_SOCKET"][1] > 0
+    assert view.rows[0].ident[1] == "NO_SOCKET"  # the most drops first
+    assert [cell(r, "reason", width=24) for r in view.rows] == ["NO_SOCKET", "-"]
+    for r in view.rows:
+        again = find(FRAME, "drop_reason", r.ident, NAMES)
+        assert again is not None and (again.flows, again.drops) == (r.flows, r.drops)
+    term = owner_term(view.rows[0])
+    assert term == "drop reason NO_SOCKET"
+    mask = filter_mask(parse(term), FRAME, NAMES)
+    assert int(mask.sum()) == view.rows[0].flows
+    assert owner_term(view.rows[1]) is None  # the flows without drops: no filter
+
+
+def test_interface_rows_sum_the_drops_of_their_flows() -> None:
+    view = compute(FRAME, ViewSpec(group="iface", top=10_000), NAMES)
+    assert sum(r.drops for r in view.rows) == int(np.maximum(FRAME.drops, 0).sum()) > 0
