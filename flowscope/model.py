@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from socket import AF_INET, AF_INET6, inet_ntop
+from typing import Any
 
 import numpy as np
 
@@ -461,9 +462,45 @@ _PENDING_OWNER = "<i4"
 of owners, -1 for a flow without one."""
 
 
-def _pending_row_size(family: int, owners: bool = False) -> int:
+_PENDING_HEALTH: tuple[tuple[str, str], ...] = (
+    ("retrans", "<i8"),
+    ("rtt_us", "<i8"),
+    ("rtt_min_us", "<i8"),
+    ("drops", "<i8"),
+    ("drop_reason", "<i4"),
+)
+"""The columns after those when the writer followed TCP health and drops: what a record
+written now would hold (FlowRecord's fields; the reason an index into the blob's list of
+reason names, -1 for none)."""
+
+
+def _pending_row_size(family: int, owners: bool = False, health: bool = False) -> int:
     size = abi.KEY_DTYPES[family].itemsize + sum(np.dtype(t).itemsize for _, t in _PENDING_COLUMNS)
-    return size + (np.dtype(_PENDING_OWNER).itemsize if owners else 0)
+    size += np.dtype(_PENDING_OWNER).itemsize if owners else 0
+    return size + (sum(np.dtype(t).itemsize for _, t in _PENDING_HEALTH) if health else 0)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingHealth:
+    """Per flow of a PendingFlows batch (aligned with it): the TCP health and drops a record
+    written now would hold (no record holds them yet), as FlowRecord has them."""
+
+    retrans: np.ndarray
+    rtt_us: np.ndarray
+    rtt_min_us: np.ndarray
+    drops: np.ndarray
+    drop_reason: np.ndarray
+    """An object array: the main reason's name, or None."""
+
+
+@dataclass(frozen=True, slots=True)
+class PendingBlob:
+    """A PendingFlows as stored: the blob, and the lists its index columns point into (None
+    where the blob has no such column)."""
+
+    data: bytes
+    owners: list[Owner] | None = None
+    reasons: list[str] | None = None
 
 
 def _factorize(owners: np.ndarray) -> tuple[np.ndarray, list[Owner]]:
@@ -510,18 +547,21 @@ class PendingFlows:
     """Interface names by index, for the records a crash turns these into."""
     owner: np.ndarray | None = None
     """Each flow's process (an object array aligned with ``batch``), None when not watched."""
+    health: PendingHealth | None = None
+    """Each flow's TCP health and drops not yet written, None when not followed."""
 
     def to_bytes(self) -> bytes:
         """The blob of ``encode`` (what a run without processes stores)."""
-        return self.encode()[0]
+        return self.encode().data
 
-    def encode(self) -> tuple[bytes, list[Owner] | None]:
+    def encode(self) -> PendingBlob:
         """The flows with something pending, stored column after column: the kernel keys as
         they are, then packets, bytes and IP bytes not yet in a record (u64), the record's
         start and the last packet as Unix seconds (f64), and the TCP flags (u8); when the
         processes are known, each flow's index into the owners returned beside (i32, -1 for
-        none). Columns, not a structured array: numpy copies whole rows of plain types far
-        faster than fields."""
+        none); when TCP health and drops are followed, _PENDING_HEALTH (the reason an index
+        into the reasons returned beside). Columns, not a structured array: numpy copies whole
+        rows of plain types far faster than fields."""
         b = self.batch
         has = b.packets > self.exp_packets
         if not isinstance(self.rows, slice):
@@ -543,7 +583,23 @@ class PendingFlows:
         if self.owner is not None:
             index, owners = _factorize(self.owner[idx])
             columns.append(index)
-        return b"".join(np.ascontiguousarray(c).tobytes() for c in columns), owners
+        reasons: list[str] | None = None
+        h = self.health
+        if h is not None:
+            columns += [
+                np.asarray(h.retrans[idx], np.int64),
+                np.asarray(h.rtt_us[idx], np.int64),
+                np.asarray(h.rtt_min_us[idx], np.int64),
+                np.asarray(h.drops[idx], np.int64),
+            ]
+            names = h.drop_reason[idx]
+            reasons = sorted({r for r in names.tolist() if isinstance(r, str)})
+            slot = {r: i for i, r in enumerate(reasons)}
+            columns.append(
+                np.array([slot.get(r, -1) if r else -1 for r in names.tolist()], np.int32)
+            )
+        data = b"".join(np.ascontiguousarray(c).tobytes() for c in columns)
+        return PendingBlob(data, owners, reasons)
 
 
 def pending_records(
@@ -552,11 +608,14 @@ def pending_records(
     iface_names: dict[int, str],
     reason: str = "crash",
     owners: Sequence[Owner] | None = None,
+    reasons: Sequence[str] | None = None,
 ) -> list[FlowRecord]:
     """The records a stored PendingFlows blob stands for (``reason`` as their end reason);
-    ``owners`` is the list stored beside a blob that has the owner column (None: it has not)."""
+    ``owners`` is the list stored beside a blob that has the owner column (None: it has not),
+    ``reasons`` the drop reasons beside a blob that has the health columns."""
     kd = abi.KEY_DTYPES[family]
-    n, rest = divmod(len(data), _pending_row_size(family, owners is not None))
+    health = reasons is not None
+    n, rest = divmod(len(data), _pending_row_size(family, owners is not None, health))
     if rest:
         raise ValueError(f"a pending blob of {len(data)} bytes is not whole rows")
     keys = np.frombuffer(data, kd, count=n)
@@ -570,8 +629,18 @@ def pending_records(
         if owners is not None
         else [-1] * n
     )
+    if owners is not None:
+        offset += n * np.dtype(_PENDING_OWNER).itemsize
     if owners is not None and n and not -1 <= min(index) <= max(index) < len(owners):
         raise ValueError("a pending blob names an owner its list does not have")
+    hcols: dict[str, list[int]] = {}
+    if reasons is not None:
+        for name, t in _PENDING_HEALTH:
+            hcols[name] = np.frombuffer(data, t, count=n, offset=offset).tolist()
+            offset += n * np.dtype(t).itemsize
+        slots = hcols["drop_reason"]
+        if n and not -1 <= min(slots) <= max(slots) < len(reasons):
+            raise ValueError("a pending blob names a drop reason its list does not have")
     out = []
     for i in range(n):
         key = key_from_row(family, keys[i])
@@ -587,6 +656,18 @@ def pending_records(
                 tcp_flags=int(cols["tcp_flags"][i]),
                 end_reason=reason,
                 owner=owners[index[i]] if owners is not None and index[i] >= 0 else None,
+                **(_health_fields(hcols, i, reasons) if reasons is not None else {}),
             )
         )
     return out
+
+
+def _health_fields(cols: dict[str, list[int]], i: int, reasons: Sequence[str]) -> dict[str, Any]:
+    slot = cols["drop_reason"][i]
+    return {
+        "retrans": cols["retrans"][i],
+        "rtt_us": cols["rtt_us"][i],
+        "rtt_min_us": cols["rtt_min_us"][i],
+        "drops": cols["drops"][i],
+        "drop_reason": reasons[slot] if slot >= 0 else "",
+    }

@@ -39,6 +39,7 @@ from flowscope.model import (
     NewFlow,
     Owner,
     PendingFlows,
+    PendingHealth,
     Sample,
 )
 
@@ -565,8 +566,37 @@ class Collector:
                 self._wall_offset,
                 self.iface_names,
                 owner if self.owners is not None else None,
+                self._pending_health(batch, tcp, dropped, reasons),
             ),
         )
+
+    def _pending_health(
+        self,
+        batch: FlowBatch,
+        tcp: TcpArrays | None,
+        dropped: np.ndarray | None,
+        reasons: np.ndarray | None,
+    ) -> PendingHealth | None:
+        """Each flow's TCP health and drops that no record holds yet (after this tick's
+        records took theirs), for history's pending rows: a crash or a live query then has
+        them too. A Python step only for flows with retransmissions or drops."""
+        if self.health is None and self.drops is None:
+            return None
+        n = len(batch)
+        none = np.full(n, NO_TCP, np.int64)
+        retrans, rtt, rtt_min = none, none, none
+        if tcp is not None and self.health is not None:
+            retrans, rtt, rtt_min = tcp[0].copy(), tcp[1], tcp[2]
+            for i in np.flatnonzero(retrans > 0).tolist():
+                retrans[i] = self.health.unwritten(int(tcp[3][i]), int(retrans[i]))
+        drops = np.full(n, NO_DROPS, np.int64)
+        names = np.full(n, None, object)
+        if dropped is not None and reasons is not None and self.drops is not None:
+            drops = dropped.copy()
+            for i in np.flatnonzero(dropped > 0).tolist():
+                count, reason = self.drops.peek(batch, i)
+                drops[i], names[i] = count, reason or None
+        return PendingHealth(retrans, rtt, rtt_min, drops, names)
 
 
 TcpArrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]

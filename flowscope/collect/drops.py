@@ -138,6 +138,11 @@ class DropTable:
     def take(self, batch: FlowBatch, i: int) -> tuple[int, str]:
         """Flow i's drops that no record holds yet, now counted as written, and the reason
         most of them had ('' without drops)."""
+        return self.peek(batch, i, consume=True)
+
+    def peek(self, batch: FlowBatch, i: int, *, consume: bool = False) -> tuple[int, str]:
+        """Flow i's drops that no record holds yet and their main reason, as ``take`` gives
+        them, without counting them as written (what history keeps of a live flow)."""
         known, dkeys, reasons, counts = self._sorted[batch.family]
         if not len(known):
             return 0, ""
@@ -150,7 +155,8 @@ class DropTable:
             done = self.written.get(raw, 0)
             now = int(counts[j])
             new = now - done if now >= done else now  # the LRU forgot and counts again
-            self.written[raw] = now
+            if consume:
+                self.written[raw] = now
             total += new
             if new > best_n:
                 best, best_n = self.name(int(reasons[j])), new

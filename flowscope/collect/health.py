@@ -72,6 +72,10 @@ class HealthTable:
             cookies, rows = self.source.tcp_health()
             self.add(rows, cookies)
 
+    def unwritten(self, cookie: int, total: int) -> int:
+        """The retransmissions of a connection (``total`` so far) that no record holds yet."""
+        return max(total - self.written.get(cookie, 0), 0)
+
     def take(self, cookie: int, total: int) -> int:
         """The retransmissions of a connection (``total`` so far) that no record holds yet,
         now counted as written."""

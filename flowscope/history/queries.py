@@ -30,6 +30,7 @@ from flowscope.history.schema import (
     LAST_MS_SQL,
     OWNER_COLUMNS,
     OWNER_VERSION,
+    PENDING_HEALTH_VERSION,
     PENDING_OWNER_VERSION,
     SHARED_COLUMNS,
     check_version,
@@ -299,8 +300,10 @@ def stage_pending(conn: sqlite3.Connection) -> int:
         return 0
     conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS flowscope_pending ({', '.join(FLOW_COLUMNS)})")
     conn.execute(f"DELETE FROM {PENDING_TABLE}")
-    owners = "owners" if schema_version(conn) >= PENDING_OWNER_VERSION else "NULL"
-    rows = conn.execute(f"SELECT family, ifaces, flows, {owners} FROM pending").fetchall()
+    version = schema_version(conn)
+    owners = "owners" if version >= PENDING_OWNER_VERSION else "NULL"
+    health = "health" if version >= PENDING_HEALTH_VERSION else "NULL"
+    rows = conn.execute(f"SELECT family, ifaces, flows, {owners}, {health} FROM pending").fetchall()
     records = pending_rows_records(rows, "live")
     conn.executemany(
         f"INSERT INTO {PENDING_TABLE} VALUES ({', '.join('?' * len(FLOW_COLUMNS))})",

@@ -42,6 +42,8 @@ HEALTH_COLUMNS: tuple[str, ...] = ("retrans", "rtt_us", "rtt_min_us", "drops", "
 """A flow's TCP health and kernel drops during the record (migration 10): retransmitted
 segments, smoothed and minimum RTT (microseconds), packets the kernel dropped and their main
 reason; NULL when not followed (not a local TCP connection; drops not followed)."""
+PENDING_HEALTH_VERSION = 11
+"""The schema version whose pending table says which blobs have TCP health and drops."""
 HEALTH_VERSION = 10
 """The schema version that has HEALTH_COLUMNS in flows, and retrans and drops in
 flows_hourly."""
@@ -460,6 +462,13 @@ def _migration_10(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE samples ADD COLUMN drops INTEGER NOT NULL DEFAULT 0")
 
 
+def _migration_11(db: sqlite_utils.Database) -> None:
+    """pending.health: the drop reasons of a pending blob (a JSON list), NULL when the writer
+    did not follow TCP health and drops; when set, the blob has model._PENDING_HEALTH's
+    columns, so live and crash-recovered flows keep their retransmissions, RTT and drops."""
+    db.execute("ALTER TABLE pending ADD COLUMN health TEXT")
+
+
 # Each entry upgrades the schema from version i to i + 1; user_version holds how many ran.
 # Never edit an entry once released: add a new one.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
@@ -473,6 +482,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_8,
     _migration_9,
     _migration_10,
+    _migration_11,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

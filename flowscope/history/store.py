@@ -156,19 +156,20 @@ def owners_json(owners: Sequence[Owner] | None) -> str | None:
 
 
 def pending_rows_records(
-    rows: Sequence[tuple[int, str, bytes, str | None]], reason: str
+    rows: Sequence[tuple[int, str, bytes, str | None, str | None]], reason: str
 ) -> list[FlowRecord]:
     """The records that pending rows (family, interface names as JSON, blob, owners as JSON
-    or None) stand for."""
+    or None, drop reasons as JSON or None) stand for."""
     records: list[FlowRecord] = []
-    for family, ifaces, data, owners_text in rows:
+    for family, ifaces, data, owners_text, health_text in rows:
         names = {int(k): v for k, v in json.loads(ifaces).items()}
         owners = (
             [Owner(int(p), str(c), int(u), str(g)) for p, c, u, g in json.loads(owners_text)]
             if owners_text is not None
             else None
         )
-        records.extend(pending_records(family, data, names, reason, owners))
+        reasons = [str(r) for r in json.loads(health_text)] if health_text is not None else None
+        records.extend(pending_records(family, data, names, reason, owners, reasons))
     return records
 
 
@@ -287,9 +288,16 @@ class Store:
         writer's pending rows: with the records of the same tick, history then holds every
         packet the kernel had counted at that tick, whatever happens next."""
         pending_rows = [
-            (self.session, p.batch.family, json.dumps(p.iface_names), data, owners_json(owners))
+            (
+                self.session,
+                p.batch.family,
+                json.dumps(p.iface_names),
+                blob.data,
+                owners_json(blob.owners),
+                json.dumps(blob.reasons) if blob.reasons is not None else None,
+            )
             for p in pending or ()
-            for data, owners in (p.encode(),)
+            for blob in (p.encode(),)
         ]
         event_rows = [
             (
@@ -356,14 +364,16 @@ class Store:
             self.conn.executemany(INSERT_FLOW, [flow_row(r) for r in records])
 
     def _replace_pending(
-        self, rows: list[tuple[str, int, str, bytes, str | None]], sample: Sample | None
+        self,
+        rows: list[tuple[str, int, str, bytes, str | None, str | None]],
+        sample: Sample | None,
     ) -> None:
         self.conn.execute("DELETE FROM pending WHERE session = ?", (self.session,))
         at = iso_time(sample.time if sample is not None else time.time())
         self.conn.executemany(
-            "INSERT INTO pending (session, family, time, ifaces, flows, owners) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            [(s, f, at, names, data, owners) for s, f, names, data, owners in rows if data],
+            "INSERT INTO pending (session, family, time, ifaces, flows, owners, health) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(s, f, at, names, data, o, h) for s, f, names, data, o, h in rows if data],
         )
 
     def recover(self) -> int:
@@ -371,7 +381,7 @@ class Store:
         records with end reason ``crash``, in one transaction; how many records that made."""
         with translate_errors("cannot recover pending flows in", self.path):
             rows = self.conn.execute(
-                "SELECT session, family, ifaces, flows, owners FROM pending"
+                "SELECT session, family, ifaces, flows, owners, health FROM pending"
             ).fetchall()
             dead = [r for r in rows if not session_alive(r[0])]
             if not dead:

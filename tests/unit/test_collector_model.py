@@ -218,7 +218,7 @@ class CollectorMachine(RuleBasedStateMachine):
     @rule()
     def tick(self) -> None:
         self.kernel.now += SEC // 10
-        t = self.collector.tick()
+        t = self.last_tick = self.collector.tick()
         counters = self.kernel.read_counters()
         delta = {c: counters[c] - self.counters[c] for c in abi.Counter}
         self.counters = counters
@@ -366,8 +366,8 @@ class OwnedCollectorMachine(CollectorMachine):
                 live[raw] = lf.owner[j] if lf.owner is not None else None
                 assert live[raw] == before[raw]
         for p in t.pending:
-            data, owners = p.encode()
-            for r in pending_records(p.batch.family, data, {}, "live", owners):
+            blob = p.encode()
+            for r in pending_records(p.batch.family, blob.data, {}, "live", blob.owners):
                 assert r.owner == live[_raw(r.key)], r
         self.owner_of = live
 
@@ -450,6 +450,17 @@ class HealthCollectorMachine(CollectorMachine):
         super().tick()
         self.retrans_counted += self.collector.health.retrans_delta if self.collector.health else 0
         assert self.retrans_counted == sum(self.conns.total)
+        # what history keeps of the live flows holds the retransmissions no record holds yet
+        pending = [0] * FLOWS
+        for p in self.last_tick.pending:
+            blob = p.encode()
+            for r in pending_records(p.batch.family, blob.data, {}, "crash", None, blob.reasons):
+                pending[r.key.sport - 1000] += max(r.retrans, 0)
+        in_map = {raw for m in self.kernel.maps.values() for raw in m}
+        for i, (_, raw) in enumerate(SENT_KEYS):
+            assert self.retrans_written[i] + pending[i] <= self.conns.total[i], i
+            if raw in in_map:
+                assert self.retrans_written[i] + pending[i] == self.conns.total[i], i
 
     @rule()
     def shutdown_is_exact(self) -> None:
@@ -546,6 +557,27 @@ class DropsCollectorMachine(CollectorMachine):
     def never_more_drops_than_made(self) -> None:
         for i in range(FLOWS):
             assert self.dropped_written[i] <= self.made[i], i
+
+    @rule()
+    def tick(self) -> None:
+        """What history keeps of the live flows (the pending blob, as a crash would turn it
+        into records) holds the drops no record holds yet: with the records, all of them."""
+        self.kernel.now += SEC // 10
+        t = self.collector.tick()
+        self.counters = self.kernel.read_counters()
+        self._take(t.records)
+        pending = [0] * FLOWS
+        for p in t.pending:
+            blob = p.encode()
+            for r in pending_records(p.batch.family, blob.data, {}, "crash", None, blob.reasons):
+                i = r.key.sport - 1000
+                pending[i] += r.drops
+                assert (r.drop_reason != "") == (r.drops > 0), r
+        in_map = {raw for m in self.kernel.maps.values() for raw in m}
+        for i, (_, raw) in enumerate(KEYS):
+            assert self.dropped_written[i] + pending[i] <= self.made[i], i
+            if raw in in_map and not self.forgot[i]:
+                assert self.dropped_written[i] + pending[i] == self.made[i], i
 
     @rule()
     def shutdown_is_exact(self) -> None:

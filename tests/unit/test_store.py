@@ -38,6 +38,7 @@ from flowscope.model import (
     NewFlow,
     Owner,
     PendingFlows,
+    PendingHealth,
     Sample,
     pending_records,
 )
@@ -610,10 +611,13 @@ def pending_of(
     exported: list[int],
     t0: float = T0,
     owners: list[Owner | None] | None = None,
+    health: bool = False,
 ) -> PendingFlows:
     """IPv4 flows 198.18.0.(i+1) -> 198.19.0.1 that counted ``packets`` of which ``exported``
     are in records already (1000 bytes a packet); kernel times are seconds since 0; their
-    processes when ``owners`` is given."""
+    processes when ``owners`` is given; with ``health``, flow i has i + 3 retransmissions and
+    2 * i drops not yet written (NO_SOCKET), an RTT of 1500 us, and the last flow is not a
+    followed connection."""
     n = len(packets)
     keys = np.zeros(n, abi.KEY4_DTYPE)
     for i in range(n):
@@ -637,9 +641,18 @@ def pending_of(
     if owners is not None:
         owner = np.empty(n, object)
         owner[:] = owners
+    pending_health = None
+    if health:
+        tcp = np.arange(n) < n - 1
+        reasons = np.array(["NO_SOCKET" if i else None for i in range(n)], object)
+        pending_health = PendingHealth(
+            np.where(tcp, np.arange(n) + 3, -1), np.where(tcp, 1500, -1),
+            np.where(tcp, 900, -1), 2 * np.arange(n), reasons,
+        )  # fmt: skip
     return PendingFlows(
-        batch, slice(None), e, e * 1000, e * 980, start, t0 - 10, {3: "veth3"}, owner
-    )
+        batch, slice(None), e, e * 1000, e * 980, start, t0 - 10, {3: "veth3"}, owner,
+        pending_health,
+    )  # fmt: skip
 
 
 _KILLED_WRITER = """
@@ -648,7 +661,9 @@ sys.path.insert(0, {root!r})
 from tests.unit.test_store import OWNERS, pending_of, rec
 from flowscope.history.writer import Writer
 w = Writer({db!r})
-w.submit([rec(sport=1)], None, [], [pending_of([5, 7, 9], [0, 7, 4], owners=OWNERS[1:])])
+w.submit(
+    [rec(sport=1)], None, [], [pending_of([5, 7, 9], [0, 7, 4], owners=OWNERS[1:], health=True)]
+)
 while w.written < 1:
     time.sleep(0.01)
 time.sleep(0.2)
@@ -659,7 +674,7 @@ os.kill(os.getpid(), signal.SIGKILL)
 def test_a_killed_writer_leaves_its_pending_flows_and_the_next_one_writes_them(db: Path) -> None:
     """kill -9 after a tick was written: the next writer turns the tick's pending part of each
     live flow into a 'crash' record (what was exported already is not written twice), with
-    the flow's process."""
+    the flow's process, and its retransmissions and drops no record held yet."""
     root = str(Path(__file__).resolve().parents[2])
     proc = subprocess.run(
         [sys.executable, "-c", _KILLED_WRITER.format(root=root, db=str(db))],
@@ -676,6 +691,11 @@ def test_a_killed_writer_leaves_its_pending_flows_and_the_next_one_writes_them(d
             "container FROM flows WHERE end_reason = 'crash' ORDER BY sport"
         ).fetchall()
         assert c.execute("SELECT count(*) FROM pending").fetchone()[0] == 0
+        health = c.execute(
+            "SELECT retrans, rtt_us, rtt_min_us, drops, drop_reason FROM flows "
+            "WHERE end_reason = 'crash' ORDER BY sport"
+        ).fetchall()
+    assert health == [(3, 1500, 900, 0, None), (None, None, None, 4, "NO_SOCKET")]
     first, last = schema.iso_time(T0 + 2), schema.iso_time(T0 + 10)
     assert rows == [
         ("198.18.0.1", 5000, 5, 5000, first, last, "veth3", 812, "nginx", "nginx.service"),
@@ -938,9 +958,12 @@ def test_pending_flows_keep_their_processes(picks: list[tuple[int, bool]]) -> No
         for i, copy in picks
     ]
     p = pending_of([5] * len(owners), [0] * len(owners), owners=owners)
-    data, table = p.encode()
+    blob = p.encode()
+    table = blob.owners
     assert table is not None and len(table) == len({o for o in owners if o is not None})
-    got = store.pending_rows_records([(abi.AF_INET, "{}", data, store.owners_json(table))], "x")
+    got = store.pending_rows_records(
+        [(abi.AF_INET, "{}", blob.data, store.owners_json(table), None)], "x"
+    )
     assert [r.owner for r in got] == owners
     # a blob of a writer without processes has no owner column
     plain = dataclasses.replace(p, owner=None)
