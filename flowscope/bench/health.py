@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from flowscope.bench.harness import Lab, Result
+from flowscope.bench.netlab import server_in, veth_lab
 from flowscope.errors import BenchError
 
 _NET = ("198.18.255.249", "198.18.255.250")  # a /30 of the benchmark range
@@ -52,10 +53,6 @@ c.recv(1)
 """
 
 
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
-
-
 def _tx_packets(ifname: str) -> int:
     return int(Path(f"/sys/class/net/{ifname}/statistics/tx_packets").read_text())
 
@@ -84,62 +81,43 @@ def health_bulk(lab: Lab) -> Iterator[Result]:
     from flowscope.kernel.program import FlowProgram
 
     seconds = float(min(lab.settings.churn_seconds, 3))
-    pid = os.getpid()
-    ns, host_if, peer_if = f"fsbench{pid}t", f"fsb{pid}th", f"fsb{pid}tp"
-    _ip("netns", "add", ns)
-    try:
-        _ip("link", "add", host_if, "type", "veth", "peer", "name", peer_if, "netns", ns)
-        _ip("addr", "add", f"{_NET[0]}/30", "dev", host_if)
-        _ip("link", "set", host_if, "up")
-        _ip("-n", ns, "addr", "add", f"{_NET[1]}/30", "dev", peer_if)
-        _ip("-n", ns, "link", "set", peer_if, "up")
+    with (
+        veth_lab(f"{os.getpid()}t", *_NET) as net,
+        server_in(net, _SINK, str(_PORT), what="health_hooks_bulk"),
+    ):
         subprocess.run(
-            ["tc", "qdisc", "add", "dev", host_if, "root", "tbf", "rate", "200mbit",
+            ["tc", "qdisc", "add", "dev", net.host_if, "root", "tbf", "rate", "200mbit",
              "burst", "32kbit", "latency", "5ms"],
             check=True, capture_output=True,
         )  # fmt: skip
-        sink = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-c", _SINK, str(_PORT)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )  # fmt: skip
-        try:
-            assert sink.stdout is not None
-            if sink.stdout.readline().strip() != "ready":
-                raise BenchError("health_hooks_bulk: the sink in the namespace did not start")
-            with FlowProgram(flow_entries=1024, owners=True) as program:
-                off_packets, off_cpu = _transfer(host_if, seconds)
-                owners = OwnerHooks(program)
-                try:
-                    drops = DropHooks(program)
-                except BaseException:
-                    owners.close()
-                    raise
-                stats = libbpf.enable_run_stats()
-                try:
-                    fds = [drops.prog_fd]
-                    before = owners.run_stats()[0] + sum(libbpf.prog_run_stats(fd)[0] for fd in fds)
-                    on_packets, _ = _transfer(host_if, seconds)
-                    time.sleep(0.1)
-                    hooks_ns = (
-                        owners.run_stats()[0]
-                        + sum(libbpf.prog_run_stats(fd)[0] for fd in fds)
-                        - before
-                    )
-                    dropped = sum(drops.by_reason().values())
-                finally:
-                    os.close(stats)
-                    drops.close()
-                    owners.close()
-        finally:
-            sink.kill()
-            sink.wait()
-    finally:
-        _ip("netns", "del", ns)  # the pair goes with its end in the namespace
+        with FlowProgram(flow_entries=1024, owners=True) as program:
+            off_packets, off_cpu = _transfer(net.host_if, seconds)
+            owners = OwnerHooks(program)
+            try:
+                drops = DropHooks(program)
+            except BaseException:
+                owners.close()
+                raise
+            stats = libbpf.enable_run_stats()
+            try:
+
+                def hooks_ns() -> int:
+                    return owners.run_stats()[0] + libbpf.prog_run_stats(drops.prog_fd)[0]
+
+                before = hooks_ns()
+                on_packets, _ = _transfer(net.host_if, seconds)
+                time.sleep(0.1)
+                spent = hooks_ns() - before
+                dropped = sum(drops.by_reason().values())
+            finally:
+                os.close(stats)
+                drops.close()
+                owners.close()
     if not dropped or not on_packets or not off_packets:
         raise BenchError(f"health_hooks_bulk: no drops ({dropped}) or no packets to measure")
     yield Result(
         "health_hooks_bulk",
-        hooks_ns / on_packets,
+        spent / on_packets,
         "ns/packet",
         "bulk_transfer_cpu",
         off_cpu * 1e9 / off_packets,

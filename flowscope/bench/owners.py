@@ -26,6 +26,7 @@ from collections.abc import Iterator
 
 from flowscope import abi
 from flowscope.bench.harness import Lab, Result
+from flowscope.bench.netlab import ip, server_in, veth_lab
 from flowscope.errors import BenchError
 
 _LOOP = """
@@ -95,10 +96,6 @@ CHURN_RATE = 1000.0
 _CHURN_NET = ("198.18.255.253", "198.18.255.254")  # a /30 of the benchmark range
 
 
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
-
-
 def owner_hooks(lab: Lab) -> Iterator[Result]:
     """Nanoseconds the socket hooks run per TCP connection (connect, accept, close), beside
     the nanoseconds of a whole connection without them."""
@@ -109,9 +106,9 @@ def owner_hooks(lab: Lab) -> Iterator[Result]:
     n = max(lab.settings.ringbuf_flows // 20, 1000)  # what the socket ring buffer holds
     rounds = min(lab.settings.rounds, 5)
     ns = f"fsbench{os.getpid()}"
-    _ip("netns", "add", ns)
+    ip("netns", "add", ns)
     try:
-        _ip("-n", ns, "link", "set", "lo", "up")
+        ip("-n", ns, "link", "set", "lo", "up")
 
         def connections() -> float:
             out = subprocess.run(
@@ -141,7 +138,7 @@ def owner_hooks(lab: Lab) -> Iterator[Result]:
                 os.close(stats)
                 hooks.close()
     finally:
-        _ip("netns", "del", ns)
+        ip("netns", "del", ns)
     per_conn = hooks_ns / (n * rounds)
     yield Result("owner_hooks_connection", per_conn, "ns/conn", "connection_bare", min(bare) * 1e3)
 
@@ -155,54 +152,35 @@ def owner_churn(lab: Lab) -> Iterator[Result]:
     from flowscope.model import FlowRecord
 
     seconds = lab.settings.churn_seconds
-    pid = os.getpid()
-    ns, host_if, peer_if = f"fsbench{pid}c", f"fsb{pid}h", f"fsb{pid}p"
     host_ip, peer_ip = _CHURN_NET
     port = 7300
-    _ip("netns", "add", ns)
-    try:
-        _ip("link", "add", host_if, "type", "veth", "peer", "name", peer_if, "netns", ns)
-        _ip("addr", "add", f"{host_ip}/30", "dev", host_if)
-        _ip("link", "set", host_if, "up")
-        _ip("-n", ns, "addr", "add", f"{peer_ip}/30", "dev", peer_if)
-        _ip("-n", ns, "link", "set", peer_if, "up")
-        _ip("-n", ns, "link", "set", "lo", "up")
-        server = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-c", _SERVER, str(port)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )  # fmt: skip
+    records: list[FlowRecord] = []
+    with (
+        veth_lab(f"{os.getpid()}c", host_ip, peer_ip) as net,
+        server_in(net, _SERVER, str(port), what="owner_churn"),
+        Probe([net.host_if], owners=True) as probe,
+    ):
+        table, watch = watch_processes(probe.program)
         try:
-            assert server.stdout is not None
-            if server.stdout.readline().strip() != "ready":
-                raise BenchError("owner_churn: the server in the namespace did not start")
-            records: list[FlowRecord] = []
-            with Probe([host_if], owners=True) as probe:
-                table, watch = watch_processes(probe.program)
-                try:
-                    if watch.problem is not None:
-                        raise BenchError(f"owner_churn: {watch.problem}")
-                    collector = Collector(probe.program, owners=table)
-                    client = subprocess.Popen(
-                        [sys.executable, "-c", _CHURN, peer_ip, str(port), str(CHURN_RATE),
-                         str(seconds)],
-                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                    )  # fmt: skip
-                    while client.poll() is None:
-                        time.sleep(1.0)
-                        records += collector.tick().records
-                    out, err = client.communicate()
-                    if client.returncode != 0:
-                        raise BenchError(f"owner_churn: the client failed: {err.strip()[-200:]}")
-                    time.sleep(0.2)
-                    records += collector.tick().records
-                    records += collector.shutdown()
-                finally:
-                    watch.close()
+            if watch.problem is not None:
+                raise BenchError(f"owner_churn: {watch.problem}")
+            collector = Collector(probe.program, owners=table)
+            client = subprocess.Popen(
+                [sys.executable, "-c", _CHURN, peer_ip, str(port), str(CHURN_RATE),
+                 str(seconds)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            while client.poll() is None:
+                time.sleep(1.0)
+                records += collector.tick().records
+            out, err = client.communicate()
+            if client.returncode != 0:
+                raise BenchError(f"owner_churn: the client failed: {err.strip()[-200:]}")
+            time.sleep(0.2)
+            records += collector.tick().records
+            records += collector.shutdown()
         finally:
-            server.kill()
-            server.wait()
-    finally:
-        _ip("netns", "del", ns)
+            watch.close()
     owned: dict[object, bool] = {}
     for r in records:
         k = r.key

@@ -114,7 +114,9 @@ def nfdump_flows(nfdir: Path) -> list[tuple[object, ...]]:
             ["nfdump", "-r", str(capture), "-o", "json"],
             capture_output=True, text=True, check=True, env={**os.environ, "TZ": "UTC"},
         ).stdout  # fmt: skip
-        flows += json.loads(out) if out.strip() else []
+        # a file of a rotation with nothing in it: nfdump prints a sentence, not JSON
+        if out.strip() and "No matching flows" not in out:
+            flows += json.loads(out)
     return sorted(
         (
             f.get("src4_addr") or f["src6_addr"],

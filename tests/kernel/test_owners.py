@@ -9,6 +9,7 @@ from /proc: it must have been taken in the kernel when the sockets were made."""
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import socket
@@ -175,15 +176,27 @@ def test_short_lived_clients_and_servers_each_get_their_own_flows(net: VethNames
     for r in records:
         by_end.setdefault((r.key.proto, r.key.src, r.key.sport), []).append(r)
         by_end.setdefault((r.key.proto, r.key.dst, r.key.dport), []).append(r)
-    checked = 0
-    for (side, _argv, name, proto, host), (pid, port) in done:
+
+    def client_end(job: tuple[str, list[str], str, str, str], port: int) -> tuple[int, str, int]:
+        side, _argv, _name, proto, host = job
         number = socket.IPPROTO_TCP if proto == "tcp" else socket.IPPROTO_UDP
         v6 = ":" in host
         if side == "root":
-            addr = net.host_ip6 if v6 else net.host_ip4
-        else:
-            addr = net.peer_ip6 if v6 else net.peer_ip4
-        flows = by_end.get((number, addr, port), [])
+            return number, net.host_ip6 if v6 else net.host_ip4, port
+        return number, net.peer_ip6 if v6 else net.peer_ip4, port
+
+    # Two clients that drew the same port one after the other are one flow (the kernel map
+    # cannot tell them apart, README "Which process"): a few percent of runs have one such
+    # pair among the UDP clients. Those are left out; every other client is checked.
+    drawn = collections.Counter(client_end(job, port) for job, (_pid, port) in done)
+    assert sum(n for n in drawn.values() if n > 1) <= 6, drawn.most_common(3)
+    checked = 0
+    for job, (pid, port) in done:
+        side, _argv, name, proto, host = job
+        end = client_end(job, port)
+        if drawn[end] > 1:
+            continue
+        flows = by_end.get(end, [])
         directions = {r.key.direction for r in flows}
         assert directions == {abi.DIR_INGRESS, abi.DIR_EGRESS}, (name, flows)
         for r in flows:
@@ -193,7 +206,7 @@ def test_short_lived_clients_and_servers_each_get_their_own_flows(net: VethNames
             else:  # the near server's socket: its listener, or its bound UDP socket
                 assert (r.owner.pid, r.owner.comm) == (near_pid, "fs-near-srv"), r
             checked += 1
-    assert checked >= 400
+    assert checked >= 400 - 2 * sum(n for n in drawn.values() if n > 1)
     # the far server's sockets are in another namespace: no flow is its
     assert not [r for r in records if r.owner is not None and r.owner.pid == far_pid]
 
