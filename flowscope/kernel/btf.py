@@ -146,7 +146,16 @@ def vmlinux() -> Btf:
             f"cannot read the kernel's type information ({VMLINUX}: {e.strerror})",
             "a kernel built with CONFIG_DEBUG_INFO_BTF has it",
         ) from e
-    return Btf.parse(data)
+    return checked(data)
+
+
+def checked(data: bytes) -> Btf:
+    """A BTF blob parsed, or UnsupportedKernelError when it is not one (cut short, or not
+    what this reader knows): one line for the user, never a traceback."""
+    try:
+        return Btf.parse(data)
+    except (struct.error, ValueError, IndexError, UnicodeDecodeError) as e:
+        raise UnsupportedKernelError(f"the kernel's BTF is not readable ({e})") from e
 
 
 def drop_cflags() -> list[str]:
