@@ -128,6 +128,12 @@ def key_from_struct(family: int, k: abi.FlowKey4 | abi.FlowKey6 | abi.FlowEvent)
     )
 
 
+def opaque_rows(rows: np.ndarray) -> np.ndarray:
+    """Each row of a structured array as one opaque byte string (a numpy void, pad bytes
+    included): rows then sort, search and compare as single values."""
+    return np.ascontiguousarray(rows).view(np.dtype((np.void, rows.dtype.itemsize)))
+
+
 def key_from_row(family: int, k: np.void) -> FlowKey:
     """Decode one row of a KEY4_DTYPE or KEY6_DTYPE array (a kernel key) into a FlowKey."""
     return FlowKey(
@@ -569,7 +575,7 @@ class PendingFlows:
         found = np.flatnonzero(has)
         # the usual case, every live flow has something pending: no gathers at all
         idx: np.ndarray | slice = slice(None) if len(found) == len(has) else found
-        raw_keys = b.keys.view(np.dtype((np.void, b.keys.dtype.itemsize)))
+        raw_keys = opaque_rows(b.keys)
         columns: list[np.ndarray] = [
             raw_keys[idx],
             b.packets[idx] - self.exp_packets[idx],
@@ -592,12 +598,14 @@ class PendingFlows:
                 np.asarray(h.rtt_min_us[idx], np.int64),
                 np.asarray(h.drops[idx], np.int64),
             ]
+            # a Python step only for the flows with drops: the writer encodes every live flow
             names = h.drop_reason[idx]
-            reasons = sorted({r for r in names.tolist() if isinstance(r, str)})
+            have = np.flatnonzero(np.asarray(names != None, bool))  # noqa: E711
+            reasons = sorted(set(names[have].tolist()))
             slot = {r: i for i, r in enumerate(reasons)}
-            columns.append(
-                np.array([slot.get(r, -1) if r else -1 for r in names.tolist()], np.int32)
-            )
+            index = np.full(len(names), -1, np.int32)
+            index[have] = [slot[r] for r in names[have].tolist()]
+            columns.append(index)
         data = b"".join(np.ascontiguousarray(c).tobytes() for c in columns)
         return PendingBlob(data, owners, reasons)
 

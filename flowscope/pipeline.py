@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flowscope.collect.collector import Tick
+from flowscope.collect.drops import main_reason
 from flowscope.collect.recorder import NullSink, RecordSettings, RecordSummary, Sink
 from flowscope.collect.replay import ReplaySettings, ReplaySummary
 from flowscope.errors import FlowscopeError
@@ -198,7 +199,7 @@ class Pipeline:
         if s.counters.get("sockets_lost", 0):  # their flows will have no process
             line += f"  {s.counters['sockets_lost']} SOCKETS LOST"
         if tick.drops:  # what the kernel dropped, and why mostly
-            top = max(sorted(tick.drops), key=lambda name: tick.drops[name])
+            top = main_reason(tick.drops)
             line += f"  drops {sum(tick.drops.values()) / s.interval:.0f}/s {top}"
         if w is not None:
             if w.backlog:

@@ -259,8 +259,9 @@ class Collector:
             self._sockets_lost = self.owners.lost
         if self.health is not None:  # the host's retransmissions this tick
             deltas["retrans"] = self.health.retrans_delta
-        dropped = self.drops.reason_deltas() if self.drops is not None else {}
+        dropped: dict[str, int] = {}
         if self.drops is not None:
+            dropped = self.drops.reason_deltas()
             deltas["drops"] = sum(dropped.values())
         events = [
             NewFlow(
@@ -566,7 +567,7 @@ class Collector:
                 self._wall_offset,
                 self.iface_names,
                 owner if self.owners is not None else None,
-                self._pending_health(batch, tcp, dropped, reasons),
+                self._pending_health(batch, tcp, dropped),
             ),
         )
 
@@ -575,7 +576,6 @@ class Collector:
         batch: FlowBatch,
         tcp: TcpArrays | None,
         dropped: np.ndarray | None,
-        reasons: np.ndarray | None,
     ) -> PendingHealth | None:
         """Each flow's TCP health and drops that no record holds yet (after this tick's
         records took theirs), for history's pending rows: a crash or a live query then has
@@ -591,7 +591,7 @@ class Collector:
                 retrans[i] = self.health.unwritten(int(tcp[3][i]), int(retrans[i]))
         drops = np.full(n, NO_DROPS, np.int64)
         names = np.full(n, None, object)
-        if dropped is not None and reasons is not None and self.drops is not None:
+        if dropped is not None and self.drops is not None:
             drops = dropped.copy()
             for i in np.flatnonzero(dropped > 0).tolist():
                 count, reason = self.drops.peek(batch, i)

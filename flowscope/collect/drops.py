@@ -14,12 +14,13 @@ connection, so a flow that expires and comes back does not write its drops twice
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 import numpy as np
 
 from flowscope import abi
-from flowscope.model import FlowBatch
+from flowscope.model import FlowBatch, opaque_rows
 
 
 class DropSource(Protocol):
@@ -30,6 +31,12 @@ class DropSource(Protocol):
     def by_reason(self) -> dict[int, int]: ...
 
     def name(self, reason: int) -> str: ...
+
+
+def main_reason(by_reason: Mapping[str, int]) -> str:
+    """The reason with the most drops (a tie: the first name in order), '' without drops:
+    what a status line names beside the drops per second."""
+    return max(sorted(by_reason), key=by_reason.__getitem__, default="")
 
 
 def _join_dtype(width: int) -> np.dtype:
@@ -46,18 +53,6 @@ def _join_dtype(width: int) -> np.dtype:
 
 
 _JOIN = {abi.AF_INET: _join_dtype(4), abi.AF_INET6: _join_dtype(16)}
-
-
-def _void(keys: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(keys).view(np.dtype((np.void, keys.dtype.itemsize)))
-
-
-def _address_bytes(column: np.ndarray, width: int) -> np.ndarray:
-    """A flow key's address column as (n, width) bytes in network order (IPv4 addresses are
-    u32 fields holding the packet's bytes)."""
-    if column.ndim == 1:
-        return np.ascontiguousarray(column).view(np.uint8).reshape(-1, width)
-    return np.asarray(column, np.uint8)
 
 
 class DropTable:
@@ -85,18 +80,14 @@ class DropTable:
 
     def add(self, keys: np.ndarray, counts: np.ndarray) -> None:
         """Replace what is known with ``keys`` (abi.DROP_KEY_DTYPE) and their counts."""
-        raw = [bytes(k) for k in _void(keys)] if self.written else []
+        raw = [bytes(k) for k in opaque_rows(keys)] if self.written else []
         if raw:
             alive = set(raw)
             self.written = {k: w for k, w in self.written.items() if k in alive}
-        for fam, width in ((abi.AF_INET, 4), (abi.AF_INET6, 16)):
+        for fam in (abi.AF_INET, abi.AF_INET6):
             sel = keys["family"] == fam
             k = keys[sel]
-            join = np.zeros(len(k), _JOIN[fam])
-            join["ifindex"] = k["ifindex"]
-            join["s"], join["d"] = k["saddr"][:, :width], k["daddr"][:, :width]
-            join["sp"], join["dp"], join["p"] = k["sport"], k["dport"], k["proto"]
-            void = _void(join)
+            void = self._rows(fam, k)
             order = np.argsort(void, kind="stable")
             self._sorted[fam] = (
                 void[order],
@@ -107,14 +98,14 @@ class DropTable:
 
     @staticmethod
     def _rows(family: int, k: np.ndarray) -> np.ndarray:
-        """Each flow key's join key."""
+        """The join key of each flow key or drop key (both have the fields; a drop key's
+        addresses are 16 bytes for either family, of which IPv4 uses the first 4)."""
         width = 4 if family == abi.AF_INET else 16
         join = np.zeros(len(k), _JOIN[family])
         join["ifindex"] = k["ifindex"]
-        join["s"] = _address_bytes(k["saddr"], width)
-        join["d"] = _address_bytes(k["daddr"], width)
+        join["s"], join["d"] = k["saddr"][:, :width], k["daddr"][:, :width]
         join["sp"], join["dp"], join["p"] = k["sport"], k["dport"], k["proto"]
-        return _void(join)
+        return opaque_rows(join)
 
     def join(self, batch: FlowBatch) -> tuple[np.ndarray, np.ndarray]:
         """Each flow's packets the kernel dropped so far (all reasons; int64), and the reason
@@ -151,7 +142,7 @@ class DropTable:
         hi = int(np.searchsorted(known, row, side="right")[0])
         total, best, best_n = 0, "", 0
         for j in range(lo, hi):
-            raw = bytes(_void(dkeys[j : j + 1])[0])
+            raw = bytes(opaque_rows(dkeys[j : j + 1])[0])
             done = self.written.get(raw, 0)
             now = int(counts[j])
             new = now - done if now >= done else now  # the LRU forgot and counts again

@@ -23,7 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from flowscope import abi
-from flowscope.model import NO_TCP, FlowBatch
+from flowscope.model import NO_TCP, FlowBatch, opaque_rows
 
 NONE = NO_TCP
 """A flow without a followed connection (not TCP, not local, or older than flowscope)."""
@@ -44,10 +44,6 @@ def _key_dtype(width: int) -> np.dtype:
 
 
 _KEY = {abi.AF_INET: _key_dtype(4), abi.AF_INET6: _key_dtype(16)}
-
-
-def _void(keys: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(keys).view(np.dtype((np.void, keys.dtype.itemsize)))
 
 
 class HealthTable:
@@ -79,9 +75,9 @@ class HealthTable:
     def take(self, cookie: int, total: int) -> int:
         """The retransmissions of a connection (``total`` so far) that no record holds yet,
         now counted as written."""
-        done = self.written.get(cookie, 0)
-        self.written[cookie] = max(total, done)
-        return max(total - done, 0)
+        new = self.unwritten(cookie, total)
+        self.written[cookie] = max(total, self.written.get(cookie, 0))
+        return new
 
     def add(self, rows: np.ndarray, cookies: np.ndarray | None = None) -> None:
         """Replace what is known with ``rows`` (abi.HEALTH_DTYPE) and their socket cookies
@@ -107,7 +103,7 @@ class HealthTable:
             keys = np.zeros(int(sel.sum()), _KEY[fam])
             keys["l"], keys["lp"] = laddr[sel, :width], rows["lport"][sel]
             keys["r"], keys["rp"] = raddr[sel, :width], rows["rport"][sel]
-            void = _void(keys)
+            void = opaque_rows(keys)
             order = np.argsort(void, kind="stable")
             self._sorted[fam] = (
                 void[order],
@@ -145,7 +141,7 @@ class HealthTable:
         keys["lp"] = np.where(egress, k["sport"], k["dport"])
         keys["r"] = np.where(e2, k["daddr"], k["saddr"])
         keys["rp"] = np.where(egress, k["dport"], k["sport"])
-        void = _void(keys)
+        void = opaque_rows(keys)
         pos = np.minimum(np.searchsorted(known, void), len(known) - 1)
         hit = (known[pos] == void) & (k["proto"] == 6)
         retrans[hit] = np.where(egress[hit], k_retrans[pos[hit]], 0)

@@ -28,6 +28,7 @@ from flowscope.history.schema import (
     HOUR,
     KEYS_SQL,
     LAST_MS_SQL,
+    NULLABLE_COUNTS,
     OWNER_COLUMNS,
     OWNER_VERSION,
     PENDING_HEALTH_VERSION,
@@ -124,9 +125,8 @@ def _has_table(conn: sqlite3.Connection, name: str) -> bool:
 
 OWNER_SQL = ", ".join(OWNER_COLUMNS)
 _NO_OWNER = ", ".join(f"NULL AS {c}" for c in OWNER_COLUMNS)
-HEALTH_SQL = "retrans, drops"
-_NULLABLE = ("retrans", "drops")
-_NO_HEALTH = "NULL AS retrans, NULL AS drops"
+HEALTH_SQL = ", ".join(NULLABLE_COUNTS)
+_NO_HEALTH = ", ".join(f"NULL AS {c}" for c in NULLABLE_COUNTS)
 _NO_REASON = "NULL AS drop_reason"
 _COUNTS = "packets, bytes, ip_bytes, first_seen, last_seen"
 _SOURCE_COLUMNS = (
@@ -206,7 +206,7 @@ def _share_select(
     nothing are left out. ``columns``: how the table gives _SOURCE_COLUMNS (_Window.columns)."""
     f, la = window.ms_sql("first_seen"), window.ms_sql("last_seen")
     shares = ", ".join(
-        f"{window.share_sql(c, 'f_ms', 'l_ms', lo, hi, nullable=c in _NULLABLE)} AS {c}"
+        f"{window.share_sql(c, 'f_ms', 'l_ms', lo, hi, nullable=c in NULLABLE_COUNTS)} AS {c}"
         for c in SHARED_COLUMNS
     )
     lo_text = "first_seen" if lo is None else f"max(first_seen, '{_ms_text(lo)}')"

@@ -47,7 +47,10 @@ PENDING_HEALTH_VERSION = 11
 HEALTH_VERSION = 10
 """The schema version that has HEALTH_COLUMNS in flows, and retrans and drops in
 flows_hourly."""
-SHARED_COLUMNS: tuple[str, ...] = ("packets", "bytes", "ip_bytes", "retrans", "drops")
+NULLABLE_COUNTS: tuple[str, ...] = ("retrans", "drops")
+"""The shared counts that are NULL where not followed (a NULL share, not 0: window.share_sql
+``nullable``), also in flows_hourly (HEALTH_VERSION)."""
+SHARED_COLUMNS: tuple[str, ...] = ("packets", "bytes", "ip_bytes", *NULLABLE_COUNTS)
 """The counts of a record that are spread over its time (window.share_sql); RTTs are not
 counts, and are kept per record only."""
 FLOW_COLUMNS: tuple[str, ...] = (
@@ -267,7 +270,6 @@ def migration_1(db: sqlite_utils.Database) -> None:
 
 
 _ROLLUP_SUMS = "packets, bytes, ip_bytes, first_seen, last_seen, records"
-_ROLLUP_HEALTH = "retrans, drops"
 
 
 def _migration_2(db: sqlite_utils.Database) -> None:
@@ -305,13 +307,13 @@ def _rollup_sql(span_hours: int, health: bool = True) -> str:
     h0, h1 = "x.h_ms", f"(x.h_ms + {_HOUR_MS})"
     counts = SHARED_COLUMNS if health else SHARED_COLUMNS[:3]
     shares = ", ".join(
-        f"sum({window.share_sql(f'x.{c}', f, la, h0, h1, nullable=c in _ROLLUP_HEALTH)})"
+        f"sum({window.share_sql(f'x.{c}', f, la, h0, h1, nullable=c in NULLABLE_COUNTS)})"
         for c in counts
     )
     sums = f"{', '.join(counts)}, first_seen, last_seen, records"
     add = "".join(
         f"{c} = CASE WHEN {c} IS NULL THEN excluded.{c} ELSE {c} + coalesce(excluded.{c}, 0) END, "
-        for c in (_ROLLUP_HEALTH.split(", ") if health else ())
+        for c in (NULLABLE_COUNTS if health else ())
     )
     offsets = " UNION ALL ".join(f"SELECT {n} AS n" for n in range(span_hours + 1))
     hour_text = f"strftime('%Y-%m-%dT%H:00:00.000Z', {h0} / 1000, 'unixepoch')"

@@ -147,8 +147,6 @@ class FlowProgram:
                 self.drops_reason = None
             except UnsupportedKernelError as e:
                 self.drops_reason = e.message
-        self.drops = bool(drop_flags)
-        """Whether bpf/drops.c is compiled in (kernel.drops.DropHooks attaches it)."""
         from bcc import BPF  # only the probe imports bcc
 
         with captured_stderr() as log:
@@ -184,6 +182,11 @@ class FlowProgram:
         self._event_callback: Callable[[FlowEvent], None] | None = None
         self._decode: Callable[[Sequence[bytes]], Sequence[FlowEvent]] = events_from_records
         self._closed = False
+
+    @property
+    def drops(self) -> bool:
+        """Whether bpf/drops.c is compiled in (kernel.drops.DropHooks attaches it)."""
+        return self.drops_reason is None
 
     @property
     def module(self) -> Any:

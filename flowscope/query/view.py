@@ -124,8 +124,8 @@ class Row:
     rtt_us: int = NO_TCP
     """A flow's TCP connection's smoothed RTT, microseconds (NO_TCP: none)."""
     drops: int = NO_DROPS
-    """A flow's packets the kernel dropped since flowscope started (NO_DROPS when drops are
-    not followed, and for groups)."""
+    """A flow's packets the kernel dropped since flowscope started, a group's the sum of its
+    flows' (NO_DROPS when none of them is followed)."""
     drop_reason: str | None = None
     """The main reason of a flow's drops (None: none)."""
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from flowscope import abi
 from flowscope.collect.collector import Tick
 from flowscope.collect.detect import Alert, Detector, Openings
+from flowscope.collect.drops import main_reason
 from flowscope.history.writer import WriterState
 from flowscope.model import NewFlow, Owner, Sample
 from flowscope.query.frame import FlowFrame
@@ -143,7 +144,7 @@ class LiveState:
         """The kernel's drops per second in the last tick and the reason most of them had."""
         if not self.drops or self.sample is None or self.sample.interval <= 0:
             return 0.0, ""
-        top = max(sorted(self.drops), key=lambda name: self.drops[name])
+        top = main_reason(self.drops)
         return sum(self.drops.values()) / self.sample.interval, top
 
     @property

@@ -23,11 +23,19 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from flowscope import abi
-from flowscope.collect.collector import Collector, CollectorSettings
+from flowscope.collect.collector import Collector, CollectorSettings, Tick
 from flowscope.collect.drops import DropTable
 from flowscope.collect.health import HealthTable
 from flowscope.collect.owners import OwnerTable
-from flowscope.model import FlowBatch, FlowEvent, FlowKey, Owner, SocketEvent, pending_records
+from flowscope.model import (
+    FlowBatch,
+    FlowEvent,
+    FlowKey,
+    FlowRecord,
+    Owner,
+    SocketEvent,
+    pending_records,
+)
 
 SEC = 1_000_000_000
 NCPU = 2
@@ -56,6 +64,26 @@ def _key(i: int, direction: int = abi.DIR_INGRESS) -> tuple[int, bytes]:
 KEYS = [_key(i) for i in range(FLOWS)]
 SENT_KEYS = [_key(i, abi.DIR_EGRESS) for i in range(FLOWS)]
 """The same flows as sent by this host (its TCP connections' sent flows)."""
+
+
+def _machine_settings(examples: int) -> settings:
+    """How each machine below runs: ``examples`` runs of up to 60 steps, no deadline."""
+    return settings(
+        max_examples=examples,
+        stateful_step_count=60,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+
+
+def _pending(t: Tick) -> list[FlowRecord]:
+    """The records a tick's pending flows stand for, as history would read them back."""
+    return [
+        r
+        for p in t.pending
+        for blob in (p.encode(),)
+        for r in pending_records(p.batch.family, blob.data, {}, "live", blob.owners, blob.reasons)
+    ]
 
 
 class FakeKernel:
@@ -262,12 +290,7 @@ class CollectorMachine(RuleBasedStateMachine):
 
 
 TestCollectorModel = CollectorMachine.TestCase
-TestCollectorModel.settings = settings(
-    max_examples=300,
-    stateful_step_count=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+TestCollectorModel.settings = _machine_settings(300)
 
 
 # --- which process: the owner each flow carries ---------------------------------------------
@@ -365,10 +388,8 @@ class OwnedCollectorMachine(CollectorMachine):
                 raw = lf.batch.keys[j].tobytes()
                 live[raw] = lf.owner[j] if lf.owner is not None else None
                 assert live[raw] == before[raw]
-        for p in t.pending:
-            blob = p.encode()
-            for r in pending_records(p.batch.family, blob.data, {}, "live", blob.owners):
-                assert r.owner == live[_raw(r.key)], r
+        for r in _pending(t):
+            assert r.owner == live[_raw(r.key)], r
         self.owner_of = live
 
     @rule()
@@ -380,12 +401,7 @@ class OwnedCollectorMachine(CollectorMachine):
 
 
 TestOwnedCollectorModel = OwnedCollectorMachine.TestCase
-TestOwnedCollectorModel.settings = settings(
-    max_examples=150,
-    stateful_step_count=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+TestOwnedCollectorModel.settings = _machine_settings(150)
 
 
 # --- TCP health: the retransmissions each record carries -------------------------------------
@@ -452,10 +468,8 @@ class HealthCollectorMachine(CollectorMachine):
         assert self.retrans_counted == sum(self.conns.total)
         # what history keeps of the live flows holds the retransmissions no record holds yet
         pending = [0] * FLOWS
-        for p in self.last_tick.pending:
-            blob = p.encode()
-            for r in pending_records(p.batch.family, blob.data, {}, "crash", None, blob.reasons):
-                pending[r.key.sport - 1000] += max(r.retrans, 0)
+        for r in _pending(self.last_tick):
+            pending[r.key.sport - 1000] += max(r.retrans, 0)
         in_map = {raw for m in self.kernel.maps.values() for raw in m}
         for i, (_, raw) in enumerate(SENT_KEYS):
             assert self.retrans_written[i] + pending[i] <= self.conns.total[i], i
@@ -567,12 +581,10 @@ class DropsCollectorMachine(CollectorMachine):
         self.counters = self.kernel.read_counters()
         self._take(t.records)
         pending = [0] * FLOWS
-        for p in t.pending:
-            blob = p.encode()
-            for r in pending_records(p.batch.family, blob.data, {}, "crash", None, blob.reasons):
-                i = r.key.sport - 1000
-                pending[i] += r.drops
-                assert (r.drop_reason != "") == (r.drops > 0), r
+        for r in _pending(t):
+            i = r.key.sport - 1000
+            pending[i] += r.drops
+            assert (r.drop_reason != "") == (r.drops > 0), r
         in_map = {raw for m in self.kernel.maps.values() for raw in m}
         for i, (_, raw) in enumerate(KEYS):
             assert self.dropped_written[i] + pending[i] <= self.made[i], i
@@ -594,17 +606,7 @@ class DropsCollectorMachine(CollectorMachine):
 
 
 TestDropsCollectorModel = DropsCollectorMachine.TestCase
-TestDropsCollectorModel.settings = settings(
-    max_examples=150,
-    stateful_step_count=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+TestDropsCollectorModel.settings = _machine_settings(150)
 
 TestHealthCollectorModel = HealthCollectorMachine.TestCase
-TestHealthCollectorModel.settings = settings(
-    max_examples=150,
-    stateful_step_count=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+TestHealthCollectorModel.settings = _machine_settings(150)
