@@ -6,7 +6,10 @@
  * (Ethernet, up to two VLAN tags, IPv4 or IPv6 with up to eight extension headers, transport
  * ports) and added to its flow in a per-CPU hash, one map per family. A flow's first packet
  * inserts it and announces it on the ring buffer; when the map is full the packet is counted
- * as CNT_MAP_FULL and its key is still announced. Frames that are not
+ * as CNT_MAP_FULL, added to the flood table by its source prefix and target, and its key is
+ * still announced. Announcements have a budget per CPU (EVENT_BUDGET records per 10 ms): past
+ * it a record is counted (CNT_EVENTS_LIMITED), not written, so a flood of new flows cannot make
+ * the ring buffer, or its reader, the bottleneck. Frames that are not
  * IP or whose IP header is unusable only bump a counter. Neither program changes traffic: XDP
  * returns XDP_PASS, TC returns TC_ACT_UNSPEC (no verdict: the next program or the default).
  * Built with -DFS_REPLAY (flowscope replay) it takes each frame's time, original length and
@@ -25,6 +28,7 @@
 
 BPF_TABLE("percpu_hash", struct flow_key4, struct flow_value, flows4, FLOW_ENTRIES);
 BPF_TABLE("percpu_hash", struct flow_key6, struct flow_value, flows6, FLOW_ENTRIES);
+BPF_TABLE("percpu_hash", struct flood_key, struct flood_value, floods, FLOOD_ENTRIES);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 
 BPF_PERCPU_ARRAY(cpu_state, struct cpu_state, 1);
@@ -104,32 +108,130 @@ static __always_inline void add_packet(struct flow_value *v, struct packet_info 
     v->tcp_flags |= pi->tcp_flags;
 }
 
-static __always_inline void announce(struct cpu_state *st, __u8 dir, struct flow_event *ev,
-                                     struct packet_info *pi, __u64 now, __u8 flags)
+/* Whether a map (FULL_*) was found full in this jiffy: an insert into a full hash takes a
+ * bucket lock and fails, and in a flood of new flows that would be every packet. Live only:
+ * a replay's clock is the capture's, and it tries every insert. */
+#define FULL_FLOWS4 0
+#define FULL_FLOWS6 1
+#define FULL_FLOODS 2
+static __always_inline int known_full(struct cpu_state *st, int which)
 {
-    ev->timestamp = now;
-    ev->length = pi->bytes;
-    ev->flags = flags;
-    if (events.ringbuf_output(ev, sizeof(*ev), 0) != 0)
-        count(st, dir, CNT_RINGBUF_FULL);
+#ifdef FS_REPLAY
+    return 0;
+#else
+    return st->full_jiffies[which] == st->clock_jiffies + 1;
+#endif
 }
 
-/* A first packet that found no slot in its map: announce the flow, as created when the insert
- * worked (err 0), or as one the full map could not take, whose packet is counted as map full. */
-static __always_inline void announce_new(struct cpu_state *st, __u8 dir, struct flow_event *ev,
-                                         struct packet_info *pi, __u64 now, int err)
+static __always_inline void mark_full(struct cpu_state *st, int which)
+{
+    st->full_jiffies[which] = st->clock_jiffies + 1;
+}
+
+/* The announcement budget: at most EVENT_BUDGET records per CPU in each 10 ms window (a fixed
+ * window: a token bucket refilled at once every window). A replay, or EVENT_BUDGET 0 (the
+ * benchmarks of the ring buffer's reader), announces everything. */
+static __always_inline int may_announce(struct cpu_state *st, __u64 now)
+{
+#if !defined(FS_REPLAY) && EVENT_BUDGET > 0
+    if (now - st->event_window >= EVENT_WINDOW_NS) {
+        st->event_window = now;
+        st->event_count = 0;
+    }
+    if (st->event_count >= EVENT_BUDGET)
+        return 0;
+    st->event_count += 1;
+#endif
+    return 1;
+}
+
+/* A packet no flow map could take, counted by its source prefix (the first bytes of saddr: 3
+ * for an IPv4 /24, 8 for an IPv6 /64) and target. */
+static __always_inline void count_flood(struct cpu_state *st, __u8 dir, __u8 family,
+                                        const void *saddr, __u32 ifindex, __u16 dport,
+                                        __u8 proto, struct packet_info *pi)
+{
+    struct flood_key fk = {};
+    if (family == FS_AF_INET)
+        __builtin_memcpy(fk.prefix, saddr, 3);
+    else
+        __builtin_memcpy(fk.prefix, saddr, 8);
+    fk.ifindex = ifindex;
+    fk.dport = dport;
+    fk.proto = proto;
+    fk.tcp_flags = pi->tcp_flags;
+    fk.family = family;
+    fk.direction = dir;
+    struct flood_value *fv = floods.lookup(&fk);
+    if (fv) {
+        fv->packets += pi->segs;
+        fv->bytes += pi->bytes;
+        return;
+    }
+    if (!known_full(st, FULL_FLOODS)) {
+        struct flood_value nv = { .packets = pi->segs, .bytes = pi->bytes };
+        int err = floods.insert(&fk, &nv);
+        if (err == 0)
+            return;
+        if (err == -EEXIST) {   /* another CPU inserted it: this CPU's slot starts at zero */
+            fv = floods.lookup(&fk);
+            if (fv) {
+                fv->packets += pi->segs;
+                fv->bytes += pi->bytes;
+                return;
+            }
+        }
+        mark_full(st, FULL_FLOODS);
+    }
+    count_pkt(st, dir, CNT_FLOOD_OTHER, pi);
+}
+
+/* The first packet of a flow that found no slot in its map: count it (created when the insert
+ * worked, err 0; else map full, and in the flood table) and say whether to build its record:
+ * when the budget allows, and always for an egress flow created with FS_OWNERS (the socket
+ * hooks name its process from it, whatever the budget). The record is built only then, so a
+ * flood past the budget costs no 64-byte record per packet. */
+static __always_inline int first_packet(struct cpu_state *st, __u8 dir, __u8 family,
+                                        const void *saddr, __u32 ifindex, __u16 dport,
+                                        __u8 proto, struct packet_info *pi, __u64 now, int err)
 {
     if (err == 0) {
         count(st, dir, CNT_FLOWS_CREATED);
-        announce(st, dir, ev, pi, now, 0);
 #ifdef FS_OWNERS
         if (dir == FS_DIR_EGRESS)   /* a constant: the XDP program has no such branch */
-            owners_flow_sent(pi->ctx, ev);
+            return 1;
 #endif
     } else {
         count_pkt(st, dir, CNT_MAP_FULL, pi);
-        announce(st, dir, ev, pi, now, FS_EVENT_MAP_FULL);
+        count_flood(st, dir, family, saddr, ifindex, dport, proto, pi);
     }
+    if (may_announce(st, now))
+        return 1;
+    count(st, dir, CNT_EVENTS_LIMITED);
+    return 0;
+}
+
+/* Write the record of a first packet first_packet let through on the ring buffer (an egress
+ * flow created with FS_OWNERS asks the budget here), then tell the socket hooks of an egress
+ * flow created. */
+static __always_inline void announce_new(struct cpu_state *st, __u8 dir, struct flow_event *ev,
+                                         struct packet_info *pi, __u64 now, int err)
+{
+    ev->timestamp = now;
+    ev->length = pi->bytes;
+    ev->flags = err == 0 ? 0 : FS_EVENT_MAP_FULL;
+#ifdef FS_OWNERS
+    if (dir == FS_DIR_EGRESS && err == 0) {
+        if (!may_announce(st, now))
+            count(st, dir, CNT_EVENTS_LIMITED);
+        else if (events.ringbuf_output(ev, sizeof(*ev), 0) != 0)
+            count(st, dir, CNT_RINGBUF_FULL);
+        owners_flow_sent(pi->ctx, ev);
+        return;
+    }
+#endif
+    if (events.ringbuf_output(ev, sizeof(*ev), 0) != 0)
+        count(st, dir, CNT_RINGBUF_FULL);
 }
 
 static __always_inline void new_value(struct flow_value *v, struct packet_info *pi, __u64 now)
@@ -151,9 +253,14 @@ static __always_inline void account4(struct cpu_state *st, __u8 dir, struct flow
         add_packet(v, pi, now);
         return;
     }
-    struct flow_value nv = {};
-    new_value(&nv, pi, now);
-    int err = flows4.insert(key, &nv);
+    int err = -E2BIG;
+    if (!known_full(st, FULL_FLOWS4)) {
+        struct flow_value nv = {};
+        new_value(&nv, pi, now);
+        err = flows4.insert(key, &nv);
+        if (err != 0 && err != -EEXIST)
+            mark_full(st, FULL_FLOWS4);
+    }
     if (err == -EEXIST) {
         /* another CPU inserted it first and announced it; this CPU's slot starts at zero */
         v = flows4.lookup(key);
@@ -162,6 +269,9 @@ static __always_inline void account4(struct cpu_state *st, __u8 dir, struct flow
             return;
         }
     }
+    if (!first_packet(st, dir, FS_AF_INET, &key->saddr, key->ifindex, key->dport, key->proto,
+                      pi, now, err))
+        return;
     struct flow_event ev = {};
     ev.ifindex = key->ifindex;
     __builtin_memcpy(ev.saddr, &key->saddr, 4);
@@ -184,9 +294,14 @@ static __always_inline void account6(struct cpu_state *st, __u8 dir, struct flow
         add_packet(v, pi, now);
         return;
     }
-    struct flow_value nv = {};
-    new_value(&nv, pi, now);
-    int err = flows6.insert(key, &nv);
+    int err = -E2BIG;
+    if (!known_full(st, FULL_FLOWS6)) {
+        struct flow_value nv = {};
+        new_value(&nv, pi, now);
+        err = flows6.insert(key, &nv);
+        if (err != 0 && err != -EEXIST)
+            mark_full(st, FULL_FLOWS6);
+    }
     if (err == -EEXIST) {
         v = flows6.lookup(key);
         if (v) {
@@ -194,6 +309,9 @@ static __always_inline void account6(struct cpu_state *st, __u8 dir, struct flow
             return;
         }
     }
+    if (!first_packet(st, dir, FS_AF_INET6, key->saddr, key->ifindex, key->dport, key->proto,
+                      pi, now, err))
+        return;
     struct flow_event ev = {};
     ev.ifindex = key->ifindex;
     __builtin_memcpy(ev.saddr, key->saddr, 16);

@@ -20,6 +20,13 @@
 #ifndef RINGBUF_PAGES
 #define RINGBUF_PAGES 256           /* ring buffer size in pages (power of two) */
 #endif
+#ifndef FLOOD_ENTRIES
+#define FLOOD_ENTRIES 1024          /* entries of the flood table (see struct flood_key) */
+#endif
+#ifndef EVENT_BUDGET
+#define EVENT_BUDGET 64             /* ring buffer records each CPU may write per window */
+#endif
+#define EVENT_WINDOW_NS 10000000ULL /* the announcement budget's window: 10 ms */
 
 #define FS_AF_INET   4
 #define FS_AF_INET6  6
@@ -86,7 +93,10 @@ struct flow_event {
  * flow; CNT_FLOWS_CREATED and CNT_RINGBUF_FULL count events, not packets; CNT_BYTES is the
  * frame bytes of every packet CNT_PACKETS counts (the collector's total bit rate, which must
  * include what no flow could take). On egress a GSO packet counts as its segments everywhere
- * packets are counted, and with its whole length in bytes. */
+ * packets are counted, and with its whole length in bytes. CNT_MAP_FULL packets are also in the
+ * flood table (struct flood_key), except CNT_FLOOD_OTHER of them, which found that table full
+ * too; CNT_EVENTS_LIMITED counts the records the announcement budget held back (a new flow, or
+ * a map-full packet, that was counted but not announced). */
 enum fs_counter {
     CNT_PACKETS = 0,
     CNT_FLOWS_CREATED = 1,
@@ -96,18 +106,45 @@ enum fs_counter {
     CNT_MAP_FULL = 5,
     CNT_RINGBUF_FULL = 6,
     CNT_BYTES = 7,
-    CNT_MAX = 8,
+    CNT_FLOOD_OTHER = 8,
+    CNT_EVENTS_LIMITED = 9,
+    CNT_MAX = 10,
 };
 
 #define FS_DIRECTIONS 2
 
 /* The one entry of the per-CPU array cpu_state: the counters of each direction (indexed by
- * FS_DIR_*), and the clock cache that lets the hot path skip bpf_ktime_get_ns() (see now_ns in
- * flowscope.c), shared by both programs: 144 bytes. */
+ * FS_DIR_*), the clock cache that lets the hot path skip bpf_ktime_get_ns() (see now_ns in
+ * flowscope.c), the announcement budget's window, and the jiffy at which each flow map (IPv4,
+ * IPv6) and the flood table were last found full (no insert is tried again in that jiffy),
+ * shared by both programs: 216 bytes. */
 struct cpu_state {
     __u64 counters[FS_DIRECTIONS][CNT_MAX];
     __u64 clock_jiffies;
     __u64 clock_ns;
+    __u64 event_window;     /* start of the current announcement window, ns */
+    __u64 event_count;      /* records written in it */
+    __u64 full_jiffies[3];  /* flows4, flows6, floods: the jiffy (+1) of the last failed insert */
+};
+
+/* The flood table: packets no flow map could take (CNT_MAP_FULL) are still counted, per
+ * source prefix (IPv4 /24, IPv6 /64), destination port, protocol, TCP flags, interface and
+ * direction, in a small per-CPU hash the collector empties every tick (lookup-and-delete
+ * batch). So a flood of new flows keeps its shape when it is what filled the map. 24 bytes. */
+struct flood_key {
+    __u8  prefix[8];    /* the source prefix, network order: IPv4 /24 (3 bytes), IPv6 /64 */
+    __u32 ifindex;
+    __u16 dport;        /* network order; ICMP: type * 256 + code */
+    __u8  proto;
+    __u8  tcp_flags;    /* this packet's flags byte (not an OR) */
+    __u8  family;       /* FS_AF_* */
+    __u8  direction;    /* FS_DIR_* */
+    __u8  pad[6];       /* always zero: 24 bytes, hashed in whole words as the flow keys */
+};
+
+struct flood_value {
+    __u64 packets;
+    __u64 bytes;
 };
 
 /* Replay build only (-DFS_REPLAY, `flowscope replay`): what BPF_PROG_TEST_RUN places in front of

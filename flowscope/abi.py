@@ -25,6 +25,9 @@ EVENT_MAP_FULL = 1
 
 DEFAULT_FLOW_ENTRIES = 65536
 DEFAULT_RINGBUF_PAGES = 256
+DEFAULT_FLOOD_ENTRIES = 1024
+EVENT_WINDOW_NS = 10_000_000
+"""EVENT_WINDOW_NS: the window of the per-CPU announcement budget (EVENT_BUDGET records)."""
 
 
 class Counter(enum.IntEnum):
@@ -38,20 +41,48 @@ class Counter(enum.IntEnum):
     MAP_FULL = 5
     RINGBUF_FULL = 6
     BYTES = 7
+    FLOOD_OTHER = 8
+    EVENTS_LIMITED = 9
 
 
 COUNTER_COUNT = len(Counter)
 
 
 class CpuState(ctypes.Structure):
-    """struct cpu_state: the counters of each direction and the clock cache of one CPU,
-    144 bytes."""
+    """struct cpu_state: the counters of each direction, the clock cache, the announcement
+    budget's window and the full-map marks of one CPU, 216 bytes."""
 
     _fields_ = [
         ("counters", (ctypes.c_uint64 * COUNTER_COUNT) * DIRECTIONS),
         ("clock_jiffies", ctypes.c_uint64),
         ("clock_ns", ctypes.c_uint64),
+        ("event_window", ctypes.c_uint64),
+        ("event_count", ctypes.c_uint64),
+        ("full_jiffies", ctypes.c_uint64 * 3),
     ]
+
+
+class FloodKey(ctypes.Structure):
+    """struct flood_key: what the flood table counts packets of the full flow map by (source
+    prefix, interface, destination port, protocol, TCP flags, family, direction), 24 bytes.
+    The prefix (IPv4 /24 in 3 bytes, IPv6 /64 in 8) and the port in network order."""
+
+    _fields_ = [
+        ("prefix", ctypes.c_uint8 * 8),
+        ("ifindex", ctypes.c_uint32),
+        ("dport", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("tcp_flags", ctypes.c_uint8),
+        ("family", ctypes.c_uint8),
+        ("direction", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 6),
+    ]
+
+
+class FloodValue(ctypes.Structure):
+    """struct flood_value: one CPU's packets and bytes of a flood key, 16 bytes."""
+
+    _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
 
 
 class FlowKey4(ctypes.Structure):
@@ -264,4 +295,6 @@ KEY_DTYPES = {AF_INET: KEY4_DTYPE, AF_INET6: KEY6_DTYPE}
 VALUE_DTYPE = _dtype(FlowValue)
 HEALTH_DTYPE = _dtype(TcpHealth)
 DROP_KEY_DTYPE = _dtype(DropKey, PORTS, keep_pad=True)
+FLOOD_KEY_DTYPE = _dtype(FloodKey, ("dport",), keep_pad=True)
+FLOOD_VALUE_DTYPE = _dtype(FloodValue)
 EVENT_DTYPE = _dtype(FlowEvent, PORTS)

@@ -10,7 +10,7 @@ import ctypes
 import ipaddress
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from socket import AF_INET, AF_INET6, inet_ntop
 from typing import Any
 
@@ -428,6 +428,47 @@ class FlowRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class FloodRow:
+    """One source prefix's packets to one target in one tick: IPv4 /24 or IPv6 /64, protocol,
+    destination port and direction, over every interface. ``packets`` counts both what flows
+    took (their per-tick deltas) and what the full flow map could not take (the kernel's flood
+    table); ``in_flows`` is the first part."""
+
+    family: int
+    prefix: str
+    """'198.18.7.0/24' or '2001:db8:1:2::/64'."""
+    proto: int
+    dport: int
+    direction: int
+    tcp_flags: int
+    """The OR of the flags of its flows and of its flood-table packets."""
+    packets: int
+    bytes: int
+    in_flows: int
+
+
+@dataclass(frozen=True, slots=True)
+class FloodShape:
+    """Who sent what in one tick, by source prefix and target (collect.flood): the rows with the
+    most packets, and what the rest add up to."""
+
+    rows: tuple[FloodRow, ...] = ()
+    """The top rows by packets (at most flood.TOP_ROWS), most first."""
+    rest_packets: int = 0
+    """Packets of the rows left out."""
+    rest_bytes: int = 0
+    unplaced: int = 0
+    """Packets the full flow map could not take that found the flood table full too
+    (CNT_FLOOD_OTHER): no row has them. Each row's count is exact up to this many."""
+    interval: float = 1.0
+
+    @property
+    def packets(self) -> int:
+        """Every packet of the tick: the rows, the rest and the unplaced."""
+        return sum(r.packets for r in self.rows) + self.rest_packets + self.unplaced
+
+
+@dataclass(frozen=True, slots=True)
 class Sample:
     """Totals of one collector tick. ``counters`` are the deltas of the kernel counters since the
     previous tick, keyed by abi.Counter names in lower case (packets, non_ip, ...)."""
@@ -439,6 +480,9 @@ class Sample:
     active_flows: int
     new_flows: int
     counters: dict[str, int]
+    flood: FloodShape = field(default_factory=FloodShape)
+    """The tick's packets by source prefix and target, the flows' and those the full flow map
+    could not take alike (collect.flood)."""
 
 
 @dataclass(frozen=True, slots=True)

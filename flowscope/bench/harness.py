@@ -193,7 +193,8 @@ class Lab:
     def programs(self, role: str) -> list[FlowProgram]:
         """settings.loads loads of the flow program for one role: default (without the socket
         hooks), processes (with them, as record and live run), precise (FS_PRECISE_CLOCK),
-        filled (a large map holding settings.flows other flows)."""
+        filled (a large map holding settings.flows other flows), full (a map of one entry
+        that another flow holds: every frame is a flood's)."""
         progs = self._programs.get(role)
         if progs is None:
             progs = self._programs[role] = [self._load(role) for _ in range(self.settings.loads)]
@@ -220,8 +221,14 @@ class Lab:
             prog = FlowProgram(flow_entries=BIG_FLOW_ENTRIES)
             prog.put_flows(abi.AF_INET, other_flow_keys(self.settings.flows))
             return prog
+        if role == "full":  # a map of one entry, held by another flow
+            prog = FlowProgram(flow_entries=1)
+            prog.put_flows(abi.AF_INET, other_flow_keys(1))
+            return prog
         if role == "insert":
-            return FlowProgram(flow_entries=BIG_FLOW_ENTRIES, ringbuf_pages=INSERT_RINGBUF_PAGES)
+            return FlowProgram(
+                flow_entries=BIG_FLOW_ENTRIES, ringbuf_pages=INSERT_RINGBUF_PAGES, event_budget=0
+            )
         raise ValueError(role)
 
     def close(self) -> None:

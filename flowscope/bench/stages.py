@@ -203,7 +203,9 @@ def ringbuf_events(lab: Lab) -> Iterator[Result]:
         return []
 
     for decode in (True, False):
-        prog = program.FlowProgram(flow_entries=BIG_FLOW_ENTRIES, ringbuf_pages=RINGBUF_PAGES)
+        prog = program.FlowProgram(
+            flow_entries=BIG_FLOW_ENTRIES, ringbuf_pages=RINGBUF_PAGES, event_budget=0
+        )
         try:
             for frame in frames:
                 prog.test_run(frame)

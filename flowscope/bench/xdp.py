@@ -75,6 +75,32 @@ def hot_ipv4_tcp_100k(lab: Lab) -> Iterator[Result]:
     yield result
 
 
+def map_full(lab: Lab) -> Iterator[Result]:
+    """A flood's packet once the flow map is full: the flow lookup misses, no insert is tried
+    (the map was found full in this jiffy), and the packet is counted in the flood table by its
+    source prefix and target (and, past the announcement budget, not announced). Next to the
+    hot flow of the default build: issue #18 allows 1.5 times its cost."""
+    name = "xdp_map_full"
+    full, default = lab.programs("full"), lab.programs("default")
+    value, base = side_by_side(
+        lab.settings,
+        [p.test_run for p in full],
+        [p.test_run for p in default],
+        hot_ipv4_tcp_frame(),
+    )
+    for prog in full:
+        counters = prog.read_counters()
+        _, values = prog.take_floods()
+        if counters[abi.Counter.MAP_FULL] == 0 or int(values["packets"].sum()) != int(
+            counters[abi.Counter.MAP_FULL]
+        ):
+            raise BenchError(
+                f"{name}: {counters[abi.Counter.MAP_FULL]} map-full packets, "
+                f"{int(values['packets'].sum())} in the flood table"
+            )
+    yield Result(name, value, "ns/packet", "xdp_hot_ipv4_tcp", base)
+
+
 def ipv6_tcp_ext(lab: Lab) -> Iterator[Result]:
     """IPv6 behind two extension headers: the parser walks the chain to find TCP and its ports."""
     progs = lab.programs("default")

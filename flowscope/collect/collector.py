@@ -28,6 +28,7 @@ import numpy as np
 
 from flowscope import abi
 from flowscope.collect.drops import DropTable
+from flowscope.collect.flood import FloodParts
 from flowscope.collect.health import HealthTable
 from flowscope.collect.owners import OwnerTable
 from flowscope.model import (
@@ -59,6 +60,8 @@ class FlowSource(Protocol):
     def take_flows(self, family: int, keys: np.ndarray) -> tuple[np.ndarray, FlowBatch]: ...
 
     def read_counters(self) -> dict[abi.Counter, int]: ...
+
+    def take_floods(self) -> tuple[np.ndarray, np.ndarray]: ...
 
     def open_events(self, callback: Callable[[FlowEvent], None]) -> None: ...
 
@@ -236,8 +239,9 @@ class Collector:
         total_packets = 0
         evicted = 0
         interfaces: dict[tuple[str, int], tuple[int, int]] = {}
+        shape = FloodParts()
         for family in (abi.AF_INET, abi.AF_INET6):
-            out = self._tick_family(family, now, elapsed, records)
+            out = self._tick_family(family, now, elapsed, records, shape)
             live.append(out.live)
             pending.append(out.pending)
             total_bytes += out.delta_bytes
@@ -247,6 +251,7 @@ class Collector:
                 key = (self.iface(ifindex), direction)
                 p0, b0 = interfaces.get(key, (0, 0))
                 interfaces[key] = (p0 + p, b0 + b)
+        shape.add_table(*self.source.take_floods())
         counters = self.source.read_counters()
         deltas = {
             c.name.lower(): counter_delta(counters[c], self._counters.get(c, 0))
@@ -286,6 +291,7 @@ class Collector:
             active_flows=sum(len(lf.batch) for lf in live),
             new_flows=deltas["flows_created"],
             counters=deltas | {"evicted": evicted, "unattributed": unattributed},
+            flood=shape.shape(deltas["flood_other"], elapsed),
         )
         return Tick(
             sample=sample,
@@ -439,7 +445,12 @@ class Collector:
         )
 
     def _tick_family(
-        self, family: int, now: int, elapsed: float, records: list[FlowRecord]
+        self,
+        family: int,
+        now: int,
+        elapsed: float,
+        records: list[FlowRecord],
+        shape: FloodParts,
     ) -> _FamilyTick:
         s = self.settings
         st = self._state[family]
@@ -514,6 +525,8 @@ class Collector:
                             self._tcp_of(tcp, i), self._drops_of(batch, i),
                         )
                     )  # fmt: skip
+
+        shape.add_flows(family, batch.keys, d_packets_all, d_bytes_all, batch.tcp_flags)
 
         # active-timeout records for long-lived flows
         for i in np.nonzero(active)[0]:

@@ -105,6 +105,9 @@ class _ReplaySource:
     def take_flows(self, family: int, keys: np.ndarray) -> tuple[np.ndarray, FlowBatch]:
         return self.program.take_flows(family, keys)
 
+    def take_floods(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.program.take_floods()
+
     def read_counters(self) -> dict[abi.Counter, int]:
         counters = dict(self.program.read_counters())
         counters[abi.Counter.PACKETS] += self.too_short

@@ -30,7 +30,8 @@ COUNTER_COLUMNS_V1: tuple[str, ...] = (
     "map_full",
     "ringbuf_full",
 )
-COUNTER_COLUMNS: tuple[str, ...] = (*COUNTER_COLUMNS_V1, "bytes")
+COUNTER_COLUMNS: tuple[str, ...] = (*COUNTER_COLUMNS_V1, "bytes", "flood_other", "events_limited")
+"""Every counter; flood_other and events_limited came with migration 12."""
 
 OWNER_COLUMNS: tuple[str, ...] = ("pid", "comm", "uid", "cgroup", "container")
 """The process of a flow's local socket (migration 8); NULL when none is known."""
@@ -101,7 +102,23 @@ SAMPLE_COLUMNS: tuple[str, ...] = (
     "evicted",
     "bytes",
     "drops",
+    "flood_other",
+    "events_limited",
 )
+FLOOD_COLUMNS: tuple[str, ...] = (
+    "time",
+    "family",
+    "prefix",
+    "proto",
+    "dport",
+    "direction",
+    "tcp_flags",
+    "packets",
+    "bytes",
+    "in_flows",
+)
+"""The floods table (migration 12): a tick's largest sources by prefix and target, written
+for ticks in which the flow map was full (model.FloodRow; the tick's totals are its sample)."""
 EVENT_COLUMNS: tuple[str, ...] = (
     "time",
     "iface",
@@ -471,6 +488,24 @@ def _migration_11(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE pending ADD COLUMN health TEXT")
 
 
+def _migration_12(db: sqlite_utils.Database) -> None:
+    """samples.flood_other and samples.events_limited: the tick's packets that neither the flow
+    map nor the flood table could take, and the new flows the kernel counted but did not
+    announce (its per-CPU budget); ``floods``: for each tick in which the flow map was full,
+    its largest sources by prefix (IPv4 /24, IPv6 /64) and target (protocol, destination port,
+    direction), with the packets the flows took and those they could not, so the shape of a
+    flood that filled the map is kept without a record per flow of it."""
+    db.execute("ALTER TABLE samples ADD COLUMN flood_other INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE samples ADD COLUMN events_limited INTEGER NOT NULL DEFAULT 0")
+    db.execute(
+        "CREATE TABLE floods (time TEXT NOT NULL, family INTEGER NOT NULL, "
+        "prefix TEXT NOT NULL, proto INTEGER NOT NULL, dport INTEGER NOT NULL, "
+        "direction TEXT NOT NULL, tcp_flags INTEGER NOT NULL, packets INTEGER NOT NULL, "
+        "bytes INTEGER NOT NULL, in_flows INTEGER NOT NULL)"
+    )
+    db.execute("CREATE INDEX floods_time ON floods (time)")
+
+
 # Each entry upgrades the schema from version i to i + 1; user_version holds how many ran.
 # Never edit an entry once released: add a new one.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
@@ -485,6 +520,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_9,
     _migration_10,
     _migration_11,
+    _migration_12,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -35,6 +35,7 @@ from flowscope.history.files import StoreError, create_private_file, translate_e
 from flowscope.history.schema import (
     COUNTER_COLUMNS_V1,
     EVENT_COLUMNS,
+    FLOOD_COLUMNS,
     FLOW_COLUMNS,
     HOUR,
     MIGRATIONS,
@@ -65,6 +66,12 @@ _INSERT_SAMPLE = (
     f"INSERT INTO samples ({', '.join(SAMPLE_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(SAMPLE_COLUMNS))})"
 )
+_INSERT_FLOOD = (
+    f"INSERT INTO floods ({', '.join(FLOOD_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(FLOOD_COLUMNS))})"
+)
+FLOOD_ROWS = 20
+"""Rows of a tick's flood shape written to history (of collect.flood.TOP_ROWS)."""
 _INSERT_EVENT = (
     f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
@@ -104,6 +111,16 @@ def flow_row(r: FlowRecord) -> tuple[Any, ...]:
         *_owner_values(r.owner),
         *_health_values(r),
     )
+
+
+def flood_rows(sample: Sample) -> list[tuple[Any, ...]]:
+    """The largest FLOOD_ROWS rows of a tick's flood shape, as rows of ``floods``."""
+    at = iso_time(sample.time)
+    return [
+        (at, r.family, r.prefix, r.proto, r.dport, abi.DIRECTION_NAMES[r.direction],
+         r.tcp_flags, r.packets, r.bytes, r.in_flows)
+        for r in sample.flood.rows[:FLOOD_ROWS]
+    ]  # fmt: skip
 
 
 def _health_values(r: FlowRecord) -> tuple[Any, ...]:
@@ -333,8 +350,12 @@ class Store:
                         sample.counters.get("evicted", 0),
                         sample.counters.get("bytes", 0),
                         sample.counters.get("drops", 0),
+                        sample.counters.get("flood_other", 0),
+                        sample.counters.get("events_limited", 0),
                     ),
                 )
+                if sample.counters.get("map_full", 0):
+                    self.conn.executemany(_INSERT_FLOOD, flood_rows(sample))
             if event_rows:
                 self.conn.executemany(_INSERT_EVENT, event_rows)
             if alerts:
@@ -417,6 +438,7 @@ class Store:
         self.conn.execute("DELETE FROM samples WHERE time < ?", (cutoff,))
         self.conn.execute("DELETE FROM events WHERE time < ?", (cutoff,))
         self.conn.execute("DELETE FROM alerts WHERE last < ?", (cutoff,))
+        self.conn.execute("DELETE FROM floods WHERE time < ?", (cutoff,))
         # Without AUTOINCREMENT, ids past a deleted maximum are used again: keep the rollup
         # mark at or below max(id) so new rows are never taken as rolled up already.
         self.conn.execute(

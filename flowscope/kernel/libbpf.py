@@ -146,6 +146,7 @@ def _libbpf() -> ctypes.CDLL:
         lib.bpf_link_create.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
         lib.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.c_void_p]
         lib.bpf_map_lookup_batch.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 6
+        lib.bpf_map_lookup_and_delete_batch.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 6
         lib.bpf_map_lookup_and_delete_elem.argtypes = [
             ctypes.c_int,
             ctypes.c_void_p,
@@ -287,15 +288,24 @@ def prog_test_run(
 
 
 def map_lookup_batch(
-    map_fd: int, keys: Any, values: Any, capacity: int, token: Any, first: bool
+    map_fd: int,
+    keys: Any,
+    values: Any,
+    capacity: int,
+    token: Any,
+    first: bool,
+    delete: bool = False,
 ) -> tuple[int, bool]:
-    """One BPF_MAP_LOOKUP_BATCH call into caller-owned buffers.
+    """One BPF_MAP_LOOKUP_BATCH call into caller-owned buffers (BPF_MAP_LOOKUP_AND_DELETE_BATCH
+    with ``delete``: each entry is removed as it is copied, under its bucket's lock).
 
     Returns (entries read, done). ``token`` is a 4-byte buffer the kernel uses to resume."""
     count = ctypes.c_uint32(capacity)
     opts = _BatchOpts(sz=ctypes.sizeof(_BatchOpts))
+    lib = _libbpf()
+    fn = lib.bpf_map_lookup_and_delete_batch if delete else lib.bpf_map_lookup_batch
     ret = int(
-        _libbpf().bpf_map_lookup_batch(
+        fn(
             map_fd,
             None if first else ctypes.byref(token),
             ctypes.byref(token),
@@ -309,12 +319,19 @@ def map_lookup_batch(
         err = _errno(ret)
         if err == errno.ENOENT:
             return count.value, True
-        raise _raise("BPF_MAP_LOOKUP_BATCH", err)
+        raise _raise("BPF_MAP_LOOKUP_AND_DELETE_BATCH" if delete else "BPF_MAP_LOOKUP_BATCH", err)
     return count.value, False
 
 
 def map_lookup_all(
-    map_fd: int, keys: Any, values: Any, per_key: int, token: Any, chunk: int = 16384
+    map_fd: int,
+    keys: Any,
+    values: Any,
+    per_key: int,
+    token: Any,
+    chunk: int = 16384,
+    *,
+    delete: bool = False,
 ) -> int:
     """Every entry of a hash map into caller-owned numpy buffers (``keys``, and ``values``
     with ``per_key`` values for each key: the possible CPUs of a per-CPU map, else 1), by
@@ -331,6 +348,7 @@ def map_lookup_all(
             min(chunk, cap - n),
             token,
             first,
+            delete,
         )
         first = False
         n += got

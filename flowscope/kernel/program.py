@@ -104,6 +104,15 @@ class _BatchBuffers:
     )
 
 
+def default_event_budget(ringbuf_pages: int, ncpus: int) -> int:
+    """Records each CPU may announce per 10 ms window so that all CPUs together fill at most
+    three quarters of the ring buffer in a second (the collector drains it once a tick): at
+    least 1. A record takes 64 bytes and an 8-byte header."""
+    capacity = ringbuf_pages * 4096 // (abi.EVENT_DTYPE.itemsize + 8)
+    windows = 1_000_000_000 // abi.EVENT_WINDOW_NS
+    return max(1, capacity * 3 // 4 // max(1, ncpus) // windows)
+
+
 class FlowProgram:
     """The compiled programs (XDP for ingress, TC for egress: one source, the same maps), the
     maps, and the ways to read them.
@@ -118,6 +127,7 @@ class FlowProgram:
         ringbuf_pages: int = abi.DEFAULT_RINGBUF_PAGES,
         cflags: tuple[str, ...] = (),
         owners: bool = False,
+        event_budget: int | None = None,
     ) -> None:
         require_bpf_privileges()
         if flow_entries < 1:
@@ -131,10 +141,19 @@ class FlowProgram:
                 "run 'make setup', which installs Debian's linux-headers-amd64 and links them",
             )
         self.flow_entries = flow_entries
+        self.ncpus = libbpf.num_possible_cpus()
+        self.event_budget = (
+            default_event_budget(ringbuf_pages, self.ncpus)
+            if event_budget is None
+            else event_budget
+        )
+        """Ring buffer records each CPU may write per 10 ms window (0: no limit)."""
         flags = [
             f"-I{src}",
             f"-DFLOW_ENTRIES={flow_entries}",
             f"-DRINGBUF_PAGES={ringbuf_pages}",
+            f"-DFLOOD_ENTRIES={abi.DEFAULT_FLOOD_ENTRIES}",
+            f"-DEVENT_BUDGET={self.event_budget}",
             *cflags,
         ]
         # the drop hook (bpf/drops.c) reads kernel structs at offsets from the kernel's BTF;
@@ -171,12 +190,12 @@ class FlowProgram:
                 raise compile_error(text, "the verifier refused the XDP program") from e
         self.prog_fd: int = self._fn.fd
         self._tc_fd: int | None = None
-        self.ncpus = libbpf.num_possible_cpus()
         self._maps = {
             abi.AF_INET: (self._bpf["flows4"].map_fd, abi.KEY4_DTYPE),
             abi.AF_INET6: (self._bpf["flows6"].map_fd, abi.KEY6_DTYPE),
         }
         self._buffers: dict[int, _BatchBuffers] = {}
+        self._flood_buffers: _BatchBuffers | None = None
         self._events_open = False
         self._pending_events: list[bytes] = []
         self._event_callback: Callable[[FlowEvent], None] | None = None
@@ -277,6 +296,26 @@ class FlowProgram:
         base, size = kbuf.ctypes.data, kdtype.itemsize
         for i in range(len(kbuf)):
             libbpf.map_update(fd, base + i * size, vptr)
+
+    def take_floods(self) -> tuple[np.ndarray, np.ndarray]:
+        """Empty the flood table: its keys (abi.FLOOD_KEY_DTYPE) and their packets and bytes
+        summed over CPUs (abi.FLOOD_VALUE_DTYPE), by lookup-and-delete batches, so each packet
+        is in exactly one tick's read (up to one a CPU was adding while its entry was taken)."""
+        if self._flood_buffers is None:
+            cap = abi.DEFAULT_FLOOD_ENTRIES
+            self._flood_buffers = _BatchBuffers(
+                keys=np.zeros(cap, dtype=abi.FLOOD_KEY_DTYPE),
+                values=np.zeros(cap * self.ncpus, dtype=abi.FLOOD_VALUE_DTYPE),
+            )
+        buf = self._flood_buffers
+        n = libbpf.map_lookup_all(
+            self._bpf["floods"].map_fd, buf.keys, buf.values, self.ncpus, buf.token, delete=True
+        )
+        values = buf.values[: n * self.ncpus].reshape(n, self.ncpus)
+        out = np.zeros(n, dtype=abi.FLOOD_VALUE_DTYPE)
+        out["packets"] = values["packets"].sum(axis=1)
+        out["bytes"] = values["bytes"].sum(axis=1)
+        return buf.keys[:n].copy(), out
 
     # -- counters ------------------------------------------------------------------------
 

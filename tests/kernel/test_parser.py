@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import struct
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -117,6 +118,8 @@ def counters(
         "truncated": truncated,
         "map_full": map_full,
         "ringbuf_full": 0,
+        "flood_other": 0,
+        "events_limited": 0,
     }
 
 
@@ -618,3 +621,92 @@ def test_map_full(program_factory: Callable[..., FlowProgram]) -> None:
     small.poll_events(0)
     assert [(e.key, e.map_full) for e in events] == [(keys[9], True)]
     assert observe(small)[1]["map_full"] == 7
+
+
+def from4(src: str, pkt: Packet) -> bytes:
+    """Ethernet + IPv4 src -> B4 + pkt."""
+    return bytes(eth() / IP(src=src, dst=B4) / pkt)
+
+
+def _floods(prog: FlowProgram) -> dict[tuple[bytes, int, int, int, int, int, int], tuple[int, int]]:
+    """The flood table, emptied: (prefix, ifindex, dport, proto, flags, family, direction) ->
+    (packets, bytes)."""
+    keys, values = prog.take_floods()
+    return {
+        (bytes(k["prefix"]), int(k["ifindex"]), int(k["dport"]), int(k["proto"]),
+         int(k["tcp_flags"]), int(k["family"]), int(k["direction"])): (int(v["packets"]),
+                                                                      int(v["bytes"]))
+        for k, v in zip(keys, values, strict=True)
+    }  # fmt: skip
+
+
+def test_the_flood_table_counts_what_the_full_map_could_not_take(
+    program_factory: Callable[..., FlowProgram],
+) -> None:
+    """With room for 2 flows, SYNs from 20 sources of 10.0.0.0/24 and 5 of 10.0.1.0/24 to port
+    80, UDP to 53 and an IPv6 SYN: the two flows that got in are not in the flood table, every
+    other packet is, once, under its /24 (IPv6 /64), port, protocol and flags; the read empties
+    it; packets of a third target once the table is full count as flood_other."""
+    prog = program_factory(flow_entries=2)
+    syn = TCP(sport=1234, dport=80, flags="S")
+    sent = [from4(f"10.0.0.{i + 1}", syn) for i in range(20)]
+    sent += [from4(f"10.0.1.{i + 1}", syn) for i in range(5)]
+    sent += [from4("10.0.0.200", UDP(sport=1000 + i, dport=53)) for i in range(3)]
+    for frame in sent:
+        prog.test_run(frame)
+    prog.test_run(v6(TCP(sport=1, dport=443, flags="S")))  # the IPv6 map has room
+    for i in range(4):
+        prog.test_run(bytes(eth() / IPv6(src=f"2001:db8:0:7::{i + 1}", dst=B6)
+                            / TCP(sport=1, dport=443, flags="S")))  # fmt: skip
+    counters = observe(prog)[1]
+    net0, net1 = bytes([10, 0, 0]) + bytes(5), bytes([10, 0, 1]) + bytes(5)
+    net6 = bytes.fromhex("20010db800000007")
+    size = len(sent[0])
+    assert _floods(prog) == {
+        (net0, LO, 80, 6, 0x02, 4, 0): (18, 18 * size),  # the first two took the map
+        (net1, LO, 80, 6, 0x02, 4, 0): (5, 5 * size),
+        (net0, LO, 53, 17, 0, 4, 0): (3, 3 * len(sent[-1])),
+        (net6, LO, 443, 6, 0x02, 6, 0): (3, 3 * 74),  # one of the four took the last slot
+    }
+    assert counters["map_full"] == 18 + 5 + 3 + 3
+    assert counters["flood_other"] == 0
+    assert _floods(prog) == {}  # read and emptied
+
+
+def test_a_full_flood_table_counts_the_rest_as_flood_other(
+    program_factory: Callable[..., FlowProgram],
+) -> None:
+    """Past the flood table's entries the packets of new prefixes are flood_other, and every
+    packet of a full map is in exactly one of the two."""
+    prog = program_factory(flow_entries=1)
+    n = abi.DEFAULT_FLOOD_ENTRIES + 200
+    frames = [from4(f"10.{i // 256}.{i % 256}.1", UDP(sport=1, dport=9)) for i in range(1, n + 1)]
+    for frame in frames:
+        prog.test_run(frame)
+    counters = observe(prog)[1]
+    table = _floods(prog)
+    assert counters["map_full"] == n - 1
+    assert sum(p for p, _ in table.values()) + counters["flood_other"] == n - 1
+    assert len(table) <= abi.DEFAULT_FLOOD_ENTRIES
+    assert counters["flood_other"] >= 200 - 1
+
+
+def test_announcements_have_a_budget_and_what_it_holds_back_is_counted(
+    program_factory: Callable[..., FlowProgram],
+) -> None:
+    """With a budget of 3 records per CPU and 10 ms, 40 new flows sent back to back: each is
+    either announced or counted as events_limited, at most 3 per window spanned are announced,
+    and every flow is in the map all the same."""
+    prog = program_factory(flow_entries=64, event_budget=3)
+    events: list[FlowEvent] = []
+    prog.open_events(events.append)
+    started = time.monotonic_ns()
+    for i in range(40):
+        prog.test_run(v4(UDP(sport=2000 + i, dport=53)))
+    windows = (time.monotonic_ns() - started) // abi.EVENT_WINDOW_NS + 2
+    prog.poll_events(0)
+    flows, counters = observe(prog)
+    assert len(flows) == counters["flows_created"] == 40
+    assert len(events) + counters["events_limited"] == 40
+    assert 3 <= len(events) <= 3 * windows
+    assert counters["ringbuf_full"] == 0

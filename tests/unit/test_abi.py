@@ -79,8 +79,33 @@ LAYOUT = {
             "flags": 57,
         },
     ),
-    # counters[direction][counter]: ingress 0..55, egress 56..111
-    "cpu_state": (abi.CpuState, 144, {"counters": 0, "clock_jiffies": 128, "clock_ns": 136}),
+    # counters[direction][counter]: ingress 0..79, egress 80..159
+    "cpu_state": (
+        abi.CpuState,
+        216,
+        {
+            "counters": 0,
+            "clock_jiffies": 160,
+            "clock_ns": 168,
+            "event_window": 176,
+            "event_count": 184,
+            "full_jiffies": 192,
+        },
+    ),
+    "flood_key": (
+        abi.FloodKey,
+        24,
+        {
+            "prefix": 0,
+            "ifindex": 8,
+            "dport": 12,
+            "proto": 14,
+            "tcp_flags": 15,
+            "family": 16,
+            "direction": 17,
+        },
+    ),
+    "flood_value": (abi.FloodValue, 16, {"packets": 0, "bytes": 8}),
     "replay_meta": (abi.ReplayMeta, 16, {"timestamp": 0, "wire_len": 8, "ifindex": 12}),
     "sock_owner": (abi.SockOwner, 32, {"cgroup_id": 0, "pid": 8, "uid": 12, "comm": 16}),
     "sock_event": (
@@ -172,6 +197,8 @@ def test_c_header_has_the_same_layout(tmp_path: Path) -> None:
     lines.append('printf("counter FS_DIRECTIONS %d\\n", FS_DIRECTIONS);')
     lines.append('printf("counter DROP_REASON_SLOTS %d\\n", DROP_REASON_SLOTS);')
     lines.append('printf("counter FS_DIR_EGRESS %d\\n", FS_DIR_EGRESS);')
+    lines.append('printf("counter FLOOD_ENTRIES %d\\n", FLOOD_ENTRIES);')
+    lines.append('printf("counter EVENT_WINDOW_NS %llu\\n", EVENT_WINDOW_NS);')
     lines.append(
         'printf("counter egress_packets %zu\\n", '
         "offsetof(struct cpu_state, counters[FS_DIR_EGRESS][CNT_PACKETS]));"
@@ -202,6 +229,8 @@ def test_c_header_has_the_same_layout(tmp_path: Path) -> None:
     assert seen[("counter", "FS_DIRECTIONS")] == abi.DIRECTIONS
     assert seen[("counter", "DROP_REASON_SLOTS")] == abi.DROP_REASON_SLOTS
     assert seen[("counter", "FS_DIR_EGRESS")] == abi.DIR_EGRESS
+    assert seen[("counter", "FLOOD_ENTRIES")] == abi.DEFAULT_FLOOD_ENTRIES
+    assert seen[("counter", "EVENT_WINDOW_NS")] == abi.EVENT_WINDOW_NS
     assert seen[("counter", "egress_packets")] == 8 * abi.COUNTER_COUNT * abi.DIR_EGRESS
 
 

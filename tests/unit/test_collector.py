@@ -89,6 +89,9 @@ class FakeSource:
     def read_counters(self) -> dict[abi.Counter, int]:
         return dict(self.counters)
 
+    def take_floods(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.zeros(0, abi.FLOOD_KEY_DTYPE), np.zeros(0, abi.FLOOD_VALUE_DTYPE)
+
     def open_events(self, callback: Callable[[FlowEvent], None]) -> None:
         self.callback = callback
 

@@ -8,7 +8,10 @@ Invariants, checked on every step and at the end:
   are those deltas over the interval;
 - per flow, the records written for it sum to exactly what the kernel counted for it, and
   its records never overlap in time (a record that restarts at the flow's first packet means
-  the flow was counted twice).
+  the flow was counted twice);
+- per source prefix and target, the ticks' flood shapes sum to every packet sent, those the
+  full map could not take included, except the ones the full flood table could not take
+  either, which the shapes count as unplaced; the flows' share is what the flows got.
 """
 
 from __future__ import annotations
@@ -98,6 +101,21 @@ class FakeKernel:
         self.counters = dict.fromkeys(abi.Counter, 0)
         self.late: tuple[int, int] | None = None  # (packets, bytes) arriving during a take
         self.attributed: dict[bytes, list[int]] = defaultdict(lambda: [0, 0])
+        # the flood table: (family, prefix, dport, proto, flags, direction) -> [packets, bytes]
+        self.floods: dict[tuple[int, bytes, int, int, int, int], list[int]] = {}
+        self.flood_entries = 3
+        # the truth per (prefix, proto, dport, direction): [placed packets, of them in flows]
+        self.by_prefix: dict[tuple[str, int, int, int], list[int]] = defaultdict(lambda: [0, 0])
+
+    def group(self, family: int, key: bytes) -> tuple[str, int, int, int]:
+        """A flow's source prefix and target, as collect.flood names them."""
+        k = np.frombuffer(key, abi.KEY_DTYPES[family])[0]
+        raw = bytes(k["saddr"])
+        if family == abi.AF_INET:
+            prefix = f"{ipaddress.IPv4Address(raw[:3] + bytes(1))}/24"
+        else:
+            prefix = f"{ipaddress.IPv6Address(raw[:8] + bytes(8))}/64"
+        return prefix, int(k["proto"]), int(k["dport"]), int(k["direction"])
 
     def send(self, i: int, packets: int, size: int, cpu: int, flags: int) -> None:
         family, key = self.keys[i]
@@ -107,6 +125,17 @@ class FakeKernel:
         if key not in m:
             if len(m) >= self.flow_entries:
                 self.counters[abi.Counter.MAP_FULL] += packets
+                prefix, proto, dport, direction = self.group(family, key)
+                k = np.frombuffer(key, abi.KEY_DTYPES[family])[0]
+                fkey = (family, bytes(k["saddr"])[: 3 if family == abi.AF_INET else 8], dport,
+                        proto, flags, direction)  # fmt: skip
+                if fkey in self.floods or len(self.floods) < self.flood_entries:
+                    row = self.floods.setdefault(fkey, [0, 0])
+                    row[0] += packets
+                    row[1] += packets * size
+                    self.by_prefix[prefix, proto, dport, direction][0] += packets
+                else:
+                    self.counters[abi.Counter.FLOOD_OTHER] += packets
                 return
             m[key] = [[0, 0, 0, 0, 0, 0] for _ in range(NCPU)]
             self.counters[abi.Counter.FLOWS_CREATED] += 1
@@ -120,6 +149,22 @@ class FakeKernel:
         row[5] |= flags
         self.attributed[key][0] += packets
         self.attributed[key][1] += packets * size
+        g = self.by_prefix[self.group(family, key)]
+        g[0] += packets
+        g[1] += packets
+
+    def take_floods(self) -> tuple[np.ndarray, np.ndarray]:
+        keys = np.zeros(len(self.floods), abi.FLOOD_KEY_DTYPE)
+        values = np.zeros(len(self.floods), abi.FLOOD_VALUE_DTYPE)
+        for r, ((family, prefix, dport, proto, flags, direction), (p, b)) in enumerate(
+            self.floods.items()
+        ):
+            keys[r]["prefix"][: len(prefix)] = np.frombuffer(prefix, np.uint8)
+            keys[r]["family"], keys[r]["dport"], keys[r]["proto"] = family, dport, proto
+            keys[r]["tcp_flags"], keys[r]["direction"], keys[r]["ifindex"] = flags, direction, 7
+            values[r] = (p, b)
+        self.floods = {}
+        return keys, values
 
     def send_non_ip(self, packets: int, size: int) -> None:
         self.counters[abi.Counter.PACKETS] += packets
@@ -158,6 +203,9 @@ class FakeKernel:
             self.counters[abi.Counter.BYTES] += b
             self.attributed[got[0]][0] += p
             self.attributed[got[0]][1] += b
+            g = self.by_prefix[self.group(family, got[0])]
+            g[0] += p
+            g[1] += p
             self.late = None
         batch = self._batch(family, got)
         for k in got:
@@ -196,6 +244,8 @@ class CollectorMachine(RuleBasedStateMachine):
         self.written: dict[bytes, list[int]] = defaultdict(lambda: [0, 0])
         self.last_end: dict[bytes, float] = {}
         self.counters = self.kernel.read_counters()
+        self.shaped: dict[tuple[str, int, int, int], list[int]] = defaultdict(lambda: [0, 0])
+        self.unplaced = 0
 
     def make_collector(
         self,
@@ -257,6 +307,18 @@ class CollectorMachine(RuleBasedStateMachine):
         assert round(s.pps * s.interval) == delta[abi.Counter.PACKETS]
         assert round(s.bps * s.interval / 8) == delta[abi.Counter.BYTES]
         assert s.counters["unattributed"] == unattributed
+        self._shape(t)
+
+    def _shape(self, t: Tick) -> None:
+        """Add up the tick's flood shape: per prefix and target, every packet placed so far."""
+        assert t.sample.flood.rest_packets == 0  # fewer groups than rows here
+        for r in t.sample.flood.rows:
+            g = self.shaped[r.prefix, r.proto, r.dport, r.direction]
+            g[0] += r.packets
+            g[1] += r.in_flows
+        self.unplaced += t.sample.flood.unplaced
+        assert dict(self.shaped) == {k: v for k, v in self.kernel.by_prefix.items() if v[0]}
+        assert self.unplaced == self.kernel.counters[abi.Counter.FLOOD_OTHER]
 
     def _take(self, records: list) -> None:  # type: ignore[type-arg]
         for r in records:

@@ -119,10 +119,12 @@ def test_schema_has_the_documented_tables_columns_and_indexes(db: Path) -> None:
     assert [c.name for c in d["samples"].columns] == list(schema.SAMPLE_COLUMNS)
     assert tuple(c.name.lower() for c in abi.Counter) == schema.COUNTER_COLUMNS
     assert [c.name for c in d["events"].columns] == list(schema.EVENT_COLUMNS)
+    assert [c.name for c in d["floods"].columns] == list(schema.FLOOD_COLUMNS)
     indexed = {(t, tuple(i.columns)) for t in d.table_names() for i in d[t].indexes}
     assert ("flows", ("last_seen",)) in indexed
     assert ("samples", ("time",)) in indexed
     assert ("events", ("time",)) in indexed
+    assert ("floods", ("time",)) in indexed
     assert [c.name for c in d["alerts"].columns] == [
         "session", "id", "kind", "source", "target", "start", "last", "flows", "sources", "filter"
     ]  # fmt: skip

@@ -1,0 +1,177 @@
+"""The shape of a tick's traffic by source prefix and target: what a flood looks like even
+when it filled the flow map.
+
+Each tick the collector hands over every flow's packets of that tick (its delta) and the
+kernel's flood table (bpf/flowscope.c: packets the full flow map could not take, counted by
+source prefix, destination port, protocol, flags, interface and direction, emptied by the
+read). Both are summed here per (IPv4 /24 or IPv6 /64, protocol, destination port, direction)
+with numpy: a packet is in exactly one of the two, so a row's count is every packet that
+prefix sent to that target in the tick, whether or not the flow map had room for them, up to
+the packets that found the flood table full as well (FloodShape.unplaced, the stated bound).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import NamedTuple
+
+import numpy as np
+
+from flowscope import abi
+from flowscope.model import FloodRow, FloodShape
+
+TOP_ROWS = 50
+"""Rows a FloodShape keeps (history writes fewer: history.store.FLOOD_ROWS)."""
+
+U64 = np.uint64
+_GROUP = np.dtype([("hi", U64), ("lo", U64)])
+
+
+class _Part(NamedTuple):
+    hi: np.ndarray
+    """The source prefix as one word (_prefix_word)."""
+    lo: np.ndarray
+    """Protocol, port, direction and family as one word (_target_word)."""
+    packets: np.ndarray
+    bytes: np.ndarray
+    flags: np.ndarray
+    flows: bool
+    """Whether these are flows' deltas (else the kernel's flood table)."""
+
+
+class FloodParts:
+    """A tick's packets by (prefix, target), added to as the collector reads: each part is one
+    family's flows or the flood table."""
+
+    def __init__(self) -> None:
+        self._parts: list[_Part] = []
+
+    def add_flows(
+        self,
+        family: int,
+        keys: np.ndarray,
+        packets: np.ndarray,
+        nbytes: np.ndarray,
+        tcp_flags: np.ndarray,
+    ) -> None:
+        """One family's flows (kernel key layout) with their packets and bytes of this tick;
+        flows without packets in it are left out."""
+        sel = np.flatnonzero(packets)
+        if not len(sel):
+            return
+        k = keys[sel]
+        self._parts.append(
+            _Part(
+                _prefix_word(family, k["saddr"]),
+                _target_word(family, k["proto"], k["dport"], k["direction"]),
+                packets[sel].astype(U64),
+                nbytes[sel].astype(U64),
+                tcp_flags[sel].astype(np.uint8),
+                flows=True,
+            )
+        )
+
+    def add_table(self, keys: np.ndarray, values: np.ndarray) -> None:
+        """The kernel's flood table as read (abi.FLOOD_KEY_DTYPE, abi.FLOOD_VALUE_DTYPE)."""
+        for family in (abi.AF_INET, abi.AF_INET6):
+            k = keys[keys["family"] == family]
+            if not len(k):
+                continue
+            v = values[keys["family"] == family]
+            self._parts.append(
+                _Part(
+                    _prefix_word(family, k["prefix"]),
+                    _target_word(family, k["proto"], k["dport"], k["direction"]),
+                    v["packets"].astype(U64),
+                    v["bytes"].astype(U64),
+                    k["tcp_flags"].astype(np.uint8),
+                    flows=False,
+                )
+            )
+
+    def shape(self, unplaced: int, interval: float, top: int = TOP_ROWS) -> FloodShape:
+        """The rows with the most packets (ties in prefix and target order, for a stable
+        order), the sum of the rest, and the unplaced packets (the bound of every row)."""
+        if not self._parts:
+            return FloodShape(unplaced=unplaced, interval=interval)
+        parts = self._parts
+        group = np.empty(sum(len(p.hi) for p in parts), _GROUP)
+        group["hi"] = np.concatenate([p.hi for p in parts])
+        group["lo"] = np.concatenate([p.lo for p in parts])
+        packets = np.concatenate([p.packets for p in parts])
+        nbytes = np.concatenate([p.bytes for p in parts])
+        flags = np.concatenate([p.flags for p in parts])
+        in_flows = np.concatenate([p.packets * U64(p.flows) for p in parts])
+        uniq, inv = np.unique(group, return_inverse=True)
+        inv = inv.reshape(-1)
+        n = len(uniq)
+        g_packets = np.bincount(inv, packets, n).astype(U64)
+        g_bytes = np.bincount(inv, nbytes, n).astype(U64)
+        g_flows = np.bincount(inv, in_flows, n).astype(U64)
+        g_flags = np.zeros(n, np.uint8)
+        np.bitwise_or.at(g_flags, inv, flags)
+        # most packets first; np.unique sorted the groups, so a stable sort keeps ties in order
+        order = np.argsort(-g_packets.astype(np.float64), kind="stable")
+        chosen, rest = order[:top], order[top:]
+        rows = tuple(
+            _row(
+                int(uniq[i]["hi"]),
+                int(uniq[i]["lo"]),
+                int(g_flags[i]),
+                int(g_packets[i]),
+                int(g_bytes[i]),
+                int(g_flows[i]),
+            )
+            for i in chosen.tolist()
+        )
+        return FloodShape(
+            rows=rows,
+            rest_packets=int(g_packets[rest].sum()),
+            rest_bytes=int(g_bytes[rest].sum()),
+            unplaced=unplaced,
+            interval=interval,
+        )
+
+
+def _prefix_word(family: int, addr: np.ndarray) -> np.ndarray:
+    """The source prefix of each row of address bytes (n x 4, 8 or 16, network order) as one
+    word: an IPv4 /24 as its 24-bit number, an IPv6 /64 as its 64 bits."""
+    a = addr.astype(U64)
+    if family == abi.AF_INET:
+        return (a[:, 0] << U64(16)) | (a[:, 1] << U64(8)) | a[:, 2]
+    word = np.zeros(len(addr), U64)
+    for i in range(8):
+        word = (word << U64(8)) | a[:, i]
+    return word
+
+
+def _target_word(
+    family: int, proto: np.ndarray, dport: np.ndarray, direction: np.ndarray
+) -> np.ndarray:
+    """Protocol, destination port (host order), direction and family packed in one word."""
+    word = (
+        (proto.astype(U64) << U64(32))
+        | (dport.astype(U64) << U64(16))
+        | (direction.astype(U64) << U64(8))
+        | U64(family)
+    )
+    return np.asarray(word, U64)
+
+
+def _row(hi: int, lo: int, flags: int, packets: int, nbytes: int, in_flows: int) -> FloodRow:
+    family = lo & 0xFF
+    if family == abi.AF_INET:
+        prefix = f"{ipaddress.IPv4Address(hi << 8)}/24"
+    else:
+        prefix = f"{ipaddress.IPv6Address(hi << 64)}/64"
+    return FloodRow(
+        family=family,
+        prefix=prefix,
+        proto=(lo >> 32) & 0xFF,
+        dport=(lo >> 16) & 0xFFFF,
+        direction=(lo >> 8) & 0xFF,
+        tcp_flags=int(flags),
+        packets=int(packets),
+        bytes=int(nbytes),
+        in_flows=int(in_flows),
+    )
