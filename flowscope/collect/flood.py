@@ -18,10 +18,13 @@ from typing import NamedTuple
 import numpy as np
 
 from flowscope import abi
-from flowscope.model import FloodRow, FloodShape
+from flowscope.model import FloodRow, FloodShape, proto_name
 
 TOP_ROWS = 50
 """Rows a FloodShape keeps (history writes fewer: history.store.FLOOD_ROWS)."""
+
+PORT_PROTOCOLS = frozenset({6, 17, 33, 132, 136})
+"""Protocols whose key has ports (TCP, UDP, DCCP, SCTP, UDP-Lite): their port 0 is shown."""
 
 U64 = np.uint64
 _GROUP = np.dtype([("hi", U64), ("lo", U64)])
@@ -74,10 +77,10 @@ class FloodParts:
     def add_table(self, keys: np.ndarray, values: np.ndarray) -> None:
         """The kernel's flood table as read (abi.FLOOD_KEY_DTYPE, abi.FLOOD_VALUE_DTYPE)."""
         for family in (abi.AF_INET, abi.AF_INET6):
-            k = keys[keys["family"] == family]
-            if not len(k):
+            mine = (keys["family"] == family) & (values["packets"] > 0)
+            if not mine.any():
                 continue
-            v = values[keys["family"] == family]
+            k, v = keys[mine], values[mine]
             self._parts.append(
                 _Part(
                     _prefix_word(family, k["prefix"]),
@@ -175,3 +178,18 @@ def _row(hi: int, lo: int, flags: int, packets: int, nbytes: int, in_flows: int)
         bytes=int(nbytes),
         in_flows=int(in_flows),
     )
+
+
+def target_text(row: FloodRow) -> str:
+    """A row's target as an operator reads it: 'udp/9', 'tcp/443', 'icmp/2048' (type * 256 +
+    code), 'gre' (no ports)."""
+    name = proto_name(row.proto)
+    return f"{name}/{row.dport}" if row.dport or row.proto in PORT_PROTOCOLS else name
+
+
+def filter_text(row: FloodRow) -> str:
+    """The live filter that selects a row's flows (those the map could take)."""
+    name = proto_name(row.proto)
+    proto = name if name in ("tcp", "udp", "icmp", "icmp6") else f"proto {row.proto}"
+    direction = "ingress" if row.direction == abi.DIR_INGRESS else "egress"
+    return f"src net {row.prefix} and dport {row.dport} and {proto} and {direction}"

@@ -69,6 +69,7 @@ class FlowscopeApp(App[None]):
         Binding("ctrl+c", "quit", "quit", show=False, priority=True),
         Binding("h", "history", "history", show=False),
         Binding("a", "alerts", "alerts", show=False),
+        Binding("F", "flood", "flood view", show=False),
         Binding("f1", "filter_help", "filter language", show=False, priority=True),
     ]
 
@@ -273,6 +274,12 @@ class FlowscopeApp(App[None]):
 
         if not isinstance(self.screen, AlertsScreen):
             self.push_screen(AlertsScreen(self.context))
+
+    def action_flood(self) -> None:
+        from flowscope.ui.flood import FloodScreen
+
+        if not isinstance(self.screen, FloodScreen):
+            self.push_screen(FloodScreen(self.context))
 
     def action_history(self) -> None:
         if self.db_path is None or not self.source.has_db:

@@ -21,6 +21,7 @@ KEYS: list[tuple[str, str]] = [
     ("space", "pause the display (collection goes on)"),
     ("h", "history screen (needs the database)"),
     ("a", "alerts: scans, SYN floods (Enter filters, x acks)"),
+    ("F", "flood view: sources by /24 and target (Enter filters)"),
     ("Ctrl+P", "command palette"),
     ("?", "this help"),
     ("Esc", "back from detail, help or the filter bar"),

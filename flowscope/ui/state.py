@@ -17,11 +17,13 @@ from flowscope import abi
 from flowscope.collect.collector import Tick
 from flowscope.collect.detect import Alert, Detector, Openings
 from flowscope.collect.drops import main_reason
+from flowscope.collect.flood import target_text
 from flowscope.history.writer import WriterState
 from flowscope.model import NewFlow, Owner, Sample
 from flowscope.query.frame import FlowFrame
 from flowscope.query.nodes import Filter
 from flowscope.query.view import Row
+from flowscope.vocab import compact
 
 HISTORY = 300
 """Ticks of rate history kept (5 minutes at one tick a second)."""
@@ -146,6 +148,16 @@ class LiveState:
             return 0.0, ""
         top = main_reason(self.drops)
         return sum(self.drops.values()) / self.sample.interval, top
+
+    def flood_badge(self) -> str:
+        """'FLOOD 198.18.7.0/24 udp/9 158k pkt/s' while the flow map is full (the last tick had
+        packets no flow could take): the top source and target of the flood view; '' else."""
+        s = self.sample
+        if s is None or not s.counters.get("map_full", 0) or not s.flood.rows:
+            return ""
+        top = s.flood.rows[0]
+        rate = compact(top.packets / s.interval) if s.interval > 0 else "?"
+        return f"FLOOD {top.prefix} {target_text(top)} {rate} pkt/s"
 
     @property
     def new_per_second(self) -> float:

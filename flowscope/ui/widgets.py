@@ -77,6 +77,9 @@ class StatusLine(Static):
         p.append("\n")
         if alerts:
             p += [(f" {alerts} ALERT{'S' if alerts > 1 else ''} (a) ", "bold reverse $error"), " "]
+        flood = state.flood_badge()
+        if flood:  # the map is full: who fills it, a key away from the whole shape
+            p += [(f" {flood} (F) ", "bold reverse $error"), " "]
         if paused:
             p += [(" PAUSED ", "bold reverse $warning"), " "]
         for badge in badges:

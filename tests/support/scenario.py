@@ -5,7 +5,9 @@ Everything is computed from the tick number: no randomness and no clock, so the 
 the same ticks, byte for byte. The story: a web server (198.18.0.10) serving HTTPS downloads, a
 database conversation, SSH, DNS, some IPv6 and a VLAN-tagged backup; at tick 70 a SYN scan from
 198.19.66.6 opens dozens of flows per tick for five ticks, the burst the new-flows feed must
-show at a glance.
+show at a glance. Past the first 90 ticks, from tick 90, a SYN flood from 198.19.77.0/24 (and a
+little from 2001:db8:77::/64) to port 443 fills the flow map: its packets are in the kernel's
+flood table, not in flows (the flood view's story).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 
 from flowscope import abi
 from flowscope.collect.collector import LiveFlows, Tick
+from flowscope.collect.flood import FloodParts
 from flowscope.model import NO_TCP, FlowBatch, FlowKey, FlowRecord, NewFlow, Owner, Sample
 from flowscope.query.frame import addr_bytes
 from flowscope.ui.messages import TickArrived
@@ -31,6 +34,9 @@ IFACE = "eth0"
 LOCAL = frozenset({"198.18.0.10", "2001:db8:1::10"})
 """The watched server's own addresses: what they send is egress, the rest ingress."""
 SCAN_TICK = 70
+FLOOD_TICK = 90
+FLOOD_PREFIX = "198.19.77.0/24"
+FLOOD_PPS = {abi.AF_INET: 150_000, abi.AF_INET6: 20_000}
 SERVER = "198.18.0.10"
 SCANNER = "198.19.66.6"
 
@@ -230,6 +236,7 @@ def scenario(count: int = 90, *, writer_trouble_at: int | None = None) -> list[T
                 last[i] = now_ns - 10**8
             rates.append((dbytes * 8.0, float(dpk)))
         live = []
+        parts = FloodParts()
         for family in (abi.AF_INET, abi.AF_INET6):
             idx = [
                 i
@@ -246,9 +253,17 @@ def scenario(count: int = 90, *, writer_trouble_at: int | None = None) -> list[T
                 )
                 for i in idx
             ]
+            batch = _batch(family, rows)
+            parts.add_flows(
+                family,
+                batch.keys,
+                np.array([int(rates[i][1]) for i in idx], np.uint64),
+                np.array([int(rates[i][0] / 8) for i in idx], np.uint64),
+                batch.tcp_flags,
+            )
             live.append(
                 LiveFlows(
-                    batch=_batch(family, rows),
+                    batch=batch,
                     bps=np.array([rates[i][0] for i in idx], np.float64),
                     pps=np.array([rates[i][1] for i in idx], np.float64),
                     owner=np.array([_owner(flows[i]) for i in idx] or [], object),
@@ -268,6 +283,13 @@ def scenario(count: int = 90, *, writer_trouble_at: int | None = None) -> list[T
         counters["flows_created"] = len(events)
         if SCAN_TICK <= t < SCAN_TICK + 2:
             counters["ringbuf_full"] = 3  # the burst overran the ring buffer a little
+        if t >= FLOOD_TICK:
+            parts.add_table(*_flood_table())
+            flooded = sum(FLOOD_PPS.values())
+            counters["map_full"] = flooded
+            counters["packets"] += flooded
+            total_pps += flooded
+            total_bps += flooded * 60 * 8
         sample = Sample(
             time=T0 + t,
             interval=1.0,
@@ -276,6 +298,7 @@ def scenario(count: int = 90, *, writer_trouble_at: int | None = None) -> list[T
             active_flows=sum(len(lf.batch) for lf in live),
             new_flows=len(events),
             counters=counters | {"evicted": 0},
+            flood=parts.shape(0, 1.0),
         )
         tick = Tick(
             sample=sample,
@@ -294,6 +317,20 @@ def scenario(count: int = 90, *, writer_trouble_at: int | None = None) -> list[T
         )
         out.append(TickArrived(tick, now_ns, writer))
     return out
+
+
+def _flood_table() -> tuple[np.ndarray, np.ndarray]:
+    """One second of the flood's packets as the kernel's flood table holds them."""
+    keys = np.zeros(2, abi.FLOOD_KEY_DTYPE)
+    values = np.zeros(2, abi.FLOOD_VALUE_DTYPE)
+    prefixes = {abi.AF_INET: bytes([198, 19, 77]), abi.AF_INET6: bytes.fromhex("20010db800770000")}
+    for r, family in enumerate((abi.AF_INET, abi.AF_INET6)):
+        raw = prefixes[family]
+        keys[r]["prefix"][: len(raw)] = np.frombuffer(raw, np.uint8)
+        keys[r]["family"], keys[r]["proto"], keys[r]["dport"] = family, 6, 443
+        keys[r]["tcp_flags"], keys[r]["ifindex"] = 0x02, IFINDEX
+        values[r] = (FLOOD_PPS[family], FLOOD_PPS[family] * (60 if family == abi.AF_INET else 80))
+    return keys, values
 
 
 HISTORY_NOW = T0 + 3600.0

@@ -28,9 +28,11 @@ NAMES = {"198.18.0.10": "web1.example.net", "198.18.7.21": "client7.example.net"
 Steps = Callable[[Pilot[None]], Awaitable[None]]
 
 
-def sample_app(*, preload: int | None = None, has_db: bool = False) -> FlowscopeApp:
-    """The console over the scenario, fixed clock, fake reverse DNS."""
-    source = ScriptedSource(scenario(), preload=preload, has_db=has_db)
+def sample_app(
+    *, preload: int | None = None, has_db: bool = False, ticks: int = 90
+) -> FlowscopeApp:
+    """The console over the scenario's first ``ticks`` ticks, fixed clock, fake reverse DNS."""
+    source = ScriptedSource(scenario(ticks), preload=preload, has_db=has_db)
     return make_app(source, clock=lambda: T0 - 1, lookup=NAMES.get, command_line=command_line)
 
 
@@ -51,8 +53,11 @@ SCREENS: dict[str, tuple[tuple[str, ...], int | None]] = {
     "detail": (("enter",), None),
     "help": (("question_mark",), None),
     "alerts": (("a",), None),
+    "flood": (("F",), 93),
 }
 """Screen name -> (keys pressed, ticks delivered (None: all 90))."""
+TICKS = {"flood": 94}
+"""Screens over more of the scenario than its first 90 ticks (the flood comes after them)."""
 
 
 def svg_for_png(svg: str) -> str:
@@ -63,7 +68,7 @@ def svg_for_png(svg: str) -> str:
 async def shoot(name: str, size: tuple[int, int], dark: bool = True) -> str:
     """The SVG of one screen."""
     keys, preload = SCREENS[name]
-    app = sample_app(preload=preload)
+    app = sample_app(preload=preload, ticks=TICKS.get(name, 90))
     async with app.run_test(size=size) as pilot:
         app.theme = "textual-dark" if dark else "textual-light"
         await _press(pilot, *keys)

@@ -703,3 +703,46 @@ async def test_a_process_group_and_enter_shows_its_flows() -> None:
         await pilot.pause()
         names = {r.owner.comm for r in shown_rows(app) if r.owner}
         assert names == {"sshd", "rsync"}
+
+
+@synchronous
+async def test_the_flood_view_shows_who_fills_the_map_and_enter_filters_to_it() -> None:
+    """Issue #18: from tick 90 the scenario's SYN flood fills the flow map. The status line
+    names the flood's top source prefix and target; F lists the last tick by prefix and target
+    with the flood first (its packets in no flow), then the flows the map holds; Enter filters
+    the table to a row, with a filter the filter language takes."""
+    from flowscope.query.filter import parse
+    from flowscope.ui.flood import FloodScreen
+
+    app = console(scenario(94), preload=92)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert "FLOOD 198.19.77.0/24 tcp/443 150k pkt/s (F)" in status_lines(app)[1]
+        await pilot.press("F")
+        await pilot.pause()
+        assert isinstance(app.screen, FloodScreen)
+        shape = app.state.sample.flood if app.state.sample is not None else None
+        assert shape is not None
+        top, second = shape.rows[:2]
+        assert (top.prefix, top.proto, top.dport, top.packets, top.in_flows) == (
+            "198.19.77.0/24",
+            6,
+            443,
+            150_000,
+            0,
+        )
+        assert (second.prefix, second.packets) == ("2001:db8:77::/64", 20_000)
+        # every packet of the tick is in a row (the flows' share and the flood's)
+        assert shape.packets == app.state.sample.counters["packets"]
+        await pilot.press("down", "down", "enter")  # the third row: flows the map holds
+        await pilot.pause()
+        third = shape.rows[2]
+        flt = app.live.spec.filter
+        assert flt is not None and flt.text == (
+            f"src net {third.prefix} and dport {third.dport} and tcp and "
+            f"{'ingress' if third.direction == 0 else 'egress'}"
+        )
+        assert parse(flt.text) is not None
+        rows = app.live.view.rows
+        assert rows and all(r.dport == third.dport for r in rows)
+        assert sum(r.pps for r in rows) == third.packets

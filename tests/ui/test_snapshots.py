@@ -7,16 +7,18 @@ from typing import Any
 
 import pytest
 
-from tests.support.screenshots import SCREENS, sample_app
+from tests.support.screenshots import SCREENS, TICKS, sample_app
 
 SIZES = [(80, 24), (160, 48)]
+SNAPPED = [
+    "live", "columns", "burst", "filter-error", "detail", "help", "alerts", "processes",
+    "drops", "flood",
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
-@pytest.mark.parametrize(
-    "name",
-    ["live", "columns", "burst", "filter-error", "detail", "help", "alerts", "processes", "drops"],
-)
+@pytest.mark.parametrize("name", SNAPPED)
 def test_screen(snap_compare: Any, name: str, size: tuple[int, int]) -> None:
     keys, preload = SCREENS[name]
-    assert snap_compare(sample_app(preload=preload), press=keys, terminal_size=size)
+    app = sample_app(preload=preload, ticks=TICKS.get(name, 90))
+    assert snap_compare(app, press=keys, terminal_size=size)
