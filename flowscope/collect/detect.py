@@ -12,6 +12,11 @@ must not slow it down as it goes (bench: detect_flood).
   scan (a sweep) otherwise.
 - **SYN flood**: at least FLOOD_FLOWS new TCP flows to one (host, port) within WINDOW from at
   least FLOOD_SOURCES distinct sources (spoofed, random sources are the usual kind).
+- **Flood** (fed per tick, ``pressure``): the flow map was full, new flows came faster than
+  flood.NEW_FLOWS_PER_S, or most received TCP packets were SYNs without ACK
+  (flood.flood_signal); the alert names the source prefix and target most of it came from
+  at its last tick. Unlike the two above it does not need the new-flow events, which a flood
+  past the kernel's announcement budget only samples.
 
 An alert names its source (or how many sources), its target, when it started, how many new
 flows it counted and their rate; a detection that goes on updates its alert, never adds a
@@ -29,7 +34,8 @@ import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from flowscope.model import NewFlow
+from flowscope.collect.flood import filter_text, flood_signal, target_text
+from flowscope.model import NewFlow, Sample
 
 WINDOW = 10.0
 """Seconds of new flows a detection looks at."""
@@ -77,11 +83,12 @@ class Alert:
     id: int
     """Its number in the detector that raised it (1, 2, ...)."""
     kind: str
-    """'port scan', 'host scan' or 'SYN flood'."""
+    """'port scan', 'host scan', 'SYN flood' or 'flood'."""
     source: str
-    """The scanner's address, or 'N sources' for a flood."""
+    """The scanner's address, 'N sources' for a SYN flood, a prefix for a flood."""
     target: str
-    """The scanned host (a port scan), 'N hosts' (a host scan) or host:port (a flood)."""
+    """The scanned host (a port scan), 'N hosts' (a host scan), host:port (a SYN flood) or
+    protocol/port (a flood)."""
     start: float
     last: float
     count: int
@@ -134,6 +141,35 @@ class Detector:
             self._add(ev)
             raised += self._check(ev)
         return raised
+
+    def pressure(self, sample: Sample) -> list[Alert]:
+        """Take a tick's sample in; returns the flood alert it raised (a new one), if any. A
+        flood that goes on updates its alert (new flows attempted, the current top source and
+        target); one quiet for WINDOW seconds is over, and the next is a new alert."""
+        signal = flood_signal(sample)
+        if signal is None:
+            return []
+        top = signal.top
+        alert = self._open.get(("flood", ""))
+        if alert is not None and sample.time - alert.last <= WINDOW:
+            alert.count += signal.attempts
+            alert.last = sample.time
+            alert.source, alert.target = top.prefix, target_text(top)
+            alert.filter = filter_text(top)
+            return []
+        alert = Alert(
+            next(self._ids),
+            "flood",
+            top.prefix,
+            target_text(top),
+            sample.time - sample.interval,
+            sample.time,
+            signal.attempts,
+            filter_text(top),
+        )
+        self._open[("flood", "")] = alert
+        self.alerts.append(alert)
+        return [alert]
 
     def acknowledge(self, alert: Alert) -> None:
         """Take an alert off the list (a detection that goes on raises a new one)."""
@@ -265,16 +301,18 @@ class Watch:
         self.openings = Openings()
         self.detector = Detector()
 
-    def feed(self, events: Iterable[NewFlow]) -> list[Alert]:
-        """Take a tick's new-flow events in (oldest first); the alerts raised or updated by
-        them, oldest first."""
+    def feed(self, events: Iterable[NewFlow], sample: Sample | None = None) -> list[Alert]:
+        """Take a tick's new-flow events (oldest first) and its sample in; the alerts raised or
+        updated by them, oldest first."""
         alerts = self.detector.alerts
         before = {a.id: (a.count, a.last, a.source) for a in alerts}
         opened = [ev for ev in events if self.openings.opens(ev)]
         self.detector.feed(opened)
+        if sample is not None:
+            self.detector.pressure(sample)
         changed = [a for a in alerts if before.get(a.id) != (a.count, a.last, a.source)]
-        if opened:
-            now = opened[-1].time
+        now = opened[-1].time if opened else sample.time if sample is not None else None
+        if now is not None:
             for a in [a for a in alerts if a.last < now - WINDOW]:
                 self.detector.acknowledge(a)
         return changed

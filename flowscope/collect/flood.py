@@ -13,12 +13,14 @@ the packets that found the flood table full as well (FloodShape.unplaced, the st
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
 from flowscope import abi
-from flowscope.model import FloodRow, FloodShape, proto_name
+from flowscope.model import FloodRow, FloodShape, Sample, proto_name
+from flowscope.vocab import compact
 
 TOP_ROWS = 50
 """Rows a FloodShape keeps (history writes fewer: history.store.FLOOD_ROWS)."""
@@ -193,3 +195,53 @@ def filter_text(row: FloodRow) -> str:
     proto = name if name in ("tcp", "udp", "icmp", "icmp6") else f"proto {row.proto}"
     direction = "ingress" if row.direction == abi.DIR_INGRESS else "egress"
     return f"src net {row.prefix} and dport {row.dport} and {proto} and {direction}"
+
+
+MAP_FULL = "flow map full"
+NEW_FLOWS_PER_S = 10_000
+"""New flows a second (created, or found no room) from which a tick counts as a flood."""
+SYN_SHARE = 0.5
+"""Share of the received TCP packets with SYN and no ACK from which a tick counts as a flood,
+when there are at least SYN_MIN_PPS of them a second."""
+SYN_MIN_PPS = 1_000
+TCP_SYN, TCP_ACK = 0x02, 0x10
+
+
+@dataclass(frozen=True, slots=True)
+class FloodSignal:
+    """Why a tick looks like a flood, and whom it comes from."""
+
+    reasons: tuple[str, ...]
+    """'flow map full', 'new flows 12k/s', 'SYN without ACK 93%'."""
+    top: FloodRow
+    """The source prefix and target most of it comes from."""
+    attempts: int
+    """New flows the tick tried to make: created, or found no room (map-full packets)."""
+
+
+def flood_signal(sample: Sample) -> FloodSignal | None:
+    """Map pressure, the new-flow rate and the share of SYNs without ACK among received TCP
+    packets, from one tick's sample and flood shape (None: no flood). The top source is the
+    row with the most packets the map could not take when it is full, else the row with the
+    most packets."""
+    shape = sample.flood
+    if not shape.rows or sample.interval <= 0:
+        return None
+    counters = sample.counters
+    map_full = counters.get("map_full", 0)
+    attempts = sample.new_flows + map_full
+    reasons: list[str] = []
+    if map_full:
+        reasons.append(MAP_FULL)
+    per_s = attempts / sample.interval
+    if per_s >= NEW_FLOWS_PER_S:
+        reasons.append(f"new flows {compact(per_s)}/s")
+    tcp_in = [r for r in shape.rows if r.proto == 6 and r.direction == abi.DIR_INGRESS]
+    tcp_packets = sum(r.packets for r in tcp_in)
+    syn_only = sum(r.packets for r in tcp_in if r.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
+    if tcp_packets / sample.interval >= SYN_MIN_PPS and syn_only / tcp_packets >= SYN_SHARE:
+        reasons.append(f"SYN without ACK {100 * syn_only / tcp_packets:.0f}%")
+    if not reasons:
+        return None
+    top = max(shape.rows, key=lambda r: r.packets - r.in_flows) if map_full else shape.rows[0]
+    return FloodSignal(tuple(reasons), top, attempts)

@@ -25,6 +25,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import start_http_server
 
 from flowscope import abi
+from flowscope.collect.flood import flood_signal, target_text
 from flowscope.errors import UsageError
 
 if TYPE_CHECKING:
@@ -73,7 +74,17 @@ COUNTERS: dict[str, tuple[str, str]] = {
         "flowscope_evicted_flows_total",
         "Flows expired early because a kernel map passed its high-water mark.",
     ),
+    "flood_other": (
+        "flowscope_kernel_flood_other_packets_total",
+        "Map-full packets the flood table had no room for either (in no source prefix).",
+    ),
+    "events_limited": (
+        "flowscope_kernel_events_limited_total",
+        "New-flow records the kernel's per-CPU announcement budget held back (still counted).",
+    ),
 }
+FLOOD_TOP = 5
+"""Source prefixes the flood gauges list while a flood goes on."""
 FAMILIES = {abi.AF_INET: "ipv4", abi.AF_INET6: "ipv6"}
 
 
@@ -136,6 +147,8 @@ class Metrics:
         self._fill: dict[str, float] = {}
         self._ticks = 0
         self._tick_seconds = 0.0
+        self._flood: list[tuple[str, str, str, float]] = []
+        self._flooding = False
 
     def on_tick(self, tick: Tick) -> None:
         """Add one tick's deltas (cheap: a few dict updates per interface and counter)."""
@@ -157,6 +170,13 @@ class Metrics:
                 self._fill[family] = len(live.batch) / self.flow_entries
             self._ticks += 1
             self._tick_seconds += tick.duration
+            s = tick.sample
+            self._flooding = flood_signal(s) is not None
+            self._flood = [
+                (r.prefix, target_text(r), abi.DIRECTION_NAMES.get(r.direction, "?"),
+                 r.packets / s.interval)
+                for r in s.flood.rows[:FLOOD_TOP]
+            ] if self._flooding and s.interval > 0 else []  # fmt: skip
 
     def describe(self) -> list[Metric]:
         """Nothing up front: the families are made per scrape (the registry then calls
@@ -171,6 +191,7 @@ class Metrics:
             drops = dict(self._drops)
             new_flows, active, fill = self._new_flows, self._active, dict(self._fill)
             ticks, tick_seconds = self._ticks, self._tick_seconds
+            flooding, flood = self._flooding, list(self._flood)
         labels = ["interface", "direction"]
         b = CounterMetricFamily(
             "flowscope_bytes_total",
@@ -225,6 +246,21 @@ class Metrics:
         for family in sorted(fill):
             f.add_metric([family], fill[family])
         yield f
+        yield GaugeMetricFamily(
+            "flowscope_flood",
+            "1 while the last tick looked like a flood (flow map full, new flows or SYNs "
+            "without ACK past their thresholds), else 0.",
+            value=int(flooding),
+        )
+        top = GaugeMetricFamily(
+            "flowscope_flood_source_packets_per_second",
+            "During a flood: the last tick's largest sources by /24 (IPv6 /64) and target, "
+            "packets a second, the flows' and those the full map could not take alike.",
+            labels=["prefix", "target", "direction"],
+        )
+        for prefix, target, direction, pps in flood:
+            top.add_metric([prefix, target, direction], pps)
+        yield top
         yield SummaryMetricFamily(
             "flowscope_tick_duration_seconds",
             "Time each tick took to read the maps, expire flows and read the counters.",

@@ -276,7 +276,9 @@ class Writer:
         drops = self._unreported_drops if tick.sample is not None else 0
         if tick.alerts is None:
             # copies: the detector goes on changing them while this tick waits for a retry
-            tick.alerts = [dataclasses.replace(a) for a in self.watch.feed(tick.events)]
+            tick.alerts = [
+                dataclasses.replace(a) for a in self.watch.feed(tick.events, tick.sample)
+            ]
         started = time.perf_counter()
         self.store.write_tick(
             tick.records,

@@ -112,7 +112,7 @@ class LiveState:
             self.new_flows.popleft()
         self.totals.update({k: v for k, v in s.counters.items() if v})
         opened = [ev for ev in tick.events if self._to_feed(ev)]
-        self.raised = self.detector.feed(opened)
+        self.raised = self.detector.feed(opened) + self.detector.pressure(tick.sample)
         if self.ticks % 60 == 0:
             self._forget_old_rows()
         return tick

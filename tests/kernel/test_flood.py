@@ -71,7 +71,8 @@ def test_a_flood_into_a_small_map_keeps_its_shape_and_the_steady_flows_stay_exac
     frames sent (the flows' share and the flood table's, nothing unplaced); the steady flows'
     records sum to exactly what was sent; no tick takes more than twice the interval; the
     writer is never more than one tick behind; the ring buffer never fills (the budget held
-    announcements back instead, and counted them); history's floods table has the flood."""
+    announcements back instead, and counted them); history's floods table has the flood, and
+    its alerts one flood alert naming it."""
     db = tmp_path / "flows.db"
     settings = PipelineSettings(
         source=RecordSettings(
@@ -163,4 +164,9 @@ def test_a_flood_into_a_small_map_keeps_its_shape_and_the_steady_flows_stay_exac
             "SELECT sum(packets) FROM floods WHERE prefix = ? AND dport = ? AND proto = 17",
             (prefix, FLOOD_PORT),
         ).fetchone()[0]
+        alerts = conn.execute("SELECT kind, source, target, flows FROM alerts").fetchall()
     assert written == sum(flood_packets(t) for t in full)
+    # one flood alert, naming the flood's prefix and target, counting what it tried
+    (flood_alert,) = [a for a in alerts if a[0] == "flood"]
+    assert flood_alert[1:3] == (prefix, f"udp/{FLOOD_PORT}")
+    assert flood_alert[3] >= FLOOD

@@ -5,9 +5,9 @@ Everything is computed from the tick number: no randomness and no clock, so the 
 the same ticks, byte for byte. The story: a web server (198.18.0.10) serving HTTPS downloads, a
 database conversation, SSH, DNS, some IPv6 and a VLAN-tagged backup; at tick 70 a SYN scan from
 198.19.66.6 opens dozens of flows per tick for five ticks, the burst the new-flows feed must
-show at a glance. Past the first 90 ticks, from tick 90, a SYN flood from 198.19.77.0/24 (and a
-little from 2001:db8:77::/64) to port 443 fills the flow map: its packets are in the kernel's
-flood table, not in flows (the flood view's story).
+show at a glance. With ``flood``, from tick 90 (past the first 90), a SYN flood from
+198.19.77.0/24 (and a little from 2001:db8:77::/64) to port 443 fills the flow map: its packets
+are in the kernel's flood table, not in flows (the flood view's story).
 """
 
 from __future__ import annotations
@@ -196,9 +196,12 @@ def _key(f: _Flow) -> FlowKey:
     )
 
 
-def scenario(count: int = 90, *, writer_trouble_at: int | None = None) -> list[TickArrived]:
+def scenario(
+    count: int = 90, *, writer_trouble_at: int | None = None, flood: bool = False
+) -> list[TickArrived]:
     """``count`` one-second ticks of the story above. ``writer_trouble_at``: from that tick on,
-    the writer reports a full disk and dropped records (for the notification tests)."""
+    the writer reports a full disk and dropped records (for the notification tests);
+    ``flood``: the SYN flood from FLOOD_TICK on."""
     from flowscope.ui.state import WriterState
 
     flows = _flows()
@@ -283,7 +286,7 @@ def scenario(count: int = 90, *, writer_trouble_at: int | None = None) -> list[T
         counters["flows_created"] = len(events)
         if SCAN_TICK <= t < SCAN_TICK + 2:
             counters["ringbuf_full"] = 3  # the burst overran the ring buffer a little
-        if t >= FLOOD_TICK:
+        if flood and t >= FLOOD_TICK:
             parts.add_table(*_flood_table())
             flooded = sum(FLOOD_PPS.values())
             counters["map_full"] = flooded

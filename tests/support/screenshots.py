@@ -31,8 +31,9 @@ Steps = Callable[[Pilot[None]], Awaitable[None]]
 def sample_app(
     *, preload: int | None = None, has_db: bool = False, ticks: int = 90
 ) -> FlowscopeApp:
-    """The console over the scenario's first ``ticks`` ticks, fixed clock, fake reverse DNS."""
-    source = ScriptedSource(scenario(ticks), preload=preload, has_db=has_db)
+    """The console over the scenario's first ``ticks`` ticks (the flood from tick 90 when there
+    are more than 90), fixed clock, fake reverse DNS."""
+    source = ScriptedSource(scenario(ticks, flood=ticks > 90), preload=preload, has_db=has_db)
     return make_app(source, clock=lambda: T0 - 1, lookup=NAMES.get, command_line=command_line)
 
 

@@ -714,7 +714,7 @@ async def test_the_flood_view_shows_who_fills_the_map_and_enter_filters_to_it() 
     from flowscope.query.filter import parse
     from flowscope.ui.flood import FloodScreen
 
-    app = console(scenario(94), preload=92)
+    app = console(scenario(94, flood=True), preload=92)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         assert "FLOOD 198.19.77.0/24 tcp/443 150k pkt/s (F)" in status_lines(app)[1]

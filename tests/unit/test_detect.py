@@ -199,3 +199,51 @@ def test_a_recordings_watch_writes_every_alert_as_it_ends_up(
     if opened:
         now = opened[-1].time
         assert all(a.last >= now - detect.WINDOW for a in watch.detector.alerts)
+
+
+def test_a_flood_that_fills_the_map_is_one_alert_naming_its_top_source() -> None:
+    """Issue #18: the scenario's SYN flood fills the map from tick 90: one 'flood' alert from
+    its /24 to tcp/443, counting every new flow it tried (created or found no room), updated
+    while it goes on; none before it (the scan's rate is far below the thresholds). Quiet for
+    longer than the window, the next flood is a new alert."""
+    import dataclasses
+
+    ticks = [t.tick for t in scenario(94, flood=True)]
+    d = detect.Detector()
+    assert [a for t in ticks[:90] for a in d.pressure(t.sample)] == []
+    (alert,) = d.pressure(ticks[90].sample)
+    assert (alert.kind, alert.source, alert.target) == ("flood", "198.19.77.0/24", "tcp/443")
+    assert alert.filter == "src net 198.19.77.0/24 and dport 443 and tcp and ingress"
+    for t in ticks[91:]:
+        assert d.pressure(t.sample) == []
+    want = sum(t.sample.new_flows + t.sample.counters["map_full"] for t in ticks[90:])
+    assert alert.count == want and alert.last == ticks[-1].sample.time
+    later = dataclasses.replace(ticks[-1].sample, time=ticks[-1].sample.time + detect.WINDOW + 1)
+    (again,) = d.pressure(later)
+    assert again.id != alert.id and len(d.alerts) == 2
+
+
+@pytest.mark.parametrize(
+    ("new_flows", "syn", "reasons"),
+    [
+        (9_000, 0, ()),
+        (10_000, 0, ("new flows 10.0k/s",)),
+        (0, 2_000, ("SYN without ACK 67%",)),
+        (0, 500, ()),  # too few SYNs a second to say
+    ],
+)
+def test_flood_signal_thresholds(new_flows: int, syn: int, reasons: tuple[str, ...]) -> None:
+    """Without map pressure: the new-flow rate and the share of SYNs without ACK among the
+    received TCP packets decide, each from its threshold."""
+    from flowscope.collect.flood import flood_signal
+    from flowscope.model import FloodRow, FloodShape, Sample
+
+    rows = (
+        FloodRow(4, "198.19.7.0/24", 6, 80, 0, 0x02, syn, syn * 60, syn),
+        FloodRow(4, "198.18.0.0/24", 6, 443, 0, 0x12, 1_000, 10**6, 1_000),
+    )
+    shape = FloodShape(rows=rows)
+    counters = {c.name.lower(): 0 for c in abi.Counter}
+    sample = Sample(1.0, 1.0, 0.0, 0.0, 0, new_flows, counters, flood=shape)
+    signal = flood_signal(sample)
+    assert (signal.reasons if signal else ()) == reasons

@@ -83,3 +83,26 @@ def test_drops_by_reason_and_retransmissions_sum_the_ticks() -> None:
     assert 'flowscope_kernel_drops_total{reason="TC_INGRESS"} 1.0' in lines
     assert "flowscope_tcp_retransmits_total 7.0" in lines
     assert not any(line.startswith("flowscope_kernel_drops_total ") for line in lines)
+
+
+def test_a_flood_is_a_gauge_with_its_top_sources_while_it_lasts() -> None:
+    """Issue #18: the scenario's SYN flood (from tick 90) sets flowscope_flood and lists its
+    top sources by prefix and target, packets a second; the tick before it has neither."""
+    from tests.support.scenario import scenario
+
+    ticks = scenario(92, flood=True)
+    m = Metrics(flow_entries=8)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(m)
+    m.on_tick(ticks[89].tick)
+    before = generate_latest(registry).decode().splitlines()
+    assert "flowscope_flood 0.0" in before
+    assert not any(line.startswith("flowscope_flood_source_packets") for line in before)
+    m.on_tick(ticks[90].tick)
+    text = generate_latest(registry).decode().splitlines()
+    assert "flowscope_flood 1.0" in text
+    assert (
+        'flowscope_flood_source_packets_per_second{direction="ingress",'
+        'prefix="198.19.77.0/24",target="tcp/443"} 150000.0'
+    ) in text
+    assert "flowscope_kernel_flood_other_packets_total 0.0" in text
