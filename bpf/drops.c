@@ -10,7 +10,9 @@
  * The struct offsets it reads (SKB_*, DEV_*, NET_INUM, SK_NET) are not taken from the kernel
  * headers BCC compiles with, which may be another version's: flowscope/kernel/btf.py reads
  * them from the running kernel's BTF and passes them with -D (flowscope/kernel/drops.py).
- * Only drops in flowscope's own network namespace (FS_NETNS_INUM) count.
+ * Only drops in flowscope's own network namespace (FS_NETNS_INUM) count. Each is counted by
+ * reason; at most DROP_BUDGET per CPU and jiffy are also attributed to their flow (struct
+ * drop_budget in flowscope.h), the rest are counted as unattributed.
  */
 #ifndef SKB_HEAD
 #error "drops.c needs the sk_buff offsets from flowscope/kernel/drops.py"
@@ -18,6 +20,7 @@
 
 BPF_TABLE("lru_percpu_hash", struct drop_key, __u64, drops, DROP_ENTRIES);
 BPF_PERCPU_ARRAY(drop_totals, __u64, DROP_REASON_SLOTS);
+BPF_PERCPU_ARRAY(drop_budget, struct drop_budget, 1);
 
 #define READ(dst, base, off) bpf_probe_read_kernel(&(dst), sizeof(dst), (void *)(base) + (off))
 
@@ -88,6 +91,21 @@ int drops_kfree_skb(struct bpf_raw_tracepoint_args *ctx)
     __u64 *c = drop_totals.lookup(&slot);
     if (c)
         *c += 1;
+
+    __u32 zero = 0;
+    struct drop_budget *b = drop_budget.lookup(&zero);
+    if (!b)
+        return 0;
+    __u64 j = bpf_jiffies64();
+    if (b->jiffies != j) {
+        b->jiffies = j;
+        b->count = 0;
+    }
+    if (b->count >= DROP_BUDGET) {
+        b->unattributed += 1;
+        return 0;
+    }
+    b->count += 1;
 
     struct drop_key k = {};
     k.reason = reason;

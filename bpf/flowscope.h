@@ -245,6 +245,21 @@ struct drop_key {
     __u8  pad[2];
 };
 
+/* The per-flow attribution budget of the drop hook (the one entry of the per-CPU array
+ * drop_budget): at most DROP_BUDGET drops per CPU and jiffy are attributed to their flow (the
+ * LRU map `drops`); past it a drop is counted by reason alone and in `unattributed`, so a flood
+ * of packets the kernel drops (to closed ports, say) costs the hook a few reads each, not an
+ * LRU insert each. 24 bytes. */
+#ifndef DROP_BUDGET
+#define DROP_BUDGET 40              /* 10,000 a second per CPU at HZ=250 */
+#endif
+
+struct drop_budget {
+    __u64 jiffies;          /* the jiffy the count is for */
+    __u64 count;            /* drops attributed in it */
+    __u64 unattributed;     /* drops past the budget, since the hook was loaded */
+};
+
 /* Indexes of the per-CPU array sock_counters. */
 enum fs_sock_counter {
     SCNT_EVENTS = 0,        /* records written */

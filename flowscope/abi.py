@@ -240,6 +240,18 @@ class DropKey(ctypes.Structure):
     ]
 
 
+class DropBudget(ctypes.Structure):
+    """struct drop_budget: one CPU's per-flow attribution budget of the drop hook, 24 bytes."""
+
+    _fields_ = [
+        ("jiffies", ctypes.c_uint64),
+        ("count", ctypes.c_uint64),
+        ("unattributed", ctypes.c_uint64),
+    ]
+
+
+DROP_BUDGET = 40
+"""DROP_BUDGET: drops per CPU and jiffy the hook attributes to their flow."""
 DROP_REASON_SLOTS = 256
 """Reasons the per-CPU array drop_totals counts alone; larger values count in the last."""
 DEFAULT_DROP_ENTRIES = 16384

@@ -196,6 +196,7 @@ class Collector:
         if drops is not None:
             drops.refresh()
             drops.reason_deltas()  # the baseline: a tick counts what it saw dropped
+            drops.unattributed_delta()
         self.settings = settings or CollectorSettings()
         self.iface_names = iface_names or {}
         self._mono = monotonic_ns
@@ -268,6 +269,7 @@ class Collector:
         if self.drops is not None:
             dropped = self.drops.reason_deltas()
             deltas["drops"] = sum(dropped.values())
+            deltas["drops_unattributed"] = self.drops.unattributed_delta()
         events = [
             NewFlow(
                 time=self.wall(e.timestamp),

@@ -30,6 +30,8 @@ class DropSource(Protocol):
 
     def by_reason(self) -> dict[int, int]: ...
 
+    def unattributed(self) -> int: ...
+
     def name(self, reason: int) -> str: ...
 
 
@@ -64,6 +66,8 @@ class DropTable:
         """Per (flow, reason) drop key: packets records hold already."""
         self._by_reason: dict[int, int] = {}
         self._last_by_reason: dict[int, int] | None = None
+        self._unattributed = 0
+        self._last_unattributed = 0
         # per family: sorted join keys of each (flow, reason), their drop keys, reasons, counts
         self._sorted: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
         self.add(np.zeros(0, abi.DROP_KEY_DTYPE), np.zeros(0, np.int64))
@@ -77,6 +81,7 @@ class DropTable:
             keys, counts = self.source.read()
             self.add(keys, counts)
             self._by_reason = self.source.by_reason()
+            self._unattributed = self.source.unattributed()
 
     def add(self, keys: np.ndarray, counts: np.ndarray) -> None:
         """Replace what is known with ``keys`` (abi.DROP_KEY_DTYPE) and their counts."""
@@ -152,6 +157,14 @@ class DropTable:
             if new > best_n:
                 best, best_n = self.name(int(reasons[j])), new
         return total, best
+
+    def unattributed_delta(self) -> int:
+        """Drops past the hook's per-flow budget since the last call (the first call: since
+        the hook was loaded, which the caller treats as a baseline): in the per-reason counts,
+        in no flow."""
+        d = self._unattributed - self._last_unattributed
+        self._last_unattributed = self._unattributed
+        return d
 
     def reason_deltas(self) -> dict[str, int]:
         """Packets dropped in this namespace per reason name since the last call (the first

@@ -78,6 +78,10 @@ COUNTERS: dict[str, tuple[str, str]] = {
         "flowscope_kernel_flood_other_packets_total",
         "Map-full packets the flood table had no room for either (in no source prefix).",
     ),
+    "drops_unattributed": (
+        "flowscope_kernel_drops_unattributed_total",
+        "Kernel drops past the drop hook's per-flow budget: counted by reason, in no flow.",
+    ),
     "events_limited": (
         "flowscope_kernel_events_limited_total",
         "New-flow records the kernel's per-CPU announcement budget held back (still counted).",

@@ -53,6 +53,7 @@ class DropHooks:
         self._slots_fd = int(slots.map_fd)
         self._slot_keys = np.zeros(abi.DROP_REASON_SLOTS, np.uint32)
         self._slot_values = np.zeros(abi.DROP_REASON_SLOTS * self.ncpus, np.uint64)
+        self._budget_fd = int(self._bpf[b"drop_budget"].map_fd)
 
     @property
     def prog_fd(self) -> int:
@@ -71,6 +72,14 @@ class DropHooks:
         reason (IP or not; reasons past abi.DROP_REASON_SLOTS - 1 add up in that slot)."""
         n, totals = self._summed(self._slots_fd, self._slot_keys, self._slot_values)
         return {int(k): int(v) for k, v in zip(self._slot_keys[:n], totals, strict=True) if v}
+
+    def unattributed(self) -> int:
+        """Drops since the hook was loaded that went past its per-flow budget (struct
+        drop_budget): counted by reason, in no flow."""
+        zero = ctypes.c_uint32(0)
+        per_cpu = (abi.DropBudget * self.ncpus)()
+        libbpf.map_lookup(self._budget_fd, ctypes.byref(zero), ctypes.byref(per_cpu))
+        return sum(int(cpu.unattributed) for cpu in per_cpu)
 
     def _summed(self, fd: int, keys: np.ndarray, values: np.ndarray) -> tuple[int, np.ndarray]:
         """Every entry of a per-CPU map into ``keys`` and ``values``: how many, and each

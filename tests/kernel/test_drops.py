@@ -246,3 +246,42 @@ def test_a_connection_to_a_closed_port_is_one_reset_each_way(net: VethNamespace)
     # the host as server: it received a SYN and sent one RST
     sent = [r for r in records if r.key.sport == closed_port and r.key.direction == 1]
     assert [(r.packets, r.tcp_flags & rst) for r in sent] == [(1, rst)], sent
+
+
+def test_a_burst_of_drops_is_attributed_up_to_the_budget_and_counted_past_it(
+    net: VethNamespace,
+) -> None:
+    """5,000 UDP packets of one flow to a closed port of the host in one burst, from one CPU:
+    the kernel drops each (NO_SOCKET). The hook attributes at most its budget per jiffy to the
+    flow and counts the rest as unattributed (issue #18: a flood of drops must not cost an LRU
+    insert each), so the flow's drops are fewer than were sent, and with the unattributed ones
+    they cover every drop."""
+    from tests.kernel.test_record import udp4
+
+    probe_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe_socket.bind(("0.0.0.0", 0))
+    closed_port = probe_socket.getsockname()[1]
+    probe_socket.close()  # free again: nothing listens on it
+    frames = [udp4(net, 5555, closed_port, 10)] * 5000
+    with Probe([net.host_if], owners=True) as probe:
+        table, watch = watch_processes(probe.program)
+        try:
+            assert watch.drops is not None, watch.drops_problem
+            collector = Collector(
+                probe.program, CollectorSettings(idle_timeout=600), owners=table,
+                drops=watch.drops,
+            )  # fmt: skip
+            assert net.send_frames(frames, cpu=0) == len(frames)
+            time.sleep(0.3)
+            tick = collector.tick()
+            records = tick.records + collector.shutdown()
+        finally:
+            watch.close()
+    flow = [r for r in records if r.key.dport == closed_port and r.key.sport == 5555]
+    attributed = sum(r.drops for r in flow)
+    unattributed = tick.sample.counters["drops_unattributed"]
+    assert sum(r.packets for r in flow) == len(frames)
+    assert tick.drops.get("NO_SOCKET", 0) >= len(frames), tick.drops
+    assert 0 < attributed < len(frames), attributed
+    assert attributed + unattributed >= len(frames), (attributed, unattributed)
+    assert {r.drop_reason for r in flow if r.drops} == {"NO_SOCKET"}

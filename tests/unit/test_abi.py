@@ -106,6 +106,7 @@ LAYOUT = {
         },
     ),
     "flood_value": (abi.FloodValue, 16, {"packets": 0, "bytes": 8}),
+    "drop_budget": (abi.DropBudget, 24, {"jiffies": 0, "count": 8, "unattributed": 16}),
     "replay_meta": (abi.ReplayMeta, 16, {"timestamp": 0, "wire_len": 8, "ifindex": 12}),
     "sock_owner": (abi.SockOwner, 32, {"cgroup_id": 0, "pid": 8, "uid": 12, "comm": 16}),
     "sock_event": (
@@ -198,6 +199,7 @@ def test_c_header_has_the_same_layout(tmp_path: Path) -> None:
     lines.append('printf("counter DROP_REASON_SLOTS %d\\n", DROP_REASON_SLOTS);')
     lines.append('printf("counter FS_DIR_EGRESS %d\\n", FS_DIR_EGRESS);')
     lines.append('printf("counter FLOOD_ENTRIES %d\\n", FLOOD_ENTRIES);')
+    lines.append('printf("counter DROP_BUDGET %d\\n", DROP_BUDGET);')
     lines.append('printf("counter EVENT_WINDOW_NS %llu\\n", EVENT_WINDOW_NS);')
     lines.append(
         'printf("counter egress_packets %zu\\n", '
@@ -230,6 +232,7 @@ def test_c_header_has_the_same_layout(tmp_path: Path) -> None:
     assert seen[("counter", "DROP_REASON_SLOTS")] == abi.DROP_REASON_SLOTS
     assert seen[("counter", "FS_DIR_EGRESS")] == abi.DIR_EGRESS
     assert seen[("counter", "FLOOD_ENTRIES")] == abi.DEFAULT_FLOOD_ENTRIES
+    assert seen[("counter", "DROP_BUDGET")] == abi.DROP_BUDGET
     assert seen[("counter", "EVENT_WINDOW_NS")] == abi.EVENT_WINDOW_NS
     assert seen[("counter", "egress_packets")] == 8 * abi.COUNTER_COUNT * abi.DIR_EGRESS
 

@@ -581,6 +581,9 @@ class _Drops:
     def by_reason(self) -> dict[int, int]:
         return {}
 
+    def unattributed(self) -> int:
+        return 0
+
     def name(self, reason: int) -> str:
         return f"R{reason}"
 
