@@ -11,7 +11,9 @@
  * it a record is counted (CNT_EVENTS_LIMITED), not written, so a flood of new flows cannot make
  * the ring buffer, or its reader, the bottleneck. Frames that are not
  * IP or whose IP header is unusable only bump a counter. Neither program changes traffic: XDP
- * returns XDP_PASS, TC returns TC_ACT_UNSPEC (no verdict: the next program or the default).
+ * returns XDP_PASS, TC returns TC_ACT_UNSPEC (no verdict: the next program or the default);
+ * built with -DFS_BLOCK (--allow-block) the XDP program drops received packets that match a
+ * block rule (struct block_src4 and the rest in flowscope.h), after counting them.
  * Built with -DFS_REPLAY (flowscope replay) it takes each frame's time, original length and
  * interface from the struct replay_meta in front of it; the live build has none of that code.
  * For record and live, owners.c (the socket hooks) is compiled in the same BCC module, after
@@ -32,6 +34,58 @@ BPF_TABLE("percpu_hash", struct flood_key, struct flood_value, floods, FLOOD_ENT
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 
 BPF_PERCPU_ARRAY(cpu_state, struct cpu_state, 1);
+
+#ifdef FS_BLOCK
+BPF_F_TABLE("lpm_trie", struct block_src4, struct block_value, block_src4, BLOCK_ENTRIES,
+            BPF_F_NO_PREALLOC);
+BPF_F_TABLE("lpm_trie", struct block_src6, struct block_value, block_src6, BLOCK_ENTRIES,
+            BPF_F_NO_PREALLOC);
+BPF_F_TABLE("lpm_trie", struct block_target4, struct block_value, block_target4, BLOCK_ENTRIES,
+            BPF_F_NO_PREALLOC);
+BPF_F_TABLE("lpm_trie", struct block_target6, struct block_value, block_target6, BLOCK_ENTRIES,
+            BPF_F_NO_PREALLOC);
+BPF_ARRAY(block_rules, struct block_rules, 1);
+
+/* Whether a received packet matches a rule (and count it there): its family's source trie,
+ * then its target trie, each only while it holds rules. */
+static __always_inline int blocked(__u8 family, const void *saddr, __u8 proto, __u16 dport)
+{
+    __u32 zero = 0;
+    struct block_rules *n = block_rules.lookup(&zero);
+    if (!n)
+        return 0;
+    struct block_value *v = 0;
+    if (family == FS_AF_INET) {
+        if (n->src4) {
+            struct block_src4 k = { .prefixlen = 32 };
+            __builtin_memcpy(k.saddr, saddr, 4);
+            v = block_src4.lookup(&k);
+        }
+        if (!v && n->target4) {
+            struct block_target4 k = { .prefixlen = BLOCK_TARGET_BITS + 32, .proto = proto };
+            __builtin_memcpy(k.dport, &dport, 2);
+            __builtin_memcpy(k.saddr, saddr, 4);
+            v = block_target4.lookup(&k);
+        }
+    } else {
+        if (n->src6) {
+            struct block_src6 k = { .prefixlen = 128 };
+            __builtin_memcpy(k.saddr, saddr, 16);
+            v = block_src6.lookup(&k);
+        }
+        if (!v && n->target6) {
+            struct block_target6 k = { .prefixlen = BLOCK_TARGET_BITS + 128, .proto = proto };
+            __builtin_memcpy(k.dport, &dport, 2);
+            __builtin_memcpy(k.saddr, saddr, 16);
+            v = block_target6.lookup(&k);
+        }
+    }
+    if (!v)
+        return 0;
+    __sync_fetch_and_add(&v->matched, 1);
+    return 1;
+}
+#endif
 
 /* What the parsers learn about one packet besides its key. */
 struct packet_info {
@@ -325,14 +379,16 @@ static __always_inline void account6(struct cpu_state *st, __u8 dir, struct flow
     announce_new(st, dir, &ev, pi, now, err);
 }
 
-static __always_inline void handle_ipv4(struct cpu_state *st, __u8 dir, struct hdr_cursor *nh,
-                                        void *end, __u32 ifindex, __u16 vlan,
-                                        struct packet_info *pi)
+/* handle_ipv4 and handle_ipv6 return 1 when the packet is to be dropped (a block rule matched:
+ * FS_BLOCK, received packets only), else 0. */
+static __always_inline int handle_ipv4(struct cpu_state *st, __u8 dir, struct hdr_cursor *nh,
+                                       void *end, __u32 ifindex, __u16 vlan,
+                                       struct packet_info *pi)
 {
     struct iphdr *iph = parse_iphdr(nh, end);
     if (!iph) {
         count_pkt(st, dir, CNT_MALFORMED, pi);
-        return;
+        return 0;
     }
     struct flow_key4 key = {};
     key.ifindex = ifindex;
@@ -348,16 +404,21 @@ static __always_inline void handle_ipv4(struct cpu_state *st, __u8 dir, struct h
             count_pkt(st, dir, CNT_TRUNCATED, pi);
     }
     account4(st, dir, &key, pi);
+#ifdef FS_BLOCK
+    if (dir == FS_DIR_INGRESS)  /* a constant: the TC program has no such branch */
+        return blocked(FS_AF_INET, &key.saddr, key.proto, key.dport);
+#endif
+    return 0;
 }
 
-static __always_inline void handle_ipv6(struct cpu_state *st, __u8 dir, struct hdr_cursor *nh,
-                                        void *end, __u32 ifindex, __u16 vlan,
-                                        struct packet_info *pi)
+static __always_inline int handle_ipv6(struct cpu_state *st, __u8 dir, struct hdr_cursor *nh,
+                                       void *end, __u32 ifindex, __u16 vlan,
+                                       struct packet_info *pi)
 {
     struct ipv6hdr *ip6h = parse_ip6hdr(nh, end);
     if (!ip6h) {
         count_pkt(st, dir, CNT_MALFORMED, pi);
-        return;
+        return 0;
     }
     struct flow_key6 key = {};
     key.ifindex = ifindex;
@@ -377,12 +438,18 @@ static __always_inline void handle_ipv6(struct cpu_state *st, __u8 dir, struct h
             count_pkt(st, dir, CNT_TRUNCATED, pi);
     }
     account6(st, dir, &key, pi);
+#ifdef FS_BLOCK
+    if (dir == FS_DIR_INGRESS)
+        return blocked(FS_AF_INET6, key.saddr, key.proto, key.dport);
+#endif
+    return 0;
 }
 
 /* The one parser and accountant of both entry points: data..end is the frame from its Ethernet
  * header, hw_vlan a VLAN tag the device keeps beside the frame (TC egress with VLAN offload;
- * 0 if none): it is then the outermost tag. pi->bytes and pi->segs are set by the caller. */
-static __always_inline void parse_and_account(struct cpu_state *st, void *data, void *end,
+ * 0 if none): it is then the outermost tag. pi->bytes and pi->segs are set by the caller.
+ * Returns 1 when a block rule says to drop the packet (FS_BLOCK), else 0. */
+static __always_inline int parse_and_account(struct cpu_state *st, void *data, void *end,
                                               __u32 ifindex, __u8 dir, __u16 hw_vlan,
                                               struct packet_info *pi)
 {
@@ -394,11 +461,12 @@ static __always_inline void parse_and_account(struct cpu_state *st, void *data, 
     if (proto < 0)
         count_pkt(st, dir, CNT_MALFORMED, pi);
     else if (proto == bpf_htons(ETH_P_IP))
-        handle_ipv4(st, dir, &nh, end, ifindex, vlan, pi);
+        return handle_ipv4(st, dir, &nh, end, ifindex, vlan, pi);
     else if (proto == bpf_htons(ETH_P_IPV6))
-        handle_ipv6(st, dir, &nh, end, ifindex, vlan, pi);
+        return handle_ipv6(st, dir, &nh, end, ifindex, vlan, pi);
     else
         count_pkt(st, dir, CNT_NON_IP, pi);
+    return 0;
 }
 
 int flowscope_xdp(struct xdp_md *ctx)
@@ -426,7 +494,8 @@ int flowscope_xdp(struct xdp_md *ctx)
         pi.time = bpf_ktime_get_ns();
     }
 #endif
-    parse_and_account(st, data, end, ifindex, FS_DIR_INGRESS, 0, &pi);
+    if (parse_and_account(st, data, end, ifindex, FS_DIR_INGRESS, 0, &pi))
+        return XDP_DROP;    /* a block rule (FS_BLOCK only: else never) */
     return XDP_PASS;
 }
 

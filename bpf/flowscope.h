@@ -147,6 +147,58 @@ struct flood_value {
     __u64 bytes;
 };
 
+/* Blocking, built in only with -DFS_BLOCK (`record` or `live` --allow-block): the XDP program
+ * drops (XDP_DROP) received packets that match a rule, after counting them in their flow. A
+ * rule is a source prefix (a host: /32, /128), a target (protocol and destination port) from
+ * anywhere, or a target from a source prefix. Per family two LPM tries hold them: one keyed by
+ * the source address (prefix rules), one by protocol, port, then source address (target
+ * rules: prefix length 24 for a target from anywhere, 24 + N from a /N). Each rule's value
+ * counts the packets it dropped. The rules die with the program's maps, so with flowscope,
+ * also after kill -9. */
+#ifndef BLOCK_ENTRIES
+#define BLOCK_ENTRIES 4096          /* rules of each kind and family */
+#endif
+#define BLOCK_TARGET_BITS 24        /* protocol and port, before the address in a target key */
+
+struct block_src4 {
+    __u32 prefixlen;
+    __u8  saddr[4];     /* network order */
+};
+
+struct block_src6 {
+    __u32 prefixlen;
+    __u8  saddr[16];
+};
+
+struct block_target4 {
+    __u32 prefixlen;    /* 24 + the source prefix length */
+    __u8  proto;
+    __u8  dport[2];     /* network order */
+    __u8  saddr[4];
+    __u8  pad;          /* never in a prefix */
+};
+
+struct block_target6 {
+    __u32 prefixlen;
+    __u8  proto;
+    __u8  dport[2];
+    __u8  saddr[16];
+    __u8  pad;
+};
+
+struct block_value {
+    __u64 matched;      /* packets dropped by the rule (atomic: shared by the CPUs) */
+};
+
+/* The one entry of the array block_rules: how many rules each trie holds (user space keeps
+ * it), so that without rules the program looks nothing up. */
+struct block_rules {
+    __u32 src4;
+    __u32 src6;
+    __u32 target4;
+    __u32 target6;
+};
+
 /* Replay build only (-DFS_REPLAY, `flowscope replay`): what BPF_PROG_TEST_RUN places in front of
  * each frame of a capture as XDP metadata (between ctx->data_meta and ctx->data): 16 bytes, a
  * multiple of 4 as the kernel requires of metadata. The program then takes the packet's time,

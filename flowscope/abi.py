@@ -240,6 +240,66 @@ class DropKey(ctypes.Structure):
     ]
 
 
+class BlockSrc4(ctypes.Structure):
+    """struct block_src4: an IPv4 source-prefix rule's LPM key, 8 bytes."""
+
+    _fields_ = [("prefixlen", ctypes.c_uint32), ("saddr", ctypes.c_uint8 * 4)]
+
+
+class BlockSrc6(ctypes.Structure):
+    """struct block_src6: an IPv6 source-prefix rule's LPM key, 20 bytes."""
+
+    _fields_ = [("prefixlen", ctypes.c_uint32), ("saddr", ctypes.c_uint8 * 16)]
+
+
+class BlockTarget4(ctypes.Structure):
+    """struct block_target4: an IPv4 target rule's LPM key (protocol, port in network order,
+    then the source address), 12 bytes."""
+
+    _fields_ = [
+        ("prefixlen", ctypes.c_uint32),
+        ("proto", ctypes.c_uint8),
+        ("dport", ctypes.c_uint8 * 2),
+        ("saddr", ctypes.c_uint8 * 4),
+        ("pad", ctypes.c_uint8),
+    ]
+
+
+class BlockTarget6(ctypes.Structure):
+    """struct block_target6: an IPv6 target rule's LPM key, 24 bytes."""
+
+    _fields_ = [
+        ("prefixlen", ctypes.c_uint32),
+        ("proto", ctypes.c_uint8),
+        ("dport", ctypes.c_uint8 * 2),
+        ("saddr", ctypes.c_uint8 * 16),
+        ("pad", ctypes.c_uint8),
+    ]
+
+
+class BlockValue(ctypes.Structure):
+    """struct block_value: the packets a rule dropped, 8 bytes."""
+
+    _fields_ = [("matched", ctypes.c_uint64)]
+
+
+class BlockRules(ctypes.Structure):
+    """struct block_rules: how many rules each trie holds, 16 bytes."""
+
+    _fields_ = [
+        ("src4", ctypes.c_uint32),
+        ("src6", ctypes.c_uint32),
+        ("target4", ctypes.c_uint32),
+        ("target6", ctypes.c_uint32),
+    ]
+
+
+BLOCK_ENTRIES = 4096
+"""BLOCK_ENTRIES: rules of each kind and family."""
+BLOCK_TARGET_BITS = 24
+"""BLOCK_TARGET_BITS: protocol and port, before the address in a target key."""
+
+
 class DropBudget(ctypes.Structure):
     """struct drop_budget: one CPU's per-flow attribution budget of the drop hook, 24 bytes."""
 

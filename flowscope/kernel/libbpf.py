@@ -393,3 +393,14 @@ def map_update(map_fd: int, key: Any, value: Any, flags: int = 0) -> None:
     ret = int(_libbpf().bpf_map_update_elem(map_fd, key, value, flags))
     if ret < 0:
         raise _raise("BPF_MAP_UPDATE_ELEM", _errno(ret))
+
+
+def map_delete(map_fd: int, key: Any) -> bool:
+    """bpf_map_delete_elem; False when there was no such key."""
+    ret = int(_libbpf().bpf_map_delete_elem(map_fd, key))
+    if ret < 0:
+        err = _errno(ret)
+        if err == errno.ENOENT:
+            return False
+        raise _raise("BPF_MAP_DELETE_ELEM", err)
+    return True

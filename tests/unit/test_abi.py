@@ -107,6 +107,12 @@ LAYOUT = {
     ),
     "flood_value": (abi.FloodValue, 16, {"packets": 0, "bytes": 8}),
     "drop_budget": (abi.DropBudget, 24, {"jiffies": 0, "count": 8, "unattributed": 16}),
+    "block_src4": (abi.BlockSrc4, 8, {"prefixlen": 0, "saddr": 4}),
+    "block_src6": (abi.BlockSrc6, 20, {"prefixlen": 0, "saddr": 4}),
+    "block_target4": (abi.BlockTarget4, 12, {"prefixlen": 0, "proto": 4, "dport": 5, "saddr": 7}),
+    "block_target6": (abi.BlockTarget6, 24, {"prefixlen": 0, "proto": 4, "dport": 5, "saddr": 7}),
+    "block_value": (abi.BlockValue, 8, {"matched": 0}),
+    "block_rules": (abi.BlockRules, 16, {"src4": 0, "src6": 4, "target4": 8, "target6": 12}),
     "replay_meta": (abi.ReplayMeta, 16, {"timestamp": 0, "wire_len": 8, "ifindex": 12}),
     "sock_owner": (abi.SockOwner, 32, {"cgroup_id": 0, "pid": 8, "uid": 12, "comm": 16}),
     "sock_event": (
@@ -200,6 +206,8 @@ def test_c_header_has_the_same_layout(tmp_path: Path) -> None:
     lines.append('printf("counter FS_DIR_EGRESS %d\\n", FS_DIR_EGRESS);')
     lines.append('printf("counter FLOOD_ENTRIES %d\\n", FLOOD_ENTRIES);')
     lines.append('printf("counter DROP_BUDGET %d\\n", DROP_BUDGET);')
+    lines.append('printf("counter BLOCK_ENTRIES %d\\n", BLOCK_ENTRIES);')
+    lines.append('printf("counter BLOCK_TARGET_BITS %d\\n", BLOCK_TARGET_BITS);')
     lines.append('printf("counter EVENT_WINDOW_NS %llu\\n", EVENT_WINDOW_NS);')
     lines.append(
         'printf("counter egress_packets %zu\\n", '
@@ -233,6 +241,8 @@ def test_c_header_has_the_same_layout(tmp_path: Path) -> None:
     assert seen[("counter", "FS_DIR_EGRESS")] == abi.DIR_EGRESS
     assert seen[("counter", "FLOOD_ENTRIES")] == abi.DEFAULT_FLOOD_ENTRIES
     assert seen[("counter", "DROP_BUDGET")] == abi.DROP_BUDGET
+    assert seen[("counter", "BLOCK_ENTRIES")] == abi.BLOCK_ENTRIES
+    assert seen[("counter", "BLOCK_TARGET_BITS")] == abi.BLOCK_TARGET_BITS
     assert seen[("counter", "EVENT_WINDOW_NS")] == abi.EVENT_WINDOW_NS
     assert seen[("counter", "egress_packets")] == 8 * abi.COUNTER_COUNT * abi.DIR_EGRESS
 

@@ -1,0 +1,278 @@
+"""Block rules (opt-in, --allow-block): what an operator asked the XDP program to drop, for how
+long, and whether it needs a second confirmation first.
+
+A rule is a source prefix (a host is a /32 or /128), a target (protocol and destination port)
+from anywhere, or both: a prefix's packets to one target. Written as the operator types it and
+as every list shows it: ``198.19.77.0/24``, ``udp/9``, ``198.19.77.5 udp/9``. Rules live in
+the kernel's maps (kernel.block), so they die with flowscope; here they carry their time to
+live, and ``Blocks`` decides when they end.
+
+A rule needs a second confirmation (``Blocks.add`` names why) when it would drop packets of the
+operator's own SSH client (SSH_CONNECTION), of an address of this host, or more than
+``max_share`` of the last tick's received packets (from the flood shape). Pure: the maps, the
+clock and the traffic come from the caller.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from flowscope import abi
+from flowscope.errors import UsageError
+from flowscope.model import PROTO_NAMES, PROTO_NUMBERS, FloodShape
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DEFAULT_TTL = 600.0
+"""Seconds a rule lives unless told otherwise (10 minutes)."""
+MAX_SHARE = 0.5
+"""A rule that would drop more than this share of the last tick's received packets needs a
+second confirmation."""
+_TARGET = re.compile(r"^([a-z0-9]+)/(\d+)$")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """What to drop: a source prefix, a target (protocol and destination port), or both."""
+
+    network: str | None
+    """The source prefix in CIDR notation (a host: /32, /128); None: from anywhere."""
+    proto: int | None = None
+    dport: int | None = None
+    """With proto: the target (destination port; ICMP type * 256 + code); None: any."""
+
+    @property
+    def text(self) -> str:
+        """The rule as typed: '198.19.77.0/24', 'udp/9', '198.19.77.5/32 udp/9'."""
+        parts = [self.network] if self.network else []
+        if self.proto is not None:
+            parts.append(f"{PROTO_NAMES.get(self.proto, str(self.proto))}/{self.dport}")
+        return " ".join(parts)
+
+    @property
+    def net(self) -> Network | None:
+        return ipaddress.ip_network(self.network) if self.network else None
+
+    def matches(self, family: int, src: str, proto: int, dport: int) -> bool:
+        """Whether a received packet with these fields is dropped by the rule."""
+        net = self.net
+        if net is not None:
+            if (net.version == 4) != (family == abi.AF_INET):
+                return False
+            if ipaddress.ip_address(src) not in net:
+                return False
+        return self.proto is None or (proto == self.proto and dport == self.dport)
+
+    def covers_prefix(self, prefix: str) -> bool:
+        """Whether the rule's source covers every address of ``prefix`` (a /24 or /64)."""
+        net = self.net
+        if net is None:
+            return True
+        other = ipaddress.ip_network(prefix)
+        return other.version == net.version and other.subnet_of(net)  # type: ignore[arg-type]
+
+    def filter(self) -> str:
+        """The live filter that selects the flows the rule drops."""
+        terms = [f"src net {self.network}"] if self.network else []
+        if self.proto is not None:
+            name = PROTO_NAMES.get(self.proto, "")
+            terms.append(name if name in ("tcp", "udp", "icmp", "icmp6") else f"proto {self.proto}")
+            terms.append(f"dport {self.dport}")
+        return " and ".join([*terms, "ingress"])
+
+
+def parse_rule(text: str) -> Rule:
+    """A rule from what an operator typed: an address or prefix, a target (PROTO/PORT), or
+    an address or prefix then a target. A UsageError names what is wrong."""
+    words = text.split()
+    if not words or len(words) > 2:
+        raise UsageError(
+            f"not a block rule: {text!r}",
+            "give a source (198.19.77.0/24, 198.19.77.5), a target (udp/9, tcp/443) or both",
+        )
+    network: str | None = None
+    proto = dport = None
+    for i, word in enumerate(words):
+        m = _TARGET.match(word.lower())
+        if m and (i == len(words) - 1):
+            name, port = m.groups()
+            proto = PROTO_NUMBERS.get(name) if not name.isdigit() else int(name)
+            if proto is None or not 0 <= proto <= 255:
+                raise UsageError(f"unknown protocol {name!r} in {text!r}", "tcp, udp, icmp, ...")
+            dport = int(port)
+            if dport > 65535:
+                raise UsageError(f"port {dport} is out of range in {text!r}", "0 to 65535")
+            continue
+        if i != 0 or network is not None:
+            raise UsageError(f"not a block rule: {text!r}", "a source, then a target (udp/9)")
+        try:
+            net = ipaddress.ip_network(word, strict=False)
+        except ValueError:
+            raise UsageError(
+                f"not an address, prefix or target: {word!r}",
+                "198.19.77.0/24, 2001:db8::/64, 198.19.77.5, udp/9, tcp/443",
+            ) from None
+        if net.prefixlen == 0:
+            raise UsageError(f"{word} would drop everything", "give a narrower prefix or a port")
+        network = str(net)
+    return Rule(network, proto, dport)
+
+
+@dataclass(slots=True)
+class Entry:
+    """A rule in force: when it was made and when it ends (monotonic seconds)."""
+
+    rule: Rule
+    created: float
+    expires: float
+    matched: int = 0
+    """Packets it dropped so far (read from the kernel)."""
+
+    def remaining(self, now: float) -> float:
+        return max(self.expires - now, 0.0)
+
+
+class RuleMaps(Protocol):
+    """Where rules take effect (kernel.block.BlockMaps, or a test's)."""
+
+    def put(self, rule: Rule) -> None: ...
+
+    def delete(self, rule: Rule) -> None: ...
+
+    def matched(self, rule: Rule) -> int: ...
+
+
+@dataclass(slots=True)
+class Safety:
+    """What a rule must not drop without a second confirmation."""
+
+    ssh_client: str | None = None
+    """The operator's SSH client address (SSH_CONNECTION's first word)."""
+    ssh_port: int = 22
+    """The port its connection came to on this host (SSH_CONNECTION's last word)."""
+    local: frozenset[str] = frozenset()
+    """This host's addresses."""
+    max_share: float = MAX_SHARE
+
+
+def ssh_session(environ: Mapping[str, str]) -> tuple[str | None, int]:
+    """The SSH client's address and the port it came to, from SSH_CONNECTION ('client port
+    server port'); (None, 22) outside SSH."""
+    words = environ.get("SSH_CONNECTION", "").split()
+    try:
+        return str(ipaddress.ip_address(words[0])), int(words[3])
+    except (IndexError, ValueError):
+        return None, 22
+
+
+def share(rule: Rule, shape: FloodShape) -> float:
+    """The share of the last tick's received packets the rule would drop, from the flood
+    shape's rows (a prefix rule counts rows its prefix covers; rows it covers in part, such as
+    a /24 row under a host rule, are left out: a lower bound, exact for prefix rules of /24
+    or wider)."""
+    rows = [r for r in shape.rows if r.direction == abi.DIR_INGRESS]
+    total = sum(r.packets for r in rows)
+    if not total:
+        return 0.0
+    hit = sum(
+        r.packets
+        for r in rows
+        if rule.covers_prefix(r.prefix)
+        and (rule.proto is None or (r.proto, r.dport) == (rule.proto, rule.dport))
+    )
+    return hit / total
+
+
+def concerns(rule: Rule, safety: Safety, shape: FloodShape | None) -> list[str]:
+    """Why a rule needs a second confirmation (empty: it does not)."""
+    out: list[str] = []
+    net = rule.net
+    client = safety.ssh_client
+    if (
+        client
+        and (net is None or ipaddress.ip_address(client) in net)
+        and (rule.proto is None or (rule.proto, rule.dport) == (6, safety.ssh_port))
+    ):
+        out.append(f"it matches your SSH client {client}")
+    if net is not None:
+        mine = sorted(a for a in safety.local if ipaddress.ip_address(a) in net)
+        if mine:
+            out.append(f"it matches this host's address {mine[0]}")
+    if shape is not None:
+        part = share(rule, shape)
+        if part > safety.max_share:
+            out.append(f"it drops {100 * part:.0f}% of the traffic received in the last tick")
+    return out
+
+
+@dataclass(slots=True)
+class Blocks:
+    """The rules in force, kept in step with the kernel's maps."""
+
+    maps: RuleMaps
+    safety: Safety = field(default_factory=Safety)
+    entries: dict[Rule, Entry] = field(default_factory=dict)
+
+    def add(
+        self,
+        rule: Rule,
+        now: float,
+        ttl: float = DEFAULT_TTL,
+        *,
+        confirmed: bool = False,
+        shape: FloodShape | None = None,
+    ) -> list[str]:
+        """Put a rule in force for ``ttl`` seconds, unless it needs a second confirmation and
+        ``confirmed`` is not given: then nothing changes and the reasons are returned. A rule
+        already in force gets the new time to live."""
+        if ttl <= 0:
+            raise UsageError(f"a time to live of {ttl:g} s", "give a positive duration (10m)")
+        if not confirmed:
+            reasons = concerns(rule, self.safety, shape)
+            if reasons:
+                return reasons
+        entry = self.entries.get(rule)
+        if entry is None:
+            self.maps.put(rule)
+            self.entries[rule] = Entry(rule, now, now + ttl)
+        else:
+            entry.expires = now + ttl
+        return []
+
+    def remove(self, rule: Rule) -> Entry:
+        """Take a rule out of force; a UsageError when there is no such rule."""
+        entry = self.entries.pop(rule, None)
+        if entry is None:
+            raise UsageError(
+                f"no block rule {rule.text!r}", "flowscope blocks lists the rules in force"
+            )
+        entry.matched = self.maps.matched(rule)
+        self.maps.delete(rule)
+        return entry
+
+    def expire(self, now: float) -> list[Entry]:
+        """Take out the rules whose time is up; those, with what they dropped."""
+        done = [e for e in self.entries.values() if e.expires <= now]
+        for e in done:
+            self.remove(e.rule)
+        return done
+
+    def listing(self) -> list[Entry]:
+        """The rules in force, oldest first, with what each dropped so far."""
+        out = sorted(self.entries.values(), key=lambda e: (e.created, e.rule.text))
+        for e in out:
+            e.matched = self.maps.matched(e.rule)
+        return out
+
+    def close(self) -> list[Entry]:
+        """Take every rule out (flowscope stops; the maps go with the program anyway)."""
+        return [self.remove(e.rule) for e in list(self.entries.values())]
+
+
+def rule_rows(entries: Sequence[Entry], now: float) -> list[tuple[str, int, float]]:
+    """(rule, packets dropped, seconds left) per rule, for tables and JSON."""
+    return [(e.rule.text, e.matched, e.remaining(now)) for e in entries]

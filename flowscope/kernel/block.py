@@ -1,0 +1,90 @@
+"""The block rules in the kernel: the LPM tries and the rule counts of bpf/flowscope.c built
+with -DFS_BLOCK (`--allow-block`). Implements collect.block.RuleMaps: a rule becomes one key in
+the source trie (a prefix) or the target trie (a target, from a prefix or anywhere; a target
+from anywhere goes in both families' tries), and the counts tell the program which tries to
+look in."""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+from typing import Any
+
+from flowscope import abi
+from flowscope.collect.block import Rule
+from flowscope.errors import UsageError
+from flowscope.kernel import libbpf
+from flowscope.kernel.program import FlowProgram
+
+BLOCK_CFLAGS = ("-DFS_BLOCK",)
+"""The build with the drop path (without it the program has none)."""
+
+
+class BlockMaps:
+    """The rule maps of a FlowProgram built with BLOCK_CFLAGS."""
+
+    def __init__(self, program: FlowProgram) -> None:
+        bpf: Any = program.module
+        try:
+            self._fds = {
+                name: int(bpf[name.encode()].map_fd)
+                for name in ("block_src4", "block_src6", "block_target4", "block_target6")
+            }
+            self._rules_fd = int(bpf[b"block_rules"].map_fd)
+        except KeyError as e:
+            raise UsageError(
+                "this program was built without the drop path", "start it with --allow-block"
+            ) from e
+        self.counts = abi.BlockRules()
+
+    def _keys(self, rule: Rule) -> list[tuple[str, ctypes.Structure]]:
+        """The (trie, key) pairs that stand for a rule."""
+        net = rule.net
+        if rule.proto is None:
+            assert net is not None, "a rule without a target has a source"
+            if net.version == 4:
+                return [("block_src4", abi.BlockSrc4(net.prefixlen, (ctypes.c_uint8 * 4)(
+                    *net.network_address.packed)))]  # fmt: skip
+            return [("block_src6", abi.BlockSrc6(net.prefixlen, (ctypes.c_uint8 * 16)(
+                *net.network_address.packed)))]  # fmt: skip
+        port = (ctypes.c_uint8 * 2)(*int(rule.dport or 0).to_bytes(2, "big"))
+        nets = [net] if net is not None else [
+            ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")
+        ]  # fmt: skip
+        out: list[tuple[str, ctypes.Structure]] = []
+        for n in nets:
+            bits = abi.BLOCK_TARGET_BITS + n.prefixlen
+            if n.version == 4:
+                addr4 = (ctypes.c_uint8 * 4)(*n.network_address.packed)
+                out.append(("block_target4", abi.BlockTarget4(bits, rule.proto, port, addr4)))
+            else:
+                addr6 = (ctypes.c_uint8 * 16)(*n.network_address.packed)
+                out.append(("block_target6", abi.BlockTarget6(bits, rule.proto, port, addr6)))
+        return out
+
+    def put(self, rule: Rule) -> None:
+        """Put a rule in force (its count of dropped packets from zero)."""
+        for trie, key in self._keys(rule):
+            libbpf.map_update(self._fds[trie], ctypes.byref(key), ctypes.byref(abi.BlockValue()))
+            self._count(trie, +1)
+
+    def delete(self, rule: Rule) -> None:
+        """Take a rule out of force."""
+        for trie, key in self._keys(rule):
+            if libbpf.map_delete(self._fds[trie], ctypes.byref(key)):
+                self._count(trie, -1)
+
+    def matched(self, rule: Rule) -> int:
+        """Packets the rule dropped so far."""
+        total = 0
+        for trie, key in self._keys(rule):
+            value = abi.BlockValue()
+            if libbpf.map_lookup(self._fds[trie], ctypes.byref(key), ctypes.byref(value)):
+                total += int(value.matched)
+        return total
+
+    def _count(self, trie: str, delta: int) -> None:
+        field = trie.removeprefix("block_")
+        setattr(self.counts, field, max(getattr(self.counts, field) + delta, 0))
+        zero = ctypes.c_uint32(0)
+        libbpf.map_update(self._rules_fd, ctypes.byref(zero), ctypes.byref(self.counts))
