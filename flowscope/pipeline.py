@@ -153,6 +153,7 @@ class Pipeline:
             on_tick=self.tick_hook(on_tick),
             stop=stop,
             on_notice=on_notice,
+            on_block=self.writer.note_block if self.writer is not None else None,
         )
 
     def replay(self, progress: Callable[[int, int], None] | None = None) -> ReplaySummary:

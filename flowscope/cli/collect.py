@@ -13,6 +13,7 @@ import click
 from flowscope.cli.main import Seconds, main, notice, say_problems, say_recovered
 from flowscope.cli.options import (
     as_record_settings,
+    block_option,
     collector_options,
     direction_option,
     entries_option,
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 @direction_option
 @force_option
 @entries_option
+@block_option
 @export_options
 @as_record_settings
 def record(
@@ -147,6 +149,7 @@ def _view_spec(filter_text: str | None, group: str, sort: str) -> ViewSpec:
 @direction_option
 @force_option
 @entries_option
+@block_option
 @export_options
 @click.option(
     "--filter", "filter_text", default=None, metavar="EXPR", help="Open with this filter ('/')."

@@ -42,6 +42,12 @@ direction_option = click.option(
 force_option = click.option(
     "--force", is_flag=True, help="Replace an XDP program that is already on the interface."
 )
+block_option = click.option(
+    "--allow-block",
+    is_flag=True,
+    help="Build the XDP program with a drop path and take block rules from `flowscope block` "
+    "(off by default; every rule ends with this process).",
+)
 entries_option = click.option(
     "--flow-entries",
     type=click.IntRange(1, 1 << 26),
@@ -199,6 +205,7 @@ def as_record_settings(f: Any) -> Any:
             flow_entries=flow_entries,
             duration=kwargs.pop("duration", None),
             collector=collector,
+            allow_block=kwargs.pop("allow_block", False),
         )
         return f(*args, source=source, **kwargs)
 

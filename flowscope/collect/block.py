@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -276,3 +278,88 @@ class Blocks:
 def rule_rows(entries: Sequence[Entry], now: float) -> list[tuple[str, int, float]]:
     """(rule, packets dropped, seconds left) per rule, for tables and JSON."""
     return [(e.rule.text, e.matched, e.remaining(now)) for e in entries]
+
+
+@dataclass(frozen=True, slots=True)
+class BlockNote:
+    """One change of the rules, for history: a block, an unblock, or a rule whose time ran
+    out (action 'block', 'unblock', 'expire')."""
+
+    time: float
+    """Unix time."""
+    action: str
+    rule: str
+    ttl: float | None
+    """The time to live a block was given (None for the others)."""
+    matched: int
+    """Packets the rule had dropped when it ended (0 for a block)."""
+    confirmed: str
+    """What the operator confirmed a second time ('' when nothing needed it)."""
+
+
+class BlockService:
+    """Blocks behind the control socket: requests from `flowscope block`, `unblock`, `blocks`
+    (the socket's thread) and ticks (the collection loop), serialised by a lock; every change
+    goes to ``note`` (the history writer)."""
+
+    def __init__(
+        self,
+        maps: RuleMaps,
+        safety: Safety,
+        note: Callable[[BlockNote], None] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.blocks = Blocks(maps, safety)
+        self._note = note or (lambda _n: None)
+        self._clock, self._wall = clock, wall
+        self._lock = threading.Lock()
+        self._shape: FloodShape | None = None
+
+    def tick(self, shape: FloodShape) -> list[Entry]:
+        """After a tick: remember its traffic (for the share a rule would drop) and end the
+        rules whose time is up; those."""
+        with self._lock:
+            self._shape = shape
+            done = self.blocks.expire(self._clock())
+            for e in done:
+                self._note(BlockNote(self._wall(), "expire", e.rule.text, None, e.matched, ""))
+            return done
+
+    def handle(self, request: Mapping[str, object]) -> dict[str, object]:
+        """One control request: {"op": "block", "rule": R, "ttl": S, "confirmed": bool},
+        {"op": "unblock", "rule": R} or {"op": "list"}. UsageErrors go back as errors."""
+        op = request.get("op")
+        with self._lock:
+            now = self._clock()
+            if op == "list":
+                return {"rules": [self._row(e, now) for e in self.blocks.listing()]}
+            rule = parse_rule(str(request.get("rule", "")))
+            if op == "block":
+                ttl = request.get("ttl", DEFAULT_TTL)
+                if not isinstance(ttl, int | float):
+                    raise UsageError(f"not a time to live: {ttl!r}", "seconds, such as 600")
+                confirmed = bool(request.get("confirmed", False))
+                reasons = concerns(rule, self.blocks.safety, self._shape)
+                if reasons and not confirmed:
+                    return {"confirm": reasons, "rule": rule.text}
+                self.blocks.add(rule, now, float(ttl), confirmed=True)
+                self._note(
+                    BlockNote(self._wall(), "block", rule.text, float(ttl), 0, "; ".join(reasons))
+                )
+                return {"ok": True, "rule": rule.text, "ttl": float(ttl), "filter": rule.filter()}
+            if op == "unblock":
+                entry = self.blocks.remove(rule)
+                self._note(BlockNote(self._wall(), "unblock", rule.text, None, entry.matched, ""))
+                return {"ok": True, "rule": rule.text, "matched": entry.matched}
+        raise UsageError(f"unknown control request {op!r}", "block, unblock or list")
+
+    @staticmethod
+    def _row(e: Entry, now: float) -> dict[str, object]:
+        return {"rule": e.rule.text, "matched": e.matched, "remaining": e.remaining(now)}
+
+    def close(self) -> None:
+        """Take every rule out (the recording ends: the maps go with the program anyway)."""
+        with self._lock:
+            self.blocks.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import signal
 import threading
 import time
@@ -25,6 +26,7 @@ from flowscope.collect.owners import ProcessWatch, watch_processes
 from flowscope.model import FlowRecord, NewFlow, PendingFlows, Sample
 
 if TYPE_CHECKING:
+    from flowscope.collect.block import BlockNote, BlockService
     from flowscope.kernel.links import LinkWatch
     from flowscope.kernel.session import Probe
 
@@ -91,6 +93,9 @@ class RecordSettings:
     """Tick interval and expiry timeouts."""
     processes: bool = True
     """Attribute each local flow to its process (cgroup socket hooks, collect.owners)."""
+    allow_block: bool = False
+    """Build the XDP program with its drop path and take block rules on the control socket
+    (collect.control; `flowscope block`)."""
 
 
 @dataclass(slots=True)
@@ -112,14 +117,16 @@ def run(
     on_tick: Callable[[Tick], None] | None = None,
     stop: threading.Event | None = None,
     on_notice: Callable[[str], None] | None = None,
+    on_block: Callable[[BlockNote], None] | None = None,
 ) -> RecordSummary:
     """Collect until the duration ends or ``stop`` is set; every tick goes to ``sink``.
-    ``on_notice`` hears what the user should know about the attachments (egress refused)."""
+    ``on_notice`` hears what the user should know about the attachments (egress refused);
+    ``on_block`` each change of the block rules (--allow-block: for history)."""
     from flowscope.kernel.session import Probe
 
     stop = stop or threading.Event()
     try:
-        return _run(settings, sink, on_tick, stop, Probe, on_notice)
+        return _run(settings, sink, on_tick, stop, Probe, on_notice, on_block)
     finally:
         sink.close()
 
@@ -131,6 +138,7 @@ def _run(
     stop: threading.Event,
     probe_class: type[Probe],
     on_notice: Callable[[str], None] | None = None,
+    on_block: Callable[[BlockNote], None] | None = None,
 ) -> RecordSummary:
     summary = RecordSummary()
     # Ctrl-C and SIGTERM stop collection from the moment the program may be attached: one
@@ -145,6 +153,7 @@ def _run(
             flow_entries=settings.flow_entries,
             direction=settings.direction,
             owners=settings.processes,
+            cflags=_block_cflags(settings),
         ) as probe,
         contextlib.ExitStack() as stack,
     ):
@@ -162,6 +171,7 @@ def _run(
             health=processes.health if processes is not None else None,
             drops=processes.drops if processes is not None else None,
         )
+        blocks = _blocking(probe, settings, stack, on_block, on_notice)
         from flowscope.kernel.links import LinkWatch
 
         names = probe.interface_names()
@@ -178,6 +188,7 @@ def _run(
                 watch,
                 on_notice,
                 processes,
+                blocks,
             )
         except (KeyboardInterrupt, SystemExit):
             # Ctrl-C, or SIGTERM turned into SystemExit by the CLI: a normal way to stop
@@ -197,6 +208,45 @@ def _run(
                 # the ticks is what the sink got
                 on_tick(dataclasses.replace(tick, records=[*tick.records, *last]))
     return summary
+
+
+def _block_cflags(settings: RecordSettings) -> tuple[str, ...]:
+    """The build with the drop path, only when asked for (without it there is none)."""
+    if not settings.allow_block:
+        return ()
+    from flowscope.kernel.block import BLOCK_CFLAGS
+
+    return BLOCK_CFLAGS
+
+
+def _blocking(
+    probe: Probe,
+    settings: RecordSettings,
+    stack: contextlib.ExitStack,
+    on_block: Callable[[BlockNote], None] | None,
+    on_notice: Callable[[str], None] | None,
+) -> BlockService | None:
+    """With --allow-block: the block rules and the control socket that takes them, closed with
+    the recording (and the rules go with the program's maps in any case)."""
+    if not settings.allow_block:
+        return None
+    from flowscope.collect.block import BlockService, Safety, ssh_session
+    from flowscope.collect.control import ControlServer, control_path
+    from flowscope.kernel.block import BlockMaps
+    from flowscope.kernel.owners import local_addresses
+
+    client, port = ssh_session(os.environ)
+    safety = Safety(ssh_client=client, ssh_port=port, local=frozenset(local_addresses()))
+    service = BlockService(BlockMaps(probe.program), safety, on_block)
+    stack.callback(service.close)
+    server = ControlServer(control_path(), service.handle)
+    stack.callback(server.close)
+    if on_notice is not None:
+        on_notice(
+            f"blocking is on: `flowscope block RULE` drops what RULE matches (control socket "
+            f"{server.path}); every rule ends with this process"
+        )
+    return service
 
 
 @contextlib.contextmanager
@@ -237,6 +287,7 @@ def _loop(
     watch: LinkWatch | None = None,
     on_notice: Callable[[str], None] | None = None,
     processes: ProcessWatch | None = None,
+    blocks: BlockService | None = None,
 ) -> None:
     """Tick every interval until the duration ends or ``stop`` is set, draining the ring
     buffer in between; after each tick, say when a watched interface went down, came back or
@@ -257,6 +308,8 @@ def _loop(
                 collector.owners.refresh()
             continue
         tick = collector.tick()
+        if blocks is not None:  # the rules whose time is up end with this tick
+            blocks.tick(tick.sample.flood)
         sink.submit(tick.records, tick.sample, tick.events, tick.pending)
         sink.check()
         summary.ticks += 1

@@ -506,6 +506,18 @@ def _migration_12(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX floods_time ON floods (time)")
 
 
+def _migration_13(db: sqlite_utils.Database) -> None:
+    """blocks: every change of the block rules of a recording started with --allow-block
+    (``session``): a rule put in force (``action`` 'block', with its ``ttl`` in seconds and
+    what the operator confirmed a second time, if anything), taken out ('unblock') or ended by
+    its time to live ('expire'), with the packets it had dropped (``matched``)."""
+    db.execute(
+        "CREATE TABLE blocks (time TEXT NOT NULL, session TEXT NOT NULL, action TEXT NOT NULL, "
+        "rule TEXT NOT NULL, ttl REAL, matched INTEGER NOT NULL, confirmed TEXT NOT NULL)"
+    )
+    db.execute("CREATE INDEX blocks_time ON blocks (time)")
+
+
 # Each entry upgrades the schema from version i to i + 1; user_version holds how many ran.
 # Never edit an entry once released: add a new one.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
@@ -521,6 +533,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_10,
     _migration_11,
     _migration_12,
+    _migration_13,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

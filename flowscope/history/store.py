@@ -30,6 +30,7 @@ from typing import Any
 import sqlite_utils
 
 from flowscope import abi
+from flowscope.collect.block import BlockNote
 from flowscope.collect.detect import Alert
 from flowscope.history.files import StoreError, create_private_file, translate_errors
 from flowscope.history.schema import (
@@ -69,6 +70,10 @@ _INSERT_SAMPLE = (
 _INSERT_FLOOD = (
     f"INSERT INTO floods ({', '.join(FLOOD_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(FLOOD_COLUMNS))})"
+)
+_INSERT_BLOCK = (
+    "INSERT INTO blocks (time, session, action, rule, ttl, matched, confirmed) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 FLOOD_ROWS = 20
 """Rows of a tick's flood shape written to history (of collect.flood.TOP_ROWS)."""
@@ -296,8 +301,10 @@ class Store:
         records_dropped: int = 0,
         pending: Sequence[PendingFlows] | None = None,
         alerts: Sequence[Alert] = (),
+        blocks: Sequence[BlockNote] = (),
     ) -> None:
         """Write one collector tick in ONE transaction: all of it, or (on error) nothing.
+        ``blocks`` are changes of the block rules since the last tick written.
         ``alerts`` are the alerts the tick raised or updated (inserted, or updated in place).
 
         ``records_dropped`` is how many records the writer had to drop since the last sample
@@ -377,6 +384,15 @@ class Store:
                         for a in alerts
                     ],
                 )
+            if blocks:
+                self.conn.executemany(
+                    _INSERT_BLOCK,
+                    [
+                        (iso_time(b.time), self.session, b.action, b.rule, b.ttl, b.matched,
+                         b.confirmed)
+                        for b in blocks
+                    ],
+                )  # fmt: skip
             if pending is not None:
                 self._replace_pending(pending_rows, sample)
 
@@ -439,6 +455,7 @@ class Store:
         self.conn.execute("DELETE FROM events WHERE time < ?", (cutoff,))
         self.conn.execute("DELETE FROM alerts WHERE last < ?", (cutoff,))
         self.conn.execute("DELETE FROM floods WHERE time < ?", (cutoff,))
+        self.conn.execute("DELETE FROM blocks WHERE time < ?", (cutoff,))
         # Without AUTOINCREMENT, ids past a deleted maximum are used again: keep the rollup
         # mark at or below max(id) so new rows are never taken as rolled up already.
         self.conn.execute(

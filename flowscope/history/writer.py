@@ -33,6 +33,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from flowscope.collect.block import BlockNote
 from flowscope.collect.detect import Alert, Watch
 from flowscope.errors import FlowscopeError
 from flowscope.history.files import StoreError
@@ -126,6 +127,8 @@ class Writer:
         self.watch = Watch()
         """Scans and SYN floods in the events written (fed on the writer's thread)."""
         self._ticks: collections.deque[_Tick] = collections.deque()
+        self._blocks: list[BlockNote] = []
+        """Changes of the block rules, written with the next tick."""
         self._cond = threading.Condition()
         self._closing = False
         self._abandon = False
@@ -157,6 +160,11 @@ class Writer:
             self._ticks.append(tick)
             self.backlog += tick.size
             self._cond.notify()
+
+    def note_block(self, note: BlockNote) -> None:
+        """A block, unblock or expiry of a rule (any thread): written with the next tick."""
+        with self._cond:
+            self._blocks.append(note)
 
     def check(self) -> None:
         """Raise, as a FlowscopeError, the error that ended the thread (None: all is well)."""
@@ -279,6 +287,8 @@ class Writer:
             tick.alerts = [
                 dataclasses.replace(a) for a in self.watch.feed(tick.events, tick.sample)
             ]
+        with self._cond:
+            blocks = list(self._blocks)
         started = time.perf_counter()
         self.store.write_tick(
             tick.records,
@@ -287,6 +297,7 @@ class Writer:
             records_dropped=drops,
             pending=tick.pending,
             alerts=tick.alerts,
+            blocks=blocks,
         )
         elapsed = time.perf_counter() - started
         with self._cond:
@@ -295,6 +306,7 @@ class Writer:
             self.writes += 1
             self.write_seconds += elapsed
             self._ticks.popleft()
+            del self._blocks[: len(blocks)]
             self.backlog -= tick.size
             self._unreported_drops -= drops
             self.written += len(tick.records)
