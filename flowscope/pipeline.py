@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from flowscope.collect.collector import Tick
 from flowscope.collect.drops import main_reason
@@ -178,6 +179,16 @@ class Pipeline:
         """A flow's process's full command line while it runs, for the console's detail view
         (read from /proc only when asked)."""
         return running_command(owner)
+
+    def control(self) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+        """The console's way to the control socket of this run (--allow-block), else None."""
+        source = self.settings.source
+        if not isinstance(source, RecordSettings) or not source.allow_block:
+            return None
+        from flowscope.collect.control import control_path, request
+
+        path = control_path()
+        return lambda message: request(path, message)
 
     def writer_state(self) -> WriterState | None:
         """What the writer reports now (None without history)."""

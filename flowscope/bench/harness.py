@@ -221,6 +221,10 @@ class Lab:
             prog = FlowProgram(flow_entries=BIG_FLOW_ENTRIES)
             prog.put_flows(abi.AF_INET, other_flow_keys(self.settings.flows))
             return prog
+        if role == "block":  # the drop path built in (--allow-block)
+            from flowscope.kernel.block import BLOCK_CFLAGS
+
+            return FlowProgram(cflags=BLOCK_CFLAGS)
         if role == "full":  # a map of one entry, held by another flow
             prog = FlowProgram(flow_entries=1)
             prog.put_flows(abi.AF_INET, other_flow_keys(1))

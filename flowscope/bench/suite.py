@@ -34,6 +34,7 @@ from flowscope.bench.stages import (
     store_insert,
 )
 from flowscope.bench.xdp import (
+    block_path,
     hash_floor,
     hot_ipv4_tcp,
     hot_ipv4_tcp_100k,
@@ -62,6 +63,7 @@ BENCHMARKS: dict[str, Callable[[Lab], Iterator[Result]]] = {
     "xdp_vlan_ipv4_udp": vlan_ipv4_udp,
     "xdp_insert_100k": insert_100k,
     "xdp_map_full": map_full,
+    "xdp_block": block_path,
     "xdp_hot_ipv4_tcp_precise_clock": precise_clock,
     "hot_ipv4_tcp_processes": processes_hot,
     "xdp_hash_floor": hash_floor,

@@ -101,6 +101,45 @@ def map_full(lab: Lab) -> Iterator[Result]:
     yield Result(name, value, "ns/packet", "xdp_hot_ipv4_tcp", base)
 
 
+def block_path(lab: Lab) -> Iterator[Result]:
+    """The hot flow through the build with the drop path (--allow-block), first without rules
+    (the rule counts say there is nothing to look up), then with 1,000 source-prefix rules
+    (one LPM trie searched), then with 1,000 target rules more (both), none of which matches
+    it, next to the default build: issue #18 asks for at most 5 ns more."""
+    from flowscope.collect.block import Blocks, parse_rule
+    from flowscope.kernel.block import BlockMaps
+
+    blocking, default = lab.programs("block"), lab.programs("default")
+    frame = hot_ipv4_tcp_frame()
+    value, base = side_by_side(
+        lab.settings, [p.test_run for p in blocking], [p.test_run for p in default], frame
+    )
+    for prog in blocking:
+        check_counted("xdp_block_no_rules", prog, HOT4, IPPROTO_TCP)
+    yield Result("xdp_block_no_rules", value, "ns/packet", "xdp_hot_ipv4_tcp", base)
+    rules = {
+        # 1,000 source prefixes: the source trie alone is searched
+        "xdp_block_1000_rules": [f"172.{16 + i // 250}.{i % 250}.0/24" for i in range(1000)],
+        # and 1,000 targets more: both tries are
+        "xdp_block_2000_rules": [f"udp/{10000 + i}" for i in range(1000)],
+    }
+    sets = [Blocks(BlockMaps(prog)) for prog in blocking]
+    try:
+        for name, texts in rules.items():
+            for blocks in sets:
+                for text in texts:
+                    blocks.add(parse_rule(text), now=0.0, confirmed=True)
+            value, base = side_by_side(
+                lab.settings, [p.test_run for p in blocking], [p.test_run for p in default], frame
+            )
+            for prog in blocking:
+                check_counted(name, prog, HOT4, IPPROTO_TCP)
+            yield Result(name, value, "ns/packet", "xdp_hot_ipv4_tcp", base)
+    finally:
+        for blocks in sets:
+            blocks.close()
+
+
 def ipv6_tcp_ext(lab: Lab) -> Iterator[Result]:
     """IPv6 behind two extension headers: the parser walks the chain to find TCP and its ports."""
     progs = lab.programs("default")

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 
 Clock = Callable[[], float]
 CommandLine = Callable[[Owner], str | None]
+Control = Callable[[dict[str, Any]], dict[str, Any]]
+"""One request to the recorder's control socket (ConsoleContext.control)."""
 
 
 def _no_command_line(_owner: Owner) -> str | None:
@@ -70,6 +72,8 @@ class FlowscopeApp(App[None]):
         Binding("h", "history", "history", show=False),
         Binding("a", "alerts", "alerts", show=False),
         Binding("F", "flood", "flood view", show=False),
+        Binding("b", "block", "block", show=False),
+        Binding("B", "blocks", "block rules", show=False),
         Binding("f1", "filter_help", "filter language", show=False, priority=True),
     ]
 
@@ -84,13 +88,17 @@ class FlowscopeApp(App[None]):
         title: str | None = None,
         handle_signals: bool = False,
         spec: ViewSpec | None = None,
+        control: Control | None = None,
     ) -> None:
         super().__init__()
         if title:
             self.title = title
         self.source = source
         self.context = ConsoleContext(
-            LiveState(clock_start=clock()), name_of=self.name_of, command_line=command_line
+            LiveState(clock_start=clock()),
+            name_of=self.name_of,
+            command_line=command_line,
+            control=control,
         )
         """What the screens share (they get it, never the app)."""
         self.db_path = db_path
@@ -281,6 +289,33 @@ class FlowscopeApp(App[None]):
         if not isinstance(self.screen, FloodScreen):
             self.push_screen(FloodScreen(self.context))
 
+    def action_block(self, src: str | None = None, proto: int | None = None,
+                     dport: int | None = None) -> None:  # fmt: skip
+        """Block what the selected row names (the live table's, or the flood view's)."""
+        from flowscope.ui.blocks import BlockConfirm
+
+        if self.context.control is None:
+            self.notify(
+                "blocking is off: start live with --allow-block to drop traffic",
+                severity="warning",
+            )
+            return
+        if src is None:
+            row = self.live.selected_row()
+            if row is None or not row.src or row.direction not in (None, 0):
+                self.notify("select a received flow (↓) to block its source", severity="warning")
+                return
+            src, proto, dport = row.src, row.proto, row.dport
+        self.push_screen(BlockConfirm(self.context, src, proto, dport))
+
+    def action_blocks(self) -> None:
+        from flowscope.ui.blocks import BlocksScreen
+
+        if self.context.control is None:
+            self.notify("blocking is off: start live with --allow-block", severity="warning")
+        elif not isinstance(self.screen, BlocksScreen):
+            self.push_screen(BlocksScreen(self.context))
+
     def action_history(self) -> None:
         if self.db_path is None or not self.source.has_db:
             self.notify(
@@ -344,6 +379,7 @@ def make_app(
     title: str | None = None,
     handle_signals: bool = False,
     spec: ViewSpec | None = None,
+    control: Control | None = None,
 ) -> FlowscopeApp:
     """The console over a tick source. ``clock`` gives the wall time the console starts at
     (uptime is measured on the ticks' own times from there); ``lookup`` does reverse DNS;
@@ -358,6 +394,7 @@ def make_app(
         title=title,
         handle_signals=handle_signals,
         spec=spec,
+        control=control,
     )
 
 
@@ -382,6 +419,7 @@ def run_console(
         title=title,
         handle_signals=True,
         spec=spec,
+        control=pipeline.control(),
     )
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from flowscope.model import Owner
 from flowscope.ui.state import LiveState
@@ -39,3 +40,6 @@ class ConsoleContext:
     """Back to the live table with this filter applied (an alert's Enter)."""
     redraw_live: Callable[[], None] = _nothing
     """Draw the live table again (after an alert was acknowledged)."""
+    control: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    """One request to the recorder's control socket (blocking: collect.control.request), None
+    when the console was started without --allow-block."""

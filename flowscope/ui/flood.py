@@ -62,6 +62,7 @@ class FloodScreen(Screen[None]):
     """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "show", "filter to it"),
+        Binding("b", "block", "block it"),
         Binding("escape", "app.pop_screen", "back"),
     ]
 
@@ -100,6 +101,17 @@ class FloodScreen(Screen[None]):
         if 0 <= row < len(self._rows):
             self.app.pop_screen()
             self.context.show_filter(filter_text(self._rows[row]))
+
+    def action_block(self) -> None:
+        """Block the selected row's source prefix to its target (--allow-block)."""
+        from flowscope.ui.blocks import BlockConfirm
+
+        row = self.query_one(DataTable).cursor_row
+        if self.context.control is None:
+            self.app.notify("blocking is off: start live with --allow-block", severity="warning")
+        elif 0 <= row < len(self._rows):
+            r = self._rows[row]
+            self.app.push_screen(BlockConfirm(self.context, r.prefix, r.proto, r.dport))
 
     @on(DataTable.RowSelected)
     def _row_selected(self) -> None:  # Enter on the table (it takes the key before the screen)

@@ -22,8 +22,8 @@ KEYS: list[tuple[str, str]] = [
     ("h", "history screen (needs the database)"),
     ("a", "alerts: scans, SYN floods (Enter filters, x acks)"),
     ("F", "flood view: sources by /24 and target (Enter filters)"),
-    ("Ctrl+P", "command palette"),
-    ("?", "this help"),
+    ("b / B", "block the selected source (--allow-block) / rules"),
+    ("?, Ctrl+P", "this help; the command palette"),
     ("Esc", "back from detail, help or the filter bar"),
     ("q, Ctrl+C", "quit (detaches the program)"),
 ]

@@ -176,6 +176,7 @@ class LiveScreen(Screen[None]):
             paused=self.context.paused,
             badges=self.badges(),
             alerts=len(state.detector.alerts),
+            blocking=self.context.control is not None,
         )
         selected = self.selected_row()
         self.query_one(RateGraph).show(state, selected, self._row_name(selected))

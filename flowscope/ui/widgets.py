@@ -55,7 +55,13 @@ class StatusLine(Static):
     """
 
     def show(
-        self, state: LiveState, *, paused: bool, badges: Sequence[str], alerts: int = 0
+        self,
+        state: LiveState,
+        *,
+        paused: bool,
+        badges: Sequence[str],
+        alerts: int = 0,
+        blocking: bool = False,
     ) -> None:
         s = state.sample
         p: list[str | tuple[str, str]] = []
@@ -77,6 +83,8 @@ class StatusLine(Static):
         p.append("\n")
         if alerts:
             p += [(f" {alerts} ALERT{'S' if alerts > 1 else ''} (a) ", "bold reverse $error"), " "]
+        if blocking:  # the console can drop traffic: it says so while it can (b, B)
+            p += [(" BLOCK ON (B) ", "bold reverse $warning"), " "]
         flood = state.flood_badge()
         if flood:  # the map is full: who fills it, a key away from the whole shape
             p += [(f" {flood} (F) ", "bold reverse $error"), " "]

@@ -17,12 +17,18 @@ NAMES = {"198.18.0.10": "web1.example", "198.18.7.21": "client7.example"}
 
 
 def console(
-    ticks: list[TickArrived] | None = None, *, preload: int | None = None, has_db: bool = False
+    ticks: list[TickArrived] | None = None,
+    *,
+    preload: int | None = None,
+    has_db: bool = False,
+    control: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> FlowscopeApp:
     source = ScriptedSource(
         ticks if ticks is not None else scenario(), preload=preload, has_db=has_db
     )
-    return make_app(source, clock=lambda: T0 - 1, lookup=NAMES.get, command_line=command_line)
+    return make_app(
+        source, clock=lambda: T0 - 1, lookup=NAMES.get, command_line=command_line, control=control
+    )
 
 
 def synchronous(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:

@@ -746,3 +746,82 @@ async def test_the_flood_view_shows_who_fills_the_map_and_enter_filters_to_it() 
         rows = app.live.view.rows
         assert rows and all(r.dport == third.dport for r in rows)
         assert sum(r.pps for r in rows) == third.packets
+
+
+class _Maps:
+    """The kernel's rule maps as a set, with what each rule dropped."""
+
+    def __init__(self) -> None:
+        self.rules: dict[object, int] = {}
+
+    def put(self, rule: object) -> None:
+        self.rules[rule] = 0
+
+    def delete(self, rule: object) -> None:
+        del self.rules[rule]
+
+    def matched(self, rule: object) -> int:
+        return self.rules.get(rule, 0)
+
+
+@synchronous
+async def test_blocking_from_the_flood_view_and_the_rules_view() -> None:
+    """Issue #18 with --allow-block (the recorder's control service, its maps faked): the
+    status line says blocking is on; b in the flood view proposes the flood's prefix to its
+    target, y blocks it; on the live table b proposes the selected flow's source to its target,
+    h widens it to the host, which is the operator's SSH client: a second confirmation names
+    why, and y a second time blocks it; B lists both, d unblocks one. Without --allow-block, b
+    says blocking is off and changes nothing."""
+    from flowscope.collect.block import BlockService, Safety
+    from flowscope.ui.blocks import BlockConfirm, BlocksScreen
+
+    maps = _Maps()
+    notes: list[object] = []
+    service = BlockService(maps, Safety(ssh_client="198.18.7.21"), notes.append)
+    app = console(scenario(94, flood=True), preload=92, control=service.handle)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert "BLOCK ON (B)" in status_lines(app)[1]
+        await pilot.press("F", "b")
+        await pilot.pause()
+        assert isinstance(app.screen, BlockConfirm)
+        assert app.screen.rule.text == "198.19.77.0/24 tcp/443"
+        await pilot.press("y")
+        await pilot.pause()
+        assert [r.text for r in maps.rules] == ["198.19.77.0/24 tcp/443"]  # type: ignore[attr-defined]
+        await pilot.press("escape")  # the flood view
+        await pilot.pause()
+        app.live.apply_filter("src 198.18.7.21 and ingress")
+        await pilot.pause()
+        await pilot.press("b")
+        await pilot.pause()
+        confirm = app.screen
+        assert isinstance(confirm, BlockConfirm)
+        assert confirm.rule.text.startswith("198.18.7.21/32 tcp/")
+        await pilot.press("h", "y")
+        await pilot.pause()
+        assert confirm.reasons == ["it matches your SSH client 198.18.7.21"]
+        assert len(maps.rules) == 1  # not yet
+        await pilot.press("y")
+        await pilot.pause()
+        assert {r.text for r in maps.rules} == {  # type: ignore[attr-defined]
+            "198.19.77.0/24 tcp/443",
+            "198.18.7.21/32",
+        }
+        await pilot.press("B")
+        await pilot.pause()
+        assert isinstance(app.screen, BlocksScreen)
+        await pilot.press("d")
+        await pilot.pause()
+        assert len(maps.rules) == 1
+    assert [n.action for n in notes] == ["block", "block", "unblock"]  # type: ignore[attr-defined]
+    assert notes[1].confirmed == "it matches your SSH client 198.18.7.21"  # type: ignore[attr-defined]
+
+    plain = console(scenario(94, flood=True), preload=92)
+    async with plain.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert "BLOCK" not in status_lines(plain)[1].replace("FLOOD", "")
+        await pilot.press("b")
+        await pilot.pause()
+        assert not isinstance(plain.screen, BlockConfirm)
+        assert any("blocking is off" in m for _, m in plain.notices)
