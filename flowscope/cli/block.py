@@ -32,9 +32,10 @@ def block(rule: tuple[str, ...], ttl: str, yes: bool) -> None:
     packets needs a second confirmation (asked on a terminal, else --yes). Every block is
     written to history; the rule ends after --ttl, on `flowscope unblock`, or with the
     recorder."""
+    from flowscope.collect.block import parse_rule
     from flowscope.when import parse_duration
 
-    text = " ".join(rule)
+    text = parse_rule(" ".join(rule)).text  # a mistake is said here, before asking anyone
     seconds = parse_duration(ttl, "--ttl")
     answer = _ask({"op": "block", "rule": text, "ttl": seconds, "confirmed": yes})
     if "confirm" in answer:
@@ -56,7 +57,9 @@ def block(rule: tuple[str, ...], ttl: str, yes: bool) -> None:
 @click.argument("rule", nargs=-1, required=True)
 def unblock(rule: tuple[str, ...]) -> None:
     """Take a block rule out of the running recorder (as `flowscope blocks` shows it)."""
-    answer = _ask({"op": "unblock", "rule": " ".join(rule)})
+    from flowscope.collect.block import parse_rule
+
+    answer = _ask({"op": "unblock", "rule": parse_rule(" ".join(rule)).text})
     click.echo(f"unblocked {answer['rule']}: it dropped {answer['matched']:,} packets", err=True)
 
 
