@@ -723,3 +723,54 @@ def _health_fields(cols: dict[str, list[int]], i: int, reasons: Sequence[str]) -
         "drops": cols["drops"][i],
         "drop_reason": reasons[slot] if slot >= 0 else "",
     }
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRule:
+    """What to drop: a source prefix, a target (protocol and destination port), or both
+    (collect.block makes them from what an operator types and keeps them in force)."""
+
+    network: str | None
+    """The source prefix in CIDR notation (a host: /32, /128); None: from anywhere."""
+    proto: int | None = None
+    dport: int | None = None
+    """With proto: the target (destination port; ICMP type * 256 + code); None: any."""
+
+    @property
+    def text(self) -> str:
+        """The rule as typed: '198.19.77.0/24', 'udp/9', '198.19.77.5/32 udp/9'."""
+        parts = [self.network] if self.network else []
+        if self.proto is not None:
+            parts.append(f"{PROTO_NAMES.get(self.proto, str(self.proto))}/{self.dport}")
+        return " ".join(parts)
+
+    @property
+    def net(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+        return ipaddress.ip_network(self.network) if self.network else None
+
+    def matches(self, family: int, src: str, proto: int, dport: int) -> bool:
+        """Whether a received packet with these fields is dropped by the rule."""
+        net = self.net
+        if net is not None:
+            if (net.version == 4) != (family == abi.AF_INET):
+                return False
+            if ipaddress.ip_address(src) not in net:
+                return False
+        return self.proto is None or (proto == self.proto and dport == self.dport)
+
+    def covers_prefix(self, prefix: str) -> bool:
+        """Whether the rule's source covers every address of ``prefix`` (a /24 or /64)."""
+        net = self.net
+        if net is None:
+            return True
+        other = ipaddress.ip_network(prefix)
+        return other.version == net.version and other.subnet_of(net)  # type: ignore[arg-type]
+
+    def filter(self) -> str:
+        """The live filter that selects the flows the rule drops."""
+        terms = [f"src net {self.network}"] if self.network else []
+        if self.proto is not None:
+            name = PROTO_NAMES.get(self.proto, "")
+            terms.append(name if name in ("tcp", "udp", "icmp", "icmp6") else f"proto {self.proto}")
+            terms.append(f"dport {self.dport}")
+        return " and ".join([*terms, "ingress"])

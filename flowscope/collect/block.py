@@ -25,9 +25,11 @@ from typing import Protocol
 
 from flowscope import abi
 from flowscope.errors import UsageError
-from flowscope.model import PROTO_NAMES, PROTO_NUMBERS, FloodShape
+from flowscope.model import PROTO_NUMBERS, BlockRule, FloodShape
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Rule = BlockRule
+"""A block rule (model.BlockRule: pure data, so the kernel layer can take it too)."""
+
 
 DEFAULT_TTL = 600.0
 """Seconds a rule lives unless told otherwise (10 minutes)."""
@@ -35,56 +37,6 @@ MAX_SHARE = 0.5
 """A rule that would drop more than this share of the last tick's received packets needs a
 second confirmation."""
 _TARGET = re.compile(r"^([a-z0-9]+)/(\d+)$")
-
-
-@dataclass(frozen=True, slots=True)
-class Rule:
-    """What to drop: a source prefix, a target (protocol and destination port), or both."""
-
-    network: str | None
-    """The source prefix in CIDR notation (a host: /32, /128); None: from anywhere."""
-    proto: int | None = None
-    dport: int | None = None
-    """With proto: the target (destination port; ICMP type * 256 + code); None: any."""
-
-    @property
-    def text(self) -> str:
-        """The rule as typed: '198.19.77.0/24', 'udp/9', '198.19.77.5/32 udp/9'."""
-        parts = [self.network] if self.network else []
-        if self.proto is not None:
-            parts.append(f"{PROTO_NAMES.get(self.proto, str(self.proto))}/{self.dport}")
-        return " ".join(parts)
-
-    @property
-    def net(self) -> Network | None:
-        return ipaddress.ip_network(self.network) if self.network else None
-
-    def matches(self, family: int, src: str, proto: int, dport: int) -> bool:
-        """Whether a received packet with these fields is dropped by the rule."""
-        net = self.net
-        if net is not None:
-            if (net.version == 4) != (family == abi.AF_INET):
-                return False
-            if ipaddress.ip_address(src) not in net:
-                return False
-        return self.proto is None or (proto == self.proto and dport == self.dport)
-
-    def covers_prefix(self, prefix: str) -> bool:
-        """Whether the rule's source covers every address of ``prefix`` (a /24 or /64)."""
-        net = self.net
-        if net is None:
-            return True
-        other = ipaddress.ip_network(prefix)
-        return other.version == net.version and other.subnet_of(net)  # type: ignore[arg-type]
-
-    def filter(self) -> str:
-        """The live filter that selects the flows the rule drops."""
-        terms = [f"src net {self.network}"] if self.network else []
-        if self.proto is not None:
-            name = PROTO_NAMES.get(self.proto, "")
-            terms.append(name if name in ("tcp", "udp", "icmp", "icmp6") else f"proto {self.proto}")
-            terms.append(f"dport {self.dport}")
-        return " and ".join([*terms, "ingress"])
 
 
 def parse_rule(text: str) -> Rule:

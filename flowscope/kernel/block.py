@@ -11,10 +11,10 @@ import ipaddress
 from typing import Any
 
 from flowscope import abi
-from flowscope.collect.block import Rule
 from flowscope.errors import UsageError
 from flowscope.kernel import libbpf
 from flowscope.kernel.program import FlowProgram
+from flowscope.model import BlockRule as Rule
 
 BLOCK_CFLAGS = ("-DFS_BLOCK",)
 """The build with the drop path (without it the program has none)."""
