@@ -28,10 +28,10 @@ def block(rule: tuple[str, ...], ttl: str, yes: bool) -> None:
 
     RULE is a source (198.19.77.0/24, 198.19.77.5, 2001:db8::/64), a target (udp/9,
     tcp/443), or a source then a target. A rule that would drop packets of your own SSH
-    client, of an address of this host, or more than half of the last tick's received
-    packets needs a second confirmation (asked on a terminal, else --yes). Every block is
-    written to history; the rule ends after --ttl, on `flowscope unblock`, or with the
-    recorder."""
+    client, of an address of this host, or more than the recorder's --block-share (half) of
+    the last tick's received packets needs a second confirmation (asked on a terminal, else
+    --yes). Every block is written to history; the rule ends after --ttl, on `flowscope
+    unblock`, or with the recorder."""
     from flowscope.collect.block import parse_rule
     from flowscope.when import parse_duration
 

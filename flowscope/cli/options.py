@@ -42,12 +42,27 @@ direction_option = click.option(
 force_option = click.option(
     "--force", is_flag=True, help="Replace an XDP program that is already on the interface."
 )
-block_option = click.option(
+_allow_block = click.option(
     "--allow-block",
     is_flag=True,
     help="Build the XDP program with a drop path and take block rules from `flowscope block` "
     "(off by default; every rule ends with this process).",
 )
+_block_share = click.option(
+    "--block-share",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.5,
+    show_default=True,
+    help="With --allow-block: a rule that would drop more than this share of the received "
+    "packets needs a second confirmation.",
+)
+
+
+def block_option(f: Any) -> Any:
+    """--allow-block and --block-share."""
+    return _allow_block(_block_share(f))
+
+
 entries_option = click.option(
     "--flow-entries",
     type=click.IntRange(1, 1 << 26),
@@ -206,6 +221,7 @@ def as_record_settings(f: Any) -> Any:
             duration=kwargs.pop("duration", None),
             collector=collector,
             allow_block=kwargs.pop("allow_block", False),
+            block_share=kwargs.pop("block_share", 0.5),
         )
         return f(*args, source=source, **kwargs)
 

@@ -79,14 +79,8 @@ class ControlServer:
         if uid not in (0, os.getuid()):
             _send(conn, {"error": "only root may change what flowscope blocks"})
             return
-        data = b""
-        while not data.endswith(b"\n") and len(data) < MAX_REQUEST:
-            chunk = conn.recv(4096)
-            if not chunk:
-                break
-            data += chunk
         try:
-            request = json.loads(data.decode())
+            request = json.loads(_read_line(conn).decode())
             if not isinstance(request, dict):
                 raise ValueError("not an object")
         except ValueError as e:
@@ -105,6 +99,17 @@ class ControlServer:
         self._thread.join(timeout=5)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+
+def _read_line(conn: socket.socket) -> bytes:
+    """One message: bytes up to a newline, the end of the stream, or MAX_REQUEST."""
+    data = b""
+    while not data.endswith(b"\n") and len(data) < MAX_REQUEST:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def _send(conn: socket.socket, message: dict[str, Any]) -> None:
@@ -138,12 +143,7 @@ def request(path: Path, message: dict[str, Any], timeout: float = 10.0) -> dict[
                 f"not allowed to use {path}", "run as root, as the recorder does"
             ) from None
         s.sendall(json.dumps(message).encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = _read_line(s)
     try:
         answer = json.loads(data.decode())
     except ValueError:

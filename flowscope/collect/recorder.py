@@ -96,6 +96,9 @@ class RecordSettings:
     allow_block: bool = False
     """Build the XDP program with its drop path and take block rules on the control socket
     (collect.control; `flowscope block`)."""
+    block_share: float = 0.5
+    """A rule that would drop more than this share of the last tick's received packets needs a
+    second confirmation (--block-share)."""
 
 
 @dataclass(slots=True)
@@ -236,7 +239,12 @@ def _blocking(
     from flowscope.kernel.owners import local_addresses
 
     client, port = ssh_session(os.environ)
-    safety = Safety(ssh_client=client, ssh_port=port, local=frozenset(local_addresses()))
+    safety = Safety(
+        ssh_client=client,
+        ssh_port=port,
+        local=frozenset(local_addresses()),
+        max_share=settings.block_share,
+    )
     service = BlockService(BlockMaps(probe.program), safety, on_block)
     stack.callback(service.close)
     server = ControlServer(control_path(), service.handle)

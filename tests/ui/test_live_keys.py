@@ -748,22 +748,6 @@ async def test_the_flood_view_shows_who_fills_the_map_and_enter_filters_to_it() 
         assert sum(r.pps for r in rows) == third.packets
 
 
-class _Maps:
-    """The kernel's rule maps as a set, with what each rule dropped."""
-
-    def __init__(self) -> None:
-        self.rules: dict[object, int] = {}
-
-    def put(self, rule: object) -> None:
-        self.rules[rule] = 0
-
-    def delete(self, rule: object) -> None:
-        del self.rules[rule]
-
-    def matched(self, rule: object) -> int:
-        return self.rules.get(rule, 0)
-
-
 @synchronous
 async def test_blocking_from_the_flood_view_and_the_rules_view() -> None:
     """Issue #18 with --allow-block (the recorder's control service, its maps faked): the
@@ -774,8 +758,9 @@ async def test_blocking_from_the_flood_view_and_the_rules_view() -> None:
     says blocking is off and changes nothing."""
     from flowscope.collect.block import BlockService, Safety
     from flowscope.ui.blocks import BlockConfirm, BlocksScreen
+    from tests.unit.test_block_rules import Maps
 
-    maps = _Maps()
+    maps = Maps()
     notes: list[object] = []
     service = BlockService(maps, Safety(ssh_client="198.18.7.21"), notes.append)
     app = console(scenario(94, flood=True), preload=92, control=service.handle)
