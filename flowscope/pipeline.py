@@ -21,7 +21,7 @@ from typing import Any
 
 from flowscope.collect.collector import Tick
 from flowscope.collect.drops import main_reason
-from flowscope.collect.flood import target_text
+from flowscope.collect.flood import overflow_top, target_text
 from flowscope.collect.recorder import NullSink, RecordSettings, RecordSummary, Sink
 from flowscope.collect.replay import ReplaySettings, ReplaySummary
 from flowscope.errors import FlowscopeError
@@ -209,8 +209,8 @@ class Pipeline:
         unattributed = s.counters.get("map_full", 0)
         if unattributed:  # the totals above include them; no flow record will
             line += f"  MAP FULL {unattributed / s.interval:.0f} pkt/s"
-            if s.flood.rows:  # who fills it (the flood view's top row)
-                first = s.flood.rows[0]
+            if s.flood.rows:  # who fills it
+                first = overflow_top(s.flood)
                 line += f" (top {first.prefix} {target_text(first)})"
         if s.counters.get("sockets_lost", 0):  # their flows will have no process
             line += f"  {s.counters['sockets_lost']} SOCKETS LOST"

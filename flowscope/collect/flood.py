@@ -219,6 +219,12 @@ class FloodSignal:
     """New flows the tick tried to make: created, or found no room (map-full packets)."""
 
 
+def overflow_top(shape: FloodShape) -> FloodRow:
+    """The row with the most packets the flow map could not take: who fills a full map (the
+    row with the most packets may be a large transfer the map holds). Needs rows."""
+    return max(shape.rows, key=lambda r: r.packets - r.in_flows)
+
+
 def flood_signal(sample: Sample) -> FloodSignal | None:
     """Map pressure, the new-flow rate and the share of SYNs without ACK among received TCP
     packets, from one tick's sample and flood shape (None: no flood). The top source is the
@@ -243,5 +249,5 @@ def flood_signal(sample: Sample) -> FloodSignal | None:
         reasons.append(f"SYN without ACK {100 * syn_only / tcp_packets:.0f}%")
     if not reasons:
         return None
-    top = max(shape.rows, key=lambda r: r.packets - r.in_flows) if map_full else shape.rows[0]
+    top = overflow_top(shape) if map_full else shape.rows[0]
     return FloodSignal(tuple(reasons), top, attempts)

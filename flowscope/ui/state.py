@@ -17,7 +17,7 @@ from flowscope import abi
 from flowscope.collect.collector import Tick
 from flowscope.collect.detect import Alert, Detector, Openings
 from flowscope.collect.drops import main_reason
-from flowscope.collect.flood import target_text
+from flowscope.collect.flood import overflow_top, target_text
 from flowscope.history.writer import WriterState
 from flowscope.model import NewFlow, Owner, Sample
 from flowscope.query.frame import FlowFrame
@@ -151,11 +151,12 @@ class LiveState:
 
     def flood_badge(self) -> str:
         """'FLOOD 198.18.7.0/24 udp/9 158k pkt/s' while the flow map is full (the last tick had
-        packets no flow could take): the top source and target of the flood view; '' else."""
+        packets no flow could take): the source and target with the most packets the map could
+        not take, and all its packets; '' else."""
         s = self.sample
         if s is None or not s.counters.get("map_full", 0) or not s.flood.rows:
             return ""
-        top = s.flood.rows[0]
+        top = overflow_top(s.flood)
         rate = compact(top.packets / s.interval) if s.interval > 0 else "?"
         return f"FLOOD {top.prefix} {target_text(top)} {rate} pkt/s"
 
