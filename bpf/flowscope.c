@@ -7,7 +7,7 @@
  * ports) and added to its flow in a per-CPU hash, one map per family. A flow's first packet
  * inserts it and announces it on the ring buffer; when the map is full the packet is counted
  * as CNT_MAP_FULL, added to the flood table by its source prefix and target, and its key is
- * still announced. Announcements have a budget per CPU (EVENT_BUDGET records per 10 ms): past
+ * still announced. Announcements have a budget per CPU (EVENT_BUDGET records a second): past
  * it a record is counted (CNT_EVENTS_LIMITED), not written, so a flood of new flows cannot make
  * the ring buffer, or its reader, the bottleneck. Frames that are not
  * IP or whose IP header is unusable only bump a counter. Neither program changes traffic: XDP
@@ -182,8 +182,8 @@ static __always_inline void mark_full(struct cpu_state *st, int which)
     st->full_jiffies[which] = st->clock_jiffies + 1;
 }
 
-/* The announcement budget: at most EVENT_BUDGET records per CPU in each 10 ms window (a fixed
- * window: a token bucket refilled at once every window). A replay, or EVENT_BUDGET 0 (the
+/* The announcement budget: at most EVENT_BUDGET records per CPU in each one-second window (a
+ * fixed window: a token bucket refilled at once every window). A replay, or EVENT_BUDGET 0 (the
  * benchmarks of the ring buffer's reader), announces everything. */
 static __always_inline int may_announce(struct cpu_state *st, __u64 now)
 {

@@ -24,9 +24,9 @@
 #define FLOOD_ENTRIES 1024          /* entries of the flood table (see struct flood_key) */
 #endif
 #ifndef EVENT_BUDGET
-#define EVENT_BUDGET 64             /* ring buffer records each CPU may write per window */
+#define EVENT_BUDGET 2048           /* ring buffer records each CPU may write per window */
 #endif
-#define EVENT_WINDOW_NS 10000000ULL /* the announcement budget's window: 10 ms */
+#define EVENT_WINDOW_NS 1000000000ULL   /* the announcement budget's window: 1 s */
 
 #define FS_AF_INET   4
 #define FS_AF_INET6  6
@@ -303,7 +303,7 @@ struct drop_key {
  * of packets the kernel drops (to closed ports, say) costs the hook a few reads each, not an
  * LRU insert each. 24 bytes. */
 #ifndef DROP_BUDGET
-#define DROP_BUDGET 40              /* 10,000 a second per CPU at HZ=250 */
+#define DROP_BUDGET 256             /* 64,000 a second per CPU at HZ=250 */
 #endif
 
 struct drop_budget {

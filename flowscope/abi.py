@@ -26,7 +26,7 @@ EVENT_MAP_FULL = 1
 DEFAULT_FLOW_ENTRIES = 65536
 DEFAULT_RINGBUF_PAGES = 256
 DEFAULT_FLOOD_ENTRIES = 1024
-EVENT_WINDOW_NS = 10_000_000
+EVENT_WINDOW_NS = 1_000_000_000
 """EVENT_WINDOW_NS: the window of the per-CPU announcement budget (EVENT_BUDGET records)."""
 
 
@@ -310,7 +310,7 @@ class DropBudget(ctypes.Structure):
     ]
 
 
-DROP_BUDGET = 40
+DROP_BUDGET = 256
 """DROP_BUDGET: drops per CPU and jiffy the hook attributes to their flow."""
 DROP_REASON_SLOTS = 256
 """Reasons the per-CPU array drop_totals counts alone; larger values count in the last."""

@@ -105,12 +105,13 @@ class _BatchBuffers:
 
 
 def default_event_budget(ringbuf_pages: int, ncpus: int) -> int:
-    """Records each CPU may announce per 10 ms window so that all CPUs together fill at most
-    three quarters of the ring buffer in a second (the collector drains it once a tick): at
-    least 1. A record takes 64 bytes and an 8-byte header."""
+    """Records each CPU may announce per one-second window so that all CPUs together fill at
+    most three quarters of the ring buffer between two reads a second apart (the collector
+    drains it once a tick), even when a read falls between the end of one window and the start
+    of the next (two budgets): 3/8 of the ring buffer over the CPUs, at least 1. A record takes
+    64 bytes and an 8-byte header. A burst (a scan of a few hundred ports) goes through whole."""
     capacity = ringbuf_pages * 4096 // (abi.EVENT_DTYPE.itemsize + 8)
-    windows = 1_000_000_000 // abi.EVENT_WINDOW_NS
-    return max(1, capacity * 3 // 4 // max(1, ncpus) // windows)
+    return max(1, capacity * 3 // 8 // max(1, ncpus))
 
 
 class FlowProgram:
@@ -147,7 +148,7 @@ class FlowProgram:
             if event_budget is None
             else event_budget
         )
-        """Ring buffer records each CPU may write per 10 ms window (0: no limit)."""
+        """Ring buffer records each CPU may write per one-second window (0: no limit)."""
         flags = [
             f"-I{src}",
             f"-DFLOW_ENTRIES={flow_entries}",

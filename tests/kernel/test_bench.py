@@ -45,6 +45,7 @@ def test_every_benchmark_runs_and_reports_once() -> None:
         "console": ["console_tick_10k", "console_key_10k"],
         "owner_churn": ["owner_churn_coverage", "owner_churn_rate"],
         "hot_ipv4_tcp_processes": ["xdp_hot_ipv4_tcp_processes", "tc_hot_ipv4_tcp_processes"],
+        "xdp_block": ["xdp_block_no_rules", "xdp_block_1000_rules", "xdp_block_2000_rules"],
     }
     expected = [line for n in bench.NAMES for line in quick.get(n, [n])]
     assert [o["name"] for o in objs] == expected
@@ -54,6 +55,8 @@ def test_every_benchmark_runs_and_reports_once() -> None:
     assert by_name["pending_blob_10k"]["baseline_name"] == "collector_tick_10k"
     assert by_name["xdp_insert_100k"]["unit"] == "ns/flow"
     assert by_name["xdp_hot_ipv4_tcp_precise_clock"]["baseline_name"] == "xdp_hot_ipv4_tcp"
+    assert by_name["xdp_map_full"]["baseline_name"] == "xdp_hot_ipv4_tcp"
+    assert by_name["xdp_block_1000_rules"]["baseline_name"] == "xdp_hot_ipv4_tcp"
     assert by_name["tc_hot_ipv4_tcp"]["unit"] == "ns/packet"
     assert by_name["tc_hot_ipv4_tcp"]["baseline_name"] == "bare_tc_unspec"
     assert by_name["store_insert"]["unit"] == "records/s"

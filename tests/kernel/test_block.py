@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -32,6 +33,7 @@ from tests.kernel.test_record import FLOWSCOPE, wait_attached, wait_detached
 from tests.netns import VethNamespace, veth_namespace, xdp_prog_id
 
 XDP_DROP, XDP_PASS = 1, 2
+SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>; not in Python's socket module
 SOURCES = ["10.0.0.1", "10.0.0.77", "10.0.1.5", "2001:db8::1", "2001:db8:0:1::9"]
 RULES = [
     "10.0.0.0/24", "10.0.0.77", "10.0.0.0/16", "udp/53", "tcp/443", "10.0.0.1 udp/53",
@@ -118,6 +120,8 @@ class Listener:
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        # room for a whole burst (root may pass rmem_max): a full socket buffer drops too
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
         self.sock.bind(("0.0.0.0", 0))
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
@@ -227,3 +231,37 @@ def test_block_drops_a_prefix_counts_what_it_dropped_and_ends_on_ttl_unblock_and
         ("block", prefix, 0), ("expire", prefix, 500), ("block", prefix, 0),
         ("unblock", prefix, 20), ("block", prefix, 0),
     ]  # fmt: skip
+
+
+def test_ctrl_c_ends_the_rules_and_the_control_socket(tmp_path: Path) -> None:
+    """Stopped the ordinary way (SIGINT, as Ctrl-C and the console's q end collection), a
+    recorder with --allow-block and a rule in force leaves no program, no rule and no control
+    socket behind, and history has the block."""
+    db = tmp_path / "flows.db"
+    sock = tmp_path / "control" / "c.sock"
+    env = dict(os.environ, FLOWSCOPE_CONTROL=str(sock))
+    with veth_namespace() as net:
+        proc = subprocess.Popen(
+            [*FLOWSCOPE, "record", "-i", net.host_if, "--db", str(db), "--allow-block"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            wait_attached(net.host_if, proc)
+            deadline = time.monotonic() + 30
+            while not sock.exists():
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.05)
+            assert flowscope(env, "block", "udp/9").returncode == 0
+            time.sleep(1.5)  # a tick writes the block
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode in (0, 130), err
+        assert "blocking is on" in err
+        wait_detached(net.host_if)
+        assert not sock.exists()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT action, rule FROM blocks").fetchall() == [("block", "udp/9")]

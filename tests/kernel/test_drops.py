@@ -253,9 +253,10 @@ def test_a_burst_of_drops_is_attributed_up_to_the_budget_and_counted_past_it(
 ) -> None:
     """5,000 UDP packets of one flow to a closed port of the host in one burst, from one CPU:
     the kernel drops each (NO_SOCKET). The hook attributes at most its budget per jiffy to the
-    flow and counts the rest as unattributed (issue #18: a flood of drops must not cost an LRU
-    insert each), so the flow's drops are fewer than were sent, and with the unattributed ones
-    they cover every drop."""
+    flow (built with a budget of 4 here, so that however slowly the sender goes the burst
+    passes it) and counts the rest as unattributed (issue #18: a flood of drops must not cost
+    an LRU insert each), so the flow's drops are fewer than were sent, and with the
+    unattributed ones they cover every drop."""
     from tests.kernel.test_record import udp4
 
     probe_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -263,7 +264,7 @@ def test_a_burst_of_drops_is_attributed_up_to_the_budget_and_counted_past_it(
     closed_port = probe_socket.getsockname()[1]
     probe_socket.close()  # free again: nothing listens on it
     frames = [udp4(net, 5555, closed_port, 10)] * 5000
-    with Probe([net.host_if], owners=True) as probe:
+    with Probe([net.host_if], owners=True, cflags=("-DDROP_BUDGET=4",)) as probe:
         table, watch = watch_processes(probe.program)
         try:
             assert watch.drops is not None, watch.drops_problem

@@ -694,7 +694,7 @@ def test_a_full_flood_table_counts_the_rest_as_flood_other(
 def test_announcements_have_a_budget_and_what_it_holds_back_is_counted(
     program_factory: Callable[..., FlowProgram],
 ) -> None:
-    """With a budget of 3 records per CPU and 10 ms, 40 new flows sent back to back: each is
+    """With a budget of 3 records per CPU and second, 40 new flows sent back to back: each is
     either announced or counted as events_limited, at most 3 per window spanned are announced,
     and every flow is in the map all the same."""
     prog = program_factory(flow_entries=64, event_budget=3)
