@@ -19,7 +19,7 @@ import ipaddress
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -225,11 +225,6 @@ class Blocks:
     def close(self) -> list[Entry]:
         """Take every rule out (flowscope stops; the maps go with the program anyway)."""
         return [self.remove(e.rule) for e in list(self.entries.values())]
-
-
-def rule_rows(entries: Sequence[Entry], now: float) -> list[tuple[str, int, float]]:
-    """(rule, packets dropped, seconds left) per rule, for tables and JSON."""
-    return [(e.rule.text, e.matched, e.remaining(now)) for e in entries]
 
 
 @dataclass(frozen=True, slots=True)

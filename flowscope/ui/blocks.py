@@ -24,10 +24,6 @@ from flowscope.collect.block import DEFAULT_TTL, Rule
 from flowscope.errors import FlowscopeError
 from flowscope.ui.context import ConsoleContext
 
-SCOPES = ("flow", "host", "prefix", "target")
-"""What ``b`` can drop of a row: its source to its target, everything from its source host,
-everything from its source's /24 (/64), or its target from anywhere."""
-
 
 def ask(context: ConsoleContext, request: dict[str, Any]) -> dict[str, Any]:
     """One request to the recorder's control socket; a FlowscopeError when blocking is off."""
@@ -37,7 +33,9 @@ def ask(context: ConsoleContext, request: dict[str, Any]) -> dict[str, Any]:
 
 
 def rule_for(src: str, proto: int | None, dport: int | None, scope: str) -> Rule:
-    """The rule of one scope for a row's source and target."""
+    """The rule of one scope for a row's source and target: 'flow' (its source to its
+    target), 'host' (everything from its source host), 'prefix' (everything from its source's
+    /24 or /64) or 'target' (its target from anywhere)."""
     addr = ipaddress.ip_address(src.split("/")[0])
     host = f"{addr}/{addr.max_prefixlen}"
     plen = 24 if addr.version == 4 else 64
