@@ -199,6 +199,16 @@ static __always_inline int may_announce(struct cpu_state *st, __u64 now)
     return 1;
 }
 
+/* Add a packet to this CPU's slot of a flood table entry; 0 when there is none. */
+static __always_inline int add_flood(struct flood_value *fv, struct packet_info *pi)
+{
+    if (!fv)
+        return 0;
+    fv->packets += pi->segs;
+    fv->bytes += pi->bytes;
+    return 1;
+}
+
 /* A packet no flow map could take, counted by its source prefix (the first bytes of saddr: 3
  * for an IPv4 /24, 8 for an IPv6 /64) and target. */
 static __always_inline void count_flood(struct cpu_state *st, __u8 dir, __u8 family,
@@ -216,25 +226,16 @@ static __always_inline void count_flood(struct cpu_state *st, __u8 dir, __u8 fam
     fk.tcp_flags = pi->tcp_flags;
     fk.family = family;
     fk.direction = dir;
-    struct flood_value *fv = floods.lookup(&fk);
-    if (fv) {
-        fv->packets += pi->segs;
-        fv->bytes += pi->bytes;
+    if (add_flood(floods.lookup(&fk), pi))
         return;
-    }
     if (!known_full(st, FULL_FLOODS)) {
         struct flood_value nv = { .packets = pi->segs, .bytes = pi->bytes };
         int err = floods.insert(&fk, &nv);
         if (err == 0)
             return;
-        if (err == -EEXIST) {   /* another CPU inserted it: this CPU's slot starts at zero */
-            fv = floods.lookup(&fk);
-            if (fv) {
-                fv->packets += pi->segs;
-                fv->bytes += pi->bytes;
-                return;
-            }
-        }
+        /* another CPU inserted it: this CPU's slot starts at zero */
+        if (err == -EEXIST && add_flood(floods.lookup(&fk), pi))
+            return;
         mark_full(st, FULL_FLOODS);
     }
     count_pkt(st, dir, CNT_FLOOD_OTHER, pi);

@@ -49,7 +49,7 @@ def rule_for(src: str, proto: int | None, dport: int | None, scope: str) -> Rule
         return Rule(prefix)
     if scope == "target" and target[0] is not None:
         return Rule(None, *target)
-    return Rule(host if "/" not in src else prefix, *target)
+    return Rule(host, *target)
 
 
 class BlockConfirm(ModalScreen[None]):
