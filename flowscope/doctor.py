@@ -206,6 +206,32 @@ def capabilities_check(missing: Sequence[str]) -> Check:
 # -- interface decisions (pure) -----------------------------------------------------------------
 
 
+def map_memory_check(ncpus: int, budget: int | None = None) -> Check:
+    """What the default flow maps lock on this machine: each entry holds a value per possible
+    CPU, so a many-CPU server gets fewer entries from the default --map-memory (a warning that
+    says how many, and what the full default size would cost)."""
+    from flowscope import abi
+    from flowscope.kernel import memory
+    from flowscope.vocab import size_text
+
+    budget = memory.DEFAULT_MAP_MEMORY if budget is None else budget
+    entries = memory.entries_for(budget, ncpus)
+    cost = size_text(memory.flow_maps_bytes(entries, ncpus))
+    detail = (
+        f"{ncpus} possible CPUs: {entries:,} flows per map (IPv4, IPv6) lock {cost} "
+        f"(--map-memory {size_text(budget)})"
+    )
+    if entries >= abi.DEFAULT_FLOW_ENTRIES:
+        return ok("flow map memory", detail)
+    full = size_text(memory.flow_maps_bytes(abi.DEFAULT_FLOW_ENTRIES, ncpus))
+    return warn(
+        "flow map memory",
+        f"{detail}; {abi.DEFAULT_FLOW_ENTRIES:,} per map would lock {full}",
+        "a larger --map-memory (or --flow-entries) holds more flows at that cost; a flood "
+        "fills the maps either way and is then counted by prefix",
+    )
+
+
 def processes_check(cgroup2: Path | None) -> Check:
     """Where the socket hooks that name each flow's process attach (kernel.owners)."""
     name = "processes"
@@ -349,6 +375,13 @@ def machine_checks() -> Iterator[Check]:
 
     yield _guard("BPF ring buffer", ringbuf, "Linux 5.8 or later, as root")
     yield capabilities_check(missing_capabilities())
+
+    def map_memory() -> Check:
+        from flowscope.kernel.libbpf import num_possible_cpus
+
+        return map_memory_check(num_possible_cpus())
+
+    yield _guard("flow map memory", map_memory)
 
     def bcc() -> Check:
         return ok("bcc", f"{checks.bcc_version()} (Debian's python3-bpfcc)")

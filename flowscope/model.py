@@ -483,6 +483,11 @@ class Sample:
     flood: FloodShape = field(default_factory=FloodShape)
     """The tick's packets by source prefix and target, the flows' and those the full flow map
     could not take alike (collect.flood)."""
+    map_fill: float = 0.0
+    """Flows in the fuller of the two flow maps over its entries (early eviction at 0.9)."""
+    map_bytes: int = 0
+    """Locked kernel memory of the two flow maps, as the kernel reports it (0: not known, as
+    in the demo's scenario)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ from flowscope.history.files import remove_if_unused, state_dir
 from flowscope.history.writer import Writer, WriterState
 from flowscope.kernel.owners import running_command
 from flowscope.model import Owner
-from flowscope.vocab import human_rate
+from flowscope.vocab import human_rate, size_text
 
 Notice = Callable[[str], None]
 
@@ -202,7 +202,10 @@ class Pipeline:
         """The one-line status of a headless run (`record` on a terminal, `demo --headless`):
         rates are the kernel's totals; MAP FULL when packets found no room for their flow."""
         s = tick.sample
-        line = f"{human_rate(s.bps)}  {s.pps:.0f} pkt/s  {s.active_flows} flows  {s.new_flows} new"
+        line = f"{human_rate(s.bps)}  {s.pps:.0f} pkt/s  {s.active_flows} flows"
+        if s.map_bytes:  # the fuller flow map, and the kernel memory the two lock
+            line += f" (map {s.map_fill:.0%} of {size_text(s.map_bytes)})"
+        line += f"  {s.new_flows} new"
         w = self.writer
         if w is not None:
             line += f"  {w.written} written"

@@ -98,6 +98,21 @@ def human_bytes(n: float) -> str:
     return human(n, "B")
 
 
+def size_text(n: float) -> str:
+    """Bytes in powers of 1024, as --map-memory and the kernel's memlock count them:
+    ``25.5 MiB``, ``133.1 KiB``, ``1.5 GiB``."""
+    for unit in ("KiB", "MiB", "GiB"):
+        n /= 1024
+        if n < 1024 or unit == "GiB":
+            return f"{n:,.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+MAP_HIGH_WATER = 0.9
+"""The share of a flow map past which the collector evicts the oldest flows early; the status
+lines warn from there."""
+
+
 def human_rate(bps: float) -> str:
     """Bits per second: ``3.4 Mb/s``."""
     return human(bps, "b/s")

@@ -27,6 +27,8 @@ BARE_NAME = "bare_xdp_pass"
 BARE_TC_NAME = "bare_tc_unspec"
 BIG_FLOW_ENTRIES = 131072
 """Map size for the benchmarks with 100,000 flows: room to spare, as a sized deployment has."""
+NO_PREALLOC_CFLAGS = ("-DFLOW_MAP_FLAGS=BPF_F_NO_PREALLOC",)
+"""The flow maps without preallocation: memory taken per insert (bench compares both)."""
 INSERT_RINGBUF_PAGES = 2048
 """8 MiB: every one of 100,000 new-flow events (64 bytes + 8 of ring header) fits, so the insert
 benchmark measures a successful announcement each time, not the cheaper "ring full" path."""
@@ -233,6 +235,8 @@ class Lab:
             return FlowProgram(
                 flow_entries=BIG_FLOW_ENTRIES, ringbuf_pages=INSERT_RINGBUF_PAGES, event_budget=0
             )
+        if role == "no_prealloc":  # the default build with its flow maps allocated per insert
+            return FlowProgram(cflags=NO_PREALLOC_CFLAGS)
         raise ValueError(role)
 
     def close(self) -> None:

@@ -10,8 +10,9 @@ from typing import Any
 
 import click
 
-from flowscope import abi
 from flowscope.cli.main import InterfaceName, Seconds
+from flowscope.errors import UsageError
+from flowscope.vocab import size_text
 
 interfaces_option = click.option(
     "-i",
@@ -63,13 +64,60 @@ def block_option(f: Any) -> Any:
     return _allow_block(_block_share(f))
 
 
-entries_option = click.option(
+def _map_memory(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    from flowscope.history.files import parse_size
+
+    return parse_size(value, "--map-memory")
+
+
+_flow_entries = click.option(
     "--flow-entries",
     type=click.IntRange(1, 1 << 26),
-    default=abi.DEFAULT_FLOW_ENTRIES,
-    show_default=True,
-    help="Size of each kernel flow map (IPv4 and IPv6).",
+    default=None,
+    help="Entries of each kernel flow map (IPv4 and IPv6), whatever they cost: overrides "
+    "--map-memory.",
 )
+_map_memory_option = click.option(
+    "--map-memory",
+    callback=_map_memory,
+    default="256MiB",
+    show_default=True,
+    metavar="SIZE",
+    help="Locked kernel memory the two flow maps may take. Each entry holds a value per "
+    "possible CPU, so the entries follow from the CPU count: 65,536 each up to 40 CPUs, "
+    "21,248 on 128.",
+)
+
+
+def flow_entries_for(flow_entries: int | None, map_memory: int, ncpus: int) -> int:
+    """--flow-entries when given, else what --map-memory buys on ``ncpus`` possible CPUs (at
+    most the default 65,536); a budget too small for 256 entries is a UsageError."""
+    from flowscope.kernel import memory
+
+    if flow_entries is not None:
+        return flow_entries
+    entries = memory.entries_for(map_memory, ncpus)
+    if entries == 0:
+        need = memory.flow_maps_bytes(memory.ENTRY_STEP, ncpus)
+        raise UsageError(
+            f"--map-memory: {size_text(map_memory)} does not hold {memory.ENTRY_STEP} flows "
+            f"per map on {ncpus} possible CPUs",
+            f"give at least {size_text(need)}, or --flow-entries",
+        )
+    return entries
+
+
+def entries_option(f: Any) -> Any:
+    """--flow-entries and --map-memory, resolved into one ``flow_entries`` argument."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, flow_entries: int | None, map_memory: int, **kwargs: Any) -> Any:
+        from flowscope.kernel.libbpf import num_possible_cpus
+
+        entries = flow_entries_for(flow_entries, map_memory, num_possible_cpus())
+        return f(*args, flow_entries=entries, **kwargs)
+
+    return _flow_entries(_map_memory_option(wrapper))
 
 
 def _ipfix_target(ctx: click.Context, param: click.Parameter, value: str | None) -> object:

@@ -43,6 +43,7 @@ from flowscope.model import (
     PendingHealth,
     Sample,
 )
+from flowscope.vocab import MAP_HIGH_WATER
 
 TCP_FIN = 0x01
 TCP_RST = 0x04
@@ -54,6 +55,8 @@ class FlowSource(Protocol):
     """What the collector needs from the probe (FlowProgram), so tests can give it snapshots."""
 
     flow_entries: int
+    map_bytes: int
+    """Locked kernel memory of the flow maps (kernel.memory), for the status lines."""
 
     def read_flows(self, family: int) -> FlowBatch: ...
 
@@ -80,7 +83,7 @@ class CollectorSettings:
     """Idle timeout after a FIN or RST was seen."""
     active_timeout: float = 60.0
     """A live flow is written as a record this often."""
-    high_water: float = 0.9
+    high_water: float = MAP_HIGH_WATER
     """Fill ratio of a kernel map above which the idlest flows are evicted early."""
     low_water: float = 0.8
     """Fill ratio eviction brings a map down to."""
@@ -294,6 +297,8 @@ class Collector:
             new_flows=deltas["flows_created"],
             counters=deltas | {"evicted": evicted, "unattributed": unattributed},
             flood=shape.shape(deltas["flood_other"], elapsed),
+            map_fill=max((len(lf.batch) for lf in live), default=0) / self.source.flow_entries,
+            map_bytes=self.source.map_bytes,
         )
         return Tick(
             sample=sample,

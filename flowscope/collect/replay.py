@@ -96,6 +96,7 @@ class _ReplaySource:
     def __init__(self, program: FlowSource) -> None:
         self.program = program
         self.flow_entries = program.flow_entries
+        self.map_bytes = program.map_bytes
         self.too_short = 0
         self.too_short_bytes = 0
 

@@ -149,6 +149,7 @@ class Metrics:
         self._new_flows = 0
         self._active = 0
         self._fill: dict[str, float] = {}
+        self._map_bytes = 0
         self._ticks = 0
         self._tick_seconds = 0.0
         self._flood: list[tuple[str, str, str, float]] = []
@@ -169,6 +170,7 @@ class Metrics:
                 self._drops[reason] = self._drops.get(reason, 0) + n
             self._new_flows += tick.sample.new_flows
             self._active = tick.sample.active_flows
+            self._map_bytes = tick.sample.map_bytes
             for live in tick.live:
                 family = FAMILIES.get(live.batch.family, str(live.batch.family))
                 self._fill[family] = len(live.batch) / self.flow_entries
@@ -194,6 +196,7 @@ class Metrics:
             counters, records = dict(self._counters), dict(self._records)
             drops = dict(self._drops)
             new_flows, active, fill = self._new_flows, self._active, dict(self._fill)
+            map_bytes = self._map_bytes
             ticks, tick_seconds = self._ticks, self._tick_seconds
             flooding, flood = self._flooding, list(self._flood)
         labels = ["interface", "direction"]
@@ -250,6 +253,17 @@ class Metrics:
         for family in sorted(fill):
             f.add_metric([family], fill[family])
         yield f
+        yield GaugeMetricFamily(
+            "flowscope_map_entries",
+            "Entries of each kernel flow map (IPv4 and IPv6): --flow-entries, or what "
+            "--map-memory buys on this machine's possible CPUs.",
+            value=self.flow_entries,
+        )
+        yield GaugeMetricFamily(
+            "flowscope_map_memory_bytes",
+            "Locked kernel memory of the two flow maps, as the kernel reports it (memlock).",
+            value=map_bytes,
+        )
         yield GaugeMetricFamily(
             "flowscope_flood",
             "1 while the last tick looked like a flood (flow map full, new flows or SYNs "

@@ -22,6 +22,7 @@ from flowscope.errors import AttachError, BpfError, FlowscopeError, InterfaceErr
 from flowscope.kernel import libbpf
 
 BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_PERCPU_HASH = 5
 BPF_MAP_TYPE_RINGBUF = 27
 BPF_PROG_TYPE_XDP = 6
 
@@ -68,6 +69,21 @@ def _map_create(map_type: int, name: bytes, key: int, value: int, entries: int) 
         err = -fd if fd < 0 else ctypes.get_errno()
         raise libbpf._raise(f"bpf(BPF_MAP_CREATE) of a {name.decode()} map", err)
     return fd
+
+
+def percpu_hash_memlock(key_size: int, value_size: int, entries: int) -> int:
+    """Create (and free) a preallocated per-CPU hash and return the kernel's own figure for
+    its locked memory (fdinfo memlock): what a map of that layout costs on this machine."""
+    from flowscope.kernel.memory import memlock
+
+    fd = _map_create(BPF_MAP_TYPE_PERCPU_HASH, b"fs_memory", key_size, value_size, entries)
+    try:
+        reported = memlock(fd)
+    finally:
+        os.close(fd)
+    if reported is None:
+        raise BpfError("this kernel does not report a map's memory (fdinfo memlock)")
+    return reported
 
 
 def bpf_syscall() -> None:

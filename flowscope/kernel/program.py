@@ -26,7 +26,7 @@ from flowscope.errors import (
     PrivilegeError,
     UnsupportedKernelError,
 )
-from flowscope.kernel import btf, libbpf
+from flowscope.kernel import btf, libbpf, memory
 from flowscope.kernel.attach import FLOWSCOPE_XDP
 from flowscope.kernel.privileges import require_bpf_privileges
 from flowscope.model import FlowBatch, FlowEvent, events_from_records
@@ -195,6 +195,15 @@ class FlowProgram:
             abi.AF_INET: (self._bpf["flows4"].map_fd, abi.KEY4_DTYPE),
             abi.AF_INET6: (self._bpf["flows6"].map_fd, abi.KEY6_DTYPE),
         }
+        self.map_bytes = sum(
+            memory.memlock(fd)
+            or memory.hash_bytes(
+                flow_entries, self.ncpus, kdtype.itemsize, abi.VALUE_DTYPE.itemsize
+            )
+            for fd, kdtype in self._maps.values()
+        )
+        """Locked kernel memory of the two flow maps: the kernel's own report (fdinfo memlock),
+        the model of kernel.memory where it gives none."""
         self._buffers: dict[int, _BatchBuffers] = {}
         self._flood_buffers: _BatchBuffers | None = None
         self._events_open = False
@@ -416,11 +425,12 @@ class FlowProgram:
 
 
 BARE_KINDS = {
-    "xdp": ("bare.c", "bare_xdp"),
-    "tc": ("bare.c", "bare_tc"),
-    "hash_floor": ("floor.c", "hash_floor_xdp"),
+    "xdp": ("bare.c", "bare_xdp", ()),
+    "tc": ("bare.c", "bare_tc", ()),
+    "hash_floor": ("floor.c", "hash_floor_xdp", ()),
+    "hash_floor32": ("floor.c", "hash_floor_xdp", ("-DFLOOR_VALUE32",)),
 }
-"""The reference programs of flowscope bench: their source file and function."""
+"""The reference programs of flowscope bench: their source file, function and cflags."""
 
 
 class BareProgram:
@@ -435,11 +445,11 @@ class BareProgram:
         src = bpf_dir()
         from bcc import BPF
 
-        file, name = BARE_KINDS[kind]
+        file, name, cflags = BARE_KINDS[kind]
         prog_type = BPF.SCHED_CLS if kind == "tc" else BPF.XDP
         with captured_stderr() as log:
             try:
-                self._bpf = BPF(src_file=str(src / file).encode(), cflags=[f"-I{src}"])
+                self._bpf = BPF(src_file=str(src / file).encode(), cflags=[f"-I{src}", *cflags])
                 self.prog_fd: int = self._bpf.load_func(name.encode(), prog_type).fd
             except Exception as e:
                 raise compile_error(log(), f"BCC could not load bpf/{file}") from e

@@ -22,6 +22,7 @@ from flowscope.ui.cells import (
 )
 from flowscope.ui.state import LOSS_COUNTERS, LiveState
 from flowscope.vocab import (
+    MAP_HIGH_WATER,
     age_text,
     endpoint,
     human,
@@ -29,6 +30,7 @@ from flowscope.vocab import (
     owner_text,
     printable,
     rtt_text,
+    size_text,
 )
 
 
@@ -93,6 +95,9 @@ class StatusLine(Static):
         for badge in badges:
             p += [(f" {badge} ", "bold $text on $primary"), " "]
         p.append("│ ")
+        if s is not None and s.map_bytes:  # how full the flow maps are, and what they lock
+            style = "bold $warning" if s.map_fill >= MAP_HIGH_WATER else "$text-muted"
+            p += [(f"map {s.map_fill:.0%} of {size_text(s.map_bytes)}", style), "  "]
         lost = [(name, state.totals.get(name, 0)) for name in LOSS_COUNTERS]
         if not any(n for _, n in lost):
             p += [("no loss", "$text-muted"), "  "]

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from flowscope import packets
 from flowscope.bench import suite as bench
 from flowscope.bench import xdp
+from flowscope.kernel.libbpf import num_possible_cpus
 from flowscope.cli import main
 
 KEYS = ["name", "value", "unit", "baseline_name", "baseline", "ratio"]
@@ -46,7 +47,12 @@ def test_every_benchmark_runs_and_reports_once() -> None:
         "owner_churn": ["owner_churn_coverage", "owner_churn_rate"],
         "hot_ipv4_tcp_processes": ["xdp_hot_ipv4_tcp_processes", "tc_hot_ipv4_tcp_processes"],
         "xdp_block": ["xdp_block_no_rules", "xdp_block_1000_rules", "xdp_block_2000_rules"],
-    }
+        "map_memory": [f"flow_maps_memory_{num_possible_cpus()}cpus", "flow_maps_memory_64cpus",
+                       "flow_maps_memory_128cpus"],
+        "no_prealloc": ["xdp_hot_no_prealloc", "xdp_insert_no_prealloc",
+                        "flow_maps_memory_no_prealloc_10k", "flow_maps_memory_no_prealloc_empty"],
+        "packed_value": ["xdp_hash_floor_value32"],
+    }  # fmt: skip
     expected = [line for n in bench.NAMES for line in quick.get(n, [n])]
     assert [o["name"] for o in objs] == expected
     by_name = {o["name"]: o for o in objs}

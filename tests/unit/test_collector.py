@@ -30,6 +30,7 @@ class FakeSource:
     """A FlowSource over dicts, with a clock the test moves."""
 
     flow_entries: int = 1000
+    map_bytes: int = 0
     now: int = 1000 * SEC
     flows: dict[int, dict[tuple[str, str, int, int, int], FakeFlow]] = field(
         default_factory=lambda: {abi.AF_INET: {}, abi.AF_INET6: {}}

@@ -95,6 +95,7 @@ class FakeKernel:
     def __init__(self, entries: int, keys: list[tuple[int, bytes]] = KEYS) -> None:
         self.keys = keys
         self.flow_entries = entries
+        self.map_bytes = 0
         self.now = 1000 * SEC
         # family -> key bytes -> per-CPU rows [packets, bytes, ip_bytes, first, last, flags]
         self.maps: dict[int, dict[bytes, list[list[int]]]] = {abi.AF_INET: {}, abi.AF_INET6: {}}

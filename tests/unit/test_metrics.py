@@ -37,7 +37,10 @@ def tick(packets: int, nbytes: int, flows: int) -> Tick:
     batch = FlowBatch(abi.AF_INET, keys, *(np.zeros(flows, np.uint64) for _ in range(5)),
                       tcp_flags=np.zeros(flows, np.uint8))  # fmt: skip
     counters = {c.name.lower(): 0 for c in abi.Counter} | {"packets": packets, "evicted": 0}
-    sample = Sample(0.0, 1.0, nbytes * 8.0, float(packets), flows, 1, counters)
+    sample = Sample(
+        0.0, 1.0, nbytes * 8.0, float(packets), flows, 1, counters, map_fill=flows / 8,
+        map_bytes=26_752_000,
+    )  # fmt: skip
     return Tick(sample, [], [], [LiveFlows(batch, empty, empty)], 0,
                 interfaces={("eth0", 0): (packets, nbytes)}, duration=0.25)  # fmt: skip
 
@@ -56,6 +59,8 @@ def test_counters_sum_the_ticks() -> None:
         "flowscope_new_flows_total 2.0",
         "flowscope_active_flows 4.0",
         'flowscope_map_fill_ratio{family="ipv4"} 0.5',
+        "flowscope_map_entries 8.0",
+        "flowscope_map_memory_bytes 2.6752e+07",
         "flowscope_tick_duration_seconds_count 2.0",
         "flowscope_tick_duration_seconds_sum 0.5",
         "# HELP flowscope_ringbuf_lost_events_total New-flow records lost because the ring "
