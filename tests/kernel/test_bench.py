@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from flowscope import packets
 from flowscope.bench import suite as bench
 from flowscope.bench import xdp
-from flowscope.kernel.libbpf import num_possible_cpus
 from flowscope.cli import main
+from flowscope.kernel.libbpf import num_possible_cpus
 
 KEYS = ["name", "value", "unit", "baseline_name", "baseline", "ratio"]
 
