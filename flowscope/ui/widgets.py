@@ -95,9 +95,6 @@ class StatusLine(Static):
         for badge in badges:
             p += [(f" {badge} ", "bold $text on $primary"), " "]
         p.append("│ ")
-        if s is not None and s.map_bytes:  # how full the flow maps are, and what they lock
-            style = "bold $warning" if s.map_fill >= MAP_HIGH_WATER else "$text-muted"
-            p += [(f"map {s.map_fill:.0%} of {size_text(s.map_bytes)}", style), "  "]
         lost = [(name, state.totals.get(name, 0)) for name in LOSS_COUNTERS]
         if not any(n for _, n in lost):
             p += [("no loss", "$text-muted"), "  "]
@@ -115,6 +112,10 @@ class StatusLine(Static):
             p.append((f"history writing {w.backlog:,}", "$text-muted"))
         else:
             p.append(("history ok", "$text-muted"))
+        if s is not None and s.map_bytes:  # how full the flow maps are, what they lock (after
+            # history, which must not be cut at 80 columns)
+            style = "bold $warning" if s.map_fill >= MAP_HIGH_WATER else "$text-muted"
+            p += ["  ", (f"map {s.map_fill:.0%} of {size_text(s.map_bytes)}", style)]
         drops, reason = state.drops_per_second()
         if drops:  # what the kernel threw away, as dropwatch says it (last: it may be cut)
             p += ["  ", (f"drops {human(drops)}/s {reason}", "bold $warning")]

@@ -21,6 +21,7 @@ import numpy as np
 from flowscope import abi
 from flowscope.collect.collector import LiveFlows, Tick
 from flowscope.collect.flood import FloodParts
+from flowscope.kernel.memory import flow_maps_bytes
 from flowscope.model import NO_TCP, FlowBatch, FlowKey, FlowRecord, NewFlow, Owner, Sample
 from flowscope.query.frame import addr_bytes
 from flowscope.ui.messages import TickArrived
@@ -196,6 +197,11 @@ def _key(f: _Flow) -> FlowKey:
     )
 
 
+ENTRIES = abi.DEFAULT_FLOW_ENTRIES
+MAP_BYTES = flow_maps_bytes(ENTRIES, 2)
+"""What the kernel reports the two flow maps of a 2-CPU machine lock by default (25.5 MiB)."""
+
+
 def scenario(
     count: int = 90, *, writer_trouble_at: int | None = None, flood: bool = False
 ) -> list[TickArrived]:
@@ -302,6 +308,9 @@ def scenario(
             new_flows=len(events),
             counters=counters | {"evicted": 0},
             flood=parts.shape(0, 1.0),
+            # a 2-CPU machine's default maps (65,536 entries each); full while flooded
+            map_fill=1.0 if counters["map_full"] else max(len(lf.batch) for lf in live) / ENTRIES,
+            map_bytes=MAP_BYTES,
         )
         tick = Tick(
             sample=sample,

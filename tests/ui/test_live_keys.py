@@ -810,3 +810,17 @@ async def test_blocking_from_the_flood_view_and_the_rules_view() -> None:
         await pilot.pause()
         assert not isinstance(plain.screen, BlockConfirm)
         assert any("blocking is off" in m for _, m in plain.notices)
+
+
+@synchronous
+async def test_the_status_line_says_how_full_the_flow_maps_are_and_what_they_lock() -> None:
+    """Issue #19: the fuller flow map's share and the kernel memory both maps lock (the
+    scenario's: a 2-CPU machine's 65,536 entries, 25.5 MiB), after the history state, which
+    must not be cut at 80 columns; full (and a warning) while the flood fills it."""
+    for preload, shown in ((88, "map 0% of 25.5 MiB"), (92, "map 100% of 25.5 MiB")):
+        app = console(scenario(94, flood=True), preload=preload)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await pilot.pause()
+            second = status_lines(app)[1]
+            assert shown in second, second
+            assert second.index("history") < second.index(shown)
