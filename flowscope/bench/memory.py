@@ -33,7 +33,7 @@ def as_if_cpus(entries: int, ncpus: int) -> int:
     from flowscope.kernel import checks, libbpf, memory
 
     here = libbpf.num_possible_cpus()
-    value = -(-((abi.VALUE_DTYPE.itemsize + 7) // 8 * 8) * ncpus // here)
+    value = -(-memory.round8(abi.VALUE_DTYPE.itemsize) * ncpus // here)
     locks = 4 * memory.LOCK_COUNT * (ncpus - here)
     return sum(
         checks.percpu_hash_memlock(kdtype.itemsize, value, entries) + locks

@@ -42,7 +42,8 @@ ENTRY_STEP = 256
 """Entries chosen from a budget are a multiple of this (readable figures)."""
 
 
-def _round8(n: int) -> int:
+def round8(n: int) -> int:
+    """The kernel's round_up(n, 8) of key and value sizes."""
     return (n + 7) & ~7
 
 
@@ -52,12 +53,12 @@ def _pow2(n: int) -> int:
 
 def hash_bytes(entries: int, ncpus: int, key_size: int, value_size: int) -> int:
     """Locked kernel memory of one preallocated per-CPU hash, by the kernel's accounting."""
-    elem = HTAB_ELEM + _round8(key_size) + 8
+    elem = HTAB_ELEM + round8(key_size) + 8
     return (
         HTAB_FIXED
         + 4 * ncpus * LOCK_COUNT
         + BUCKET * _pow2(entries)
-        + entries * (elem + ncpus * _round8(value_size))
+        + entries * (elem + ncpus * round8(value_size))
     )
 
 
