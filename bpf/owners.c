@@ -26,9 +26,11 @@
  * process dies. Each announcement is a struct sock_event on the ring buffer sock_events.
  */
 #include <uapi/linux/bpf.h>
-#include <linux/socket.h>
-#include <linux/in.h>
 #include "flowscope.h"
+
+/* the address families of <linux/socket.h>, without its compile time */
+#define AF_INET_  2
+#define AF_INET6_ 10
 
 BPF_RINGBUF_OUTPUT(sock_events, SOCK_RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(sock_counters, __u64, SCNT_MAX);
@@ -69,7 +71,7 @@ static __always_inline void send_event(struct sock_event *ev, __u64 cookie, __u8
 
 static __always_inline __u8 fs_family(__u32 family)
 {
-    return family == AF_INET ? FS_AF_INET : family == AF_INET6 ? FS_AF_INET6 : 0;
+    return family == AF_INET_ ? FS_AF_INET : family == AF_INET6_ ? FS_AF_INET6 : 0;
 }
 
 int owners_create(struct bpf_sock *sk)
@@ -152,7 +154,7 @@ int owners_sockops(struct bpf_sock_ops *skops)
     ev.family = fs_family(skops->family);
     if (!ev.family)
         return 1;
-    ev.proto = IPPROTO_TCP;
+    ev.proto = IPPROTO_TCP_;
     ev.netns = bpf_get_netns_cookie(skops);
     ev.lport = skops->local_port;
     if (ev.family == FS_AF_INET) {
@@ -234,14 +236,14 @@ int owners_sendmsg6(struct bpf_sock_addr *ctx) { return sendmsg(ctx); }
  * a socket (forwarded) or from a socket older than the hooks is left alone. */
 static __always_inline void owners_flow_sent(void *ctx, struct flow_event *fev)
 {
-    if (fev->proto != IPPROTO_UDP && fev->proto != IPPROTO_ICMP && fev->proto != 58 /* ICMPv6 */)
+    if (fev->proto != IPPROTO_UDP_ && fev->proto != IPPROTO_ICMP_ && fev->proto != IPPROTO_ICMPV6_)
         return;
     __u64 cookie = bpf_get_socket_cookie(ctx);
     if (!cookie || !owners.lookup(&cookie))
         return;
     __u16 port = bpf_ntohs(fev->sport);
     __u16 *seen = announced.lookup(&cookie);
-    if (seen && *seen == port && fev->proto == IPPROTO_UDP)
+    if (seen && *seen == port && fev->proto == IPPROTO_UDP_)
         return;     /* its port is known: bound, or announced by its first sendto() */
     struct sock_event ev = {};
     ev.family = fev->family;

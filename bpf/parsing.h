@@ -7,6 +7,10 @@
 #ifndef FLOWSCOPE_PARSING_H
 #define FLOWSCOPE_PARSING_H
 
+/* IPPROTO_* as <uapi/linux/in.h> has them, without its second of compile time */
+#define IPPROTO_ICMP_     1
+#define IPPROTO_TCP_      6
+#define IPPROTO_UDP_      17
 #define IPPROTO_HOPOPTS_  0
 #define IPPROTO_ROUTING_  43
 #define IPPROTO_FRAGMENT_ 44
@@ -134,17 +138,17 @@ static __always_inline int parse_ports(struct hdr_cursor *nh, void *end, __u8 pr
                                        __u16 *sport, __u16 *dport, __u8 *tcp_flags)
 {
     void *pos = nh->pos;
-    if (proto == IPPROTO_TCP) {
+    if (proto == IPPROTO_TCP_) {
         if (pos + 20 > end)
             return -1;
         *tcp_flags = *(__u8 *)(pos + 13);
-    } else if (proto == IPPROTO_UDP || proto == IPPROTO_UDPLITE_) {
+    } else if (proto == IPPROTO_UDP_ || proto == IPPROTO_UDPLITE_) {
         if (pos + 8 > end)
             return -1;
     } else if (proto == IPPROTO_SCTP_ || proto == IPPROTO_DCCP_) {
         if (pos + 12 > end)
             return -1;
-    } else if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6_) {
+    } else if (proto == IPPROTO_ICMP_ || proto == IPPROTO_ICMPV6_) {
         if (pos + 4 > end)
             return -1;
         /* type and code, read as one big-endian u16: type * 256 + code */

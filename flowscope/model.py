@@ -164,19 +164,45 @@ EVENT_SIZE = ctypes.sizeof(abi.FlowEvent)
 
 
 def events_from_records(records: Sequence[bytes]) -> list[FlowEvent]:
-    """Decode many ring buffer records at once, each as event_from_bytes would.
-
-    One numpy view over all of them and column lists instead of a ctypes struct per record:
-    about five times faster, which is what lets user space keep up with a burst of new flows.
-    IPv4 addresses are formatted with inet_ntop (the same text as ipaddress, for less)."""
+    """Decode many ring buffer records given as bytes, each as event_from_bytes would."""
     if not records:
         return []
     raw = b"".join(r[:EVENT_SIZE].ljust(EVENT_SIZE, b"\0") for r in records)
-    ev = np.frombuffer(raw, dtype=abi.EVENT_DTYPE)
-    saddr, daddr = ev["saddr"].tobytes(), ev["daddr"].tobytes()
-    out = []
+    return events_from_array(np.frombuffer(raw, dtype=abi.EVENT_DTYPE))
+
+
+OCTETS = [str(i) for i in range(256)]
+
+
+def address_texts(family: np.ndarray, raw: np.ndarray) -> list[str]:
+    """The printable form of many addresses at once (``raw``: rows of 16 bytes, as the
+    program writes them, IPv4 in the first 4), as address_text gives each. IPv4 goes through
+    a table of the 256 octets, about twice as fast as inet_ntop on each."""
+    octets = OCTETS.__getitem__
+    v4 = family == abi.AF_INET
+    texts = [".".join(map(octets, row)) for row in raw[v4, :4].tolist()] if v4.any() else []
+    if v4.all():
+        return texts
+    out: list[str] = []
+    v4_texts = iter(texts)
+    rows = raw.tobytes()
+    for n, (is_v4, fam) in enumerate(zip(v4.tolist(), family.tolist(), strict=True)):
+        out.append(next(v4_texts) if is_v4 else address_text(fam, rows[16 * n : 16 * n + 16]))
+    return out
+
+
+def events_from_array(ev: np.ndarray) -> list[FlowEvent]:
+    """Decode an array of struct flow_event (abi.EVENT_DTYPE), as the ring buffer gives them.
+
+    Column lists instead of a ctypes struct per record: about five times faster, which is what
+    lets user space keep up with a burst of new flows."""
+    if not len(ev):
+        return []
+    family = ev["family"]
     columns = zip(
-        ev["family"].tolist(),
+        family.tolist(),
+        address_texts(family, ev["saddr"]),
+        address_texts(family, ev["daddr"]),
         ev["sport"].tolist(),
         ev["dport"].tolist(),
         ev["proto"].tolist(),
@@ -188,17 +214,18 @@ def events_from_records(records: Sequence[bytes]) -> list[FlowEvent]:
         ev["flags"].tolist(),
         strict=True,
     )
-    for i, (family, sport, dport, proto, vlan, ifindex, direction, ts, length, flags) in enumerate(
-        columns
-    ):
-        s, d = saddr[16 * i : 16 * i + 16], daddr[16 * i : 16 * i + 16]
-        if family == abi.AF_INET:
-            src, dst = inet_ntop(AF_INET, s[:4]), inet_ntop(AF_INET, d[:4])
-        else:
-            src, dst = address_text(family, s), address_text(family, d)
-        key = FlowKey(family, src, dst, sport, dport, proto, vlan, ifindex, direction)
-        out.append(FlowEvent(key, ts, length, bool(flags & abi.EVENT_MAP_FULL)))
-    return out
+    full = abi.EVENT_MAP_FULL
+    return [
+        FlowEvent(
+            FlowKey(fam, src, dst, sport, dport, proto, vlan, ifindex, direction),
+            ts,
+            length,
+            bool(flags & full),
+        )
+        for fam, src, dst, sport, dport, proto, vlan, ifindex, direction, ts, length, flags in (
+            columns
+        )
+    ]
 
 
 U64_MAX = np.iinfo(np.uint64).max

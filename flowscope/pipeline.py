@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flowscope.collect.collector import Tick
 from flowscope.collect.drops import main_reason
@@ -31,6 +31,9 @@ from flowscope.history.writer import Writer, WriterState
 from flowscope.kernel.owners import running_command
 from flowscope.model import Owner
 from flowscope.vocab import human_rate, size_text
+
+if TYPE_CHECKING:
+    from flowscope.kernel.program import ProgramBuild
 
 Notice = Callable[[str], None]
 
@@ -101,6 +104,7 @@ class Pipeline:
         which waits for its exporter, queue more."""
         self.settings = settings
         self.writer: Writer | None = None
+        self._prepared: ProgramBuild | None = None
         history = settings.history
         if history is not None:
             self.writer = Writer(
@@ -143,11 +147,14 @@ class Pipeline:
         stop: threading.Event | None = None,
         on_tick: Callable[[Tick], None] | None = None,
         on_notice: Notice | None = None,
+        on_attached: Callable[[], None] | None = None,
     ) -> RecordSummary:
-        """Collect until the duration ends or ``stop`` is set (in the calling thread)."""
+        """Collect until the duration ends or ``stop`` is set (in the calling thread).
+        ``on_attached``: the programs are attached, the first tick is an interval away."""
         from flowscope.collect import recorder
 
         assert isinstance(self.settings.source, RecordSettings), "a capture is replay()ed"
+        prepared, self._prepared = self._prepared, None
         return recorder.run(
             self.settings.source,
             self.sink,
@@ -155,7 +162,18 @@ class Pipeline:
             stop=stop,
             on_notice=on_notice,
             on_block=self.writer.note_block if self.writer is not None else None,
+            on_attached=on_attached,
+            prepared=prepared,
         )
+
+    def prepare(self) -> None:
+        """Start compiling the programs now, in a thread, so that the seconds BCC takes
+        overlap with what comes before run() (the console's imports and first draw)."""
+        from flowscope.collect import recorder
+
+        assert isinstance(self.settings.source, RecordSettings), "a capture is replay()ed"
+        if self._prepared is None:
+            self._prepared = recorder.prepare(self.settings.source)
 
     def replay(self, progress: Callable[[int, int], None] | None = None) -> ReplaySummary:
         """Run the capture through the program into the sink, waiting for the writer and the
@@ -239,6 +257,9 @@ class Pipeline:
         return self.exports.report(), self.writer.report() if self.writer is not None else None
 
     def close(self) -> None:
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None:  # compiled for a run that never came
+            prepared.close()
         self.exports.close()
 
     def __enter__(self) -> Pipeline:

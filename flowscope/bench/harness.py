@@ -64,6 +64,8 @@ class Settings:
     """New flows of the spoofed SYN flood detect_flood feeds the detector."""
     churn_seconds: float = 5.0
     """Seconds of 1,000 new connections a second in owner_churn."""
+    starts: int = 3
+    """Compiles and console starts of the start-up benchmarks (the median is reported)."""
 
 
 DEFAULT = Settings()
@@ -79,6 +81,7 @@ QUICK = Settings(
     console_flows=10_000,
     detect_flows=20_000,
     churn_seconds=1.0,
+    starts=1,
 )
 """A smoke test of the whole command in a few seconds; its numbers are rougher."""
 

@@ -34,6 +34,7 @@ from flowscope.bench.stages import (
     ringbuf_events,
     store_insert,
 )
+from flowscope.bench.start import compile_program, console_start
 from flowscope.bench.xdp import (
     block_path,
     hash_floor,
@@ -77,6 +78,8 @@ BENCHMARKS: dict[str, Callable[[Lab], Iterator[Result]]] = {
     "ringbuf_events": ringbuf_events,
     "detect_flood": detect_flood,
     "console": console,
+    "compile_flow_program": compile_program,
+    "console_start": console_start,
     "replay_frames": replay_frames,
     "owner_hooks_connection": owner_hooks,
     "owner_churn": owner_churn,

@@ -87,7 +87,8 @@ def record(
     settings = PipelineSettings(source, history, exports)
     tty = sys.stderr.isatty()
     with Pipeline(settings, notice=notice) as pipeline:
-        say_recovered(pipeline)
+        say_recovered(pipeline)  # first: while BCC compiles, descriptor 2 is its log
+        pipeline.prepare()
 
         def status(tick: Tick) -> None:
             sys.stderr.write("\r\033[K" + pipeline.status_line(tick))
@@ -186,6 +187,7 @@ def live(
     Ctrl-C, SIGTERM) writes the live flows and detaches the program."""
     from flowscope.kernel.attach import check_can_attach
     from flowscope.pipeline import HistorySettings, Pipeline, PipelineSettings
+    from flowscope.ui.terminal import keep_terminal
 
     if db is not None and no_db:
         raise click.UsageError("--db and --no-db exclude each other")
@@ -193,11 +195,14 @@ def live(
     for name in source.interfaces:  # fails at once, not in a console stuck at "starting"
         check_can_attach(name, source.force)
     history = None if no_db else HistorySettings(db=db)
-    with Pipeline(PipelineSettings(source, history, exports)) as pipeline:
-        say_recovered(pipeline)
+    with Pipeline(PipelineSettings(source, history, exports)) as pipeline, keep_terminal() as tty:
+        say_recovered(pipeline)  # first: while BCC compiles, descriptor 2 is its log
+        # BCC compiles while Textual is imported and the console drawn, the console drawing
+        # on its own copy of the terminal (ui.terminal says why)
+        pipeline.prepare()
         from flowscope.ui.app import run_console  # the only command that imports textual
 
-        run_console(pipeline, spec=spec)
+        run_console(pipeline, spec=spec, terminal=tty)
         pipeline.close()
         problem = say_problems(pipeline)
     if problem is not None:

@@ -28,9 +28,14 @@ from flowscope.model import FlowRecord, NewFlow, PendingFlows, Sample
 if TYPE_CHECKING:
     from flowscope.collect.block import BlockNote, BlockService
     from flowscope.kernel.links import LinkWatch
+    from flowscope.kernel.program import ProgramBuild
     from flowscope.kernel.session import Probe
 
 POLL_MS = 100
+FIRST_TICK = 0.25
+"""Seconds from attaching to the first tick (at most the interval): the first flows show a
+quarter of a second after the programs are attached, not a whole interval later; that tick's
+rates are over the quarter second it covers."""
 
 
 class Sink(Protocol):
@@ -113,6 +118,18 @@ class RecordSummary:
     """Stopped by Ctrl-C or SIGTERM rather than by the duration or the caller."""
 
 
+def prepare(settings: RecordSettings) -> ProgramBuild:
+    """Start compiling the program ``settings`` need, in a thread; run() takes it from there.
+    The caller closes it if run() never comes."""
+    from flowscope.kernel.program import ProgramBuild as Build
+
+    return Build(
+        flow_entries=settings.flow_entries,
+        cflags=_block_cflags(settings),
+        owners=settings.processes,
+    )
+
+
 def run(
     settings: RecordSettings,
     sink: Sink,
@@ -121,15 +138,21 @@ def run(
     stop: threading.Event | None = None,
     on_notice: Callable[[str], None] | None = None,
     on_block: Callable[[BlockNote], None] | None = None,
+    on_attached: Callable[[], None] | None = None,
+    prepared: ProgramBuild | None = None,
 ) -> RecordSummary:
     """Collect until the duration ends or ``stop`` is set; every tick goes to ``sink``.
     ``on_notice`` hears what the user should know about the attachments (egress refused);
-    ``on_block`` each change of the block rules (--allow-block: for history)."""
+    ``on_block`` each change of the block rules (--allow-block: for history);
+    ``on_attached`` that the programs are attached, before the first tick; ``prepared``: the
+    program prepare() started compiling."""
     from flowscope.kernel.session import Probe
 
     stop = stop or threading.Event()
     try:
-        return _run(settings, sink, on_tick, stop, Probe, on_notice, on_block)
+        return _run(
+            settings, sink, on_tick, stop, Probe, on_notice, on_block, on_attached, prepared
+        )
     finally:
         sink.close()
 
@@ -142,6 +165,8 @@ def _run(
     probe_class: type[Probe],
     on_notice: Callable[[str], None] | None = None,
     on_block: Callable[[BlockNote], None] | None = None,
+    on_attached: Callable[[], None] | None = None,
+    prepared: ProgramBuild | None = None,
 ) -> RecordSummary:
     summary = RecordSummary()
     # Ctrl-C and SIGTERM stop collection from the moment the program may be attached: one
@@ -157,6 +182,7 @@ def _run(
             direction=settings.direction,
             owners=settings.processes,
             cflags=_block_cflags(settings),
+            program=prepared.result() if prepared is not None else None,
         ) as probe,
         contextlib.ExitStack() as stack,
     ):
@@ -179,6 +205,8 @@ def _run(
 
         names = probe.interface_names()
         watch = LinkWatch({name: index for index, name in names.items()})
+        if on_attached is not None:
+            on_attached()
         try:
             _loop(
                 collector,
@@ -303,7 +331,7 @@ def _loop(
     interval = settings.collector.interval
     start = time.monotonic()
     end = start + settings.duration if settings.duration is not None else None
-    next_tick = start + interval
+    next_tick = start + min(interval, FIRST_TICK)
     problem_said = False
     while not stop.is_set():
         now = time.monotonic()

@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +27,10 @@ from flowscope.errors import (
     PrivilegeError,
     UnsupportedKernelError,
 )
-from flowscope.kernel import btf, libbpf, memory
+from flowscope.kernel import btf, libbpf, memory, ringbuf
 from flowscope.kernel.attach import FLOWSCOPE_XDP
 from flowscope.kernel.privileges import require_bpf_privileges
-from flowscope.model import FlowBatch, FlowEvent, events_from_records
+from flowscope.model import FlowBatch, FlowEvent, events_from_array
 
 XDP_FUNCTION = FLOWSCOPE_XDP
 TC_FUNCTION = "flowscope_tc"
@@ -44,6 +45,11 @@ def bpf_dir() -> Path:
         if (candidate / "flowscope.c").is_file():
             return candidate
     raise CompileError("the BPF sources (flowscope.c) are missing from the installation")
+
+
+COMPILING = threading.Lock()
+"""Held for each BCC compile: LLVM in one process crashed (SIGSEGV) with two at once, and
+captured_stderr points the whole process's descriptor 2 at one compile's log."""
 
 
 @contextlib.contextmanager
@@ -169,7 +175,7 @@ class FlowProgram:
                 self.drops_reason = e.message
         from bcc import BPF  # only the probe imports bcc
 
-        with captured_stderr() as log:
+        with COMPILING, captured_stderr() as log:
             try:
                 if owners:  # BCC takes programs from its main source only: join them
                     files = ["flowscope.c", "owners.c"] + (["drops.c"] if drop_flags else [])
@@ -206,10 +212,10 @@ class FlowProgram:
         the model of kernel.memory where it gives none."""
         self._buffers: dict[int, _BatchBuffers] = {}
         self._flood_buffers: _BatchBuffers | None = None
-        self._events_open = False
-        self._pending_events: list[bytes] = []
+        self.ringbuf_bytes = ringbuf_pages * 4096
+        self._events: ringbuf.RingBuffer | None = None
         self._event_callback: Callable[[FlowEvent], None] | None = None
-        self._decode: Callable[[Sequence[bytes]], Sequence[FlowEvent]] = events_from_records
+        self._decode: Callable[[np.ndarray], Sequence[FlowEvent]] = events_from_array
         self._closed = False
 
     @property
@@ -229,7 +235,7 @@ class FlowProgram:
         if self._tc_fd is None:
             from bcc import BPF
 
-            with captured_stderr() as log:
+            with COMPILING, captured_stderr() as log:
                 try:
                     fn = self._bpf.load_func(TC_FUNCTION.encode(), BPF.SCHED_CLS)
                 except Exception as e:
@@ -363,38 +369,30 @@ class FlowProgram:
     def open_events(
         self,
         callback: Callable[[FlowEvent], None],
-        decode: Callable[[Sequence[bytes]], Sequence[FlowEvent]] = events_from_records,
+        decode: Callable[[np.ndarray], Sequence[FlowEvent]] = events_from_array,
     ) -> None:
         """Deliver each ring buffer record, decoded, to ``callback`` during poll_events.
 
-        The ring buffer's own callback only copies each record out; poll_events decodes them
-        together afterwards (``decode``: model.events_from_records), which keeps up with bursts
-        of new flows that a struct per record could not. The benchmark swaps ``decode`` for a
-        counter to measure the copy alone."""
-        pending: list[bytes] = []
-
-        def on_record(_ctx: Any, data: Any, size: int) -> int:
-            pending.append(ctypes.string_at(data, size))
-            return 0
-
-        self._bpf["events"].open_ring_buffer(on_record)
-        self._pending_events = pending
+        The ring is read from its memory map (kernel.ringbuf), all waiting records in one
+        array, and decoded together (``decode``: model.events_from_array); bcc's consumer
+        would call into Python once per record. The benchmark swaps ``decode`` to measure the
+        read alone."""
+        if self._events is None:
+            self._events = ringbuf.RingBuffer(
+                self._bpf["events"].map_fd, self.ringbuf_bytes, abi.EVENT_DTYPE
+            )
         self._event_callback = callback
         self._decode = decode
-        self._events_open = True
 
     def poll_events(self, timeout_ms: int = 0) -> None:
         """Wait up to timeout_ms for ring buffer records (0: take what is there)."""
-        if not self._events_open:
+        if self._events is None:
             return
-        if timeout_ms <= 0:
-            self._bpf.ring_buffer_consume()
-        else:
-            self._bpf.ring_buffer_poll(timeout_ms)
-        records = self._pending_events[:]
-        self._pending_events.clear()
+        if timeout_ms > 0:
+            self._events.wait(timeout_ms)
+        records = self._events.read()
         callback = self._event_callback
-        if callback is not None:
+        if callback is not None and len(records):
             for event in self._decode(records):
                 callback(event)
 
@@ -415,6 +413,8 @@ class FlowProgram:
         """Free the program and its maps (an attachment holds its own reference)."""
         if not self._closed:
             self._closed = True
+            if self._events is not None:
+                self._events.close()
             self._bpf.cleanup()
 
     def __enter__(self) -> FlowProgram:
@@ -422,6 +422,46 @@ class FlowProgram:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ProgramBuild:
+    """A FlowProgram compiled in a thread, started as early as a command knows it needs one.
+
+    BCC's compiler runs in C through ctypes, which lets go of the GIL, so the seconds it takes
+    overlap with what the command does meanwhile: importing and drawing the console, opening
+    history. Nothing is attached until result() hands the program to its owner; close() frees
+    a program nobody took (a run that failed before it needed it)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._kwargs = kwargs
+        self._program: FlowProgram | None = None
+        self._error: BaseException | None = None
+        self._taken = False
+        self._thread = threading.Thread(target=self._build, name="flowscope-compile", daemon=True)
+        self._thread.start()
+
+    def _build(self) -> None:
+        try:
+            self._program = FlowProgram(**self._kwargs)
+        except BaseException as e:  # raised again in the thread that asks for the program
+            self._error = e
+
+    def result(self) -> FlowProgram:
+        """The program, once compiled (waits for it); the build's error if it failed. The
+        caller owns the program from here and closes it."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._program is not None
+        self._taken = True
+        return self._program
+
+    def close(self) -> None:
+        """Wait for the build and free its program unless someone took it."""
+        self._thread.join()
+        if self._program is not None and not self._taken:
+            self._taken = True
+            self._program.close()
 
 
 BARE_KINDS = {
@@ -447,7 +487,7 @@ class BareProgram:
 
         file, name, cflags = BARE_KINDS[kind]
         prog_type = BPF.SCHED_CLS if kind == "tc" else BPF.XDP
-        with captured_stderr() as log:
+        with COMPILING, captured_stderr() as log:
             try:
                 self._bpf = BPF(src_file=str(src / file).encode(), cflags=[f"-I{src}", *cflags])
                 self.prog_fd: int = self._bpf.load_func(name.encode(), prog_type).fd

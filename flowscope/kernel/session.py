@@ -33,15 +33,20 @@ class Probe:
         cflags: tuple[str, ...] = (),
         direction: str = "both",
         owners: bool = False,
+        program: FlowProgram | None = None,
     ) -> None:
-        if direction not in DIRECTIONS:
-            raise UsageError(
-                f"unknown direction {direction!r}", f"choose one of {', '.join(DIRECTIONS)}"
-            )
-        for name in interfaces:  # a wrong name fails before the seconds of compiling
-            interface_info(name)
+        """``program``: one already compiled with these settings (kernel.program.ProgramBuild);
+        the probe owns it from here."""
+        try:
+            self._check(interfaces, direction)
+        except BaseException:
+            if program is not None:
+                program.close()
+            raise
         # owners: the socket hooks (kernel.owners), compiled with the flow programs
-        self.program = FlowProgram(flow_entries=flow_entries, cflags=cflags, owners=owners)
+        self.program = program or FlowProgram(
+            flow_entries=flow_entries, cflags=cflags, owners=owners
+        )
         self.attachments: list[XdpAttachment] = []
         self.egress: list[TcEgressAttachment] = []
         self.notices: list[str] = []
@@ -73,6 +78,15 @@ class Probe:
                 a.detach()
             self.egress.clear()
             self.notices.append(f"egress is not watched ({e.message}); watching ingress only")
+
+    @staticmethod
+    def _check(interfaces: list[str], direction: str) -> None:
+        if direction not in DIRECTIONS:
+            raise UsageError(
+                f"unknown direction {direction!r}", f"choose one of {', '.join(DIRECTIONS)}"
+            )
+        for name in interfaces:  # a wrong name fails before the seconds of compiling
+            interface_info(name)
 
     @property
     def directions(self) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import signal
 import sys
 import threading
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
+from textual.driver import Driver
 from textual.screen import Screen
 
 from flowscope.model import Owner
@@ -41,6 +43,7 @@ from flowscope.ui.messages import (
 from flowscope.ui.names import Lookup, Resolver, gethostbyaddr
 from flowscope.ui.source import RecorderSource, TickSource
 from flowscope.ui.state import LiveState
+from flowscope.ui.terminal import driver_for, keep_terminal
 from flowscope.vocab import printable
 
 if TYPE_CHECKING:
@@ -89,8 +92,9 @@ class FlowscopeApp(App[None]):
         handle_signals: bool = False,
         spec: ViewSpec | None = None,
         control: Control | None = None,
+        driver_class: type[Driver] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(driver_class=driver_class)
         if title:
             self.title = title
         self.source = source
@@ -380,6 +384,7 @@ def make_app(
     handle_signals: bool = False,
     spec: ViewSpec | None = None,
     control: Control | None = None,
+    driver_class: type[Driver] | None = None,
 ) -> FlowscopeApp:
     """The console over a tick source. ``clock`` gives the wall time the console starts at
     (uptime is measured on the ticks' own times from there); ``lookup`` does reverse DNS;
@@ -395,6 +400,7 @@ def make_app(
         handle_signals=handle_signals,
         spec=spec,
         control=control,
+        driver_class=driver_class,
     )
 
 
@@ -404,13 +410,18 @@ def run_console(
     title: str | None = None,
     spec: ViewSpec | None = None,
     stop: threading.Event | None = None,
+    terminal: io.TextIOWrapper | None = None,
 ) -> None:
     """Collect (the pipeline's loop in a thread: records into its writer and IPFIX exporter,
     ticks to its metrics) and show the console until the user quits. The collection thread is
     always stopped on the way out, which writes the live flows and detaches the program. An
     error that stopped collection is raised again after the console closed, for the CLI to
     report; so is an exception that ended the console itself (a bug), which the CLI writes to
-    its crash log. ``stop`` set by the caller ends collection and closes the console."""
+    its crash log. ``stop`` set by the caller ends collection and closes the console.
+    ``terminal``: where to draw (ui.terminal.keep_terminal), taken before a compile started;
+    without one, taken here, before the collection thread compiles."""
+    own_terminal = terminal is None
+    screen = terminal if terminal is not None else keep_terminal()
     source = RecorderSource(pipeline, stop)
     app = make_app(
         source,
@@ -420,6 +431,7 @@ def run_console(
         handle_signals=True,
         spec=spec,
         control=pipeline.control(),
+        driver_class=driver_for(screen),
     )
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
@@ -430,6 +442,8 @@ def run_console(
         if not source.stop(timeout=1.0):
             sys.stderr.write("flowscope: writing the live flows and detaching…\n")
             source.stop(timeout=60.0)
+        if own_terminal:
+            screen.close()
     if app.crashed is not None:
         raise app.crashed
     if source.error is not None:

@@ -127,12 +127,16 @@ class RecorderSource:
         """True while the collection thread lives."""
         return self._thread is not None and self._thread.is_alive()
 
+    def _on_attached(self) -> None:
+        """The programs are attached: the console shows the interfaces, not "compiling"."""
+        if not self._attached and self._post is not None:
+            self._attached = True
+            self._post(Attached(*attached(self.interfaces)))
+
     def _on_tick(self, tick: Tick) -> None:
         now_ns = time.monotonic_ns()
         assert self._post is not None
-        if not self._attached:
-            self._attached = True
-            self._post(Attached(*attached(self.interfaces)))
+        self._on_attached()
         self._post(TickArrived(tick, now_ns, self.pipeline.writer_state()))
 
     def _notice(self, text: str) -> None:
@@ -145,7 +149,12 @@ class RecorderSource:
         assert self._post is not None
         self.pipeline.exports.notice = self._notice
         try:
-            self.pipeline.run(stop=self._stop, on_tick=self._on_tick, on_notice=self._notice)
+            self.pipeline.run(
+                stop=self._stop,
+                on_tick=self._on_tick,
+                on_notice=self._notice,
+                on_attached=self._on_attached,
+            )
             if self._stop.is_set() and not self._stopping:
                 self._post(CollectionEnded())
         except FlowscopeError as e:

@@ -68,7 +68,7 @@ class StatusLine(Static):
         s = state.sample
         p: list[str | tuple[str, str]] = []
         if not state.interfaces:
-            p.append(("starting…", "bold"))
+            p.append(("compiling…", "bold"))  # BCC, until Attached
         for i, (name, mode) in enumerate(state.interfaces):
             # printable: Linux takes escape sequences in interface names
             p.append(((" " if i else "") + f"{printable(name)} ({mode})", "bold"))

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from flowscope import cli
+from flowscope.collect import recorder
 from flowscope.collect.recorder import RecordSettings
 from flowscope.pipeline import Pipeline, PipelineSettings
 from flowscope.ui import app as app_module
@@ -52,6 +53,7 @@ def broken_console(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(app_module, "RecorderSource", Source)
     monkeypatch.setattr(LiveScreen, "compute", compute)
     monkeypatch.setattr(app_module.FlowscopeApp, "run", headless_run)
+    monkeypatch.setattr(recorder, "prepare", lambda settings: None)  # nothing to compile
 
 
 def test_run_console_raises_the_bug_after_stopping_collection(

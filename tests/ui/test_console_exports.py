@@ -35,6 +35,8 @@ def test_records_go_to_the_exporter_and_ticks_to_the_metrics_in_the_collection_t
         stop: Any,
         on_notice: Any = None,
         on_block: Any = None,
+        on_attached: Any = None,
+        prepared: Any = None,
     ) -> None:
         t: Tick = tick(10, 1000, 2)
         t.records.extend([rec4(1), rec4(2)])

@@ -232,6 +232,7 @@ def test_a_run_that_fails_to_attach_leaves_no_empty_database(
 
     monkeypatch.setattr("flowscope.kernel.attach.check_can_attach", lambda name, force: None)
     monkeypatch.setattr(recorder, "run", refused)
+    monkeypatch.setattr(recorder, "prepare", lambda settings: None)  # nothing to compile
     if command == "live":
         from flowscope.ui import app as app_module
 
