@@ -155,6 +155,8 @@ def run(
         )
     finally:
         sink.close()
+        if prepared is not None:  # a program nobody took (Ctrl-C during the compile) is freed
+            prepared.close()
 
 
 def _run(

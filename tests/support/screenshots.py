@@ -20,6 +20,7 @@ from pathlib import Path
 
 from textual.pilot import Pilot
 
+from flowscope.collect.block import BlockService, Rule, Safety
 from flowscope.ui.app import FlowscopeApp, make_app
 from flowscope.ui.source import ScriptedSource
 from tests.support.scenario import HISTORY_NOW, T0, command_line, history_db, scenario
@@ -28,13 +29,38 @@ NAMES = {"198.18.0.10": "web1.example.net", "198.18.7.21": "client7.example.net"
 Steps = Callable[[Pilot[None]], Awaitable[None]]
 
 
+class RuleMaps:
+    """The kernel's block rule maps, as the screens need them: each rule dropped 1,200."""
+
+    def __init__(self) -> None:
+        self.rules: set[Rule] = set()
+
+    def put(self, rule: Rule) -> None:
+        self.rules.add(rule)
+
+    def delete(self, rule: Rule) -> None:
+        self.rules.discard(rule)
+
+    def matched(self, rule: Rule) -> int:
+        return 1200
+
+
 def sample_app(
-    *, preload: int | None = None, has_db: bool = False, ticks: int = 90
+    *, preload: int | None = None, has_db: bool = False, ticks: int = 90, blocking: bool = False
 ) -> FlowscopeApp:
     """The console over the scenario's first ``ticks`` ticks (the flood from tick 90 when there
-    are more than 90), fixed clock, fake reverse DNS."""
+    are more than 90), fixed clock, fake reverse DNS; ``blocking``: as with --allow-block, over
+    a recorder's block service whose maps are faked and whose clock stands still."""
     source = ScriptedSource(scenario(ticks, flood=ticks > 90), preload=preload, has_db=has_db)
-    return make_app(source, clock=lambda: T0 - 1, lookup=NAMES.get, command_line=command_line)
+    control = None
+    if blocking:
+        service = BlockService(
+            RuleMaps(), Safety(ssh_client="198.18.7.21"), clock=lambda: 1000.0, wall=lambda: T0
+        )
+        control = service.handle
+    return make_app(
+        source, clock=lambda: T0 - 1, lookup=NAMES.get, command_line=command_line, control=control
+    )
 
 
 async def _press(pilot: Pilot[None], *keys: str) -> None:
@@ -55,9 +81,11 @@ SCREENS: dict[str, tuple[tuple[str, ...], int | None]] = {
     "help": (("question_mark",), None),
     "alerts": (("a",), None),
     "flood": (("F",), 93),
+    "block-confirm": (("F", "b"), 93),
+    "blocks": (("F", "b", "y", "escape", "B"), 93),
 }
 """Screen name -> (keys pressed, ticks delivered (None: all 90))."""
-TICKS = {"flood": 94}
+TICKS = {"flood": 94, "block-confirm": 94, "blocks": 94}
 """Screens over more of the scenario than its first 90 ticks (the flood comes after them)."""
 
 
@@ -69,7 +97,7 @@ def svg_for_png(svg: str) -> str:
 async def shoot(name: str, size: tuple[int, int], dark: bool = True) -> str:
     """The SVG of one screen."""
     keys, preload = SCREENS[name]
-    app = sample_app(preload=preload, ticks=TICKS.get(name, 90))
+    app = sample_app(preload=preload, ticks=TICKS.get(name, 90), blocking=name.startswith("block"))
     async with app.run_test(size=size) as pilot:
         app.theme = "textual-dark" if dark else "textual-light"
         await _press(pilot, *keys)

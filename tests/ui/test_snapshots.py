@@ -12,7 +12,7 @@ from tests.support.screenshots import SCREENS, TICKS, sample_app
 SIZES = [(80, 24), (160, 48)]
 SNAPPED = [
     "live", "columns", "burst", "filter-error", "detail", "help", "alerts", "processes",
-    "drops", "flood",
+    "drops", "flood", "block-confirm", "blocks",
 ]  # fmt: skip
 
 
@@ -20,5 +20,5 @@ SNAPPED = [
 @pytest.mark.parametrize("name", SNAPPED)
 def test_screen(snap_compare: Any, name: str, size: tuple[int, int]) -> None:
     keys, preload = SCREENS[name]
-    app = sample_app(preload=preload, ticks=TICKS.get(name, 90))
+    app = sample_app(preload=preload, ticks=TICKS.get(name, 90), blocking=name.startswith("block"))
     assert snap_compare(app, press=keys, terminal_size=size)
