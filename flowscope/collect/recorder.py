@@ -290,9 +290,11 @@ def _blocking(
 @contextlib.contextmanager
 def _signals_stop(stop: threading.Event, summary: RecordSummary) -> Iterator[None]:
     """While the loop runs on the main thread, Ctrl-C and SIGTERM set ``stop`` instead of
-    raising. Raised, they can land in the ring buffer's ctypes callback, where Python handles
-    a pending signal, and ctypes swallows whatever a callback raises: the signal was lost and
-    collection went on. A handler that only sets an event cannot be lost. Handlers set to
+    raising. Raised, they could land in a ctypes callback (bcc's ring buffer consumer called
+    one per record, before kernel.ringbuf), where Python handles a pending signal, and ctypes
+    swallows whatever a callback raises: the signal was lost and collection went on; raised
+    in the middle of a tick they would cut it short. A handler that only sets an event cannot
+    be lost. Handlers set to
     ignore the signal (a background job's SIGINT) are left alone; all are restored after."""
     if threading.current_thread() is not threading.main_thread():
         yield  # the console's collection thread: the app handles the signals

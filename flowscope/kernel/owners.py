@@ -26,9 +26,12 @@ import numpy as np
 
 from flowscope import abi
 from flowscope.errors import FlowscopeError, UnsupportedKernelError
-from flowscope.kernel import libbpf
+from flowscope.kernel import libbpf, ringbuf
 from flowscope.kernel.program import FlowProgram, captured_stderr, compile_error
 from flowscope.model import Owner, SocketEvent, socket_event_from_bytes
+
+SOCK_EVENT_SIZE = ctypes.sizeof(abi.SockEvent)
+"""One record of the sock_events ring buffer (struct sock_event)."""
 
 # bpf_attach_type values (uapi/linux/bpf.h)
 BPF_CGROUP_INET_SOCK_CREATE = 2
@@ -131,7 +134,6 @@ class OwnerHooks:
         self.root = root
         self.cgroups = CgroupPaths(root)
         self._links: list[int] = []
-        self._records: list[bytes] = []
         self._fds: list[int] = []
         self._health: tuple[np.ndarray, np.ndarray] | None = None
         for name, prog_type, attach_type in HOOKS:
@@ -141,12 +143,12 @@ class OwnerHooks:
                 except Exception as e:
                     raise compile_error(log(), f"the kernel refused {name}") from e
             self._fds.append(int(fn.fd))
-
-        def on_record(_ctx: Any, data: Any, size: int) -> int:
-            self._records.append(ctypes.string_at(data, size))
-            return 0
-
-        self._bpf[b"sock_events"].open_ring_buffer(on_record)
+        ring = self._bpf[b"sock_events"]
+        # read from its memory map, as the flow events are (kernel.ringbuf): no Python call
+        # per record from inside libbpf
+        self._events = ringbuf.RingBuffer(
+            int(ring.map_fd), int(ring.max_entries), np.dtype((np.void, SOCK_EVENT_SIZE))
+        )
         self.attach()
 
     def attach(self) -> None:
@@ -166,9 +168,7 @@ class OwnerHooks:
 
     def poll(self) -> list[SocketEvent]:
         """The sockets announced since the last call."""
-        self._bpf.ring_buffer_consume()
-        records, self._records = self._records, []
-        return [self._resolved(socket_event_from_bytes(r)) for r in records]
+        return [self._resolved(socket_event_from_bytes(r.tobytes())) for r in self._events.read()]
 
     def _resolved(self, ev: SocketEvent) -> SocketEvent:
         if ev.owner is None:
