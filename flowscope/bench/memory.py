@@ -5,6 +5,7 @@ what the two ways of saving it would cost per packet: maps allocated per insert
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Iterator
 
 from flowscope import abi
@@ -15,9 +16,10 @@ from flowscope.bench.harness import (
     Lab,
     Result,
     check_counted,
+    count_label,
     side_by_side,
 )
-from flowscope.bench.workload import HOT4, hot_ipv4_tcp_frame, insert_frames
+from flowscope.bench.workload import HOT4, hot_ipv4_tcp_frame, insert_frames, other_flow_keys
 from flowscope.errors import BenchError
 from flowscope.packets import IPPROTO_TCP
 
@@ -39,6 +41,57 @@ def as_if_cpus(entries: int, ncpus: int) -> int:
         checks.percpu_hash_memlock(kdtype.itemsize, value, entries) + locks
         for kdtype in abi.KEY_DTYPES.values()
     )
+
+
+DRAIN_CPUS = (16, 64, 128)
+"""The servers the drain model reads as if on (each beside this machine's own figure)."""
+
+
+def drain_model(lab: Lab) -> Iterator[Result]:
+    """The kernel's batched read of settings.flows IPv4 flows (the drain's floor) with the
+    per-CPU values of 16, 64 and 128 possible CPUs, beside the same read at this machine's
+    count: per-CPU hashes whose value is that many CPUs' values over this machine's CPUs (as
+    as_if_cpus lays them out), filled from user space, each read three times and the fastest
+    kept. The per-CPU copy loop walks this machine's CPUs, not the server's, so these are the
+    bytes' cost; the loop's own cost per CPU is not in them."""
+    import os
+    import time
+
+    import numpy as np
+
+    from flowscope.kernel import checks, libbpf, memory
+
+    here = libbpf.num_possible_cpus()
+    n = lab.settings.flows
+    keys = other_flow_keys(n)
+    size = keys.dtype.itemsize
+
+    def read_ms(cpus: int) -> float:
+        value = memory.round8(-(-memory.round8(abi.VALUE_DTYPE.itemsize) * cpus // here))
+        fd = checks.percpu_hash(size, value, n)
+        try:
+            zero = np.zeros(value * here, np.uint8)
+            for i in range(n):
+                libbpf.map_update(fd, keys[i : i + 1].ctypes.data, zero.ctypes.data)
+            kbuf = np.zeros(n, keys.dtype)
+            vbuf = np.zeros(n * here * value, np.uint8)
+            token = ctypes.create_string_buffer(8)
+            best = float("inf")
+            for _ in range(3):
+                t = time.perf_counter()
+                got = libbpf.map_lookup_all(fd, kbuf, vbuf, here * value, token)
+                best = min(best, time.perf_counter() - t)
+                if got != n:
+                    raise BenchError(f"drain_model: read {got} of {n} flows")
+            return best * 1000
+        finally:
+            os.close(fd)
+
+    base = read_ms(here)
+    label = count_label(n)
+    for cpus in DRAIN_CPUS:
+        yield Result(f"drain_{label}_as_{cpus}cpus", read_ms(cpus), "ms",
+                     f"drain_{label}_{here}cpus", base)  # fmt: skip
 
 
 def map_memory(lab: Lab) -> Iterator[Result]:

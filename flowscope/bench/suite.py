@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from flowscope.bench.harness import BARE_NAME, BARE_TC_NAME, DEFAULT, Lab, Result, Settings
 from flowscope.bench.health import health_bulk
-from flowscope.bench.memory import map_memory, no_prealloc, packed_value
+from flowscope.bench.memory import drain_model, map_memory, no_prealloc, packed_value
 from flowscope.bench.owners import owner_churn, owner_hooks
 from flowscope.bench.stages import (
     collector_tick,
@@ -72,6 +72,7 @@ BENCHMARKS: dict[str, Callable[[Lab], Iterator[Result]]] = {
     "map_memory": map_memory,
     "no_prealloc": no_prealloc,
     "packed_value": packed_value,
+    "drain_model": drain_model,
     "collector_tick": collector_tick,
     "store_insert": store_insert,
     "history_top20_10m": history_top20,

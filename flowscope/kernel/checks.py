@@ -86,6 +86,12 @@ def percpu_hash_memlock(key_size: int, value_size: int, entries: int) -> int:
     return reported
 
 
+def percpu_hash(key_size: int, value_size: int, entries: int) -> int:
+    """A new preallocated per-CPU hash map's fd (the caller closes it): for benchmarks that
+    need one of a layout no program has."""
+    return _map_create(BPF_MAP_TYPE_PERCPU_HASH, b"fs_bench", key_size, value_size, entries)
+
+
 def bpf_syscall() -> None:
     """Create (and free) a one-entry array map: the bpf() syscall works for this process."""
     os.close(_map_create(BPF_MAP_TYPE_ARRAY, b"fs_doctor", 4, 4, 1))

@@ -53,6 +53,7 @@ def test_every_benchmark_runs_and_reports_once() -> None:
                         "no_prealloc_inserts_refused", "flow_maps_memory_no_prealloc_10k",
                         "flow_maps_memory_no_prealloc_empty"],
         "packed_value": ["xdp_hash_floor_value32"],
+        "drain_model": ["drain_10k_as_16cpus", "drain_10k_as_64cpus", "drain_10k_as_128cpus"],
         "ringbuf_events": ["ringbuf_read", "ringbuf_events"],
         "console_start": ["console_first_draw", "console_first_flows"],
     }  # fmt: skip
