@@ -84,6 +84,13 @@ ATOMS = [
     "iface eth0",
     "bytes > 1000",
     "host 203.0.113.1",  # matches nothing
+    # issue #17's columns: TCP health and kernel drops
+    "retrans > 0",
+    "rtt > 50ms",
+    "rtt > 1s",  # matches nothing
+    "drops > 0",
+    "drop reason NO_SOCKET",
+    "drop reason tcp_csum",
 ]
 JUNK = ["(", ")", "and", "or", "not", "port", "99999", "net 1.2.3.4/99", "'", "\\", "\x1b[2J"]
 
