@@ -150,7 +150,8 @@ class Pipeline:
         on_attached: Callable[[], None] | None = None,
     ) -> RecordSummary:
         """Collect until the duration ends or ``stop`` is set (in the calling thread).
-        ``on_attached``: the programs are attached, the first tick is an interval away."""
+        ``on_attached``: the programs are attached; the first tick follows within a quarter
+        of a second (recorder.FIRST_TICK)."""
         from flowscope.collect import recorder
 
         assert isinstance(self.settings.source, RecordSettings), "a capture is replay()ed"
