@@ -27,6 +27,15 @@ MIB = 1024**2
 SERVER_CPUS = (64, 128)
 
 
+def value_as_if(ncpus: int) -> int:
+    """The per-CPU value size that holds on this machine's CPUs the bytes of flowscope's value
+    on ``ncpus`` (rounded up to 8, as the kernel lays each out)."""
+    from flowscope.kernel import libbpf, memory
+
+    here = libbpf.num_possible_cpus()
+    return memory.round8(-(-memory.round8(abi.VALUE_DTYPE.itemsize) * ncpus // here))
+
+
 def as_if_cpus(entries: int, ncpus: int) -> int:
     """The kernel's memlock of both flow maps laid out as on ``ncpus`` possible CPUs, measured
     here: a per-CPU hash of the same keys and entries whose value is ncpus / (this machine's
@@ -35,7 +44,7 @@ def as_if_cpus(entries: int, ncpus: int) -> int:
     from flowscope.kernel import checks, libbpf, memory
 
     here = libbpf.num_possible_cpus()
-    value = -(-memory.round8(abi.VALUE_DTYPE.itemsize) * ncpus // here)
+    value = value_as_if(ncpus)
     locks = 4 * memory.LOCK_COUNT * (ncpus - here)
     return sum(
         checks.percpu_hash_memlock(kdtype.itemsize, value, entries) + locks
@@ -59,7 +68,7 @@ def drain_model(lab: Lab) -> Iterator[Result]:
 
     import numpy as np
 
-    from flowscope.kernel import checks, libbpf, memory
+    from flowscope.kernel import checks, libbpf
 
     here = libbpf.num_possible_cpus()
     n = lab.settings.flows
@@ -67,7 +76,7 @@ def drain_model(lab: Lab) -> Iterator[Result]:
     size = keys.dtype.itemsize
 
     def read_ms(cpus: int) -> float:
-        value = memory.round8(-(-memory.round8(abi.VALUE_DTYPE.itemsize) * cpus // here))
+        value = value_as_if(cpus)
         fd = checks.percpu_hash(size, value, n)
         try:
             zero = np.zeros(value * here, np.uint8)

@@ -41,22 +41,24 @@ while True:
 GIVE_UP = 30.0
 
 
+def compile_seconds(cflags: tuple[str, ...] = ()) -> float:
+    """One BCC compile (and load) of the programs record and live use, in seconds."""
+    from flowscope.kernel.program import FlowProgram
+
+    t = time.perf_counter()
+    FlowProgram(owners=True, cflags=cflags).close()
+    return time.perf_counter() - t
+
+
 def compile_program(lab: Lab) -> Iterator[Result]:
     """``compile_flow_program``: the BCC compile of the programs record and live load (the
     socket hooks included), beside the same sources with the kernel-internal headers they
     used to include, which parsing made most of the start-up."""
-    from flowscope.kernel.program import FlowProgram
-
-    def seconds(cflags: tuple[str, ...]) -> float:
-        t = time.perf_counter()
-        FlowProgram(owners=True, cflags=cflags).close()
-        return time.perf_counter() - t
-
     headers = tuple(arg for h in KERNEL_HEADERS for arg in ("-include", h))
     now, before = [], []
     for _ in range(lab.settings.starts):
-        now.append(seconds(()))
-        before.append(seconds(headers))
+        now.append(compile_seconds())
+        before.append(compile_seconds(headers))
     yield Result(
         "compile_flow_program",
         statistics.median(now),
@@ -115,8 +117,6 @@ def console_start(lab: Lab) -> Iterator[Result]:
     the interpreter starting the command line (`flowscope --version`); ``console_first_flows``:
     to the first flow on screen, beside the compile alone (compile_program's figure, measured
     again here)."""
-    from flowscope.kernel.program import FlowProgram
-
     cli, compiles, draws, firsts = [], [], [], []
     with (
         veth_lab("start", HOST, PEER, prefix=30) as net,
@@ -128,9 +128,7 @@ def console_start(lab: Lab) -> Iterator[Result]:
                 [sys.executable, "-m", "flowscope", "--version"], check=True, capture_output=True
             )
             cli.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            FlowProgram(owners=True).close()
-            compiles.append(time.perf_counter() - t)
+            compiles.append(compile_seconds())
             drawn, flows = _start_once(net.host_if)
             draws.append(drawn)
             firsts.append(flows)

@@ -76,7 +76,7 @@ def percpu_hash_memlock(key_size: int, value_size: int, entries: int) -> int:
     its locked memory (fdinfo memlock): what a map of that layout costs on this machine."""
     from flowscope.kernel.memory import memlock
 
-    fd = _map_create(BPF_MAP_TYPE_PERCPU_HASH, b"fs_memory", key_size, value_size, entries)
+    fd = percpu_hash(key_size, value_size, entries, b"fs_memory")
     try:
         reported = memlock(fd)
     finally:
@@ -86,10 +86,10 @@ def percpu_hash_memlock(key_size: int, value_size: int, entries: int) -> int:
     return reported
 
 
-def percpu_hash(key_size: int, value_size: int, entries: int) -> int:
+def percpu_hash(key_size: int, value_size: int, entries: int, name: bytes = b"fs_bench") -> int:
     """A new preallocated per-CPU hash map's fd (the caller closes it): for benchmarks that
     need one of a layout no program has."""
-    return _map_create(BPF_MAP_TYPE_PERCPU_HASH, b"fs_bench", key_size, value_size, entries)
+    return _map_create(BPF_MAP_TYPE_PERCPU_HASH, name, key_size, value_size, entries)
 
 
 def bpf_syscall() -> None:

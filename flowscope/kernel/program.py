@@ -116,7 +116,7 @@ def default_event_budget(ringbuf_pages: int, ncpus: int) -> int:
     drains it once a tick), even when a read falls between the end of one window and the start
     of the next (two budgets): 3/8 of the ring buffer over the CPUs, at least 1. A record takes
     64 bytes and an 8-byte header. A burst (a scan of a few hundred ports) goes through whole."""
-    capacity = ringbuf_pages * 4096 // (abi.EVENT_DTYPE.itemsize + 8)
+    capacity = ringbuf_pages * 4096 // ringbuf.record_span(abi.EVENT_DTYPE.itemsize)
     return max(1, capacity * 3 // 8 // max(1, ncpus))
 
 

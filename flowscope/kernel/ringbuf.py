@@ -23,6 +23,7 @@ import select
 import numpy as np
 
 from flowscope.errors import BpfError
+from flowscope.kernel.memory import round8
 
 HEADER_SIZE = 8
 BUSY_BIT = 1 << 31
@@ -32,7 +33,7 @@ LENGTH_MASK = ~(BUSY_BIT | DISCARD_BIT) & 0xFFFFFFFF
 
 def record_span(length: int) -> int:
     """Bytes one record of ``length`` data bytes takes in the ring: header, data, padding."""
-    return (length + HEADER_SIZE + 7) & ~7
+    return round8(length + HEADER_SIZE)
 
 
 class RingBuffer:
