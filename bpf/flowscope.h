@@ -297,6 +297,26 @@ struct drop_key {
     __u8  pad[2];
 };
 
+/* TCP resets (bpf/resets.c, raw tracepoints on tcp:tcp_send_reset and tcp:tcp_receive_reset),
+ * counted per flow in the per-CPU LRU map `tcp_resets`: a reset the kernel sent counts in the
+ * flow it went out in (direction egress, its own addresses and ports as sent), a reset it
+ * received and acted on in the flow it came in with (ingress). Keyed as the flow programs key
+ * those flows, less the interface (a socket has none), so user space joins the two exactly
+ * (flowscope/collect/resets.py). 40 bytes. */
+#ifndef RESET_ENTRIES
+#define RESET_ENTRIES 16384         /* flows with resets remembered (LRU) */
+#endif
+
+struct reset_key {
+    __u8  saddr[16];    /* network order; IPv4: first four bytes */
+    __u8  daddr[16];
+    __u16 sport;        /* network order */
+    __u16 dport;        /* network order */
+    __u8  family;       /* FS_AF_* */
+    __u8  direction;    /* FS_DIR_EGRESS: sent; FS_DIR_INGRESS: received */
+    __u8  pad[2];
+};
+
 /* The per-flow attribution budget of the drop hook (the one entry of the per-CPU array
  * drop_budget): at most DROP_BUDGET drops per CPU and jiffy are attributed to their flow (the
  * LRU map `drops`); past it a drop is counted by reason alone and in `unattributed`, so a flood

@@ -240,6 +240,22 @@ class DropKey(ctypes.Structure):
     ]
 
 
+class ResetKey(ctypes.Structure):
+    """struct reset_key: a flow a TCP reset travelled in (the key of the per-CPU LRU map
+    tcp_resets, counted by bpf/resets.c): sent (egress) or received (ingress), its addresses
+    and ports as the flow programs key that flow, in network order. 40 bytes."""
+
+    _fields_ = [
+        ("saddr", ctypes.c_uint8 * 16),
+        ("daddr", ctypes.c_uint8 * 16),
+        ("sport", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("family", ctypes.c_uint8),
+        ("direction", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 2),
+    ]
+
+
 class BlockSrc4(ctypes.Structure):
     """struct block_src4: an IPv4 source-prefix rule's LPM key, 8 bytes."""
 
@@ -315,6 +331,8 @@ DROP_BUDGET = 256
 DROP_REASON_SLOTS = 256
 """Reasons the per-CPU array drop_totals counts alone; larger values count in the last."""
 DEFAULT_DROP_ENTRIES = 16384
+RESET_ENTRIES = 16384
+"""RESET_ENTRIES: flows with resets the kernel remembers (LRU)."""
 
 
 class SockCounter(enum.IntEnum):
@@ -367,6 +385,7 @@ KEY_DTYPES = {AF_INET: KEY4_DTYPE, AF_INET6: KEY6_DTYPE}
 VALUE_DTYPE = _dtype(FlowValue)
 HEALTH_DTYPE = _dtype(TcpHealth)
 DROP_KEY_DTYPE = _dtype(DropKey, PORTS, keep_pad=True)
+RESET_KEY_DTYPE = _dtype(ResetKey, PORTS, keep_pad=True)
 FLOOD_KEY_DTYPE = _dtype(FloodKey, ("dport",), keep_pad=True)
 FLOOD_VALUE_DTYPE = _dtype(FloodValue)
 EVENT_DTYPE = _dtype(FlowEvent, PORTS)

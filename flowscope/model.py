@@ -337,6 +337,8 @@ NO_TCP = -1
 """The TCP health fields of a flow that is not a local TCP connection flowscope follows."""
 NO_DROPS = -1
 """The drops of a flow when kernel drops are not followed (no BTF, or not asked for)."""
+NO_RESETS = -1
+"""The TCP resets of a flow when resets are not followed (no BTF, or not asked for)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -452,6 +454,9 @@ class FlowRecord:
     drop_reason: str = ""
     """The kernel's reason for most of those drops (enum skb_drop_reason, without its
     SKB_DROP_REASON_ prefix); empty without drops."""
+    resets: int = NO_RESETS
+    """TCP resets that travelled in the flow during the record: the kernel sent them (a sent
+    flow) or received and acted on them (a received flow); NO_RESETS when not followed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -554,11 +559,17 @@ _PENDING_HEALTH: tuple[tuple[str, str], ...] = (
 """The columns after those when the writer followed TCP health and drops: what a record
 written now would hold (FlowRecord's fields; the reason an index into the blob's list of
 reason names, -1 for none)."""
+_PENDING_RESETS = "<i8"
+"""The column after those in blobs of writers that followed TCP resets too (PendingBlob.resets;
+blobs written before resets were followed do not have it)."""
 
 
-def _pending_row_size(family: int, owners: bool = False, health: bool = False) -> int:
+def _pending_row_size(
+    family: int, owners: bool = False, health: bool = False, resets: bool = False
+) -> int:
     size = abi.KEY_DTYPES[family].itemsize + sum(np.dtype(t).itemsize for _, t in _PENDING_COLUMNS)
     size += np.dtype(_PENDING_OWNER).itemsize if owners else 0
+    size += np.dtype(_PENDING_RESETS).itemsize if resets else 0
     return size + (sum(np.dtype(t).itemsize for _, t in _PENDING_HEALTH) if health else 0)
 
 
@@ -573,6 +584,8 @@ class PendingHealth:
     drops: np.ndarray
     drop_reason: np.ndarray
     """An object array: the main reason's name, or None."""
+    resets: np.ndarray | None = None
+    """Resets no record holds yet (None: not followed, and the blob has no such column)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -583,6 +596,8 @@ class PendingBlob:
     data: bytes
     owners: list[Owner] | None = None
     reasons: list[str] | None = None
+    resets: bool = False
+    """Whether the blob has the resets column after the health columns (_PENDING_RESETS)."""
 
 
 def _factorize(owners: np.ndarray) -> tuple[np.ndarray, list[Owner]]:
@@ -682,8 +697,10 @@ class PendingFlows:
             index = np.full(len(names), -1, np.int32)
             index[have] = [slot[r] for r in names[have].tolist()]
             columns.append(index)
+            if h.resets is not None:
+                columns.append(np.asarray(h.resets[idx], np.int64))
         data = b"".join(np.ascontiguousarray(c).tobytes() for c in columns)
-        return PendingBlob(data, owners, reasons)
+        return PendingBlob(data, owners, reasons, h is not None and h.resets is not None)
 
 
 def pending_records(
@@ -693,13 +710,16 @@ def pending_records(
     reason: str = "crash",
     owners: Sequence[Owner] | None = None,
     reasons: Sequence[str] | None = None,
+    resets: bool = False,
 ) -> list[FlowRecord]:
     """The records a stored PendingFlows blob stands for (``reason`` as their end reason);
     ``owners`` is the list stored beside a blob that has the owner column (None: it has not),
-    ``reasons`` the drop reasons beside a blob that has the health columns."""
+    ``reasons`` the drop reasons beside a blob that has the health columns, ``resets`` whether
+    it has the resets column after them."""
     kd = abi.KEY_DTYPES[family]
     health = reasons is not None
-    n, rest = divmod(len(data), _pending_row_size(family, owners is not None, health))
+    resets = resets and health
+    n, rest = divmod(len(data), _pending_row_size(family, owners is not None, health, resets))
     if rest:
         raise ValueError(f"a pending blob of {len(data)} bytes is not whole rows")
     keys = np.frombuffer(data, kd, count=n)
@@ -725,6 +745,8 @@ def pending_records(
         slots = hcols["drop_reason"]
         if n and not -1 <= min(slots) <= max(slots) < len(reasons):
             raise ValueError("a pending blob names a drop reason its list does not have")
+        if resets:
+            hcols["resets"] = np.frombuffer(data, _PENDING_RESETS, count=n, offset=offset).tolist()
     out = []
     for i in range(n):
         key = key_from_row(family, keys[i])
@@ -754,6 +776,7 @@ def _health_fields(cols: dict[str, list[int]], i: int, reasons: Sequence[str]) -
         "rtt_min_us": cols["rtt_min_us"][i],
         "drops": cols["drops"][i],
         "drop_reason": reasons[slot] if slot >= 0 else "",
+        "resets": cols["resets"][i] if "resets" in cols else NO_RESETS,
     }
 
 

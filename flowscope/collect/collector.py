@@ -31,8 +31,10 @@ from flowscope.collect.drops import DropTable
 from flowscope.collect.flood import FloodParts
 from flowscope.collect.health import HealthTable
 from flowscope.collect.owners import OwnerTable
+from flowscope.collect.resets import ResetTable
 from flowscope.model import (
     NO_DROPS,
+    NO_RESETS,
     NO_TCP,
     FlowBatch,
     FlowEvent,
@@ -143,6 +145,9 @@ class LiveFlows:
     not followed."""
     drop_reason: np.ndarray | None = None
     """Each flow's drops' main reason (an object array: str, or None without drops)."""
+    resets: np.ndarray | None = None
+    """Each TCP flow's resets since flowscope started (sent in a sent flow, received in a
+    received one), None when resets are not followed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +193,7 @@ class Collector:
         owners: OwnerTable | None = None,
         health: HealthTable | None = None,
         drops: DropTable | None = None,
+        resets: ResetTable | None = None,
     ) -> None:
         self.source = source
         self.owners = owners
@@ -196,6 +202,11 @@ class Collector:
         """The retransmissions and RTT of each local TCP connection (None: not followed)."""
         self.drops = drops
         """What the kernel dropped, per flow and reason (None: not followed)."""
+        self.resets = resets
+        """The TCP resets the kernel sent and received, per flow (None: not followed)."""
+        if resets is not None:
+            resets.refresh()
+            resets.deltas()  # the baseline, as for drops
         if drops is not None:
             drops.refresh()
             drops.reason_deltas()  # the baseline: a tick counts what it saw dropped
@@ -233,6 +244,8 @@ class Collector:
             self.health.refresh()
         if self.drops is not None:
             self.drops.refresh()
+        if self.resets is not None:
+            self.resets.refresh()
         now = self._mono()
         elapsed = max((now - self._last_tick_ns) / 1e9, 1e-9)
         self._last_tick_ns = now
@@ -273,6 +286,8 @@ class Collector:
             dropped = self.drops.reason_deltas()
             deltas["drops"] = sum(dropped.values())
             deltas["drops_unattributed"] = self.drops.unattributed_delta()
+        if self.resets is not None:  # the host's resets this tick
+            deltas["resets_sent"], deltas["resets_received"] = self.resets.deltas()
         events = [
             NewFlow(
                 time=self.wall(e.timestamp),
@@ -324,6 +339,8 @@ class Collector:
             self.health.refresh()
         if self.drops is not None:
             self.drops.refresh()
+        if self.resets is not None:
+            self.resets.refresh()
         for family in (abi.AF_INET, abi.AF_INET6):
             batch = self.source.read_flows(family)
             st = self._state[family]
@@ -335,7 +352,7 @@ class Collector:
             records.extend(
                 self._record(
                     batch, i, "shutdown", exp_p[i], exp_b[i], exp_ip[i], start[i], owner[i],
-                    self._tcp_of(tcp, i), self._drops_of(batch, i),
+                    self._tcp_of(tcp, i), self._drops_of(batch, i), self._resets_of(batch, i),
                 )
                 for i in idx
             )  # fmt: skip
@@ -416,6 +433,11 @@ class Collector:
             return (NO_DROPS, "")
         return self.drops.take(batch, int(i))
 
+    def _resets_of(self, batch: FlowBatch, i: int | np.integer[Any]) -> int:
+        """Flow i's resets no record holds yet, for a record it gets now (counted as written
+        per reset key: ResetTable.take)."""
+        return NO_RESETS if self.resets is None else self.resets.take(batch, int(i))
+
     def _record(
         self,
         batch: FlowBatch,
@@ -428,6 +450,7 @@ class Collector:
         owner: Owner | None = None,
         tcp: tuple[int, int, int] = (NO_TCP, NO_TCP, NO_TCP),
         drops: tuple[int, str] = (NO_DROPS, ""),
+        resets: int = NO_RESETS,
     ) -> FlowRecord:
         """Row i of batch as a record of what was not yet written; ``tcp`` is the connection's
         (retransmissions not yet written, RTT, minimum RTT)."""
@@ -449,6 +472,7 @@ class Collector:
             rtt_min_us=tcp[2],
             drops=drops[0],
             drop_reason=drops[1],
+            resets=resets,
         )
 
     def _tick_family(
@@ -486,6 +510,7 @@ class Collector:
         owner = self._owners(st, batch, pos, found)
         tcp = self._tcp(batch)
         dropped, reasons = self.drops.join(batch) if self.drops is not None else (None, None)
+        reset = self.resets.join(batch) if self.resets is not None else None
 
         # expiry decisions, on kernel (monotonic) times
         age = now - batch.last_seen.view(np.int64)
@@ -530,6 +555,7 @@ class Collector:
                         self._record(
                             final, j, reason, exp_p[i], exp_b[i], exp_ip[i], start[i], owner[i],
                             self._tcp_of(tcp, i), self._drops_of(batch, i),
+                            self._resets_of(batch, i),
                         )
                     )  # fmt: skip
 
@@ -540,7 +566,7 @@ class Collector:
             records.append(
                 self._record(
                     batch, i, "active", exp_p[i], exp_b[i], exp_ip[i], start[i], owner[i],
-                    self._tcp_of(tcp, i), self._drops_of(batch, i),
+                    self._tcp_of(tcp, i), self._drops_of(batch, i), self._resets_of(batch, i),
                 )
             )  # fmt: skip
         exp_p[active] = batch.packets[active]
@@ -572,6 +598,7 @@ class Collector:
                 rtt_us=tcp[1][rows] if tcp is not None else None,
                 drops=dropped[rows] if dropped is not None else None,
                 drop_reason=reasons[rows] if reasons is not None else None,
+                resets=reset[rows] if reset is not None else None,
             ),
             delta_bytes=int(d_bytes.sum()) + extra_b,
             delta_packets=int(d_packets.sum()) + extra_p,
@@ -587,7 +614,7 @@ class Collector:
                 self._wall_offset,
                 self.iface_names,
                 owner if self.owners is not None else None,
-                self._pending_health(batch, tcp, dropped),
+                self._pending_health(batch, tcp, dropped, reset),
             ),
         )
 
@@ -596,11 +623,12 @@ class Collector:
         batch: FlowBatch,
         tcp: TcpArrays | None,
         dropped: np.ndarray | None,
+        reset: np.ndarray | None = None,
     ) -> PendingHealth | None:
         """Each flow's TCP health and drops that no record holds yet (after this tick's
         records took theirs), for history's pending rows: a crash or a live query then has
         them too. A Python step only for flows with retransmissions or drops."""
-        if self.health is None and self.drops is None:
+        if self.health is None and self.drops is None and self.resets is None:
             return None
         n = len(batch)
         none = np.full(n, NO_TCP, np.int64)
@@ -616,7 +644,12 @@ class Collector:
             for i in np.flatnonzero(dropped > 0).tolist():
                 count, reason = self.drops.peek(batch, i)
                 drops[i], names[i] = count, reason or None
-        return PendingHealth(retrans, rtt, rtt_min, drops, names)
+        resets = None
+        if reset is not None and self.resets is not None:
+            resets = reset.copy()
+            for i in np.flatnonzero(reset > 0).tolist():
+                resets[i] = self.resets.peek(batch, i)
+        return PendingHealth(retrans, rtt, rtt_min, drops, names, resets)
 
 
 TcpArrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]

@@ -28,12 +28,14 @@ import numpy as np
 from flowscope import abi
 from flowscope.collect.drops import DropTable
 from flowscope.collect.health import HealthTable
+from flowscope.collect.resets import ResetTable
 from flowscope.errors import FlowscopeError
 from flowscope.model import FlowBatch, Owner, SocketEvent
 
 if TYPE_CHECKING:
     from flowscope.kernel.drops import DropHooks
     from flowscope.kernel.program import FlowProgram
+    from flowscope.kernel.resets import ResetHooks
 
 WILDCARD = {abi.AF_INET: "0.0.0.0", abi.AF_INET6: "::"}
 ICMP = (1, 58)
@@ -196,6 +198,7 @@ class ProcessWatch:
     def __init__(self, table: OwnerTable, program: FlowProgram) -> None:
         from flowscope.kernel.drops import DropHooks
         from flowscope.kernel.owners import OwnerHooks, scan_sockets
+        from flowscope.kernel.resets import ResetHooks
 
         self.table = table
         self.problem: str | None = None
@@ -206,13 +209,22 @@ class ProcessWatch:
         """What the kernel drops, per flow and reason, from the drop hook compiled into the
         same program (None when it cannot run; ``drops_problem`` says why)."""
         self.drops_problem: str | None = None
+        self.resets: ResetTable | None = None
+        """The TCP resets the kernel sends and receives, per flow, from the reset hooks
+        compiled with the drop hook (None when they cannot run; ``drops_problem`` says why)."""
         self._drop_hooks: DropHooks | None = None
+        self._reset_hooks: ResetHooks | None = None
         self._hooks: OwnerHooks | None = None
         try:
             self._drop_hooks = DropHooks(program)
             self.drops = DropTable(self._drop_hooks)
         except FlowscopeError as e:
             self.drops_problem = f"kernel drops are not counted: {e}"
+        try:
+            self._reset_hooks = ResetHooks(program)
+            self.resets = ResetTable(self._reset_hooks)
+        except FlowscopeError as e:
+            self.drops_problem = self.drops_problem or f"TCP resets are not counted: {e}"
         try:
             self._hooks = OwnerHooks(program)
         except FlowscopeError as e:
@@ -229,9 +241,10 @@ class ProcessWatch:
 
     def close(self) -> None:
         """Detach the hooks."""
-        drop_hooks, self._drop_hooks = self._drop_hooks, None
-        if drop_hooks is not None:
-            drop_hooks.close()
+        for kernel in (self._drop_hooks, self._reset_hooks):
+            if kernel is not None:
+                kernel.close()
+        self._drop_hooks = self._reset_hooks = None
         hooks, self._hooks = self._hooks, None
         if hooks is not None:
             hooks.close()

@@ -201,6 +201,7 @@ def _run(
             owners=table,
             health=processes.health if processes is not None else None,
             drops=processes.drops if processes is not None else None,
+            resets=processes.resets if processes is not None else None,
         )
         blocks = _blocking(probe, settings, stack, on_block, on_notice)
         from flowscope.kernel.links import LinkWatch

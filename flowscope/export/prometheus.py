@@ -70,6 +70,14 @@ COUNTERS: dict[str, tuple[str, str]] = {
         "flowscope_tcp_retransmits_total",
         "TCP segments this host's connections retransmitted (those established since start).",
     ),
+    "resets_sent": (
+        "flowscope_tcp_resets_sent_total",
+        "TCP resets this host's kernel sent (tcp:tcp_send_reset, in its network namespace).",
+    ),
+    "resets_received": (
+        "flowscope_tcp_resets_received_total",
+        "TCP resets this host's kernel received and acted on (tcp:tcp_receive_reset).",
+    ),
     "evicted": (
         "flowscope_evicted_flows_total",
         "Flows expired early because a kernel map passed its high-water mark.",

@@ -88,7 +88,7 @@ ORDERINGS = {
 # answer it, so such a query reads the flows table.
 _PER_RECORD_COLUMNS = re.compile(
     r"\b(packets|bytes|ip_bytes|tcp_flags|first_seen|last_seen|end_reason|id|"
-    r"pid|comm|uid|cgroup|container|retrans|rtt_us|rtt_min_us|drops|drop_reason)\b"
+    r"pid|comm|uid|cgroup|container|retrans|rtt_us|rtt_min_us|drops|drop_reason|resets)\b"
 )
 # Ranges at least this long read their whole hours from flows_hourly (the edges from flows).
 ROLLUP_MIN_RANGE = 3 * HOUR

@@ -48,6 +48,9 @@ PENDING_HEALTH_VERSION = 11
 HEALTH_VERSION = 10
 """The schema version that has HEALTH_COLUMNS in flows, and retrans and drops in
 flows_hourly."""
+RESETS_VERSION = 14
+"""The schema version that has ``resets`` in flows: a record's TCP resets (sent in a sent flow,
+received in a received one), NULL where not followed; kept per record, like the RTTs."""
 NULLABLE_COUNTS: tuple[str, ...] = ("retrans", "drops")
 """The shared counts that are NULL where not followed (a NULL share, not 0: window.share_sql
 ``nullable``), also in flows_hourly (HEALTH_VERSION)."""
@@ -73,11 +76,13 @@ FLOW_COLUMNS: tuple[str, ...] = (
     "end_reason",
     *OWNER_COLUMNS,
     *HEALTH_COLUMNS,
+    "resets",
 )
 FLOW_COLUMNS_V1: tuple[str, ...] = tuple(
-    c for c in FLOW_COLUMNS if c not in (*OWNER_COLUMNS, *HEALTH_COLUMNS)
+    c for c in FLOW_COLUMNS if c not in (*OWNER_COLUMNS, *HEALTH_COLUMNS, "resets")
 )
-"""The columns of migration 1's flows table (the later ones came with migrations 8 and 10)."""
+"""The columns of migration 1's flows table (the later ones came with migrations 8, 10 and
+14)."""
 # What makes two records the same flow (also the key of flows_hourly, after `hour`).
 FLOW_KEY_COLUMNS: tuple[str, ...] = (
     "src",
@@ -518,6 +523,11 @@ def _migration_13(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX blocks_time ON blocks (time)")
 
 
+def _migration_14(db: sqlite_utils.Database) -> None:
+    """flows.resets: the TCP resets that travelled in a record's flow (RESETS_VERSION)."""
+    db.execute("ALTER TABLE flows ADD COLUMN resets INTEGER")
+
+
 # Each entry upgrades the schema from version i to i + 1; user_version holds how many ran.
 # Never edit an entry once released: add a new one.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
@@ -534,6 +544,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_11,
     _migration_12,
     _migration_13,
+    _migration_14,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

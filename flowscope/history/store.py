@@ -53,6 +53,7 @@ from flowscope.model import (
     FlowRecord,
     NewFlow,
     Owner,
+    PendingBlob,
     PendingFlows,
     Sample,
     pending_records,
@@ -115,6 +116,7 @@ def flow_row(r: FlowRecord) -> tuple[Any, ...]:
         r.end_reason,
         *_owner_values(r.owner),
         *_health_values(r),
+        None if r.resets < 0 else r.resets,
     )
 
 
@@ -177,6 +179,24 @@ def owners_json(owners: Sequence[Owner] | None) -> str | None:
     return json.dumps([[o.pid, o.comm, o.uid, o.cgroup] for o in owners])
 
 
+def health_json(blob: PendingBlob) -> str | None:
+    """pending.health: the drop reasons of a blob with the health columns (a JSON list), or,
+    when it has the resets column too, {"reasons": [...], "resets": true} (None: neither)."""
+    if blob.reasons is None:
+        return None
+    return json.dumps({"reasons": blob.reasons, "resets": True} if blob.resets else blob.reasons)
+
+
+def health_from_json(text: str | None) -> tuple[list[str] | None, bool]:
+    """The drop reasons and whether the blob has resets, from pending.health (health_json)."""
+    if text is None:
+        return None, False
+    value = json.loads(text)
+    if isinstance(value, dict):
+        return [str(r) for r in value["reasons"]], bool(value.get("resets"))
+    return [str(r) for r in value], False
+
+
 def pending_rows_records(
     rows: Sequence[tuple[int, str, bytes, str | None, str | None]], reason: str
 ) -> list[FlowRecord]:
@@ -190,8 +210,8 @@ def pending_rows_records(
             if owners_text is not None
             else None
         )
-        reasons = [str(r) for r in json.loads(health_text)] if health_text is not None else None
-        records.extend(pending_records(family, data, names, reason, owners, reasons))
+        reasons, resets = health_from_json(health_text)
+        records.extend(pending_records(family, data, names, reason, owners, reasons, resets))
     return records
 
 
@@ -318,7 +338,7 @@ class Store:
                 json.dumps(p.iface_names),
                 blob.data,
                 owners_json(blob.owners),
-                json.dumps(blob.reasons) if blob.reasons is not None else None,
+                health_json(blob),
             )
             for p in pending or ()
             for blob in (p.encode(),)

@@ -159,10 +159,18 @@ def checked(data: bytes) -> Btf:
 
 
 def drop_cflags() -> list[str]:
-    """The -D values bpf/drops.c is compiled with: the running kernel's offsets of what it
-    reads of a dropped packet, its device and their network namespace, and that namespace."""
+    """The -D values bpf/drops.c and bpf/resets.c are compiled with: the running kernel's
+    offsets of what they read of a packet, its device, a socket's addresses and ports, their
+    network namespace, and that namespace."""
     b = vmlinux()
+    common = "__sk_common.skc_"
     return [
+        *(
+            f"-DSK_{name.upper()}={b.offset('sock', common + name)}"
+            for name in ("family", "dport", "daddr", "rcv_saddr", "v6_daddr")
+        ),
+        f"-DINET_SPORT={b.offset('inet_sock', 'inet_sport')}",
+        f"-DSK_V6_RCV_SADDR={b.offset('sock', common + 'v6_rcv_saddr')}",
         f"-DSKB_HEAD={b.offset('sk_buff', 'head')}",
         f"-DSKB_NETWORK_HEADER={b.offset('sk_buff', 'network_header')}",
         f"-DSKB_DEV={b.offset('sk_buff', 'dev')}",

@@ -64,13 +64,15 @@ class DropHooks:
         """Every (flow, reason) the kernel dropped packets of: abi.DROP_KEY_DTYPE keys and
         their packet counts summed over CPUs (fresh copies; counts since the hook was loaded,
         until the LRU map forgets an entry)."""
-        n, counts = self._summed(self._fd, self._keys, self._values)
+        n, counts = libbpf.percpu_sums(self._fd, self._keys, self._values, self.ncpus)
         return self._keys[:n].copy(), counts.astype(np.int64)
 
     def by_reason(self) -> dict[int, int]:
         """Packets dropped in flowscope's network namespace since the hook was loaded, per
         reason (IP or not; reasons past abi.DROP_REASON_SLOTS - 1 add up in that slot)."""
-        n, totals = self._summed(self._slots_fd, self._slot_keys, self._slot_values)
+        n, totals = libbpf.percpu_sums(
+            self._slots_fd, self._slot_keys, self._slot_values, self.ncpus
+        )
         return {int(k): int(v) for k, v in zip(self._slot_keys[:n], totals, strict=True) if v}
 
     def unattributed(self) -> int:
@@ -80,13 +82,6 @@ class DropHooks:
         per_cpu = (abi.DropBudget * self.ncpus)()
         libbpf.map_lookup(self._budget_fd, ctypes.byref(zero), ctypes.byref(per_cpu))
         return sum(int(cpu.unattributed) for cpu in per_cpu)
-
-    def _summed(self, fd: int, keys: np.ndarray, values: np.ndarray) -> tuple[int, np.ndarray]:
-        """Every entry of a per-CPU map into ``keys`` and ``values``: how many, and each
-        one's values summed over the CPUs."""
-        token = ctypes.create_string_buffer(8)
-        n = libbpf.map_lookup_all(fd, keys, values, self.ncpus, token)
-        return n, values[: n * self.ncpus].reshape(n, self.ncpus).sum(axis=1)
 
     def name(self, reason: int) -> str:
         """A drop reason's name (its number when this kernel has no such reason)."""

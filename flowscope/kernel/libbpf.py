@@ -357,6 +357,14 @@ def map_lookup_all(
     return n
 
 
+def percpu_sums(map_fd: int, keys: Any, values: Any, ncpus: int) -> tuple[int, Any]:
+    """Every entry of a per-CPU hash map with one u64 per CPU into ``keys`` and ``values``
+    (numpy buffers): how many, and each one's values summed over the ``ncpus`` CPUs."""
+    token = ctypes.create_string_buffer(8)
+    n = map_lookup_all(map_fd, keys, values, ncpus, token)
+    return n, values[: n * ncpus].reshape(n, ncpus).sum(axis=1)
+
+
 def map_lookup_and_delete_many(
     map_fd: int, keys: int, key_size: int, values: int, value_size: int, count: int
 ) -> list[bool]:

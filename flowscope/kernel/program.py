@@ -178,7 +178,8 @@ class FlowProgram:
         with COMPILING, captured_stderr() as log:
             try:
                 if owners:  # BCC takes programs from its main source only: join them
-                    files = ["flowscope.c", "owners.c"] + (["drops.c"] if drop_flags else [])
+                    hooks = ["drops.c", "resets.c"] if drop_flags else []
+                    files = ["flowscope.c", "owners.c", *hooks]
                     text = "".join((src / f).read_text() for f in files)
                     self._bpf = BPF(text=text.encode(), cflags=[*flags, "-DFS_OWNERS", *drop_flags])
                 else:
@@ -220,7 +221,8 @@ class FlowProgram:
 
     @property
     def drops(self) -> bool:
-        """Whether bpf/drops.c is compiled in (kernel.drops.DropHooks attaches it)."""
+        """Whether bpf/drops.c and bpf/resets.c are compiled in (kernel.drops.DropHooks and
+        kernel.resets.ResetHooks attach them)."""
         return self.drops_reason is None
 
     @property

@@ -21,7 +21,7 @@ Grammar (keywords are case-insensitive; precedence ``not`` > ``and`` > ``or``)::
              | "flags" LETTERS | "ingress" | "egress"
              | "proc" (WORD | STRING) | "pid" PID | "user" (NAME | UID)
              | "container" (WORD | STRING)
-             | ("retrans" | "drops") OP COUNT | "rtt" OP DURATION
+             | ("retrans" | "drops" | "resets") OP COUNT | "rtt" OP DURATION
              | "drop" "reason" (WORD | STRING)
 
 A protocol followed by a host, net or port term is both, in tcpdump's qualifier order:
@@ -38,8 +38,9 @@ no container or unit). A user name is looked up on this host when the filter is 
 
 ``retrans``, ``rtt`` and ``drops`` are a local TCP connection's retransmitted segments and
 smoothed round-trip time, and the packets of the flow the kernel dropped (``drop reason
-NO_SOCKET``: most of them for that reason); a flow where they are not followed matches none
-of them. DURATION is a number with us, ms or s: ``rtt > 50ms``.
+NO_SOCKET``: most of them for that reason); ``resets`` the TCP resets the kernel sent in the
+flow (a sent flow) or received and acted on (a received flow). A flow where they are not
+followed matches none of them. DURATION is a number with us, ms or s: ``rtt > 50ms``.
 """
 
 from __future__ import annotations
@@ -282,7 +283,7 @@ class _Parser:
                 return Owned("pid", self.number("a process id", 2**22))
             case "user":
                 return self.user()
-            case "retrans" | "drops":
+            case "retrans" | "drops" | "resets":
                 return Health(word, self.op(), self.count())
             case "rtt":
                 return Health("rtt_us", self.op(), self.duration())

@@ -19,7 +19,7 @@ import numpy as np
 
 from flowscope import abi
 from flowscope.collect.collector import LiveFlows
-from flowscope.model import NO_DROPS, NO_TCP, address_text
+from flowscope.model import NO_DROPS, NO_RESETS, NO_TCP, address_text
 from flowscope.query import nodes
 
 ADDR = 16  # bytes per address column row (IPv4 uses the first 4)
@@ -60,6 +60,9 @@ class FlowFrame:
     drops are not followed)."""
     drop_reason: np.ndarray
     """Each flow's drops' main reason, or None (an object array)."""
+    resets: np.ndarray
+    """Each TCP flow's resets since flowscope started, sent in it (a sent flow) or received
+    (model.NO_RESETS where resets are not followed)."""
     now_ns: int = 0
 
     def __len__(self) -> int:
@@ -97,7 +100,12 @@ class FlowFrame:
                 parts[name].append(
                     np.full(n, None, object) if got is None else np.asarray(got, object)
                 )
-            for name, none in (("retrans", NO_TCP), ("rtt_us", NO_TCP), ("drops", NO_DROPS)):
+            for name, none in (
+                ("retrans", NO_TCP),
+                ("rtt_us", NO_TCP),
+                ("drops", NO_DROPS),
+                ("resets", NO_RESETS),
+            ):
                 got = getattr(lf, name)
                 parts[name].append(
                     np.full(n, none, np.int64) if got is None else np.asarray(got, np.int64)
@@ -145,6 +153,7 @@ _DTYPES: dict[str, type] = {
     "rtt_us": np.int64,
     "drops": np.int64,
     "drop_reason": object,
+    "resets": np.int64,
 }
 _FIELDS = tuple(_DTYPES)
 
@@ -352,3 +361,4 @@ class RowView:
         self.rtt_us = int(fr.rtt_us[i])
         self.drops = int(fr.drops[i])
         self.drop_reason = fr.drop_reason[i]
+        self.resets = int(fr.resets[i])

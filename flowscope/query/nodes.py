@@ -36,7 +36,7 @@ PROTO_SHORTHANDS = ("tcp", "udp", "icmp", "icmp6")
 WORD_RE = re.compile(r"[A-Za-z0-9_.:/\-]+")
 KEYWORDS = frozenset(
     "and or not host src dst net port sport dport proto vlan iface bytes packets flags "  # noqa: SIM905
-    "ingress egress proc pid user container retrans rtt drops drop".split()
+    "ingress egress proc pid user container retrans rtt drops drop resets".split()
 ) | frozenset(PROTO_SHORTHANDS)
 
 
@@ -303,7 +303,7 @@ class Flags(Expr):
         return row.tcp_flags & self.mask == self.mask
 
 
-HEALTH_WORDS = {"retrans": "retrans", "rtt_us": "rtt", "drops": "drops"}
+HEALTH_WORDS = {"retrans": "retrans", "rtt_us": "rtt", "drops": "drops", "resets": "resets"}
 """The filter word of each health column (history's column names, the live frame's)."""
 
 
@@ -319,12 +319,12 @@ def duration_text(us: int) -> str:
 @dataclass(frozen=True, slots=True)
 class Health(Expr):
     """A flow's TCP health or kernel drops compared with a number: retransmitted segments,
-    smoothed RTT (microseconds), packets the kernel dropped. Live, a connection's totals so
-    far; in history, what one record holds (its retransmissions and drops during the record,
-    its RTT at the end). A flow where they are not followed (not a local TCP connection;
-    drops not followed) matches none of them."""
+    smoothed RTT (microseconds), packets the kernel dropped, TCP resets that travelled in the
+    flow. Live, the totals so far; in history, what one record holds (its retransmissions,
+    drops and resets during the record, its RTT at the end). A flow where they are not
+    followed (not a local TCP connection; drops and resets not followed) matches none."""
 
-    column: Literal["retrans", "rtt_us", "drops"]
+    column: Literal["retrans", "rtt_us", "drops", "resets"]
     op: str  # a key of COMPARISONS
     value: int
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from flowscope import abi
-from flowscope.model import NO_DROPS, NO_TCP, Owner
+from flowscope.model import NO_DROPS, NO_RESETS, NO_TCP, Owner
 from flowscope.query import nodes
 from flowscope.query.frame import (
     FlowFrame,
@@ -128,6 +128,9 @@ class Row:
     flows' (NO_DROPS when none of them is followed)."""
     drop_reason: str | None = None
     """The main reason of a flow's drops (None: none)."""
+    resets: int = NO_RESETS
+    """A TCP flow's resets since flowscope started: sent in it (a sent flow) or received
+    (NO_RESETS when not followed, and for groups)."""
 
     @property
     def key(self) -> str:
@@ -540,4 +543,5 @@ def _row(
         rtt_us=int(fr.rtt_us[r]) if group == "flow" else NO_TCP,
         drops=int(g.drops[i]),
         drop_reason=fr.drop_reason[r] if group in ("flow", "drop_reason") else None,
+        resets=int(fr.resets[r]) if group == "flow" else NO_RESETS,
     )

@@ -13,6 +13,7 @@ from textual.content import Content
 from textual.widget import Widget
 from textual.widgets import Label, Sparkline, Static
 
+from flowscope import abi
 from flowscope.model import proto_name, tcp_flags_text
 from flowscope.query.nodes import Filter
 from flowscope.query.view import GROUPS, Row
@@ -254,4 +255,7 @@ def describe_row(row: Row, group: str) -> list[tuple[str, str]]:
     if row.drops > 0:  # what the kernel dropped of it, since flowscope started
         reason = f" (mostly {row.drop_reason})" if row.drop_reason else ""
         out.append(("dropped by the kernel", f"{row.drops:,} packets{reason}"))
+    if row.resets > 0:  # TCP resets in it, since flowscope started
+        sent = row.direction == abi.DIR_EGRESS
+        out.append(("TCP resets " + ("sent" if sent else "received"), f"{row.resets:,}"))
     return out

@@ -147,6 +147,11 @@ LAYOUT = {
             "rtt_min_us": 56,
         },
     ),
+    "reset_key": (
+        abi.ResetKey,
+        40,
+        {"saddr": 0, "daddr": 16, "sport": 32, "dport": 34, "family": 36, "direction": 37},
+    ),
     "drop_key": (
         abi.DropKey,
         48,
@@ -206,6 +211,7 @@ def test_c_header_has_the_same_layout(tmp_path: Path) -> None:
     lines.append('printf("counter FS_DIR_EGRESS %d\\n", FS_DIR_EGRESS);')
     lines.append('printf("counter FLOOD_ENTRIES %d\\n", FLOOD_ENTRIES);')
     lines.append('printf("counter DROP_BUDGET %d\\n", DROP_BUDGET);')
+    lines.append('printf("counter RESET_ENTRIES %d\\n", RESET_ENTRIES);')
     lines.append('printf("counter BLOCK_ENTRIES %d\\n", BLOCK_ENTRIES);')
     lines.append('printf("counter BLOCK_TARGET_BITS %d\\n", BLOCK_TARGET_BITS);')
     lines.append('printf("counter EVENT_WINDOW_NS %llu\\n", EVENT_WINDOW_NS);')
@@ -241,6 +247,7 @@ def test_c_header_has_the_same_layout(tmp_path: Path) -> None:
     assert seen[("counter", "FS_DIR_EGRESS")] == abi.DIR_EGRESS
     assert seen[("counter", "FLOOD_ENTRIES")] == abi.DEFAULT_FLOOD_ENTRIES
     assert seen[("counter", "DROP_BUDGET")] == abi.DROP_BUDGET
+    assert seen[("counter", "RESET_ENTRIES")] == abi.RESET_ENTRIES
     assert seen[("counter", "BLOCK_ENTRIES")] == abi.BLOCK_ENTRIES
     assert seen[("counter", "BLOCK_TARGET_BITS")] == abi.BLOCK_TARGET_BITS
     assert seen[("counter", "EVENT_WINDOW_NS")] == abi.EVENT_WINDOW_NS

@@ -30,6 +30,7 @@ from flowscope.collect.collector import Collector, CollectorSettings, Tick
 from flowscope.collect.drops import DropTable
 from flowscope.collect.health import HealthTable
 from flowscope.collect.owners import OwnerTable
+from flowscope.collect.resets import ResetTable
 from flowscope.model import (
     FlowBatch,
     FlowEvent,
@@ -85,7 +86,9 @@ def _pending(t: Tick) -> list[FlowRecord]:
         r
         for p in t.pending
         for blob in (p.encode(),)
-        for r in pending_records(p.batch.family, blob.data, {}, "live", blob.owners, blob.reasons)
+        for r in pending_records(
+            p.batch.family, blob.data, {}, "live", blob.owners, blob.reasons, blob.resets
+        )
     ]
 
 
@@ -253,6 +256,7 @@ class CollectorMachine(RuleBasedStateMachine):
         owners: OwnerTable | None = None,
         health: HealthTable | None = None,
         drops: DropTable | None = None,
+        resets: ResetTable | None = None,
     ) -> Collector:
         """The real collector over the fake kernel, on its clock."""
         return Collector(
@@ -264,6 +268,7 @@ class CollectorMachine(RuleBasedStateMachine):
             owners=owners,
             health=health,
             drops=drops,
+            resets=resets,
         )
 
     @rule(
@@ -670,6 +675,104 @@ class DropsCollectorMachine(CollectorMachine):
             if raw in in_map and not self.forgot[i]:
                 assert written[i] == self.made[i], (i, written[i], self.made[i])
 
+
+class _Resets:
+    """bpf/resets.c's map as the kernel keeps it: per flow a total that only grows, until the
+    LRU forgets the entry (then it counts from zero again)."""
+
+    def __init__(self) -> None:
+        self.count: dict[int, int] = {}
+
+    def read(self) -> tuple[np.ndarray, np.ndarray]:
+        keys = np.zeros(len(self.count), abi.RESET_KEY_DTYPE)
+        counts = np.zeros(len(self.count), np.int64)
+        for j, (i, n) in enumerate(sorted(self.count.items())):
+            family, raw = _key(i)
+            k = np.frombuffer(raw, abi.KEY_DTYPES[family])[0]
+            width = 4 if family == abi.AF_INET else 16
+            keys[j]["saddr"][:width] = np.frombuffer(k["saddr"].tobytes(), np.uint8)
+            keys[j]["daddr"][:width] = np.frombuffer(k["daddr"].tobytes(), np.uint8)
+            keys[j]["sport"], keys[j]["dport"] = k["sport"], k["dport"]
+            keys[j]["family"], keys[j]["direction"] = family, k["direction"]
+            counts[j] = n
+        return keys, counts
+
+
+class ResetsCollectorMachine(CollectorMachine):
+    """The same traffic, and some of it is TCP resets the kernel acted on (a reset counts in
+    the flow it came in with); the resets map may forget an entry (LRU). Model: the records of
+    a flow never hold more resets than it had, whatever its flow went through; what history
+    keeps of the live flows holds the rest; a flow whose entry was never forgotten and which is
+    in the map at shutdown has all of them written; the host's totals are every reset."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.resets = _Resets()
+        self.table = ResetTable(self.resets)
+        self.collector = self.make_collector(resets=self.table)
+        self.made = [0] * FLOWS
+        self.written_resets = [0] * FLOWS
+        self.forgot = [False] * FLOWS
+        self.host_total = 0
+
+    @rule(i=st.integers(0, FLOWS - 1), n=st.integers(1, 3), cpu=st.integers(0, NCPU - 1))
+    def reset(self, i: int, n: int, cpu: int) -> None:
+        self.kernel.send(i, n, 60, cpu, RST)
+        self.resets.count[i] = self.resets.count.get(i, 0) + n
+        self.made[i] += n
+
+    @rule(i=st.integers(0, FLOWS - 1))
+    def lru_forgets(self, i: int) -> None:
+        if self.resets.count.pop(i, 0):
+            self.forgot[i] = True
+
+    def _take(self, records: list) -> None:  # type: ignore[type-arg]
+        super()._take(records)
+        for r in records:
+            assert r.resets >= 0
+            self.written_resets[r.key.sport - 1000] += r.resets
+
+    @invariant()
+    def never_more_resets_than_made(self) -> None:
+        for i in range(FLOWS):
+            assert self.written_resets[i] <= self.made[i], i
+
+    @rule()
+    def tick(self) -> None:
+        self.kernel.now += SEC // 10
+        t = self.collector.tick()
+        self.counters = self.kernel.read_counters()
+        self._take(t.records)
+        assert t.sample.counters["resets_sent"] == 0
+        self.host_total += t.sample.counters["resets_received"]
+        pending = [0] * FLOWS
+        for r in _pending(t):
+            pending[r.key.sport - 1000] += r.resets
+        in_map = {raw for m in self.kernel.maps.values() for raw in m}
+        for i, (_, raw) in enumerate(KEYS):
+            assert self.written_resets[i] + pending[i] <= self.made[i], i
+            if raw in in_map and not self.forgot[i]:
+                assert self.written_resets[i] + pending[i] == self.made[i], i
+        # every reset counted until now, as long as refreshes saw each before it was forgotten
+        if not any(self.forgot):
+            assert self.host_total == sum(self.made)
+
+    @rule()
+    def shutdown_is_exact(self) -> None:
+        saved = dict(self.table.written)
+        written = list(self.written_resets)
+        in_map = {raw for m in self.kernel.maps.values() for raw in m}
+        for r in self.collector.shutdown():
+            written[r.key.sport - 1000] += r.resets
+        self.table.written = saved
+        for i, (_, raw) in enumerate(KEYS):
+            assert written[i] <= self.made[i], i
+            if raw in in_map and not self.forgot[i]:
+                assert written[i] == self.made[i], (i, written[i], self.made[i])
+
+
+TestResetsCollectorModel = ResetsCollectorMachine.TestCase
+TestResetsCollectorModel.settings = _machine_settings(150)
 
 TestDropsCollectorModel = DropsCollectorMachine.TestCase
 TestDropsCollectorModel.settings = _machine_settings(150)

@@ -64,6 +64,7 @@ class Row:
     rtt_us: int | None = None
     drops: int | None = None
     drop_reason: str | None = None
+    resets: int | None = None
 
     @property
     def owner(self) -> Owner | None:
@@ -135,14 +136,15 @@ ROWS = [
 # flows 1-3 are followed: a local TCP connection (1, 2) and a flow the kernel dropped (2, 3)
 ROWS[0] = replace(ROWS[0], retrans=3, rtt_us=42_000, drops=0)
 ROWS[1] = replace(ROWS[1], retrans=0, rtt_us=42_000, drops=2, drop_reason="TC_INGRESS")
-ROWS[2] = replace(ROWS[2], drops=5, drop_reason="NO_SOCKET")
+ROWS[2] = replace(ROWS[2], drops=5, drop_reason="NO_SOCKET", resets=0)
+ROWS[5] = replace(ROWS[5], resets=1)  # the sent flow of a connection this host reset
 
 SCHEMA = """CREATE TABLE flows (id INTEGER PRIMARY KEY, iface TEXT NOT NULL, vlan INTEGER NOT NULL,
     family INTEGER NOT NULL, src TEXT NOT NULL, dst TEXT NOT NULL, sport INTEGER NOT NULL,
     dport INTEGER NOT NULL, proto INTEGER NOT NULL, packets INTEGER NOT NULL,
     bytes INTEGER NOT NULL, ip_bytes INTEGER NOT NULL, tcp_flags INTEGER NOT NULL,
     direction TEXT NOT NULL, pid INTEGER, comm TEXT, uid INTEGER, container TEXT,
-    retrans INTEGER, rtt_us INTEGER, drops INTEGER, drop_reason TEXT)"""
+    retrans INTEGER, rtt_us INTEGER, drops INTEGER, drop_reason TEXT, resets INTEGER)"""
 
 
 def make_db(rows: Sequence[Row]) -> sqlite3.Connection:
@@ -191,6 +193,9 @@ EXAMPLES = [
     ("net 0.0.0.0/0", {1, 2, 3, 6, 7}),  # an IPv4 net never holds IPv6 addresses
     ("net ::/0", {4, 5}),
     ("retrans > 0", {1}),
+    ("resets > 0", {6}),
+    ("resets = 0", {3}),
+    ("not resets > 0", EVERY - {6}),
     ("retrans = 0", {2}),
     ("not retrans > 0", EVERY - {1}),  # not followed is not "more than 0"
     ("rtt > 40ms", {1, 2}),
@@ -479,7 +484,7 @@ leaves: st.SearchStrategy[Expr] = st.one_of(
     st.builds(Owned, st.just("container"), st.sampled_from(["nginx.service", ""]) | names),
     st.builds(
         Health,
-        st.sampled_from(["retrans", "rtt_us", "drops"]),
+        st.sampled_from(["retrans", "rtt_us", "drops", "resets"]),
         st.sampled_from([">", ">=", "<", "<=", "=", "!="]),
         st.sampled_from([0, 1, 3, 1000, 50_000]) | st.integers(0, 2**40),
     ),
@@ -521,6 +526,7 @@ def rows(draw: st.DrawFn, id: int) -> Row:
         drop_reason=draw(
             st.none() | st.sampled_from(["NO_SOCKET", "TC_INGRESS", "SS", "é"]) | names
         ),
+        resets=draw(st.none() | st.sampled_from([0, 1, 2])),
     )
 
 

@@ -4,11 +4,13 @@ the one-line errors."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import random
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -581,3 +583,26 @@ def test_retransmissions_and_drops_rank_and_group(tmp_path: Path) -> None:
     assert lines[-1].split()[-2:] == ["-", "-"], out  # the flow not followed
     code, out, err = run("history", "--db", str(path), "--group-by", "drop_reason")
     assert code == 0 and "TC_INGRESS" in out, (out, err)
+
+
+def test_the_filter_finds_records_with_resets(tmp_path: Path) -> None:
+    """--filter 'resets > 0' reads what each record holds (issue #17): the record of a flow
+    that carried a reset, not those without one or where resets were not followed."""
+    path = tmp_path / "flows.db"
+    t = NOW - 300
+
+    def r(dport: int, resets: int) -> FlowRecord:
+        key = FlowKey(abi.AF_INET, IP, "10.0.0.2", 40000, dport, 6)
+        return FlowRecord(
+            key, "eth0", 1, 60, 40, t, t + 1, 0x04, "rst", resets=resets
+        )  # fmt: skip
+
+    with store.Store(path) as s:
+        s.write_tick([r(443, 1), r(8080, 0), r(25, -1)], None, [])
+    rows = history_json(path, "--filter", "resets > 0", "--since", "1h")
+    assert [x["dport"] for x in rows] == [443]
+    rows = history_json(path, "--filter", "not resets > 0", "--since", "1h")
+    assert sorted(x["dport"] for x in rows) == [25, 8080]
+    with contextlib.closing(sqlite3.connect(path)) as c:
+        got = c.execute("SELECT dport, resets FROM flows ORDER BY dport").fetchall()
+    assert got == [(25, None), (443, 1), (8080, 0)]

@@ -78,7 +78,8 @@ def test_drops_by_reason_and_retransmissions_sum_the_ticks() -> None:
         t = tick(10, 1000, 2)
         sample = dataclasses.replace(
             t.sample,
-            counters=t.sample.counters | {"retrans": retrans, "drops": sum(drops.values())},
+            counters=t.sample.counters
+            | {"retrans": retrans, "drops": sum(drops.values()), "resets_sent": 1},
         )
         m.on_tick(dataclasses.replace(t, sample=sample, drops=drops))
     registry = CollectorRegistry(auto_describe=False)
@@ -87,6 +88,8 @@ def test_drops_by_reason_and_retransmissions_sum_the_ticks() -> None:
     assert 'flowscope_kernel_drops_total{reason="NO_SOCKET"} 7.0' in lines
     assert 'flowscope_kernel_drops_total{reason="TC_INGRESS"} 1.0' in lines
     assert "flowscope_tcp_retransmits_total 7.0" in lines
+    assert "flowscope_tcp_resets_sent_total 2.0" in lines
+    assert "flowscope_tcp_resets_received_total 0.0" in lines
     assert not any(line.startswith("flowscope_kernel_drops_total ") for line in lines)
 
 

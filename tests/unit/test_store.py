@@ -614,12 +614,14 @@ def pending_of(
     t0: float = T0,
     owners: list[Owner | None] | None = None,
     health: bool = False,
+    resets: bool = True,
 ) -> PendingFlows:
     """IPv4 flows 198.18.0.(i+1) -> 198.19.0.1 that counted ``packets`` of which ``exported``
     are in records already (1000 bytes a packet); kernel times are seconds since 0; their
     processes when ``owners`` is given; with ``health``, flow i has i + 3 retransmissions and
     2 * i drops not yet written (NO_SOCKET), an RTT of 1500 us, and the last flow is not a
-    followed connection."""
+    followed connection; with ``resets`` too, i resets not yet written (without: a blob as
+    writers wrote them before resets were followed)."""
     n = len(packets)
     keys = np.zeros(n, abi.KEY4_DTYPE)
     for i in range(n):
@@ -650,6 +652,7 @@ def pending_of(
         pending_health = PendingHealth(
             np.where(tcp, np.arange(n) + 3, -1), np.where(tcp, 1500, -1),
             np.where(tcp, 900, -1), 2 * np.arange(n), reasons,
+            np.arange(n, dtype=np.int64) if resets else None,
         )  # fmt: skip
     return PendingFlows(
         batch, slice(None), e, e * 1000, e * 980, start, t0 - 10, {3: "veth3"}, owner,
@@ -694,16 +697,32 @@ def test_a_killed_writer_leaves_its_pending_flows_and_the_next_one_writes_them(d
         ).fetchall()
         assert c.execute("SELECT count(*) FROM pending").fetchone()[0] == 0
         health = c.execute(
-            "SELECT retrans, rtt_us, rtt_min_us, drops, drop_reason FROM flows "
+            "SELECT retrans, rtt_us, rtt_min_us, drops, drop_reason, resets FROM flows "
             "WHERE end_reason = 'crash' ORDER BY sport"
         ).fetchall()
-    assert health == [(3, 1500, 900, 0, None), (None, None, None, 4, "NO_SOCKET")]
+    assert health == [(3, 1500, 900, 0, None, 0), (None, None, None, 4, "NO_SOCKET", 2)]
     first, last = schema.iso_time(T0 + 2), schema.iso_time(T0 + 10)
     assert rows == [
         ("198.18.0.1", 5000, 5, 5000, first, last, "veth3", 812, "nginx", "nginx.service"),
         ("198.18.0.3", 5002, 5, 5000, first, last, "veth3", 2210, "api", "docker:abababababab"),
     ]
     assert Writer(db).recovered == 0  # once only
+
+
+@pytest.mark.parametrize("resets", [True, False], ids=["with-resets", "before-resets"])
+def test_pending_health_reads_back_with_and_without_resets(resets: bool) -> None:
+    """pending.health is a JSON list of drop reasons for blobs written before resets were
+    followed, and {"reasons": [...], "resets": true} for blobs with the resets column: both
+    read back to the records they stand for (an old blob's records have no resets)."""
+    p = pending_of([5, 7, 9], [0, 0, 4], health=True, resets=resets)
+    blob = p.encode()
+    text = store.health_json(blob)
+    assert text is not None and (text.startswith("{") == resets)
+    reasons, has_resets = store.health_from_json(text)
+    assert (reasons, has_resets) == (blob.reasons, resets)
+    records = pending_records(abi.AF_INET, blob.data, {}, "crash", None, reasons, has_resets)
+    assert [r.resets for r in records] == ([0, 1, 2] if resets else [-1, -1, -1])
+    assert [r.drops for r in records] == [0, 2, 4]
 
 
 def test_a_live_writers_pending_flows_are_left_alone(db: Path) -> None:
