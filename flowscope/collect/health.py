@@ -7,9 +7,13 @@ the connection's two flows by 4-tuple.
 - the connection's retransmissions are segments it sent again: they belong to its sent flow
   (the received flow has none), so the retransmits of a host's flows add up to its sockets';
 - both flows carry the connection's smoothed and minimum RTT;
-- only connections established after flowscope attached are followed (the kernel starts
-  following a socket at its established callback), and only those of flowscope's network
-  namespace; other flows (UDP, forwarded, older connections) have none (-1).
+- the hooks follow a connection from its established callback on; a connection that was open
+  before they were attached is read from sock_diag instead (``older``: kernel.sockdiag, what
+  `ss -ti` shows), every OLDER_REFRESH seconds, and only its retransmissions after it was
+  first seen count in records and in the host's total (those before are not flowscope's to
+  report as news);
+- only connections of flowscope's network namespace count; other flows (UDP, forwarded) have
+  none (-1).
 
 The join is vectorised: each family's connections become fixed-width byte keys, sorted once per
 tick, and the flows' keys are looked up with one searchsorted, so a tick with 100,000 TCP flows
@@ -18,16 +22,24 @@ costs a few numpy passes, not a Python loop.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
 
 from flowscope import abi
+from flowscope.errors import FlowscopeError
 from flowscope.model import NO_TCP, FlowBatch, opaque_rows
 
 NONE = NO_TCP
 """A flow without a followed connection (not TCP, not local, or older than flowscope)."""
 _MAPPED = np.array([0] * 10 + [0xFF, 0xFF], np.uint8)
+OLDER_REFRESH = 2.0
+"""Seconds between two reads of the connections the hooks do not follow (a sock_diag dump
+costs about 9 us a connection: 26 ms for 3,000)."""
+Connections = tuple[np.ndarray, np.ndarray]
+"""Socket cookies and abi.HEALTH_DTYPE rows, in the same order."""
 
 
 class HealthSource(Protocol):
@@ -49,9 +61,22 @@ _KEY = {abi.AF_INET: _key_dtype(4), abi.AF_INET6: _key_dtype(16)}
 class HealthTable:
     """The health of this namespace's followed TCP connections, as of the last refresh."""
 
-    def __init__(self, netns: int, source: HealthSource | None = None) -> None:
+    def __init__(
+        self,
+        netns: int,
+        source: HealthSource | None = None,
+        older: Callable[[], Connections] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.netns = netns
         self.source = source
+        self.older = older
+        """Every connection of the namespace from sock_diag (kernel.sockdiag), for those the
+        hooks do not follow; None: not read (or sock_diag failed: ``older_problem``)."""
+        self.older_problem: str | None = None
+        self._clock = clock
+        self._older_due = 0.0
+        self._older: Connections = (np.zeros(0, np.uint64), np.zeros(0, abi.HEALTH_DTYPE))
         # per family: sorted byte keys, and retrans, srtt, rtt_min, cookie in the same order
         self._sorted: dict[int, tuple[np.ndarray, ...]] = {}
         self.written: dict[int, int] = {}
@@ -63,10 +88,28 @@ class HealthTable:
         self.add(np.zeros(0, abi.HEALTH_DTYPE))
 
     def refresh(self) -> None:
-        """Read the kernel's numbers again."""
+        """Read the kernel's numbers again (the connections the hooks do not follow at most
+        every OLDER_REFRESH seconds)."""
+        cookies, rows = np.zeros(0, np.uint64), np.zeros(0, abi.HEALTH_DTYPE)
         if self.source is not None:
             cookies, rows = self.source.tcp_health()
-            self.add(rows, cookies)
+        if self.older is not None and self._clock() >= self._older_due:
+            try:
+                self._older = self.older()
+            except FlowscopeError as e:
+                self.older, self.older_problem = None, e.message
+                self._older = (np.zeros(0, np.uint64), np.zeros(0, abi.HEALTH_DTYPE))
+            self._older_due = self._clock() + OLDER_REFRESH
+        if self.source is None and self.older is None and not len(self._older[0]):
+            return
+        o_cookies, o_rows = self._older
+        extra = ~np.isin(o_cookies, cookies)
+        older = np.concatenate((np.zeros(len(cookies), bool), np.ones(int(extra.sum()), bool)))
+        self.add(
+            np.concatenate((rows, o_rows[extra])),
+            np.concatenate((cookies, o_cookies[extra])),
+            older,
+        )
 
     def unwritten(self, cookie: int, total: int) -> int:
         """The retransmissions of a connection (``total`` so far) that no record holds yet."""
@@ -79,17 +122,27 @@ class HealthTable:
         self.written[cookie] = max(total, self.written.get(cookie, 0))
         return new
 
-    def add(self, rows: np.ndarray, cookies: np.ndarray | None = None) -> None:
+    def add(
+        self, rows: np.ndarray, cookies: np.ndarray | None = None, older: np.ndarray | None = None
+    ) -> None:
         """Replace what is known with ``rows`` (abi.HEALTH_DTYPE) and their socket cookies
-        (by default 1, 2, ...). Connections the kernel no longer reports are forgotten."""
+        (by default 1, 2, ...). Connections the kernel no longer reports are forgotten.
+        ``older`` marks the rows of connections that were open before they were followed: the
+        retransmissions such a connection had when first seen are taken as written."""
         if cookies is None:
             cookies = np.arange(1, len(rows) + 1, dtype=np.uint64)
+        if older is None:
+            older = np.zeros(len(rows), bool)
         if self.written:
             alive = set(cookies.tolist())
             self.written = {c: w for c, w in self.written.items() if c in alive}
         mine = rows["netns"] == self.netns
-        rows, cookies = rows[mine], cookies[mine]
-        self._count_delta(cookies, rows["retrans"].astype(np.int64))
+        rows, cookies, older = rows[mine], cookies[mine], older[mine]
+        retrans = rows["retrans"].astype(np.int64)
+        new_older = older & ~np.isin(cookies, self._seen[0])
+        for c, r in zip(cookies[new_older].tolist(), retrans[new_older].tolist(), strict=True):
+            self.written[c] = max(self.written.get(c, 0), r)
+        self._count_delta(cookies, retrans, new_older)
         family = rows["family"].copy()
         laddr, raddr = rows["laddr"].copy(), rows["raddr"].copy()
         # an IPv6 socket talking IPv4 (dual stack) carries IPv4-mapped addresses: its flows
@@ -113,12 +166,14 @@ class HealthTable:
                 cookies[sel][order].astype(np.uint64),
             )
 
-    def _count_delta(self, cookies: np.ndarray, retrans: np.ndarray) -> None:
-        """retrans_delta: what each connection added since the last refresh."""
+    def _count_delta(self, cookies: np.ndarray, retrans: np.ndarray, baseline: np.ndarray) -> None:
+        """retrans_delta: what each connection added since the last refresh (nothing for one
+        first seen with ``baseline``: an older connection's past is not this tick's)."""
         before_cookies, before = self._seen
         pos = np.minimum(np.searchsorted(before_cookies, cookies), max(len(before) - 1, 0))
         known = (before_cookies[pos] == cookies) if len(before) else np.zeros(len(cookies), bool)
         prior = np.where(known, before[pos] if len(before) else 0, 0)
+        prior = np.where(baseline, retrans, prior)
         self.retrans_delta = int(np.maximum(retrans - prior, 0).sum())
         order = np.argsort(cookies)
         self._seen = (cookies[order].astype(np.uint64), retrans[order])

@@ -18,6 +18,7 @@ one any known socket uses, so a flood of flows to ports nobody listens on costs 
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable
 from socket import AF_INET, AF_INET6, inet_ntop
@@ -199,6 +200,7 @@ class ProcessWatch:
         from flowscope.kernel.drops import DropHooks
         from flowscope.kernel.owners import OwnerHooks, scan_sockets
         from flowscope.kernel.resets import ResetHooks
+        from flowscope.kernel.sockdiag import tcp_connections
 
         self.table = table
         self.problem: str | None = None
@@ -237,7 +239,9 @@ class ProcessWatch:
             self.problem = f"sockets opened before start have no process: {e.message}"
         table.source = self._hooks
         table.add(older)
-        self.health = HealthTable(table.netns, source=self._hooks)
+        self.health = HealthTable(
+            table.netns, source=self._hooks, older=functools.partial(tcp_connections, table.netns)
+        )
 
     def close(self) -> None:
         """Detach the hooks."""

@@ -68,7 +68,7 @@ COUNTERS: dict[str, tuple[str, str]] = {
     ),
     "retrans": (
         "flowscope_tcp_retransmits_total",
-        "TCP segments this host's connections retransmitted (those established since start).",
+        "TCP segments this host's connections retransmitted since start.",
     ),
     "resets_sent": (
         "flowscope_tcp_resets_sent_total",

@@ -8,7 +8,10 @@ and the kernel's own view of the sockets:
   for its received flow equal what the loss program dropped, with the reason the kernel gave
   (TC_INGRESS: a tc program's verdict), and nothing else of the host is blamed on the flow;
 - a connection to a closed port: one reset received on the client's flow, one sent on the
-  server's side (ss cannot see these: the TCP flags of the flows are the truth).
+  server's side (ss cannot see these: the TCP flags of the flows are the truth);
+- a connection open (and retransmitting) before flowscope started, which the hooks never saw
+  established: its flows carry `ss -ti`'s numbers (from sock_diag), and its records only the
+  retransmissions made after start.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import pytest
 
 from flowscope import abi
 from flowscope.collect.collector import Collector, CollectorSettings
+from flowscope.collect.health import OLDER_REFRESH
 from flowscope.collect.owners import watch_processes
 from flowscope.kernel.session import Probe
 from tests.kernel.test_tcp_health import BulkSender
@@ -286,3 +290,81 @@ def test_a_burst_of_drops_is_attributed_up_to_the_budget_and_counted_past_it(
     assert 0 < attributed < len(frames), attributed
     assert attributed + unattributed >= len(frames), (attributed, unattributed)
     assert {r.drop_reason for r in flow if r.drops} == {"NO_SOCKET"}
+
+
+def test_a_connection_open_before_start_has_its_health_from_sock_diag(
+    net: VethNamespace,
+) -> None:
+    """A connection that was open and retransmitting before flowscope started (the hooks
+    never saw it established): its flows carry the socket's own numbers, read from sock_diag,
+    as `ss -ti` shows them; its records hold only the retransmissions made after start."""
+    subprocess.run(
+        ["tc", "qdisc", "add", "dev", net.host_if, "root", "tbf", "rate", "20mbit",
+         "burst", "32kbit", "latency", "50ms"],
+        check=True,
+    )  # fmt: skip
+    sink = subprocess.Popen(net.command(PYTHON, "-c", SINK), stdout=subprocess.PIPE, text=True)
+    loss: Loss | None = None
+    try:
+        assert sink.stdout is not None
+        port = int(sink.stdout.readline())
+        loss = Loss(net.peer_if, port, net.ns)  # every 25th data segment lost: retransmitted
+        conn = socket.create_connection((net.peer_ip4, port))
+        lport = conn.getsockname()[1]
+        time.sleep(0.1)
+        # before start: a burst that overflows the queue, then quiet (all acknowledged)
+        before = BulkSender(conn)
+        time.sleep(1.5)
+        baseline = before.stop(net.peer_ip4)
+        with Probe([net.host_if], owners=True) as probe:
+            _table, watch = watch_processes(probe.program)
+            try:
+                assert watch.health is not None, watch.problem
+                collector = Collector(
+                    probe.program,
+                    CollectorSettings(idle_timeout=600, active_timeout=1.0),
+                    owners=_table,
+                    health=watch.health,
+                )
+                records = collector.tick().records
+                sender = BulkSender(conn)
+                for _ in range(4):
+                    time.sleep(0.7)
+                    records += collector.tick().records
+                final = sender.stop(net.peer_ip4)
+                time.sleep(OLDER_REFRESH + 0.1)  # the next read of sock_diag is after the end
+                tick = collector.tick()
+                live: dict[int, tuple[int, float]] = {}
+                for lf in tick.live:
+                    assert lf.retrans is not None and lf.rtt_us is not None
+                    for j in range(len(lf.batch)):
+                        k = lf.batch.key(j)
+                        if lport in (k.sport, k.dport):
+                            live[k.direction] = (int(lf.retrans[j]), int(lf.rtt_us[j]) / 1000)
+                records += tick.records + collector.shutdown()
+                conn.close()
+            finally:
+                watch.close()
+    finally:
+        if loss is not None:
+            loss.kill()
+        sink.kill()
+        sink.wait()
+    assert baseline["retrans"] > 0, "no retransmission before start: nothing to leave out"
+    assert final["retrans"] > baseline["retrans"], "no retransmission after start"
+    # live: the socket's total, as ss shows it, on the sent flow
+    assert {d: r for d, (r, _) in live.items()} == {
+        abi.DIR_EGRESS: final["retrans"],
+        abi.DIR_INGRESS: 0,
+    }, (live, final)
+    for _, rtt in live.values():
+        assert abs(rtt - final["rtt"]) <= 0.1 * final["rtt"], (live, final)
+    # records: exactly the retransmissions made while flowscope ran
+    mine = [r for r in records if lport in (r.key.sport, r.key.dport)]
+    sent = [r for r in mine if r.key.direction == abi.DIR_EGRESS]
+    assert sum(r.retrans for r in sent) == final["retrans"] - baseline["retrans"], (
+        [r.retrans for r in sent],
+        baseline,
+        final,
+    )
+    assert all(r.retrans == 0 for r in mine if r.key.direction == abi.DIR_INGRESS)

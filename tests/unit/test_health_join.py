@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flowscope import abi
-from flowscope.collect.health import NONE, HealthTable
+from flowscope.collect.health import NONE, OLDER_REFRESH, HealthTable
 from flowscope.model import FlowKey
 from tests.unit.test_owner_join import batch_of
 
@@ -117,3 +117,88 @@ def test_each_flow_gets_its_own_connections_health(
             else:
                 c = match[0]
                 assert (retrans[i], srtt[i], rtt_min[i]) == (c[6] if egress else 0, c[7], c[8])
+
+
+Conn = tuple[int, str, int, str, int, int, int, int, int]
+
+
+def _conn(cookie: int, retrans: int) -> Conn:
+    return (abi.AF_INET, "198.18.0.1", 40000 + cookie, "198.18.0.2", 80, NETNS, retrans, 100, 50)
+
+
+def _health_of(cookies: list[int], retrans: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    conns = [_conn(c, retrans[c]) for c in cookies]
+    return np.array(cookies, np.uint64), rows_of(conns, [False] * len(conns))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["open", "older", "retransmit", "tick", "wait", "close"]),
+            st.integers(1, 6),
+            st.integers(1, 5),
+        ),
+        max_size=40,
+    )
+)
+def test_connections_older_than_the_hooks_come_from_sock_diag(
+    steps: list[tuple[str, int, int]],
+) -> None:
+    """Connections the hooks follow from their start ("open") and connections that were open
+    before ("older", with retransmissions made before flowscope started), retransmitting,
+    closing, ticks and time passing. Model: a flow's retransmissions are the hooks' number
+    when they follow its connection, else sock_diag's as of its last read (at most every
+    OLDER_REFRESH seconds); what records take of a connection adds up to what it made after
+    it was first seen (older) or since it began (followed); the host's deltas add up to what
+    the records took."""
+    now = [0.0]
+    truth: dict[int, int] = {}  # every open connection's retransmissions, as the socket has them
+    followed: set[int] = set()  # the connections the hooks follow
+    gone: set[int] = set()  # closed (cookies are never reused)
+    table = HealthTable(
+        NETNS,
+        source=type("Hooks", (), {"tcp_health": lambda _: _health_of(sorted(followed), truth)})(),
+        older=lambda: _health_of(sorted(truth), truth),  # sock_diag lists every connection
+        clock=lambda: now[0],
+    )
+    read_at: float | None = None
+    last_read: dict[int, int] = {}
+    first: dict[int, int] = {}
+    taken: dict[int, int] = {}
+    host = 0
+    keys = [FlowKey(abi.AF_INET, "198.18.0.1", "198.18.0.2", 40000 + c, 80, 6, direction=1)
+            for c in range(1, 7)]  # fmt: skip
+    for what, cookie, n in steps:
+        if what in ("open", "older") and cookie not in truth and cookie not in gone:
+            truth[cookie] = 0 if what == "open" else n
+            if what == "open":
+                followed.add(cookie)
+        elif what == "retransmit" and cookie in truth:
+            truth[cookie] += n
+        elif what == "close" and cookie in truth:
+            del truth[cookie]
+            followed.discard(cookie)
+            gone.add(cookie)
+        elif what == "wait":
+            now[0] += n * 0.5
+        elif what == "tick":
+            if read_at is None or now[0] >= read_at + OLDER_REFRESH:
+                read_at, last_read = now[0], dict(truth)
+            table.refresh()
+            host += table.retrans_delta
+            retrans, _, _, cookies = table.join(batch_of(keys, abi.AF_INET))
+            for c in range(1, 7):
+                if c in followed:
+                    want = truth[c]
+                elif c in last_read:
+                    want = last_read[c]
+                    first.setdefault(c, want)
+                else:
+                    want = NONE
+                assert retrans[c - 1] == want, (c, int(retrans[c - 1]), want, steps)
+                if want >= 0:
+                    got = table.take(int(cookies[c - 1]), want)
+                    taken[c] = taken.get(c, 0) + got
+                    assert taken[c] == want - first.get(c, 0), (c, taken, first, want)
+    assert host == sum(taken.values())
