@@ -14,8 +14,9 @@ from textual.widgets import Footer, Label, Sparkline, Static
 
 from flowscope.query.view import Row, find, find_reverse, reverse_ident
 from flowscope.ui.context import ConsoleContext
+from flowscope.ui.state import SERIES_DROPS, SERIES_RETRANS, SERIES_RTT
 from flowscope.ui.widgets import describe_row, padded
-from flowscope.vocab import human_rate
+from flowscope.vocab import human_rate, rtt_text
 
 
 def _fields(pairs: list[tuple[str, str]]) -> Content:
@@ -34,6 +35,8 @@ class DetailScreen(Screen[None]):
     DetailScreen #title { height: 1; padding: 0 1; background: $panel; text-style: bold; }
     DetailScreen #graph-label { height: 1; padding: 0 1; }
     DetailScreen Sparkline { height: 3; margin: 0 1; }
+    DetailScreen #health-label { height: 1; padding: 0 1; }
+    DetailScreen #rtt-graph { height: 1; }
     DetailScreen #sides { height: 1fr; }
     DetailScreen .side { width: 1fr; padding: 0 1; }
     DetailScreen .side-title { text-style: bold underline; }
@@ -55,6 +58,8 @@ class DetailScreen(Screen[None]):
         yield Static(id="title")
         yield Label(id="graph-label")
         yield Sparkline([], id="row-graph")
+        yield Label(id="health-label")
+        yield Sparkline([], id="rtt-graph")
         with Horizontal(id="sides"):
             with Vertical(classes="side"):
                 yield Label("this direction", classes="side-title", id="this-title")
@@ -66,6 +71,31 @@ class DetailScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.redraw()
+
+    def _health_over_time(self, row: Row, width: int, ticks: int) -> None:
+        """A followed TCP connection's RTT over the same ``ticks`` as the bit rate (a graph
+        ``width`` cells wide, and its range), and what it retransmitted and the kernel
+        dropped of it in them; hidden for other rows."""
+        state = self.context.state
+        label = self.query_one("#health-label", Label)
+        rtt_graph = self.query_one("#rtt-graph", Sparkline)
+        shown = self.group == "flow" and (row.rtt_us >= 0 or row.drops > 0)
+        label.display = rtt_graph.display = shown
+        if not shown:
+            return
+        parts = []
+        rtts = [v for v in state.row_series(row.key, ticks, SERIES_RTT) if v > 0]
+        if row.rtt_us >= 0 and rtts:
+            low, high = rtt_text(int(min(rtts))), rtt_text(int(max(rtts)))
+            span = f" ({low}-{high})" if low != high else ""
+            parts.append(f"round trip {rtt_text(row.rtt_us)}{span}")
+        for what, column in (("retransmitted", SERIES_RETRANS), ("dropped", SERIES_DROPS)):
+            grew = state.row_growth(row.key, column, ticks)
+            if grew is not None:
+                parts.append(f"{what} +{grew:,}")
+        label.update(f"{', '.join(parts)} in the last {ticks} ticks")
+        rtt_graph.display = row.rtt_us >= 0
+        rtt_graph.data = padded(state.row_series(row.key, ticks, SERIES_RTT), width)
 
     def redraw(self) -> None:
         """Refresh from the latest tick (the row may have left the top N: look it up)."""
@@ -81,11 +111,13 @@ class DetailScreen(Screen[None]):
         else:
             title = "  ".join(v for _, v in describe_row(row, self.group)[:3])
         self.query_one("#title", Static).update(Content(title + gone))
-        graph = self.query_one(Sparkline)
-        graph.data = padded(state.row_series(row.key), max(graph.size.width, 10))
+        graph = self.query_one("#row-graph", Sparkline)
+        width = max(graph.size.width, 10)
+        graph.data = padded(state.row_series(row.key), width)
         self.query_one("#graph-label", Label).update(
             f"bit rate {human_rate(row.bps)}, last {min(state.ticks, state.history)} ticks"
         )
+        self._health_over_time(row, width, min(state.ticks, state.history))
         fields = describe_row(row, self.group)
         if row.owner is not None and self.group in ("flow", "process"):
             if self._command is None:  # once per screen: /proc is read on demand only

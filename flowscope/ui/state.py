@@ -27,6 +27,8 @@ from flowscope.vocab import compact
 
 HISTORY = 300
 """Ticks of rate history kept (5 minutes at one tick a second)."""
+SERIES_RTT, SERIES_RETRANS, SERIES_DROPS = 2, 3, 4
+"""The columns of LiveState.row_history besides the bit rate (1)."""
 FEED = 500
 """New-flow events kept for the feed."""
 LOSS_COUNTERS = ("map_full", "ringbuf_full", "malformed", "sockets_lost")
@@ -78,7 +80,10 @@ class LiveState:
     new_flows: collections.deque[float] = field(default_factory=collections.deque)
     feed: collections.deque[NewFlow] = field(default_factory=lambda: collections.deque(maxlen=FEED))
     totals: collections.Counter[str] = field(default_factory=collections.Counter)
-    row_history: dict[str, collections.deque[tuple[int, float]]] = field(default_factory=dict)
+    row_history: dict[str, collections.deque[tuple[int, float, int, int, int]]] = field(
+        default_factory=dict
+    )
+    """Per shown row: (tick, bit rate, RTT us, retransmissions, drops) at each tick shown."""
     interfaces: tuple[tuple[str, str], ...] = ()
     links: dict[str, str] = field(default_factory=dict)
     """Each interface's state as of the last tick ('up', 'down', 'gone')."""
@@ -186,23 +191,34 @@ class LiveState:
         return len(b) > BEHIND_TICKS and all(x < y for x, y in itertools.pairwise(b))
 
     def record_rows(self, rows: Iterable[Row]) -> None:
-        """Remember each shown row's bit rate at this tick (for its own graph)."""
+        """Remember each shown row's bit rate at this tick (for its own graph), and its TCP
+        health and drops (for the detail view's)."""
         for r in rows:
             h = self.row_history.get(r.key)
             if h is None:
                 h = self.row_history[r.key] = collections.deque(maxlen=self.history)
             if not h or h[-1][0] != self.ticks:
-                h.append((self.ticks, r.bps))
+                h.append((self.ticks, r.bps, r.rtt_us, r.retrans, r.drops))
 
-    def row_series(self, key: str, width: int | None = None) -> list[float]:
-        """A row's bit rate per tick over the kept history, 0 where it was not shown."""
+    def row_series(self, key: str, width: int | None = None, column: int = 1) -> list[float]:
+        """A row's bit rate per tick over the kept history, 0 where it was not shown; another
+        ``column`` of what record_rows keeps (SERIES_RTT, SERIES_RETRANS, SERIES_DROPS)
+        likewise, with its -1 (not followed) as 0."""
         n = min(self.ticks, self.history) if width is None else min(width, self.history)
         start = self.ticks - n + 1
         values = [0.0] * n
-        for t, v in self.row_history.get(key, ()):
-            if t >= start:
-                values[t - start] = v
+        for entry in self.row_history.get(key, ()):
+            if entry[0] >= start:
+                values[entry[0] - start] = max(float(entry[column]), 0.0)
         return values
+
+    def row_growth(self, key: str, column: int, width: int | None = None) -> int | None:
+        """How much a row's running total (SERIES_RETRANS, SERIES_DROPS) grew over the last
+        ``width`` ticks it was shown in (None: not followed in them)."""
+        n = min(self.ticks, self.history) if width is None else min(width, self.history)
+        seen = [int(e[column]) for e in self.row_history.get(key, ()) if e[0] > self.ticks - n]
+        seen = [v for v in seen if v >= 0]
+        return seen[-1] - seen[0] if seen else None
 
     def _forget_old_rows(self) -> None:
         cutoff = self.ticks - self.history
