@@ -480,6 +480,15 @@ class FloodRow:
 
 
 @dataclass(frozen=True, slots=True)
+class TickFlows:
+    """One family's flows of a tick (kernel key layout) and the packets each had in it."""
+
+    family: int
+    keys: np.ndarray
+    packets: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
 class FloodShape:
     """Who sent what in one tick, by source prefix and target (collect.flood): the rows with the
     most packets, and what the rest add up to."""
@@ -493,6 +502,10 @@ class FloodShape:
     """Packets the full flow map could not take that found the flood table full too
     (CNT_FLOOD_OTHER): no row has them. Each row's count is exact up to this many."""
     interval: float = 1.0
+    flows: tuple[TickFlows, ...] = ()
+    """The tick's flows with their packets of the tick, per family (the collector's own
+    arrays, not copies): what one host of a row's prefix sent, which the rows cannot say, is
+    counted from them when asked (collect.block.share)."""
 
     @property
     def packets(self) -> int:

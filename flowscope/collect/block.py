@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
+
 from flowscope import abi
 from flowscope.errors import UsageError
 from flowscope.model import PROTO_NUMBERS, BlockRule, FloodShape
@@ -124,21 +126,46 @@ def ssh_session(environ: Mapping[str, str]) -> tuple[str | None, int]:
 
 
 def share(rule: Rule, shape: FloodShape) -> float:
-    """The share of the last tick's received packets the rule would drop, from the flood
-    shape's rows (a prefix rule counts rows its prefix covers; rows it covers in part, such as
-    a /24 row under a host rule, are left out: a lower bound, exact for prefix rules of /24
-    or wider)."""
+    """The share of the last tick's received packets the rule would drop. A rule as wide as a
+    row's prefix (/24, /64) or wider: the rows it covers (flows and the flood table alike).
+    A narrower one (a host): what the tick's flows from its addresses received
+    (FloodShape.flows, counted now, at no cost per tick); the flood table's part is not known
+    per host, so this is a lower bound while the flow map is full, and exact otherwise."""
     rows = [r for r in shape.rows if r.direction == abi.DIR_INGRESS]
     total = sum(r.packets for r in rows)
     if not total:
         return 0.0
-    hit = sum(
-        r.packets
-        for r in rows
-        if rule.covers_prefix(r.prefix)
-        and (rule.proto is None or (r.proto, r.dport) == (rule.proto, rule.dport))
-    )
-    return hit / total
+    net = rule.net
+    if net is None or net.prefixlen <= (24 if net.version == 4 else 64):
+        hit = sum(
+            r.packets
+            for r in rows
+            if rule.covers_prefix(r.prefix)
+            and (rule.proto is None or (r.proto, r.dport) == (rule.proto, rule.dport))
+        )
+        return min(hit / total, 1.0)
+    family = abi.AF_INET if net.version == 4 else abi.AF_INET6
+    hit = 0
+    for f in shape.flows:
+        if f.family != family or not len(f.keys):
+            continue
+        k = f.keys
+        sel = (k["direction"] == abi.DIR_INGRESS) & in_network(k["saddr"], net)
+        if rule.proto is not None:
+            sel &= (k["proto"] == rule.proto) & (k["dport"] == rule.dport)
+        hit += int(f.packets[sel].sum())
+    return min(hit / total, 1.0)
+
+
+def in_network(addr: np.ndarray, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> np.ndarray:
+    """Which rows of address bytes (n x 4 or 16, network order) are in ``net``."""
+    packed = np.frombuffer(net.network_address.packed, np.uint8)
+    full, rest = divmod(net.prefixlen, 8)
+    inside = (addr[:, :full] == packed[:full]).all(axis=1)
+    if rest:
+        mask = np.uint8((0xFF << (8 - rest)) & 0xFF)
+        inside &= (addr[:, full] & mask) == packed[full]
+    return np.asarray(inside, bool)
 
 
 def concerns(rule: Rule, safety: Safety, shape: FloodShape | None) -> list[str]:

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 from flowscope import abi
-from flowscope.model import FloodRow, FloodShape, Sample, proto_name
+from flowscope.model import FloodRow, FloodShape, Sample, TickFlows, proto_name
 from flowscope.vocab import compact
 
 TOP_ROWS = 50
@@ -50,6 +50,7 @@ class FloodParts:
 
     def __init__(self) -> None:
         self._parts: list[_Part] = []
+        self._flows: list[TickFlows] = []
 
     def add_flows(
         self,
@@ -60,7 +61,9 @@ class FloodParts:
         tcp_flags: np.ndarray,
     ) -> None:
         """One family's flows (kernel key layout) with their packets and bytes of this tick;
-        flows without packets in it are left out."""
+        flows without packets in it are left out (the arrays are kept as they are, for
+        FloodShape.flows)."""
+        self._flows.append(TickFlows(family, keys, packets))
         sel = np.flatnonzero(packets)
         if not len(sel):
             return
@@ -97,8 +100,9 @@ class FloodParts:
     def shape(self, unplaced: int, interval: float, top: int = TOP_ROWS) -> FloodShape:
         """The rows with the most packets (ties in prefix and target order, for a stable
         order), the sum of the rest, and the unplaced packets (the bound of every row)."""
+        flows = tuple(self._flows)
         if not self._parts:
-            return FloodShape(unplaced=unplaced, interval=interval)
+            return FloodShape(unplaced=unplaced, interval=interval, flows=flows)
         parts = self._parts
         group = np.empty(sum(len(p.hi) for p in parts), _GROUP)
         group["hi"] = np.concatenate([p.hi for p in parts])
@@ -135,6 +139,7 @@ class FloodParts:
             rest_bytes=int(g_bytes[rest].sum()),
             unplaced=unplaced,
             interval=interval,
+            flows=flows,
         )
 
 

@@ -257,3 +257,58 @@ def test_an_interface_that_goes_down_is_on_the_status_line_while_it_is_down(
         tmux("send-keys", "-t", session, "q")
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def test_block_from_the_console_then_q_leaves_no_rule_and_no_program(
+    net: VethNamespace, tmp_path: Path
+) -> None:
+    """Issue #18, as an operator does it at 80x24: live --allow-block, b on the flood's row,
+    h (its source host), y, and y again (the rule would take all the traffic: a second
+    confirmation); the listener then gets nothing from that host; q ends the console, and
+    with it the program, the rules and the control socket."""
+    from tests.kernel.test_block import Listener, _udp
+
+    listener = Listener()
+    sock = tmp_path / "control" / "c.sock"
+    session = f"fslive{uuid.uuid4().hex[:8]}"
+    sender = Traffic(net, _udp(net, net.peer_ip4, listener.port, 50), 0.1)
+    cmd = (
+        f"env FLOWSCOPE_CONTROL={sock} {PYTHON} -m flowscope live -i {net.host_if} --no-db "
+        "--allow-block --direction ingress"
+    )
+    tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd)
+    try:
+        sender.start()
+        _wait_for(session, net.peer_ip4, timeout=40)
+        assert listener.take().get(net.peer_ip4, 0) > 0
+        tmux("send-keys", "-t", session, "b")
+        _wait_for(session, "Drop every packet received on")
+        tmux("send-keys", "-t", session, "h")
+        _wait_for(session, f"    {net.peer_ip4}/32")
+        tmux("send-keys", "-t", session, "y")
+        _wait_for(session, "SECOND CONFIRMATION")
+        tmux("send-keys", "-t", session, "y")
+        deadline = time.monotonic() + 10
+        while "Drop every packet" in tmux("capture-pane", "-p", "-t", session):
+            assert time.monotonic() < deadline, "the confirmation never closed"
+            time.sleep(0.2)
+        time.sleep(0.5)
+        listener.take()  # what was on its way before the rule
+        time.sleep(1.0)
+        assert listener.take().get(net.peer_ip4, 0) == 0
+        assert sock.exists()
+        tmux("send-keys", "-t", session, "q")
+        deadline = time.monotonic() + 20
+        while tmux_alive(session):
+            assert time.monotonic() < deadline, "flowscope live did not exit on q"
+            time.sleep(0.2)
+        assert xdp_prog_id(net.host_if) == 0
+        assert not sock.exists()
+        time.sleep(0.5)
+        listener.take()
+        time.sleep(1.0)
+        assert listener.take().get(net.peer_ip4, 0) > 0  # no rule left: it gets through again
+    finally:
+        sender.stop()
+        listener.close()
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)

@@ -10,6 +10,7 @@ import socket
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -26,7 +27,7 @@ from flowscope.collect.block import (
 )
 from flowscope.collect.control import ControlServer, request
 from flowscope.errors import FlowscopeError, UsageError
-from flowscope.model import FloodRow, FloodShape
+from flowscope.model import FloodRow, FloodShape, TickFlows
 
 
 class Maps:
@@ -182,3 +183,29 @@ def test_the_service_behind_a_socket_only_its_owner_may_use(tmp_path: Path) -> N
     again.close()
     with pytest.raises(FlowscopeError, match="no flowscope with --allow-block"):
         request(path, {"op": "list"})
+
+
+def test_a_host_rule_that_takes_most_of_the_traffic_needs_a_second_confirmation() -> None:
+    """The prefix rows cannot say how much of a /24 one host of it sent: the tick's flows can.
+    A host (or narrower-than-/24) rule's share counts its hosts' packets from the flows: one
+    host that sent 900 of 1,000 packets is 90 % of the traffic, another in the same /24 with
+    100 of them 10 % (issue #18: a /32 rule that took all the traffic once went through with
+    no second confirmation). What the host sent is not counted."""
+    safety = Safety()
+    keys = np.zeros(3, abi.KEY4_DTYPE)
+    keys["saddr"] = [[198, 19, 77, 5], [198, 19, 77, 6], [198, 19, 77, 5]]
+    keys["proto"], keys["dport"] = 17, 9
+    keys["direction"] = [abi.DIR_INGRESS, abi.DIR_INGRESS, abi.DIR_EGRESS]
+    shape = FloodShape(
+        rows=(FloodRow(4, "198.19.77.0/24", 17, 9, 0, 0, 1000, 10000, 1000),),
+        flows=(TickFlows(abi.AF_INET, keys, np.array([900, 100, 5000], np.uint64)),),
+    )
+    assert concerns(parse_rule("198.19.77.5"), safety, shape) == [
+        "it drops 90% of the traffic received in the last tick"
+    ]
+    assert concerns(parse_rule("198.19.77.5 udp/9"), safety, shape) != []
+    assert concerns(parse_rule("198.19.77.5 udp/10"), safety, shape) == []
+    assert concerns(parse_rule("198.19.77.6"), safety, shape) == []
+    assert concerns(parse_rule("198.19.77.4/31"), safety, shape) == [
+        "it drops 90% of the traffic received in the last tick"
+    ]

@@ -318,6 +318,9 @@ class CollectorMachine(RuleBasedStateMachine):
     def _shape(self, t: Tick) -> None:
         """Add up the tick's flood shape: per prefix and target, every packet placed so far."""
         assert t.sample.flood.rest_packets == 0  # fewer groups than rows here
+        # the flows the shape keeps (for a host rule's share) are what the rows' flows had
+        flows = sum(int(f.packets.sum()) for f in t.sample.flood.flows)
+        assert flows == sum(r.in_flows for r in t.sample.flood.rows)
         for r in t.sample.flood.rows:
             g = self.shaped[r.prefix, r.proto, r.dport, r.direction]
             g[0] += r.packets
