@@ -211,6 +211,7 @@ class Collector:
             drops.refresh()
             drops.reason_deltas()  # the baseline: a tick counts what it saw dropped
             drops.unattributed_delta()
+            drops.missed_delta()
         self.settings = settings or CollectorSettings()
         self.iface_names = iface_names or {}
         self._mono = monotonic_ns
@@ -286,6 +287,7 @@ class Collector:
             dropped = self.drops.reason_deltas()
             deltas["drops"] = sum(dropped.values())
             deltas["drops_unattributed"] = self.drops.unattributed_delta()
+            deltas["drops_missed"] = self.drops.missed_delta()
         if self.resets is not None:  # the host's resets this tick
             deltas["resets_sent"], deltas["resets_received"] = self.resets.deltas()
         events = [

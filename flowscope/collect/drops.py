@@ -32,6 +32,8 @@ class DropSource(Protocol):
 
     def unattributed(self) -> int: ...
 
+    def missed(self) -> int: ...
+
     def name(self, reason: int) -> str: ...
 
 
@@ -68,6 +70,8 @@ class DropTable:
         self._last_by_reason: dict[int, int] | None = None
         self._unattributed = 0
         self._last_unattributed = 0
+        self._missed = 0
+        self._last_missed = 0
         # per family: sorted join keys of each (flow, reason), their drop keys, reasons, counts
         self._sorted: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
         self.add(np.zeros(0, abi.DROP_KEY_DTYPE), np.zeros(0, np.int64))
@@ -82,6 +86,7 @@ class DropTable:
             self.add(keys, counts)
             self._by_reason = self.source.by_reason()
             self._unattributed = self.source.unattributed()
+            self._missed = self.source.missed()
 
     def add(self, keys: np.ndarray, counts: np.ndarray) -> None:
         """Replace what is known with ``keys`` (abi.DROP_KEY_DTYPE) and their counts."""
@@ -157,6 +162,13 @@ class DropTable:
             if new > best_n:
                 best, best_n = self.name(int(reasons[j])), new
         return total, best
+
+    def missed_delta(self) -> int:
+        """Drops the hook missed since the last call (DropSource.missed; the first call:
+        since it was loaded, a baseline): in no count at all, so said as a number."""
+        d = self._missed - self._last_missed
+        self._last_missed = self._missed
+        return d
 
     def unattributed_delta(self) -> int:
         """Drops past the hook's per-flow budget since the last call (the first call: since

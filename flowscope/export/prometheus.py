@@ -90,6 +90,10 @@ COUNTERS: dict[str, tuple[str, str]] = {
         "flowscope_kernel_drops_unattributed_total",
         "Kernel drops past the drop hook's per-flow budget: counted by reason, in no flow.",
     ),
+    "drops_missed": (
+        "flowscope_kernel_drops_missed_total",
+        "Kernel drops the drop hook did not see (it was already running on that CPU).",
+    ),
     "events_limited": (
         "flowscope_kernel_events_limited_total",
         "New-flow records the kernel's per-CPU announcement budget held back (still counted).",

@@ -83,6 +83,12 @@ class DropHooks:
         libbpf.map_lookup(self._budget_fd, ctypes.byref(zero), ctypes.byref(per_cpu))
         return sum(int(cpu.unattributed) for cpu in per_cpu)
 
+    def missed(self) -> int:
+        """Drops the hook did not see since it was loaded: the kernel skips a tracepoint's
+        program when it fires while that program already runs on the CPU (a drop in an
+        interrupt during another drop's hook). In no count: not per reason, not per flow."""
+        return libbpf.prog_misses(self.prog_fd)
+
     def name(self, reason: int) -> str:
         """A drop reason's name (its number when this kernel has no such reason)."""
         return self.reasons.get(reason, str(reason))

@@ -82,6 +82,7 @@ class _ProgInfo(ctypes.Structure):
         ("prog_tags", ctypes.c_uint64),
         ("run_time_ns", ctypes.c_uint64),
         ("run_cnt", ctypes.c_uint64),
+        ("recursion_misses", ctypes.c_uint64),
     ]
 
 
@@ -248,6 +249,13 @@ def prog_run_stats(prog_fd: int) -> tuple[int, int]:
     """(nanoseconds, runs) the kernel timed a program for while run stats were enabled."""
     info = _prog_info(prog_fd)
     return int(info.run_time_ns), int(info.run_cnt)
+
+
+def prog_misses(prog_fd: int) -> int:
+    """How often the kernel did not run a tracing program because it was already running on
+    that CPU (bpf_prog_info.recursion_misses: a hook that fires again from an interrupt while
+    its program runs is skipped, not queued)."""
+    return int(_prog_info(prog_fd).recursion_misses)
 
 
 @dataclass(frozen=True, slots=True)

@@ -205,7 +205,11 @@ def test_loss_on_the_receiving_side_is_retransmitted_and_dropped(net: VethNamesp
     assert sum(r.drops for r in mine) == 0
     # what the peer sent and we lost: every drop on its received flow, with the kernel's reason
     theirs = [r for r in records if r.key.dport == in_port and r.key.direction == abi.DIR_INGRESS]
-    assert sum(r.drops for r in theirs) == lost_in["dropped"], (theirs, lost_in)
+    # ... exactly, but for any drop the kernel did not run the hook for (it was running on
+    # that CPU already: a drop in an interrupt during another's hook), which is counted apart
+    missed = sum(t.sample.counters["drops_missed"] for t in ticks)
+    dropped = sum(r.drops for r in theirs)
+    assert dropped <= lost_in["dropped"] <= dropped + missed, (dropped, missed, lost_in)
     assert {r.drop_reason for r in theirs if r.drops} == {"TC_INGRESS"}
     # the peer's replies (ACKs) to it were not dropped; its sent side has no drops here
     acks = [r for r in records if r.key.sport == in_port and r.key.direction == abi.DIR_EGRESS]

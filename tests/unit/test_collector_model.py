@@ -593,6 +593,9 @@ class _Drops:
     def unattributed(self) -> int:
         return 0
 
+    def missed(self) -> int:
+        return 0
+
     def name(self, reason: int) -> str:
         return f"R{reason}"
 
