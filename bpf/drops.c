@@ -75,6 +75,17 @@ static __always_inline void drop_parse(struct drop_key *k, unsigned char *head, 
     }
 }
 
+/* drop_parse on a packet's own network header. */
+static __always_inline void drop_parse_skb(struct drop_key *k, void *skb)
+{
+    unsigned char *head = 0;
+    __u16 nh = 0xFFFF;
+    READ(head, skb, SKB_HEAD);
+    READ(nh, skb, SKB_NETWORK_HEADER);
+    if (head)
+        drop_parse(k, head, nh);
+}
+
 /* Attached by flowscope/kernel/drops.py (not BCC's RAW_TRACEPOINT_PROBE, which attaches at
  * compile time: a kernel that refuses it must still get the flow programs). */
 int drops_kfree_skb(struct bpf_raw_tracepoint_args *ctx)
@@ -111,12 +122,7 @@ int drops_kfree_skb(struct bpf_raw_tracepoint_args *ctx)
     k.reason = reason;
     if (dev)
         READ(k.ifindex, dev, DEV_IFINDEX);
-    unsigned char *head = 0;
-    __u16 nh = 0xFFFF;
-    READ(head, skb, SKB_HEAD);
-    READ(nh, skb, SKB_NETWORK_HEADER);
-    if (head)
-        drop_parse(&k, head, nh);
+    drop_parse_skb(&k, skb);
     if (!k.family)
         return 0;           /* not IP: counted by reason only */
     __u64 one = 1;

@@ -1,6 +1,7 @@
 /* resets.c - TCP resets per flow: raw tracepoints on tcp:tcp_send_reset and
- * tcp:tcp_receive_reset, compiled after drops.c (whose READ, drop_netns and drop_parse it uses,
- * and whose BTF offsets: flowscope/kernel/btf.py) in the one BCC module of record and live.
+ * tcp:tcp_receive_reset, compiled after drops.c (whose READ, drop_netns and drop_parse_skb
+ * it uses, and whose BTF offsets: flowscope/kernel/btf.py) in the one BCC module of record
+ * and live.
  *
  * Both run once per reset, never per packet. A reset the kernel sends answers a packet (a SYN
  * to a closed port, a segment for a connection it does not know: the tracepoint's skb, whose
@@ -85,12 +86,7 @@ int resets_send(struct bpf_raw_tracepoint_args *ctx)
         if (drop_netns(dev, sk) != FS_NETNS_INUM)
             return 0;
         struct drop_key d = {};
-        unsigned char *head = 0;
-        __u16 nh = 0xFFFF;
-        READ(head, skb, SKB_HEAD);
-        READ(nh, skb, SKB_NETWORK_HEADER);
-        if (head)
-            drop_parse(&d, head, nh);
+        drop_parse_skb(&d, skb);
         if (!d.family || d.proto != 6)
             return 0;
         k.family = d.family;

@@ -29,7 +29,7 @@ from flowscope.collect.collector import Collector, CollectorSettings
 from flowscope.collect.health import OLDER_REFRESH
 from flowscope.collect.owners import watch_processes
 from flowscope.kernel.session import Probe
-from tests.kernel.test_tcp_health import BulkSender
+from tests.kernel.test_tcp_health import BulkSender, live_health
 from tests.netns import PYTHON, VethNamespace, veth_namespace
 
 EVERY = 25
@@ -338,13 +338,7 @@ def test_a_connection_open_before_start_has_its_health_from_sock_diag(
                 final = sender.stop(net.peer_ip4)
                 time.sleep(OLDER_REFRESH + 0.1)  # the next read of sock_diag is after the end
                 tick = collector.tick()
-                live: dict[int, tuple[int, float]] = {}
-                for lf in tick.live:
-                    assert lf.retrans is not None and lf.rtt_us is not None
-                    for j in range(len(lf.batch)):
-                        k = lf.batch.key(j)
-                        if lport in (k.sport, k.dport):
-                            live[k.direction] = (int(lf.retrans[j]), int(lf.rtt_us[j]) / 1000)
+                live = live_health(tick, lport)
                 records += tick.records + collector.shutdown()
                 conn.close()
             finally:

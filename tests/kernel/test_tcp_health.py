@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import pytest
 
 from flowscope import abi
-from flowscope.collect.collector import Collector, CollectorSettings
+from flowscope.collect.collector import Collector, CollectorSettings, Tick
 from flowscope.collect.owners import watch_processes
 from flowscope.kernel.session import Probe
 from tests.netns import PYTHON, VethNamespace, veth_namespace
@@ -62,6 +62,19 @@ def ss_info(peer: str, lport: int) -> dict[str, float]:
     if m := re.search(r"\bunacked:(\d+)", out):
         info["unacked"] = float(m.group(1))
     return info
+
+
+def live_health(tick: Tick, lport: int) -> dict[int, tuple[int, float]]:
+    """Per direction, (retransmissions, RTT ms) of the live flows of the connection from
+    local port ``lport``, as the tick shows them."""
+    live: dict[int, tuple[int, float]] = {}
+    for lf in tick.live:
+        assert lf.retrans is not None and lf.rtt_us is not None
+        for j in range(len(lf.batch)):
+            k = lf.batch.key(j)
+            if lport in (k.sport, k.dport):
+                live[k.direction] = (int(lf.retrans[j]), int(lf.rtt_us[j]) / 1000)
+    return live
 
 
 class BulkSender:
@@ -121,13 +134,7 @@ def test_retransmits_and_rtt_are_the_sockets_own(net: VethNamespace) -> None:
                     records += collector.tick().records
                 final = sender.stop(net.peer_ip4)
                 tick = collector.tick()
-                live: dict[int, tuple[int, float]] = {}
-                for lf in tick.live:
-                    assert lf.retrans is not None and lf.rtt_us is not None
-                    for j in range(len(lf.batch)):
-                        k = lf.batch.key(j)
-                        if lport in (k.sport, k.dport):
-                            live[k.direction] = (int(lf.retrans[j]), int(lf.rtt_us[j]) / 1000)
+                live = live_health(tick, lport)
                 records += tick.records + collector.shutdown()
                 conn.close()
             finally:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 from collections import defaultdict
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from hypothesis import HealthCheck, settings
@@ -600,22 +601,81 @@ class _Drops:
         return f"R{reason}"
 
 
-class DropsCollectorMachine(CollectorMachine):
+class _CountedPerFlow(CollectorMachine):
+    """What a kernel hook counts per flow beside the flow programs (drops, resets), read by a
+    table that may forget an entry (LRU), and written into records as ``field``. Model: the
+    records of a flow never hold more than it had, whatever its flow went through (idle expiry
+    and a new flow, eviction, a full map); what history keeps of the live flows (the pending
+    blob, as a crash would turn it into records) holds the rest; a flow whose entries were
+    never forgotten and which is in the map at shutdown has all of it written."""
+
+    field = ""
+    table: Any
+
+    def _counting(self, table: Any) -> None:
+        self.table = table
+        self.made = [0] * FLOWS
+        self.written_counts = [0] * FLOWS
+        self.forgot = [False] * FLOWS
+
+    def _check(self, r: FlowRecord) -> None:
+        """A record's other fields that go with the count."""
+
+    def _take(self, records: list) -> None:  # type: ignore[type-arg]
+        super()._take(records)
+        for r in records:
+            assert getattr(r, self.field) >= 0
+            self.written_counts[r.key.sport - 1000] += getattr(r, self.field)
+            self._check(r)
+
+    @invariant()
+    def never_more_than_made(self) -> None:
+        for i in range(FLOWS):
+            assert self.written_counts[i] <= self.made[i], i
+
+    def _tick_pending(self) -> Tick:
+        """A tick; what it wrote and what its pending flows hold add up to what was made."""
+        self.kernel.now += SEC // 10
+        t = self.collector.tick()
+        self.counters = self.kernel.read_counters()
+        self._take(t.records)
+        pending = [0] * FLOWS
+        for r in _pending(t):
+            pending[r.key.sport - 1000] += getattr(r, self.field)
+            self._check(r)
+        in_map = {raw for m in self.kernel.maps.values() for raw in m}
+        for i, (_, raw) in enumerate(KEYS):
+            assert self.written_counts[i] + pending[i] <= self.made[i], i
+            if raw in in_map and not self.forgot[i]:
+                assert self.written_counts[i] + pending[i] == self.made[i], i
+        return t
+
+    @rule()
+    def shutdown_is_exact(self) -> None:
+        saved = dict(self.table.written)
+        written = list(self.written_counts)
+        in_map = {raw for m in self.kernel.maps.values() for raw in m}
+        for r in self.collector.shutdown():
+            written[r.key.sport - 1000] += getattr(r, self.field)
+        self.table.written = saved
+        for i, (_, raw) in enumerate(KEYS):
+            assert written[i] <= self.made[i], i
+            if raw in in_map and not self.forgot[i]:
+                assert written[i] == self.made[i], (i, written[i], self.made[i])
+
+
+class DropsCollectorMachine(_CountedPerFlow):
     """The same traffic, and the kernel drops some of each flow's received packets (after
-    the flow program counted them), for one reason or another; the drops map may forget an
-    entry (LRU). Model: the records of a flow never hold more drops than it had, whatever its
-    flow went through (idle expiry and a new flow, eviction, a full map), each record's main
-    reason is one its drops had, and a flow whose entries were never forgotten and which is in
-    the map at shutdown has all of them written."""
+    the flow program counted them), for one reason or another (_CountedPerFlow's model); each
+    record's main reason is one its drops had."""
+
+    field = "drops"
 
     def __init__(self) -> None:
         super().__init__()
         self.drops = _Drops()
-        self.table = DropTable(self.drops)
+        self._counting(DropTable(self.drops))
         self.collector = self.make_collector(drops=self.table)
-        self.made = [0] * FLOWS
-        self.dropped_written = [0] * FLOWS
-        self.forgot = [False] * FLOWS
 
     @rule(
         i=st.integers(0, FLOWS - 1),
@@ -633,53 +693,15 @@ class DropsCollectorMachine(CollectorMachine):
         if self.drops.count.pop((i, reason), 0):
             self.forgot[i] = True
 
-    def _take(self, records: list) -> None:  # type: ignore[type-arg]
-        super()._take(records)
-        for r in records:
-            i = r.key.sport - 1000
-            assert r.drops >= 0
-            self.dropped_written[i] += r.drops
-            if r.drops:
-                assert r.drop_reason in {f"R{x}" for x in _Drops.REASONS}, r
-            else:
-                assert r.drop_reason == "", r
-
-    @invariant()
-    def never_more_drops_than_made(self) -> None:
-        for i in range(FLOWS):
-            assert self.dropped_written[i] <= self.made[i], i
+    def _check(self, r: FlowRecord) -> None:
+        if r.drops:
+            assert r.drop_reason in {f"R{x}" for x in _Drops.REASONS}, r
+        else:
+            assert r.drop_reason == "", r
 
     @rule()
     def tick(self) -> None:
-        """What history keeps of the live flows (the pending blob, as a crash would turn it
-        into records) holds the drops no record holds yet: with the records, all of them."""
-        self.kernel.now += SEC // 10
-        t = self.collector.tick()
-        self.counters = self.kernel.read_counters()
-        self._take(t.records)
-        pending = [0] * FLOWS
-        for r in _pending(t):
-            i = r.key.sport - 1000
-            pending[i] += r.drops
-            assert (r.drop_reason != "") == (r.drops > 0), r
-        in_map = {raw for m in self.kernel.maps.values() for raw in m}
-        for i, (_, raw) in enumerate(KEYS):
-            assert self.dropped_written[i] + pending[i] <= self.made[i], i
-            if raw in in_map and not self.forgot[i]:
-                assert self.dropped_written[i] + pending[i] == self.made[i], i
-
-    @rule()
-    def shutdown_is_exact(self) -> None:
-        saved = dict(self.table.written)
-        written = list(self.dropped_written)
-        in_map = {raw for m in self.kernel.maps.values() for raw in m}
-        for r in self.collector.shutdown():
-            written[r.key.sport - 1000] += r.drops
-        self.table.written = saved
-        for i, (_, raw) in enumerate(KEYS):
-            assert written[i] <= self.made[i], i
-            if raw in in_map and not self.forgot[i]:
-                assert written[i] == self.made[i], (i, written[i], self.made[i])
+        self._tick_pending()
 
 
 class _Resets:
@@ -704,21 +726,17 @@ class _Resets:
         return keys, counts
 
 
-class ResetsCollectorMachine(CollectorMachine):
+class ResetsCollectorMachine(_CountedPerFlow):
     """The same traffic, and some of it is TCP resets the kernel acted on (a reset counts in
-    the flow it came in with); the resets map may forget an entry (LRU). Model: the records of
-    a flow never hold more resets than it had, whatever its flow went through; what history
-    keeps of the live flows holds the rest; a flow whose entry was never forgotten and which is
-    in the map at shutdown has all of them written; the host's totals are every reset."""
+    the flow it came in with; _CountedPerFlow's model); the host's totals are every reset."""
+
+    field = "resets"
 
     def __init__(self) -> None:
         super().__init__()
         self.resets = _Resets()
-        self.table = ResetTable(self.resets)
+        self._counting(ResetTable(self.resets))
         self.collector = self.make_collector(resets=self.table)
-        self.made = [0] * FLOWS
-        self.written_resets = [0] * FLOWS
-        self.forgot = [False] * FLOWS
         self.host_total = 0
 
     @rule(i=st.integers(0, FLOWS - 1), n=st.integers(1, 3), cpu=st.integers(0, NCPU - 1))
@@ -732,49 +750,14 @@ class ResetsCollectorMachine(CollectorMachine):
         if self.resets.count.pop(i, 0):
             self.forgot[i] = True
 
-    def _take(self, records: list) -> None:  # type: ignore[type-arg]
-        super()._take(records)
-        for r in records:
-            assert r.resets >= 0
-            self.written_resets[r.key.sport - 1000] += r.resets
-
-    @invariant()
-    def never_more_resets_than_made(self) -> None:
-        for i in range(FLOWS):
-            assert self.written_resets[i] <= self.made[i], i
-
     @rule()
     def tick(self) -> None:
-        self.kernel.now += SEC // 10
-        t = self.collector.tick()
-        self.counters = self.kernel.read_counters()
-        self._take(t.records)
+        t = self._tick_pending()
         assert t.sample.counters["resets_sent"] == 0
         self.host_total += t.sample.counters["resets_received"]
-        pending = [0] * FLOWS
-        for r in _pending(t):
-            pending[r.key.sport - 1000] += r.resets
-        in_map = {raw for m in self.kernel.maps.values() for raw in m}
-        for i, (_, raw) in enumerate(KEYS):
-            assert self.written_resets[i] + pending[i] <= self.made[i], i
-            if raw in in_map and not self.forgot[i]:
-                assert self.written_resets[i] + pending[i] == self.made[i], i
         # every reset counted until now, as long as refreshes saw each before it was forgotten
         if not any(self.forgot):
             assert self.host_total == sum(self.made)
-
-    @rule()
-    def shutdown_is_exact(self) -> None:
-        saved = dict(self.table.written)
-        written = list(self.written_resets)
-        in_map = {raw for m in self.kernel.maps.values() for raw in m}
-        for r in self.collector.shutdown():
-            written[r.key.sport - 1000] += r.resets
-        self.table.written = saved
-        for i, (_, raw) in enumerate(KEYS):
-            assert written[i] <= self.made[i], i
-            if raw in in_map and not self.forgot[i]:
-                assert written[i] == self.made[i], (i, written[i], self.made[i])
 
 
 TestResetsCollectorModel = ResetsCollectorMachine.TestCase
