@@ -204,14 +204,6 @@ class Collector:
         """What the kernel dropped, per flow and reason (None: not followed)."""
         self.resets = resets
         """The TCP resets the kernel sent and received, per flow (None: not followed)."""
-        if resets is not None:
-            resets.refresh()
-            resets.deltas()  # the baseline, as for drops
-        if drops is not None:
-            drops.refresh()
-            drops.reason_deltas()  # the baseline: a tick counts what it saw dropped
-            drops.unattributed_delta()
-            drops.missed_delta()
         self.settings = settings or CollectorSettings()
         self.iface_names = iface_names or {}
         self._mono = monotonic_ns
@@ -219,7 +211,11 @@ class Collector:
         # kernel times are CLOCK_MONOTONIC ns, as time.monotonic_ns(); this maps them to Unix time
         self._wall_offset = wall_time() - monotonic_ns() / 1e9
         self._state = {abi.AF_INET: _FamilyState(), abi.AF_INET6: _FamilyState()}
-        self._counters = source.read_counters()
+        # The kernel's counters, like its maps, count from the program's load: the first
+        # tick's deltas are all of it, as the flows it reads are. (A baseline read here once
+        # left out the packets that came between attaching and this moment, which the flows
+        # and their records had: the samples of a recording then said fewer than its flows.)
+        self._counters: dict[abi.Counter, int] = {}
         self._sockets_lost = owners.lost if owners is not None else 0
         self._last_tick_ns = monotonic_ns()
         self._events: list[FlowEvent] = []

@@ -67,7 +67,7 @@ class DropTable:
         self.written: dict[bytes, int] = {}
         """Per (flow, reason) drop key: packets records hold already."""
         self._by_reason: dict[int, int] = {}
-        self._last_by_reason: dict[int, int] | None = None
+        self._last_by_reason: dict[int, int] = {}
         self._unattributed = 0
         self._last_unattributed = 0
         self._missed = 0
@@ -165,24 +165,23 @@ class DropTable:
 
     def missed_delta(self) -> int:
         """Drops the hook missed since the last call (DropSource.missed; the first call:
-        since it was loaded, a baseline): in no count at all, so said as a number."""
+        since it was loaded): in no count at all, so said as a number."""
         d = self._missed - self._last_missed
         self._last_missed = self._missed
         return d
 
     def unattributed_delta(self) -> int:
         """Drops past the hook's per-flow budget since the last call (the first call: since
-        the hook was loaded, which the caller treats as a baseline): in the per-reason counts,
-        in no flow."""
+        the hook was loaded): in the per-reason counts, in no flow."""
         d = self._unattributed - self._last_unattributed
         self._last_unattributed = self._unattributed
         return d
 
     def reason_deltas(self) -> dict[str, int]:
         """Packets dropped in this namespace per reason name since the last call (the first
-        call: since the hook was loaded, which the caller treats as a baseline)."""
+        call: since the hook was loaded, as the drops of the flows are)."""
         now = self._by_reason
-        before = self._last_by_reason if self._last_by_reason is not None else now
+        before = self._last_by_reason
         self._last_by_reason = dict(now)
         out: dict[str, int] = {}
         for reason, n in now.items():

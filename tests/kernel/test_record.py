@@ -268,3 +268,24 @@ def test_an_interface_down_up_or_deleted_is_said_and_the_others_go_on(tmp_path: 
     got = dict(conn.execute("SELECT sport, packets FROM flows WHERE dport = 53").fetchall())
     conn.close()
     assert got == {4000: 3, 5000: 4, 4001: 5}
+
+
+def test_packets_before_the_collector_are_in_the_first_samples_totals(net: VethNamespace) -> None:
+    """Packets that arrive between attaching and the collector's start (the recorder attaches
+    its socket, drop and reset hooks in between) are in the flows, so they must be in the
+    first sample's totals too: the kernel's counters count from the program's load, as its
+    maps do. (The collector once took its baseline at its start: a recording's samples then
+    held fewer packets than its flows, and test_kill_9 above saw 1 of 20.)"""
+    from flowscope.collect.collector import Collector
+    from flowscope.kernel.session import Probe
+
+    with Probe([net.host_if]) as probe:
+        assert net.send_frames([udp4(net, 4200, 80, 64)] * 20) == 20
+        time.sleep(0.2)
+        collector = Collector(probe.program)
+        tick = collector.tick()
+    flow = [r for lf in tick.live for r in range(len(lf.batch)) if lf.batch.key(r).sport == 4200]
+    assert len(flow) == 1
+    s = tick.sample
+    assert s.counters["packets"] == tick.flow_packets + s.counters["unattributed"]
+    assert s.counters["packets"] >= 20

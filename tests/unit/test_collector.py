@@ -162,8 +162,10 @@ def test_kernel_counter_deltas_and_wrap() -> None:
     assert counter_delta(5, 2**64 - 3) == 8
     assert counter_delta(10, 4) == 6
     src = FakeSource()
-    src.counters[abi.Counter.MALFORMED] = 2**64 - 1
     col = make(src)
+    src.counters[abi.Counter.MALFORMED] = 2**64 - 1  # since the program's load
+    src.now += SEC
+    assert col.tick().sample.counters["malformed"] == 2**64 - 1
     src.counters[abi.Counter.MALFORMED] = 4
     src.counters[abi.Counter.FLOWS_CREATED] = 3
     src.now += SEC
