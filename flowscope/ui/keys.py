@@ -51,6 +51,9 @@ FILTER_SYNTAX: list[tuple[str, str]] = [
     ("ingress, egress", "received / sent by this host"),
     ("bytes > N, packets >= N", "> >= < <= = != ; N may be 64k, 1.5M, 3G"),
     ("flags SA", "every listed TCP flag seen (F S R P A U E C)"),
+    ("proc NAME, pid N, user U", "the process of the local socket; container C"),
+    ("retrans > 0, rtt > 50ms", "TCP health of a local connection"),
+    ("drops > 0, resets > 0", "kernel drops (drop reason NAME), TCP resets"),
     ("not, and, or, ( )", "not binds tightest, then and, then or"),
 ]
-"""The filter language in ten lines, for the help a key away from the filter bar."""
+"""The filter language in thirteen lines, for the help a key away from the filter bar."""
