@@ -63,7 +63,6 @@ class ResetTable:
         self._totals = {abi.DIR_INGRESS: 0, abi.DIR_EGRESS: 0}
         self._counts: dict[bytes, int] = {}
         self.add(np.zeros(0, abi.RESET_KEY_DTYPE), np.zeros(0, np.int64))
-        self.deltas()  # the baseline: what was counted before this table existed
 
     def refresh(self) -> None:
         """Read the kernel's numbers again."""
@@ -137,7 +136,8 @@ class ResetTable:
 
     def deltas(self) -> tuple[int, int]:
         """(sent, received): the resets the kernel sent and acted on in flowscope's network
-        namespace since the last call (the first: since the table was made)."""
+        namespace since the last call (the first: since the hooks were attached, as the
+        resets of the flows are)."""
         out = (self._totals[abi.DIR_EGRESS], self._totals[abi.DIR_INGRESS])
         self._totals = {abi.DIR_INGRESS: 0, abi.DIR_EGRESS: 0}
         return out
