@@ -134,6 +134,19 @@ def opaque_rows(rows: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rows).view(np.dtype((np.void, rows.dtype.itemsize)))
 
 
+def in_network(addr: np.ndarray, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> np.ndarray:
+    """Which rows of address bytes (n x 4 or 16, network order; an IPv4 address in the first
+    four of 16) are in ``net`` (the caller checks the family): the live filter's ``net`` and
+    a block rule's share both ask it."""
+    packed = np.frombuffer(net.network_address.packed, np.uint8)
+    full, rest = divmod(net.prefixlen, 8)
+    inside = (addr[:, :full] == packed[:full]).all(axis=1)
+    if rest:
+        mask = np.uint8((0xFF << (8 - rest)) & 0xFF)
+        inside &= (addr[:, full] & mask) == packed[full]
+    return np.asarray(inside, bool)
+
+
 def key_from_row(family: int, k: np.void) -> FlowKey:
     """Decode one row of a KEY4_DTYPE or KEY6_DTYPE array (a kernel key) into a FlowKey."""
     return FlowKey(

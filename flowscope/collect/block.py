@@ -23,9 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import numpy as np
-
-from flowscope import abi
+from flowscope import abi, model
 from flowscope.errors import UsageError
 from flowscope.model import PROTO_NUMBERS, BlockRule, FloodShape
 
@@ -150,22 +148,11 @@ def share(rule: Rule, shape: FloodShape) -> float:
         if f.family != family or not len(f.keys):
             continue
         k = f.keys
-        sel = (k["direction"] == abi.DIR_INGRESS) & in_network(k["saddr"], net)
+        sel = (k["direction"] == abi.DIR_INGRESS) & model.in_network(k["saddr"], net)
         if rule.proto is not None:
             sel &= (k["proto"] == rule.proto) & (k["dport"] == rule.dport)
         hit += int(f.packets[sel].sum())
     return min(hit / total, 1.0)
-
-
-def in_network(addr: np.ndarray, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> np.ndarray:
-    """Which rows of address bytes (n x 4 or 16, network order) are in ``net``."""
-    packed = np.frombuffer(net.network_address.packed, np.uint8)
-    full, rest = divmod(net.prefixlen, 8)
-    inside = (addr[:, :full] == packed[:full]).all(axis=1)
-    if rest:
-        mask = np.uint8((0xFF << (8 - rest)) & 0xFF)
-        inside &= (addr[:, full] & mask) == packed[full]
-    return np.asarray(inside, bool)
 
 
 def concerns(rule: Rule, safety: Safety, shape: FloodShape | None) -> list[str]:

@@ -19,7 +19,7 @@ import numpy as np
 
 from flowscope import abi
 from flowscope.collect.collector import LiveFlows
-from flowscope.model import NO_DROPS, NO_RESETS, NO_TCP, address_text
+from flowscope.model import NO_DROPS, NO_RESETS, NO_TCP, address_text, in_network
 from flowscope.query import nodes
 
 ADDR = 16  # bytes per address column row (IPv4 uses the first 4)
@@ -239,13 +239,7 @@ def _host(e: nodes.Host, fr: FlowFrame, names: IfaceNames) -> Mask:
 
 def _net(e: nodes.Net, fr: FlowFrame, names: IfaceNames) -> Mask:
     fam = abi.AF_INET if e.network.version == 4 else abi.AF_INET6
-    net = np.zeros(ADDR, np.uint8)
-    net[: len(e.network.network_address.packed)] = np.frombuffer(
-        e.network.network_address.packed, np.uint8
-    )
-    netmask = np.zeros(ADDR, np.uint8)
-    netmask[: len(e.network.netmask.packed)] = np.frombuffer(e.network.netmask.packed, np.uint8)
-    return _sides(e.side, fr, lambda col: (fr.family == fam) & ((col & netmask) == net).all(axis=1))
+    return _sides(e.side, fr, lambda col: (fr.family == fam) & in_network(col, e.network))
 
 
 def _port(e: nodes.Port, fr: FlowFrame, names: IfaceNames) -> Mask:

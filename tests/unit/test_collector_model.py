@@ -564,6 +564,18 @@ class HealthCollectorMachine(CollectorMachine):
                 assert written[i] == self.conns.total[i], (i, written[i], self.conns.total[i])
 
 
+def _hook_key(out: np.void, i: int) -> np.void:
+    """Fill the addresses (16 bytes a side), ports and family of a kernel hook's key (drop_key,
+    reset_key) with flow i's; returns flow i's own key row for the rest."""
+    family, raw = _key(i)
+    k = np.frombuffer(raw, abi.KEY_DTYPES[family])[0]
+    width = 4 if family == abi.AF_INET else 16
+    out["saddr"][:width] = np.frombuffer(k["saddr"].tobytes(), np.uint8)
+    out["daddr"][:width] = np.frombuffer(k["daddr"].tobytes(), np.uint8)
+    out["sport"], out["dport"], out["family"] = k["sport"], k["dport"], family
+    return k
+
+
 class _Drops:
     """bpf/drops.c's maps as the kernel keeps them: per (flow, reason) a total that only
     grows, until the LRU forgets the entry (then it counts from zero again)."""
@@ -577,14 +589,9 @@ class _Drops:
         keys = np.zeros(len(self.count), abi.DROP_KEY_DTYPE)
         counts = np.zeros(len(self.count), np.int64)
         for j, ((i, reason), n) in enumerate(sorted(self.count.items())):
-            family, raw = _key(i)
-            k = np.frombuffer(raw, abi.KEY_DTYPES[family])[0]
-            width = 4 if family == abi.AF_INET else 16
-            keys[j]["saddr"][:width] = np.frombuffer(k["saddr"].tobytes(), np.uint8)
-            keys[j]["daddr"][:width] = np.frombuffer(k["daddr"].tobytes(), np.uint8)
-            keys[j]["sport"], keys[j]["dport"] = k["sport"], k["dport"]
+            k = _hook_key(keys[j], i)
             keys[j]["proto"], keys[j]["ifindex"] = k["proto"], k["ifindex"]
-            keys[j]["family"], keys[j]["reason"] = family, reason
+            keys[j]["reason"] = reason
             counts[j] = n
         return keys, counts
 
@@ -715,13 +722,8 @@ class _Resets:
         keys = np.zeros(len(self.count), abi.RESET_KEY_DTYPE)
         counts = np.zeros(len(self.count), np.int64)
         for j, (i, n) in enumerate(sorted(self.count.items())):
-            family, raw = _key(i)
-            k = np.frombuffer(raw, abi.KEY_DTYPES[family])[0]
-            width = 4 if family == abi.AF_INET else 16
-            keys[j]["saddr"][:width] = np.frombuffer(k["saddr"].tobytes(), np.uint8)
-            keys[j]["daddr"][:width] = np.frombuffer(k["daddr"].tobytes(), np.uint8)
-            keys[j]["sport"], keys[j]["dport"] = k["sport"], k["dport"]
-            keys[j]["family"], keys[j]["direction"] = family, k["direction"]
+            k = _hook_key(keys[j], i)
+            keys[j]["direction"] = k["direction"]
             counts[j] = n
         return keys, counts
 
