@@ -27,7 +27,7 @@ import pytest
 from flowscope import abi
 from flowscope.collect.collector import Collector, CollectorSettings
 from flowscope.collect.health import OLDER_REFRESH
-from flowscope.collect.owners import watch_processes
+from flowscope.collect.owners import ProcessWatch, watch_processes
 from flowscope.kernel.session import Probe
 from tests.kernel.test_tcp_health import BulkSender, live_health
 from tests.netns import PYTHON, VethNamespace, veth_namespace
@@ -131,6 +131,13 @@ class Loss:
             self.proc.wait()
 
 
+def hooks_retrans(watch: ProcessWatch, lport: int) -> list[int]:
+    """The retransmissions the socket hooks hold for connections from local port ``lport``."""
+    assert watch.health is not None and watch.health.source is not None
+    _cookies, rows = watch.health.source.tcp_health()
+    return [int(r["retrans"]) for r in rows if int(r["lport"]) == lport]
+
+
 @pytest.fixture
 def net() -> Iterator[VethNamespace]:
     with veth_namespace() as n:
@@ -186,6 +193,7 @@ def test_loss_on_the_receiving_side_is_retransmitted_and_dropped(net: VethNamesp
                 tick = collector.tick()
                 ticks.append(tick)
                 records += tick.records + collector.shutdown()
+                hooks_final = hooks_retrans(watch, lport)
                 conn.close()
             finally:
                 watch.close()
@@ -200,7 +208,9 @@ def test_loss_on_the_receiving_side_is_retransmitted_and_dropped(net: VethNamesp
     mine = [r for r in records if lport in (r.key.sport, r.key.dport)]
     sent = [r for r in mine if r.key.direction == abi.DIR_EGRESS]
     assert final["retrans"] >= lost_out["dropped"] > 0, (final, lost_out)
-    assert sum(r.retrans for r in sent) == final["retrans"], (sent, final)
+    # (said as each record's packets, retransmissions and end, and the hooks' own total)
+    told = [(r.packets, r.retrans, r.end_reason) for r in sent]
+    assert sum(r.retrans for r in sent) == final["retrans"], (told, final, hooks_final)
     # ... and not dropped here: the peer's namespace dropped it
     assert sum(r.drops for r in mine) == 0
     # what the peer sent and we lost: every drop on its received flow, with the kernel's reason
@@ -209,7 +219,9 @@ def test_loss_on_the_receiving_side_is_retransmitted_and_dropped(net: VethNamesp
     # that CPU already: a drop in an interrupt during another's hook), which is counted apart
     missed = sum(t.sample.counters["drops_missed"] for t in ticks)
     dropped = sum(r.drops for r in theirs)
-    assert dropped <= lost_in["dropped"] <= dropped + missed, (dropped, missed, lost_in)
+    told = [(r.packets, r.drops, r.end_reason) for r in theirs]
+    per_tick = [t.drops.get("TC_INGRESS", 0) for t in ticks]
+    assert dropped <= lost_in["dropped"] <= dropped + missed, (told, per_tick, missed, lost_in)
     assert {r.drop_reason for r in theirs if r.drops} == {"TC_INGRESS"}
     # the peer's replies (ACKs) to it were not dropped; its sent side has no drops here
     acks = [r for r in records if r.key.sport == in_port and r.key.direction == abi.DIR_EGRESS]
