@@ -255,7 +255,7 @@ struct sock_event {
  * the value of the LRU map tcp_health keyed by socket cookie: written when the connection is
  * established, then on each retransmission, RTT sample and state change. The same numbers
  * `ss -ti` gives (retrans total, rtt, minrtt). User space joins them with the connection's
- * two flows by 4-tuple: 64 bytes. */
+ * two flows by 4-tuple: 72 bytes. */
 #ifndef HEALTH_ENTRIES
 #define HEALTH_ENTRIES 65536        /* TCP connections followed (LRU) */
 #endif
@@ -271,7 +271,13 @@ struct tcp_health {
     __u32 retrans;      /* segments retransmitted over the connection's life (total_retrans) */
     __u32 srtt_us;      /* smoothed round-trip time, microseconds */
     __u32 rtt_min_us;   /* the smallest round-trip time seen, microseconds */
-    __u32 pad2;
+    /* Of retrans, what was resent since the connection was followed, by the congestion state
+     * the socket was in when it resent it (its RETRANS callback, which passes the segments
+     * the kernel just added to total_retrans); 0 where the kernel's BTF has no icsk_ca_state.
+     * SYN retransmissions, before the connection was established, are in retrans only. */
+    __u32 retrans_fast;  /* TCP_CA_Recovery: fast retransmit (duplicate ACKs, SACK, RACK) */
+    __u32 retrans_rto;   /* TCP_CA_Loss: after a retransmission timeout */
+    __u32 retrans_probe; /* Open, Disorder or CWR: a tail loss probe */
 };
 
 /* Packets the kernel dropped (bpf/drops.c, a raw tracepoint on skb:kfree_skb), counted per

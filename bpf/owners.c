@@ -115,12 +115,38 @@ static __always_inline void health_start(struct bpf_sock_ops *skops)
     tcp_health.update(&cookie, &h);
 }
 
+#ifdef ICSK_CA_STATE
+/* A RETRANS callback: the segments the kernel has just added to total_retrans (args[1]; the
+ * callback comes only after it added them, also when sending them then failed), by the
+ * socket's congestion state (icsk_ca_state, a bitfield at offsets from the kernel's BTF). */
+static __always_inline void retrans_kind(struct bpf_sock_ops *skops, struct tcp_health *h)
+{
+    __u32 segs = skops->args[1];
+    __u8 state = 0;
+    struct bpf_sock *sk = skops->sk;
+    void *tp = sk ? (void *)bpf_skc_to_tcp_sock(sk) : 0;
+    if (tp)
+        bpf_probe_read_kernel(&state, 1, tp + ICSK_CA_STATE);
+    state = (state >> ICSK_CA_STATE_SHIFT) & 0x1F;
+    if (state == 3)                 /* TCP_CA_Recovery */
+        h->retrans_fast += segs;
+    else if (state == 4)            /* TCP_CA_Loss */
+        h->retrans_rto += segs;
+    else
+        h->retrans_probe += segs;
+}
+#endif
+
 static __always_inline void health_update(struct bpf_sock_ops *skops, __u32 op)
 {
     __u64 cookie = bpf_get_socket_cookie(skops);
     struct tcp_health *h = tcp_health.lookup(&cookie);
     if (!h)
         return;
+#ifdef ICSK_CA_STATE
+    if (op == BPF_SOCK_OPS_RETRANS_CB)
+        retrans_kind(skops, h);
+#endif
     h->retrans = skops->total_retrans;
     /* The RTT callback comes once per round trip (when a window's data is acknowledged),
      * before the socket stores the new smoothed RTT, which it passes as args[1] (8 times

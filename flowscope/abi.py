@@ -204,7 +204,7 @@ class SockEvent(ctypes.Structure):
 
 class TcpHealth(ctypes.Structure):
     """struct tcp_health: a local TCP connection's retransmissions and RTT as its socket sees
-    them (the value of the map tcp_health, keyed by socket cookie), 64 bytes. Addresses in
+    them (the value of the map tcp_health, keyed by socket cookie), 72 bytes. Addresses in
     network order, ports in host order."""
 
     _fields_ = [
@@ -218,7 +218,9 @@ class TcpHealth(ctypes.Structure):
         ("retrans", ctypes.c_uint32),
         ("srtt_us", ctypes.c_uint32),
         ("rtt_min_us", ctypes.c_uint32),
-        ("pad2", ctypes.c_uint32),
+        ("retrans_fast", ctypes.c_uint32),
+        ("retrans_rto", ctypes.c_uint32),
+        ("retrans_probe", ctypes.c_uint32),
     ]
 
 

@@ -348,6 +348,13 @@ def container_of(cgroup: str) -> str:
 
 NO_TCP = -1
 """The TCP health fields of a flow that is not a local TCP connection flowscope follows."""
+RETRANS_KINDS: tuple[str, ...] = ("fast", "rto", "probe")
+"""The kinds of a TCP retransmission, by the congestion state the socket resent in: fast
+retransmit (Recovery: duplicate ACKs, SACK, RACK), after a retransmission timeout (Loss), tail
+loss probe (Open, Disorder, CWR). The order of FlowRecord.retrans_kinds."""
+NO_KINDS: tuple[int, int, int] = (NO_TCP, NO_TCP, NO_TCP)
+"""The retransmission kinds of a flow whose connection the socket hooks do not follow with
+them (older than flowscope, not TCP, a kernel without the BTF to tell them apart)."""
 NO_DROPS = -1
 """The drops of a flow when kernel drops are not followed (no BTF, or not asked for)."""
 NO_RESETS = -1
@@ -457,6 +464,9 @@ class FlowRecord:
     retrans: int = NO_TCP
     """TCP segments the flow's connection sent again during the record (its sent flow; 0 on
     the received one); NO_TCP when the flow is not a local TCP connection flowscope follows."""
+    retrans_kinds: tuple[int, int, int] = NO_KINDS
+    """Of ``retrans``, the segments resent as each of RETRANS_KINDS (fast, rto, probe); they
+    add up to it but for SYN retransmissions, which come before a connection is followed."""
     rtt_us: int = NO_TCP
     """The connection's smoothed round-trip time at the record's end, microseconds."""
     rtt_min_us: int = NO_TCP
@@ -686,7 +696,12 @@ class PendingFlows:
         into the reasons returned beside). Columns, not a structured array: numpy copies whole
         rows of plain types far faster than fields."""
         b = self.batch
+        h = self.health
         has = b.packets > self.exp_packets
+        if h is not None:  # no packets since its record, but what a last record would hold
+            has |= (h.retrans > 0) | (h.drops > 0)
+            if h.resets is not None:
+                has |= h.resets > 0
         if not isinstance(self.rows, slice):
             has &= self.rows
         found = np.flatnonzero(has)
@@ -707,7 +722,6 @@ class PendingFlows:
             index, owners = _factorize(self.owner[idx])
             columns.append(index)
         reasons: list[str] | None = None
-        h = self.health
         if h is not None:
             columns += [
                 np.asarray(h.retrans[idx], np.int64),

@@ -34,8 +34,10 @@ from flowscope.collect.owners import OwnerTable
 from flowscope.collect.resets import ResetTable
 from flowscope.model import (
     NO_DROPS,
+    NO_KINDS,
     NO_RESETS,
     NO_TCP,
+    RETRANS_KINDS,
     FlowBatch,
     FlowEvent,
     FlowRecord,
@@ -276,8 +278,11 @@ class Collector:
             # sockets whose announcement the kernel lost: their flows have no process
             deltas["sockets_lost"] = counter_delta(self.owners.lost, self._sockets_lost)
             self._sockets_lost = self.owners.lost
-        if self.health is not None:  # the host's retransmissions this tick
+        if self.health is not None:  # the host's retransmissions this tick, and by kind
             deltas["retrans"] = self.health.retrans_delta
+            if self.health.kinds:
+                for kind, n in zip(RETRANS_KINDS, self.health.kind_deltas.tolist(), strict=True):
+                    deltas[f"retrans_{kind}"] = n
         dropped: dict[str, int] = {}
         if self.drops is not None:
             dropped = self.drops.reason_deltas()
@@ -346,7 +351,12 @@ class Collector:
             exp_p, exp_b, exp_ip, start = self._carry(st, batch, pos, found)
             owner = self._owners(st, batch, pos, found)
             tcp = self._tcp(batch)
-            idx = np.nonzero(batch.packets > exp_p)[0]
+            dropped = self.drops.join(batch)[0] if self.drops is not None else None
+            reset = self.resets.join(batch) if self.resets is not None else None
+            every = np.arange(len(batch))
+            idx = np.flatnonzero(
+                (batch.packets > exp_p) | self._owing(batch, every, exp_p, tcp, dropped, reset)
+            )
             records.extend(
                 self._record(
                     batch, i, "shutdown", exp_p[i], exp_b[i], exp_ip[i], start[i], owner[i],
@@ -406,23 +416,55 @@ class Collector:
             owner[idx] = table.join(batch, idx)
         return owner
 
+    def _owing(
+        self,
+        batch: FlowBatch,
+        rows: np.ndarray,
+        exp_p: np.ndarray,
+        tcp: TcpArrays | None,
+        dropped: np.ndarray | None,
+        reset: np.ndarray | None,
+    ) -> np.ndarray:
+        """Per flow (of ``rows``; False for the others): whether it has no packets since its
+        last record but retransmissions, drops or resets no record holds yet. A flow that ends
+        (expires, is evicted, or flowscope stops) owes them a last record then, with no
+        packets: a retransmission the kernel counted and failed to send, or a drop or
+        retransmission its hook counted just after a tick had read the flow with that packet,
+        comes with no packet after it, and nothing would write it otherwise. A Python step
+        only for flows that have any."""
+        owing = np.zeros(len(batch), bool)
+        idle = np.zeros(len(batch), bool)
+        idle[rows] = batch.packets[rows] <= exp_p[rows]
+        if tcp is not None and self.health is not None:
+            for i in np.flatnonzero(idle & (tcp[0] > 0)).tolist():
+                owing[i] = self.health.unwritten(int(tcp[3][i]), int(tcp[0][i])) > 0
+        if dropped is not None and self.drops is not None:
+            for i in np.flatnonzero(idle & ~owing & (dropped > 0)).tolist():
+                owing[i] = self.drops.peek(batch, i)[0] > 0
+        if reset is not None and self.resets is not None:
+            for i in np.flatnonzero(idle & ~owing & (reset > 0)).tolist():
+                owing[i] = self.resets.peek(batch, i) > 0
+        return owing
+
     def _tcp(self, batch: FlowBatch) -> TcpArrays | None:
         """Each current flow's connection: retransmissions so far, RTT, minimum RTT, socket
         cookie (None when TCP health is not followed)."""
         return None if self.health is None else self.health.join(batch)
 
-    def _tcp_of(self, tcp: TcpArrays | None, i: int | np.integer[Any]) -> tuple[int, int, int]:
+    def _tcp_of(self, tcp: TcpArrays | None, i: int | np.integer[Any]) -> TcpOf:
         """Flow i's (retransmissions no record holds yet, RTT, minimum RTT) for a record it
         gets now. What is written is counted per connection (HealthTable.take), not per flow:
         a connection idle past the timeout loses its flow, and the flow that comes back with
         its next packets must not write the same retransmissions again."""
         if tcp is None or self.health is None:
-            return (NO_TCP, NO_TCP, NO_TCP)
-        retrans, srtt, rtt_min, cookie = tcp
+            return (NO_TCP, NO_TCP, NO_TCP, NO_KINDS)
+        retrans, srtt, rtt_min, cookie, kinds = tcp
         total = int(retrans[i])
         if total < 0:
-            return (NO_TCP, int(srtt[i]), int(rtt_min[i]))
-        return (self.health.take(int(cookie[i]), total), int(srtt[i]), int(rtt_min[i]))
+            return (NO_TCP, int(srtt[i]), int(rtt_min[i]), NO_KINDS)
+        c = int(cookie[i])
+        new = self.health.take(c, total)
+        return (new, int(srtt[i]), int(rtt_min[i]), self.health.take_kinds(c, kinds[i]))
 
     def _drops_of(self, batch: FlowBatch, i: int | np.integer[Any]) -> tuple[int, str]:
         """Flow i's drops no record holds yet and their main reason, for a record it gets now
@@ -446,7 +488,7 @@ class Collector:
         exp_ip: int,
         start: int,
         owner: Owner | None = None,
-        tcp: tuple[int, int, int] = (NO_TCP, NO_TCP, NO_TCP),
+        tcp: TcpOf = (NO_TCP, NO_TCP, NO_TCP, NO_KINDS),
         drops: tuple[int, str] = (NO_DROPS, ""),
         resets: int = NO_RESETS,
     ) -> FlowRecord:
@@ -466,6 +508,7 @@ class Collector:
             end_reason=reason,
             owner=owner,
             retrans=tcp[0],
+            retrans_kinds=tcp[3],
             rtt_us=tcp[1],
             rtt_min_us=tcp[2],
             drops=drops[0],
@@ -546,9 +589,10 @@ class Collector:
             extra_b = int((final.bytes - batch.bytes[got]).sum())
             d_packets_all[got] += final.packets - batch.packets[got]
             d_bytes_all[got] += final.bytes - batch.bytes[got]
+            owing = self._owing(batch, taken, exp_p, tcp, dropped, reset)
             for j, i in enumerate(got):
                 reason = "evicted" if evict[i] else _idle_reason(int(final.tcp_flags[j]))
-                if final.packets[j] > exp_p[i]:
+                if final.packets[j] > exp_p[i] or owing[i]:
                     records.append(
                         self._record(
                             final, j, reason, exp_p[i], exp_b[i], exp_ip[i], start[i], owner[i],
@@ -650,9 +694,13 @@ class Collector:
         return PendingHealth(retrans, rtt, rtt_min, drops, names, resets)
 
 
-TcpArrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+TcpArrays = tuple[np.ndarray, ...]
 """Per flow: its connection's retransmissions so far (its sent flow; 0 on the received one),
-RTT, minimum RTT (NO_TCP where none), and the connection's socket cookie."""
+RTT, minimum RTT (NO_TCP where none), the connection's socket cookie, and its retransmissions
+so far by kind (n x 3, HealthTable.join)."""
+TcpOf = tuple[int, int, int, tuple[int, int, int]]
+"""One flow's retransmissions no record holds yet, RTT, minimum RTT, and those
+retransmissions by kind (model.RETRANS_KINDS; NO_KINDS where not told)."""
 
 
 class _NoOwners:

@@ -6,6 +6,9 @@ the connection's two flows by 4-tuple.
   is from its source, a received flow for its destination;
 - the connection's retransmissions are segments it sent again: they belong to its sent flow
   (the received flow has none), so the retransmits of a host's flows add up to its sockets';
+- its retransmissions by kind (model.RETRANS_KINDS: fast, after a timeout, tail loss probe)
+  come from the same hooks, which count each resend by the socket's congestion state; a
+  connection read from sock_diag has none (NONE): tcp_info does not tell them apart;
 - both flows carry the connection's smoothed and minimum RTT;
 - the hooks follow a connection from its established callback on; a connection that was open
   before they were attached is read from sock_diag instead (``older``: kernel.sockdiag, what
@@ -30,7 +33,7 @@ import numpy as np
 
 from flowscope import abi
 from flowscope.errors import FlowscopeError
-from flowscope.model import NO_TCP, FlowBatch, opaque_rows
+from flowscope.model import NO_KINDS, NO_TCP, RETRANS_KINDS, FlowBatch, opaque_rows
 
 NONE = NO_TCP
 """A flow without a followed connection (not TCP, not local, or older than flowscope)."""
@@ -70,6 +73,7 @@ class HealthTable:
         source: HealthSource | None = None,
         older: Callable[[], Connections] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        kinds: bool = True,
     ) -> None:
         self.netns = netns
         self.source = source
@@ -77,6 +81,9 @@ class HealthTable:
         """Every connection of the namespace from sock_diag (kernel.sockdiag), for those the
         hooks do not follow; None: not read (or sock_diag failed: ``older_problem``)."""
         self.older_problem: str | None = None
+        self.kinds = kinds
+        """Whether the hooks tell retransmissions apart by kind (the kernel's BTF gave where a
+        socket keeps its congestion state); else every kind is NONE."""
         self._clock = clock
         self._older_due = 0.0
         self._older: Connections = (np.zeros(0, np.uint64), np.zeros(0, abi.HEALTH_DTYPE))
@@ -84,6 +91,11 @@ class HealthTable:
         self._sorted: dict[int, tuple[np.ndarray, ...]] = {}
         self.written: dict[int, int] = {}
         """Per connection (socket cookie): retransmissions records hold already."""
+        self.written_kinds: dict[int, np.ndarray] = {}
+        """Per connection: the retransmissions of each kind records hold already."""
+        self.kind_deltas = np.zeros(len(NO_KINDS), np.int64)
+        """What the followed connections resent between the last two refreshes, by kind."""
+        self._seen_kinds = (np.zeros(0, np.uint64), np.zeros((0, len(NO_KINDS)), np.int64))
         self.retrans_delta = 0
         """Retransmissions the connections made between the last two refreshes (all of a
         connection's the first time it is seen: it is followed from its start)."""
@@ -127,6 +139,16 @@ class HealthTable:
         self.written[cookie] = max(total, self.written.get(cookie, 0))
         return new
 
+    def take_kinds(self, cookie: int, kinds: np.ndarray) -> tuple[int, int, int]:
+        """The retransmissions of each kind of a connection (``kinds`` so far) that no record
+        holds yet, now counted as written; NO_KINDS for a connection without kinds."""
+        if kinds[0] < 0:
+            return NO_KINDS
+        done = self.written_kinds.get(cookie)
+        new = kinds if done is None else np.maximum(kinds - done, 0)
+        self.written_kinds[cookie] = kinds if done is None else np.maximum(kinds, done)
+        return (int(new[0]), int(new[1]), int(new[2]))
+
     def add(
         self, rows: np.ndarray, cookies: np.ndarray | None = None, older: np.ndarray | None = None
     ) -> None:
@@ -138,12 +160,16 @@ class HealthTable:
             cookies = np.arange(1, len(rows) + 1, dtype=np.uint64)
         if older is None:
             older = np.zeros(len(rows), bool)
-        if self.written:
+        if self.written or self.written_kinds:
             alive = set(cookies.tolist())
             self.written = {c: w for c, w in self.written.items() if c in alive}
+            self.written_kinds = {c: w for c, w in self.written_kinds.items() if c in alive}
         mine = rows["netns"] == self.netns
         rows, cookies, older = rows[mine], cookies[mine], older[mine]
         retrans = rows["retrans"].astype(np.int64)
+        kinds = np.stack([rows[f"retrans_{k}"].astype(np.int64) for k in RETRANS_KINDS], axis=1)
+        kinds[older if self.kinds else slice(None)] = NONE  # sock_diag has no kinds
+        self._count_kinds(cookies, kinds)
         new_older = older & ~np.isin(cookies, self._seen[0])
         for c, r in zip(cookies[new_older].tolist(), retrans[new_older].tolist(), strict=True):
             self.written[c] = max(self.written.get(c, 0), r)
@@ -169,6 +195,7 @@ class HealthTable:
                 rows["srtt_us"][sel][order].astype(np.int64),
                 rows["rtt_min_us"][sel][order].astype(np.int64),
                 cookies[sel][order].astype(np.uint64),
+                kinds[sel][order],
             )
 
     def _count_delta(self, cookies: np.ndarray, retrans: np.ndarray, baseline: np.ndarray) -> None:
@@ -183,16 +210,28 @@ class HealthTable:
         order = np.argsort(cookies)
         self._seen = (cookies[order].astype(np.uint64), retrans[order])
 
-    def join(self, batch: FlowBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(retransmitted segments, smoothed RTT us, minimum RTT us, socket cookie) of each
-        flow's connection (int64 arrays; NONE, and cookie 0, where there is none).
-        Retransmissions only on the sent flow."""
+    def _count_kinds(self, cookies: np.ndarray, kinds: np.ndarray) -> None:
+        """kind_deltas: what each followed connection resent since the last refresh, by kind
+        (all of it the first time: the hooks count kinds from the connection's start)."""
+        before_cookies, before = self._seen_kinds
+        pos = np.minimum(np.searchsorted(before_cookies, cookies), max(len(before) - 1, 0))
+        known = (before_cookies[pos] == cookies) if len(before) else np.zeros(len(cookies), bool)
+        prior = np.where(known[:, None], before[pos] if len(before) else 0, 0)
+        self.kind_deltas = np.maximum(kinds - np.maximum(prior, 0), 0).sum(axis=0)
+        order = np.argsort(cookies)
+        self._seen_kinds = (cookies[order].astype(np.uint64), kinds[order])
+
+    def join(self, batch: FlowBatch) -> tuple[np.ndarray, ...]:
+        """(retransmitted segments, smoothed RTT us, minimum RTT us, socket cookie, and the
+        retransmissions by kind: an n x 3 array) of each flow's connection (int64 arrays; NONE,
+        and cookie 0, where there is none). Retransmissions only on the sent flow."""
         n = len(batch)
         retrans, srtt, rtt_min = (np.full(n, NONE, np.int64) for _ in range(3))
         cookie = np.zeros(n, np.uint64)
-        known, k_retrans, k_srtt, k_min, k_cookie = self._sorted[batch.family]
+        kinds = np.full((n, len(NO_KINDS)), NONE, np.int64)
+        known, k_retrans, k_srtt, k_min, k_cookie, k_kinds = self._sorted[batch.family]
         if not n or not len(known):
-            return retrans, srtt, rtt_min, cookie
+            return retrans, srtt, rtt_min, cookie, kinds
         k = batch.keys
         egress = k["direction"] == abi.DIR_EGRESS
         keys = np.zeros(n, _KEY[batch.family])
@@ -208,4 +247,6 @@ class HealthTable:
         srtt[hit] = k_srtt[pos[hit]]
         rtt_min[hit] = k_min[pos[hit]]
         cookie[hit] = k_cookie[pos[hit]]
-        return retrans, srtt, rtt_min, cookie
+        found = k_kinds[pos[hit]]  # a connection without kinds has none on either flow
+        kinds[hit] = np.where(egress[hit][:, None] | (found[:, :1] < 0), found, 0)
+        return retrans, srtt, rtt_min, cookie, kinds

@@ -240,7 +240,10 @@ class ProcessWatch:
         table.source = self._hooks
         table.add(older)
         self.health = HealthTable(
-            table.netns, source=self._hooks, older=functools.partial(tcp_connections, table.netns)
+            table.netns,
+            source=self._hooks,
+            older=functools.partial(tcp_connections, table.netns),
+            kinds=program.drops,  # compiled with the BTF offsets the kinds need, as drops
         )
 
     def close(self) -> None:

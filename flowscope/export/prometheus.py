@@ -70,6 +70,18 @@ COUNTERS: dict[str, tuple[str, str]] = {
         "flowscope_tcp_retransmits_total",
         "TCP segments this host's connections retransmitted since start.",
     ),
+    "retrans_fast": (
+        "flowscope_tcp_retransmits_fast_total",
+        "TCP segments the followed connections resent in fast recovery (dup ACKs, SACK, RACK).",
+    ),
+    "retrans_rto": (
+        "flowscope_tcp_retransmits_rto_total",
+        "TCP segments the followed connections resent after a retransmission timeout.",
+    ),
+    "retrans_probe": (
+        "flowscope_tcp_retransmits_probe_total",
+        "TCP segments the followed connections resent as tail loss probes.",
+    ),
     "resets_sent": (
         "flowscope_tcp_resets_sent_total",
         "TCP resets this host's kernel sent (tcp:tcp_send_reset, in its network namespace).",

@@ -51,6 +51,12 @@ flows_hourly."""
 RESETS_VERSION = 14
 """The schema version that has ``resets`` in flows: a record's TCP resets (sent in a sent flow,
 received in a received one), NULL where not followed; kept per record, like the RTTs."""
+KINDS_COLUMNS: tuple[str, ...] = ("retrans_fast", "retrans_rto", "retrans_probe")
+"""Of a record's retrans, the segments resent as each kind (model.RETRANS_KINDS: fast
+retransmit, after a timeout, tail loss probe), NULL where the kernel did not tell them apart
+(a connection older than flowscope, a record recovered after a crash); migration 15."""
+KINDS_VERSION = 15
+"""The schema version that has KINDS_COLUMNS in flows."""
 NULLABLE_COUNTS: tuple[str, ...] = ("retrans", "drops")
 """The shared counts that are NULL where not followed (a NULL share, not 0: window.share_sql
 ``nullable``), also in flows_hourly (HEALTH_VERSION)."""
@@ -77,12 +83,13 @@ FLOW_COLUMNS: tuple[str, ...] = (
     *OWNER_COLUMNS,
     *HEALTH_COLUMNS,
     "resets",
+    *KINDS_COLUMNS,
 )
 FLOW_COLUMNS_V1: tuple[str, ...] = tuple(
-    c for c in FLOW_COLUMNS if c not in (*OWNER_COLUMNS, *HEALTH_COLUMNS, "resets")
+    c for c in FLOW_COLUMNS if c not in (*OWNER_COLUMNS, *HEALTH_COLUMNS, "resets", *KINDS_COLUMNS)
 )
-"""The columns of migration 1's flows table (the later ones came with migrations 8, 10 and
-14)."""
+"""The columns of migration 1's flows table (the later ones came with migrations 8, 10, 14
+and 15)."""
 # What makes two records the same flow (also the key of flows_hourly, after `hour`).
 FLOW_KEY_COLUMNS: tuple[str, ...] = (
     "src",
@@ -528,6 +535,12 @@ def _migration_14(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE flows ADD COLUMN resets INTEGER")
 
 
+def _migration_15(db: sqlite_utils.Database) -> None:
+    """flows.KINDS_COLUMNS: a record's retransmissions by kind (KINDS_VERSION)."""
+    for column in KINDS_COLUMNS:
+        db.execute(f"ALTER TABLE flows ADD COLUMN {column} INTEGER")
+
+
 # Each entry upgrades the schema from version i to i + 1; user_version holds how many ran.
 # Never edit an entry once released: add a new one.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
@@ -545,6 +558,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_12,
     _migration_13,
     _migration_14,
+    _migration_15,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

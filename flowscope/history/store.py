@@ -117,6 +117,7 @@ def flow_row(r: FlowRecord) -> tuple[Any, ...]:
         *_owner_values(r.owner),
         *_health_values(r),
         None if r.resets < 0 else r.resets,
+        *(None if k < 0 else k for k in r.retrans_kinds),
     )
 
 

@@ -108,6 +108,16 @@ class Btf:
                         return bits // 8 + found[0], found[1]
         return None
 
+    def bit_offset(self, struct_name: str, name: str) -> int:
+        """Bit offset of a member of a struct (a bitfield too), not inside a nested one."""
+        tid = self.by_name.get((_STRUCT, struct_name))
+        if tid is None:
+            raise UnsupportedKernelError(f"the kernel's BTF has no struct {struct_name}")
+        for mname, _, bits in self._members(self._resolve(tid)):
+            if mname == name:
+                return bits
+        raise UnsupportedKernelError(f"the kernel's struct {struct_name} has no {name}")
+
     def offset(self, struct_name: str, path: str) -> int:
         """Byte offset of a member (``"dev"``, or a dotted path ``"ns.inum"``) in a struct."""
         tid = self.by_name.get((_STRUCT, struct_name))
@@ -161,15 +171,20 @@ def checked(data: bytes) -> Btf:
 def drop_cflags() -> list[str]:
     """The -D values bpf/drops.c and bpf/resets.c are compiled with: the running kernel's
     offsets of what they read of a packet, its device, a socket's addresses and ports, their
-    network namespace, and that namespace."""
+    network namespace, and that namespace; and for bpf/owners.c, where a socket keeps its
+    congestion state (the kind of a retransmission)."""
     b = vmlinux()
     common = "__sk_common.skc_"
+    ca_state = b.bit_offset("inet_connection_sock", "icsk_ca_state")
     return [
         *(
             f"-DSK_{name.upper()}={b.offset('sock', common + name)}"
             for name in ("family", "dport", "daddr", "rcv_saddr", "v6_daddr")
         ),
         f"-DINET_SPORT={b.offset('inet_sock', 'inet_sport')}",
+        # icsk_ca_state is a 5-bit field; struct tcp_sock begins with its inet_connection_sock
+        f"-DICSK_CA_STATE={ca_state // 8}",
+        f"-DICSK_CA_STATE_SHIFT={ca_state % 8}",
         f"-DSK_V6_RCV_SADDR={b.offset('sock', common + 'v6_rcv_saddr')}",
         f"-DSKB_HEAD={b.offset('sk_buff', 'head')}",
         f"-DSKB_NETWORK_HEADER={b.offset('sk_buff', 'network_header')}",

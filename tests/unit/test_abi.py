@@ -134,7 +134,7 @@ LAYOUT = {
     ),
     "tcp_health": (
         abi.TcpHealth,
-        64,
+        72,
         {
             "netns": 0,
             "laddr": 8,
@@ -145,6 +145,9 @@ LAYOUT = {
             "retrans": 48,
             "srtt_us": 52,
             "rtt_min_us": 56,
+            "retrans_fast": 60,
+            "retrans_rto": 64,
+            "retrans_probe": 68,
         },
     ),
     "reset_key": (

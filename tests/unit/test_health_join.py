@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from flowscope import abi
 from flowscope.collect.health import NONE, OLDER_REFRESH, HealthTable
-from flowscope.model import FlowKey
+from flowscope.model import NO_KINDS, RETRANS_KINDS, FlowKey
 from tests.unit.test_owner_join import batch_of
 
 NETNS = 4242
@@ -56,7 +56,14 @@ def rows_of(
         rows[i]["family"], rows[i]["netns"] = fam, netns
         rows[i]["lport"], rows[i]["rport"] = lport, rport
         rows[i]["retrans"], rows[i]["srtt_us"], rows[i]["rtt_min_us"] = retrans, srtt, rtt_min
+        for kind, n in zip(RETRANS_KINDS, kinds_of(retrans), strict=True):
+            rows[i][f"retrans_{kind}"] = n
     return rows
+
+
+def kinds_of(retrans: int) -> tuple[int, int, int]:
+    """A connection's retransmissions by kind in these tests: some of each, adding up."""
+    return (retrans // 2, retrans // 3, retrans - retrans // 2 - retrans // 3)
 
 
 @settings(max_examples=300, deadline=None)
@@ -102,7 +109,7 @@ def test_each_flow_gets_its_own_connections_health(
                 )
         if not keys:
             continue
-        retrans, srtt, rtt_min, _ = table.join(batch_of(keys, family))
+        retrans, srtt, rtt_min, _, kinds = table.join(batch_of(keys, family))
         for i, k in enumerate(keys):
             egress = k.direction == abi.DIR_EGRESS
             local = (k.src, k.sport) if egress else (k.dst, k.dport)
@@ -114,9 +121,11 @@ def test_each_flow_gets_its_own_connections_health(
             ]  # fmt: skip
             if not match:
                 assert (retrans[i], srtt[i], rtt_min[i]) == (NONE, NONE, NONE), k
+                assert tuple(kinds[i]) == NO_KINDS
             else:
                 c = match[0]
                 assert (retrans[i], srtt[i], rtt_min[i]) == (c[6] if egress else 0, c[7], c[8])
+                assert tuple(kinds[i]) == (kinds_of(c[6]) if egress else (0, 0, 0))
 
 
 Conn = tuple[int, str, int, str, int, int, int, int, int]
@@ -126,9 +135,16 @@ def _conn(cookie: int, retrans: int) -> Conn:
     return (abi.AF_INET, "198.18.0.1", 40000 + cookie, "198.18.0.2", 80, NETNS, retrans, 100, 50)
 
 
-def _health_of(cookies: list[int], retrans: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _health_of(
+    cookies: list[int], retrans: dict[int, int], kinds: dict[int, list[int]] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of connections: the hooks' with their ``kinds``, sock_diag's without."""
     conns = [_conn(c, retrans[c]) for c in cookies]
-    return np.array(cookies, np.uint64), rows_of(conns, [False] * len(conns))
+    rows = rows_of(conns, [False] * len(conns))
+    for i, c in enumerate(cookies):
+        for j, kind in enumerate(RETRANS_KINDS):
+            rows[i][f"retrans_{kind}"] = kinds[c][j] if kinds is not None else 0
+    return np.array(cookies, np.uint64), rows
 
 
 @settings(max_examples=200, deadline=None)
@@ -151,14 +167,17 @@ def test_connections_older_than_the_hooks_come_from_sock_diag(
     when they follow its connection, else sock_diag's as of its last read (at most every
     OLDER_REFRESH seconds); what records take of a connection adds up to what it made after
     it was first seen (older) or since it began (followed); the host's deltas add up to what
-    the records took."""
+    the records took. The same for the kinds, which only the hooks tell (NO_KINDS for an older
+    connection)."""
     now = [0.0]
     truth: dict[int, int] = {}  # every open connection's retransmissions, as the socket has them
     followed: set[int] = set()  # the connections the hooks follow
+    kinds: dict[int, list[int]] = {}  # the followed ones' retransmissions by kind
     gone: set[int] = set()  # closed (cookies are never reused)
+    hooks = type("Hooks", (), {"tcp_health": lambda _: _health_of(sorted(followed), truth, kinds)})
     table = HealthTable(
         NETNS,
-        source=type("Hooks", (), {"tcp_health": lambda _: _health_of(sorted(followed), truth)})(),
+        source=hooks(),
         older=lambda: _health_of(sorted(truth), truth),  # sock_diag lists every connection
         clock=lambda: now[0],
     )
@@ -166,7 +185,9 @@ def test_connections_older_than_the_hooks_come_from_sock_diag(
     last_read: dict[int, int] = {}
     first: dict[int, int] = {}
     taken: dict[int, int] = {}
+    taken_kinds: dict[int, np.ndarray] = {}
     host = 0
+    host_kinds = np.zeros(3, np.int64)
     keys = [FlowKey(abi.AF_INET, "198.18.0.1", "198.18.0.2", 40000 + c, 80, 6, direction=1)
             for c in range(1, 7)]  # fmt: skip
     for what, cookie, n in steps:
@@ -174,8 +195,11 @@ def test_connections_older_than_the_hooks_come_from_sock_diag(
             truth[cookie] = 0 if what == "open" else n
             if what == "open":
                 followed.add(cookie)
+                kinds[cookie] = [0, 0, 0]
         elif what == "retransmit" and cookie in truth:
             truth[cookie] += n
+            if cookie in followed:
+                kinds[cookie][n % 3] += n
         elif what == "close" and cookie in truth:
             del truth[cookie]
             followed.discard(cookie)
@@ -187,18 +211,29 @@ def test_connections_older_than_the_hooks_come_from_sock_diag(
                 read_at, last_read = now[0], dict(truth)
             table.refresh()
             host += table.retrans_delta
-            retrans, _, _, cookies = table.join(batch_of(keys, abi.AF_INET))
+            host_kinds += table.kind_deltas
+            retrans, _, _, cookies, got_kinds = table.join(batch_of(keys, abi.AF_INET))
             for c in range(1, 7):
                 if c in followed:
                     want = truth[c]
-                elif c in last_read:
+                elif c in last_read:  # sock_diag's, as of its last read
                     want = last_read[c]
-                    first.setdefault(c, want)
+                    # (a followed connection, closed since, was counted from its start)
+                    first.setdefault(c, 0 if c in kinds else want)
                 else:
                     want = NONE
                 assert retrans[c - 1] == want, (c, int(retrans[c - 1]), want, steps)
+                want_kinds = tuple(kinds[c]) if c in followed else NO_KINDS
+                assert tuple(got_kinds[c - 1]) == want_kinds, (c, got_kinds, want_kinds, steps)
                 if want >= 0:
                     got = table.take(int(cookies[c - 1]), want)
                     taken[c] = taken.get(c, 0) + got
                     assert taken[c] == want - first.get(c, 0), (c, taken, first, want)
+                    new = table.take_kinds(int(cookies[c - 1]), got_kinds[c - 1])
+                    if c in followed:
+                        taken_kinds[c] = taken_kinds.get(c, np.zeros(3, np.int64)) + new
+                        assert tuple(taken_kinds[c]) == want_kinds, (c, taken_kinds, steps)
+                    else:
+                        assert new == NO_KINDS
     assert host == sum(taken.values())
+    assert host_kinds.tolist() == np.sum(list(taken_kinds.values()) or [[0, 0, 0]], 0).tolist()
