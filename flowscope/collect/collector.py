@@ -150,6 +150,9 @@ class LiveFlows:
     resets: np.ndarray | None = None
     """Each TCP flow's resets since flowscope started (sent in a sent flow, received in a
     received one), None when resets are not followed."""
+    retrans_kinds: np.ndarray | None = None
+    """Each flow's connection's retransmissions so far by kind (n x 3, model.RETRANS_KINDS;
+    NO_TCP where not told), None when TCP health is not followed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -641,6 +644,7 @@ class Collector:
                 drops=dropped[rows] if dropped is not None else None,
                 drop_reason=reasons[rows] if reasons is not None else None,
                 resets=reset[rows] if reset is not None else None,
+                retrans_kinds=tcp[4][rows] if tcp is not None else None,
             ),
             delta_bytes=int(d_bytes.sum()) + extra_b,
             delta_packets=int(d_packets.sum()) + extra_p,

@@ -19,7 +19,7 @@ import numpy as np
 
 from flowscope import abi
 from flowscope.collect.collector import LiveFlows
-from flowscope.model import NO_DROPS, NO_RESETS, NO_TCP, address_text, in_network
+from flowscope.model import NO_DROPS, NO_RESETS, NO_TCP, RETRANS_KINDS, address_text, in_network
 from flowscope.query import nodes
 
 ADDR = 16  # bytes per address column row (IPv4 uses the first 4)
@@ -63,6 +63,9 @@ class FlowFrame:
     resets: np.ndarray
     """Each TCP flow's resets since flowscope started, sent in it (a sent flow) or received
     (model.NO_RESETS where resets are not followed)."""
+    retrans_kinds: np.ndarray
+    """Each flow's connection's retransmissions so far by kind (n x 3, model.RETRANS_KINDS;
+    model.NO_TCP where not told)."""
     now_ns: int = 0
 
     def __len__(self) -> int:
@@ -110,12 +113,11 @@ class FlowFrame:
                 parts[name].append(
                     np.full(n, none, np.int64) if got is None else np.asarray(got, np.int64)
                 )
-        cols = {
-            f: np.concatenate(parts[f])
-            if parts[f]
-            else np.zeros((0, ADDR) if f in ("src", "dst") else 0, _DTYPES[f])
-            for f in _FIELDS
-        }
+            kinds = lf.retrans_kinds
+            parts["retrans_kinds"].append(
+                np.full((n, KINDS), NO_TCP, np.int64) if kinds is None else kinds.astype(np.int64)
+            )
+        cols = {f: np.concatenate(parts[f]) if parts[f] else _empty(f) for f in _FIELDS}
         return cls(**cols, now_ns=now_ns)
 
     def take(self, idx: np.ndarray) -> FlowFrame:
@@ -154,8 +156,16 @@ _DTYPES: dict[str, type] = {
     "drops": np.int64,
     "drop_reason": object,
     "resets": np.int64,
+    "retrans_kinds": np.int64,
 }
 _FIELDS = tuple(_DTYPES)
+KINDS = len(RETRANS_KINDS)
+
+
+def _empty(field: str) -> np.ndarray:
+    """A column of no flows (addresses and kinds are rows of several values)."""
+    width = {"src": ADDR, "dst": ADDR, "retrans_kinds": KINDS}.get(field)
+    return np.zeros(0 if width is None else (0, width), _DTYPES[field])
 
 
 def owner_values(fr: FlowFrame, attr: str, missing: object) -> np.ndarray:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from flowscope import abi
-from flowscope.model import NO_DROPS, NO_RESETS, NO_TCP, Owner
+from flowscope.model import NO_DROPS, NO_KINDS, NO_RESETS, NO_TCP, Owner
 from flowscope.query import nodes
 from flowscope.query.frame import (
     FlowFrame,
@@ -131,6 +131,9 @@ class Row:
     resets: int = NO_RESETS
     """A TCP flow's resets since flowscope started: sent in it (a sent flow) or received
     (NO_RESETS when not followed, and for groups)."""
+    retrans_kinds: tuple[int, int, int] = NO_KINDS
+    """A flow's connection's retransmissions so far by kind (RETRANS_KINDS; NO_KINDS when
+    not told, and for groups)."""
 
     @property
     def key(self) -> str:
@@ -544,4 +547,11 @@ def _row(
         drops=int(g.drops[i]),
         drop_reason=fr.drop_reason[r] if group in ("flow", "drop_reason") else None,
         resets=int(fr.resets[r]) if group == "flow" else NO_RESETS,
+        retrans_kinds=_kinds(fr.retrans_kinds[r]) if group == "flow" else NO_KINDS,
     )
+
+
+def _kinds(row: np.ndarray) -> tuple[int, int, int]:
+    """A frame row's retransmissions by kind as a tuple."""
+    fast, rto, probe = (int(v) for v in row)
+    return (fast, rto, probe)

@@ -250,7 +250,7 @@ def describe_row(row: Row, group: str) -> list[tuple[str, str]]:
             out.append(("user", f"{owner_text(o, 'user')} ({o.uid})"))
             out.append(("container", o.container or "-"))
     if row.rtt_us >= 0:  # a local TCP connection flowscope follows (its socket's numbers)
-        out.append(("retransmitted", f"{row.retrans:,} segments"))
+        out.append(("retransmitted", f"{row.retrans:,} segments{kinds_text(row)}"))
         out.append(("round trip", rtt_text(row.rtt_us)))
     if row.drops > 0:  # what the kernel dropped of it, since flowscope started
         reason = f" (mostly {row.drop_reason})" if row.drop_reason else ""
@@ -259,3 +259,14 @@ def describe_row(row: Row, group: str) -> list[tuple[str, str]]:
         sent = row.direction == abi.DIR_EGRESS
         out.append(("TCP resets " + ("sent" if sent else "received"), f"{row.resets:,}"))
     return out
+
+
+def kinds_text(row: Row) -> str:
+    """What a flow's retransmissions were, where the kernel said: " (fast 120, timeout 3,
+    probe 1)"; empty when it did not, or there were none."""
+    if row.retrans_kinds[0] < 0 or not any(row.retrans_kinds):
+        return ""
+    names = ("fast", "timeout", "probe")
+    return (
+        " (" + ", ".join(f"{n} {v:,}" for n, v in zip(names, row.retrans_kinds, strict=True)) + ")"
+    )

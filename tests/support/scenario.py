@@ -22,7 +22,7 @@ from flowscope import abi
 from flowscope.collect.collector import LiveFlows, Tick
 from flowscope.collect.flood import FloodParts
 from flowscope.kernel.memory import flow_maps_bytes
-from flowscope.model import NO_TCP, FlowBatch, FlowKey, FlowRecord, NewFlow, Owner, Sample
+from flowscope.model import NO_KINDS, NO_TCP, FlowBatch, FlowKey, FlowRecord, NewFlow, Owner, Sample
 from flowscope.query.frame import addr_bytes
 from flowscope.ui.messages import TickArrived
 
@@ -147,6 +147,15 @@ def _health(f: _Flow, t: int) -> tuple[int, int]:
     rtt = 180 + (low * 37 + high * 11) % 42_000
     retrans = (max(t - f.start, 0) * int(f.bps // 10**7)) // 9 if sent else 0
     return retrans, rtt
+
+
+def _kinds(retrans: int) -> tuple[int, int, int]:
+    """A flow's retransmissions by kind (fast, after a timeout, probe), as the hooks would
+    count them: mostly fast, an eighth after timeouts, one probe."""
+    if retrans < 0:
+        return NO_KINDS
+    probe = min(retrans, 1)
+    return (retrans - retrans // 8 - probe, retrans // 8, probe)
 
 
 def _rate(f: _Flow, t: int, i: int) -> float:
@@ -278,6 +287,9 @@ def scenario(
                     owner=np.array([_owner(flows[i]) for i in idx] or [], object),
                     retrans=np.array([_health(flows[i], t)[0] for i in idx], np.int64),
                     rtt_us=np.array([_health(flows[i], t)[1] for i in idx], np.int64),
+                    retrans_kinds=np.array(
+                        [_kinds(_health(flows[i], t)[0]) for i in idx], np.int64
+                    ).reshape(len(idx), 3),
                     drops=np.array([_drops(flows[i], int(packets[i]))[0] for i in idx], np.int64),
                     drop_reason=np.array(
                         [_drops(flows[i], int(packets[i]))[1] for i in idx] or [], object
