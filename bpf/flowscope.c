@@ -56,8 +56,13 @@ BPF_F_TABLE("lpm_trie", struct block_target6, struct block_value, block_target6,
             BPF_F_NO_PREALLOC);
 BPF_ARRAY(block_rules, struct block_rules, 1);
 
+static __always_inline int has_bit(const __u64 *bits, __u32 i)
+{
+    return (bits[(i >> 6) & (BLOCK_BITMAP_WORDS - 1)] >> (i & 63)) & 1;
+}
+
 /* Whether a received packet matches a rule (and count it there): its family's source trie,
- * then its target trie, each only while it holds rules. */
+ * then its target trie, each only while it holds rules and the packet's bit is set. */
 static __always_inline int blocked(__u8 family, const void *saddr, __u8 proto, __u16 dport)
 {
     __u32 zero = 0;
@@ -65,25 +70,27 @@ static __always_inline int blocked(__u8 family, const void *saddr, __u8 proto, _
     if (!n)
         return 0;
     struct block_value *v = 0;
+    const __u8 *a = saddr;
+    int target = has_bit(n->target_bits, bpf_ntohs(dport));
     if (family == FS_AF_INET) {
-        if (n->src4) {
+        if (n->src4 && has_bit(n->src4_bits, (__u32)a[0] << 8 | a[1])) {
             struct block_src4 k = { .prefixlen = 32 };
             __builtin_memcpy(k.saddr, saddr, 4);
             v = block_src4.lookup(&k);
         }
-        if (!v && n->target4) {
+        if (!v && n->target4 && target) {
             struct block_target4 k = { .prefixlen = BLOCK_TARGET_BITS + 32, .proto = proto };
             __builtin_memcpy(k.dport, &dport, 2);
             __builtin_memcpy(k.saddr, saddr, 4);
             v = block_target4.lookup(&k);
         }
     } else {
-        if (n->src6) {
+        if (n->src6 && has_bit(n->src6_bits, (__u32)a[2] << 8 | a[3])) {
             struct block_src6 k = { .prefixlen = 128 };
             __builtin_memcpy(k.saddr, saddr, 16);
             v = block_src6.lookup(&k);
         }
-        if (!v && n->target6) {
+        if (!v && n->target6 && target) {
             struct block_target6 k = { .prefixlen = BLOCK_TARGET_BITS + 128, .proto = proto };
             __builtin_memcpy(k.dport, &dport, 2);
             __builtin_memcpy(k.saddr, saddr, 16);

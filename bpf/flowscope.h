@@ -192,11 +192,19 @@ struct block_value {
 
 /* The one entry of the array block_rules: how many rules each trie holds (user space keeps
  * it), so that without rules the program looks nothing up. */
+#define BLOCK_BITMAP_WORDS 1024        /* 65,536 bits */
 struct block_rules {
     __u32 src4;
     __u32 src6;
     __u32 target4;
     __u32 target6;
+    /* Which packets can match a rule at all, so that a packet no rule can match costs a bit
+     * test, not a trie search: a source rule sets the bits of the /16s (IPv4: address bits
+     * 0-15; IPv6: bits 16-31) it covers, a target rule the bit of its port. A set bit says
+     * "search the trie", never "drop". */
+    __u64 src4_bits[BLOCK_BITMAP_WORDS];
+    __u64 src6_bits[BLOCK_BITMAP_WORDS];
+    __u64 target_bits[BLOCK_BITMAP_WORDS];
 };
 
 /* Replay build only (-DFS_REPLAY, `flowscope replay`): what BPF_PROG_TEST_RUN places in front of

@@ -301,14 +301,22 @@ class BlockValue(ctypes.Structure):
     _fields_ = [("matched", ctypes.c_uint64)]
 
 
+BLOCK_BITMAP_WORDS = 1024
+"""BLOCK_BITMAP_WORDS: u64 words of each of block_rules' bitmaps (65,536 bits)."""
+
+
 class BlockRules(ctypes.Structure):
-    """struct block_rules: how many rules each trie holds, 16 bytes."""
+    """struct block_rules: how many rules each trie holds, and which /16s of sources and which
+    ports a rule can match at all (kernel.block.BlockMaps sets them), 24,592 bytes."""
 
     _fields_ = [
         ("src4", ctypes.c_uint32),
         ("src6", ctypes.c_uint32),
         ("target4", ctypes.c_uint32),
         ("target6", ctypes.c_uint32),
+        ("src4_bits", ctypes.c_uint64 * BLOCK_BITMAP_WORDS),
+        ("src6_bits", ctypes.c_uint64 * BLOCK_BITMAP_WORDS),
+        ("target_bits", ctypes.c_uint64 * BLOCK_BITMAP_WORDS),
     ]
 
 

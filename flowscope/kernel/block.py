@@ -10,6 +10,8 @@ import ctypes
 import ipaddress
 from typing import Any
 
+import numpy as np
+
 from flowscope import abi
 from flowscope.errors import UsageError
 from flowscope.kernel import libbpf
@@ -36,6 +38,7 @@ class BlockMaps:
                 "this program was built without the drop path", "start it with --allow-block"
             ) from e
         self.counts = abi.BlockRules()
+        self._rules: set[Rule] = set()
 
     def _keys(self, rule: Rule) -> list[tuple[str, ctypes.Structure]]:
         """The (trie, key) pairs that stand for a rule."""
@@ -63,16 +66,21 @@ class BlockMaps:
         return out
 
     def put(self, rule: Rule) -> None:
-        """Put a rule in force (its count of dropped packets from zero)."""
+        """Put a rule in force (its count of dropped packets from zero): in its trie first,
+        then in the counts and bits that send packets there."""
         for trie, key in self._keys(rule):
             libbpf.map_update(self._fds[trie], ctypes.byref(key), ctypes.byref(abi.BlockValue()))
             self._count(trie, +1)
+        self._rules.add(rule)
+        self._store()
 
     def delete(self, rule: Rule) -> None:
         """Take a rule out of force."""
         for trie, key in self._keys(rule):
             if libbpf.map_delete(self._fds[trie], ctypes.byref(key)):
                 self._count(trie, -1)
+        self._rules.discard(rule)
+        self._store()
 
     def matched(self, rule: Rule) -> int:
         """Packets the rule dropped so far."""
@@ -86,5 +94,38 @@ class BlockMaps:
     def _count(self, trie: str, delta: int) -> None:
         field = trie.removeprefix("block_")
         setattr(self.counts, field, max(getattr(self.counts, field) + delta, 0))
+
+    def _store(self) -> None:
+        """The counts and the bits of the rules in force, into the program's block_rules."""
+        for field, words in zip(("src4_bits", "src6_bits", "target_bits"), bitmaps(self._rules),
+                                strict=True):  # fmt: skip
+            ctypes.memmove(getattr(self.counts, field), words.ctypes.data, words.nbytes)
         zero = ctypes.c_uint32(0)
         libbpf.map_update(self._rules_fd, ctypes.byref(zero), ctypes.byref(self.counts))
+
+
+BITS = 1 << 16
+"""Bits of each of block_rules' bitmaps."""
+
+
+def bitmaps(rules: set[Rule] | list[Rule]) -> tuple[np.ndarray, ...]:
+    """The bitmaps of struct block_rules for these rules, as u64 words: the IPv4 sources'
+    /16s (address bits 0-15), the IPv6 sources' bits 16-31, and the target ports. A bit is
+    set wherever a packet could match a rule (a superset: the trie decides)."""
+    src4, src6, ports = (np.zeros(BITS, bool) for _ in range(3))
+    for rule in rules:
+        net = rule.net
+        if rule.proto is not None:
+            ports[int(rule.dport or 0)] = True
+            continue
+        assert net is not None, "a rule without a target has a source"
+        value = int.from_bytes(net.network_address.packed[:4], "big")
+        if net.version == 4:
+            index, free = value >> 16, max(16 - net.prefixlen, 0)
+            bits = src4
+        else:
+            index, free = value & 0xFFFF, min(max(32 - net.prefixlen, 0), 16)
+            bits = src6
+        start = (index >> free) << free
+        bits[start : start + (1 << free)] = True
+    return tuple(np.packbits(b, bitorder="little").view("<u8") for b in (src4, src6, ports))

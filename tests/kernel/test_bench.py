@@ -46,7 +46,12 @@ def test_every_benchmark_runs_and_reports_once() -> None:
         "console": ["console_tick_10k", "console_key_10k"],
         "owner_churn": ["owner_churn_coverage", "owner_churn_rate"],
         "hot_ipv4_tcp_processes": ["xdp_hot_ipv4_tcp_processes", "tc_hot_ipv4_tcp_processes"],
-        "xdp_block": ["xdp_block_no_rules", "xdp_block_1000_rules", "xdp_block_2000_rules"],
+        "xdp_block": [
+            "xdp_block_no_rules",
+            "xdp_block_1000_rules",
+            "xdp_block_2000_rules",
+            "xdp_block_3000_rules_its_16",
+        ],
         "map_memory": [f"flow_maps_memory_{num_possible_cpus()}cpus", "flow_maps_memory_64cpus",
                        "flow_maps_memory_128cpus"],
         "no_prealloc": ["xdp_hot_no_prealloc", "xdp_insert_no_prealloc",

@@ -112,7 +112,19 @@ LAYOUT = {
     "block_target4": (abi.BlockTarget4, 12, {"prefixlen": 0, "proto": 4, "dport": 5, "saddr": 7}),
     "block_target6": (abi.BlockTarget6, 24, {"prefixlen": 0, "proto": 4, "dport": 5, "saddr": 7}),
     "block_value": (abi.BlockValue, 8, {"matched": 0}),
-    "block_rules": (abi.BlockRules, 16, {"src4": 0, "src6": 4, "target4": 8, "target6": 12}),
+    "block_rules": (
+        abi.BlockRules,
+        16 + 3 * 8 * abi.BLOCK_BITMAP_WORDS,
+        {
+            "src4": 0,
+            "src6": 4,
+            "target4": 8,
+            "target6": 12,
+            "src4_bits": 16,
+            "src6_bits": 16 + 8 * abi.BLOCK_BITMAP_WORDS,
+            "target_bits": 16 + 16 * abi.BLOCK_BITMAP_WORDS,
+        },
+    ),
     "replay_meta": (abi.ReplayMeta, 16, {"timestamp": 0, "wire_len": 8, "ifindex": 12}),
     "sock_owner": (abi.SockOwner, 32, {"cgroup_id": 0, "pid": 8, "uid": 12, "comm": 16}),
     "sock_event": (
@@ -217,6 +229,7 @@ def test_c_header_has_the_same_layout(tmp_path: Path) -> None:
     lines.append('printf("counter RESET_ENTRIES %d\\n", RESET_ENTRIES);')
     lines.append('printf("counter BLOCK_ENTRIES %d\\n", BLOCK_ENTRIES);')
     lines.append('printf("counter BLOCK_TARGET_BITS %d\\n", BLOCK_TARGET_BITS);')
+    lines.append('printf("counter BLOCK_BITMAP_WORDS %d\\n", BLOCK_BITMAP_WORDS);')
     lines.append('printf("counter EVENT_WINDOW_NS %llu\\n", EVENT_WINDOW_NS);')
     lines.append(
         'printf("counter egress_packets %zu\\n", '
@@ -253,6 +266,7 @@ def test_c_header_has_the_same_layout(tmp_path: Path) -> None:
     assert seen[("counter", "RESET_ENTRIES")] == abi.RESET_ENTRIES
     assert seen[("counter", "BLOCK_ENTRIES")] == abi.BLOCK_ENTRIES
     assert seen[("counter", "BLOCK_TARGET_BITS")] == abi.BLOCK_TARGET_BITS
+    assert seen[("counter", "BLOCK_BITMAP_WORDS")] == abi.BLOCK_BITMAP_WORDS
     assert seen[("counter", "EVENT_WINDOW_NS")] == abi.EVENT_WINDOW_NS
     assert seen[("counter", "egress_packets")] == 8 * abi.COUNTER_COUNT * abi.DIR_EGRESS
 

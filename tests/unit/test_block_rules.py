@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from flowscope import abi
@@ -209,3 +209,75 @@ def test_a_host_rule_that_takes_most_of_the_traffic_needs_a_second_confirmation(
     assert concerns(parse_rule("198.19.77.4/31"), safety, shape) == [
         "it drops 90% of the traffic received in the last tick"
     ]
+
+
+def _bit(words: np.ndarray, i: int) -> bool:
+    return bool((int(words[i >> 6]) >> (i & 63)) & 1)
+
+
+@example(
+    nets=[ipaddress.ip_network("2001:db8:5::/48"), ipaddress.ip_network("198.18.4.0/22"),
+          ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:f000::/20")],
+    ports=[53, 443],
+    probe4=int(ipaddress.IPv4Address("198.18.7.9")),
+    probe6=int(ipaddress.IPv6Address("2001:db8:5::1")),
+    probe_port=443,
+)  # fmt: skip
+@given(
+    nets=st.lists(
+        st.one_of(
+            st.tuples(st.integers(0, 2**32 - 1), st.integers(1, 32)).map(
+                lambda t: ipaddress.ip_network((t[0], t[1]), strict=False)
+            ),
+            st.tuples(st.integers(0, 2**128 - 1), st.integers(1, 128)).map(
+                lambda t: ipaddress.ip_network((t[0], t[1]), strict=False)
+            ),
+        ),
+        max_size=6,
+    ),
+    ports=st.lists(st.integers(0, 65535), max_size=4),
+    probe4=st.integers(0, 2**32 - 1),
+    probe6=st.integers(0, 2**128 - 1),
+    probe_port=st.integers(0, 65535),
+)
+def test_the_block_bitmaps_let_every_packet_a_rule_matches_reach_the_trie(
+    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
+    ports: list[int],
+    probe4: int,
+    probe6: int,
+    probe_port: int,
+) -> None:
+    """kernel.block.bitmaps: a packet from inside a source rule's prefix has its /16's bit
+    set (IPv4 address bits 0-15, IPv6 bits 16-31), a packet to a target rule's port has that
+    port's bit; and a bit is set only where some rule could match (the point of them)."""
+    from flowscope.kernel.block import bitmaps
+
+    rules = [Rule(str(n)) for n in nets] + [Rule(None, 17, p) for p in ports]
+    src4, src6, target = bitmaps(rules)
+    for n in nets:  # the network's own first and last addresses, and one probe inside it
+        for addr in (n.network_address, n.broadcast_address):
+            raw = addr.packed
+            words, i = (
+                (src4, raw[0] << 8 | raw[1]) if n.version == 4 else (src6, raw[2] << 8 | raw[3])
+            )
+            assert _bit(words, i), (n, addr)
+    a4 = ipaddress.IPv4Address(probe4)
+    assert _bit(src4, probe4 >> 16) == any(
+        n.version == 4
+        and n.supernet(new_prefix=min(n.prefixlen, 16)).overlaps(
+            ipaddress.ip_network((probe4 >> 16 << 16, 16))
+        )
+        for n in nets
+    ), a4
+    assert _bit(target, probe_port) == (probe_port in ports)
+    index6 = (probe6 >> 96) & 0xFFFF
+    if _bit(src6, index6):  # set only for a rule whose prefix leaves those bits open or equal
+        assert any(
+            n.version == 6
+            and (
+                n.prefixlen <= 16
+                or (int(n.network_address) >> 96 & 0xFFFF) >> max(32 - n.prefixlen, 0)
+                == index6 >> max(32 - n.prefixlen, 0)
+            )
+            for n in nets
+        )
