@@ -592,6 +592,8 @@ class _Drops:
 
     def __init__(self) -> None:
         self.count: dict[tuple[int, int], int] = {}
+        self.reasons: dict[int, int] = {}  # drop_totals: every drop, by reason
+        self.past_budget = 0  # drop_budget.unattributed: in the totals, in no flow
 
     def read(self) -> tuple[np.ndarray, np.ndarray]:
         keys = np.zeros(len(self.count), abi.DROP_KEY_DTYPE)
@@ -604,10 +606,10 @@ class _Drops:
         return keys, counts
 
     def by_reason(self) -> dict[int, int]:
-        return {}
+        return dict(self.reasons)
 
     def unattributed(self) -> int:
-        return 0
+        return self.past_budget
 
     def missed(self) -> int:
         return 0
@@ -691,6 +693,22 @@ class DropsCollectorMachine(_CountedPerFlow):
         self.drops = _Drops()
         self._counting(DropTable(self.drops))
         self.collector = self.make_collector(drops=self.table)
+        self.host: dict[str, int] = {}  # the ticks' drops per reason, added up
+        self.host_unattributed = 0
+
+    def _made(self, i: int | None, reason: int, n: int) -> None:
+        """n drops of this reason: of flow i (in its key's count), or past the budget (None)."""
+        self.drops.reasons[reason] = self.drops.reasons.get(reason, 0) + n
+        if i is None:
+            self.drops.past_budget += n
+            return
+        self.drops.count[(i, reason)] = self.drops.count.get((i, reason), 0) + n
+        self.made[i] += n
+
+    @rule(n=st.integers(1, 300), reason=st.sampled_from(_Drops.REASONS))
+    def drop_past_the_budget(self, n: int, reason: int) -> None:
+        """Drops past the hook's per-CPU budget in a jiffy: counted by reason, in no flow."""
+        self._made(None, reason, n)
 
     @rule(
         i=st.integers(0, FLOWS - 1),
@@ -700,15 +718,13 @@ class DropsCollectorMachine(_CountedPerFlow):
     )
     def drop(self, i: int, n: int, reason: int, cpu: int) -> None:
         self.kernel.send(i, n, 100, cpu, ACK)
-        self.drops.count[(i, reason)] = self.drops.count.get((i, reason), 0) + n
-        self.made[i] += n
+        self._made(i, reason, n)
 
     @rule(i=st.integers(0, FLOWS - 1), reason=st.sampled_from(_Drops.REASONS))
     def drop_counted_before(self, i: int, reason: int) -> None:
         """A drop of a packet the flow already had when a tick read it (the flow program
         counts it, the drop comes a moment later), and nothing after it in the flow."""
-        self.drops.count[(i, reason)] = self.drops.count.get((i, reason), 0) + 1
-        self.made[i] += 1
+        self._made(i, reason, 1)
 
     @rule(i=st.integers(0, FLOWS - 1), reason=st.sampled_from(_Drops.REASONS))
     def lru_forgets(self, i: int, reason: int) -> None:
@@ -723,7 +739,15 @@ class DropsCollectorMachine(_CountedPerFlow):
 
     @rule()
     def tick(self) -> None:
-        self._tick_pending()
+        """Also: the ticks' drops per reason add up to every drop made, those past the budget
+        included, and their unattributed count to those."""
+        t = self._tick_pending()
+        for name, n in t.drops.items():
+            self.host[name] = self.host.get(name, 0) + n
+        self.host_unattributed += t.sample.counters["drops_unattributed"]
+        assert self.host == {f"R{r}": n for r, n in self.drops.reasons.items() if n}
+        assert t.sample.counters["drops"] == sum(t.drops.values())
+        assert self.host_unattributed == self.drops.past_budget
 
 
 class _Resets:
