@@ -71,14 +71,14 @@ static __always_inline int blocked(__u8 family, const void *saddr, __u8 proto, _
         return 0;
     struct block_value *v = 0;
     const __u8 *a = saddr;
-    int target = has_bit(n->target_bits, bpf_ntohs(dport));
+    __u32 port = bpf_ntohs(dport);
     if (family == FS_AF_INET) {
         if (n->src4 && has_bit(n->src4_bits, (__u32)a[0] << 8 | a[1])) {
             struct block_src4 k = { .prefixlen = 32 };
             __builtin_memcpy(k.saddr, saddr, 4);
             v = block_src4.lookup(&k);
         }
-        if (!v && n->target4 && target) {
+        if (!v && n->target4 && has_bit(n->target_bits, port)) {
             struct block_target4 k = { .prefixlen = BLOCK_TARGET_BITS + 32, .proto = proto };
             __builtin_memcpy(k.dport, &dport, 2);
             __builtin_memcpy(k.saddr, saddr, 4);
@@ -90,7 +90,7 @@ static __always_inline int blocked(__u8 family, const void *saddr, __u8 proto, _
             __builtin_memcpy(k.saddr, saddr, 16);
             v = block_src6.lookup(&k);
         }
-        if (!v && n->target6 && target) {
+        if (!v && n->target6 && has_bit(n->target_bits, port)) {
             struct block_target6 k = { .prefixlen = BLOCK_TARGET_BITS + 128, .proto = proto };
             __builtin_memcpy(k.dport, &dport, 2);
             __builtin_memcpy(k.saddr, saddr, 16);
