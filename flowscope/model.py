@@ -623,6 +623,12 @@ class PendingHealth:
     resets: np.ndarray | None = None
     """Resets no record holds yet (None: not followed, and the blob has no such column)."""
 
+    def owed(self) -> np.ndarray:
+        """Which flows have retransmissions, drops or resets no record holds: a flow with no
+        packets since its record still owes those a record (collect.Collector._owing)."""
+        out = (self.retrans > 0) | (self.drops > 0)
+        return out | (self.resets > 0) if self.resets is not None else out
+
 
 @dataclass(frozen=True, slots=True)
 class PendingBlob:
@@ -699,9 +705,7 @@ class PendingFlows:
         h = self.health
         has = b.packets > self.exp_packets
         if h is not None:  # no packets since its record, but what a last record would hold
-            has |= (h.retrans > 0) | (h.drops > 0)
-            if h.resets is not None:
-                has |= h.resets > 0
+            has |= h.owed()
         if not isinstance(self.rows, slice):
             has &= self.rows
         found = np.flatnonzero(has)

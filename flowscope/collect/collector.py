@@ -435,19 +435,12 @@ class Collector:
         retransmission its hook counted just after a tick had read the flow with that packet,
         comes with no packet after it, and nothing would write it otherwise. A Python step
         only for flows that have any."""
-        owing = np.zeros(len(batch), bool)
         idle = np.zeros(len(batch), bool)
         idle[rows] = batch.packets[rows] <= exp_p[rows]
-        if tcp is not None and self.health is not None:
-            for i in np.flatnonzero(idle & (tcp[0] > 0)).tolist():
-                owing[i] = self.health.unwritten(int(tcp[3][i]), int(tcp[0][i])) > 0
-        if dropped is not None and self.drops is not None:
-            for i in np.flatnonzero(idle & ~owing & (dropped > 0)).tolist():
-                owing[i] = self.drops.peek(batch, i)[0] > 0
-        if reset is not None and self.resets is not None:
-            for i in np.flatnonzero(idle & ~owing & (reset > 0)).tolist():
-                owing[i] = self.resets.peek(batch, i) > 0
-        return owing
+        owed = self._pending_health(batch, tcp, dropped, reset, only=idle)
+        if owed is None:  # nothing but packets is followed: nothing is owed
+            return np.zeros(len(batch), bool)
+        return np.asarray(idle & owed.owed(), bool)
 
     def _tcp(self, batch: FlowBatch) -> TcpArrays | None:
         """Each current flow's connection: retransmissions so far, RTT, minimum RTT, socket
@@ -670,30 +663,33 @@ class Collector:
         tcp: TcpArrays | None,
         dropped: np.ndarray | None,
         reset: np.ndarray | None = None,
+        only: np.ndarray | None = None,
     ) -> PendingHealth | None:
         """Each flow's TCP health and drops that no record holds yet (after this tick's
         records took theirs), for history's pending rows: a crash or a live query then has
-        them too. A Python step only for flows with retransmissions or drops."""
+        them too. A Python step only for flows with retransmissions or drops (and, with
+        ``only``, a mask, only for those rows: the others keep their totals)."""
         if self.health is None and self.drops is None and self.resets is None:
             return None
         n = len(batch)
+        rows = np.ones(n, bool) if only is None else only
         none = np.full(n, NO_TCP, np.int64)
         retrans, rtt, rtt_min = none, none, none
         if tcp is not None and self.health is not None:
             retrans, rtt, rtt_min = tcp[0].copy(), tcp[1], tcp[2]
-            for i in np.flatnonzero(retrans > 0).tolist():
+            for i in np.flatnonzero(rows & (retrans > 0)).tolist():
                 retrans[i] = self.health.unwritten(int(tcp[3][i]), int(retrans[i]))
         drops = np.full(n, NO_DROPS, np.int64)
         names = np.full(n, None, object)
         if dropped is not None and self.drops is not None:
             drops = dropped.copy()
-            for i in np.flatnonzero(dropped > 0).tolist():
+            for i in np.flatnonzero(rows & (dropped > 0)).tolist():
                 count, reason = self.drops.peek(batch, i)
                 drops[i], names[i] = count, reason or None
         resets = None
         if reset is not None and self.resets is not None:
             resets = reset.copy()
-            for i in np.flatnonzero(reset > 0).tolist():
+            for i in np.flatnonzero(rows & (reset > 0)).tolist():
                 resets[i] = self.resets.peek(batch, i)
         return PendingHealth(retrans, rtt, rtt_min, drops, names, resets)
 
