@@ -20,12 +20,14 @@ def collector_tick(lab: Lab) -> Iterator[Result]:
     """One collector tick (batched read of both maps, per-CPU sums, matching with the previous
     tick, rates, expiry decisions) with N flows in the map, next to the batched read alone. The
     map is sized so N stays under the high-water mark and nothing expires: the steady state of
-    a busy server. Minimum of 3 ticks, in ms. An informative line gives what the tick's crash
-    safety costs the writer thread (turning its pending flows into the blob it writes), beside
-    the tick."""
+    a busy server. Minimum of 3 ticks, in ms. The batched read is kernel.drain's, a thread per
+    CPU; a row beside it gives the same read by one thread (how the read went before). An
+    informative line gives what the tick's crash safety costs the writer thread (turning its
+    pending flows into the blob it writes), beside the tick."""
     import time
 
     from flowscope.collect.collector import Collector, CollectorSettings
+    from flowscope.kernel.drain import MapDrain
     from flowscope.kernel.program import FlowProgram
 
     for n in lab.settings.drain_flows:
@@ -33,11 +35,18 @@ def collector_tick(lab: Lab) -> Iterator[Result]:
         try:
             prog.put_flows(abi.AF_INET, other_flow_keys(n))
             collector = Collector(prog, CollectorSettings(idle_timeout=1e9, active_timeout=1e9))
-            reads, ticks, snapshots = [], [], []
+            one = MapDrain(
+                prog.map_fd(abi.AF_INET), abi.AF_INET, abi.KEY4_DTYPE, prog.flow_entries,
+                prog.ncpus, workers=1,
+            )  # fmt: skip
+            reads, ticks, snapshots, singles = [], [], [], []
             for _ in range(3):
                 t = time.perf_counter()
                 held = sum(len(b) for b in prog.read_all_flows())
                 reads.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                single = len(one.read())
+                singles.append(time.perf_counter() - t)
                 t = time.perf_counter()
                 tick = collector.tick()
                 ticks.append(time.perf_counter() - t)
@@ -45,14 +54,18 @@ def collector_tick(lab: Lab) -> Iterator[Result]:
                 for p in tick.pending:
                     p.to_bytes()
                 snapshots.append(time.perf_counter() - t)
-                if held != n or tick.sample.active_flows != n:
+                if held != n or single != n or tick.sample.active_flows != n:
                     raise BenchError(
-                        f"collector_tick: read {held} flows, ticked "
+                        f"collector_tick: read {held} flows ({single} by one thread), ticked "
                         f"{tick.sample.active_flows}, expected {n}"
                     )
         finally:
             prog.close()
         label = count_label(n)
+        yield Result(
+            f"map_read_{label}", min(reads) * 1e3, "ms", f"map_read_one_thread_{label}",
+            min(singles) * 1e3,
+        )  # fmt: skip
         yield Result(
             f"collector_tick_{label}", min(ticks) * 1e3, "ms/tick", f"map_read_{label}",
             min(reads) * 1e3,

@@ -46,6 +46,7 @@ from flowscope.model import (
     PendingFlows,
     PendingHealth,
     Sample,
+    take_rows,
 )
 from flowscope.vocab import MAP_HIGH_WATER
 
@@ -103,6 +104,37 @@ def fingerprints(keys: np.ndarray) -> np.ndarray:
             h *= U64(0x100000001B3)
             h ^= h >> U64(29)
     return h
+
+
+def sort_order(fp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The permutation that sorts the fingerprints ``fp`` (uint64), and ``fp`` in that order.
+
+    numpy sorts plain uint64 values with SIMD several times faster than it argsorts them, so
+    each fingerprint's row number replaces its lowest bits, the values are sorted, and the row
+    numbers read back out: the rows then come in the order of their fingerprints' upper bits.
+    Fingerprints that share those upper bits (a pair or so in a million flows) are then next to
+    each other, maybe in the wrong order, and each such run is put in order on its own."""
+    n = len(fp)
+    bits = max(1, (n - 1).bit_length())
+    if n < 2 or bits > 32:
+        order = np.argsort(fp)
+        return order, fp[order]
+    low = U64((1 << bits) - 1)
+    packed = (fp & ~low) | np.arange(n, dtype=U64)
+    packed.sort()
+    order = (packed & low).astype(np.intp)
+    ranked = fp[order]
+    for i in np.flatnonzero(ranked[1:] < ranked[:-1]):
+        upper = ranked[i] & ~low
+        start, end = int(i), int(i) + 2
+        while start > 0 and ranked[start - 1] & ~low == upper:
+            start -= 1
+        while end < n and ranked[end] & ~low == upper:
+            end += 1
+        run = np.argsort(ranked[start:end], kind="stable")
+        order[start:end] = order[start:end][run]
+        ranked[start:end] = ranked[start:end][run]
+    return order, ranked
 
 
 def counter_delta(current: int, previous: int) -> int:
@@ -522,19 +554,15 @@ class Collector:
     ) -> _FamilyTick:
         s = self.settings
         st = self._state[family]
-        batch = self.source.read_flows(family)
-        fp = fingerprints(batch.keys)
+        read = self.source.read_flows(family)
+        # The flows in fingerprint order (their order in a read means nothing): the previous
+        # state is in that order too, so the match searches sorted needles, every lookup in
+        # the previous state below goes forward through memory instead of jumping, and the
+        # next state is the surviving rows as they are.
+        order, fp = sort_order(fingerprints(read.keys))
+        batch = _select(read, order)
         n = len(batch)
-        # Match in fingerprint order: a search of sorted needles is far faster in numpy than
-        # one of random needles, and the next state is then already sorted. The flows stay in
-        # the kernel's order; only the match results are scattered back.
-        order = np.argsort(fp)
-        fp_sorted = fp[order]
-        pos_sorted, found_sorted = self._match(st, fp_sorted)
-        pos = np.empty_like(pos_sorted)
-        found = np.empty_like(found_sorted)
-        pos[order] = pos_sorted
-        found[order] = found_sorted
+        pos, found = self._match(st, fp)
 
         # deltas against the previous tick (a flow not seen before: all of it is new)
         if found.any():
@@ -613,7 +641,7 @@ class Collector:
         start[active] = batch.last_seen[active]
 
         # the state the next tick matches against: surviving flows, still sorted by fingerprint
-        survivors = order[keep[order]] if len(taken) else order
+        survivors: np.ndarray | slice = keep if len(taken) else slice(None)
         st.fp = fp[survivors]
         st.packets = batch.packets[survivors]
         st.bytes = batch.bytes[survivors]
@@ -746,14 +774,16 @@ def _idle_reason(tcp_flags: int) -> str:
 
 
 def _select(batch: FlowBatch, mask: np.ndarray) -> FlowBatch:
-    """The rows of batch picked by a boolean mask or an index array."""
+    """The rows of batch picked by a boolean mask or an index array (np.take: a gather of a
+    million rows costs half what indexing does)."""
+    index = np.flatnonzero(mask) if mask.dtype == np.bool_ else mask
     return FlowBatch(
         family=batch.family,
-        keys=batch.keys[mask],
-        packets=batch.packets[mask],
-        bytes=batch.bytes[mask],
-        ip_bytes=batch.ip_bytes[mask],
-        first_seen=batch.first_seen[mask],
-        last_seen=batch.last_seen[mask],
-        tcp_flags=batch.tcp_flags[mask],
+        keys=take_rows(batch.keys, index),
+        packets=np.take(batch.packets, index),
+        bytes=np.take(batch.bytes, index),
+        ip_bytes=np.take(batch.ip_bytes, index),
+        first_seen=np.take(batch.first_seen, index),
+        last_seen=np.take(batch.last_seen, index),
+        tcp_flags=np.take(batch.tcp_flags, index),
     )

@@ -47,8 +47,10 @@ def round8(n: int) -> int:
     return (n + 7) & ~7
 
 
-def _pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
+def buckets(entries: int) -> int:
+    """A hash map's buckets: roundup_pow_of_two(max_entries), as htab_map_alloc makes them
+    (the batch token of a hash map is a bucket index, kernel.drain splits by it)."""
+    return 1 << max(0, (entries - 1).bit_length())
 
 
 def hash_bytes(entries: int, ncpus: int, key_size: int, value_size: int) -> int:
@@ -57,7 +59,7 @@ def hash_bytes(entries: int, ncpus: int, key_size: int, value_size: int) -> int:
     return (
         HTAB_FIXED
         + 4 * ncpus * LOCK_COUNT
-        + BUCKET * _pow2(entries)
+        + BUCKET * buckets(entries)
         + entries * (elem + ncpus * round8(value_size))
     )
 

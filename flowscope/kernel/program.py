@@ -27,7 +27,7 @@ from flowscope.errors import (
     PrivilegeError,
     UnsupportedKernelError,
 )
-from flowscope.kernel import btf, libbpf, memory, ringbuf
+from flowscope.kernel import btf, drain, libbpf, memory, ringbuf
 from flowscope.kernel.attach import FLOWSCOPE_XDP
 from flowscope.kernel.privileges import require_bpf_privileges
 from flowscope.model import FlowBatch, FlowEvent, events_from_array
@@ -211,7 +211,7 @@ class FlowProgram:
         )
         """Locked kernel memory of the two flow maps: the kernel's own report (fdinfo memlock),
         the model of kernel.memory where it gives none."""
-        self._buffers: dict[int, _BatchBuffers] = {}
+        self._drains: dict[int, drain.MapDrain] = {}
         self._flood_buffers: _BatchBuffers | None = None
         self.ringbuf_bytes = ringbuf_pages * 4096
         self._events: ringbuf.RingBuffer | None = None
@@ -257,25 +257,15 @@ class FlowProgram:
         """The fd of the flow map of one family (abi.AF_INET or abi.AF_INET6)."""
         return int(self._maps[family][0])
 
-    def _buffers_for(self, family: int) -> _BatchBuffers:
-        buf = self._buffers.get(family)
-        if buf is None:
-            _, kdtype = self._maps[family]
-            cap = self.flow_entries
-            buf = _BatchBuffers(
-                keys=np.zeros(cap, dtype=kdtype),
-                values=np.zeros(cap * self.ncpus, dtype=abi.VALUE_DTYPE),
-            )
-            self._buffers[family] = buf
-        return buf
-
     def read_flows(self, family: int) -> FlowBatch:
-        """Every flow of one family, per-CPU values summed. The arrays are fresh copies."""
-        fd, _ = self._maps[family]
-        buf = self._buffers_for(family)
-        n = libbpf.map_lookup_all(fd, buf.keys, buf.values, self.ncpus, buf.token)
-        values = buf.values[: n * self.ncpus].reshape(n, self.ncpus)
-        return FlowBatch.from_percpu(family, buf.keys[:n].copy(), values)
+        """Every flow of one family, per-CPU values summed, read by kernel.drain's threads.
+        The arrays are fresh."""
+        reader = self._drains.get(family)
+        if reader is None:
+            fd, kdtype = self._maps[family]
+            reader = drain.MapDrain(int(fd), family, kdtype, self.flow_entries, self.ncpus)
+            self._drains[family] = reader
+        return reader.read()
 
     def read_all_flows(self) -> list[FlowBatch]:
         """IPv4 and IPv6 flows."""
@@ -417,6 +407,8 @@ class FlowProgram:
             self._closed = True
             if self._events is not None:
                 self._events.close()
+            for reader in self._drains.values():
+                reader.close()
             self._bpf.cleanup()
 
     def __enter__(self) -> FlowProgram:
