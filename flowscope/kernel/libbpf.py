@@ -227,6 +227,32 @@ def prog_name(prog_id: int) -> str | None:
         os.close(fd)
 
 
+class _XdpQueryOpts(ctypes.Structure):
+    """struct bpf_xdp_query_opts (libbpf 1.x)."""
+
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("prog_id", ctypes.c_uint32),
+        ("drv_prog_id", ctypes.c_uint32),
+        ("hw_prog_id", ctypes.c_uint32),
+        ("skb_prog_id", ctypes.c_uint32),
+        ("attach_mode", ctypes.c_uint8),
+        ("feature_flags", ctypes.c_uint64),
+        ("xdp_zc_max_segs", ctypes.c_uint32),
+    ]
+
+
+def xdp_query(ifindex: int) -> tuple[int, int]:
+    """(XDP program id, attach mode: XDP_ATTACHED_NONE 0, DRV 1, SKB 2, HW 3, MULTI 4) of an
+    interface, by libbpf's bpf_xdp_query (one netlink request, nothing to import)."""
+    opts = _XdpQueryOpts(sz=ctypes.sizeof(_XdpQueryOpts))
+    ret = int(_libbpf().bpf_xdp_query(ifindex, 0, ctypes.byref(opts)))
+    if ret < 0:
+        raise _raise("bpf_xdp_query", _errno(ret))
+    prog_id = opts.prog_id or opts.drv_prog_id or opts.skb_prog_id or opts.hw_prog_id
+    return int(prog_id), int(opts.attach_mode)
+
+
 def _prog_info(fd: int) -> _ProgInfo:
     info = _ProgInfo()
     size = ctypes.c_uint32(ctypes.sizeof(info))
