@@ -167,14 +167,15 @@ class Pipeline:
             prepared=prepared,
         )
 
-    def prepare(self) -> None:
+    def prepare(self, build: ProgramBuild | None = None) -> None:
         """Start compiling the programs now, in a thread, so that the seconds BCC takes
-        overlap with what comes before run() (the console's imports and first draw)."""
+        overlap with what comes before run() (the console's imports and first draw); or take
+        ``build``, the compile recorder.prepare started for these settings even earlier."""
         from flowscope.collect import recorder
 
         assert isinstance(self.settings.source, RecordSettings), "a capture is replay()ed"
         if self._prepared is None:
-            self._prepared = recorder.prepare(self.settings.source)
+            self._prepared = build if build is not None else recorder.prepare(self.settings.source)
 
     def replay(self, progress: Callable[[int, int], None] | None = None) -> ReplaySummary:
         """Run the capture through the program into the sink, waiting for the writer and the

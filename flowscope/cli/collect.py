@@ -185,8 +185,8 @@ def live(
 
     It keeps recording history while it is open (--no-db: nothing is kept). Quitting (q,
     Ctrl-C, SIGTERM) writes the live flows and detaches the program."""
+    from flowscope.collect.recorder import prepare
     from flowscope.kernel.attach import check_can_attach
-    from flowscope.pipeline import HistorySettings, Pipeline, PipelineSettings
     from flowscope.ui.terminal import keep_terminal
 
     if db is not None and no_db:
@@ -194,16 +194,24 @@ def live(
     spec = _view_spec(filter_text, group, sort)
     for name in source.interfaces:  # fails at once, not in a console stuck at "starting"
         check_can_attach(name, source.force)
-    history = None if no_db else HistorySettings(db=db)
-    with Pipeline(PipelineSettings(source, history, exports)) as pipeline, keep_terminal() as tty:
-        say_recovered(pipeline)  # first: while BCC compiles, descriptor 2 is its log
-        # BCC compiles while Textual is imported and the console drawn, the console drawing
-        # on its own copy of the terminal (ui.terminal says why)
-        pipeline.prepare()
-        from flowscope.ui.app import run_console  # the only command that imports textual
+    # BCC compiles from here, while the rest is imported, history opened and the console
+    # drawn: the console draws on its own copy of the terminal, since descriptor 2 is the
+    # compiler's log until it is done (ui.terminal says why)
+    with keep_terminal() as tty:
+        build = prepare(source)
+        try:
+            from flowscope.pipeline import HistorySettings, Pipeline, PipelineSettings
 
-        run_console(pipeline, spec=spec, terminal=tty)
-        pipeline.close()
-        problem = say_problems(pipeline)
+            history = None if no_db else HistorySettings(db=db)
+            with Pipeline(PipelineSettings(source, history, exports)) as pipeline:
+                pipeline.prepare(build)
+                say_recovered(pipeline, tty)
+                from flowscope.ui.app import run_console  # the only command that imports textual
+
+                run_console(pipeline, spec=spec, terminal=tty)
+                pipeline.close()
+                problem = say_problems(pipeline)
+        finally:
+            build.close()  # waited for, so that an error is said on the terminal, not the log
     if problem is not None:
         raise FlowscopeError(problem)

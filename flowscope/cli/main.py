@@ -11,7 +11,7 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
@@ -171,11 +171,14 @@ def notice(text: str) -> None:
     click.echo(f"flowscope: {printable(text)}", err=True)
 
 
-def say_recovered(pipeline: Pipeline) -> None:
-    """One line when the history database held what a killed run had not written."""
+def say_recovered(pipeline: Pipeline, terminal: TextIO | None = None) -> None:
+    """One line when the history database held what a killed run had not written: on
+    ``terminal`` (a copy of the terminal made before a compile took descriptor 2), else on
+    stderr."""
     if pipeline.recovered:
         click.echo(
             f"flowscope: history: {pipeline.recovered} flow records of a run that ended without "
             "shutting down were written with end reason 'crash'",
-            err=True,
+            file=terminal,
+            err=terminal is None,
         )

@@ -20,6 +20,13 @@ from flowscope.ui.source import Post, ScriptedSource
 from tests.support.scenario import scenario
 
 
+class NoCompile:
+    """recorder.prepare's stand-in: a compile that never started, nothing to wait for."""
+
+    def close(self) -> None:
+        pass
+
+
 class Source(ScriptedSource):
     """Delivers the scenario's first ticks; remembers whether it was stopped."""
 
@@ -53,7 +60,7 @@ def broken_console(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(app_module, "RecorderSource", Source)
     monkeypatch.setattr(LiveScreen, "compute", compute)
     monkeypatch.setattr(app_module.FlowscopeApp, "run", headless_run)
-    monkeypatch.setattr(recorder, "prepare", lambda settings: None)  # nothing to compile
+    monkeypatch.setattr(recorder, "prepare", lambda settings: NoCompile())
 
 
 def test_run_console_raises_the_bug_after_stopping_collection(

@@ -43,6 +43,13 @@ texts = st.one_of(
 )
 
 
+class NoCompile:
+    """recorder.prepare's stand-in: a compile that never started, nothing to wait for."""
+
+    def close(self) -> None:
+        pass
+
+
 @pytest.fixture(scope="module")
 def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("cli") / "flows.db"
@@ -232,7 +239,7 @@ def test_a_run_that_fails_to_attach_leaves_no_empty_database(
 
     monkeypatch.setattr("flowscope.kernel.attach.check_can_attach", lambda name, force: None)
     monkeypatch.setattr(recorder, "run", refused)
-    monkeypatch.setattr(recorder, "prepare", lambda settings: None)  # nothing to compile
+    monkeypatch.setattr(recorder, "prepare", lambda settings: NoCompile())
     if command == "live":
         from flowscope.ui import app as app_module
 
