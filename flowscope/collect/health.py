@@ -201,25 +201,16 @@ class HealthTable:
     def _count_delta(self, cookies: np.ndarray, retrans: np.ndarray, baseline: np.ndarray) -> None:
         """retrans_delta: what each connection added since the last refresh (nothing for one
         first seen with ``baseline``: an older connection's past is not this tick's)."""
-        before_cookies, before = self._seen
-        pos = np.minimum(np.searchsorted(before_cookies, cookies), max(len(before) - 1, 0))
-        known = (before_cookies[pos] == cookies) if len(before) else np.zeros(len(cookies), bool)
-        prior = np.where(known, before[pos] if len(before) else 0, 0)
-        prior = np.where(baseline, retrans, prior)
+        prior = np.where(baseline, retrans, _prior(self._seen, cookies))
         self.retrans_delta = int(np.maximum(retrans - prior, 0).sum())
-        order = np.argsort(cookies)
-        self._seen = (cookies[order].astype(np.uint64), retrans[order])
+        self._seen = _by_cookie(cookies, retrans)
 
     def _count_kinds(self, cookies: np.ndarray, kinds: np.ndarray) -> None:
         """kind_deltas: what each followed connection resent since the last refresh, by kind
         (all of it the first time: the hooks count kinds from the connection's start)."""
-        before_cookies, before = self._seen_kinds
-        pos = np.minimum(np.searchsorted(before_cookies, cookies), max(len(before) - 1, 0))
-        known = (before_cookies[pos] == cookies) if len(before) else np.zeros(len(cookies), bool)
-        prior = np.where(known[:, None], before[pos] if len(before) else 0, 0)
-        self.kind_deltas = np.maximum(kinds - np.maximum(prior, 0), 0).sum(axis=0)
-        order = np.argsort(cookies)
-        self._seen_kinds = (cookies[order].astype(np.uint64), kinds[order])
+        prior = np.maximum(_prior(self._seen_kinds, cookies), 0)
+        self.kind_deltas = np.maximum(kinds - prior, 0).sum(axis=0)
+        self._seen_kinds = _by_cookie(cookies, kinds)
 
     def join(self, batch: FlowBatch) -> tuple[np.ndarray, ...]:
         """(retransmitted segments, smoothed RTT us, minimum RTT us, socket cookie, and the
@@ -250,3 +241,20 @@ class HealthTable:
         found = k_kinds[pos[hit]]  # a connection without kinds has none on either flow
         kinds[hit] = np.where(egress[hit][:, None] | (found[:, :1] < 0), found, 0)
         return retrans, srtt, rtt_min, cookie, kinds
+
+
+def _prior(seen: tuple[np.ndarray, np.ndarray], cookies: np.ndarray) -> np.ndarray:
+    """What the last refresh held for each of ``cookies`` (``seen``: cookies sorted, and their
+    values, one row each), 0 for a connection it did not hold."""
+    before_cookies, before = seen
+    if not len(before):
+        return np.zeros((len(cookies), *before.shape[1:]), before.dtype)
+    pos = np.minimum(np.searchsorted(before_cookies, cookies), len(before) - 1)
+    known = (before_cookies[pos] == cookies).reshape(-1, *([1] * (before.ndim - 1)))
+    return np.where(known, before[pos], 0)
+
+
+def _by_cookie(cookies: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(cookies sorted, their values in that order): what the next refresh's _prior reads."""
+    order = np.argsort(cookies)
+    return cookies[order].astype(np.uint64), values[order]
