@@ -104,3 +104,51 @@ def test_the_program_reads_a_large_map_with_threads(prog: FlowProgram) -> None:
             assert int(batch.packets.sum()) == sum(v[0] for v in expected.values())
     finally:
         prog.clear()
+
+
+def test_a_split_read_while_the_program_adds_flows(prog: FlowProgram) -> None:
+    """The real program inserts new flows (and counts packets of known ones) on another thread
+    while reads split between threads run: no read holds a flow twice, every flow that was in
+    the map before a read began is in it, and none holds a flow the program never saw."""
+    import threading
+
+    from flowscope.bench.workload import insert_frames, other_flow_keys
+
+    before = other_flow_keys(12_000)
+    prog.put_flows(abi.AF_INET, before)
+    frames = insert_frames(12_000)
+    known = {k.tobytes() for k in opaque_rows(before)}
+    done = threading.Event()
+
+    def traffic() -> None:
+        for i, frame in enumerate(frames):
+            prog.test_run(frame)
+            if i % 7 == 0:  # a packet of a flow that is already there
+                prog.test_run(frames[i // 2])
+        done.set()
+
+    reader = MapDrain(
+        prog.map_fd(abi.AF_INET), abi.AF_INET, abi.KEY4_DTYPE, ENTRIES, prog.ncpus,
+        workers=3, chunk=500, min_parallel=0,
+    )  # fmt: skip
+    sender = threading.Thread(target=traffic)
+    try:
+        sender.start()
+        reads = 0
+        while not done.is_set() or reads < 3:
+            batch = reader.read()
+            rows = opaque_rows(batch.keys)
+            keys = {k.tobytes() for k in rows}
+            assert len(keys) == len(rows)  # none twice
+            assert known <= keys  # none that was there from the start is missing
+            assert len(keys) <= len(before) + len(frames)
+            reads += 1
+        sender.join()
+        final = {k.tobytes() for k in opaque_rows(reader.read().keys)}
+        assert len(final) == len(before) + len(frames)  # every new flow, once
+        assert reads >= 3
+    finally:
+        done.set()
+        sender.join()
+        reader.close()
+        prog.clear()
