@@ -146,10 +146,12 @@ def run(
     ``on_block`` each change of the block rules (--allow-block: for history);
     ``on_attached`` that the programs are attached, before the first tick; ``prepared``: the
     program prepare() started compiling."""
-    from flowscope.kernel.session import Probe
+    from flowscope.kernel.session import Probe, warm_up
 
     stop = stop or threading.Event()
     try:
+        if prepared is not None and not prepared.done:
+            warm_up()  # while the compile runs
         return _run(
             settings, sink, on_tick, stop, Probe, on_notice, on_block, on_attached, prepared
         )

@@ -440,6 +440,11 @@ class ProgramBuild:
         except BaseException as e:  # raised again in the thread that asks for the program
             self._error = e
 
+    @property
+    def done(self) -> bool:
+        """The compile has ended (well or not)."""
+        return not self._thread.is_alive()
+
     def result(self) -> FlowProgram:
         """The program, once compiled (waits for it); the build's error if it failed. The
         caller owns the program from here and closes it."""

@@ -20,6 +20,12 @@ from flowscope.kernel.program import FlowProgram
 DIRECTIONS = ("ingress", "egress", "both")
 
 
+def warm_up() -> None:
+    """Import what attaching needs ahead of the attach: pyroute2 alone takes a quarter of a
+    second, which otherwise follows the compile instead of overlapping it."""
+    import pyroute2.netlink.exceptions  # noqa: F401  (the package's import is the cost)
+
+
 class Probe:
     """FlowProgram plus its XDP (ingress) and TC (egress) attachments."""
 

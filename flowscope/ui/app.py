@@ -156,6 +156,7 @@ class FlowscopeApp(App[None]):
                 loop.add_signal_handler(sig, self.exit)
         self.set_interval(0.3, self._redraw_names)
         self.source.start(self.post_message)
+        self.call_after_refresh(self.source.drawn)
 
     def on_unmount(self) -> None:
         self.source.stop()

@@ -29,6 +29,8 @@ from flowscope.ui.messages import (
 )
 
 Post = Callable[[Message], object]
+FIRST_DRAW_WAIT = 1.0
+"""Seconds the collection thread waits for the console's first draw at most."""
 
 
 class TickSource(Protocol):
@@ -38,6 +40,9 @@ class TickSource(Protocol):
     has_db: bool
 
     def start(self, post: Post) -> None: ...
+
+    def drawn(self) -> None:
+        """The console has been drawn once (the app calls this after its first refresh)."""
 
     def stop(self) -> object: ...
 
@@ -81,6 +86,9 @@ class ScriptedSource:
             self.position += 1
         return len(self.ticks) - self.position
 
+    def drawn(self) -> None:
+        pass
+
     def stop(self) -> None:
         self.stopped = True
 
@@ -106,11 +114,15 @@ class RecorderSource:
         self._thread: threading.Thread | None = None
         self._post: Post | None = None
         self._attached = False
+        self._drawn = threading.Event()
 
     def start(self, post: Post) -> None:
         self._post = post
         self._thread = threading.Thread(target=self._run, name="flowscope-collect", daemon=True)
         self._thread.start()
+
+    def drawn(self) -> None:
+        self._drawn.set()
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Stop collecting and wait (up to ``timeout``) for the program to be detached.
@@ -148,6 +160,9 @@ class RecorderSource:
     def _run(self) -> None:
         assert self._post is not None
         self.pipeline.exports.notice = self._notice
+        # the run's first steps import what attaching needs while BCC compiles (GIL-bound
+        # Python): after the console is first drawn, so they do not hold that up
+        self._drawn.wait(FIRST_DRAW_WAIT)
         try:
             self.pipeline.run(
                 stop=self._stop,
