@@ -316,10 +316,48 @@ class FlowBatch:
     @classmethod
     def from_percpu(cls, family: int, keys: np.ndarray, values: np.ndarray) -> FlowBatch:
         """Sum per-CPU values (shape: flows x CPUs, abi.VALUE_DTYPE): see sum_percpu."""
-        n = len(values)
+        out = cls.empty(family, len(keys), keys.dtype)
+        out.fill(slice(None), keys, values)
+        return out
+
+    @classmethod
+    def empty(cls, family: int, n: int, key_dtype: np.dtype) -> FlowBatch:
+        """n rows to fill (``fill``): the keys zeroed, since their pad bytes are compared
+        (opaque_rows) and never written, the rest not initialised."""
         packets, nbytes, ip_bytes, first, last = (np.empty(n, np.uint64) for _ in range(5))
         flags = np.empty(n, np.uint8)
-        sum_percpu(values, packets, nbytes, ip_bytes, first, last, flags)
+        return cls(family, np.zeros(n, key_dtype), packets, nbytes, ip_bytes, first, last, flags)
+
+    def fill(self, rows: slice, keys: np.ndarray, values: np.ndarray) -> None:
+        """Rows ``rows`` from a map read: its keys, and its per-CPU values summed."""
+        self.keys[rows] = keys
+        sum_percpu(
+            values,
+            self.packets[rows],
+            self.bytes[rows],
+            self.ip_bytes[rows],
+            self.first_seen[rows],
+            self.last_seen[rows],
+            self.tcp_flags[rows],
+        )
+
+    @property
+    def columns(self) -> tuple[np.ndarray, ...]:
+        """keys, packets, bytes, ip_bytes, first_seen, last_seen, tcp_flags."""
+        return (
+            self.keys,
+            self.packets,
+            self.bytes,
+            self.ip_bytes,
+            self.first_seen,
+            self.last_seen,
+            self.tcp_flags,
+        )
+
+    @classmethod
+    def from_columns(cls, family: int, columns: Sequence[np.ndarray]) -> FlowBatch:
+        """The batch of ``columns`` in the order of FlowBatch.columns."""
+        keys, packets, nbytes, ip_bytes, first, last, flags = columns
         return cls(family, keys, packets, nbytes, ip_bytes, first, last, flags)
 
     def __len__(self) -> int:

@@ -777,13 +777,7 @@ def _select(batch: FlowBatch, mask: np.ndarray) -> FlowBatch:
     """The rows of batch picked by a boolean mask or an index array (np.take: a gather of a
     million rows costs half what indexing does)."""
     index = np.flatnonzero(mask) if mask.dtype == np.bool_ else mask
-    return FlowBatch(
-        family=batch.family,
-        keys=take_rows(batch.keys, index),
-        packets=np.take(batch.packets, index),
-        bytes=np.take(batch.bytes, index),
-        ip_bytes=np.take(batch.ip_bytes, index),
-        first_seen=np.take(batch.first_seen, index),
-        last_seen=np.take(batch.last_seen, index),
-        tcp_flags=np.take(batch.tcp_flags, index),
+    keys, *values = batch.columns
+    return FlowBatch.from_columns(
+        batch.family, [take_rows(keys, index), *(np.take(v, index) for v in values)]
     )

@@ -34,7 +34,7 @@ from flowscope import abi
 from flowscope.errors import BpfError
 from flowscope.kernel import libbpf
 from flowscope.kernel.memory import buckets
-from flowscope.model import FlowBatch, opaque_rows, sum_percpu
+from flowscope.model import FlowBatch, opaque_rows
 
 CHUNK = 16384
 """Entries per BPF_MAP_LOOKUP_BATCH call: large enough that the call's own cost is nothing,
@@ -71,35 +71,16 @@ class _Call:
 
 @dataclass
 class _Result:
-    """The columns a read fills (capacity rows; ``used`` of them reserved so far)."""
+    """What a read has found so far: ``used`` of the batch's rows, reserved chunk by chunk."""
 
-    keys: np.ndarray
-    packets: np.ndarray
-    bytes: np.ndarray
-    ip_bytes: np.ndarray
-    first_seen: np.ndarray
-    last_seen: np.ndarray
-    tcp_flags: np.ndarray
+    batch: FlowBatch
     used: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @classmethod
-    def empty(cls, capacity: int, key_dtype: np.dtype) -> _Result:
-        packets, nbytes, ip_bytes, first, last = (np.empty(capacity, np.uint64) for _ in range(5))
-        return cls(
-            np.zeros(capacity, key_dtype),  # zeros: a key's pad bytes are compared, not copied
-            packets,
-            nbytes,
-            ip_bytes,
-            first,
-            last,
-            np.empty(capacity, np.uint8),
-        )
 
     def reserve(self, n: int) -> int | None:
         """The first of n rows for a chunk, or None when the result is full."""
         with self.lock:
-            if self.used + n > len(self.keys):
+            if self.used + n > len(self.batch):
                 return None
             row = self.used
             self.used += n
@@ -160,7 +141,8 @@ class MapDrain:
             chunk = min(chunk, max(MIN_CHUNK, share))
         # room for every entry, and for what each worker may read past its range (one call)
         overrun = max(chunk, MIN_CHUNK)
-        result = _Result.empty(self.max_entries + workers * overrun, self.key_dtype)
+        capacity = self.max_entries + workers * overrun
+        result = _Result(FlowBatch.empty(self.family, capacity, self.key_dtype))
         bounds = [self.buckets * w // workers for w in range(workers + 1)]
         ranges = list(itertools.pairwise(bounds))
         if workers == 1:
@@ -172,24 +154,14 @@ class MapDrain:
             calls = [f.result() for f in futures]
         keep = self._overlaps(calls, ranges, result)
         n = result.used
-        columns = (
-            result.keys,
-            result.packets,
-            result.bytes,
-            result.ip_bytes,
-            result.first_seen,
-            result.last_seen,
-            result.tcp_flags,
-        )
+        columns = result.batch.columns
         if keep is not None:
             n = _fill_holes(columns, keep)
-        if n < len(result.keys) // 2:
-            picked = [c[:n].copy() for c in columns]  # do not hold a mostly empty buffer
-        else:
-            picked = [c[:n] for c in columns]
-        keys, packets, nbytes, ip_bytes, first, last, flags = picked
-        self._last = len(keys)
-        return FlowBatch(self.family, keys, packets, nbytes, ip_bytes, first, last, flags)
+        small = n < capacity // 2  # then copies: do not hold on to a mostly empty buffer
+        self._last = n
+        return FlowBatch.from_columns(
+            self.family, [c[:n].copy() if small else c[:n] for c in columns]
+        )
 
     def _buffers(self) -> tuple[np.ndarray, np.ndarray, ctypes.Array[ctypes.c_char]]:
         """This thread's chunk buffers (keys, per-CPU values, batch token), made once."""
@@ -228,17 +200,8 @@ class MapDrain:
                 row = result.reserve(got)
                 if row is None:
                     break
-                rows = slice(row, row + got)
-                result.keys[rows] = keys[:got]
-                sum_percpu(
-                    values[: got * ncpus].reshape(got, ncpus),
-                    result.packets[rows],
-                    result.bytes[rows],
-                    result.ip_bytes[rows],
-                    result.first_seen[rows],
-                    result.last_seen[rows],
-                    result.tcp_flags[rows],
-                )
+                per_cpu = values[: got * ncpus].reshape(got, ncpus)
+                result.batch.fill(slice(row, row + got), keys[:got], per_cpu)
                 calls.append(_Call(begin, end, row, got))
             if done or end >= stop:
                 break
@@ -251,7 +214,7 @@ class MapDrain:
         """Which rows to keep once the entries a worker read past its range, and a later one
         read again, are dropped; None when no worker ran past its range."""
         keep: np.ndarray | None = None
-        rows = opaque_rows(result.keys[: result.used])  # whole keys, pad bytes included
+        rows = opaque_rows(result.batch.keys[: result.used])  # whole keys, pad bytes included
         for w, (mine, (_, stop)) in enumerate(zip(calls, ranges, strict=True)):
             if not mine or mine[-1].end <= stop:
                 continue
