@@ -198,8 +198,8 @@ class MapDrain:
             end = self.buckets if done else position.value
             if got:
                 row = result.reserve(got)
-                if row is None:
-                    break
+                if row is None:  # cannot be: only the collector deletes, and not during a read,
+                    break  # so the rows are at most every entry plus one overrun per worker
                 per_cpu = values[: got * ncpus].reshape(got, ncpus)
                 result.batch.fill(slice(row, row + got), keys[:got], per_cpu)
                 calls.append(_Call(begin, end, row, got))
