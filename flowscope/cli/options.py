@@ -121,15 +121,19 @@ def entries_option(f: Any) -> Any:
 
 
 def _ipfix_target(ctx: click.Context, param: click.Parameter, value: str | None) -> object:
+    if not value:
+        return None
     from flowscope.export.ipfix import parse_target
 
-    return parse_target(value) if value else None
+    return parse_target(value)
 
 
 def _metrics_listen(ctx: click.Context, param: click.Parameter, value: str | None) -> object:
+    if not value:  # prometheus_client takes a tenth of a second to import: only when asked
+        return None
     from flowscope.export.prometheus import parse_listen
 
-    return parse_listen(value) if value else None
+    return parse_listen(value)
 
 
 _EXPORT_OPTIONS = (
