@@ -95,12 +95,14 @@ class CollectorSettings:
 
 
 def fingerprints(keys: np.ndarray) -> np.ndarray:
-    """A 64-bit fingerprint of each key (FNV-style mixing of its 32-bit words)."""
-    words = keys.view(np.uint32).reshape(len(keys), keys.dtype.itemsize // 4)
+    """A 64-bit fingerprint of each key (FNV-style mixing of its 64-bit words: kernel keys are
+    padded to whole words). Each round is a bijection, so keys that differ in one word never
+    share a fingerprint."""
+    words = np.ascontiguousarray(keys).view(U64).reshape(len(keys), keys.dtype.itemsize // 8)
     h = np.full(len(keys), 0xCBF29CE484222325, dtype=U64)
     with np.errstate(over="ignore"):
         for i in range(words.shape[1]):
-            h ^= words[:, i].astype(U64)
+            h ^= words[:, i]
             h *= U64(0x100000001B3)
             h ^= h >> U64(29)
     return h
@@ -757,9 +759,12 @@ def _per_interface(
     """Sum per-flow deltas per (ifindex, direction); a handful of groups, one pass each."""
     if not len(keys):
         return {}
-    group = keys["ifindex"].astype(np.int64) * 256 + keys["direction"].astype(np.int64)
+    group = keys["ifindex"].astype(np.int64) * 256 + keys["direction"]
+    top = int(group.max())
+    # which groups there are: counting is one pass where np.unique hashes or sorts
+    present = np.flatnonzero(np.bincount(group)) if top < 1 << 22 else np.unique(group)
     out: dict[tuple[int, int], tuple[int, int]] = {}
-    for g in np.unique(group).tolist():
+    for g in present.tolist():
         mask = group == g
         out[(g // 256, g % 256)] = (int(packets[mask].sum()), int(nbytes[mask].sum()))
     return out
