@@ -6,6 +6,7 @@ look in."""
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import ipaddress
 from typing import Any
@@ -70,15 +71,13 @@ class BlockMaps:
         then in the counts and bits that send packets there."""
         for trie, key in self._keys(rule):
             libbpf.map_update(self._fds[trie], ctypes.byref(key), ctypes.byref(abi.BlockValue()))
-            self._count(trie, +1)
         self._rules.add(rule)
         self._store()
 
     def delete(self, rule: Rule) -> None:
         """Take a rule out of force."""
         for trie, key in self._keys(rule):
-            if libbpf.map_delete(self._fds[trie], ctypes.byref(key)):
-                self._count(trie, -1)
+            libbpf.map_delete(self._fds[trie], ctypes.byref(key))
         self._rules.discard(rule)
         self._store()
 
@@ -91,12 +90,12 @@ class BlockMaps:
                 total += int(value.matched)
         return total
 
-    def _count(self, trie: str, delta: int) -> None:
-        field = trie.removeprefix("block_")
-        setattr(self.counts, field, max(getattr(self.counts, field) + delta, 0))
-
     def _store(self) -> None:
-        """The counts and the bits of the rules in force, into the program's block_rules."""
+        """The counts and the bits of the rules in force, into the program's block_rules: both
+        worked out from the rules, so they cannot drift from them."""
+        held = collections.Counter(trie for r in self._rules for trie, _ in self._keys(r))
+        for trie in self._fds:
+            setattr(self.counts, trie.removeprefix("block_"), held[trie])
         for field, words in zip(("src4_bits", "src6_bits", "target_bits"), bitmaps(self._rules),
                                 strict=True):  # fmt: skip
             ctypes.memmove(getattr(self.counts, field), words.ctypes.data, words.nbytes)
