@@ -55,6 +55,7 @@ BPF_F_TABLE("lpm_trie", struct block_target4, struct block_value, block_target4,
 BPF_F_TABLE("lpm_trie", struct block_target6, struct block_value, block_target6, BLOCK_ENTRIES,
             BPF_F_NO_PREALLOC);
 BPF_ARRAY(block_rules, struct block_rules, 1);
+BPF_ARRAY(block_gen, __u32, 1);
 
 static __always_inline int has_bit(const __u64 *bits, __u32 i)
 {
@@ -62,10 +63,22 @@ static __always_inline int has_bit(const __u64 *bits, __u32 i)
 }
 
 /* Whether a received packet matches a rule (and count it there): its family's source trie,
- * then its target trie, each only while it holds rules and the packet's bit is set. */
-static __always_inline int blocked(__u8 family, const void *saddr, __u8 proto, __u16 dport)
+ * then its target trie, each only while it holds rules and the packet's bit is set. fv is this
+ * CPU's value of the packet's flow (0 for a flow's first packet or when it has none): a flow
+ * that passed under the current generation of the rules passes again without a search, and
+ * one that passes now remembers the generation. The generation is read before the rules, and
+ * user space writes it after them (kernel/block.py), so a flow never remembers a passing
+ * verdict under a generation whose rules it was not checked against. */
+static __always_inline int blocked(__u8 family, const void *saddr, __u8 proto, __u16 dport,
+                                   struct flow_value *fv)
 {
     __u32 zero = 0;
+    __u32 *g = block_gen.lookup(&zero);
+    if (!g)
+        return 0;
+    __u32 gen = *(volatile __u32 *)g;
+    if (fv && fv->block_gen == gen)
+        return 0;
     struct block_rules *n = block_rules.lookup(&zero);
     if (!n)
         return 0;
@@ -97,8 +110,11 @@ static __always_inline int blocked(__u8 family, const void *saddr, __u8 proto, _
             v = block_target6.lookup(&k);
         }
     }
-    if (!v)
+    if (!v) {
+        if (fv)
+            fv->block_gen = gen;
         return 0;
+    }
     __sync_fetch_and_add(&v->matched, 1);
     return 1;
 }
@@ -316,14 +332,15 @@ static __always_inline void new_value(struct flow_value *v, struct packet_info *
     v->tcp_flags = pi->tcp_flags;
 }
 
-static __always_inline void account4(struct cpu_state *st, __u8 dir, struct flow_key4 *key,
-                                     struct packet_info *pi)
+static __always_inline struct flow_value *account4(struct cpu_state *st, __u8 dir,
+                                                    struct flow_key4 *key,
+                                                    struct packet_info *pi)
 {
     __u64 now = now_ns(st, pi);
     struct flow_value *v = flows4.lookup(key);
     if (v) {
         add_packet(v, pi, now);
-        return;
+        return v;
     }
     int err = -E2BIG;
     if (!known_full(st, FULL_FLOWS4)) {
@@ -338,12 +355,12 @@ static __always_inline void account4(struct cpu_state *st, __u8 dir, struct flow
         v = flows4.lookup(key);
         if (v) {
             add_packet(v, pi, now);
-            return;
+            return v;
         }
     }
     if (!first_packet(st, dir, FS_AF_INET, &key->saddr, key->ifindex, key->dport, key->proto,
                       pi, now, err))
-        return;
+        return 0;
     struct flow_event ev = {};
     ev.ifindex = key->ifindex;
     __builtin_memcpy(ev.saddr, &key->saddr, 4);
@@ -355,16 +372,18 @@ static __always_inline void account4(struct cpu_state *st, __u8 dir, struct flow
     ev.family = FS_AF_INET;
     ev.direction = dir;
     announce_new(st, dir, &ev, pi, now, err);
+    return 0;
 }
 
-static __always_inline void account6(struct cpu_state *st, __u8 dir, struct flow_key6 *key,
-                                     struct packet_info *pi)
+static __always_inline struct flow_value *account6(struct cpu_state *st, __u8 dir,
+                                                    struct flow_key6 *key,
+                                                    struct packet_info *pi)
 {
     __u64 now = now_ns(st, pi);
     struct flow_value *v = flows6.lookup(key);
     if (v) {
         add_packet(v, pi, now);
-        return;
+        return v;
     }
     int err = -E2BIG;
     if (!known_full(st, FULL_FLOWS6)) {
@@ -378,12 +397,12 @@ static __always_inline void account6(struct cpu_state *st, __u8 dir, struct flow
         v = flows6.lookup(key);
         if (v) {
             add_packet(v, pi, now);
-            return;
+            return v;
         }
     }
     if (!first_packet(st, dir, FS_AF_INET6, key->saddr, key->ifindex, key->dport, key->proto,
                       pi, now, err))
-        return;
+        return 0;
     struct flow_event ev = {};
     ev.ifindex = key->ifindex;
     __builtin_memcpy(ev.saddr, key->saddr, 16);
@@ -395,6 +414,7 @@ static __always_inline void account6(struct cpu_state *st, __u8 dir, struct flow
     ev.family = FS_AF_INET6;
     ev.direction = dir;
     announce_new(st, dir, &ev, pi, now, err);
+    return 0;
 }
 
 /* handle_ipv4 and handle_ipv6 return 1 when the packet is to be dropped (a block rule matched:
@@ -421,11 +441,12 @@ static __always_inline int handle_ipv4(struct cpu_state *st, __u8 dir, struct hd
         if (parse_ports(nh, end, key.proto, &key.sport, &key.dport, &pi->tcp_flags) < 0)
             count_pkt(st, dir, CNT_TRUNCATED, pi);
     }
-    account4(st, dir, &key, pi);
+    struct flow_value *v = account4(st, dir, &key, pi);
 #ifdef FS_BLOCK
     if (dir == FS_DIR_INGRESS)  /* a constant: the TC program has no such branch */
-        return blocked(FS_AF_INET, &key.saddr, key.proto, key.dport);
+        return blocked(FS_AF_INET, &key.saddr, key.proto, key.dport, v);
 #endif
+    (void)v;
     return 0;
 }
 
@@ -455,11 +476,12 @@ static __always_inline int handle_ipv6(struct cpu_state *st, __u8 dir, struct hd
         if (parse_ports(nh, end, key.proto, &key.sport, &key.dport, &pi->tcp_flags) < 0)
             count_pkt(st, dir, CNT_TRUNCATED, pi);
     }
-    account6(st, dir, &key, pi);
+    struct flow_value *v = account6(st, dir, &key, pi);
 #ifdef FS_BLOCK
     if (dir == FS_DIR_INGRESS)
-        return blocked(FS_AF_INET6, key.saddr, key.proto, key.dport);
+        return blocked(FS_AF_INET6, key.saddr, key.proto, key.dport, v);
 #endif
+    (void)v;
     return 0;
 }
 

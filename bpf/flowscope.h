@@ -66,7 +66,9 @@ struct flow_value {
     __u64 first_seen;   /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) */
     __u64 last_seen;
     __u8  tcp_flags;    /* OR of every TCP flags byte seen */
-    __u8  pad[7];
+    __u8  pad[3];
+    __u32 block_gen;    /* FS_BLOCK: the block_gen under which this CPU last saw the flow pass
+                         * the rules (0 until then); not summed, not read by user space */
 };
 
 /* Ring buffer record, sent once when a flow is first inserted, or when it could not be
@@ -189,6 +191,11 @@ struct block_target6 {
 struct block_value {
     __u64 matched;      /* packets dropped by the rule (atomic: shared by the CPUs) */
 };
+
+/* The one entry of the array block_gen (a __u32) is the generation of the rules: user space
+ * makes it larger every time it changes a trie or block_rules, after the change, never back
+ * to a value used before (0 only before the first rule), so a flow value's block_gen equal to
+ * it means "checked against these rules and passed". */
 
 /* The one entry of the array block_rules: how many rules each trie holds (user space keeps
  * it), so that without rules the program looks nothing up. */

@@ -128,7 +128,8 @@ class FlowValue(ctypes.Structure):
         ("first_seen", ctypes.c_uint64),
         ("last_seen", ctypes.c_uint64),
         ("tcp_flags", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8 * 7),
+        ("pad", ctypes.c_uint8 * 3),
+        ("block_gen", ctypes.c_uint32),
     ]
 
 
@@ -363,17 +364,19 @@ def _dtype(
     big_endian_fields: tuple[str, ...] = (),
     *,
     keep_pad: bool = False,
+    hidden: tuple[str, ...] = (),
 ) -> np.dtype:
     """A numpy dtype with the struct's offsets; ports become big-endian u16 fields.
 
     A key keeps its padding as a field (keep_pad): numpy copies only the fields of a structured
     array, so the bytes of a hole would come out as garbage in a copy or a selection, and a key
-    sent back to the kernel (take_flows) would then match no flow."""
+    sent back to the kernel (take_flows) would then match no flow. ``hidden`` fields are the
+    kernel's alone, left out like padding."""
     names: list[str] = []
     formats: list[np.dtype[Any]] = []
     offsets: list[int] = []
     for name, ctype in struct._fields_:  # type: ignore[misc]
-        if name == "pad" and not keep_pad:
+        if (name == "pad" and not keep_pad) or name in hidden:
             continue
         field = getattr(struct, name)
         names.append(name)
@@ -392,7 +395,7 @@ KEY4_DTYPE = _dtype(FlowKey4, PORTS, keep_pad=True)
 KEY6_DTYPE = _dtype(FlowKey6, PORTS, keep_pad=True)
 KEY_DTYPES = {AF_INET: KEY4_DTYPE, AF_INET6: KEY6_DTYPE}
 """The kernel key layout of each family's flow map."""
-VALUE_DTYPE = _dtype(FlowValue)
+VALUE_DTYPE = _dtype(FlowValue, hidden=("block_gen",))
 HEALTH_DTYPE = _dtype(TcpHealth)
 DROP_KEY_DTYPE = _dtype(DropKey, PORTS, keep_pad=True)
 RESET_KEY_DTYPE = _dtype(ResetKey, PORTS, keep_pad=True)

@@ -1,8 +1,9 @@
 """The block rules in the kernel: the LPM tries and the rule counts of bpf/flowscope.c built
 with -DFS_BLOCK (`--allow-block`). Implements collect.block.RuleMaps: a rule becomes one key in
 the source trie (a prefix) or the target trie (a target, from a prefix or anywhere; a target
-from anywhere goes in both families' tries), and the counts tell the program which tries to
-look in."""
+from anywhere goes in both families' tries); the counts and bits tell the program which tries
+to look in, and the generation, written last, which flows' remembered verdicts are out of
+date."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ class BlockMaps:
                 for name in ("block_src4", "block_src6", "block_target4", "block_target6")
             }
             self._rules_fd = int(bpf[b"block_rules"].map_fd)
+            self._gen_fd = int(bpf[b"block_gen"].map_fd)
         except KeyError as e:
             raise UsageError(
                 "this program was built without the drop path", "start it with --allow-block"
@@ -101,6 +103,19 @@ class BlockMaps:
             ctypes.memmove(getattr(self.counts, field), words.ctypes.data, words.nbytes)
         zero = ctypes.c_uint32(0)
         libbpf.map_update(self._rules_fd, ctypes.byref(zero), ctypes.byref(self.counts))
+        self._next_generation()
+
+    def _next_generation(self) -> None:
+        """Tell the program the rules changed, after the change: a flow that passed under an
+        older generation is checked again (bpf/flowscope.h, block_gen). The next generation
+        follows the program's current one, not a count of this object's own, since another
+        BlockMaps may have changed the rules of the same program before."""
+        zero = ctypes.c_uint32(0)
+        gen = ctypes.c_uint32(0)
+        libbpf.map_lookup(self._gen_fd, ctypes.byref(zero), ctypes.byref(gen))
+        # 2**32 changes of the rules would wrap it: more than a session makes
+        gen.value = (gen.value + 1) & 0xFFFFFFFF or 1
+        libbpf.map_update(self._gen_fd, ctypes.byref(zero), ctypes.byref(gen))
 
 
 BITS = 1 << 16

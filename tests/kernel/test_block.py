@@ -94,6 +94,50 @@ def test_verdicts_and_counts_follow_the_rules(
     assert {blocking.test_run(frame(s, 17, 53)).retval for s in SOURCES} == {XDP_PASS}
 
 
+PACKETS = st.tuples(st.sampled_from(SOURCES), st.sampled_from([6, 17]), st.sampled_from([53, 443]))
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.tuples(st.just("packet"), PACKETS),
+            st.tuples(st.sampled_from(["add", "remove"]), st.sampled_from(RULES)),
+        ),
+        max_size=30,
+    )
+)
+def test_verdicts_follow_rules_that_change_while_flows_pass(
+    blocking: FlowProgram, steps: list[tuple[str, object]]
+) -> None:
+    """Rules put in force and taken out between packets of flows the map already holds: each
+    packet's verdict is what the rules in force at that moment say. A flow remembers that it
+    passed (bpf/flowscope.h, block_gen), so a rule put in force after its last packet must
+    still drop its next one, and one taken out must let it pass."""
+    blocks = Blocks(BlockMaps(blocking))
+    in_force: set[Rule] = set()
+    try:
+        for action, arg in steps:
+            if action == "packet":
+                src, proto, dport = arg  # type: ignore[misc]
+                family = abi.AF_INET6 if ":" in src else abi.AF_INET
+                drop = any(r.matches(family, src, proto, dport) for r in in_force)
+                verdict = blocking.test_run(frame(src, proto, dport)).retval
+                assert verdict == (XDP_DROP if drop else XDP_PASS), (arg, in_force)
+                continue
+            rule = parse_rule(str(arg))
+            if action == "add" and rule not in in_force:
+                assert blocks.add(rule, now=0.0, confirmed=True) == []
+                in_force.add(rule)
+            elif action == "remove" and rule in in_force:
+                blocks.remove(rule)
+                in_force.discard(rule)
+    finally:
+        blocks.close()
+
+
 def test_the_egress_program_never_drops(blocking: FlowProgram) -> None:
     blocks = Blocks(BlockMaps(blocking))
     blocks.add(parse_rule("10.0.0.0/8"), now=0.0, confirmed=True)

@@ -59,6 +59,7 @@ LAYOUT = {
             "first_seen": 24,
             "last_seen": 32,
             "tcp_flags": 40,
+            "block_gen": 44,
         },
     ),
     "flow_event": (
