@@ -42,6 +42,11 @@ class BlockMaps:
             ) from e
         self.counts = abi.BlockRules()
         self._rules: set[Rule] = set()
+        # per trie, the keys of the rules in force; per bit of the three bitmaps, how many of
+        # those rules set it: what the program is told is worked out of these on each change,
+        # O(1) in the number of rules (the model of both is bitmaps(), which the tests use)
+        self._held: collections.Counter[str] = collections.Counter()
+        self._refs = np.zeros((len(BITMAP_FIELDS), BITS), np.int32)
 
     def _keys(self, rule: Rule) -> list[tuple[str, ctypes.Structure]]:
         """The (trie, key) pairs that stand for a rule."""
@@ -71,17 +76,29 @@ class BlockMaps:
     def put(self, rule: Rule) -> None:
         """Put a rule in force (its count of dropped packets from zero): in its trie first,
         then in the counts and bits that send packets there."""
-        for trie, key in self._keys(rule):
+        keys = self._keys(rule)
+        for trie, key in keys:
             libbpf.map_update(self._fds[trie], ctypes.byref(key), ctypes.byref(abi.BlockValue()))
-        self._rules.add(rule)
+        if rule not in self._rules:
+            self._rules.add(rule)
+            self._count(rule, keys, 1)
         self._store()
 
     def delete(self, rule: Rule) -> None:
         """Take a rule out of force."""
-        for trie, key in self._keys(rule):
+        keys = self._keys(rule)
+        for trie, key in keys:
             libbpf.map_delete(self._fds[trie], ctypes.byref(key))
-        self._rules.discard(rule)
+        if rule in self._rules:
+            self._rules.discard(rule)
+            self._count(rule, keys, -1)
         self._store()
+
+    def _count(self, rule: Rule, keys: list[tuple[str, ctypes.Structure]], step: int) -> None:
+        """A rule's keys and bits in (step 1) or out (-1) of the rules in force."""
+        self._held.update({trie: step for trie, _ in keys})
+        which, start, stop = bit_range(rule)
+        self._refs[which, start:stop] += step
 
     def matched(self, rule: Rule) -> int:
         """Packets the rule dropped so far."""
@@ -93,13 +110,11 @@ class BlockMaps:
         return total
 
     def _store(self) -> None:
-        """The counts and the bits of the rules in force, into the program's block_rules: both
-        worked out from the rules, so they cannot drift from them."""
-        held = collections.Counter(trie for r in self._rules for trie, _ in self._keys(r))
+        """The counts and the bits of the rules in force, into the program's block_rules."""
         for trie in self._fds:
-            setattr(self.counts, trie.removeprefix("block_"), held[trie])
-        for field, words in zip(("src4_bits", "src6_bits", "target_bits"), bitmaps(self._rules),
-                                strict=True):  # fmt: skip
+            setattr(self.counts, trie.removeprefix("block_"), self._held[trie])
+        for field, refs in zip(BITMAP_FIELDS, self._refs, strict=True):
+            words = _pack(refs > 0)
             ctypes.memmove(getattr(self.counts, field), words.ctypes.data, words.nbytes)
         zero = ctypes.c_uint32(0)
         libbpf.map_update(self._rules_fd, ctypes.byref(zero), ctypes.byref(self.counts))
@@ -122,24 +137,39 @@ BITS = 1 << 16
 """Bits of each of block_rules' bitmaps."""
 
 
+BITMAP_FIELDS = ("src4_bits", "src6_bits", "target_bits")
+"""struct block_rules' bitmaps, in the order of bit_range's first number."""
+
+
+def bit_range(rule: Rule) -> tuple[int, int, int]:
+    """The bits a rule sets in struct block_rules, as (bitmap: an index of BITMAP_FIELDS,
+    first bit, bit after the last): the IPv4 sources' /16s (address bits 0-15), the IPv6
+    sources' bits 16-31, or the target's port. A bit is set wherever a packet could match the
+    rule (a superset: the trie decides)."""
+    if rule.proto is not None:
+        port = int(rule.dport or 0)
+        return 2, port, port + 1
+    net = rule.net
+    assert net is not None, "a rule without a target has a source"
+    value = int.from_bytes(net.network_address.packed[:4], "big")
+    if net.version == 4:
+        which, index, free = 0, value >> 16, max(16 - net.prefixlen, 0)
+    else:
+        which, index, free = 1, value & 0xFFFF, min(max(32 - net.prefixlen, 0), 16)
+    start = (index >> free) << free
+    return which, start, start + (1 << free)
+
+
+def _pack(bits: np.ndarray) -> np.ndarray:
+    """A bool array of BITS as the u64 words of a bitmap (bit i: word i/64, bit i%64)."""
+    return np.packbits(bits, bitorder="little").view("<u8")
+
+
 def bitmaps(rules: set[Rule] | list[Rule]) -> tuple[np.ndarray, ...]:
-    """The bitmaps of struct block_rules for these rules, as u64 words: the IPv4 sources'
-    /16s (address bits 0-15), the IPv6 sources' bits 16-31, and the target ports. A bit is
-    set wherever a packet could match a rule (a superset: the trie decides)."""
-    src4, src6, ports = (np.zeros(BITS, bool) for _ in range(3))
+    """The bitmaps of struct block_rules for these rules, as u64 words, in the order of
+    BITMAP_FIELDS, all at once (BlockMaps keeps them rule by rule)."""
+    bits = np.zeros((len(BITMAP_FIELDS), BITS), bool)
     for rule in rules:
-        net = rule.net
-        if rule.proto is not None:
-            ports[int(rule.dport or 0)] = True
-            continue
-        assert net is not None, "a rule without a target has a source"
-        value = int.from_bytes(net.network_address.packed[:4], "big")
-        if net.version == 4:
-            index, free = value >> 16, max(16 - net.prefixlen, 0)
-            bits = src4
-        else:
-            index, free = value & 0xFFFF, min(max(32 - net.prefixlen, 0), 16)
-            bits = src6
-        start = (index >> free) << free
-        bits[start : start + (1 << free)] = True
-    return tuple(np.packbits(b, bitorder="little").view("<u8") for b in (src4, src6, ports))
+        which, start, stop = bit_range(rule)
+        bits[which, start:stop] = True
+    return tuple(_pack(b) for b in bits)

@@ -27,7 +27,7 @@ from scapy.layers.l2 import Ether
 from flowscope import abi
 from flowscope.collect.block import Blocks, Rule, parse_rule
 from flowscope.errors import UsageError
-from flowscope.kernel.block import BLOCK_CFLAGS, BlockMaps
+from flowscope.kernel.block import BITMAP_FIELDS, BLOCK_CFLAGS, BlockMaps, bitmaps
 from flowscope.kernel.program import FlowProgram
 from tests.kernel.test_record import FLOWSCOPE, wait_attached, wait_detached
 from tests.netns import VethNamespace, veth_namespace, xdp_prog_id
@@ -116,7 +116,8 @@ def test_verdicts_follow_rules_that_change_while_flows_pass(
     packet's verdict is what the rules in force at that moment say. A flow remembers that it
     passed (bpf/flowscope.h, block_gen), so a rule put in force after its last packet must
     still drop its next one, and one taken out must let it pass."""
-    blocks = Blocks(BlockMaps(blocking))
+    maps = BlockMaps(blocking)
+    blocks = Blocks(maps)
     in_force: set[Rule] = set()
     try:
         for action, arg in steps:
@@ -134,8 +135,27 @@ def test_verdicts_follow_rules_that_change_while_flows_pass(
             elif action == "remove" and rule in in_force:
                 blocks.remove(rule)
                 in_force.discard(rule)
+            assert_told_the_rules(maps, in_force)
     finally:
         blocks.close()
+
+
+def assert_told_the_rules(maps: BlockMaps, rules: set[Rule]) -> None:
+    """What BlockMaps keeps rule by rule is what the rules in force say all at once: a count
+    per trie of their keys, and the bitmaps (kernel.block.bitmaps)."""
+    want: collections.Counter[str] = collections.Counter()
+    for r in rules:
+        if r.proto is None:
+            assert r.net is not None
+            want[f"src{r.net.version}"] += 1
+        for version in (4, 6) if r.proto is not None and r.net is None else ():
+            want[f"target{version}"] += 1
+        if r.proto is not None and r.net is not None:
+            want[f"target{r.net.version}"] += 1
+    got = {t: getattr(maps.counts, t) for t in ("src4", "src6", "target4", "target6")}
+    assert got == {t: want[t] for t in got}, (got, rules)
+    for field, words in zip(BITMAP_FIELDS, bitmaps(rules), strict=True):
+        assert bytes(getattr(maps.counts, field)) == words.tobytes(), (field, rules)
 
 
 def test_the_egress_program_never_drops(blocking: FlowProgram) -> None:
