@@ -13,11 +13,13 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-
-import sqlite_utils
+from typing import TYPE_CHECKING
 
 from flowscope.history import window
 from flowscope.history.files import StoreError
+
+if TYPE_CHECKING:  # imported where a migration runs (Store.migrate): 0.1-0.2 s at every start
+    import sqlite_utils
 
 # Kernel counter deltas, one column each in `samples` (the names of abi.Counter in lower case).
 # The first seven are migration 1's columns, frozen; `bytes` came with migration 5.

@@ -148,8 +148,13 @@ class FlowscopeApp(App[None]):
 
     # --- life cycle -----------------------------------------------------------------------------
 
+    def get_default_screen(self) -> Screen[Any]:
+        """The live screen is the bottom of the stack, drawn first: not pushed over Textual's
+        empty default screen once that has been laid out and drawn (a whole extra layout
+        before the first draw)."""
+        return self.live
+
     def on_mount(self) -> None:
-        self.push_screen(self.live)
         if self._handle_signals:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGHUP):
