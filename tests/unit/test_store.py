@@ -95,6 +95,22 @@ def test_default_path_follows_xdg_state_home(monkeypatch: pytest.MonkeyPatch, tm
     assert pipeline.default_db_path() == tmp_path / "home/.local/state/flowscope/flows.db"
 
 
+def test_an_up_to_date_database_opens_without_sqlite_utils(tmp_path: Path) -> None:
+    """Only a migration needs sqlite-utils; its import (0.1-0.2 s) is not paid by every start
+    of `live` or `record` on a database already at the current schema, nor with --no-db."""
+    path = tmp_path / "flows.db"
+    store.Store(path).close()  # created and migrated here
+    code = (
+        "import sys, pathlib\n"
+        "import flowscope.pipeline, flowscope.ui.app\n"
+        "from flowscope.history import store\n"
+        f"store.Store(pathlib.Path({str(path)!r})).close()\n"
+        "print('sqlite_utils' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_new_database_is_private_wal_and_versioned(db: Path) -> None:
     os.umask(0o022)
     with store.Store(db) as s:
