@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual.app import App, SystemCommand
+from textual.await_complete import AwaitComplete
 from textual.binding import Binding, BindingType
 from textual.driver import Driver
 from textual.screen import Screen
@@ -153,6 +154,14 @@ class FlowscopeApp(App[None]):
         empty default screen once that has been laid out and drawn (a whole extra layout
         before the first draw)."""
         return self.live
+
+    def pop_screen(self) -> AwaitComplete:
+        """Back from a view to the one under it; never off the live screen, which is the
+        bottom of the stack: a pop with nothing above it (a view's key and its table's both
+        closing it) does nothing, where Textual would raise and end the console."""
+        if len(self.screen_stack) <= 1:
+            return AwaitComplete(asyncio.sleep(0)).call_next(self)
+        return super().pop_screen()
 
     def on_mount(self) -> None:
         if self._handle_signals:

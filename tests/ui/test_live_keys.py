@@ -55,6 +55,22 @@ async def test_table_shows_the_top_flows_by_rate_in_order() -> None:
 
 
 @synchronous
+async def test_a_view_closed_twice_leaves_the_live_screen() -> None:
+    """The live screen is the bottom of the stack: closing a view, then closing once more
+    (two handlers of one key), leaves the live console drawn and working, not an error."""
+    app = console()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await app.pop_screen()
+        await app.pop_screen()
+        await pilot.pause()
+        assert app.screen is app.live and app.is_running
+        await pilot.press("s")
+        assert app.live.spec.sort != "bps"
+
+
+@synchronous
 async def test_s_digits_and_r_sort() -> None:
     app = console()
     async with app.run_test(size=SIZE) as pilot:
