@@ -145,12 +145,13 @@ def assert_told_the_rules(maps: BlockMaps, rules: set[Rule]) -> None:
     per trie of their keys, and the bitmaps (kernel.block.bitmaps)."""
     want: collections.Counter[str] = collections.Counter()
     for r in rules:
-        if r.proto is None:
+        if r.proto is None:  # a source prefix: its family's source trie
             assert r.net is not None
             want[f"src{r.net.version}"] += 1
-        for version in (4, 6) if r.proto is not None and r.net is None else ():
-            want[f"target{version}"] += 1
-        if r.proto is not None and r.net is not None:
+        elif r.net is None:  # a target from anywhere: both families' target tries
+            want["target4"] += 1
+            want["target6"] += 1
+        else:  # a target from a prefix: its family's target trie
             want[f"target{r.net.version}"] += 1
     got = {t: getattr(maps.counts, t) for t in ("src4", "src6", "target4", "target6")}
     assert got == {t: want[t] for t in got}, (got, rules)
