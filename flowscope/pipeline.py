@@ -14,7 +14,7 @@ commands share (the database path, the status line) are computed here and nowher
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +28,7 @@ from flowscope.errors import FlowscopeError
 from flowscope.export.outputs import Exports, ExportSettings
 from flowscope.history.files import remove_if_unused, state_dir
 from flowscope.history.writer import Writer, WriterState
+from flowscope.kernel.btf import known_drop_reasons
 from flowscope.kernel.owners import running_command
 from flowscope.model import Owner
 from flowscope.vocab import human_rate, size_text
@@ -199,6 +200,11 @@ class Pipeline:
         """A flow's process's full command line while it runs, for the console's detail view
         (read from /proc only when asked)."""
         return running_command(owner)
+
+    @staticmethod
+    def drop_reasons() -> Collection[str] | None:
+        """The drop reason names the console's filters may use: the running kernel's."""
+        return known_drop_reasons()
 
     def control(self) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
         """The console's way to the control socket of this run (--allow-block), else None."""

@@ -121,6 +121,7 @@ LIVE_GROUPS = tuple(GROUPINGS)
 def _view_spec(filter_text: str | None, group: str, sort: str) -> ViewSpec:
     """The console's opening view from live's options; a bad one is a usage error naming what
     is accepted."""
+    from flowscope.kernel.btf import known_drop_reasons
     from flowscope.query.filter import parse
     from flowscope.query.view import COLUMNS, ViewSpec
 
@@ -134,7 +135,7 @@ def _view_spec(filter_text: str | None, group: str, sort: str) -> ViewSpec:
             f"{', '.join(COLUMNS[group])})",
             param_hint="--sort",
         )
-    flt = parse(filter_text or "")
+    flt = parse(filter_text or "", known_drop_reasons)
     return ViewSpec(group=group, sort=sort, filter=None if flt.matches_all else flt)
 
 

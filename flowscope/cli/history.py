@@ -149,10 +149,11 @@ def history(
     conn = files.connect_readonly(db_path(db))
     try:
         if filter_text:
+            from flowscope.kernel.btf import known_drop_reasons
             from flowscope.query.filter import parse
             from flowscope.query.nodes import register_sql_functions
 
-            flt = parse(filter_text)
+            flt = parse(filter_text, known_drop_reasons)
             if not flt.matches_all:
                 where, params = flt.to_sql()
             register_sql_functions(conn)

@@ -206,3 +206,14 @@ def drop_reason_names() -> dict[int, str]:
         for value, name in vmlinux().enum("skb_drop_reason").items()
         if value >= 0
     }
+
+
+@cache
+def known_drop_reasons() -> frozenset[str] | None:
+    """The names of drop_reason_names, read once per process, for a filter's ``drop reason``
+    term (query.filter.DropReasons); None where the kernel's BTF cannot be read, and then any
+    name is taken."""
+    try:
+        return frozenset(drop_reason_names().values())
+    except UnsupportedKernelError:
+        return None

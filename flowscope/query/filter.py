@@ -40,16 +40,19 @@ no container or unit). A user name is looked up on this host when the filter is 
 smoothed round-trip time, and the packets of the flow the kernel dropped (``drop reason
 NO_SOCKET``: most of them for that reason); ``resets`` the TCP resets the kernel sent in the
 flow (a sent flow) or received and acted on (a received flow). A flow where they are not
-followed matches none of them. DURATION is a number with us, ms or s: ``rtt > 50ms``.
+followed matches none of them. DURATION is a number with us, ms or s: ``rtt > 50ms``. A drop
+reason must be one of the running kernel's where the caller gives them (``parse``'s
+``drop_reasons``): a typo would match nothing and look like an answer.
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import ipaddress
 import pwd
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Literal, NoReturn
@@ -76,6 +79,7 @@ from flowscope.query.nodes import (
     Or,
     Owned,
     Port,
+    fold_case,
 )
 
 __all__ = ["Filter", "FilterSyntaxError", "parse"]
@@ -166,13 +170,19 @@ MAX_DEPTH = 64
 Python's recursion limit."""
 
 
+DropReasons = Callable[[], Collection[str] | None]
+"""The drop reason names a filter may use (the running kernel's: kernel.btf.known_drop_reasons),
+asked for only when a filter has a ``drop reason`` term; None: any name is taken."""
+
+
 class _Parser:
     """Recursive descent over the tokens, one method per grammar rule."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, drop_reasons: DropReasons | None = None) -> None:
         self.tokens = list(_tokenize(text))
         self.pos = 0
         self.depth = 0
+        self.drop_reasons = drop_reasons
 
     def peek(self) -> Token:
         return self.tokens[self.pos]
@@ -290,7 +300,7 @@ class _Parser:
             case "drop":
                 if not self.at("reason"):
                     self.fail("'reason'", self.peek())
-                return DropReason(self.name("a drop reason (NO_SOCKET, TC_INGRESS, ...)"))
+                return self.drop_reason()
         self.fail(TERMS, token)
 
     def sided(self, side: Literal["src", "dst"]) -> Expr:
@@ -368,6 +378,21 @@ class _Parser:
             self.fail("a user name this host knows, or a uid", token)
         return Owned("uid", uid, token.text)
 
+    def drop_reason(self) -> DropReason:
+        """A reason name, which must be one the kernel has where its names are known: a typo
+        would otherwise match nothing, and an empty table would say that no flow had such
+        drops."""
+        token = self.peek()
+        name = self.name("a drop reason (NO_SOCKET, TC_INGRESS, ...)")
+        known = self.drop_reasons() if self.drop_reasons is not None else None
+        if known is not None:
+            names = {fold_case(k): k for k in known}
+            if fold_case(name) not in names:
+                close = difflib.get_close_matches(fold_case(name), names, n=1, cutoff=0.6)
+                hint = f"did you mean {names[close[0]]}?" if close else "NO_SOCKET, TC_INGRESS, ..."
+                self.fail(f"a drop reason this kernel has ({hint})", token)
+        return DropReason(name)
+
     def iface(self) -> str:
         token = self.take()
         if token.kind not in ("word", "string"):
@@ -426,8 +451,9 @@ class _Parser:
         return mask
 
 
-def parse(text: str) -> Filter:
-    """Parse a filter; an empty or blank text matches everything.
+def parse(text: str, drop_reasons: DropReasons | None = None) -> Filter:
+    """Parse a filter; an empty or blank text matches everything. ``drop_reasons``: where
+    the names a ``drop reason`` term may take come from (without it, any name).
 
     Raises FilterSyntaxError, naming the column and what was expected there."""
-    return Filter(_Parser(text).filter(), text.strip())
+    return Filter(_Parser(text, drop_reasons).filter(), text.strip())

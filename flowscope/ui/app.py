@@ -27,6 +27,7 @@ from textual.driver import Driver
 from textual.screen import Screen
 
 from flowscope.model import Owner
+from flowscope.query.filter import DropReasons
 from flowscope.query.view import COLUMNS, DESCENDING, GROUPS, ViewSpec
 from flowscope.ui.cells import HEADERS
 from flowscope.ui.context import ConsoleContext
@@ -93,6 +94,7 @@ class FlowscopeApp(App[None]):
         handle_signals: bool = False,
         spec: ViewSpec | None = None,
         control: Control | None = None,
+        drop_reasons: DropReasons | None = None,
         driver_class: type[Driver] | None = None,
     ) -> None:
         super().__init__(driver_class=driver_class)
@@ -104,6 +106,7 @@ class FlowscopeApp(App[None]):
             name_of=self.name_of,
             command_line=command_line,
             control=control,
+            drop_reasons=drop_reasons,
         )
         """What the screens share (they get it, never the app)."""
         self.db_path = db_path
@@ -341,7 +344,14 @@ class FlowscopeApp(App[None]):
                 "history needs a database (this console runs with --no-db)", severity="warning"
             )
             return
-        self.push_screen(HistoryScreen(self.db_path, self._filter_text(), self.live.spec.group))
+        self.push_screen(
+            HistoryScreen(
+                self.db_path,
+                self._filter_text(),
+                self.live.spec.group,
+                drop_reasons=self.context.drop_reasons,
+            )
+        )
 
     def _filter_text(self) -> str:
         f = self.live.spec.filter
@@ -399,12 +409,14 @@ def make_app(
     handle_signals: bool = False,
     spec: ViewSpec | None = None,
     control: Control | None = None,
+    drop_reasons: DropReasons | None = None,
     driver_class: type[Driver] | None = None,
 ) -> FlowscopeApp:
     """The console over a tick source. ``clock`` gives the wall time the console starts at
     (uptime is measured on the ticks' own times from there); ``lookup`` does reverse DNS;
     ``command_line`` gives a process's command line for the detail view;
-    ``spec`` is the view it opens with (live --filter, --group-by, --sort)."""
+    ``spec`` is the view it opens with (live --filter, --group-by, --sort);
+    ``drop_reasons`` the names a filter's ``drop reason`` may take (any, without it)."""
     return FlowscopeApp(
         source,
         clock=clock,
@@ -415,6 +427,7 @@ def make_app(
         handle_signals=handle_signals,
         spec=spec,
         control=control,
+        drop_reasons=drop_reasons,
         driver_class=driver_class,
     )
 
@@ -446,6 +459,7 @@ def run_console(
         handle_signals=True,
         spec=spec,
         control=pipeline.control(),
+        drop_reasons=pipeline.drop_reasons,
         driver_class=driver_for(screen),
     )
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flowscope.model import Owner
+from flowscope.query.filter import DropReasons
 from flowscope.ui.state import LiveState
 
 
@@ -43,3 +44,5 @@ class ConsoleContext:
     control: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     """One request to the recorder's control socket (blocking: collect.control.request), None
     when the console was started without --allow-block."""
+    drop_reasons: DropReasons | None = None
+    """The drop reason names a filter may use (the kernel's), None: any."""

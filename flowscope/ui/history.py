@@ -51,7 +51,7 @@ from flowscope.history.browse import (
     row_cells,
     row_key,
 )
-from flowscope.query.filter import FilterSyntaxError, parse
+from flowscope.query.filter import DropReasons, FilterSyntaxError, parse
 from flowscope.query.nodes import Filter, register_sql_functions
 from flowscope.ui.help import HelpScreen, filter_help
 from flowscope.ui.history_graph import HistoryGraph
@@ -133,8 +133,11 @@ class HistoryScreen(Screen[None]):
         now: Callable[[], float] = time.time,
         span: str = "1h",
         name: str | None = None,
+        drop_reasons: DropReasons | None = None,
     ) -> None:
         super().__init__(name=name)
+        self.drop_reasons = drop_reasons
+        """The drop reason names a filter may use (None: any)."""
         if group_by not in queries.GROUPINGS:
             raise ValueError(f"unknown grouping {group_by!r}")
         if span not in SPANS:
@@ -427,7 +430,7 @@ class HistoryScreen(Screen[None]):
     def _apply_filter(self, text: str) -> bool:
         """Parse a filter; on an error show it under its column and keep the last good one."""
         try:
-            self.filter = parse(text)
+            self.filter = parse(text, self.drop_reasons)
         except FilterSyntaxError as e:
             self._show_error("filter", e.column, str(e), len("/ "))
             return False

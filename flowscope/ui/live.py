@@ -318,7 +318,7 @@ class LiveScreen(Screen[None]):
         """Put ``text`` in force as the filter (an alert's Enter, the palette); a bad one is
         a notification, the filter in force stays."""
         try:
-            flt = parse(text)
+            flt = parse(text, self.context.drop_reasons)
         except FlowscopeError as e:
             self.notify(str(e), severity="error")
             return
@@ -329,7 +329,7 @@ class LiveScreen(Screen[None]):
     def _filter_submitted(self, event: Input.Submitted) -> None:
         bar = self.query_one(FilterBar)
         try:
-            flt = parse(event.value)
+            flt = parse(event.value, self.context.drop_reasons)
         except FilterSyntaxError as e:
             bar.show_error(e)  # the last good filter stays in force
             return

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from typing import Any
 
 from flowscope.ui.app import FlowscopeApp, make_app
@@ -22,12 +22,18 @@ def console(
     preload: int | None = None,
     has_db: bool = False,
     control: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    drop_reasons: Collection[str] | None = None,
 ) -> FlowscopeApp:
     source = ScriptedSource(
         ticks if ticks is not None else scenario(), preload=preload, has_db=has_db
     )
     return make_app(
-        source, clock=lambda: T0 - 1, lookup=NAMES.get, command_line=command_line, control=control
+        source,
+        clock=lambda: T0 - 1,
+        lookup=NAMES.get,
+        command_line=command_line,
+        control=control,
+        drop_reasons=None if drop_reasons is None else lambda: drop_reasons,
     )
 
 

@@ -176,6 +176,26 @@ async def test_slash_filters_and_an_error_keeps_the_last_good_filter() -> None:
 
 
 @synchronous
+async def test_a_drop_reason_the_kernel_lacks_is_an_error_not_an_empty_table() -> None:
+    # a typo would match nothing, and the empty table would say no flow had such drops
+    app = console(drop_reasons={"NO_SOCKET", "TC_INGRESS"})
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("slash", *"dport 443", "enter")
+        await pilot.press("slash", *["backspace"] * 20, *"drop reason NO_SOKET", "enter")
+        bar = app.live.query_one(FilterBar)
+        error = str(bar.query_one("#filter-error").render())
+        assert "column 13: expected a drop reason this kernel has (did you mean NO_SOCKET?)" in (
+            error
+        )
+        assert app.live.spec.filter is not None
+        assert app.live.spec.filter.text == "dport 443"  # the last good one stays
+        await pilot.press(*["backspace"] * 20, *"drop reason no_socket", "enter")
+        assert not bar.has_class("-open")
+        assert app.live.spec.filter is not None
+        assert app.live.spec.filter.text == "drop reason no_socket"
+
+
+@synchronous
 async def test_n_shows_reverse_dns_names_from_the_background() -> None:
     app = console()
     async with app.run_test(size=SIZE) as pilot:

@@ -64,6 +64,7 @@ def test_the_running_kernels_drop_reasons_and_offsets() -> None:
     names = btf.drop_reason_names()
     assert names[2] == "NOT_SPECIFIED" and "NO_SOCKET" in names.values()
     assert "TC_INGRESS" in names.values()
+    assert btf.known_drop_reasons() == frozenset(names.values())
     flags = dict(f[2:].split("=") for f in btf.drop_cflags())
     assert set(flags) >= {"SKB_HEAD", "SKB_NETWORK_HEADER", "SKB_DEV", "DEV_IFINDEX", "NET_INUM"}
     assert int(flags["FS_NETNS_INUM"]) == Path("/proc/self/ns/net").stat().st_ino

@@ -394,6 +394,34 @@ ERRORS = [
 ]  # fmt: skip
 
 
+def test_a_drop_reason_must_be_one_of_the_names_given() -> None:
+    names = {"NO_SOCKET", "TC_INGRESS", "NETFILTER_DROP"}
+    asked: list[int] = []
+
+    def known() -> set[str]:
+        asked.append(1)
+        return names
+
+    assert parse("drop reason no_socket", known) == parse("drop reason no_socket")
+    assert (
+        parse('tcp and drop reason "TC_INGRESS"', known).text == 'tcp and drop reason "TC_INGRESS"'
+    )
+    with pytest.raises(FilterSyntaxError) as caught:
+        parse("tcp and drop reason NO_SOKCET", known)
+    assert str(caught.value) == (
+        "column 21: expected a drop reason this kernel has (did you mean NO_SOCKET?), "
+        "found 'NO_SOKCET'"
+    )
+    with pytest.raises(FilterSyntaxError, match=r"has \(NO_SOCKET, TC_INGRESS, \.\.\.\)"):
+        parse("drop reason QWERTY", known)
+    # the names are asked for only by a drop reason term; None, or no source, takes any name
+    asked.clear()
+    parse("port 22 and drops > 0", known)
+    assert asked == []
+    assert parse("drop reason QWERTY", lambda: None).text == "drop reason QWERTY"
+    assert parse("drop reason QWERTY").text == "drop reason QWERTY"
+
+
 @pytest.mark.parametrize(("text", "column", "message"), ERRORS, ids=[t for t, _, _ in ERRORS])
 def test_error_names_column_and_what_was_expected(text: str, column: int, message: str) -> None:
     with pytest.raises(FilterSyntaxError) as caught:

@@ -199,6 +199,16 @@ def test_filter_syntax_error_is_one_line_exit_2(db: Path) -> None:
     assert err.startswith("flowscope: error: column ") and err.count("\n") == 1
 
 
+def test_a_drop_reason_this_kernel_lacks_is_one_line_exit_2(db: Path) -> None:
+    code, out, err = run("history", "--db", str(db), "--filter", "drop reason NO_SOKCET")
+    assert code == 2 and out == ""
+    assert err == (
+        "flowscope: error: column 13: expected a drop reason this kernel has "
+        "(did you mean NO_SOCKET?), found 'NO_SOKCET'\n"
+    )
+    assert run("history", "--db", str(db), "--filter", "drop reason no_socket")[0] == 0
+
+
 def test_csv_has_a_header_and_the_sums(db: Path) -> None:
     code, out, _ = run("history", "--db", str(db), "--format", "csv", "--group-by", "dport")
     assert code == 0
