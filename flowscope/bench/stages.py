@@ -82,8 +82,10 @@ STORE_TICK = 10_000
 
 def store_insert(lab: Lab) -> Iterator[Result]:
     """Flow records per second through Store.write_tick (one transaction per tick of 10,000,
-    the flows schema with its index), next to a plain executemany of the same rows into a
-    table without indexes in one file of the same settings: the cost of flowscope's schema."""
+    the flows schema with its index), next to a plain executemany of the same rows (every
+    column of flows, NULL where not followed) into a table without indexes in one file of the
+    same settings. Twice: records with only their counts (a replay, flows with no local socket), and
+    records with a process, TCP health, drops and resets (a local connection in `record`)."""
     import sqlite3
     import tempfile
     import time
@@ -92,30 +94,33 @@ def store_insert(lab: Lab) -> Iterator[Result]:
     from flowscope.history import schema, store
 
     n = lab.settings.insert_records
-    records = synthetic_history.synthetic_records(n, flows=50_000)
-    with tempfile.TemporaryDirectory() as tmp:
-        with store.Store(Path(tmp) / "flows.db") as db:
+    for followed, suffix in ((False, ""), (True, "_followed")):
+        records = synthetic_history.synthetic_records(n, flows=50_000, followed=followed)
+        with tempfile.TemporaryDirectory() as tmp:
+            with store.Store(Path(tmp) / "flows.db") as db:
+                t = time.perf_counter()
+                for i in range(0, n, STORE_TICK):
+                    db.write_tick(records[i : i + STORE_TICK], None, [])
+                value = n / (time.perf_counter() - t)
+                written = db.conn.execute("SELECT count(*) FROM flows").fetchone()[0]
+            if written != n:
+                raise BenchError(f"store_insert: {written} of {n} records written")
+            rows = [store.flow_row(r) for r in records]  # the same values, made the same way
+            conn = sqlite3.connect(Path(tmp) / "plain.db", isolation_level=None)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(f"CREATE TABLE flows ({', '.join(schema.FLOW_COLUMNS)})")
+            insert = f"INSERT INTO flows VALUES ({', '.join('?' * len(schema.FLOW_COLUMNS))})"
             t = time.perf_counter()
             for i in range(0, n, STORE_TICK):
-                db.write_tick(records[i : i + STORE_TICK], None, [])
-            value = n / (time.perf_counter() - t)
-            written = db.conn.execute("SELECT count(*) FROM flows").fetchone()[0]
-        if written != n:
-            raise BenchError(f"store_insert: {written} of {n} records written")
-        rows = [store.flow_row(r) for r in records]  # the same values, made the same way
-        conn = sqlite3.connect(Path(tmp) / "plain.db", isolation_level=None)
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute(f"CREATE TABLE flows ({', '.join(schema.FLOW_COLUMNS)})")
-        insert = f"INSERT INTO flows VALUES ({', '.join('?' * len(schema.FLOW_COLUMNS))})"
-        t = time.perf_counter()
-        for i in range(0, n, STORE_TICK):
-            conn.execute("BEGIN")
-            conn.executemany(insert, rows[i : i + STORE_TICK])
-            conn.execute("COMMIT")
-        baseline = n / (time.perf_counter() - t)
-        conn.close()
-    yield Result("store_insert", value, "records/s", "sqlite_executemany", baseline)
+                conn.execute("BEGIN")
+                conn.executemany(insert, rows[i : i + STORE_TICK])
+                conn.execute("COMMIT")
+            baseline = n / (time.perf_counter() - t)
+            conn.close()
+        yield Result(
+            f"store_insert{suffix}", value, "records/s", f"sqlite_executemany{suffix}", baseline
+        )
 
 
 def history_db(records: int) -> Path:

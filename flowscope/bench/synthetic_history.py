@@ -3,6 +3,7 @@ given size, and the time its queries take."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 import sqlite3
@@ -17,7 +18,7 @@ from flowscope.history.files import StoreError, connect_readonly, create_private
 from flowscope.history.queries import HistoryQuery, history
 from flowscope.history.schema import FLOW_COLUMNS_V1, iso_time, migration_1
 from flowscope.history.store import Store
-from flowscope.model import FlowKey, FlowRecord
+from flowscope.model import FlowKey, FlowRecord, Owner
 from flowscope.when import parse_when
 
 _V1_COLUMNS = FLOW_COLUMNS_V1
@@ -29,10 +30,18 @@ _INSERT_V1 = (
 
 
 def synthetic_records(
-    n: int, flows: int = 10_000, now: float | None = None, span: float = 60.0, seed: int = 1
+    n: int,
+    flows: int = 10_000,
+    now: float | None = None,
+    span: float = 60.0,
+    seed: int = 1,
+    *,
+    followed: bool = False,
 ) -> list[FlowRecord]:
     """``n`` FlowRecords over ``flows`` distinct IPv4 flows, in time order over the ``span``
-    seconds before ``now`` (as a collector writes them): test and benchmark input."""
+    seconds before ``now`` (as a collector writes them): test and benchmark input.
+    ``followed``: each also has a process, TCP health, drops, resets and retransmission kinds,
+    as `record` gives a local TCP connection (without, those columns are NULL)."""
     rng = random.Random(seed)
     now = time.time() if now is None else now
     out = []
@@ -48,8 +57,28 @@ def synthetic_records(
             proto=6,
         )
         pk = rng.randint(1, 1000)
-        out.append(FlowRecord(key, "eth0", pk, pk * 800, pk * 780, last - 30, last, 0x18, "active"))
+        record = FlowRecord(key, "eth0", pk, pk * 800, pk * 780, last - 30, last, 0x18, "active")
+        if followed:
+            retrans = f % 5
+            record = dataclasses.replace(
+                record,
+                owner=_OWNERS[f % len(_OWNERS)],
+                retrans=retrans,
+                retrans_kinds=(retrans, 0, 0),
+                rtt_us=200 + f % 5000,
+                rtt_min_us=150,
+                drops=f % 3,
+                drop_reason="NO_SOCKET" if f % 3 else "",
+                resets=0,
+            )
+        out.append(record)
     return out
+
+
+_OWNERS = [
+    Owner(800 + i, name, 33, f"/system.slice/{name}.service")
+    for i, name in enumerate(("nginx", "api", "postgres", "redis"))
+]
 
 
 def insert_rate(

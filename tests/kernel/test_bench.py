@@ -61,6 +61,7 @@ def test_every_benchmark_runs_and_reports_once() -> None:
         "drain_model": ["drain_10k_as_16cpus", "drain_10k_as_64cpus", "drain_10k_as_128cpus"],
         "ringbuf_events": ["ringbuf_read", "ringbuf_events"],
         "console_start": ["console_first_draw", "console_first_flows"],
+        "store_insert": ["store_insert", "store_insert_followed"],
     }  # fmt: skip
     expected = [line for n in bench.NAMES for line in quick.get(n, [n])]
     assert [o["name"] for o in objs] == expected
@@ -77,6 +78,7 @@ def test_every_benchmark_runs_and_reports_once() -> None:
     assert by_name["tc_hot_ipv4_tcp"]["baseline_name"] == "bare_tc_unspec"
     assert by_name["store_insert"]["unit"] == "records/s"
     assert by_name["store_insert"]["baseline_name"] == "sqlite_executemany"
+    assert by_name["store_insert_followed"]["baseline_name"] == "sqlite_executemany_followed"
     assert by_name["history_top20_100k"]["unit"] == "ms"
     assert by_name["history_top20_100k"]["baseline_name"] == "history_exact_100k"
     assert by_name["console_tick_10k"]["baseline_name"] == "console_tick_1k"

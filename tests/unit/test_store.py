@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -162,6 +163,74 @@ def test_released_schema_is_frozen(db: Path) -> None:
         ]
     frozen = json.loads((Path(__file__).parent / "frozen_schema.json").read_text())
     assert got == frozen
+
+
+FOLLOWED = st.fixed_dictionaries(
+    {
+        "owner": st.none() | st.sampled_from([Owner(812, "nginx", 33, "/system.slice/a"), None]),
+        "retrans": st.integers(-1, 4),
+        "rtt_us": st.integers(-1, 900),
+        "drops": st.integers(-1, 3),
+        "resets": st.integers(-1, 2),
+        "kinds": st.sampled_from([(-1, -1, -1), (0, 0, 0), (2, 1, 0)]),
+    }
+)
+
+
+def test_every_column_of_a_tick_is_stored_as_its_record_says(tmp_path: Path) -> None:
+    """Whatever mix of followed and not followed records a tick holds (the writer leaves out
+    the groups of columns no record of the tick has a value in), each row holds its record's
+    values, NULL exactly where the record says 'not followed' (-1, no owner, no drops)."""
+    with store.Store(tmp_path / "flows.db") as s:
+
+        @given(st.lists(FOLLOWED, min_size=1, max_size=6))
+        def check(ticks: list[dict[str, Any]]) -> None:
+            records = [
+                dataclasses.replace(
+                    rec(sport=1000 + i),
+                    owner=t["owner"],
+                    retrans=t["retrans"],
+                    rtt_us=t["rtt_us"],
+                    rtt_min_us=t["rtt_us"] // 2,
+                    drops=t["drops"],
+                    drop_reason="NO_SOCKET",
+                    resets=t["resets"],
+                    retrans_kinds=t["kinds"],
+                )
+                for i, t in enumerate(ticks)
+            ]
+            first = s.conn.execute("SELECT coalesce(max(id), 0) FROM flows").fetchone()[0]
+            s.write_tick(records, None, [])
+            got = s.conn.execute(
+                "SELECT sport, pid, comm, uid, cgroup, retrans, rtt_us, rtt_min_us, drops, "
+                "drop_reason, resets, retrans_fast, retrans_rto, retrans_probe, packets, src "
+                "FROM flows WHERE id > ? ORDER BY id",
+                (first,),
+            ).fetchall()
+
+            def known(v: int) -> int | None:
+                return v if v >= 0 else None
+
+            want = [
+                (
+                    r.key.sport,
+                    *((r.owner.pid, r.owner.comm, r.owner.uid, r.owner.cgroup) if r.owner
+                      else (None,) * 4),
+                    known(r.retrans),
+                    known(r.rtt_us),
+                    known(r.rtt_min_us),
+                    known(r.drops),
+                    "NO_SOCKET" if r.drops > 0 else None,
+                    known(r.resets),
+                    *(known(k) for k in r.retrans_kinds),
+                    10,
+                    "10.0.0.1",
+                )
+                for r in records
+            ]  # fmt: skip
+            assert got == want
+
+        check()
 
 
 def test_times_are_fixed_width_iso_utc_text(db: Path) -> None:
