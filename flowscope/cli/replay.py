@@ -77,6 +77,13 @@ def _replay_progress(path: Path) -> Iterator[Callable[[int, int], None] | None]:
     default=None,
     help="Write flows, samples and new-flow events into this history database.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 8),
+    default=None,
+    help="Processes that run the frames, each on its own CPU, the frames between two hosts "
+    "always in one (default: one per CPU for a capture of 8 MiB or more, else one).",
+)
 @collector_options()
 @entries_option
 @export_options
@@ -84,6 +91,7 @@ def replay(
     capture: Path,
     as_json: bool,
     db: Path | None,
+    workers: int | None,
     collector: CollectorSettings,
     flow_entries: int,
     exports: ExportSettings,
@@ -105,6 +113,7 @@ def replay(
         path=capture,
         flow_entries=flow_entries,
         collector=collector,
+        workers=workers,
     )
     browse = not as_json and db is None and _stdout_is_terminal()
     if not as_json and db is None and not browse:

@@ -245,6 +245,12 @@ class Capture:
             return self._pcap_frames(self.base)
         return self._pcapng_frames(self.base)
 
+    @property
+    def mapping(self) -> mmap.mmap | None:
+        """The file's private mapping (None for an empty file): the bytes of the frames that
+        frames() hands out at ``base`` + offset, for a reader that looks into them."""
+        return self._mm
+
     def offset(self, addr: int) -> int:
         """How far into the file the frame at ``addr`` (from frames()) is: for progress."""
         off = addr - self.base

@@ -218,6 +218,10 @@ class Tick:
     (empty when drops are not followed)."""
 
 
+def _event_time(event: FlowEvent) -> int:
+    return event.timestamp
+
+
 class Collector:
     """Reads a FlowSource every tick and keeps the state rates and expiry need."""
 
@@ -328,6 +332,8 @@ class Collector:
             deltas["drops_missed"] = self.drops.missed_delta()
         if self.resets is not None:  # the host's resets this tick
             deltas["resets_sent"], deltas["resets_received"] = self.resets.deltas()
+        # in time order: records of several CPUs (or replay processes) interleave in the ring
+        self._events.sort(key=_event_time)
         events = [
             NewFlow(
                 time=self.wall(e.timestamp),

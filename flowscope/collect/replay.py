@@ -14,16 +14,20 @@ reported afterwards.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from flowscope import abi
+from flowscope.collect import split
 from flowscope.collect.capture import RELEASE_EVERY, Capture, CaptureError
 from flowscope.collect.collector import Collector, CollectorSettings, FlowSource, Tick
 from flowscope.collect.recorder import Sink
@@ -37,6 +41,9 @@ from flowscope.model import (
     proto_name,
     tcp_flags_text,
 )
+
+if TYPE_CHECKING:
+    from flowscope.kernel.testrun import ReplayRunner
 
 EVENT_DRAIN_FRAMES = 16384
 """Frames between two drains of the ring buffer (and progress updates): 16,384 new-flow events
@@ -56,6 +63,9 @@ class ReplaySettings:
     """Size of each kernel flow map, as for live collection."""
     collector: CollectorSettings = field(default_factory=CollectorSettings)
     """Tick interval and expiry timeouts, on capture time."""
+    workers: int | None = None
+    """Processes that run frames, each on its own CPU (collect.split); None: one per CPU
+    for a capture of at least split.SPLIT_BYTES, one for a smaller one."""
 
 
 @dataclass(slots=True)
@@ -123,6 +133,10 @@ class _ReplaySource:
         self.program.poll_events(timeout_ms)
 
 
+def _nothing(_n: int, _addr: int) -> None:
+    return None
+
+
 class _CaptureClock:
     """The time as the collector sees it: the capture's, in ns since the epoch. Both of the
     collector's clocks read it, so its monotonic-to-wall offset is exactly 0."""
@@ -153,13 +167,7 @@ def replay(
     follows the live ones of `record` (the metrics; the last tick carries the shutdown
     records too). Raises CaptureError before anything is replayed when the file cannot
     be replayed at all; damage found later is in the summary."""
-    from flowscope.kernel.testrun import (
-        MAX_FRAME,
-        MIN_FRAME,
-        ReplayRunner,
-        check,
-        compile_replay_program,
-    )
+    from flowscope.kernel.testrun import ReplayRunner, compile_replay_program
 
     summary = ReplaySummary()
     started = time.monotonic()
@@ -173,13 +181,11 @@ def replay(
             collector: Collector | None = None
             next_tick = 0
             last_ts = 0
-            meta = abi.REPLAY_META_SIZE
-            pack, call, fd, opts, opts_size = runner.per_frame()
-            control = runner.control
-            frames = cap.frames()
-            n = 0
-            drain = EVENT_DRAIN_FRAMES
-            release = RELEASE_EVERY
+            cpus = sorted(os.sched_getaffinity(0))
+            parts = settings.workers or split.default_parts(cap.size, cpus)
+            cpus = cpus[:parts]
+            parts = len(cpus)
+            helpers = split.Helpers()
 
             def tick_until(ts: int) -> None:
                 """Tick at every boundary up to ts; skip the quiet stretches."""
@@ -202,50 +208,64 @@ def replay(
                             time.sleep(0.01)
                 clock.now_ns = ts
 
+            def boundary(ts: int) -> int:
+                """At the first frame at or past the next tick boundary: tick (every helper
+                stopped at this frame too), and say the next boundary."""
+                nonlocal collector, next_tick
+                if helpers:
+                    helpers.gather(ts)
+                if collector is None:
+                    summary.first_ns = ts
+                    clock.now_ns = ts
+                    collector = Collector(
+                        source,
+                        settings.collector,
+                        iface_names=cap.interface_names,
+                        monotonic_ns=clock.monotonic_ns,
+                        wall_time=clock.wall_time,
+                    )
+                    next_tick = (ts // interval_ns + 1) * interval_ns
+                else:
+                    tick_until(ts)
+                if helpers:
+                    helpers.release(next_tick)
+                return next_tick
+
+            def helper(part: int, boundary: Callable[[int], int]) -> None:
+                """A helper process's run: its share of the frames, meeting the replay at
+                each boundary (the frames it counts, and the progress, are the replay's)."""
+                stop = _run_frames(cap, runner, source, part, parts, boundary, _nothing)[2]
+                if stop is not None:
+                    raise stop  # no DONE: the replay must not take it as finished
+
+            def every_drain(n: int, addr: int) -> None:
+                """Every EVENT_DRAIN_FRAMES frames: the ring buffer, and progress."""
+                program.poll_events(0)
+                if progress is not None:
+                    progress(cap.offset(addr), cap.size)
+
             loop_start = time.perf_counter()
+            affinity = os.sched_getaffinity(0)
+            failure: split.SplitError | None = None
             try:
-                for ts, addr, length in frames:
-                    if ts >= next_tick:
-                        if collector is None:
-                            summary.first_ns = ts
-                            clock.now_ns = ts
-                            collector = Collector(
-                                source,
-                                settings.collector,
-                                iface_names=cap.interface_names,
-                                monotonic_ns=clock.monotonic_ns,
-                                wall_time=clock.wall_time,
-                            )
-                            next_tick = (ts // interval_ns + 1) * interval_ns
-                        else:
-                            tick_until(ts)
-                    last_ts = ts
-                    n += 1
-                    if not MIN_FRAME <= length <= MAX_FRAME:
-                        if length < MIN_FRAME:
-                            source.too_short += 1
-                            source.too_short_bytes += length
-                            continue
-                        length = MAX_FRAME
-                    m = meta + length
-                    pack(control, 4, m, opts_size, addr - meta, m)
-                    ret = call(fd, opts)
-                    if ret < 0:
-                        check(ret)
-                    if not n % drain:
-                        program.poll_events(0)
-                        done = cap.offset(addr)
-                        if done >= release:
-                            cap.release(done)
-                            release = done + RELEASE_EVERY
-                        if progress is not None:
-                            progress(done, cap.size)
-            except (KeyboardInterrupt, SystemExit):
-                # Ctrl-C, or SIGTERM turned into SystemExit by the CLI: what was replayed is
-                # still finished and kept, as `record` does
-                summary.interrupted = True
+                if parts > 1:
+                    try:
+                        helpers.start(cpus, helper)
+                        os.sched_setaffinity(0, {cpus[0]})
+                    except split.SplitError:
+                        parts = 1  # no process to spare: the replay runs every frame itself
+                n, last_ts, stop = _run_frames(cap, runner, source, 0, parts, boundary, every_drain)
+                summary.interrupted = isinstance(stop, (KeyboardInterrupt, SystemExit))
+                if isinstance(stop, split.SplitError):
+                    failure = stop  # what was replayed is finished and kept, then it is told
+                elif helpers and stop is None:
+                    helpers.finish()
+            except split.SplitError as e:
+                failure = e
             finally:
-                frames.close()
+                helpers.close()
+                if parts > 1:
+                    os.sched_setaffinity(0, affinity)
                 summary.loop_seconds = time.perf_counter() - loop_start
             if collector is not None:
                 # the last partial tick at the last frame's time, then every live flow
@@ -272,7 +292,84 @@ def replay(
         finally:
             program.close()
     summary.seconds = time.monotonic() - started
+    if failure is not None:
+        raise failure
     return summary
+
+
+def _run_frames(
+    cap: Capture,
+    runner: ReplayRunner,
+    source: _ReplaySource,
+    part: int,
+    parts: int,
+    boundary: Callable[[int], int],
+    every_drain: Callable[[int, int], None],
+) -> tuple[int, int, BaseException | None]:
+    """Run the frames of share ``part`` of ``parts`` (split.share; all of them with one part),
+    calling ``boundary(ts)`` at the first frame past each tick boundary (it returns the next
+    one) and ``every_drain`` every EVENT_DRAIN_FRAMES frames. Returns the frames read, the last
+    frame's time, and what stopped it before the end: Ctrl-C (or SIGTERM made SystemExit), or
+    a helper that failed (split.SplitError). The frames too short to run are counted in
+    ``source``."""
+    from flowscope.kernel.testrun import MAX_FRAME, MIN_FRAME, check
+
+    meta = abi.REPLAY_META_SIZE
+    pack, call, fd, opts, opts_size = runner.per_frame()
+    control = runner.control
+    frames = cap.frames()
+    mapping, base, size = cap.mapping or b"", cap.base, cap.size
+    share = split.share
+    n = 0
+    last_ts = 0
+    next_tick = 0
+    drain = EVENT_DRAIN_FRAMES
+    release = RELEASE_EVERY
+    try:
+        for ts, addr, length in frames:
+            if ts >= next_tick:
+                next_tick = boundary(ts)
+            last_ts = ts
+            n += 1
+            if not MIN_FRAME <= length <= MAX_FRAME:
+                if length < MIN_FRAME:
+                    source.too_short += 1
+                    source.too_short_bytes += length
+                    continue
+                length = MAX_FRAME
+            if parts > 1:
+                at = addr - base
+                if (
+                    0 <= at < size
+                    and mapping[at + 12] == 8
+                    and not mapping[at + 13]
+                    and length > 33
+                ):
+                    # split.share's untagged IPv4, inline: the common frame, read by every process
+                    mine = (mapping[at + 29] ^ mapping[at + 33]) % parts == part
+                elif 0 <= at < size:
+                    mine = share(mapping, at, length, parts) == part
+                else:  # a frame copied out of the file (raw IP, loopback)
+                    mine = share(ctypes.string_at(addr, min(length, 96)), 0, length, parts) == part
+                if not mine:
+                    length = 0
+            if length:
+                m = meta + length
+                pack(control, 4, m, opts_size, addr - meta, m)
+                ret = call(fd, opts)
+                if ret < 0:
+                    check(ret)
+            if not n % drain:
+                done = cap.offset(addr)
+                if done >= release:
+                    cap.release(done)
+                    release = done + RELEASE_EVERY
+                every_drain(n, addr)
+    except (KeyboardInterrupt, SystemExit, split.SplitError) as e:
+        return n, last_ts, e
+    finally:
+        frames.close()
+    return n, last_ts, None
 
 
 # -- --json ------------------------------------------------------------------------------------

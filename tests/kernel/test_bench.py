@@ -62,6 +62,7 @@ def test_every_benchmark_runs_and_reports_once() -> None:
         "ringbuf_events": ["ringbuf_read", "ringbuf_events"],
         "console_start": ["console_first_draw", "console_first_flows"],
         "store_insert": ["store_insert", "store_insert_followed"],
+        "replay_frames": ["replay_frames", "replay_frames_one_process"],
     }  # fmt: skip
     expected = [line for n in bench.NAMES for line in quick.get(n, [n])]
     assert [o["name"] for o in objs] == expected
