@@ -21,6 +21,7 @@
 BPF_TABLE("lru_percpu_hash", struct drop_key, __u64, drops, DROP_ENTRIES);
 BPF_PERCPU_ARRAY(drop_totals, __u64, DROP_REASON_SLOTS);
 BPF_PERCPU_ARRAY(drop_budget, struct drop_budget, 1);
+BPF_ARRAY(drop_xdp_code, struct drop_xdp_code, 1);
 
 #define READ(dst, base, off) bpf_probe_read_kernel(&(dst), sizeof(dst), (void *)(base) + (off))
 
@@ -98,12 +99,22 @@ int drops_kfree_skb(struct bpf_raw_tracepoint_args *ctx)
     READ(sk, skb, SKB_SK);
     if (drop_netns(dev, sk) != FS_NETNS_INUM)
         return 0;
+    __u32 zero = 0;
+#if DROP_REASON_XDP
+    if (reason == DROP_REASON_NOT_SPECIFIED) {
+        /* what an XDP program dropped in generic mode (struct drop_xdp_code) */
+        __u64 at = (__u64)ctx->args[1];
+        struct drop_xdp_code *code = drop_xdp_code.lookup(&zero);
+        if (code && ((at >= code->start[0] && at < code->end[0])
+                     || (at >= code->start[1] && at < code->end[1])))
+            reason = DROP_REASON_XDP;
+    }
+#endif
     __u32 slot = reason < DROP_REASON_SLOTS ? reason : DROP_REASON_SLOTS - 1;
     __u64 *c = drop_totals.lookup(&slot);
     if (c)
         *c += 1;
 
-    __u32 zero = 0;
     struct drop_budget *b = drop_budget.lookup(&zero);
     if (!b)
         return 0;

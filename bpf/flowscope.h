@@ -353,6 +353,16 @@ struct drop_budget {
     __u64 unattributed;     /* drops past the budget, since the hook was loaded */
 };
 
+/* Where in the kernel's code generic XDP frees what an XDP program dropped (the one entry of
+ * the array drop_xdp_code, written by flowscope/kernel/drops.py from /proc/kallsyms: the
+ * functions do_xdp_generic and netif_receive_generic_xdp, [start, end) each, 0 where not
+ * found). The kernel frees those packets with kfree_skb() and no reason (NOT_SPECIFIED), where
+ * its other drops in the same function say XDP; the drop hook says XDP for them too. 32 bytes. */
+struct drop_xdp_code {
+    __u64 start[2];
+    __u64 end[2];
+};
+
 /* Indexes of the per-CPU array sock_counters. */
 enum fs_sock_counter {
     SCNT_EVENTS = 0,        /* records written */

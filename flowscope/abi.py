@@ -337,6 +337,15 @@ class DropBudget(ctypes.Structure):
     ]
 
 
+class DropXdpCode(ctypes.Structure):
+    """struct drop_xdp_code: where generic XDP frees what an XDP program dropped, 32 bytes."""
+
+    _fields_ = [
+        ("start", ctypes.c_uint64 * 2),
+        ("end", ctypes.c_uint64 * 2),
+    ]
+
+
 DROP_BUDGET = 256
 """DROP_BUDGET: drops per CPU and jiffy the hook attributes to their flow."""
 DROP_REASON_SLOTS = 256

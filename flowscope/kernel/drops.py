@@ -10,6 +10,7 @@ flowscope, after kill -9 too.
 from __future__ import annotations
 
 import ctypes
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,36 @@ from flowscope.kernel.program import FlowProgram, captured_stderr
 
 TRACEPOINT = b"kfree_skb"
 FUNCTION = b"drops_kfree_skb"
+KALLSYMS = Path("/proc/kallsyms")
+GENERIC_XDP = (b"do_xdp_generic", b"netif_receive_generic_xdp")
+"""The kernel functions that free what an XDP program dropped in generic mode (the second is
+inlined into the first on some kernels, and then not in kallsyms)."""
+
+
+def code_ranges(names: tuple[bytes, ...], path: Path = KALLSYMS) -> dict[bytes, tuple[int, int]]:
+    """[start, end) of each of these kernel functions in ``path`` (the end is the next
+    symbol's address), for those found with an address (kallsyms shows 0 to a reader without
+    CAP_SYSLOG). Reading the file costs about 0.1 s (the kernel makes its MBs as it is read),
+    once, when the drop hook is attached."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return {}
+    found: dict[bytes, tuple[int, int]] = {}
+    for name in names:
+        at = data.find(b" " + name + b"\n")
+        if at < 0:
+            continue
+        line = data.rfind(b"\n", 0, at) + 1
+        after = data.find(b"\n", at + 1) + 1
+        try:
+            start = int(data[line : data.index(b" ", line)], 16)
+            end = int(data[after : data.index(b" ", after)], 16)
+        except ValueError:
+            continue
+        if 0 < start < end:
+            found[name] = (start, end)
+    return found
 
 
 class DropHooks:
@@ -54,6 +85,15 @@ class DropHooks:
         self._slot_keys = np.zeros(abi.DROP_REASON_SLOTS, np.uint32)
         self._slot_values = np.zeros(abi.DROP_REASON_SLOTS * self.ncpus, np.uint64)
         self._budget_fd = int(self._bpf[b"drop_budget"].map_fd)
+        self.xdp_code = code_ranges(GENERIC_XDP)
+        """Where generic XDP frees what an XDP program dropped (struct drop_xdp_code)."""
+        code = abi.DropXdpCode()
+        for i, (start, end) in enumerate(self.xdp_code.values()):
+            code.start[i], code.end[i] = start, end
+        zero = ctypes.c_uint32(0)
+        libbpf.map_update(
+            int(self._bpf[b"drop_xdp_code"].map_fd), ctypes.byref(zero), ctypes.byref(code)
+        )
 
     @property
     def prog_fd(self) -> int:

@@ -347,6 +347,49 @@ def test_a_burst_of_drops_is_attributed_up_to_the_budget_and_counted_past_it(
     assert {r.drop_reason for r in flow if r.drops} == {"NO_SOCKET"}
 
 
+def test_what_a_block_rule_drops_in_generic_xdp_is_an_xdp_drop(net: VethNamespace) -> None:
+    """A block rule on an interface in generic XDP mode (veth here): the kernel frees each
+    packet the program dropped through kfree_skb with reason NOT_SPECIFIED, from inside
+    do_xdp_generic. flowscope names those XDP (the reason the kernel gives the other drops of
+    that function), so that the status line does not show flowscope's own drops as drops of
+    unknown cause; every one of them is the rule's, and no other drop is renamed."""
+    from flowscope.collect.block import parse_rule
+    from flowscope.kernel.block import BLOCK_CFLAGS, BlockMaps
+    from tests.kernel.test_record import udp4
+
+    probe_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe_socket.bind(("0.0.0.0", 0))
+    closed_port = probe_socket.getsockname()[1]
+    probe_socket.close()
+    with Probe([net.host_if], owners=True, cflags=BLOCK_CFLAGS, direction="ingress") as probe:
+        table, watch = watch_processes(probe.program)
+        try:
+            assert watch.drops is not None, watch.drops_problem
+            collector = Collector(
+                probe.program, CollectorSettings(idle_timeout=600), owners=table,
+                drops=watch.drops,
+            )  # fmt: skip
+            rules = BlockMaps(probe.program)
+            rules.put(parse_rule(f"udp/{closed_port}"))
+            assert net.send_frames([udp4(net, 5555, closed_port, 10)] * 300, cpu=0) == 300
+            # and to another closed port, not blocked: the stack drops these (NO_SOCKET)
+            assert net.send_frames([udp4(net, 5556, closed_port + 1, 10)] * 40, cpu=0) == 40
+            time.sleep(0.3)
+            tick = collector.tick()
+            records = tick.records + collector.shutdown()
+            matched = rules.matched(parse_rule(f"udp/{closed_port}"))
+        finally:
+            watch.close()
+    assert matched == 300
+    assert tick.drops.get("XDP") == 300, tick.drops
+    assert "NOT_SPECIFIED" not in tick.drops, tick.drops
+    assert tick.drops.get("NO_SOCKET", 0) >= 40, tick.drops
+    # the flow's own (up to the hook's budget per jiffy: the burst may pass it)
+    (blocked,) = [r for r in records if r.key.dport == closed_port]
+    assert blocked.packets == 300 and 0 < blocked.drops <= 300, blocked
+    assert blocked.drop_reason == "XDP"
+
+
 def test_a_connection_open_before_start_has_its_health_from_sock_diag(
     net: VethNamespace,
 ) -> None:

@@ -108,6 +108,7 @@ LAYOUT = {
     ),
     "flood_value": (abi.FloodValue, 16, {"packets": 0, "bytes": 8}),
     "drop_budget": (abi.DropBudget, 24, {"jiffies": 0, "count": 8, "unattributed": 16}),
+    "drop_xdp_code": (abi.DropXdpCode, 32, {"start": 0, "end": 16}),
     "block_src4": (abi.BlockSrc4, 8, {"prefixlen": 0, "saddr": 4}),
     "block_src6": (abi.BlockSrc6, 20, {"prefixlen": 0, "saddr": 4}),
     "block_target4": (abi.BlockTarget4, 12, {"prefixlen": 0, "proto": 4, "dport": 5, "saddr": 7}),

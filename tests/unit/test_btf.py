@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from flowscope.errors import UnsupportedKernelError
-from flowscope.kernel import btf
+from flowscope.kernel import btf, drops
 
 
 def _blob() -> bytes:
@@ -68,3 +68,30 @@ def test_the_running_kernels_drop_reasons_and_offsets() -> None:
     flags = dict(f[2:].split("=") for f in btf.drop_cflags())
     assert set(flags) >= {"SKB_HEAD", "SKB_NETWORK_HEADER", "SKB_DEV", "DEV_IFINDEX", "NET_INUM"}
     assert int(flags["FS_NETNS_INUM"]) == Path("/proc/self/ns/net").stat().st_ino
+
+
+def test_code_ranges_reads_where_functions_start_and_the_next_begins(tmp_path: Path) -> None:
+    kallsyms = tmp_path / "kallsyms"
+    kallsyms.write_bytes(
+        b"ffffffff81eb75e0 T generic_xdp_tx\n"
+        b"ffffffff81eb77a0 t __pfx_do_xdp_generic\n"
+        b"ffffffff81eb77b0 T do_xdp_generic\n"
+        b"ffffffff81eb7b70 t __pfx___netif_receive_skb_core.constprop.0\n"
+        b"ffffffffc0001000 t do_xdp_generic_helper\t[some_module]\n"
+    )
+    names = (b"do_xdp_generic", b"netif_receive_generic_xdp")
+    assert drops.code_ranges(names, kallsyms) == {
+        b"do_xdp_generic": (0xFFFFFFFF81EB77B0, 0xFFFFFFFF81EB7B70)
+    }
+    # what a reader without CAP_SYSLOG sees: no addresses, so nothing
+    kallsyms.write_bytes(b"0000000000000000 T do_xdp_generic\n0000000000000000 T next\n")
+    assert drops.code_ranges(names, kallsyms) == {}
+    assert drops.code_ranges(names, tmp_path / "missing") == {}
+
+
+@pytest.mark.skipif(not btf.VMLINUX.exists(), reason="a kernel without BTF")
+def test_the_running_kernel_has_generic_xdp_where_kallsyms_says() -> None:
+    ranges = drops.code_ranges(drops.GENERIC_XDP)
+    assert b"do_xdp_generic" in ranges
+    start, end = ranges[b"do_xdp_generic"]
+    assert 0 < end - start < 1 << 16
