@@ -255,13 +255,16 @@ def replay(
                     except split.SplitError:
                         parts = 1  # no process to spare: the replay runs every frame itself
                 n, last_ts, stop = _run_frames(cap, runner, source, 0, parts, boundary, every_drain)
+                if stop is None and helpers:
+                    try:
+                        helpers.finish()  # the helpers' last frames, before the last tick
+                    except (KeyboardInterrupt, SystemExit, split.SplitError) as e:
+                        stop = e
+                # Ctrl-C, or SIGTERM turned into SystemExit by the CLI: what was replayed is
+                # still finished and kept, as `record` does; so it is when a helper failed,
+                # which is told afterwards
                 summary.interrupted = isinstance(stop, (KeyboardInterrupt, SystemExit))
-                if isinstance(stop, split.SplitError):
-                    failure = stop  # what was replayed is finished and kept, then it is told
-                elif helpers and stop is None:
-                    helpers.finish()
-            except split.SplitError as e:
-                failure = e
+                failure = stop if isinstance(stop, split.SplitError) else None
             finally:
                 helpers.close()
                 if parts > 1:

@@ -79,9 +79,11 @@ def default_parts(size: int, cpus: Sequence[int]) -> int:
     return max(1, min(len(cpus), MAX_HELPERS + 1))
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # it died before the signal was asked for
+        os._exit(1)
 
 
 class Helpers:
@@ -98,6 +100,7 @@ class Helpers:
         itself); helper i (from 1) calls ``run(i, boundary)``, where ``boundary(ts)`` reports
         the tick boundary it stopped at and returns the next one. SplitError, with none left
         running, when the system cannot make one (the caller goes on alone)."""
+        parent = os.getpid()
         for part, cpu in enumerate(cpus[1:], start=1):
             opened: list[int] = []
             try:
@@ -112,7 +115,8 @@ class Helpers:
                 self.close()
                 raise SplitError(f"cannot start a helper process: {e.strerror}") from e
             if pid == 0:
-                _helper(part, cpu, run, down_r, up_w, (down_w, up_r, *self._to, *self._from))
+                others = (down_w, up_r, *self._to, *self._from)
+                _helper(part, cpu, run, down_r, up_w, others, parent)
             os.close(down_r)
             os.close(up_w)
             self._pids.append(pid)
@@ -169,6 +173,7 @@ def _helper(
     down: int,
     up: int,
     others: Sequence[int],
+    parent: int,
 ) -> NoReturn:
     """A helper process, just forked: pinned to ``cpu``, it runs ``run`` and tells the
     parent it is done (``up``), then ends without ever unwinding into the parent's code (its
@@ -178,7 +183,7 @@ def _helper(
     try:
         for fd in others:
             os.close(fd)
-        _die_with_parent()
+        _die_with_parent(parent)
         os.sched_setaffinity(0, {cpu})
 
         def boundary(ts: int) -> int:
