@@ -16,6 +16,7 @@ and the kernel's own view of the sockets:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -307,6 +308,27 @@ def test_a_connection_to_a_closed_port_is_one_reset_each_way(net: VethNamespace)
     assert [(r.packets, r.tcp_flags & rst) for r in sent] == [(1, rst)], sent
 
 
+def unused_udp_port() -> int:
+    """A UDP port of the host that nothing listens on (bound, then freed again)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("0.0.0.0", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@contextlib.contextmanager
+def collecting_drops(probe: Probe) -> Iterator[Collector]:
+    """A collector of the probe's flows and of the kernel's drops (the hook detached after)."""
+    table, watch = watch_processes(probe.program)
+    try:
+        assert watch.drops is not None, watch.drops_problem
+        yield Collector(
+            probe.program, CollectorSettings(idle_timeout=600), owners=table, drops=watch.drops
+        )
+    finally:
+        watch.close()
+
+
 def test_a_burst_of_drops_is_attributed_up_to_the_budget_and_counted_past_it(
     net: VethNamespace,
 ) -> None:
@@ -318,25 +340,16 @@ def test_a_burst_of_drops_is_attributed_up_to_the_budget_and_counted_past_it(
     unattributed ones they cover every drop."""
     from tests.kernel.test_record import udp4
 
-    probe_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    probe_socket.bind(("0.0.0.0", 0))
-    closed_port = probe_socket.getsockname()[1]
-    probe_socket.close()  # free again: nothing listens on it
+    closed_port = unused_udp_port()
     frames = [udp4(net, 5555, closed_port, 10)] * 5000
-    with Probe([net.host_if], owners=True, cflags=("-DDROP_BUDGET=4",)) as probe:
-        table, watch = watch_processes(probe.program)
-        try:
-            assert watch.drops is not None, watch.drops_problem
-            collector = Collector(
-                probe.program, CollectorSettings(idle_timeout=600), owners=table,
-                drops=watch.drops,
-            )  # fmt: skip
-            assert net.send_frames(frames, cpu=0) == len(frames)
-            time.sleep(0.3)
-            tick = collector.tick()
-            records = tick.records + collector.shutdown()
-        finally:
-            watch.close()
+    with (
+        Probe([net.host_if], owners=True, cflags=("-DDROP_BUDGET=4",)) as probe,
+        collecting_drops(probe) as collector,
+    ):
+        assert net.send_frames(frames, cpu=0) == len(frames)
+        time.sleep(0.3)
+        tick = collector.tick()
+        records = tick.records + collector.shutdown()
     flow = [r for r in records if r.key.dport == closed_port and r.key.sport == 5555]
     attributed = sum(r.drops for r in flow)
     unattributed = tick.sample.counters["drops_unattributed"]
@@ -357,29 +370,20 @@ def test_what_a_block_rule_drops_in_generic_xdp_is_an_xdp_drop(net: VethNamespac
     from flowscope.kernel.block import BLOCK_CFLAGS, BlockMaps
     from tests.kernel.test_record import udp4
 
-    probe_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    probe_socket.bind(("0.0.0.0", 0))
-    closed_port = probe_socket.getsockname()[1]
-    probe_socket.close()
-    with Probe([net.host_if], owners=True, cflags=BLOCK_CFLAGS, direction="ingress") as probe:
-        table, watch = watch_processes(probe.program)
-        try:
-            assert watch.drops is not None, watch.drops_problem
-            collector = Collector(
-                probe.program, CollectorSettings(idle_timeout=600), owners=table,
-                drops=watch.drops,
-            )  # fmt: skip
-            rules = BlockMaps(probe.program)
-            rules.put(parse_rule(f"udp/{closed_port}"))
-            assert net.send_frames([udp4(net, 5555, closed_port, 10)] * 300, cpu=0) == 300
-            # and to another closed port, not blocked: the stack drops these (NO_SOCKET)
-            assert net.send_frames([udp4(net, 5556, closed_port + 1, 10)] * 40, cpu=0) == 40
-            time.sleep(0.3)
-            tick = collector.tick()
-            records = tick.records + collector.shutdown()
-            matched = rules.matched(parse_rule(f"udp/{closed_port}"))
-        finally:
-            watch.close()
+    closed_port = unused_udp_port()
+    with (
+        Probe([net.host_if], owners=True, cflags=BLOCK_CFLAGS, direction="ingress") as probe,
+        collecting_drops(probe) as collector,
+    ):
+        rules = BlockMaps(probe.program)
+        rules.put(parse_rule(f"udp/{closed_port}"))
+        assert net.send_frames([udp4(net, 5555, closed_port, 10)] * 300, cpu=0) == 300
+        # and to another closed port, not blocked: the stack drops these (NO_SOCKET)
+        assert net.send_frames([udp4(net, 5556, closed_port + 1, 10)] * 40, cpu=0) == 40
+        time.sleep(0.3)
+        tick = collector.tick()
+        records = tick.records + collector.shutdown()
+        matched = rules.matched(parse_rule(f"udp/{closed_port}"))
     assert matched == 300
     assert tick.drops.get("XDP") == 300, tick.drops
     assert "NOT_SPECIFIED" not in tick.drops, tick.drops
