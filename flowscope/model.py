@@ -7,6 +7,7 @@ collector, store and console consume them.
 from __future__ import annotations
 
 import ctypes
+import functools
 import ipaddress
 import re
 from collections.abc import Iterator, Sequence
@@ -393,11 +394,13 @@ _CONTAINER_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def container_of(cgroup: str) -> str:
     """The container or systemd unit a cgroup v2 path stands for, or "" when it is neither:
     ``docker:0123456789ab``, ``containerd:...``, ``crio:...``, ``podman:...``, ``k8s:...``
     (twelve hex digits of the container id, as ``docker ps`` shows them), else the innermost
-    ``*.service`` (``nginx.service``)."""
+    ``*.service`` (``nginx.service``). Cached: a host has a few cgroups, and the history
+    writer asks for every record that has a process (a few regular expressions each)."""
     for pattern, prefix in _CONTAINER_PATTERNS:
         m = pattern.search(cgroup)
         if m:
