@@ -385,7 +385,8 @@ class _Parser:
         token = self.peek()
         name = self.name("a drop reason (NO_SOCKET, TC_INGRESS, ...)")
         known = self.drop_reasons() if self.drop_reasons is not None else None
-        if known is not None:
+        # a number is how flowscope names a reason outside the enum (a subsystem's reasons)
+        if known is not None and not name.isdecimal():
             names = {fold_case(k): k for k in known}
             if fold_case(name) not in names:
                 close = difflib.get_close_matches(fold_case(name), names, n=1, cutoff=0.6)

@@ -419,6 +419,8 @@ def test_a_drop_reason_must_be_one_of_the_names_given() -> None:
     parse("port 22 and drops > 0", known)
     assert asked == []
     assert parse("drop reason QWERTY", lambda: None).text == "drop reason QWERTY"
+    # a reason outside the kernel's enum (a subsystem's) is shown, and filtered, as its number
+    assert parse("drop reason 65537", known).text == "drop reason 65537"
     assert parse("drop reason QWERTY").text == "drop reason QWERTY"
 
 
