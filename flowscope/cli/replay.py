@@ -79,7 +79,7 @@ def _replay_progress(path: Path) -> Iterator[Callable[[int, int], None] | None]:
 )
 @click.option(
     "--workers",
-    type=click.IntRange(1, 8),
+    type=click.IntRange(1, 8),  # collect.split.MAX_HELPERS + 1, without importing it
     default=None,
     help="Processes that run the frames, each on its own CPU, the frames between two hosts "
     "always in one (default: one per CPU for a capture of 8 MiB or more, else one).",

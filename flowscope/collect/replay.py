@@ -180,7 +180,6 @@ def replay(
             clock = _CaptureClock(0)
             collector: Collector | None = None
             next_tick = 0
-            last_ts = 0
             cpus = sorted(os.sched_getaffinity(0))
             parts = settings.workers or split.default_parts(cap.size, cpus)
             cpus = cpus[:parts]

@@ -195,22 +195,18 @@ def drop_cflags() -> list[str]:
         f"-DSK_NET={b.offset('sock', '__sk_common.skc_net')}",
         f"-DNET_INUM={b.offset('net', 'ns.inum')}",
         f"-DFS_NETNS_INUM={os.stat('/proc/self/ns/net').st_ino}",
-        *(
-            f"-DDROP_REASON_{name}={value}"
-            for name, value in _reason_values(b, ("NOT_SPECIFIED", "XDP")).items()
-        ),
+        *(f"-DDROP_REASON_{name}={_reason_value(name)}" for name in ("NOT_SPECIFIED", "XDP")),
     ]
 
 
-def _reason_values(b: Btf, names: tuple[str, ...]) -> dict[str, int]:
-    """The values of these drop reasons in the running kernel, 0 for one it does not have
-    (enum skb_drop_reason: NOT_SPECIFIED is 2, never 0)."""
+def _reason_value(name: str) -> int:
+    """A drop reason's value in the running kernel (drop_reason_names), 0 where it has no such
+    reason (NOT_SPECIFIED is 2, never 0)."""
     try:
-        enum = b.enum("skb_drop_reason")
+        names = drop_reason_names()
     except UnsupportedKernelError:
-        enum = {}
-    by_name = {name.removeprefix("SKB_DROP_REASON_"): value for value, name in enum.items()}
-    return {name: by_name.get(name, 0) for name in names}
+        return 0
+    return next((value for value, known in names.items() if known == name), 0)
 
 
 def drop_reason_names() -> dict[int, str]:
