@@ -23,7 +23,9 @@ def collector_tick(lab: Lab) -> Iterator[Result]:
     a busy server. Minimum of 3 ticks, in ms. The batched read is kernel.drain's, a thread per
     CPU; a row beside it gives the same read by one thread (how the read went before). An
     informative line gives what the tick's crash safety costs the writer thread (turning its
-    pending flows into the blob it writes), beside the tick."""
+    pending flows into the blob it writes), beside the tick. A last row gives the tick when every
+    flow has packets in it (each flow's count raised before each tick): the steady state of a
+    busy server, where the flood shape sums every flow's packets of the tick."""
     import time
 
     from flowscope.collect.collector import Collector, CollectorSettings
@@ -33,7 +35,8 @@ def collector_tick(lab: Lab) -> Iterator[Result]:
     for n in lab.settings.drain_flows:
         prog = FlowProgram(flow_entries=int(n / 0.85) + 1)
         try:
-            prog.put_flows(abi.AF_INET, other_flow_keys(n))
+            keys = other_flow_keys(n)
+            prog.put_flows(abi.AF_INET, keys)
             collector = Collector(prog, CollectorSettings(idle_timeout=1e9, active_timeout=1e9))
             one = MapDrain(
                 prog.map_fd(abi.AF_INET), abi.AF_INET, abi.KEY4_DTYPE, prog.flow_entries,
@@ -59,6 +62,17 @@ def collector_tick(lab: Lab) -> Iterator[Result]:
                         f"collector_tick: read {held} flows ({single} by one thread), ticked "
                         f"{tick.sample.active_flows}, expected {n}"
                     )
+            active = []
+            for packets in range(2, 5):
+                prog.put_flows(abi.AF_INET, keys, packets=packets)
+                t = time.perf_counter()
+                tick = collector.tick()
+                active.append(time.perf_counter() - t)
+                if tick.sample.flood.packets != n:  # one packet a flow this tick
+                    raise BenchError(
+                        f"collector_tick: {tick.sample.flood.packets} packets in a tick, "
+                        f"expected {n}"
+                    )
         finally:
             prog.close()
         label = count_label(n)
@@ -68,6 +82,10 @@ def collector_tick(lab: Lab) -> Iterator[Result]:
         )  # fmt: skip
         yield Result(
             f"collector_tick_{label}", min(ticks) * 1e3, "ms/tick", f"map_read_{label}",
+            min(reads) * 1e3,
+        )  # fmt: skip
+        yield Result(
+            f"collector_tick_active_{label}", min(active) * 1e3, "ms/tick", f"map_read_{label}",
             min(reads) * 1e3,
         )  # fmt: skip
         yield Result(

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
+from unittest.mock import patch
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flowscope import abi
+from flowscope.collect import flood
 from flowscope.collect.flood import FloodParts, filter_text, target_text
 from flowscope.model import FloodRow
 from flowscope.query.filter import parse
@@ -34,13 +36,29 @@ def _prefix(addr: str) -> str:
     return str(ipaddress.ip_network(f"{addr}/{plen}", strict=False))
 
 
+def _tie_order(group: tuple[str, int, int, int]) -> tuple[int, int]:
+    """The order of rows with as many packets: the prefix's number, then protocol, port,
+    direction and family."""
+    net = ipaddress.ip_network(group[0])
+    prefix = int(net.network_address) >> (8 if net.version == 4 else 64)
+    family = abi.AF_INET if net.version == 4 else abi.AF_INET6
+    return prefix, (group[1] << 32) | (group[2] << 16) | (group[3] << 8) | family
+
+
 @settings(max_examples=200, deadline=None)
-@given(flows=st.lists(flow, max_size=30), table=st.lists(flow, max_size=10), top=st.integers(1, 6))
+@given(
+    flows=st.lists(flow, max_size=30),
+    table=st.lists(flow, max_size=10),
+    top=st.integers(1, 6),
+    rank_limit=st.sampled_from([flood._RANK_LIMIT, 1]),
+)
 def test_rows_are_the_exact_sums_per_prefix_and_target_most_first(
     flows: list[tuple[str, int, int, int, int, int]],
     table: list[tuple[str, int, int, int, int, int]],
     top: int,
+    rank_limit: int,
 ) -> None:
+    """``rank_limit`` 1 takes the way of more prefixes than a word has room for."""
     parts = FloodParts()
     want: Counter[tuple[str, int, int, int]] = Counter()
     in_flows: Counter[tuple[str, int, int, int]] = Counter()
@@ -67,8 +85,11 @@ def test_rows_are_the_exact_sums_per_prefix_and_target_most_first(
         values[i] = (packets, packets * 100)
         want[_prefix(src), proto, dport, direction] += packets
     parts.add_table(keys, values)
-    shape = parts.shape(unplaced=7, interval=1.0, top=top)
+    with patch.object(flood, "_RANK_LIMIT", rank_limit):
+        shape = parts.shape(unplaced=7, interval=1.0, top=top)
     groups = {k: v for k, v in want.items() if v}
+    ranked = sorted(groups, key=lambda k: (-groups[k], *_tie_order(k)))
+    assert [(r.prefix, r.proto, r.dport, r.direction) for r in shape.rows] == ranked[:top]
     got = {(r.prefix, r.proto, r.dport, r.direction): r for r in shape.rows}
     assert len(shape.rows) == min(top, len(groups))
     for k, r in got.items():
