@@ -177,6 +177,30 @@ def key_from_row(family: int, k: np.void) -> FlowKey:
     )
 
 
+def keys_from_rows(family: int, keys: np.ndarray) -> list[FlowKey]:
+    """Decode many rows of a KEY4_DTYPE or KEY6_DTYPE array at once, each as key_from_row
+    would (about ten times faster): the collector makes a record of every flow that ends, and
+    a flood that stops ends hundreds of thousands in one tick."""
+    if not len(keys):
+        return []
+    families = np.full(len(keys), family, np.int64)
+    columns = zip(
+        address_texts(families, keys["saddr"]),
+        address_texts(families, keys["daddr"]),
+        keys["sport"].tolist(),
+        keys["dport"].tolist(),
+        keys["proto"].tolist(),
+        keys["vlan"].tolist(),
+        keys["ifindex"].tolist(),
+        keys["direction"].tolist(),
+        strict=True,
+    )
+    return [
+        FlowKey(family, src, dst, sport, dport, proto, vlan, ifindex, direction)
+        for src, dst, sport, dport, proto, vlan, ifindex, direction in columns
+    ]
+
+
 def event_from_bytes(data: bytes) -> FlowEvent:
     """Decode one ring buffer record."""
     ev = abi.FlowEvent.from_buffer_copy(data[: ctypes.sizeof(abi.FlowEvent)])

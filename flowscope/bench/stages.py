@@ -25,7 +25,9 @@ def collector_tick(lab: Lab) -> Iterator[Result]:
     informative line gives what the tick's crash safety costs the writer thread (turning its
     pending flows into the blob it writes), beside the tick. A last row gives the tick when every
     flow has packets in it (each flow's count raised before each tick): the steady state of a
-    busy server, where the flood shape sums every flow's packets of the tick."""
+    busy server, where the flood shape sums every flow's packets of the tick. And one the tick
+    in which every flow ends (idle), with a record each: a flood that stops, a mass disconnect;
+    a shutdown makes the same records."""
     import time
 
     from flowscope.collect.collector import Collector, CollectorSettings
@@ -73,6 +75,15 @@ def collector_tick(lab: Lab) -> Iterator[Result]:
                         f"collector_tick: {tick.sample.flood.packets} packets in a tick, "
                         f"expected {n}"
                     )
+            collector.settings = CollectorSettings(idle_timeout=0.0, active_timeout=1e9)
+            t = time.perf_counter()
+            tick = collector.tick()
+            ending = time.perf_counter() - t
+            if len(tick.records) != n or tick.sample.active_flows:
+                raise BenchError(
+                    f"collector_tick: {len(tick.records)} records of {n} ending flows, "
+                    f"{tick.sample.active_flows} left"
+                )
         finally:
             prog.close()
         label = count_label(n)
@@ -86,6 +97,10 @@ def collector_tick(lab: Lab) -> Iterator[Result]:
         )  # fmt: skip
         yield Result(
             f"collector_tick_active_{label}", min(active) * 1e3, "ms/tick", f"map_read_{label}",
+            min(reads) * 1e3,
+        )  # fmt: skip
+        yield Result(
+            f"collector_tick_ending_{label}", ending * 1e3, "ms/tick", f"map_read_{label}",
             min(reads) * 1e3,
         )  # fmt: skip
         yield Result(

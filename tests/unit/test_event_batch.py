@@ -3,6 +3,7 @@ decoded one by one."""
 
 from __future__ import annotations
 
+import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -34,3 +35,20 @@ def test_a_known_ipv4_event() -> None:
         length=60,
         map_full=True,
     )
+
+
+def _key_rows(family: int) -> st.SearchStrategy[bytes]:
+    size = abi.KEY_DTYPES[family].itemsize
+    return st.lists(st.binary(min_size=size, max_size=size), max_size=20).map(b"".join)
+
+
+@given(
+    st.sampled_from([abi.AF_INET, abi.AF_INET6]).flatmap(
+        lambda f: st.tuples(st.just(f), _key_rows(f))
+    )
+)
+def test_flow_keys_decoded_in_bulk_equal_one_by_one(case: tuple[int, bytes]) -> None:
+    """The collector makes the keys of the records of a tick in bulk (keys_from_rows)."""
+    family, raw = case
+    rows = np.frombuffer(raw, abi.KEY_DTYPES[family])
+    assert model.keys_from_rows(family, rows) == [model.key_from_row(family, r) for r in rows]
