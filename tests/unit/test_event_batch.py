@@ -3,6 +3,8 @@ decoded one by one."""
 
 from __future__ import annotations
 
+import ipaddress
+
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
@@ -52,3 +54,16 @@ def test_flow_keys_decoded_in_bulk_equal_one_by_one(case: tuple[int, bytes]) -> 
     family, raw = case
     rows = np.frombuffer(raw, abi.KEY_DTYPES[family])
     assert model.keys_from_rows(family, rows) == [model.key_from_row(family, r) for r in rows]
+
+
+group = st.sampled_from([0, 0, 0, 1, 0xFFFF, 0x0DB8, 0x2001]) | st.integers(0, 0xFFFF)
+
+
+@given(st.lists(group, min_size=8, max_size=8), st.binary(min_size=4, max_size=4))
+def test_address_text_prints_as_ipaddress_does(groups: list[int], v4: bytes) -> None:
+    """address_text formats IPv6 with inet_ntop, except where it prints an embedded IPv4."""
+    raw = b"".join(g.to_bytes(2, "big") for g in groups)
+    assert model.address_text(abi.AF_INET6, raw) == str(ipaddress.IPv6Address(raw))
+    assert model.address_text(abi.AF_INET, v4) == str(ipaddress.IPv4Address(v4))
+    mapped = bytes(10) + b"\xff\xff" + v4
+    assert model.address_text(abi.AF_INET6, mapped) == str(ipaddress.IPv6Address(mapped))
