@@ -548,11 +548,11 @@ class Collector:
         )
         drops: list[tuple[int, str]] = [(NO_DROPS, "")] * len(where)
         if self.drops is not None and dropped is not None:
-            table = self.drops
-            has = (dropped[at] > 0).tolist()
-            drops = [
-                table.take(batch, i) if h else (0, "") for i, h in zip(where, has, strict=True)
-            ]
+            drops = [(0, "")] * len(where)
+            some = np.flatnonzero(dropped[at] > 0)
+            taken = self.drops.peek_many(batch, at[some].tolist(), consume=True)
+            for n, d in zip(some.tolist(), taken, strict=True):
+                drops[n] = d
         resets: list[int] = [NO_RESETS] * len(where)
         if self.resets is not None and reset is not None:
             resets_table = self.resets
@@ -757,8 +757,8 @@ class Collector:
         names = np.full(n, None, object)
         if dropped is not None and self.drops is not None:
             drops = dropped.copy()
-            for i in np.flatnonzero(rows & (dropped > 0)).tolist():
-                count, reason = self.drops.peek(batch, i)
+            some = np.flatnonzero(rows & (dropped > 0)).tolist()
+            for i, (count, reason) in zip(some, self.drops.peek_many(batch, some), strict=True):
                 drops[i], names[i] = count, reason or None
         resets = None
         if reset is not None and self.resets is not None:
