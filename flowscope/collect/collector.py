@@ -555,11 +555,11 @@ class Collector:
                 drops[n] = d
         resets: list[int] = [NO_RESETS] * len(where)
         if self.resets is not None and reset is not None:
-            resets_table = self.resets
-            has = (reset[at] > 0).tolist()
-            resets = [
-                resets_table.take(batch, i) if h else 0 for i, h in zip(where, has, strict=True)
-            ]
+            resets = [0] * len(where)
+            some = np.flatnonzero(reset[at] > 0)
+            taken_resets = self.resets.peek_many(batch, at[some].tolist(), consume=True)
+            for n, count in zip(some.tolist(), taken_resets, strict=True):
+                resets[n] = count
         columns = zip(
             keys,
             packets.tolist(),
@@ -763,8 +763,8 @@ class Collector:
         resets = None
         if reset is not None and self.resets is not None:
             resets = reset.copy()
-            for i in np.flatnonzero(rows & (reset > 0)).tolist():
-                resets[i] = self.resets.peek(batch, i)
+            some = np.flatnonzero(rows & (reset > 0)).tolist()
+            resets[some] = self.resets.peek_many(batch, some)
         return PendingHealth(retrans, rtt, rtt_min, drops, names, resets)
 
 

@@ -15,12 +15,13 @@ forget a key and count it again from zero: a count below what was written is all
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
 
 from flowscope import abi
-from flowscope.model import FlowBatch, opaque_rows
+from flowscope.model import FlowBatch, opaque_rows, take_rows
 
 TCP = 6
 
@@ -118,21 +119,36 @@ class ResetTable:
 
     def take(self, batch: FlowBatch, i: int) -> int:
         """Flow i's resets that no record holds yet, now counted as written."""
-        return self.peek(batch, i, consume=True)
+        return self.peek_many(batch, [i], consume=True)[0]
 
-    def peek(self, batch: FlowBatch, i: int, *, consume: bool = False) -> int:
+    def peek(self, batch: FlowBatch, i: int) -> int:
         """Flow i's resets that no record holds yet, as ``take`` gives them, without counting
         them as written (what history keeps of a live flow)."""
-        pos, hit = self._find(batch.family, batch.keys[i : i + 1])
-        if not hit[0]:
-            return 0
+        return self.peek_many(batch, [i])[0]
+
+    def peek_many(
+        self, batch: FlowBatch, rows: Sequence[int], *, consume: bool = False
+    ) -> list[int]:
+        """``peek`` (with ``consume``: ``take``) of each of ``rows``, in that order, their
+        reset keys found at once (as DropTable.peek_many: a refused SYN flood gives every flow
+        of it a reset)."""
+        if not len(rows):
+            return []
+        pos, hit = self._find(batch.family, take_rows(batch.keys, np.asarray(rows, np.intp)))
         _, keys, counts = self._sorted[batch.family]
-        raw = bytes(opaque_rows(keys[pos[0] : pos[0] + 1])[0])
-        now = int(counts[pos[0]])
-        new = _new(now, self.written.get(raw, 0))
-        if consume:
-            self.written[raw] = now
-        return new
+        raw = opaque_rows(keys)
+        written = self.written
+        out: list[int] = []
+        for p, h in zip(pos.tolist(), hit.tolist(), strict=True):
+            if not h:
+                out.append(0)
+                continue
+            key = raw[p].tobytes()
+            now = int(counts[p])
+            out.append(_new(now, written.get(key, 0)))
+            if consume:
+                written[key] = now
+        return out
 
     def deltas(self) -> tuple[int, int]:
         """(sent, received): the resets the kernel sent and acted on in flowscope's network
