@@ -62,6 +62,9 @@ class Settings:
     """Live flows behind the console benchmarks."""
     detect_flows: int = 200_000
     """New flows of the spoofed SYN flood detect_flood feeds the detector."""
+    flood_syns: int = 60_000
+    """SYNs of the refused flood record_syn_flood sends (the default map holds 65,536 flows
+    a family, and the flood makes two a SYN)."""
     churn_seconds: float = 5.0
     """Seconds of 1,000 new connections a second in owner_churn."""
     starts: int = 3
@@ -81,6 +84,7 @@ QUICK = Settings(
     console_flows=10_000,
     detect_flows=20_000,
     churn_seconds=1.0,
+    flood_syns=2_000,
     starts=1,
 )
 """A smoke test of the whole command in a few seconds; its numbers are rougher."""

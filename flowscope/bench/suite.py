@@ -25,6 +25,7 @@ from flowscope.bench.harness import BARE_NAME, BARE_TC_NAME, DEFAULT, Lab, Resul
 from flowscope.bench.health import health_bulk
 from flowscope.bench.memory import drain_model, map_memory, no_prealloc, packed_value
 from flowscope.bench.owners import owner_churn, owner_hooks
+from flowscope.bench.record_flood import record_syn_flood
 from flowscope.bench.stages import (
     collector_tick,
     console,
@@ -84,6 +85,7 @@ BENCHMARKS: dict[str, Callable[[Lab], Iterator[Result]]] = {
     "replay_frames": replay_frames,
     "owner_hooks_connection": owner_hooks,
     "owner_churn": owner_churn,
+    "record_syn_flood": record_syn_flood,
     "health_hooks_bulk": health_bulk,
 }
 NAMES = tuple(BENCHMARKS)

@@ -46,6 +46,7 @@ def test_every_benchmark_runs_and_reports_once() -> None:
         "history_top20_10m": ["history_top20_100k"],
         "console": ["console_tick_10k", "console_key_10k"],
         "owner_churn": ["owner_churn_coverage", "owner_churn_rate"],
+        "record_syn_flood": ["record_syn_flood_longest_tick"],
         "hot_ipv4_tcp_processes": ["xdp_hot_ipv4_tcp_processes", "tc_hot_ipv4_tcp_processes"],
         "xdp_block": [
             "xdp_block_no_rules",
