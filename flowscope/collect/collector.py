@@ -541,11 +541,13 @@ class Collector:
         last = src.last_seen[rows].astype(np.float64) / 1e9 + self._wall_offset
         where = at.tolist()
         owners = owner[at].tolist() if self.owners is not None else [None] * len(where)
-        tcps = (
-            [self._tcp_of(tcp, i) for i in where]
-            if tcp is not None and self.health is not None
-            else [(NO_TCP, NO_TCP, NO_TCP, NO_KINDS)] * len(where)
-        )
+        tcps: list[TcpOf] = [(NO_TCP, NO_TCP, NO_TCP, NO_KINDS)] * len(where)
+        if tcp is not None and self.health is not None:
+            # what _tcp_of gives a flow that is no TCP connection followed, without a call each
+            srtt, rtt_min = tcp[1][at].tolist(), tcp[2][at].tolist()
+            tcps = [(NO_TCP, s, m, NO_KINDS) for s, m in zip(srtt, rtt_min, strict=True)]
+            for n in np.flatnonzero(tcp[0][at] >= 0).tolist():
+                tcps[n] = self._tcp_of(tcp, where[n])
         drops: list[tuple[int, str]] = [(NO_DROPS, "")] * len(where)
         if self.drops is not None and dropped is not None:
             drops = [(0, "")] * len(where)
