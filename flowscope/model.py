@@ -194,22 +194,25 @@ def keys_from_rows(family: int, keys: np.ndarray) -> list[FlowKey]:
     a flood that stops ends hundreds of thousands in one tick."""
     if not len(keys):
         return []
-    families = np.full(len(keys), family, np.int64)
+    return _keys(np.full(len(keys), family, np.int64), keys)
+
+
+def _keys(family: np.ndarray, rows: np.ndarray) -> list[FlowKey]:
+    """The FlowKey of each row of an array with the key's fields (a kernel key, a ring buffer
+    event), ``family`` given per row: column lists, no ctypes struct or numpy row each."""
     columns = zip(
-        address_texts(families, keys["saddr"]),
-        address_texts(families, keys["daddr"]),
-        keys["sport"].tolist(),
-        keys["dport"].tolist(),
-        keys["proto"].tolist(),
-        keys["vlan"].tolist(),
-        keys["ifindex"].tolist(),
-        keys["direction"].tolist(),
+        family.tolist(),
+        address_texts(family, rows["saddr"]),
+        address_texts(family, rows["daddr"]),
+        rows["sport"].tolist(),
+        rows["dport"].tolist(),
+        rows["proto"].tolist(),
+        rows["vlan"].tolist(),
+        rows["ifindex"].tolist(),
+        rows["direction"].tolist(),
         strict=True,
     )
-    return [
-        FlowKey(family, src, dst, sport, dport, proto, vlan, ifindex, direction)
-        for src, dst, sport, dport, proto, vlan, ifindex, direction in columns
-    ]
+    return [FlowKey(*c) for c in columns]
 
 
 def event_from_bytes(data: bytes) -> FlowEvent:
@@ -261,34 +264,15 @@ def events_from_array(ev: np.ndarray) -> list[FlowEvent]:
     lets user space keep up with a burst of new flows."""
     if not len(ev):
         return []
-    family = ev["family"]
+    full = abi.EVENT_MAP_FULL
     columns = zip(
-        family.tolist(),
-        address_texts(family, ev["saddr"]),
-        address_texts(family, ev["daddr"]),
-        ev["sport"].tolist(),
-        ev["dport"].tolist(),
-        ev["proto"].tolist(),
-        ev["vlan"].tolist(),
-        ev["ifindex"].tolist(),
-        ev["direction"].tolist(),
+        _keys(ev["family"], ev),
         ev["timestamp"].tolist(),
         ev["length"].tolist(),
         ev["flags"].tolist(),
         strict=True,
     )
-    full = abi.EVENT_MAP_FULL
-    return [
-        FlowEvent(
-            FlowKey(fam, src, dst, sport, dport, proto, vlan, ifindex, direction),
-            ts,
-            length,
-            bool(flags & full),
-        )
-        for fam, src, dst, sport, dport, proto, vlan, ifindex, direction, ts, length, flags in (
-            columns
-        )
-    ]
+    return [FlowEvent(key, ts, length, bool(flags & full)) for key, ts, length, flags in columns]
 
 
 U64_MAX = np.iinfo(np.uint64).max
