@@ -526,9 +526,11 @@ class Collector:
         Made from whole columns (the keys by model.keys_from_rows, the times in one numpy
         expression, as wall() gives them): a flood that stops, a mass disconnect or a shutdown
         ends hundreds of thousands of flows in one tick, and a record at a time took 36 us a
-        flow. The health, drops and resets are taken flow by flow (their tables count what
-        each record holds), only when they are followed, and the drops and resets only of
-        flows that have any (a take cost 20 us a flow, most of an ending tick in `record`)."""
+        flow. What no record holds yet of the TCP health, drops and resets is taken from
+        their tables (which count what each record holds) only where they are followed, and
+        only for the flows that have any: the TCP connections, the flows with drops, those
+        with resets (asking for every flow cost 20 us a flow, most of an ending tick in
+        `record`)."""
         if not len(rows):
             return []
         keys = keys_from_rows(src.family, take_rows(src.keys, rows))
@@ -552,14 +554,14 @@ class Collector:
         if self.drops is not None and dropped is not None:
             drops = [(0, "")] * len(where)
             some = np.flatnonzero(dropped[at] > 0)
-            taken = self.drops.peek_many(batch, at[some].tolist(), consume=True)
+            taken = self.drops.take(batch, at[some].tolist())
             for n, d in zip(some.tolist(), taken, strict=True):
                 drops[n] = d
         resets: list[int] = [NO_RESETS] * len(where)
         if self.resets is not None and reset is not None:
             resets = [0] * len(where)
             some = np.flatnonzero(reset[at] > 0)
-            taken_resets = self.resets.peek_many(batch, at[some].tolist(), consume=True)
+            taken_resets = self.resets.take(batch, at[some].tolist())
             for n, count in zip(some.tolist(), taken_resets, strict=True):
                 resets[n] = count
         columns = zip(
@@ -760,13 +762,13 @@ class Collector:
         if dropped is not None and self.drops is not None:
             drops = dropped.copy()
             some = np.flatnonzero(rows & (dropped > 0)).tolist()
-            for i, (count, reason) in zip(some, self.drops.peek_many(batch, some), strict=True):
+            for i, (count, reason) in zip(some, self.drops.peek(batch, some), strict=True):
                 drops[i], names[i] = count, reason or None
         resets = None
         if reset is not None and self.resets is not None:
             resets = reset.copy()
             some = np.flatnonzero(rows & (reset > 0)).tolist()
-            resets[some] = self.resets.peek_many(batch, some)
+            resets[some] = self.resets.peek(batch, some)
         return PendingHealth(retrans, rtt, rtt_min, drops, names, resets)
 
 

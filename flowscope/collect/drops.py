@@ -136,23 +136,22 @@ class DropTable:
             names[i] = self.name(int(reasons[j]))
         return out, names
 
-    def take(self, batch: FlowBatch, i: int) -> tuple[int, str]:
-        """Flow i's drops that no record holds yet, now counted as written, and the reason
-        most of them had ('' without drops)."""
-        return self.peek_many(batch, [i], consume=True)[0]
+    def take(self, batch: FlowBatch, rows: Sequence[int]) -> list[tuple[int, str]]:
+        """The drops of each flow of ``rows`` (in that order) that no record holds yet, now
+        counted as written, and the reason most of them had ('' without drops)."""
+        return self._unwritten(batch, rows, consume=True)
 
-    def peek(self, batch: FlowBatch, i: int) -> tuple[int, str]:
-        """Flow i's drops that no record holds yet and their main reason, as ``take`` gives
-        them, without counting them as written (what history keeps of a live flow)."""
-        return self.peek_many(batch, [i])[0]
+    def peek(self, batch: FlowBatch, rows: Sequence[int]) -> list[tuple[int, str]]:
+        """The same as ``take``, without counting them as written (what history keeps of the
+        live flows)."""
+        return self._unwritten(batch, rows, consume=False)
 
-    def peek_many(
-        self, batch: FlowBatch, rows: Sequence[int], *, consume: bool = False
+    def _unwritten(
+        self, batch: FlowBatch, rows: Sequence[int], *, consume: bool
     ) -> list[tuple[int, str]]:
-        """``peek`` (with ``consume``: ``take``) of each of ``rows``, in that order. The join
-        keys are made and searched for all of them at once; a step each in Python only for
-        the drop keys they have. One at a time cost 20 us a flow, and in a flood most flows
-        have drops: every tick asks for those of every live flow (the pending rows)."""
+        """The join keys of all ``rows`` are made and searched at once; a step each in Python
+        only for the drop keys they have. A flow at a time cost 20 us, and in a flood most
+        flows have drops: every tick asks for those of every live flow (the pending rows)."""
         known, dkeys, reasons, counts = self._sorted[batch.family]
         if not len(known) or not len(rows):
             return [(0, "")] * len(rows)

@@ -117,21 +117,19 @@ class ResetTable:
         out[hit] = self._sorted[batch.family][2][pos[hit]]
         return out
 
-    def take(self, batch: FlowBatch, i: int) -> int:
-        """Flow i's resets that no record holds yet, now counted as written."""
-        return self.peek_many(batch, [i], consume=True)[0]
+    def take(self, batch: FlowBatch, rows: Sequence[int]) -> list[int]:
+        """The resets of each flow of ``rows`` (in that order) that no record holds yet, now
+        counted as written."""
+        return self._unwritten(batch, rows, consume=True)
 
-    def peek(self, batch: FlowBatch, i: int) -> int:
-        """Flow i's resets that no record holds yet, as ``take`` gives them, without counting
-        them as written (what history keeps of a live flow)."""
-        return self.peek_many(batch, [i])[0]
+    def peek(self, batch: FlowBatch, rows: Sequence[int]) -> list[int]:
+        """The same as ``take``, without counting them as written (what history keeps of the
+        live flows)."""
+        return self._unwritten(batch, rows, consume=False)
 
-    def peek_many(
-        self, batch: FlowBatch, rows: Sequence[int], *, consume: bool = False
-    ) -> list[int]:
-        """``peek`` (with ``consume``: ``take``) of each of ``rows``, in that order, their
-        reset keys found at once (as DropTable.peek_many: a refused SYN flood gives every flow
-        of it a reset)."""
+    def _unwritten(self, batch: FlowBatch, rows: Sequence[int], *, consume: bool) -> list[int]:
+        """The reset keys of all ``rows`` are found at once (as DropTable's: a refused SYN
+        flood gives every flow of it a reset)."""
         if not len(rows):
             return []
         pos, hit = self._find(batch.family, take_rows(batch.keys, np.asarray(rows, np.intp)))
