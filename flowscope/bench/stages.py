@@ -23,11 +23,11 @@ def collector_tick(lab: Lab) -> Iterator[Result]:
     a busy server. Minimum of 3 ticks, in ms. The batched read is kernel.drain's, a thread per
     CPU; a row beside it gives the same read by one thread (how the read went before). An
     informative line gives what the tick's crash safety costs the writer thread (turning its
-    pending flows into the blob it writes), beside the tick. A last row gives the tick when every
-    flow has packets in it (each flow's count raised before each tick): the steady state of a
-    busy server, where the flood shape sums every flow's packets of the tick. And one the tick
-    in which every flow ends (idle), with a record each: a flood that stops, a mass disconnect;
-    a shutdown makes the same records."""
+    pending flows into the blob it writes), beside the tick. Two more rows, beside the read:
+    the tick when every flow has packets in it (each flow's count raised before each tick), the
+    steady state of a busy server, where the flood shape sums every flow's packets of the tick;
+    and the tick in which every flow ends (idle), with a record each, as when a flood stops or
+    many connections close at once (a shutdown makes the same records)."""
     import time
 
     from flowscope.collect.collector import Collector, CollectorSettings
