@@ -15,6 +15,7 @@ IPPROTO_DSTOPTS = 60
 ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
 ETH_P_8021Q = 0x8100
+TCP_SYN = 0x02
 TCP_ACK = 0x10
 MIN_FRAME = 60  # Ethernet minimum without the FCS: shorter frames are padded, as a NIC does
 
@@ -70,9 +71,12 @@ def pseudo_header(src: bytes, dst: bytes, proto: int, length: int) -> bytes:
     return src + dst + struct.pack("!I3xB", length, proto)
 
 
-def tcp(src: str, dst: str, sport: int, dport: int, payload: bytes = b"") -> bytes:
-    """A TCP segment with ACK set, its checksum over the pseudo-header of src and dst."""
-    header = struct.pack("!HHIIBBHHH", sport, dport, 1, 1, 5 << 4, TCP_ACK, 8192, 0, 0)
+def tcp(
+    src: str, dst: str, sport: int, dport: int, payload: bytes = b"", *, flags: int = TCP_ACK
+) -> bytes:
+    """A TCP segment with these flags (ACK), its checksum over the pseudo-header of src and
+    dst."""
+    header = struct.pack("!HHIIBBHHH", sport, dport, 1, 1, 5 << 4, flags, 8192, 0, 0)
     s, d = ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed
     segment = header + payload
     csum = checksum(pseudo_header(s, d, IPPROTO_TCP, len(segment)) + segment)
