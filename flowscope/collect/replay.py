@@ -180,7 +180,8 @@ def replay(
             clock = _CaptureClock(0)
             collector: Collector | None = None
             next_tick = 0
-            cpus = sorted(os.sched_getaffinity(0))
+            affinity = os.sched_getaffinity(0)  # given back at the end
+            cpus = sorted(affinity)
             parts = settings.workers or split.default_parts(cap.size, cpus)
             cpus = cpus[:parts]
             parts = len(cpus)
@@ -244,7 +245,6 @@ def replay(
                     progress(cap.offset(addr), cap.size)
 
             loop_start = time.perf_counter()
-            affinity = os.sched_getaffinity(0)
             failure: split.SplitError | None = None
             try:
                 if parts > 1:
