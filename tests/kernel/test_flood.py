@@ -19,6 +19,7 @@ import pytest
 
 from flowscope.collect.collector import CollectorSettings, Tick
 from flowscope.collect.recorder import RecordSettings
+from flowscope.packets import checksum
 from flowscope.pipeline import HistorySettings, Pipeline, PipelineSettings
 from tests.kernel.test_record import udp4, wait_detached
 from tests.netns import PacedSender, VethNamespace, veth_namespace, xdp_prog_id
@@ -32,13 +33,6 @@ HOSTS = 240  # flood sources: .10 to .249 of the namespace's /24
 def net() -> Iterator[VethNamespace]:
     with veth_namespace() as n:
         yield n
-
-
-def _checksum(header: bytes) -> int:
-    words = sum(struct.unpack("!10H", header))
-    words = (words & 0xFFFF) + (words >> 16)
-    words = (words & 0xFFFF) + (words >> 16)
-    return ~words & 0xFFFF
 
 
 def flood_frames(net: VethNamespace, n: int) -> list[bytes]:
@@ -58,7 +52,7 @@ def flood_frames(net: VethNamespace, n: int) -> list[bytes]:
         udp = struct.pack("!HHHH", 1024 + i // HOSTS, FLOOD_PORT, 8 + len(payload), 0) + payload
         ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), i & 0xFFFF, 0, 64, 17, 0, src,
                          dst)  # fmt: skip
-        ip = ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:]
+        ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
         out.append(eth + ip + udp)
     return out
 
