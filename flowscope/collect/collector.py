@@ -28,7 +28,7 @@ import numpy as np
 
 from flowscope import abi
 from flowscope.collect.drops import DropTable
-from flowscope.collect.flood import FloodParts
+from flowscope.collect.flood import FloodParts, FlowGroups
 from flowscope.collect.health import HealthTable
 from flowscope.collect.owners import OwnerTable
 from flowscope.collect.resets import ResetTable
@@ -160,6 +160,8 @@ class _FamilyState:
     """Each flow's Owner or None (object array; all None without an OwnerTable)."""
     owner_generation: int = -1
     """OwnerTable.generation when the owners were last looked up."""
+    group: np.ndarray = field(default_factory=lambda: np.zeros(0, np.intp))
+    """Each flow's row in its family's FlowGroups (the flood shape's prefix and target)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +256,7 @@ class Collector:
         # kernel times are CLOCK_MONOTONIC ns, as time.monotonic_ns(); this maps them to Unix time
         self._wall_offset = wall_time() - monotonic_ns() / 1e9
         self._state = {abi.AF_INET: _FamilyState(), abi.AF_INET6: _FamilyState()}
+        self._groups = {family: FlowGroups(family) for family in self._state}
         # The kernel's counters, like its maps, count from the program's load: the first
         # tick's deltas are all of it, as the flows it reads are. (A baseline read here once
         # left out the packets that came between attaching and this moment, which the flows
@@ -617,6 +620,8 @@ class Collector:
             d_packets, d_bytes = batch.packets, batch.bytes
         exp_p, exp_b, exp_ip, start = self._carry(st, batch, pos, found)
         owner = self._owners(st, batch, pos, found)
+        groups = self._groups[family]
+        group = groups.assign(batch.keys, st.group[pos] if found.any() else None, found)
         tcp = self._tcp(batch)
         dropped, reasons = self.drops.join(batch) if self.drops is not None else (None, None)
         reset = self.resets.join(batch) if self.resets is not None else None
@@ -675,7 +680,9 @@ class Collector:
                 )
             )  # fmt: skip
 
-        shape.add_flows(family, batch.keys, d_packets_all, d_bytes_all, batch.tcp_flags)
+        shape.add_flows(
+            family, batch.keys, d_packets_all, d_bytes_all, batch.tcp_flags, groups, group
+        )
 
         # active-timeout records for long-lived flows
         due = np.flatnonzero(active)
@@ -699,6 +706,7 @@ class Collector:
         st.exp_bytes = exp_b[survivors]
         st.exp_ip_bytes = exp_ip[survivors]
         st.record_start = start[survivors]
+        st.group = groups.prune(group[survivors])
         if self.owners is not None:
             st.owner = owner[survivors]
             st.owner_generation = self.owners.generation

@@ -12,6 +12,7 @@ the packets that found the flood table full as well (FloodShape.unplaced, the st
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -33,15 +34,17 @@ _GROUP = np.dtype([("hi", U64), ("lo", U64)])
 
 
 class _Part(NamedTuple):
+    """Packets of a tick summed by group, a row per (prefix, target), in (hi, lo) order."""
+
     hi: np.ndarray
     """The source prefix as one word (_prefix_word)."""
     lo: np.ndarray
     """Protocol, port, direction and family as one word (_target_word)."""
     packets: np.ndarray
     bytes: np.ndarray
+    in_flows: np.ndarray
+    """Of the packets, those counted in flows (the rest: the kernel's flood table)."""
     flags: np.ndarray
-    flows: bool
-    """Whether these are flows' deltas (else the kernel's flood table)."""
 
 
 class FloodParts:
@@ -59,26 +62,34 @@ class FloodParts:
         packets: np.ndarray,
         nbytes: np.ndarray,
         tcp_flags: np.ndarray,
+        groups: FlowGroups,
+        ids: np.ndarray,
     ) -> None:
-        """One family's flows (kernel key layout) with their packets and bytes of this tick;
-        flows without packets in it are left out (the arrays are kept as they are, for
-        FloodShape.flows)."""
+        """One family's flows (kernel key layout) with their packets and bytes of this tick,
+        and each flow's group in ``groups`` (``ids``, from FlowGroups.assign); flows without
+        packets in it are left out (the arrays are kept as they are, for FloodShape.flows).
+        The flows are summed per group here, so the part is a row per group that had
+        packets."""
         self._flows.append(TickFlows(family, keys, packets))
         sel = np.flatnonzero(packets)
         if not len(sel):
             return
-        if len(sel) == len(keys):  # every flow had packets (a busy server): no gather
-            k, p, b, f = keys, packets, nbytes, tcp_flags
-        else:
-            k, p, b, f = take_rows(keys, sel), packets[sel], nbytes[sel], tcp_flags[sel]
+        if len(sel) < len(keys):  # else every flow had packets (a busy server): no gather
+            ids, packets, nbytes, tcp_flags = ids[sel], packets[sel], nbytes[sel], tcp_flags[sel]
+        n = len(groups.hi)
+        g_packets = np.bincount(ids, packets, n)
+        used = np.flatnonzero(g_packets)
+        g_flags = np.zeros(n, np.uint8)
+        np.bitwise_or.at(g_flags, ids, tcp_flags.astype(np.uint8, copy=False))
+        in_flows = g_packets[used].astype(U64)
         self._parts.append(
             _Part(
-                _prefix_word(family, k["saddr"]),
-                _target_word(family, k["proto"], k["dport"], k["direction"]),
-                p.astype(U64, copy=False),
-                b.astype(U64, copy=False),
-                f.astype(np.uint8, copy=False),
-                flows=True,
+                groups.hi[used],
+                groups.lo[used],
+                in_flows,
+                np.bincount(ids, nbytes, n)[used].astype(U64),
+                in_flows,
+                g_flags[used],
             )
         )
 
@@ -89,14 +100,21 @@ class FloodParts:
             if not mine.any():
                 continue
             k, v = keys[mine], values[mine]
+            hi, lo, inv = _groups(
+                _prefix_word(family, k["prefix"]),
+                _target_word(family, k["proto"], k["dport"], k["direction"]),
+            )
+            n = len(hi)
+            flags = np.zeros(n, np.uint8)
+            np.bitwise_or.at(flags, inv, k["tcp_flags"].astype(np.uint8))
             self._parts.append(
                 _Part(
-                    _prefix_word(family, k["prefix"]),
-                    _target_word(family, k["proto"], k["dport"], k["direction"]),
-                    v["packets"].astype(U64),
-                    v["bytes"].astype(U64),
-                    k["tcp_flags"].astype(np.uint8),
-                    flows=False,
+                    hi,
+                    lo,
+                    np.bincount(inv, v["packets"].astype(U64), n).astype(U64),
+                    np.bincount(inv, v["bytes"].astype(U64), n).astype(U64),
+                    np.zeros(n, U64),
+                    flags,
                 )
             )
 
@@ -106,20 +124,9 @@ class FloodParts:
         flows = tuple(self._flows)
         if not self._parts:
             return FloodShape(unplaced=unplaced, interval=interval, flows=flows)
-        parts = self._parts
-        packets = np.concatenate([p.packets for p in parts])
-        nbytes = np.concatenate([p.bytes for p in parts])
-        flags = np.concatenate([p.flags for p in parts])
-        in_flows = np.concatenate([p.packets * U64(p.flows) for p in parts])
-        group_hi, group_lo, inv = _groups(
-            np.concatenate([p.hi for p in parts]), np.concatenate([p.lo for p in parts])
-        )
-        n = len(group_hi)
-        g_packets = np.bincount(inv, packets, n).astype(U64)
-        g_bytes = np.bincount(inv, nbytes, n).astype(U64)
-        g_flows = np.bincount(inv, in_flows, n).astype(U64)
-        g_flags = np.zeros(n, np.uint8)
-        np.bitwise_or.at(g_flags, inv, flags)
+        # the largest part first: the others are looked up in it and merged in order
+        parts = sorted(self._parts, key=lambda p: len(p.hi), reverse=True)
+        group_hi, group_lo, g_packets, g_bytes, g_flows, g_flags = functools.reduce(_merge, parts)
         # most packets first; the groups are in (prefix, target) order, so a stable sort keeps
         # ties in that order
         order = np.argsort(-g_packets.astype(np.float64), kind="stable")
@@ -145,6 +152,77 @@ class FloodParts:
         )
 
 
+class FlowGroups:
+    """One family's (prefix, target) groups of the flows the collector follows, in (prefix,
+    target) order, so that a flow's group is worked out when it is first read rather than every
+    tick: the collector keeps each flow's id beside its other state, and a tick in which every
+    one of a million flows has packets sums them by id (np.bincount) instead of sorting a
+    million words again (_groups, about 85 ms here). New flows' groups are merged into the
+    table; groups no flow has any longer are dropped once they are most of it (prune)."""
+
+    def __init__(self, family: int) -> None:
+        self.family = family
+        self.hi = np.zeros(0, U64)
+        """Each group's source prefix (_prefix_word)."""
+        self.lo = np.zeros(0, U64)
+        """Each group's target (_target_word)."""
+
+    def assign(
+        self, keys: np.ndarray, carried: np.ndarray | None = None, found: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Each flow's group id (its row in ``hi`` and ``lo``): ``carried[i]`` for the flows
+        ``found`` says were followed already (ids this table gave), worked out for the others
+        (all of them without ``found``). Ids given before stay valid only through the returned
+        ones: adding groups renumbers them.
+
+        Only the new flows are grouped (sorted); their groups are then looked up in the table
+        and the missing ones inserted in order, so a tick with a few new flows costs little
+        however many groups the table holds."""
+        new = np.arange(len(keys)) if found is None else np.flatnonzero(~found)
+        if not len(new):
+            return carried if carried is not None else np.zeros(len(keys), np.intp)
+        k = keys if len(new) == len(keys) else take_rows(keys, new)
+        u_hi, u_lo, inv = _groups(
+            _prefix_word(self.family, k["saddr"]),
+            _target_word(self.family, k["proto"], k["dport"], k["direction"]),
+        )
+        known = len(self.hi)
+        if not known:
+            self.hi, self.lo = u_hi, u_lo
+            ids = np.zeros(len(keys), np.intp)
+            ids[new] = inv
+            return ids
+        at = _search(self.hi, self.lo, u_hi, u_lo)
+        inside = np.minimum(at, known - 1)
+        present = (at < known) & (self.hi[inside] == u_hi) & (self.lo[inside] == u_lo)
+        missing = np.flatnonzero(~present)
+        ids = carried.copy() if carried is not None else np.zeros(len(keys), np.intp)
+        if len(missing):
+            before = at[missing]  # where each goes: in front of the table's row there
+            self.hi = np.insert(self.hi, before, u_hi[missing])
+            self.lo = np.insert(self.lo, before, u_lo[missing])
+            # every old row moves down by the groups inserted in front of it
+            moved = np.cumsum(np.bincount(before, minlength=known + 1)[:known])
+            if carried is not None:
+                ids += moved[carried]
+            kept = np.flatnonzero(present)
+            at[kept] += moved[at[kept]]
+            at[missing] = before + np.arange(len(missing))
+        ids[new] = at[inv]
+        return ids
+
+    def prune(self, ids: np.ndarray) -> np.ndarray:
+        """Drop the groups none of ``ids`` (every flow still followed) is in, once they are
+        more than half the table: the same ids renumbered."""
+        if len(self.hi) <= 2 * len(ids) + PRUNE_SLACK:
+            return ids
+        used, renumbered = np.unique(ids, return_inverse=True)
+        self.hi, self.lo = self.hi[used], self.lo[used]
+        return renumbered.reshape(-1).astype(np.intp)
+
+
+PRUNE_SLACK = 1024
+"""Groups of gone flows a table keeps in any case (FlowGroups.prune)."""
 TARGET_BITS = 40
 """The bits of a target word (_target_word): protocol, port, direction and family."""
 _RANK_LIMIT = 1 << (64 - TARGET_BITS)
@@ -174,6 +252,39 @@ def _groups(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
         (rank.reshape(-1).astype(U64) << U64(TARGET_BITS)) | lo, return_inverse=True
     )
     return prefixes[words >> U64(TARGET_BITS)], words & mask, inv.reshape(-1)
+
+
+def _merge(a: _Part, b: _Part) -> _Part:
+    """Two parts as one, still in (hi, lo) order: the groups of ``b`` that ``a`` has are
+    added to its rows, the others inserted where they go (no sort: each part is in order)."""
+    if not len(a.hi):
+        return b
+    at = _search(a.hi, a.lo, b.hi, b.lo)
+    inside = np.minimum(at, len(a.hi) - 1)
+    present = (at < len(a.hi)) & (a.hi[inside] == b.hi) & (a.lo[inside] == b.lo)
+    same, other = at[present], np.flatnonzero(~present)
+    merged = _Part(*(column.copy() for column in a))
+    merged.packets[same] += b.packets[present]
+    merged.bytes[same] += b.bytes[present]
+    merged.in_flows[same] += b.in_flows[present]
+    merged.flags[same] |= b.flags[present]
+    return _Part(
+        *(np.insert(m, at[other], column[other]) for m, column in zip(merged, b, strict=True))
+    )
+
+
+def _search(hi: np.ndarray, lo: np.ndarray, q_hi: np.ndarray, q_lo: np.ndarray) -> np.ndarray:
+    """Where each (q_hi, q_lo) pair goes in the pairs (hi, lo), sorted in that order (as
+    np.searchsorted, left): as one word a pair when every prefix is an IPv4 /24, else field by
+    field."""
+    if int(max(hi.max(initial=0), q_hi.max(initial=0))) < _RANK_LIMIT:
+        shift = U64(TARGET_BITS)
+        return np.asarray(np.searchsorted((hi << shift) | lo, (q_hi << shift) | q_lo), np.intp)
+    table = np.empty(len(hi), _GROUP)
+    table["hi"], table["lo"] = hi, lo
+    query = np.empty(len(q_hi), _GROUP)
+    query["hi"], query["lo"] = q_hi, q_lo
+    return np.asarray(np.searchsorted(table, query), np.intp)
 
 
 def _prefix_word(family: int, addr: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ import numpy as np
 
 from flowscope import abi
 from flowscope.collect.collector import LiveFlows, Tick
-from flowscope.collect.flood import FloodParts
+from flowscope.collect.flood import FloodParts, FlowGroups
 from flowscope.kernel.memory import flow_maps_bytes
 from flowscope.model import NO_KINDS, NO_TCP, FlowBatch, FlowKey, FlowRecord, NewFlow, Owner, Sample
 from flowscope.query.frame import addr_bytes
@@ -272,12 +272,15 @@ def scenario(
                 for i in idx
             ]
             batch = _batch(family, rows)
+            groups = FlowGroups(family)
             parts.add_flows(
                 family,
                 batch.keys,
                 np.array([int(rates[i][1]) for i in idx], np.uint64),
                 np.array([int(rates[i][0] / 8) for i in idx], np.uint64),
                 batch.tcp_flags,
+                groups,
+                groups.assign(batch.keys),
             )
             live.append(
                 LiveFlows(

@@ -49,16 +49,24 @@ FLOWS = 40  # distinct 5-tuples the traffic is drawn from: more than the map hol
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 
 
+def _remote(i: int) -> str:
+    """Flow i's remote address: even flows IPv4, odd ones IPv6, spread over three source
+    prefixes of each family (so the flood shape has groups to tell apart)."""
+    if i % 2 == 0:
+        return f"198.18.{i % 3}.{i + 1}"
+    return str(ipaddress.IPv6Address(f"2001:db8:0:{i % 3}::{i + 1:x}"))  # as FlowKey prints it
+
+
 def _key(i: int, direction: int = abi.DIR_INGRESS) -> tuple[int, bytes]:
     """Flow i as (family, kernel key bytes): even flows IPv4, odd ones IPv6."""
     if i % 2 == 0:
         k = np.zeros(1, abi.KEY4_DTYPE)
-        k[0]["saddr"] = np.frombuffer(ipaddress.ip_address(f"198.18.0.{i + 1}").packed, np.uint8)
+        k[0]["saddr"] = np.frombuffer(ipaddress.ip_address(_remote(i)).packed, np.uint8)
         k[0]["daddr"] = np.frombuffer(ipaddress.ip_address("198.19.0.1").packed, np.uint8)
         family = abi.AF_INET
     else:
         k = np.zeros(1, abi.KEY6_DTYPE)
-        k[0]["saddr"] = np.frombuffer(ipaddress.ip_address(f"2001:db8::{i + 1:x}").packed, np.uint8)
+        k[0]["saddr"] = np.frombuffer(ipaddress.ip_address(_remote(i)).packed, np.uint8)
         k[0]["daddr"] = np.frombuffer(ipaddress.ip_address("2001:db8::ffff").packed, np.uint8)
         family = abi.AF_INET6
     k[0]["sport"], k[0]["dport"], k[0]["proto"], k[0]["ifindex"] = 1000 + i, 80, 6, 7
@@ -371,10 +379,6 @@ TestCollectorModel.settings = _machine_settings(300)
 NETNS = 77
 PROCS = [Owner(100 + i, f"p{i}", i) for i in range(3)]
 LOCAL_ADDR = {abi.AF_INET: "198.19.0.1", abi.AF_INET6: "2001:db8::ffff"}
-
-
-def _remote(i: int) -> str:
-    return f"198.18.0.{i + 1}" if i % 2 == 0 else f"2001:db8::{i + 1:x}"
 
 
 class _Announced:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from flowscope import abi
 from flowscope.collect import flood
-from flowscope.collect.flood import FloodParts, filter_text, target_text
+from flowscope.collect.flood import FloodParts, FlowGroups, filter_text, target_text
 from flowscope.model import FloodRow
 from flowscope.query.filter import parse
 
@@ -72,7 +72,9 @@ def test_rows_are_the_exact_sums_per_prefix_and_target_most_first(
             in_flows[_prefix(src), proto, dport, direction] += packets
         packets = np.array([f[4] for f in mine], np.uint64)
         flags = np.array([f[5] for f in mine], np.uint8)
-        parts.add_flows(family, keys, packets, packets * np.uint64(100), flags)
+        groups = FlowGroups(family)
+        ids = groups.assign(keys)
+        parts.add_flows(family, keys, packets, packets * np.uint64(100), flags, groups, ids)
     keys = np.zeros(len(table), abi.FLOOD_KEY_DTYPE)
     values = np.zeros(len(table), abi.FLOOD_VALUE_DTYPE)
     for i, (src, proto, dport, direction, packets, flags) in enumerate(table):
@@ -111,3 +113,47 @@ def test_target_and_filter_text_read_as_an_operator_types_them() -> None:
     assert filter_text(gre) == "src net 2001:db8:77::/64 and dport 0 and proto 47 and egress"
     for r in (row, gre):
         assert parse(filter_text(r)) is not None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    family=st.sampled_from([abi.AF_INET, abi.AF_INET6]),
+    ticks=st.lists(st.sets(st.integers(0, 11)), min_size=1, max_size=8),
+    slack=st.sampled_from([0, flood.PRUNE_SLACK]),
+)
+def test_each_flow_keeps_its_group_from_tick_to_tick(
+    family: int, ticks: list[set[int]], slack: int
+) -> None:
+    """FlowGroups as the collector uses it: each tick's flows, those of the tick before carrying
+    their ids, the ids pruned to the flows that stay. Model: every flow's id names its own
+    source prefix and target, whatever came and went before (``slack`` 0 prunes whenever it
+    may)."""
+    addrs = V4 if family == abi.AF_INET else V6
+    pool = np.zeros(12, abi.KEY_DTYPES[family])
+    for i in range(12):
+        pool[i]["saddr"] = np.frombuffer(
+            ipaddress.ip_address(addrs[i % len(addrs)]).packed, np.uint8
+        )
+        pool[i]["proto"], pool[i]["dport"], pool[i]["direction"] = 6, (0, 53, 443)[i // 4], i % 2
+    want = {
+        i: (
+            int(flood._prefix_word(family, pool[i : i + 1]["saddr"])[0]),
+            int(flood._target_word(family, pool[i : i + 1]["proto"], pool[i : i + 1]["dport"],
+                                   pool[i : i + 1]["direction"])[0]),
+        )
+        for i in range(12)
+    }  # fmt: skip
+    groups = FlowGroups(family)
+    before: dict[int, int] = {}  # flow -> id, as the collector keeps them
+    with patch.object(flood, "PRUNE_SLACK", slack):
+        for flows in ticks:
+            order = sorted(flows)
+            found = np.array([i in before for i in order], bool)
+            carried = np.array([before.get(i, 0) for i in order], np.intp)
+            ids = groups.assign(pool[order], carried if found.any() else None, found)
+            for i, g in zip(order, ids.tolist(), strict=True):
+                assert (int(groups.hi[g]), int(groups.lo[g])) == want[i]
+            ids = groups.prune(ids)
+            before = dict(zip(order, ids.tolist(), strict=True))
+            for i, g in before.items():
+                assert (int(groups.hi[g]), int(groups.lo[g])) == want[i]
