@@ -108,7 +108,10 @@ def run(path: Path, workers: int) -> tuple[Sink, dict[str, int]]:
     sink = Sink()
     summary = replay(ReplaySettings(path, collector=SETTINGS, workers=workers), sink)
     assert summary.damage is None and not summary.interrupted
-    return sink, summary.counters
+    # what the summary says of the file, whichever process ran its frames
+    counters = {**summary.counters, "frames": summary.frames}
+    counters["first_ns"], counters["last_ns"] = summary.first_ns or 0, summary.last_ns or 0
+    return sink, counters
 
 
 def records(sink: Sink) -> list[tuple[Any, ...]]:
@@ -161,6 +164,8 @@ def test_a_split_replay_makes_the_records_of_one_process_and_of_the_truth(
         got[r.key.src] += r.packets
     assert got == sent
     assert two_counters["non_ip"] == len(frames) - len(ip_frames)
+    assert two_counters["frames"] == len(frames)
+    assert two_counters["last_ns"] == T0 * 10**9 + frames[-1][0] * 1000
 
 
 def test_the_frames_are_shared_out_and_each_flow_stays_in_one_share() -> None:
