@@ -88,6 +88,12 @@ class CollectorSettings:
     """Idle timeout after a FIN or RST was seen."""
     active_timeout: float = 60.0
     """A live flow is written as a record this often."""
+    max_records: int = 32_768
+    """Records a tick makes at most per family: flows that end (taken out of the kernel map one
+    call each) and then active-timeout records, about 10 us a flow here. The rest wait for the
+    next ticks, as flows that are idle (or due) a little longer, their records as exact: a
+    flood of a million flows that stops then ends over 31 ticks well under the interval, not
+    in one of ten seconds in which nothing else is read."""
     high_water: float = MAP_HIGH_WATER
     """Fill ratio of a kernel map above which the idlest flows are evicted early."""
     low_water: float = 0.8
@@ -641,11 +647,20 @@ class Collector:
                 idlest = remaining[np.argsort(batch.last_seen[remaining], kind="stable")]
                 evict[idlest[:excess]] = True
         take = idle | evict
+        if int(take.sum()) > s.max_records:
+            # evictions first (the map is above its high-water mark), then idle flows
+            first = np.concatenate((np.flatnonzero(evict), np.flatnonzero(idle & ~evict)))
+            take = np.zeros(n, bool)
+            take[first[: s.max_records]] = True
+            evict &= take
         active = (
             ~take
             & (batch.packets > exp_p)
             & ((now - start.view(np.int64)) >= int(s.active_timeout * 1e9))
         )
+        room = s.max_records - int(take.sum())
+        if int(active.sum()) > room:
+            active[np.flatnonzero(active)[room:]] = False
 
         # remove finished flows from the kernel; the final counters include any packet that
         # arrived after the read

@@ -37,12 +37,12 @@ def test_hot_flow_json_line() -> None:
 
 def test_every_benchmark_runs_and_reports_once() -> None:
     objs = _lines([])
-    # collector_tick reports five lines per map size (quick: 10,000 flows), and the history
+    # collector_tick reports six lines per map size (quick: 10,000 flows), and the history
     # query its database size (quick: 100,000 records)
     # and the console two lines (CPU per tick, key to repaint) for 10,000 flows
     quick = {
         "collector_tick": ["map_read_10k", "collector_tick_10k", "collector_tick_active_10k",
-                           "collector_tick_ending_10k", "pending_blob_10k"],
+                           "collector_tick_ending_10k", "ticks_ending_10k", "pending_blob_10k"],
         "history_top20_10m": ["history_top20_100k"],
         "console": ["console_tick_10k", "console_key_10k"],
         "owner_churn": ["owner_churn_coverage", "owner_churn_rate"],

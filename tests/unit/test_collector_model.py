@@ -250,6 +250,8 @@ def _raw(key: FlowKey, keys: list[tuple[int, bytes]] = KEYS) -> bytes:
 class CollectorMachine(RuleBasedStateMachine):
     """Traffic, ticks and clock steps in any order; the collector must stay exact."""
 
+    MAX_RECORDS = CollectorSettings().max_records
+
     def __init__(self) -> None:
         super().__init__()
         self.kernel = FakeKernel(ENTRIES)
@@ -270,7 +272,12 @@ class CollectorMachine(RuleBasedStateMachine):
         """The real collector over the fake kernel, on its clock."""
         return Collector(
             self.kernel,
-            CollectorSettings(idle_timeout=5.0, fin_timeout=1.0, active_timeout=3.0),
+            CollectorSettings(
+                idle_timeout=5.0,
+                fin_timeout=1.0,
+                active_timeout=3.0,
+                max_records=self.MAX_RECORDS,
+            ),
             iface_names={7: "veth7"},
             monotonic_ns=lambda: self.kernel.now,
             wall_time=lambda: 1_700_000_000.0 + self.kernel.now / SEC,
@@ -372,6 +379,17 @@ class CollectorMachine(RuleBasedStateMachine):
 
 TestCollectorModel = CollectorMachine.TestCase
 TestCollectorModel.settings = _machine_settings(300)
+
+
+class CappedCollectorMachine(CollectorMachine):
+    """The same with at most two records a tick per family: the flows that end and the
+    active-timeout records past that wait for later ticks, and every count stays exact."""
+
+    MAX_RECORDS = 2
+
+
+TestCappedCollectorModel = CappedCollectorMachine.TestCase
+TestCappedCollectorModel.settings = _machine_settings(200)
 
 
 # --- which process: the owner each flow carries ---------------------------------------------
