@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from socket import AF_INET, AF_INET6, inet_ntop
-from typing import Any
+from typing import Any, TypeVar, dataclass_transform
 
 import numpy as np
 
@@ -35,6 +35,24 @@ PROTO_NAMES: dict[int, str] = {
 }
 PROTO_NUMBERS: dict[str, int] = {name: num for num, name in PROTO_NAMES.items()}
 
+_T = TypeVar("_T")
+
+
+@dataclass_transform(frozen_default=True)
+def per_flow(cls: type[_T]) -> type[_T]:
+    """A dataclass made once per flow, record or new-flow event: frozen to mypy (no code assigns
+    to one), a plain slotted dataclass at run time. A frozen dataclass sets each field through
+    object.__setattr__, six times slower to make (1.33 us against 0.20 us for a FlowRecord),
+    and a tick in which many flows end, or a burst of new flows, pays that per flow."""
+    return dataclass(slots=True)(cls)
+
+
+@dataclass_transform(frozen_default=True, order_default=True)
+def per_flow_key(cls: type[_T]) -> type[_T]:
+    """per_flow for FlowKey, which is also ordered and hashed (a dict key everywhere)."""
+    return dataclass(slots=True, order=True, unsafe_hash=True)(cls)
+
+
 TCP_FLAG_LETTERS = "FSRPAUEC"  # bit 0 (FIN) to bit 7 (CWR), as tcpdump and nfdump print them
 
 
@@ -48,7 +66,7 @@ def tcp_flags_text(flags: int) -> str:
     return "".join(TCP_FLAG_LETTERS[bit] if flags & (1 << bit) else "." for bit in range(7, -1, -1))
 
 
-@dataclass(frozen=True, slots=True, order=True)
+@per_flow_key
 class FlowKey:
     """The 5-tuple plus where the packets were seen. Ports are host-order integers; for ICMP
     and ICMPv6 the source port is 0 and the destination port is type * 256 + code."""
@@ -97,7 +115,7 @@ class FlowStats:
     tcp_flags: int
 
 
-@dataclass(frozen=True, slots=True)
+@per_flow
 class FlowEvent:
     """A ring buffer record: a flow was inserted, or could not be (map_full)."""
 
@@ -528,7 +546,7 @@ END_REASONS = ("idle", "active", "fin", "rst", "evicted", "shutdown", "crash")
 process died had counted and no record held yet, written at the next start (PendingFlows)."""
 
 
-@dataclass(frozen=True, slots=True)
+@per_flow
 class FlowRecord:
     """One finished (or active-timeout) flow record, as history keeps it.
 
@@ -642,7 +660,7 @@ class Sample:
     in the demo's scenario)."""
 
 
-@dataclass(frozen=True, slots=True)
+@per_flow
 class NewFlow:
     """A new-flow event from the ring buffer, timestamped on the wall clock."""
 
