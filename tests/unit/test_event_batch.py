@@ -67,3 +67,17 @@ def test_address_text_prints_as_ipaddress_does(groups: list[int], v4: bytes) -> 
     assert model.address_text(abi.AF_INET, v4) == str(ipaddress.IPv4Address(v4))
     mapped = bytes(10) + b"\xff\xff" + v4
     assert model.address_text(abi.AF_INET6, mapped) == str(ipaddress.IPv6Address(mapped))
+
+
+SADDR, DADDR = abi.FlowEvent.saddr.offset, abi.FlowEvent.daddr.offset
+POOL = [bytes(16), bytes([198, 18, 0, 1]) + bytes(12), bytes.fromhex("20010db8" + "00" * 11 + "01")]
+
+
+@given(st.lists(st.tuples(record, st.sampled_from(POOL), st.sampled_from(POOL)), max_size=20))
+def test_bulk_decoding_of_repeated_addresses_equals_one_by_one(
+    cases: list[tuple[bytes, bytes, bytes]],
+) -> None:
+    """Each distinct address is printed once for the whole batch: the rows that share one get
+    its text, IPv4 and IPv6 mixed."""
+    records = [r[:SADDR] + s + r[SADDR + 16 : DADDR] + d + r[DADDR + 16 :] for r, s, d in cases]
+    assert model.events_from_records(records) == [model.event_from_bytes(r) for r in records]
