@@ -192,9 +192,7 @@ class FlowGroups:
             ids = np.zeros(len(keys), np.intp)
             ids[new] = inv
             return ids
-        at = _search(self.hi, self.lo, u_hi, u_lo)
-        inside = np.minimum(at, known - 1)
-        present = (at < known) & (self.hi[inside] == u_hi) & (self.lo[inside] == u_lo)
+        at, present = _find(self.hi, self.lo, u_hi, u_lo)
         missing = np.flatnonzero(~present)
         ids = carried.copy() if carried is not None else np.zeros(len(keys), np.intp)
         if len(missing):
@@ -259,9 +257,7 @@ def _merge(a: _Part, b: _Part) -> _Part:
     added to its rows, the others inserted where they go (no sort: each part is in order)."""
     if not len(a.hi):
         return b
-    at = _search(a.hi, a.lo, b.hi, b.lo)
-    inside = np.minimum(at, len(a.hi) - 1)
-    present = (at < len(a.hi)) & (a.hi[inside] == b.hi) & (a.lo[inside] == b.lo)
+    at, present = _find(a.hi, a.lo, b.hi, b.lo)
     same, other = at[present], np.flatnonzero(~present)
     merged = _Part(*(column.copy() for column in a))
     merged.packets[same] += b.packets[present]
@@ -271,6 +267,16 @@ def _merge(a: _Part, b: _Part) -> _Part:
     return _Part(
         *(np.insert(m, at[other], column[other]) for m, column in zip(merged, b, strict=True))
     )
+
+
+def _find(
+    hi: np.ndarray, lo: np.ndarray, q_hi: np.ndarray, q_lo: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each (q_hi, q_lo) pair: where it is, or goes, in the pairs (hi, lo) (sorted in that
+    order, not empty), and whether it is there."""
+    at = _search(hi, lo, q_hi, q_lo)
+    inside = np.minimum(at, len(hi) - 1)
+    return at, (at < len(hi)) & (hi[inside] == q_hi) & (lo[inside] == q_lo)
 
 
 def _search(hi: np.ndarray, lo: np.ndarray, q_hi: np.ndarray, q_lo: np.ndarray) -> np.ndarray:
