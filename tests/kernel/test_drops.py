@@ -386,7 +386,10 @@ def test_what_a_block_rule_drops_in_generic_xdp_is_an_xdp_drop(net: VethNamespac
         matched = rules.matched(parse_rule(f"udp/{closed_port}"))
     assert matched == 300
     assert tick.drops.get("XDP") == 300, tick.drops
-    assert "NOT_SPECIFIED" not in tick.drops, tick.drops
+    # tick.drops is the whole host's: another drop of unknown cause may fall in the same moment
+    # (CI saw one once), but none of the rule's 300 is NOT_SPECIFIED, and no flow of the test's
+    assert tick.drops.get("NOT_SPECIFIED", 0) < 300, tick.drops
+    assert not [r for r in records if r.drop_reason == "NOT_SPECIFIED"], records
     assert tick.drops.get("NO_SOCKET", 0) >= 40, tick.drops
     # the flow's own (up to the hook's budget per jiffy: the burst may pass it)
     (blocked,) = [r for r in records if r.key.dport == closed_port]
