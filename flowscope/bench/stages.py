@@ -78,8 +78,10 @@ def collector_tick(lab: Lab) -> Iterator[Result]:
                         f"expected {n}"
                     )
             collector.settings = CollectorSettings(idle_timeout=0.0, active_timeout=1e9)
+            per_tick = collector.settings.max_records
+            needed = -(-n // per_tick)  # ticks, at the most records each
             ended, ticks_ending, ending, left = 0, 0, 0.0, n
-            while left and ticks_ending < 2 * n // collector.settings.max_records + 2:
+            while left and ticks_ending < 2 * n // per_tick + 2:
                 t = time.perf_counter()
                 tick = collector.tick()
                 ending = max(ending, time.perf_counter() - t)
@@ -111,8 +113,8 @@ def collector_tick(lab: Lab) -> Iterator[Result]:
             min(reads) * 1e3,
         )  # fmt: skip
         yield Result(
-            f"ticks_ending_{label}", ticks_ending, "ticks", f"ticks_needed_{label}",
-            -(-n // CollectorSettings().max_records), informative=True,
+            f"ticks_ending_{label}", ticks_ending, "ticks", f"ticks_needed_{label}", needed,
+            informative=True,
         )  # fmt: skip
         yield Result(
             f"pending_blob_{label}", min(snapshots) * 1e3, "ms/tick", f"collector_tick_{label}",

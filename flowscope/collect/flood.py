@@ -76,21 +76,8 @@ class FloodParts:
             return
         if len(sel) < len(keys):  # else every flow had packets (a busy server): no gather
             ids, packets, nbytes, tcp_flags = ids[sel], packets[sel], nbytes[sel], tcp_flags[sel]
-        n = len(groups.hi)
-        g_packets = np.bincount(ids, packets, n)
-        used = np.flatnonzero(g_packets)
-        g_flags = np.zeros(n, np.uint8)
-        np.bitwise_or.at(g_flags, ids, tcp_flags.astype(np.uint8, copy=False))
-        in_flows = g_packets[used].astype(U64)
         self._parts.append(
-            _Part(
-                groups.hi[used],
-                groups.lo[used],
-                in_flows,
-                np.bincount(ids, nbytes, n)[used].astype(U64),
-                in_flows,
-                g_flags[used],
-            )
+            _summed(groups.hi, groups.lo, ids, packets, nbytes, tcp_flags, flows=True)
         )
 
     def add_table(self, keys: np.ndarray, values: np.ndarray) -> None:
@@ -104,18 +91,8 @@ class FloodParts:
                 _prefix_word(family, k["prefix"]),
                 _target_word(family, k["proto"], k["dport"], k["direction"]),
             )
-            n = len(hi)
-            flags = np.zeros(n, np.uint8)
-            np.bitwise_or.at(flags, inv, k["tcp_flags"].astype(np.uint8))
             self._parts.append(
-                _Part(
-                    hi,
-                    lo,
-                    np.bincount(inv, v["packets"].astype(U64), n).astype(U64),
-                    np.bincount(inv, v["bytes"].astype(U64), n).astype(U64),
-                    np.zeros(n, U64),
-                    flags,
-                )
+                _summed(hi, lo, inv, v["packets"], v["bytes"], k["tcp_flags"], flows=False)
             )
 
     def shape(self, unplaced: int, interval: float, top: int = TOP_ROWS) -> FloodShape:
@@ -250,6 +227,34 @@ def _groups(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
         (rank.reshape(-1).astype(U64) << U64(TARGET_BITS)) | lo, return_inverse=True
     )
     return prefixes[words >> U64(TARGET_BITS)], words & mask, inv.reshape(-1)
+
+
+def _summed(
+    hi: np.ndarray,
+    lo: np.ndarray,
+    ids: np.ndarray,
+    packets: np.ndarray,
+    nbytes: np.ndarray,
+    flags: np.ndarray,
+    *,
+    flows: bool,
+) -> _Part:
+    """Rows summed into the groups (hi, lo) that ``ids`` names, a part of the groups that got
+    packets, in their order; ``flows``: the rows are flows' (else the kernel's flood table)."""
+    n = len(hi)
+    g_packets = np.bincount(ids, packets.astype(U64, copy=False), n)
+    used = np.flatnonzero(g_packets)
+    g_flags = np.zeros(n, np.uint8)
+    np.bitwise_or.at(g_flags, ids, flags.astype(np.uint8, copy=False))
+    summed = g_packets[used].astype(U64)
+    return _Part(
+        hi[used],
+        lo[used],
+        summed,
+        np.bincount(ids, nbytes.astype(U64, copy=False), n)[used].astype(U64),
+        summed if flows else np.zeros(len(used), U64),
+        g_flags[used],
+    )
 
 
 def _merge(a: _Part, b: _Part) -> _Part:
